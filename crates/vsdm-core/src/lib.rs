@@ -1,0 +1,10 @@
+//! # vsdm-core
+//!
+//! The mathematics of Variational Schrödinger Diffusion Models (VSDM, Deng et al., ICML 2024) and
+//! Variational Schrödinger Momentum Diffusion (VSMD, Rojas et al., AISTATS 2025):
+//! β schedules, forward processes with closed-form marginals, denoising losses, the variational-score (A)
+//! update by stochastic approximation, samplers and the alternating trainer.
+
+pub mod model;
+
+pub use model::ScoreModel;
