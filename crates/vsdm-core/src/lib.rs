@@ -5,6 +5,11 @@
 //! β schedules, forward processes with closed-form marginals, denoising losses, the variational-score (A)
 //! update by stochastic approximation, samplers and the alternating trainer.
 
+pub mod error;
+pub mod kernel;
 pub mod model;
+pub mod schedule;
 
+pub use error::{Error, Result};
 pub use model::ScoreModel;
+pub use schedule::BetaSchedule;

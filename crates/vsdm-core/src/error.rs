@@ -1,0 +1,76 @@
+//! Errors of the core crate: every variant names the value that was wrong.
+
+/// Errors raised by `vsdm-core`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value outside its domain (β ≤ 0, T ≤ 0, a negative step count, …).
+    #[error("invalid {name} = {value}: {reason}")]
+    InvalidValue {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// A diffusion time outside (0, T].
+    #[error("time t = {t} is outside (0, T = {t_max}]")]
+    TimeOutOfRange { t: f64, t_max: f64 },
+    /// A tensor or matrix whose shape does not fit.
+    #[error("shape mismatch for {what}: expected {expected}, got {got}")]
+    Shape {
+        what: String,
+        expected: String,
+        got: String,
+    },
+    /// A non-finite number where a finite one is required (A, a loss, a covariance).
+    #[error("non-finite value in {what} (at index {index}: {value})")]
+    NonFinite {
+        what: String,
+        index: usize,
+        value: f64,
+    },
+    /// A covariance that is not positive definite (Cholesky failed).
+    #[error("covariance at t = {t} is not positive definite: {detail}")]
+    NotPositiveDefinite { t: f64, detail: String },
+    /// A checkpoint that cannot be read or does not match the run.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: String, reason: String },
+    /// File-system errors, with the path.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Errors from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias of the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidValue`].
+    pub fn invalid(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::InvalidValue {
+            name,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Fails with [`Error::NonFinite`] if any entry of `values` is NaN or infinite.
+pub fn ensure_finite(what: &str, values: &[f64]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(index) => Err(Error::NonFinite {
+            what: what.to_string(),
+            index,
+            value: values[index],
+        }),
+    }
+}

@@ -1,0 +1,208 @@
+//! Noise schedules β_t and their exact integrals B_t = ∫_0^t β_s ds (ALGORITHM.md §A.2).
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// A β schedule on [0, T].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// VSDM's power schedule β_t = β_min + (t/T)^r (β_max − β_min); r = 1 is the linear VP schedule.
+    Power {
+        beta_min: f64,
+        beta_max: f64,
+        r: f64,
+        t_max: f64,
+    },
+    /// Constant β_t ≡ β (VSMD's schedule; VSDM's Gaussian check uses β = 4).
+    Constant { beta: f64, t_max: f64 },
+}
+
+impl BetaSchedule {
+    /// VSDM's default: β_min = 0.1, β_max = 10, r = 1.7, T = 1.
+    pub fn vsdm_default() -> Self {
+        Self::Power {
+            beta_min: 0.1,
+            beta_max: 10.0,
+            r: 1.7,
+            t_max: 1.0,
+        }
+    }
+
+    /// A validated power schedule.
+    pub fn power(beta_min: f64, beta_max: f64, r: f64, t_max: f64) -> Result<Self> {
+        let s = Self::Power {
+            beta_min,
+            beta_max,
+            r,
+            t_max,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// A validated constant schedule.
+    pub fn constant(beta: f64, t_max: f64) -> Result<Self> {
+        let s = Self::Constant { beta, t_max };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks β > 0 everywhere, T > 0, r ≥ 0 and finiteness; the error names the value.
+    pub fn validate(&self) -> Result<()> {
+        let t_max = self.t_max();
+        if !(t_max.is_finite() && t_max > 0.0) {
+            return Err(Error::invalid(
+                "T",
+                t_max,
+                "the time horizon must be finite and > 0",
+            ));
+        }
+        match *self {
+            Self::Power {
+                beta_min,
+                beta_max,
+                r,
+                ..
+            } => {
+                if !(beta_min.is_finite() && beta_min > 0.0) {
+                    return Err(Error::invalid(
+                        "beta_min",
+                        beta_min,
+                        "β must be finite and > 0",
+                    ));
+                }
+                if !(beta_max.is_finite() && beta_max > 0.0) {
+                    return Err(Error::invalid(
+                        "beta_max",
+                        beta_max,
+                        "β must be finite and > 0",
+                    ));
+                }
+                if !(r.is_finite() && r >= 0.0) {
+                    return Err(Error::invalid("r", r, "the power must be finite and ≥ 0"));
+                }
+            }
+            Self::Constant { beta, .. } => {
+                if !(beta.is_finite() && beta > 0.0) {
+                    return Err(Error::invalid("beta", beta, "β must be finite and > 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The horizon T.
+    pub fn t_max(&self) -> f64 {
+        match *self {
+            Self::Power { t_max, .. } | Self::Constant { t_max, .. } => t_max,
+        }
+    }
+
+    /// β_t (no range check; see [`Self::check_time`]).
+    pub fn beta(&self, t: f64) -> f64 {
+        match *self {
+            Self::Power {
+                beta_min,
+                beta_max,
+                r,
+                t_max,
+            } => beta_min + (t / t_max).powf(r) * (beta_max - beta_min),
+            Self::Constant { beta, .. } => beta,
+        }
+    }
+
+    /// B_t = ∫_0^t β_s ds in closed form: β_min t + (β_max − β_min) t^{r+1} / ((r+1) T^r), or β t.
+    pub fn integral(&self, t: f64) -> f64 {
+        match *self {
+            Self::Power {
+                beta_min,
+                beta_max,
+                r,
+                t_max,
+            } => beta_min * t + (beta_max - beta_min) * t * (t / t_max).powf(r) / (r + 1.0),
+            Self::Constant { beta, .. } => beta * t,
+        }
+    }
+
+    /// Fails unless 0 < t ≤ T (with a relative tolerance of 1e-12 at T).
+    pub fn check_time(&self, t: f64) -> Result<()> {
+        let t_max = self.t_max();
+        if t.is_finite() && t > 0.0 && t <= t_max * (1.0 + 1e-12) {
+            Ok(())
+        } else {
+            Err(Error::TimeOutOfRange { t, t_max })
+        }
+    }
+}
+
+/// `n` evenly spaced times from `t0` to `t1` inclusive (numpy's `linspace`).
+pub fn linspace(t0: f64, t1: f64, n: usize) -> Vec<f64> {
+    match n {
+        0 => vec![],
+        1 => vec![t0],
+        _ => (0..n)
+            .map(|i| t0 + (t1 - t0) * i as f64 / (n - 1) as f64)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Composite Simpson's rule, an independent way to integrate β.
+    fn simpson(f: impl Fn(f64) -> f64, a: f64, b: f64, n: usize) -> f64 {
+        let h = (b - a) / n as f64;
+        let mut s = f(a) + f(b);
+        for i in 1..n {
+            let w = if i % 2 == 1 { 4.0 } else { 2.0 };
+            s += w * f(a + i as f64 * h);
+        }
+        s * h / 3.0
+    }
+
+    #[test]
+    fn integral_matches_quadrature() {
+        for s in [
+            BetaSchedule::vsdm_default(),
+            BetaSchedule::power(0.1, 20.0, 1.0, 1.0).unwrap(),
+            BetaSchedule::power(0.3, 4.0, 2.5, 2.0).unwrap(),
+            BetaSchedule::constant(4.0, 1.0).unwrap(),
+        ] {
+            for t in [0.013, 0.3, 0.77, s.t_max()] {
+                let q = simpson(|u| s.beta(u), 0.0, t, 20_000);
+                assert!(
+                    (q - s.integral(t)).abs() < 1e-9 * (1.0 + q),
+                    "{s:?} t={t}: {q} vs {}",
+                    s.integral(t)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = BetaSchedule::power(0.0, 10.0, 1.7, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("beta_min = 0"), "{e}");
+        let e = BetaSchedule::constant(-1.0, 1.0).unwrap_err().to_string();
+        assert!(e.contains("beta = -1"), "{e}");
+        let e = BetaSchedule::constant(f64::NAN, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("beta = NaN"), "{e}");
+        let e = BetaSchedule::constant(1.0, 0.0).unwrap_err().to_string();
+        assert!(e.contains("T = 0"), "{e}");
+        let s = BetaSchedule::vsdm_default();
+        assert!(s.check_time(0.0).is_err());
+        assert!(s
+            .check_time(1.5)
+            .unwrap_err()
+            .to_string()
+            .contains("t = 1.5"));
+        assert!(s.check_time(f64::NAN).is_err());
+        assert!(s.check_time(1.0).is_ok());
+    }
+}
