@@ -8,8 +8,12 @@
 pub mod error;
 pub mod kernel;
 pub mod model;
+pub mod process;
+pub mod rng;
 pub mod schedule;
 
 pub use error::{Error, Result};
 pub use model::ScoreModel;
+pub use process::{ForwardProcess, LinearDrift, Marginals, Vp, Vsdm, Vsmd, VsmdParams};
+pub use rng::NoiseRng;
 pub use schedule::BetaSchedule;
