@@ -74,3 +74,21 @@ pub fn ensure_finite(what: &str, values: &[f64]) -> Result<()> {
         }),
     }
 }
+
+/// Fails with [`Error::NonFinite`] if the tensor holds a NaN or an infinity (its sum is then not finite);
+/// `t` names the diffusion time.
+pub fn ensure_finite_tensor(what: &str, x: &candle_core::Tensor, t: f64) -> Result<()> {
+    let s = x
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    if s.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFinite {
+            what: format!("{what} at t = {t}"),
+            index: 0,
+            value: s as f64,
+        })
+    }
+}

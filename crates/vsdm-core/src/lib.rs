@@ -10,10 +10,12 @@ pub mod kernel;
 pub mod model;
 pub mod process;
 pub mod rng;
+pub mod sampler;
 pub mod schedule;
 
 pub use error::{Error, Result};
 pub use model::ScoreModel;
-pub use process::{ForwardProcess, LinearDrift, Marginals, Vp, Vsdm, Vsmd, VsmdParams};
+pub use process::{ForwardProcess, LinearDrift, Marginals, Process, Vp, Vsdm, Vsmd, VsmdParams};
 pub use rng::NoiseRng;
+pub use sampler::{SampleRun, SamplerConfig, SamplerKind};
 pub use schedule::BetaSchedule;

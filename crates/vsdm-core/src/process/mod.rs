@@ -7,10 +7,12 @@
 //!
 //! The *state* z is the data x for VP and VSDM, and (x, v) concatenated along dimension 1 for VSMD.
 
+mod any;
 mod vp;
 mod vsdm;
 mod vsmd;
 
+pub use any::{AnyMarginals, Process};
 pub use vp::{Vp, VpMarginals};
 pub use vsdm::{LinearDrift, Vsdm, VsdmMarginals};
 pub use vsmd::{Vsmd, VsmdMarginals, VsmdParams};
