@@ -8,10 +8,12 @@
 pub mod error;
 pub mod kernel;
 pub mod model;
+pub mod optim;
 pub mod process;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod variational;
 
 pub use error::{Error, Result};
 pub use model::ScoreModel;
