@@ -6,6 +6,7 @@
 //! update by stochastic approximation, samplers and the alternating trainer.
 
 pub mod error;
+pub mod init;
 pub mod kernel;
 pub mod model;
 pub mod optim;
@@ -13,6 +14,7 @@ pub mod process;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod trainer;
 pub mod variational;
 
 pub use error::{Error, Result};
@@ -21,3 +23,5 @@ pub use process::{ForwardProcess, LinearDrift, Marginals, Process, Vp, Vsdm, Vsm
 pub use rng::NoiseRng;
 pub use sampler::{SampleRun, SamplerConfig, SamplerKind};
 pub use schedule::BetaSchedule;
+pub use trainer::{DataSource, ExportedConfig, InMemory, StepReport, TrainConfig, Trainer};
+pub use variational::{VarParams, VariationalConfig};

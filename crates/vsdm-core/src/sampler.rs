@@ -106,38 +106,34 @@ pub struct SampleRun {
     pub scores: Vec<Tensor>,
 }
 
-/// Samples with an exact score function `score(z, t, n)` (n the grid index of t), starting from `z_t` at T.
-pub fn sample_with_score<P, F>(
+/// Integrates from `z_t` at T down the grid with a score function `score(z, t, n)` (n the grid index of t),
+/// calling `observe(n, z_n, s_n)` with the state and the score used at each of the first `steps` grid times.
+/// Returns the final state and the NFE. Use this to accumulate statistics without storing trajectories.
+pub fn integrate<P, F, O>(
     process: &P,
     cfg: &SamplerConfig,
+    times: &[f64],
     z_t: Tensor,
     mut score: F,
     rng: &mut NoiseRng,
-    record: bool,
-) -> Result<SampleRun>
+    mut observe: O,
+) -> Result<(Tensor, usize)>
 where
     P: ForwardProcess,
     F: FnMut(&Tensor, f64, usize) -> Result<Tensor>,
+    O: FnMut(usize, &Tensor, &Tensor) -> Result<()>,
 {
-    let times = cfg.grid(process.schedule().t_max())?;
     let mut z = z_t;
     let mut nfe = 0;
-    let mut trajectory = Vec::new();
-    let mut scores = Vec::new();
     let pf = cfg.kind != SamplerKind::EulerMaruyama;
     for i in 0..cfg.steps {
         let (t, t_next) = (times[i], times[i + 1]);
         let h = t - t_next;
         let last = i + 1 == cfg.steps;
-        if record {
-            trajectory.push(z.clone());
-        }
         let s = score(&z, t, i)?;
         nfe += 1;
         let b = process.reverse_drift(&z, t, &s, pf)?;
-        if record {
-            scores.push(s);
-        }
+        observe(i, &z, &s)?;
         let euler = (&z - (&b * h)?)?;
         z = match cfg.kind {
             SamplerKind::EulerMaruyama if !last => {
@@ -154,11 +150,37 @@ where
         };
         crate::error::ensure_finite_tensor("sampler state", &z, t_next)?;
     }
+    Ok((z, nfe))
+}
+
+/// Samples with an exact score function `score(z, t, n)` (n the grid index of t), starting from `z_t` at T.
+pub fn sample_with_score<P, F>(
+    process: &P,
+    cfg: &SamplerConfig,
+    z_t: Tensor,
+    score: F,
+    rng: &mut NoiseRng,
+    record: bool,
+) -> Result<SampleRun>
+where
+    P: ForwardProcess,
+    F: FnMut(&Tensor, f64, usize) -> Result<Tensor>,
+{
+    let times = cfg.grid(process.schedule().t_max())?;
+    let mut trajectory = Vec::new();
+    let mut scores = Vec::new();
+    let (state, nfe) = integrate(process, cfg, &times, z_t, score, rng, |_, z, s| {
+        if record {
+            trajectory.push(z.clone());
+            scores.push(s.clone());
+        }
+        Ok(())
+    })?;
     if record {
-        trajectory.push(z.clone());
+        trajectory.push(state.clone());
     }
     Ok(SampleRun {
-        state: z,
+        state,
         nfe,
         times,
         trajectory,

@@ -1,0 +1,304 @@
+//! The alternating trainer with a tiny MLP: exact resume, divergence handling, bad checkpoints, learning.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+use vsdm_core::trainer::{DataSource, InMemory, TrainConfig, Trainer};
+use vsdm_core::variational::VarParams;
+use vsdm_core::{BetaSchedule, NoiseRng, SamplerConfig, SamplerKind, ScoreModel, VsmdParams};
+
+const DEV: Device = Device::Cpu;
+
+struct Mlp {
+    l1: Linear,
+    l2: Linear,
+    l3: Linear,
+}
+
+impl Mlp {
+    fn build(state_dim: usize, out: usize) -> impl Fn(VarBuilder) -> candle_core::Result<Mlp> {
+        move |vb| {
+            Ok(Mlp {
+                l1: linear(state_dim + 8, 64, vb.pp("l1"))?,
+                l2: linear(64, 64, vb.pp("l2"))?,
+                l3: linear(64, out, vb.pp("l3"))?,
+            })
+        }
+    }
+}
+
+impl ScoreModel for Mlp {
+    fn forward(&self, x: &Tensor, t: &Tensor, _c: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let freqs = Tensor::new(&[1f32, 2.0, 4.0, 8.0], x.device())?;
+        let arg = t.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
+        let h = Tensor::cat(&[x, &arg.sin()?, &arg.cos()?], 1)?;
+        let h = self.l1.forward(&h)?.silu()?;
+        let h = self.l2.forward(&h)?.silu()?;
+        self.l3.forward(&h)
+    }
+}
+
+fn gaussian_data(n: usize, seed: u64) -> Tensor {
+    let mut rng = NoiseRng::new(seed);
+    let e = rng.randn(&[n, 2], &DEV).unwrap();
+    // N((−2, 1), [[1, 1], [1, 5]]) via its Cholesky factor [[1, 0], [1, 2]].
+    let l = Tensor::new(&[[1f32, 1.0], [0.0, 2.0]], &DEV).unwrap();
+    e.matmul(&l)
+        .unwrap()
+        .broadcast_add(&Tensor::new(&[-2f32, 1.0], &DEV).unwrap())
+        .unwrap()
+}
+
+fn config(init: VarParams, iters: usize) -> TrainConfig {
+    let mut c = TrainConfig::new(
+        BetaSchedule::power(0.1, 10.0, 1.7, 1.0).unwrap(),
+        &[2],
+        init,
+        true,
+    );
+    c.iters = iters;
+    c.batch_size = 64;
+    c.warmup = 4;
+    c.block = 6;
+    c.cooldown = 3;
+    c.grad_clip = Some(1.0);
+    c.variational.n_trajectories = 48;
+    c.variational.batch = 16;
+    c.variational.steps = 10;
+    c.variational.iters = 4;
+    c.variational.adam.lr = 1e-2;
+    c.seed = 17;
+    c
+}
+
+fn state_dim(init: &VarParams) -> usize {
+    if matches!(init, VarParams::Momentum { .. }) {
+        4
+    } else {
+        2
+    }
+}
+
+fn snapshot(tr: &Trainer<Mlp>) -> Vec<Vec<f32>> {
+    let mut names: Vec<String> = tr.varmap().data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    let data = tr.varmap().data().lock().unwrap();
+    let mut out: Vec<Vec<f32>> = names
+        .iter()
+        .map(|n| {
+            data[n]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect();
+    out.push(tr.params().values().iter().map(|&x| x as f32).collect());
+    out.push(tr.params_ema().values().iter().map(|&x| x as f32).collect());
+    out
+}
+
+fn exact_resume(init: VarParams) {
+    let dim = state_dim(&init);
+    let total = 22;
+    let mut data = InMemory::new(gaussian_data(512, 1)).unwrap();
+    let mut straight = Trainer::new(config(init.clone(), total), &DEV, Mlp::build(dim, 2)).unwrap();
+    straight.run(&mut data, None, 0, 0).unwrap();
+    assert_ne!(
+        straight.params().values(),
+        init.values(),
+        "the variational stages did not move the parameters"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = InMemory::new(gaussian_data(512, 1)).unwrap();
+    let mut first = Trainer::new(config(init.clone(), total), &DEV, Mlp::build(dim, 2)).unwrap();
+    // Step 10 ends with a variational stage; stop one step after it.
+    let split = 11;
+    for _ in 0..split {
+        first.step(&mut data).unwrap();
+    }
+    first.save_checkpoint(dir.path()).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(dir.path(), &DEV, Mlp::build(dim, 2)).unwrap();
+    assert_eq!(resumed.step_count(), split);
+    resumed.run(&mut data, None, 0, 0).unwrap();
+    let (a, b) = (snapshot(&straight), snapshot(&resumed));
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            x == y,
+            "tensor {i} of the resumed run differs (max |Δ| = {worst}): not bit for bit"
+        );
+    }
+}
+
+#[test]
+fn resume_is_exact_for_full_a() {
+    exact_resume(VarParams::Full {
+        d: 2,
+        a: vec![0.0; 4],
+    });
+}
+
+#[test]
+fn resume_is_exact_for_vsmd() {
+    exact_resume(VarParams::Momentum {
+        c: vec![0.0; 2],
+        params: VsmdParams::default(),
+    });
+}
+
+struct Poisoned {
+    inner: InMemory,
+    after: usize,
+    calls: usize,
+}
+
+impl DataSource for Poisoned {
+    fn next_batch(
+        &mut self,
+        batch: usize,
+        rng: &mut NoiseRng,
+        device: &Device,
+    ) -> vsdm_core::Result<(Tensor, Option<Tensor>)> {
+        self.calls += 1;
+        let (x, c) = self.inner.next_batch(batch, rng, device)?;
+        if self.calls > self.after {
+            Ok(((x * f64::NAN)?, c))
+        } else {
+            Ok((x, c))
+        }
+    }
+}
+
+#[test]
+fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(VarParams::Diagonal(vec![0.0; 2]), 40);
+    cfg.adaptive = false;
+    let mut tr = Trainer::new(cfg, &DEV, Mlp::build(2, 2)).unwrap();
+    let mut data = Poisoned {
+        inner: InMemory::new(gaussian_data(256, 2)).unwrap(),
+        after: 12,
+        calls: 0,
+    };
+    let err = tr
+        .run(&mut data, Some(dir.path()), 5, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("non-finite") && err.contains("step 13"),
+        "{err}"
+    );
+    let back = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2)).unwrap();
+    assert_eq!(back.step_count(), 10);
+}
+
+#[test]
+fn bad_checkpoints_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("latest"), "{err}");
+    let tr = Trainer::new(config(VarParams::None, 5), &DEV, Mlp::build(2, 2)).unwrap();
+    let ck = tr.save_checkpoint(dir.path()).unwrap();
+    std::fs::write(ck.join("state.safetensors"), b"not a safetensors file").unwrap();
+    let err = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("state.safetensors"), "{err}");
+    // A network of another size than the checkpoint's.
+    let tr = Trainer::new(config(VarParams::None, 5), &DEV, Mlp::build(2, 2)).unwrap();
+    tr.save_checkpoint(dir.path()).unwrap();
+    let err = Trainer::resume(dir.path(), &DEV, Mlp::build(3, 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.l1.weight") && err.contains("shape"),
+        "{err}"
+    );
+    // A bad configuration value.
+    let mut c = config(VarParams::None, 5);
+    c.grid = 0;
+    let err = Trainer::new(c, &DEV, Mlp::build(2, 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("grid"), "{err}");
+}
+
+/// Training on Gaussian data lowers the denoising loss and the samples approach the data law.
+#[test]
+fn training_learns_a_gaussian() {
+    let mut cfg = config(VarParams::Diagonal(vec![0.0; 2]), 1500);
+    cfg.batch_size = 256;
+    cfg.block = 500;
+    cfg.adam.lr = 3e-3;
+    cfg.ema_decay = 0.98;
+    let mut data = InMemory::new(gaussian_data(4096, 3)).unwrap();
+    let mut tr = Trainer::new(cfg, &DEV, Mlp::build(2, 2)).unwrap();
+    let reports = tr.run(&mut data, None, 0, 0).unwrap();
+    let head: f64 = reports[..50].iter().map(|r| r.loss).sum::<f64>() / 50.0;
+    let tail: f64 = reports[reports.len() - 200..]
+        .iter()
+        .map(|r| r.loss)
+        .sum::<f64>()
+        / 200.0;
+    assert!(tail < 0.8 * head, "loss {head} -> {tail}");
+    let x = tr
+        .sample(
+            None,
+            4000,
+            &SamplerConfig::new(SamplerKind::EulerMaruyama, 100),
+        )
+        .unwrap();
+    let m = x.mean(0).unwrap().to_vec1::<f32>().unwrap();
+    let c = x.broadcast_sub(&x.mean_keepdim(0).unwrap()).unwrap();
+    let cov = c
+        .t()
+        .unwrap()
+        .matmul(&c)
+        .unwrap()
+        .affine(1.0 / 3999.0, 0.0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // Loose: a 64-unit MLP after 1500 updates. Mean within 0.3, variances within 30%.
+    assert!(
+        (m[0] + 2.0).abs() < 0.3 && (m[1] - 1.0).abs() < 0.3,
+        "mean {m:?}"
+    );
+    assert!(
+        (cov[0][0] - 1.0).abs() < 0.3 && (cov[1][1] - 5.0).abs() < 1.5,
+        "cov {cov:?}"
+    );
+    let _ = DType::F32;
+}
+
+#[test]
+fn two_fresh_runs_are_identical() {
+    let init = VarParams::Full {
+        d: 2,
+        a: vec![0.0; 4],
+    };
+    let go = || {
+        let mut data = InMemory::new(gaussian_data(512, 1)).unwrap();
+        let mut t = Trainer::new(config(init.clone(), 3), &DEV, Mlp::build(2, 2)).unwrap();
+        let s0 = snapshot(&t);
+        t.run(&mut data, None, 0, 0).unwrap();
+        (s0, snapshot(&t))
+    };
+    let (a0, a) = go();
+    let (b0, b) = go();
+    assert!(a0 == b0, "initialisation differs");
+    assert!(a == b, "training differs");
+}
