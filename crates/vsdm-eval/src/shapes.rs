@@ -229,15 +229,10 @@ pub fn straightness_and_energy(
     for k in 0..last {
         let ds = s[k + 1] - s[k];
         let (mut a, mut b) = (0.0, 0.0);
-        for j in 0..n {
-            let v = [
-                (paths[k + 1][j][0] - paths[k][j][0]) / ds,
-                (paths[k + 1][j][1] - paths[k][j][1]) / ds,
-            ];
-            let d = [
-                paths[last][j][0] - paths[0][j][0],
-                paths[last][j][1] - paths[0][j][1],
-            ];
+        let steps = paths[k].iter().zip(&paths[k + 1]);
+        for ((x0, x1), (start, end)) in steps.zip(paths[0].iter().zip(&paths[last])) {
+            let v = [(x1[0] - x0[0]) / ds, (x1[1] - x0[1]) / ds];
+            let d = [end[0] - start[0], end[1] - start[1]];
             a += sq(&d, &v);
             b += v[0] * v[0] + v[1] * v[1];
         }
