@@ -1,0 +1,147 @@
+//! `vsdm-toys`: the anisotropic-shapes experiment.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use vsdm_toys::data::Shape;
+use vsdm_toys::experiment::Budget;
+use vsdm_toys::report::{gaussian_check, markdown, methods, run_all, write_report, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "vsdm-toys",
+    about = "Anisotropic 2-D shapes: VP vs VSDM vs CLD vs VSMD"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train every method on every shape over several seeds and write shapes.md and PNGs.
+    Shapes {
+        /// Output folder (shapes.md goes here, PNGs under shapes/).
+        #[arg(long, default_value = "docs/results")]
+        out: PathBuf,
+        /// Number of seeds (0, 1, …).
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Network updates per run.
+        #[arg(long)]
+        iters: Option<usize>,
+        /// Hidden width of the score network.
+        #[arg(long)]
+        hidden: Option<usize>,
+        /// Worker threads (each runs whole trainings single-threaded).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// The tiny budget of the test suite.
+        #[arg(long)]
+        smoke: bool,
+        /// Only these shapes.
+        #[arg(long, value_enum, num_args = 1..)]
+        shape: Vec<Shape>,
+        /// Only these methods (vp10, vsdm10, vp20, vsdm20, cld, vsmd, vsmd0.9).
+        #[arg(long, num_args = 1..)]
+        method: Vec<String>,
+        /// Learning rate of A in the Gaussian-bridge check (the official code's 3e-4 by default).
+        #[arg(long, default_value_t = 3e-4)]
+        gaussian_lr: f64,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Shapes {
+            out,
+            seeds,
+            iters,
+            hidden,
+            jobs,
+            smoke,
+            shape,
+            method,
+            gaussian_lr,
+        } => {
+            if seeds == 0 || jobs == 0 {
+                bail!("--seeds and --jobs must be at least 1 (got {seeds} and {jobs})");
+            }
+            if jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+                // Whole runs in parallel, each on one core: faster than splitting small matrices.
+                std::env::set_var("RAYON_NUM_THREADS", "1");
+            }
+            let mut budget = if smoke {
+                Budget::smoke()
+            } else {
+                Budget::full()
+            };
+            if let Some(i) = iters {
+                budget.iters = i;
+            }
+            if let Some(h) = hidden {
+                budget.hidden = h;
+            }
+            let settings = Settings {
+                budget,
+                seeds: (0..seeds).collect(),
+                shapes: if shape.is_empty() {
+                    vec![Shape::Spiral, Shape::Checkerboard]
+                } else {
+                    shape
+                },
+                methods: {
+                    let all = methods();
+                    let mut chosen = Vec::new();
+                    for m in &method {
+                        match all.iter().find(|x| x.slug() == *m) {
+                            Some(x) => chosen.push(*x),
+                            None => bail!(
+                                "--method {m}: unknown; choose from {}",
+                                all.iter().map(|x| x.slug()).collect::<Vec<_>>().join(", ")
+                            ),
+                        }
+                    }
+                    if chosen.is_empty() {
+                        all
+                    } else {
+                        chosen
+                    }
+                },
+                n_eval: if smoke { 200 } else { 2000 },
+                n_paths: if smoke { 50 } else { 300 },
+                jobs,
+                gaussian_stages: if smoke { 2 } else { 20 },
+            };
+            let start = std::time::Instant::now();
+            let png = out.join("shapes");
+            std::fs::create_dir_all(&png)?;
+            let results = run_all(&settings, Some(&png))?;
+            let g = gaussian_check(&settings.budget, settings.gaussian_stages, gaussian_lr, 0)?;
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let command = command.replacen(
+                &std::env::args().next().unwrap_or_default(),
+                "cargo run --release -p vsdm-toys --",
+                1,
+            );
+            let md = markdown(
+                &results,
+                &settings,
+                &g,
+                &command,
+                start.elapsed().as_secs_f64(),
+            );
+            write_report(&out, &md)?;
+            println!("{md}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The smoke version of `vsdm-toys shapes`, run as a user would, end to end (< 1 minute).
+
+use std::process::Command;
+
+#[test]
+fn smoke_run_writes_the_report_and_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
+        .args(["shapes", "--smoke", "--seeds", "2", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(dir.path().join("shapes.md")).unwrap();
+    for label in [
+        "VP β10",
+        "VSDM β10",
+        "VP β20",
+        "VSDM β20",
+        "CLD",
+        "VSMD",
+        "VSMD κ=0.9",
+    ] {
+        assert!(
+            md.contains(&format!("| {label} | 100 |")),
+            "missing {label} in\n{md}"
+        );
+    }
+    assert!(md.contains("Gaussian-bridge check") && md.contains("## The claims"));
+    assert!(!md.contains("NaN"), "{md}");
+    for f in ["spiral-vsdm10-samples.png", "checkerboard-vsmd-paths.png"] {
+        let png = std::fs::read(dir.path().join("shapes").join(f)).unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{f}");
+    }
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
+        .args(["shapes", "--seeds", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--seeds"));
+    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
+        .args(["shapes", "--shape", "moons"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("moons"));
+}
