@@ -108,9 +108,10 @@ impl AdamW {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let g = (g * grad_scale)?;
-            let m = ((&self.m[k] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[k] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            // Detached: gradients may carry graph history, which the moments must not accumulate.
+            let g = (g.detach() * grad_scale)?;
+            let m = ((&self.m[k] * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+            let v = ((&self.v[k] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let theta = var.as_tensor();
             let theta = if c.weight_decay > 0.0 {
                 (theta * (1.0 - lr * c.weight_decay))?

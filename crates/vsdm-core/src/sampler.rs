@@ -130,7 +130,9 @@ where
         let (t, t_next) = (times[i], times[i + 1]);
         let h = t - t_next;
         let last = i + 1 == cfg.steps;
-        let s = score(&z, t, i)?;
+        // Sampling never needs gradients: detach so that a network built from variables does not chain the
+        // graph of every step.
+        let s = score(&z, t, i)?.detach();
         nfe += 1;
         let b = process.reverse_drift(&z, t, &s, pf)?;
         observe(i, &z, &s)?;
@@ -141,7 +143,7 @@ where
                 (euler + process.noise_increment(&xi, t, h)?)?
             }
             SamplerKind::Heun if !last => {
-                let s2 = score(&euler, t_next, i + 1)?;
+                let s2 = score(&euler, t_next, i + 1)?.detach();
                 nfe += 1;
                 let b2 = process.reverse_drift(&euler, t_next, &s2, true)?;
                 (&z - ((b + b2)? * (0.5 * h))?)?
