@@ -46,6 +46,12 @@ enum Cmd {
         /// Only these methods (vp10, vsdm10, vp20, vsdm20, cld, vsmd, vsmd0.9).
         #[arg(long, num_args = 1..)]
         method: Vec<String>,
+        /// Learning rate of A (or c) in the table's runs.
+        #[arg(long)]
+        a_lr: Option<f64>,
+        /// ζ of VSDM in the table's runs (VSMD keeps its code's 1).
+        #[arg(long)]
+        zeta: Option<f64>,
         /// Learning rate of A in the Gaussian-bridge check (the official code's 3e-4 by default).
         #[arg(long, default_value_t = 3e-4)]
         gaussian_lr: f64,
@@ -89,6 +95,12 @@ fn main() -> Result<()> {
             }
             if let Some(h) = hidden {
                 budget.hidden = h;
+            }
+            if let Some(lr) = a_lr {
+                budget.a_lr = lr;
+            }
+            if let Some(z) = zeta {
+                budget.zeta = z;
             }
             let settings = Settings {
                 budget,

@@ -436,6 +436,8 @@ pub fn gaussian_check(
         a_iters: b.a_iters,
         dist_start: dist(&s0),
         dist_end: dist(&s1),
+        kl_start,
+        kl_end,
         a,
         sigma: s1,
     })
