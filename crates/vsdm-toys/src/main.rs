@@ -76,6 +76,8 @@ fn main() -> Result<()> {
             smoke,
             shape,
             method,
+            a_lr,
+            zeta,
             gaussian_lr,
         } => {
             if seeds == 0 || jobs == 0 {
