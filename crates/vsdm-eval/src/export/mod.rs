@@ -7,6 +7,8 @@ use plotters::prelude::*;
 
 use crate::forecast::{quantile_index, Window};
 
+pub mod npz;
+
 /// Export failures, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
