@@ -1,0 +1,170 @@
+//! Fetching data files into the cache: HTTP download with a progress bar and SHA-256 check, written to a
+//! temporary file and renamed into place, and safe unpacking of `.tar.gz` archives.
+
+use crate::error::{DataError, Result};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Lower-case hex SHA-256 of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks `path` against an expected SHA-256 (no-op when `expected` is `None`). `url` names the file's origin
+/// in the error.
+pub fn verify_sha256(path: &Path, expected: Option<&str>, url: &str) -> Result<()> {
+    if let Some(expected) = expected {
+        let actual = sha256_file(path)?;
+        if !actual.eq_ignore_ascii_case(expected) {
+            return Err(DataError::Checksum {
+                file: path.to_path_buf(),
+                url: url.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `dest` with `.part` appended: where a download is written before it is verified and renamed.
+pub fn partial_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+/// Downloads `url` to `dest`: streams into `dest.part` with an indicatif progress bar while hashing, checks the
+/// SHA-256 when `expected_sha256` is given, then renames into place. On any failure the partial file is
+/// removed and `dest` is untouched; a transport or HTTP failure becomes [`DataError::Download`], which tells
+/// the user where to put the file by hand.
+pub fn download(url: &str, dest: &Path, expected_sha256: Option<&str>) -> Result<()> {
+    let fail = |reason: String| DataError::Download {
+        url: url.to_string(),
+        reason,
+        expected: dest.to_path_buf(),
+    };
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    }
+    tracing::info!(url, dest = %dest.display(), "downloading");
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(20))
+        .timeout_read(Duration::from_secs(120))
+        .build();
+    let resp = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::Status(code, r) => fail(format!("HTTP {code} {}", r.status_text())),
+        ureq::Error::Transport(t) => fail(t.to_string()),
+    })?;
+    let total: Option<u64> = resp.header("Content-Length").and_then(|v| v.parse().ok());
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    );
+    let part = partial_path(dest);
+    let result = (|| -> Result<String> {
+        let mut out = std::fs::File::create(&part).map_err(|e| DataError::io(&part, e))?;
+        let mut reader = resp.into_reader();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut received = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| fail(format!("connection broke after {received} bytes: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| DataError::io(&part, e))?;
+            received += n as u64;
+            bar.inc(n as u64);
+        }
+        out.sync_all().map_err(|e| DataError::io(&part, e))?;
+        if let Some(t) = total.filter(|&t| t != received) {
+            return Err(fail(format!("truncated: {received} of {t} bytes")));
+        }
+        Ok(hex(&h.finalize()))
+    })();
+    bar.finish_and_clear();
+    let actual = match result {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    if let Some(expected) = expected_sha256 {
+        if !actual.eq_ignore_ascii_case(expected) {
+            let _ = std::fs::remove_file(&part);
+            return Err(DataError::Checksum {
+                file: dest.to_path_buf(),
+                url: url.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    std::fs::rename(&part, dest).map_err(|e| DataError::io(dest, e))?;
+    tracing::info!(dest = %dest.display(), sha256 = %actual, "downloaded");
+    Ok(())
+}
+
+/// Unpacks a `.tar.gz` into `into` (created if needed). Entries that would land outside `into` (absolute
+/// paths, `..`) are refused by the `tar` crate's `unpack_in`.
+pub fn unpack_tar_gz(archive: &Path, into: &Path) -> Result<()> {
+    std::fs::create_dir_all(into).map_err(|e| DataError::io(into, e))?;
+    let f = std::fs::File::open(archive).map_err(|e| DataError::io(archive, e))?;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entries = ar
+        .entries()
+        .map_err(|e| DataError::file(archive, format!("not a readable tar.gz: {e}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| DataError::file(archive, format!("corrupt archive entry: {e}")))?;
+        let ok = entry.unpack_in(into).map_err(|e| {
+            DataError::file(
+                archive,
+                format!("cannot unpack into {}: {e}", into.display()),
+            )
+        })?;
+        if !ok {
+            let p = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return Err(DataError::file(
+                archive,
+                format!("entry `{p}` points outside the target folder"),
+            ));
+        }
+    }
+    Ok(())
+}

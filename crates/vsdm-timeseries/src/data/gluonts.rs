@@ -1,0 +1,408 @@
+//! GluonTS's on-disk data set layout (`metadata/metadata.json`, `train/train.json`, `test/test.json`, one JSON
+//! object per line) and the multivariate grouping that TimeGrad-style models apply to the `*_nips` sets, as
+//! GluonTS's `MultivariateGrouper` does: the training lines become one `D × T` matrix, and the test lines, read
+//! in blocks of D, become `len(test) / len(train)` rolling windows, each the whole series up to the window's end.
+//!
+//! Unlike the grouper, which pads misaligned series, this loader insists that the series share start date and
+//! length and reports the first line that does not.
+
+use super::freq::{parse_timestamp, Freq};
+use super::series::{open_text, Dataset, SeriesMatrix, TestSplit};
+use crate::error::{DataError, Result};
+use chrono::NaiveDateTime;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::io::BufRead;
+use std::path::Path;
+
+/// What `metadata/metadata.json` says. Old files (the `*_nips` archives) carry only `time_granularity`; newer
+/// ones carry `freq`, `prediction_length` and `feat_static_cat[].cardinality`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GluonTsMetadata {
+    /// Sampling frequency (`freq`, or `time_granularity` in old files).
+    pub freq: Freq,
+    /// Prediction length, when recorded.
+    pub prediction_length: Option<usize>,
+    /// Cardinality of the first static categorical feature (the number of series in the `*_nips` sets).
+    pub cardinality: Option<usize>,
+}
+
+/// Reads and validates `metadata.json`.
+pub fn read_metadata(path: &Path) -> Result<GluonTsMetadata> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| DataError::parse(path, e.line(), "(json)", e.to_string()))?;
+    let (key, freq_str) = match (v.get("freq"), v.get("time_granularity")) {
+        (Some(f), _) => ("freq", f),
+        (None, Some(f)) => ("time_granularity", f),
+        (None, None) => {
+            return Err(DataError::file(
+                path,
+                "neither `freq` nor `time_granularity` is present",
+            ))
+        }
+    };
+    let line_of = |k: &str| {
+        text.lines()
+            .position(|l| l.contains(&format!("\"{k}\"")))
+            .map_or(1, |i| i + 1)
+    };
+    let freq_s = freq_str
+        .as_str()
+        .ok_or_else(|| DataError::parse(path, line_of(key), key, "not a string"))?;
+    let freq = Freq::parse(freq_s).ok_or_else(|| {
+        DataError::parse(
+            path,
+            line_of(key),
+            key,
+            format!("unsupported frequency `{freq_s}`"),
+        )
+    })?;
+    let prediction_length = match v.get("prediction_length") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(p) => Some(as_usize(p).filter(|&p| p > 0).ok_or_else(|| {
+            DataError::parse(
+                path,
+                line_of("prediction_length"),
+                "prediction_length",
+                "not a positive integer",
+            )
+        })?),
+    };
+    let cardinality = match v
+        .get("feat_static_cat")
+        .and_then(|f| f.get(0))
+        .and_then(|f| f.get("cardinality"))
+    {
+        None => None,
+        Some(c) => Some(as_usize(c).ok_or_else(|| {
+            DataError::parse(
+                path,
+                line_of("cardinality"),
+                "feat_static_cat.cardinality",
+                "not an integer",
+            )
+        })?),
+    };
+    Ok(GluonTsMetadata {
+        freq,
+        prediction_length,
+        cardinality,
+    })
+}
+
+fn as_usize(v: &serde_json::Value) -> Option<usize> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// One line of a GluonTS JSON-lines file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonSeries {
+    /// 1-based line number in its file.
+    pub line: usize,
+    /// Timestamp of the first observation.
+    pub start: NaiveDateTime,
+    /// Observations (NaN is rejected while reading).
+    pub target: Vec<f32>,
+}
+
+/// A target cell: a number, or NaN written as a string or null.
+struct Cell(f64);
+
+impl<'de> Deserialize<'de> for Cell {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cell;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number, \"NaN\" or null")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Cell, E> {
+                Ok(Cell(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Cell, E> {
+                Ok(Cell(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Cell, E> {
+                Ok(Cell(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Cell, E> {
+                match v.trim() {
+                    "NaN" | "nan" | "NAN" => Ok(Cell(f64::NAN)),
+                    other => other
+                        .parse()
+                        .map(Cell)
+                        .map_err(|_| E::custom(format!("`{v}` is not a number"))),
+                }
+            }
+            fn visit_unit<E: de::Error>(self) -> std::result::Result<Cell, E> {
+                Ok(Cell(f64::NAN))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A target array parsed without an intermediate `Vec<Value>`.
+struct Target(Vec<f32>);
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Target;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an array of numbers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Target, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(1024));
+                while let Some(Cell(v)) = seq.next_element()? {
+                    out.push(v as f32);
+                }
+                Ok(Target(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawLine {
+    start: Option<serde_json::Value>,
+    target: Option<Target>,
+}
+
+/// Reads a GluonTS JSON-lines file. Each line needs a `start` aligned to `freq` and a `target` free of NaN;
+/// errors name the file, line and field.
+pub fn read_json_lines(path: &Path, freq: Freq) -> Result<Vec<JsonSeries>> {
+    let reader = open_text(path)?;
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.map_err(|e| DataError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let raw: RawLine = serde_json::from_str(&line).map_err(|e| {
+            let field = if e.to_string().contains("number") {
+                "target"
+            } else {
+                "(json)"
+            };
+            DataError::parse(path, line_no, field, e.to_string())
+        })?;
+        let start_s = match raw.start {
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(DataError::parse(path, line_no, "start", "not a string")),
+            None => return Err(DataError::parse(path, line_no, "start", "missing")),
+        };
+        let start = parse_timestamp(&start_s).ok_or_else(|| {
+            DataError::parse(
+                path,
+                line_no,
+                "start",
+                format!("unparsable date `{start_s}`"),
+            )
+        })?;
+        if let Some(why) = freq.misalignment(start) {
+            return Err(DataError::parse(
+                path,
+                line_no,
+                "start",
+                format!("wrong frequency for `{freq}`: {why}"),
+            ));
+        }
+        let target = raw
+            .target
+            .ok_or_else(|| DataError::parse(path, line_no, "target", "missing"))?
+            .0;
+        if target.is_empty() {
+            return Err(DataError::parse(path, line_no, "target", "empty"));
+        }
+        if let Some(j) = target.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::parse(
+                path,
+                line_no,
+                "target",
+                format!(
+                    "value {j} is {} (missing values are not supported)",
+                    target[j]
+                ),
+            ));
+        }
+        out.push(JsonSeries {
+            line: line_no,
+            start,
+            target,
+        });
+    }
+    if out.is_empty() {
+        return Err(DataError::file(path, "no series in file"));
+    }
+    Ok(out)
+}
+
+/// Stacks equally long, equally started series into a matrix; names the first line that differs.
+fn group(path: &Path, lines: &[JsonSeries], freq: Freq) -> Result<SeriesMatrix> {
+    let first = &lines[0];
+    let len = first.target.len();
+    let mut values = Vec::with_capacity(lines.len() * len);
+    for s in lines {
+        if s.start != first.start {
+            return Err(DataError::parse(
+                path,
+                s.line,
+                "start",
+                format!(
+                    "inconsistent start date {} (line {} starts at {})",
+                    s.start, first.line, first.start
+                ),
+            ));
+        }
+        if s.target.len() != len {
+            return Err(DataError::parse(
+                path,
+                s.line,
+                "target",
+                format!(
+                    "ragged lengths: {} values, line {} has {len}",
+                    s.target.len(),
+                    first.line
+                ),
+            ));
+        }
+        values.extend_from_slice(&s.target);
+    }
+    SeriesMatrix::new(first.start, freq, lines.len(), len, values)
+}
+
+/// Loads a GluonTS data set folder (`<dir>/metadata/metadata.json`, `<dir>/train/train.json`,
+/// `<dir>/test/test.json`) and groups it multivariately. `prediction_length` overrides the metadata's (the old
+/// `*_nips` metadata has none); one of the two must be given.
+pub fn load_gluonts_dir(
+    dir: &Path,
+    name: &str,
+    prediction_length: Option<usize>,
+) -> Result<Dataset> {
+    let meta_path = dir.join("metadata").join("metadata.json");
+    let meta = read_metadata(&meta_path)?;
+    let h = match (prediction_length, meta.prediction_length) {
+        (Some(p), _) | (None, Some(p)) => p,
+        (None, None) => {
+            return Err(DataError::file(
+                &meta_path,
+                "no `prediction_length` in the metadata and none given by the caller",
+            ))
+        }
+    };
+    let train_path = dir.join("train").join("train.json");
+    let test_path = dir.join("test").join("test.json");
+    let train_lines = read_json_lines(&train_path, meta.freq)?;
+    let train = group(&train_path, &train_lines, meta.freq)?;
+    let d = train.num_series;
+    if let Some(card) = meta.cardinality {
+        if card != d {
+            return Err(DataError::file(
+                &meta_path,
+                format!(
+                    "feat_static_cat cardinality {card} but {} has {d} series",
+                    train_path.display()
+                ),
+            ));
+        }
+    }
+    drop(train_lines);
+    let test_lines = read_json_lines(&test_path, meta.freq)?;
+    if test_lines.len() % d != 0 {
+        return Err(DataError::file(
+            &test_path,
+            format!(
+                "{} series is not a multiple of the {d} training series",
+                test_lines.len()
+            ),
+        ));
+    }
+    let num_windows = test_lines.len() / d;
+    let last = group(&test_path, &test_lines[(num_windows - 1) * d..], meta.freq)?;
+    if last.start != train.start {
+        return Err(DataError::parse(
+            &test_path,
+            test_lines[0].line,
+            "start",
+            format!(
+                "test series start at {}, training series at {}",
+                last.start, train.start
+            ),
+        ));
+    }
+    let mut window_ends = Vec::with_capacity(num_windows);
+    for k in 0..num_windows {
+        let block = &test_lines[k * d..(k + 1) * d];
+        let end = block[0].target.len();
+        for (j, s) in block.iter().enumerate() {
+            if s.start != last.start {
+                return Err(DataError::parse(
+                    &test_path,
+                    s.line,
+                    "start",
+                    format!("inconsistent start date {}", s.start),
+                ));
+            }
+            if s.target.len() != end {
+                return Err(DataError::parse(
+                    &test_path,
+                    s.line,
+                    "target",
+                    format!(
+                        "ragged lengths in test window {k}: {} values, line {} has {end}",
+                        s.target.len(),
+                        block[0].line
+                    ),
+                ));
+            }
+            if s.target[..] != last.row(j)[..end] {
+                return Err(DataError::parse(
+                    &test_path,
+                    s.line,
+                    "target",
+                    format!(
+                        "test window {k} of series {j} is not a prefix of the last window's series"
+                    ),
+                ));
+            }
+        }
+        if end < h + 1 || window_ends.last().is_some_and(|&e| e >= end) {
+            return Err(DataError::parse(
+                &test_path,
+                block[0].line,
+                "target",
+                format!("test window {k} ends at {end}: windows must be longer than the prediction length {h} and grow"),
+            ));
+        }
+        window_ends.push(end);
+    }
+    tracing::info!(
+        name,
+        series = d,
+        train_len = train.len,
+        windows = num_windows,
+        freq = %meta.freq,
+        "loaded GluonTS data set"
+    );
+    Ok(Dataset {
+        name: name.to_string(),
+        prediction_length: h,
+        train,
+        test: TestSplit {
+            series: last,
+            window_ends,
+        },
+    })
+}

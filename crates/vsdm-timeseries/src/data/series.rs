@@ -1,0 +1,207 @@
+//! In-memory multivariate series: a `D × T` matrix with a start date and frequency, and the train/test split
+//! of a forecasting data set.
+
+use super::freq::Freq;
+use super::time_features::time_feature_matrix;
+use crate::error::{DataError, Result};
+use chrono::NaiveDateTime;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+/// `num_series` aligned series of `len` regular observations, stored row-major (series × time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesMatrix {
+    /// Timestamp of column 0.
+    pub start: NaiveDateTime,
+    /// Sampling frequency.
+    pub freq: Freq,
+    /// Number of series D (rows).
+    pub num_series: usize,
+    /// Number of time steps T (columns).
+    pub len: usize,
+    /// Row-major values, `values[d * len + t]`.
+    pub values: Vec<f32>,
+}
+
+impl SeriesMatrix {
+    /// Builds a matrix, checking that `values.len() == num_series * len`.
+    pub fn new(
+        start: NaiveDateTime,
+        freq: Freq,
+        num_series: usize,
+        len: usize,
+        values: Vec<f32>,
+    ) -> Result<Self> {
+        if values.len() != num_series * len {
+            return Err(DataError::Invalid(format!(
+                "series matrix of {num_series} × {len} needs {} values, got {}",
+                num_series * len,
+                values.len()
+            )));
+        }
+        Ok(Self {
+            start,
+            freq,
+            num_series,
+            len,
+            values,
+        })
+    }
+
+    /// Series `d` as a slice of length `len`.
+    pub fn row(&self, d: usize) -> &[f32] {
+        &self.values[d * self.len..(d + 1) * self.len]
+    }
+
+    /// Value of series `d` at time index `t`.
+    pub fn at(&self, d: usize, t: usize) -> f32 {
+        self.values[d * self.len + t]
+    }
+
+    /// The first `len` columns (same start and frequency).
+    pub fn prefix(&self, len: usize) -> Result<SeriesMatrix> {
+        if len > self.len {
+            return Err(DataError::Invalid(format!(
+                "prefix of {len} steps asked from a series of {} steps",
+                self.len
+            )));
+        }
+        let mut values = Vec::with_capacity(self.num_series * len);
+        for d in 0..self.num_series {
+            values.extend_from_slice(&self.row(d)[..len]);
+        }
+        SeriesMatrix::new(self.start, self.freq, self.num_series, len, values)
+    }
+
+    /// Timestamp of column `t`.
+    pub fn timestamp(&self, t: usize) -> NaiveDateTime {
+        let mut ts = self.start;
+        for _ in 0..t {
+            ts = self.freq.next(ts);
+        }
+        ts
+    }
+
+    /// GluonTS time features of every column: row-major `[len, F]`.
+    pub fn time_features(&self) -> Vec<f32> {
+        time_feature_matrix(self.start, self.freq, self.len)
+    }
+}
+
+/// The evaluation split: the full series and the end (exclusive) of each rolling test window. Window `k`
+/// forecasts columns `window_ends[k] − prediction_length .. window_ends[k]` from what precedes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestSplit {
+    /// The series up to the last window's end.
+    pub series: SeriesMatrix,
+    /// Exclusive end column of each window, increasing.
+    pub window_ends: Vec<usize>,
+}
+
+/// A forecasting data set: training matrix, rolling test windows and the protocol's prediction length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Registry or file name.
+    pub name: String,
+    /// Horizon H of every forecast.
+    pub prediction_length: usize,
+    /// The training matrix (D × T_train).
+    pub train: SeriesMatrix,
+    /// The test windows.
+    pub test: TestSplit,
+}
+
+impl Dataset {
+    /// Number of series D.
+    pub fn num_series(&self) -> usize {
+        self.train.num_series
+    }
+
+    /// Splits one full series by the protocol used here for ETTh1 and LSTNet files: the last `test_fraction` of
+    /// the columns is the test period, covered by rolling windows of `prediction_length` whose ends advance by
+    /// `stride` (a day for hourly data); everything before it is the training matrix.
+    pub fn from_full_series(
+        name: impl Into<String>,
+        full: SeriesMatrix,
+        prediction_length: usize,
+        test_fraction: f64,
+        stride: usize,
+    ) -> Result<Dataset> {
+        if !(0.0..1.0).contains(&test_fraction) || stride == 0 || prediction_length == 0 {
+            return Err(DataError::Invalid(format!(
+                "bad split: test fraction {test_fraction}, stride {stride}, prediction length {prediction_length}"
+            )));
+        }
+        let test_len = (full.len as f64 * test_fraction).floor() as usize;
+        let train_len = full.len - test_len;
+        let window_ends: Vec<usize> = (1..)
+            .map(|k| train_len + prediction_length + (k - 1) * stride)
+            .take_while(|&e| e <= full.len)
+            .collect();
+        if window_ends.is_empty() || train_len == 0 {
+            return Err(DataError::Invalid(format!(
+                "a series of {} steps has no room for a test window of {prediction_length} steps in its last \
+                 {test_fraction} fraction",
+                full.len
+            )));
+        }
+        Ok(Dataset {
+            name: name.into(),
+            prediction_length,
+            train: full.prefix(train_len)?,
+            test: TestSplit {
+                series: full,
+                window_ends,
+            },
+        })
+    }
+}
+
+/// Opens a text file for line reading, decompressing it when the name ends in `.gz`.
+pub fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
+    let f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::GzDecoder::new(f))
+    } else {
+        Box::new(f)
+    };
+    Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
+}
+
+/// Parses one number cell; `NaN`, `nan` and empty cells become NaN, which callers reject where not allowed.
+pub fn parse_number(s: &str) -> Option<f32> {
+    let s = s.trim();
+    match s {
+        "" | "NaN" | "nan" | "NA" | "null" => Some(f32::NAN),
+        _ => s.parse::<f32>().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::freq::parse_timestamp;
+
+    #[test]
+    fn rolling_daily_split() {
+        let start = parse_timestamp("2016-07-01").unwrap();
+        let full = SeriesMatrix::new(
+            start,
+            Freq::Hours(1),
+            2,
+            1000,
+            (0..2000).map(|v| v as f32).collect(),
+        )
+        .unwrap();
+        let ds = Dataset::from_full_series("x", full, 24, 0.2, 24).unwrap();
+        // 200 test steps → windows ending at 824, 848, ..., 992 (8 windows).
+        assert_eq!(ds.train.len, 800);
+        assert_eq!(ds.test.window_ends.first(), Some(&824));
+        assert_eq!(ds.test.window_ends.len(), 8);
+        assert_eq!(ds.train.row(1)[0], 1000.0);
+        assert_eq!(
+            ds.test.series.timestamp(24),
+            parse_timestamp("2016-07-02").unwrap()
+        );
+    }
+}
