@@ -215,6 +215,19 @@ fn gaussian_roundtrip<P: ForwardProcess>(
     data_block: std::ops::Range<usize>,
     what: &str,
 ) {
+    roundtrip(p, mean_cov, score_block, data_block, what, false)
+}
+
+/// As [`gaussian_roundtrip`], from the exact time-T marginal (`from_prior = false`) or from the prior
+/// N(0, Σ_{T|0}) itself (`from_prior = true`; the caller then picks data and schedule with ‖M_T m‖ negligible).
+fn roundtrip<P: ForwardProcess>(
+    p: &P,
+    mean_cov: &dyn Fn(f64) -> (DVector<f64>, DMatrix<f64>),
+    score_block: std::ops::Range<usize>,
+    data_block: std::ops::Range<usize>,
+    what: &str,
+    from_prior: bool,
+) {
     let n = 6000;
     let t_max = p.schedule().t_max();
     for (kind, steps, bias) in [
@@ -222,10 +235,16 @@ fn gaussian_roundtrip<P: ForwardProcess>(
         (SamplerKind::Euler, 400, 0.03),
         (SamplerKind::Heun, 60, 0.02),
     ] {
-        let cfg = SamplerConfig::new(kind, steps);
+        // From the prior the schedules are stiffer (β up to 20): three times the steps keep the same bias budget.
+        let cfg = SamplerConfig::new(kind, if from_prior { 3 * steps } else { steps });
         let mut rng = NoiseRng::new(11);
-        let (mt, ct) = mean_cov(t_max);
-        let z_t = from_rows(&gaussian_rows(&mut rng, n, &mt, &ct));
+        let z_t = if from_prior {
+            let xi = rng.randn(&p.state_shape(n), &DEV).unwrap();
+            p.prior_from_noise(&xi).unwrap()
+        } else {
+            let (mt, ct) = mean_cov(t_max);
+            from_rows(&gaussian_rows(&mut rng, n, &mt, &ct))
+        };
         let run = sample_with_score(
             p,
             &cfg,
@@ -337,6 +356,57 @@ fn gaussian_data_is_recovered_by_vsmd_samplers() {
         (&pm * &m, &pm * &s * pm.transpose() + noise)
     };
     gaussian_roundtrip(&p, &f, 2..4, 0..2, "VSMD");
+}
+
+/// Started from the prior N(0, Σ_T): data N((0.5, −0.3), [[1, 0.5], [0.5, 2]]) and schedules strong enough that
+/// ‖M_T m‖ < 0.02, so the prior is the time-T marginal up to less than the tolerance.
+#[test]
+fn gaussian_data_is_recovered_from_the_prior() {
+    let m = DVector::from_vec(vec![0.5, -0.3]);
+    let s = DMatrix::from_row_slice(2, 2, &[1.0, 0.5, 0.5, 2.0]);
+    let sched = BetaSchedule::power(0.1, 20.0, 1.7, 1.0).unwrap();
+    let vp = Vp::new(sched, &[2]).unwrap();
+    let f = |t: f64| {
+        let b = sched.integral(t);
+        let a = (-0.5 * b).exp();
+        (
+            &m * a,
+            &s * (a * a) + DMatrix::identity(2, 2) * (1.0 - (-b).exp()),
+        )
+    };
+    assert!(f(1.0).0.norm() < 0.02);
+    roundtrip(&vp, &f, 0..2, 0..2, "VP from the prior", true);
+
+    let a = DMatrix::from_row_slice(2, 2, &[-0.2, 0.1, 0.05, -0.15]);
+    let vs = Vsdm::new(sched, &[2], LinearDrift::Full(a.clone()), &DEV).unwrap();
+    let dm = full::drift_matrix(&a);
+    let g = |t: f64| {
+        let k = full::kernel(&dm, sched.integral(t), t).unwrap();
+        (&k.mean * &m, &k.mean * &s * k.mean.transpose() + &k.cov)
+    };
+    assert!(g(1.0).0.norm() < 0.02);
+    roundtrip(&vs, &g, 0..2, 0..2, "VSDM full A from the prior", true);
+
+    let cs = BetaSchedule::constant(14.0, 1.0).unwrap();
+    let params = VsmdParams::default();
+    let vm = Vsmd::critical(cs, &[2], vec![0.1, -0.05], params, &DEV).unwrap();
+    let h = |t: f64| {
+        let b = cs.integral(t);
+        let mut pm = DMatrix::zeros(4, 2);
+        let mut noise = DMatrix::zeros(4, 4);
+        for i in 0..2 {
+            let k = momentum::kernel(&vm.oscillator(i), b, params.v0_var);
+            pm[(i, i)] = k.phi[(0, 0)];
+            pm[(2 + i, i)] = k.phi[(1, 0)];
+            noise[(i, i)] = k.cov[(0, 0)];
+            noise[(i, 2 + i)] = k.cov[(0, 1)];
+            noise[(2 + i, i)] = k.cov[(1, 0)];
+            noise[(2 + i, 2 + i)] = k.cov[(1, 1)];
+        }
+        (&pm * &m, &pm * &s * pm.transpose() + noise)
+    };
+    assert!(h(1.0).0.norm() < 0.02, "{}", h(1.0).0.norm());
+    roundtrip(&vm, &h, 2..4, 0..2, "VSMD from the prior", true);
 }
 
 #[test]
