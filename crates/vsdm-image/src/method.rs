@@ -1,0 +1,193 @@
+//! The three training methods on images and their defaults (ALGORITHM.md §F.2, §G).
+
+use serde::{Deserialize, Serialize};
+use vsdm_core::variational::VarParams;
+use vsdm_core::{BetaSchedule, TrainConfig, VsmdParams};
+
+use crate::data::{IMAGE_BYTES, SIDE};
+use crate::error::{Error, Result};
+use crate::unet::UNetConfig;
+
+/// How the forward process is chosen and trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// The VP SDE baseline (A = 0, fixed).
+    Vp,
+    /// VSDM: a time-invariant diagonal A, one value per pixel and channel, learned by stochastic approximation.
+    Vsdm,
+    /// VSMD: the critically damped momentum process with learned c per pixel and channel; the network sees
+    /// position and velocity (6 channels) and predicts the velocity noise.
+    Vsmd,
+}
+
+impl std::str::FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "vp" => Ok(Self::Vp),
+            "vsdm" => Ok(Self::Vsdm),
+            "vsmd" => Ok(Self::Vsmd),
+            _ => Err(Error::invalid("method", s, "expected vp, vsdm or vsmd")),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Vp => "vp",
+            Self::Vsdm => "vsdm",
+            Self::Vsmd => "vsmd",
+        })
+    }
+}
+
+impl Method {
+    /// The network for this method: VSMD doubles the input channels.
+    pub fn unet(self, base: UNetConfig) -> UNetConfig {
+        match self {
+            Self::Vsmd => base.for_momentum(),
+            _ => base,
+        }
+    }
+
+    /// The β schedule: VSDM's power schedule (β 0.1 → 10, r = 1.7) for VP and VSDM, VSMD's constant β = 10
+    /// for images.
+    pub fn schedule(self) -> BetaSchedule {
+        match self {
+            Self::Vsmd => BetaSchedule::Constant {
+                beta: 10.0,
+                t_max: 1.0,
+            },
+            _ => BetaSchedule::vsdm_default(),
+        }
+    }
+
+    /// Initial variational parameters: none (VP), A = 0 (VSDM), c = 0.01 (VSMD's initialisation), and whether
+    /// they are optimised.
+    pub fn init(self) -> (VarParams, bool) {
+        let n = IMAGE_BYTES;
+        match self {
+            Self::Vp => (VarParams::None, false),
+            Self::Vsdm => (VarParams::Diagonal(vec![0.0; n]), true),
+            Self::Vsmd => (
+                VarParams::Momentum {
+                    c: vec![0.01; n],
+                    params: VsmdParams::default(),
+                },
+                true,
+            ),
+        }
+    }
+
+    /// The default sampler: Euler–Maruyama with 200 steps (VSDM's CIFAR-10 setting) or Heun on the
+    /// probability-flow ODE with 100 steps, 199 evaluations (VSMD's).
+    pub fn default_sampler(self) -> vsdm_core::SamplerConfig {
+        use vsdm_core::{SamplerConfig, SamplerKind};
+        match self {
+            Self::Vsmd => SamplerConfig::new(SamplerKind::Heun, 100),
+            _ => SamplerConfig::new(SamplerKind::EulerMaruyama, 200),
+        }
+    }
+}
+
+/// Training settings that differ between a CPU-sized and a paper-sized run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub batch: usize,
+    pub iters: usize,
+    pub lr: f64,
+    pub ema: f64,
+    pub grad_clip: f64,
+    /// Network updates between variational stages.
+    pub block: usize,
+    /// Trajectories, Euler–Maruyama steps and SA iterations per variational stage.
+    pub n_traj: usize,
+    pub traj_steps: usize,
+    pub a_iters: usize,
+}
+
+impl Budget {
+    /// The paper's scale: batch 256, EMA 0.9999, clipping at 1, lr 2e-4 (VSMD's dev runs used 3e-4, VSDM's
+    /// EDM code 1e-5 on top of a pre-trained model).
+    pub fn paper() -> Self {
+        Self {
+            batch: 256,
+            iters: 400_000,
+            lr: 2e-4,
+            ema: 0.9999,
+            grad_clip: 1.0,
+            block: 500,
+            n_traj: 256,
+            traj_steps: 100,
+            a_iters: 100,
+        }
+    }
+
+    /// A few minutes on a CPU with the tiny network.
+    pub fn cpu() -> Self {
+        Self {
+            batch: 16,
+            iters: 2000,
+            lr: 1e-3,
+            ema: 0.995,
+            grad_clip: 1.0,
+            block: 200,
+            n_traj: 16,
+            traj_steps: 20,
+            a_iters: 20,
+        }
+    }
+}
+
+/// The trainer's configuration for a method and budget.
+pub fn train_config(method: Method, budget: &Budget, seed: u64) -> TrainConfig {
+    let (init, adaptive) = method.init();
+    let mut c = TrainConfig::new(method.schedule(), &[3, SIDE, SIDE], init, adaptive);
+    c.batch_size = budget.batch;
+    c.iters = budget.iters;
+    c.adam = vsdm_core::optim::AdamConfig::new(budget.lr);
+    c.ema_decay = budget.ema;
+    c.grad_clip = Some(budget.grad_clip);
+    c.block = budget.block;
+    c.grid = 1000;
+    c.variational.n_trajectories = budget.n_traj;
+    c.variational.batch = budget.n_traj.div_ceil(2);
+    c.variational.steps = budget.traj_steps;
+    c.variational.iters = budget.a_iters;
+    c.variational.zeta = if method == Method::Vsmd { 1.0 } else { 0.75 };
+    c.seed = seed;
+    c
+}
+
+/// What a run directory or a weights folder records besides the trainer's own config (`run.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub method: Method,
+    pub unet: UNetConfig,
+}
+
+impl RunSpec {
+    pub const FILE: &'static str = "run.json";
+
+    /// Writes `run.json` into `dir`.
+    pub fn save(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let p = dir.join(Self::FILE);
+        let s =
+            serde_json::to_string_pretty(self).map_err(|e| Error::bad_file(&p, e.to_string()))?;
+        std::fs::write(&p, s).map_err(Error::io(&p))
+    }
+
+    /// Reads `run.json`, naming the file on error.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let s = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        let spec: Self = serde_json::from_str(&s)
+            .map_err(|e| Error::bad_file(path, format!("unreadable: {e}")))?;
+        spec.unet
+            .validate()
+            .map_err(|e| Error::bad_file(path, e.to_string()))?;
+        Ok(spec)
+    }
+}

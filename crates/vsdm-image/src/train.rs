@@ -1,0 +1,183 @@
+//! The training loop of the `train` command: the core's alternating trainer driven step by step, with a progress
+//! bar (loss, images/s), checkpoints with exact resume, exported EMA weights and sample grids every N steps.
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use vsdm_core::{DataSource, NoiseRng, SamplerConfig, TrainConfig, Trainer};
+
+use crate::error::{Error, Result};
+use crate::method::RunSpec;
+use crate::sample::{sample_images, write_grid};
+use crate::unet::UNet;
+
+/// Builds the trainer's two networks: the first call (trained weights) with dropout, the second (EMA) without.
+fn builder(spec: &RunSpec) -> impl Fn(candle_nn::VarBuilder) -> candle_core::Result<UNet> {
+    let cfg = spec.unet.clone();
+    let calls = Cell::new(0usize);
+    move |vb| {
+        let n = calls.get();
+        calls.set(n + 1);
+        if n == 0 {
+            UNet::new_train(vb, &cfg)
+        } else {
+            UNet::new(vb, &cfg)
+        }
+    }
+}
+
+/// A fresh trainer for a run.
+pub fn new_trainer(spec: &RunSpec, tc: TrainConfig, device: &Device) -> Result<Trainer<UNet>> {
+    Ok(Trainer::new(tc, device, builder(spec))?)
+}
+
+/// Resumes the latest checkpoint of a run directory (`DIR/run.json`, `DIR/ckpt/`).
+pub fn resume_trainer(run_dir: &Path, device: &Device) -> Result<(RunSpec, Trainer<UNet>)> {
+    let spec = RunSpec::load(&run_dir.join(RunSpec::FILE))?;
+    let tr = Trainer::resume(&run_dir.join("ckpt"), device, builder(&spec))?;
+    Ok((spec, tr))
+}
+
+/// Where and how often the loop writes.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Run directory: `run.json`, `ckpt/`, `weights/` (EMA export), `samples/step-N.png`.
+    pub out: PathBuf,
+    /// Checkpoint (and weight export) every this many steps, and at the end; 0: only at the end.
+    pub ckpt_every: usize,
+    /// Sample grid every this many steps, and at the end; 0: only at the end.
+    pub sample_every: usize,
+    /// Images in a grid.
+    pub grid: usize,
+    /// Sampler of the grids.
+    pub sampler: SamplerConfig,
+    /// Stop (with a checkpoint) after this much wall-clock time.
+    pub max_seconds: Option<f64>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a loop did.
+#[derive(Debug, Clone)]
+pub struct LoopSummary {
+    pub steps_done: usize,
+    pub first_loss: f64,
+    pub last_loss: f64,
+    /// Mean loss of the last 10% of steps.
+    pub tail_loss: f64,
+    pub images_per_second: f64,
+    pub last_grid: Option<PathBuf>,
+}
+
+fn grid_now(
+    tr: &Trainer<UNet>,
+    spec: &RunSpec,
+    opts: &LoopOptions,
+    device: &Device,
+) -> Result<PathBuf> {
+    // A fixed noise stream of its own, so grids are comparable across steps and the trainer's RNG (hence
+    // exact resume) is untouched.
+    let mut rng = NoiseRng::new(tr.config().seed ^ 0x5eed);
+    let classes = if spec.unet.label_dim > 0 {
+        Some(spec.unet.label_dim)
+    } else {
+        None
+    };
+    let (pixels, _) = sample_images(
+        tr.process(),
+        tr.ema_model(),
+        &opts.sampler,
+        opts.grid,
+        opts.grid,
+        classes,
+        &mut rng,
+        device,
+    )?;
+    let path = opts
+        .out
+        .join("samples")
+        .join(format!("step-{:07}.png", tr.step_count()));
+    write_grid(&pixels, opts.grid, &path)?;
+    Ok(path)
+}
+
+fn save(tr: &Trainer<UNet>, spec: &RunSpec, out: &Path) -> Result<()> {
+    tr.save_checkpoint(&out.join("ckpt"))?;
+    let w = out.join("weights");
+    tr.export(&w)?;
+    spec.save(&w)
+}
+
+/// Trains until the configured number of steps (or the time limit), writing checkpoints, weights and grids.
+pub fn run_loop<D: DataSource>(
+    tr: &mut Trainer<UNet>,
+    spec: &RunSpec,
+    data: &mut D,
+    opts: &LoopOptions,
+    device: &Device,
+) -> Result<LoopSummary> {
+    spec.save(&opts.out)?;
+    let total = tr.config().iters;
+    let batch = tr.config().batch_size;
+    let pb = if opts.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        )
+        .map_err(|e| Error::invalid("progress template", "", e.to_string()))?,
+    );
+    pb.set_position(tr.step_count() as u64);
+    let start = Instant::now();
+    let mut losses = Vec::new();
+    let mut last_grid = None;
+    let mut train_secs = 0.0;
+    while tr.step_count() < total {
+        let t0 = Instant::now();
+        let r = tr.step(data)?;
+        train_secs += t0.elapsed().as_secs_f64();
+        losses.push(r.loss);
+        let rate = losses.len() as f64 * batch as f64 / train_secs.max(1e-9);
+        pb.set_message(format!("loss {:.4} · {:.1} img/s", r.loss, rate));
+        pb.set_position(r.step as u64);
+        if let Some((a, b)) = r.stage {
+            tracing::info!(step = r.step, before = a, after = b, "variational stage");
+        }
+        let out_of_time = opts
+            .max_seconds
+            .is_some_and(|s| start.elapsed().as_secs_f64() >= s);
+        let last = r.step == total || out_of_time;
+        if last || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
+            save(tr, spec, &opts.out)?;
+            tracing::info!(step = r.step, loss = r.loss, "checkpoint");
+        }
+        if last || (opts.sample_every > 0 && r.step % opts.sample_every == 0) {
+            let p = grid_now(tr, spec, opts, device)?;
+            pb.println(format!("step {}: sample grid {}", r.step, p.display()));
+            last_grid = Some(p);
+        }
+        if out_of_time {
+            pb.println(format!(
+                "time limit reached after {} steps; resume with --resume",
+                r.step
+            ));
+            break;
+        }
+    }
+    pb.finish_and_clear();
+    let n = losses.len();
+    let tail = &losses[n - n.div_ceil(10).min(n)..];
+    Ok(LoopSummary {
+        steps_done: n,
+        first_loss: losses.first().copied().unwrap_or(f64::NAN),
+        last_loss: losses.last().copied().unwrap_or(f64::NAN),
+        tail_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
+        images_per_second: n as f64 * batch as f64 / train_secs.max(1e-9),
+        last_grid,
+    })
+}

@@ -1,0 +1,98 @@
+//! The U-Net's building blocks, written only with operations that have a backward pass in candle 0.11.1
+//! (no fused softmax, layer norm or bilinear upsampling; see `CUDA.md`).
+//!
+//! Initialisation follows EDM's DDPM++ (`training/networks.py`): Xavier-uniform weights scaled by an
+//! `init_weight` factor, zero biases.
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::init::Init;
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+
+/// Xavier-uniform bound √(6 / (fan_in + fan_out)), scaled by `gain` (EDM's `init_weight`).
+fn xavier(fan_in: usize, fan_out: usize, gain: f64) -> Init {
+    let b = gain * (6.0 / (fan_in + fan_out) as f64).sqrt();
+    Init::Uniform { lo: -b, up: b }
+}
+
+/// A `k×k` convolution with "same" padding (`weight` `[out, in, k, k]`, `bias` `[out]`).
+pub fn conv(cin: usize, cout: usize, k: usize, gain: f64, vb: VarBuilder) -> Result<Conv2d> {
+    let w = vb.get_with_hints(
+        (cout, cin, k, k),
+        "weight",
+        xavier(cin * k * k, cout * k * k, gain),
+    )?;
+    let b = vb.get_with_hints(cout, "bias", Init::Const(0.0))?;
+    let cfg = Conv2dConfig {
+        padding: k / 2,
+        ..Default::default()
+    };
+    Ok(Conv2d::new(w, Some(b), cfg))
+}
+
+/// A dense layer (`weight` `[out, in]`, `bias` `[out]`).
+pub fn linear(cin: usize, cout: usize, gain: f64, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get_with_hints((cout, cin), "weight", xavier(cin, cout, gain))?;
+    let b = vb.get_with_hints(cout, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+/// EDM's group normalisation: min(32, C/4) groups. candle_nn's `GroupNorm` is composed of differentiable
+/// operations (sums, square root, division), unlike its fused layer norm.
+pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    let groups = 32.min(channels / 4).max(1);
+    candle_nn::group_norm(groups, channels, eps, vb)
+}
+
+/// Nearest-neighbour ×2 upsampling by broadcasting (EDM's `[1, 1]` resample filter through a transposed
+/// convolution is exactly this). Its gradient (a 2×2 sum) comes from the broadcast's backward, which
+/// accumulates correctly; candle's `upsample_nearest2d` backward overwrites rather than accumulates.
+pub fn upsample2(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, 2, w, 2))?
+        .reshape((b, c, 2 * h, 2 * w))
+}
+
+/// 2×2 average pooling with stride 2 (EDM's `[1, 1]` resample filter downsampling).
+pub fn downsample2(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h / 2, 2, w / 2, 2))?
+        .sum(5)?
+        .sum(3)?
+        .affine(0.25, 0.0)
+}
+
+/// The sinusoidal embedding of EDM's `PositionalEmbedding` (endpoint = true, max_positions = 10⁴), in the order
+/// `[sin, cos]` that SongUNet uses after its flip: frequencies (1/10⁴)^(j/(C/2 − 1)), j = 0 … C/2 − 1.
+pub fn positional_embedding(t: &Tensor, channels: usize) -> Result<Tensor> {
+    let half = channels / 2;
+    let denom = (half.max(2) - 1) as f64;
+    let freqs: Vec<f32> = (0..half)
+        .map(|j| (1e-4f64).powf(j as f64 / denom) as f32)
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), t.device())?;
+    let args = t
+        .to_dtype(candle_core::DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.sin()?, args.cos()?], 1)
+}
+
+/// Softmax over the last axis from exp and sum (candle's fused `softmax_last_dim` has no backward).
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(x, D::Minus1)
+}
+
+/// Inverted dropout with probability `p`; masks come from the device's random generator.
+pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = x.rand_like(0.0, 1.0)?.ge(p)?.to_dtype(x.dtype())?;
+    (x * keep)?.affine(1.0 / (1.0 - p), 0.0)
+}
+
+/// SiLU, x·σ(x).
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::silu(x)
+}

@@ -1,0 +1,203 @@
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use vsdm_core::{NoiseRng, ScoreModel};
+
+use super::*;
+
+fn build(cfg: &UNetConfig, seed: u64) -> (VarMap, UNet) {
+    let vm = VarMap::new();
+    let vb =
+        vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(seed), DType::F32, &Device::Cpu);
+    let net = UNet::new(vb, cfg).unwrap();
+    (vm, net)
+}
+
+fn randn(rng: &mut NoiseRng, shape: &[usize]) -> Tensor {
+    rng.randn(shape, &Device::Cpu).unwrap()
+}
+
+fn times(v: &[f32]) -> Tensor {
+    Tensor::new(v, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn output_has_the_data_shape() {
+    let mut rng = NoiseRng::new(1);
+    let (_, net) = build(&UNetConfig::tiny(), 0);
+    let x = randn(&mut rng, &[2, 3, 32, 32]);
+    let y = net.forward(&x, &times(&[0.1, 0.9]), None).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 32, 32]);
+
+    // VSMD: position and velocity in, velocity noise out.
+    let (_, net) = build(&UNetConfig::tiny().for_momentum(), 0);
+    let z = randn(&mut rng, &[3, 6, 32, 32]);
+    let y = net.forward(&z, &times(&[0.1, 0.5, 0.9]), None).unwrap();
+    assert_eq!(y.dims(), &[3, 3, 32, 32]);
+}
+
+#[test]
+fn bad_inputs_are_errors_naming_the_shape() {
+    let (_, net) = build(&UNetConfig::tiny(), 0);
+    let x = Tensor::zeros((2, 6, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let e = net
+        .forward(&x, &times(&[0.1, 0.2]), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[2, 6, 32, 32]"), "{e}");
+    let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let e = net
+        .forward(&x, &times(&[0.1]), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("time input"), "{e}");
+    let cfg = UNetConfig {
+        label_dim: 10,
+        ..UNetConfig::tiny()
+    };
+    let (_, net) = build(&cfg, 0);
+    let e = net
+        .forward(&x, &times(&[0.1, 0.2]), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("class-conditional"), "{e}");
+    assert!(UNetConfig::preset("huge").is_err());
+    let bad = UNetConfig {
+        resolution: 31,
+        ..UNetConfig::tiny()
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("resolution"));
+}
+
+/// Every trainable tensor must receive a non-zero gradient: an op without a backward (fused softmax, layer norm,
+/// bilinear upsampling in candle 0.11) would silently leave some at zero.
+#[test]
+fn every_parameter_gets_a_nonzero_gradient() {
+    let cfg = UNetConfig {
+        label_dim: 10,
+        ..UNetConfig::tiny().for_momentum()
+    };
+    let (vm, net) = build(&cfg, 3);
+    let mut rng = NoiseRng::new(4);
+    let z = randn(&mut rng, &[2, 6, 32, 32]);
+    let target = randn(&mut rng, &[2, 3, 32, 32]);
+    let labels = Tensor::new(
+        &[
+            [0f32, 1., 0., 0., 0., 0., 0., 0., 0., 0.],
+            [0., 0., 0., 0., 0., 0., 0., 1., 0., 0.],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y = net.forward(&z, &times(&[0.3, 0.7]), Some(&labels)).unwrap();
+    let loss = (y - target).unwrap().sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let vars: Vec<(String, Var)> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert!(vars.len() > 50, "{} variables", vars.len());
+    let mut dead = Vec::new();
+    for (name, v) in &vars {
+        let g = grads.get(v.as_tensor());
+        let m = g.map(|g| {
+            g.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        });
+        if !m.is_some_and(|m| m > 0.0 && m.is_finite()) {
+            dead.push(name.clone());
+        }
+    }
+    assert!(dead.is_empty(), "no gradient for {dead:?}");
+}
+
+/// The tensor names follow EDM's `SongUNet` module tree.
+#[test]
+fn weights_are_named_like_the_module_tree() {
+    let (vm, _) = build(&UNetConfig::tiny(), 0);
+    let data = vm.data().lock().unwrap();
+    let shape = |k: &str| {
+        data.get(k)
+            .unwrap_or_else(|| panic!("missing {k}"))
+            .dims()
+            .to_vec()
+    };
+    assert_eq!(shape("map_layer0.weight"), [128, 32]);
+    assert_eq!(shape("map_layer1.bias"), [128]);
+    assert_eq!(shape("enc.32x32_conv.weight"), [32, 3, 3, 3]);
+    assert_eq!(shape("enc.32x32_block0.conv0.weight"), [32, 32, 3, 3]);
+    assert_eq!(shape("enc.16x16_down.conv0.weight"), [32, 32, 3, 3]);
+    assert_eq!(shape("enc.16x16_down.skip.weight"), [32, 32, 1, 1]);
+    assert_eq!(shape("enc.16x16_block0.skip.weight"), [64, 32, 1, 1]);
+    assert_eq!(shape("enc.16x16_block0.qkv.weight"), [192, 64, 1, 1]);
+    assert_eq!(shape("enc.16x16_block0.norm2.weight"), [64]);
+    assert_eq!(shape("dec.16x16_in0.proj.weight"), [64, 64, 1, 1]);
+    assert_eq!(shape("dec.16x16_block0.conv0.weight"), [64, 128, 3, 3]);
+    assert_eq!(shape("dec.16x16_block1.affine.weight"), [64, 128]);
+    assert_eq!(shape("dec.32x32_up.conv0.weight"), [64, 64, 3, 3]);
+    // Skips pop in reverse: 16×16 takes block0 (64) then the down block (32); 32×32 takes block0 (32) then
+    // the stem conv (32).
+    assert_eq!(shape("dec.16x16_block1.conv0.weight"), [64, 96, 3, 3]);
+    assert_eq!(shape("dec.32x32_block0.conv0.weight"), [32, 96, 3, 3]);
+    assert_eq!(shape("dec.32x32_block1.conv0.weight"), [32, 64, 3, 3]);
+    assert_eq!(shape("dec.32x32_aux_norm.weight"), [32]);
+    assert_eq!(shape("dec.32x32_aux_conv.weight"), [3, 32, 3, 3]);
+    assert!(!data.contains_key("dec.16x16_in1.qkv.weight"));
+    assert!(!data.contains_key("enc.32x32_block0.skip.weight"));
+}
+
+#[test]
+fn resampling_matches_its_definition() {
+    let x = Tensor::arange(0f32, 8., &Device::Cpu)
+        .unwrap()
+        .reshape((1, 2, 2, 2))
+        .unwrap();
+    let up = upsample2(&x).unwrap();
+    let want_up = x.upsample_nearest2d(4, 4).unwrap();
+    assert_eq!(
+        up.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        want_up.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    let down = downsample2(&up).unwrap();
+    assert_eq!(
+        down.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        x.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+    let pooled = x.avg_pool2d(2).unwrap();
+    assert_eq!(
+        downsample2(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}
+
+#[test]
+fn softmax_matches_the_fused_kernel() {
+    let mut rng = NoiseRng::new(9);
+    let x = randn(&mut rng, &[3, 5, 7]);
+    let a = layers::softmax_last(&x).unwrap();
+    let b = candle_nn::ops::softmax_last_dim(&x).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-6, "{d}");
+}
