@@ -1,4 +1,5 @@
-//! Forecast metrics against values computed by GluonTS 0.17 itself (`scripts/gluonts_fixtures.py`).
+//! Forecast metrics against values computed by GluonTS 0.17 and scoringrules 0.10 themselves
+//! (`scripts/gluonts_fixtures.py`).
 
 use serde_json::Value;
 use vsdm_eval::forecast::{
@@ -14,6 +15,7 @@ struct Case {
     truth: Vec<Vec<f64>>,
     expected: Value,
     expected_sum: Value,
+    scoringrules: Value,
 }
 
 fn cases() -> Vec<Case> {
@@ -71,6 +73,7 @@ fn cases() -> Vec<Case> {
                 truth,
                 expected: c["expected"].clone(),
                 expected_sum: c["expected_sum"].clone(),
+                scoringrules: c["scoringrules"].clone(),
             }
         })
         .collect()
@@ -107,10 +110,20 @@ fn compare(name: &str, m: &Metrics, e: &Value) {
         ("RMSE", m.rmse),
         ("abs_error", m.abs_error),
         ("abs_target_sum", m.abs_target_sum),
+        ("abs_target_mean", m.abs_target_mean),
     ];
     for (k, got) in pairs {
         close(name, k, got, e[k].as_f64().unwrap());
     }
+    for (q, got) in paper_quantiles().iter().zip(&m.weighted_quantile_loss) {
+        let k = format!("wQuantileLoss[{q}]");
+        close(name, &k, *got, e[&k].as_f64().unwrap());
+    }
+    assert_eq!(
+        m.masked_values as f64,
+        e["num_masked_target_values"].as_f64().unwrap(),
+        "{name}: masked values"
+    );
 }
 
 #[test]
@@ -126,6 +139,54 @@ fn crps_crps_sum_nd_nrmse_mse_match_gluonts() {
         let r = evaluate(&windows(c), &paper_quantiles()).unwrap();
         compare(&c.name, &r.marginal, &c.expected);
         compare(&format!("{} (sum)", c.name), &r.sum, &c.expected_sum);
+        assert_eq!(r.marginal.items, c.samples.len() * c.d);
+        assert_eq!(r.sum.items, c.samples.len());
+    }
+}
+
+#[test]
+fn f64_samples_give_the_same_metrics() {
+    for c in &cases() {
+        let wide: Vec<Vec<f64>> = c
+            .samples
+            .iter()
+            .map(|w| w.iter().map(|&x| x as f64).collect())
+            .collect();
+        let ws: Vec<Window<f64>> = wide
+            .iter()
+            .zip(&c.truth)
+            .map(|(s, y)| Window::new(s, y, c.s, c.t, c.d))
+            .collect();
+        let r = evaluate(&ws, &paper_quantiles()).unwrap();
+        compare(&c.name, &r.marginal, &c.expected);
+        compare(&format!("{} (sum)", c.name), &r.sum, &c.expected_sum);
+    }
+}
+
+#[test]
+fn sample_crps_and_energy_score_match_scoringrules() {
+    for c in &cases() {
+        let ws = windows(c);
+        let r = evaluate(&ws, &paper_quantiles()).unwrap();
+        let e = &c.scoringrules;
+        close(
+            &c.name,
+            "crps_sample",
+            r.marginal.crps_sample,
+            e["crps_sample"].as_f64().unwrap(),
+        );
+        close(
+            &c.name,
+            "crps_sum_sample",
+            r.sum.crps_sample,
+            e["crps_sum_sample"].as_f64().unwrap(),
+        );
+        close(
+            &c.name,
+            "energy_score",
+            energy_score(&ws).unwrap(),
+            e["energy_score"].as_f64().unwrap(),
+        );
     }
 }
 
@@ -176,11 +237,11 @@ fn sample_crps_matches_the_closed_form_for_a_gaussian_forecast() {
         &paper_quantiles(),
     )
     .unwrap();
-    // crps_energy is normalised by Σ|y| = 0.3.
+    // crps_sample is normalised by Σ|y| = 0.3.
     assert!(
-        (r.crps_energy * 0.3 - exact).abs() < 2e-3,
+        (r.marginal.crps_sample * 0.3 - exact).abs() < 2e-3,
         "{} vs {exact}",
-        r.crps_energy * 0.3
+        r.marginal.crps_sample * 0.3
     );
     // The energy score of a 1-D forecast is its CRPS.
     let es = energy_score(&[Window {
@@ -235,10 +296,25 @@ fn bad_input_is_named() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("NaN"), "{e}");
+    let none: [Window; 0] = [];
     assert_eq!(
-        evaluate(&[], &paper_quantiles()).unwrap_err(),
-        ForecastError::Empty
+        evaluate(&none, &paper_quantiles()).unwrap_err(),
+        ForecastError::NoWindows
     );
+    let y = vec![1.0; 6];
+    let s = vec![1f32; 12];
+    let w = Window::new(&s, &y, 2, 3, 2);
+    assert_eq!(
+        evaluate(&[w], &[0.5, 1.5]).unwrap_err(),
+        ForecastError::Quantile(1.5)
+    );
+    let short = vec![1f32; 6];
+    let e = evaluate(
+        &[w, Window::new(&short, &y[..3], 2, 3, 1)],
+        &paper_quantiles(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("window 1"), "{e}");
 }
 
 /// 100 samples × 24 steps × 370 series × 7 windows (electricity's test set): `cargo test --release -p vsdm-eval --
@@ -278,5 +354,11 @@ fn forecast_timing() {
         start.elapsed().as_secs_f64(),
         r.marginal.crps,
         r.sum.crps
+    );
+    let start = std::time::Instant::now();
+    let es = energy_score(&ws).unwrap();
+    println!(
+        "energy score: {:.3} s ({es:.4})",
+        start.elapsed().as_secs_f64()
     );
 }

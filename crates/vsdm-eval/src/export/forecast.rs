@@ -1,0 +1,180 @@
+//! Forecast export: a CSV of sample quantiles per (window, series, step) and a PNG fan chart per series.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::ExportError;
+use crate::forecast::{quantile_index, SampleValue, Window};
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The quantile levels written to CSV: 0.05, 0.1, 0.25, 0.5 (the median), 0.75, 0.9, 0.95.
+pub const CSV_QUANTILES: [f64; 7] = [0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95];
+
+/// Writes `window,series,step,truth,mean,q0.05,…,q0.95` for every window, series and step, atomically
+/// (a temporary file, then a rename). Quantiles are read from the sorted samples as GluonTS reads them
+/// ([`quantile_index`]), so a CSV row's q0.5 is the median GluonTS scores. A missing truth is an empty field;
+/// `series_names[d]` names series d (its index when absent).
+pub fn write_forecast_csv<X: SampleValue>(
+    path: &Path,
+    windows: &[Window<X>],
+    series_names: &[String],
+) -> Result<(), ExportError> {
+    let tmp = path.with_extension("csv.tmp");
+    let file = std::fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    let mut out = csv::Writer::from_writer(std::io::BufWriter::new(file));
+    let csv_err = |e: csv::Error| ExportError::Io {
+        path: tmp.display().to_string(),
+        source: std::io::Error::other(e),
+    };
+    let mut header = vec!["window".to_string(), "series".into(), "step".into()];
+    header.extend(["truth".to_string(), "mean".into()]);
+    header.extend(CSV_QUANTILES.iter().map(|q| format!("q{q}")));
+    out.write_record(&header).map_err(csv_err)?;
+    let mut v: Vec<f64> = Vec::new();
+    let mut record: Vec<String> = Vec::with_capacity(header.len());
+    for (w, win) in windows.iter().enumerate() {
+        let (s, t, d) = (win.num_samples, win.steps, win.series);
+        if s == 0 || win.samples.len() != s * t * d || win.truth.len() != t * d {
+            return Err(ExportError::Input {
+                what: format!("forecast window {w}"),
+                reason: format!(
+                    "{} samples and {} truth values do not match {s} samples × {t} steps × {d} series",
+                    win.samples.len(),
+                    win.truth.len()
+                ),
+            });
+        }
+        let index: Vec<usize> = CSV_QUANTILES
+            .iter()
+            .map(|&q| quantile_index(s, q))
+            .collect();
+        for series in 0..d {
+            let name = series_names
+                .get(series)
+                .cloned()
+                .unwrap_or_else(|| series.to_string());
+            for step in 0..t {
+                v.clear();
+                v.extend((0..s).map(|i| win.sample(i, step, series)));
+                v.sort_unstable_by(f64::total_cmp);
+                let y = win.truth[step * d + series];
+                record.clear();
+                record.extend([w.to_string(), name.clone(), step.to_string()]);
+                record.push(if y.is_finite() {
+                    y.to_string()
+                } else {
+                    String::new()
+                });
+                // `+ 0.0` writes −0 as 0.
+                record.push((v.iter().sum::<f64>() / s as f64 + 0.0).to_string());
+                record.extend(index.iter().map(|&k| (v[k] + 0.0).to_string()));
+                out.write_record(&record).map_err(csv_err)?;
+            }
+        }
+    }
+    out.flush().map_err(io_error(&tmp))?;
+    drop(out);
+    std::fs::rename(&tmp, path).map_err(io_error(path))
+}
+
+/// The q-quantile (GluonTS's convention) of `samples[·][t]` for every step t.
+fn band(samples: &[Vec<f64>], q: f64) -> Vec<f64> {
+    let h = samples[0].len();
+    let mut v = vec![0.0; samples.len()];
+    (0..h)
+        .map(|t| {
+            for (x, s) in v.iter_mut().zip(samples) {
+                *x = s[t];
+            }
+            let k = quantile_index(v.len(), q);
+            *v.select_nth_unstable_by(k, f64::total_cmp).1
+        })
+        .collect()
+}
+
+/// A fan chart of one series: the context (thin black line), the truth over the horizon (thick black), the
+/// median (blue) and the 50% and 90% sample bands (shaded, 0.25–0.75 and 0.05–0.95). `samples[i][t]` is
+/// sample i at horizon step t; non-finite context or truth values are left out. No text is drawn, so no font is
+/// needed.
+pub fn fan_chart(
+    path: &Path,
+    context: &[f64],
+    truth: &[f64],
+    samples: &[Vec<f64>],
+) -> Result<(), ExportError> {
+    let h = samples.first().map_or(0, |s| s.len());
+    let input = |reason: String| ExportError::Input {
+        what: path.display().to_string(),
+        reason,
+    };
+    if h == 0 || samples.iter().any(|s| s.len() != h) {
+        return Err(input(
+            "fan chart needs samples of equal, non-zero length".into(),
+        ));
+    }
+    if !truth.is_empty() && truth.len() != h {
+        return Err(input(format!(
+            "{} truth values for a horizon of {h} steps",
+            truth.len()
+        )));
+    }
+    if samples.iter().flatten().any(|x| !x.is_finite()) {
+        return Err(input("a sample is NaN or infinite".into()));
+    }
+    let [q05, q25, q50, q75, q95] = [0.05, 0.25, 0.5, 0.75, 0.95].map(|q| band(samples, q));
+    let c = context.len();
+    let (lo, hi) = context
+        .iter()
+        .chain(truth)
+        .chain(&q05)
+        .chain(&q95)
+        .filter(|x| x.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    let x = |t: usize| (c + t) as f64;
+    let finite = |off: usize, ys: &[f64]| -> Vec<(f64, f64)> {
+        ys.iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(t, &v)| ((off + t) as f64, v))
+            .collect()
+    };
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(path, (800, 360)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .build_cartesian_2d(0f64..(c + h).max(2) as f64 - 1.0, (lo - pad)..(hi + pad))?;
+        for (a, b, alpha) in [(&q05, &q95, 0.2), (&q25, &q75, 0.35)] {
+            let poly: Vec<(f64, f64)> = (0..h)
+                .map(|t| (x(t), a[t]))
+                .chain((0..h).rev().map(|t| (x(t), b[t])))
+                .collect();
+            chart.draw_series(std::iter::once(Polygon::new(
+                poly,
+                BLUE.mix(alpha).filled(),
+            )))?;
+        }
+        chart.draw_series(LineSeries::new(
+            (0..h).map(|t| (x(t), q50[t])),
+            BLUE.stroke_width(2),
+        ))?;
+        chart.draw_series(LineSeries::new(finite(0, context), BLACK))?;
+        chart.draw_series(LineSeries::new(finite(c, truth), BLACK.stroke_width(2)))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| ExportError::Draw {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,84 @@
+//! Forecast export: the CSV is read back with the `csv` crate and checked against order statistics worked out by
+//! hand; the fan chart is decoded by the `image` crate and its pixels inspected.
+
+use vsdm_eval::export::forecast::{fan_chart, write_forecast_csv, CSV_QUANTILES};
+use vsdm_eval::forecast::Window;
+
+#[test]
+fn csv_holds_gluonts_quantiles_per_window_series_and_step() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 samples × 2 steps × 2 series: series 0 is i at step 0 and 10 + i at step 1; series 1 is −i.
+    let samples: Vec<f32> = (0..5)
+        .flat_map(|i| {
+            let i = i as f32;
+            [i, -i, 10.0 + i, -i]
+        })
+        .collect();
+    let truth = [2.5, 0.0, f64::NAN, 1.0];
+    let w = Window::new(&samples, &truth, 5, 2, 2);
+    let p = dir.path().join("f.csv");
+    write_forecast_csv(&p, &[w, w], &["a".to_string()]).unwrap();
+    let mut rd = csv::Reader::from_path(&p).unwrap();
+    let header: Vec<String> = rd.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "window", "series", "step", "truth", "mean", "q0.05", "q0.1", "q0.25", "q0.5", "q0.75",
+            "q0.9", "q0.95"
+        ]
+    );
+    assert_eq!(CSV_QUANTILES.len() + 5, header.len());
+    let rows: Vec<Vec<String>> = rd
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    // 2 windows × 2 series × 2 steps, ordered window, series, step; series 1 is named by its index.
+    assert_eq!(rows.len(), 8);
+    // S = 5: the q-quantile is sorted sample round(4q), half to even: 0.05→0, 0.1→0, 0.25→1, 0.5→2, 0.75→3,
+    // 0.9→4 (3.6), 0.95→4.
+    assert_eq!(rows[0].join(","), "0,a,0,2.5,2,0,0,1,2,3,4,4");
+    assert_eq!(rows[1].join(","), "0,a,1,,12,10,10,11,12,13,14,14");
+    assert_eq!(rows[2].join(","), "0,1,0,0,-2,-4,-4,-3,-2,-1,0,0");
+    assert_eq!(rows[7][..3].join(","), "1,1,1");
+    let bad = Window::new(&samples[..3], &truth, 5, 2, 2);
+    let e = write_forecast_csv(&p, &[w, bad], &[]).unwrap_err();
+    assert!(e.to_string().contains("forecast window 1"), "{e}");
+}
+
+#[test]
+fn fan_chart_draws_bands_median_and_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("fan.png");
+    // 40 samples spread over [0, 39] at every step; context and truth at 100 (above all samples).
+    let samples: Vec<Vec<f64>> = (0..40).map(|i| vec![i as f64; 10]).collect();
+    let context = [100.0; 20];
+    let truth = [100.0; 10];
+    fan_chart(&png, &context, &truth, &samples).unwrap();
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (800, 360));
+    let px: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    let black = px.iter().filter(|p| **p == [0, 0, 0]).count();
+    let blue_line = px.iter().filter(|p| **p == [0, 0, 255]).count();
+    let shaded = px
+        .iter()
+        .filter(|p| p[2] > p[0].saturating_add(20) && p[0] > 100)
+        .count();
+    assert!(black > 500, "context and truth lines: {black} black pixels");
+    assert!(blue_line > 200, "median line: {blue_line} blue pixels");
+    assert!(shaded > 10_000, "bands: {shaded} shaded pixels");
+    // The horizon (right third) holds the bands; the context part (left two thirds) none.
+    let shaded_left = img
+        .enumerate_pixels()
+        .filter(|(x, _, p)| *x < 480 && p[2] > p[0].saturating_add(20) && p[0] > 100)
+        .count();
+    assert_eq!(shaded_left, 0);
+    for (bad, what) in [
+        (vec![], "equal, non-zero length"),
+        (vec![vec![1.0], vec![f64::NAN]], "NaN"),
+    ] {
+        let e = fan_chart(&png, &context, &[], &bad).unwrap_err();
+        assert!(e.to_string().contains(what), "{e}");
+    }
+    let e = fan_chart(&png, &context, &[1.0; 3], &samples).unwrap_err();
+    assert!(e.to_string().contains("3 truth values"), "{e}");
+}
