@@ -1,0 +1,329 @@
+//! Forecasts of the rolling test windows: by a trained diffusion model (the horizon sampled jointly from the
+//! reverse process, conditioned on the context) and by the reference that needs no training, a Gaussian random
+//! walk with drift fitted on each series' context. Evaluation uses `vsdm_eval::forecast` (GluonTS's metrics).
+
+use candle_core::{Device, Tensor};
+use rand_distr::{Distribution, StandardNormal};
+use vsdm_core::process::{ForwardProcess, Process};
+use vsdm_core::sampler::sample_model;
+use vsdm_core::{NoiseRng, SamplerConfig};
+use vsdm_eval::forecast::{evaluate, paper_quantiles, Report, Window};
+
+use crate::data::series::TestSplit;
+use crate::model::ForecastNet;
+use crate::window::{WindowBatch, WindowConfig};
+
+/// The forecast of one test window.
+#[derive(Debug, Clone)]
+pub struct WindowForecast {
+    /// Exclusive end column of the window in the test series.
+    pub end: usize,
+    pub num_samples: usize,
+    pub horizon: usize,
+    pub num_series: usize,
+    /// Samples `S × H × D` row-major, in the data's units.
+    pub samples: Vec<f32>,
+    /// Observed horizon `H × D`.
+    pub truth: Vec<f64>,
+    /// Context `C × D` (for plots).
+    pub context: Vec<f64>,
+}
+
+impl WindowForecast {
+    /// The view `vsdm_eval` evaluates.
+    pub fn as_window(&self) -> Window<'_> {
+        Window {
+            samples: &self.samples,
+            truth: &self.truth,
+            num_samples: self.num_samples,
+            steps: self.horizon,
+            series: self.num_series,
+        }
+    }
+}
+
+/// The test windows to forecast: all of them, or `max` of them evenly spaced (always including the last).
+pub fn select_windows(test: &TestSplit, max: Option<usize>) -> Vec<usize> {
+    let ends = &test.window_ends;
+    match max {
+        Some(m) if m > 0 && m < ends.len() => (0..m)
+            .map(|k| ends[(ends.len() - 1) - (m - 1 - k) * (ends.len() - 1) / (m - 1).max(1)])
+            .collect(),
+        _ => ends.clone(),
+    }
+}
+
+fn observed(test: &TestSplit, end: usize, cfg: &WindowConfig) -> (Vec<f64>, Vec<f64>) {
+    let s = &test.series;
+    let d = s.num_series;
+    let start = end - cfg.len();
+    let mut context = vec![0.0; cfg.context * d];
+    let mut truth = vec![0.0; cfg.horizon * d];
+    for j in 0..d {
+        let row = &s.row(j)[start..end];
+        for t in 0..cfg.context {
+            context[t * d + j] = row[t] as f64;
+        }
+        for t in 0..cfg.horizon {
+            truth[t * d + j] = row[cfg.context + t] as f64;
+        }
+    }
+    (context, truth)
+}
+
+fn check_end(test: &TestSplit, end: usize, cfg: &WindowConfig) -> anyhow::Result<()> {
+    if end < cfg.len() || end > test.series.len {
+        anyhow::bail!(
+            "test window ending at column {end} does not leave room for context {} + horizon {} in a test \
+             series of {} columns",
+            cfg.context,
+            cfg.horizon,
+            test.series.len
+        );
+    }
+    Ok(())
+}
+
+/// The reference forecast: per series, y_{C+k} = y_C + Σ_{j≤k} (μ + σ ξ_j) with μ and σ the mean and standard
+/// deviation of the context's one-step increments.
+pub fn random_walk(
+    test: &TestSplit,
+    ends: &[usize],
+    cfg: &WindowConfig,
+    num_samples: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<WindowForecast>> {
+    let mut rng = NoiseRng::new(seed);
+    let d = test.series.num_series;
+    let h = cfg.horizon;
+    ends.iter()
+        .map(|&end| {
+            check_end(test, end, cfg)?;
+            let (context, truth) = observed(test, end, cfg);
+            let mut samples = vec![0f32; num_samples * h * d];
+            for j in 0..d {
+                let col: Vec<f64> = (0..cfg.context).map(|t| context[t * d + j]).collect();
+                let inc: Vec<f64> = col.windows(2).map(|w| w[1] - w[0]).collect();
+                let n = inc.len().max(1) as f64;
+                let mu = inc.iter().sum::<f64>() / n;
+                let sd = (inc.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / n).sqrt();
+                let last = col.last().copied().unwrap_or(0.0);
+                for s in 0..num_samples {
+                    let mut y = last;
+                    for t in 0..h {
+                        let xi: f64 = StandardNormal.sample(rng.inner());
+                        y += mu + sd * xi;
+                        samples[(s * h + t) * d + j] = y as f32;
+                    }
+                }
+            }
+            Ok(WindowForecast {
+                end,
+                num_samples,
+                horizon: h,
+                num_series: d,
+                samples,
+                truth,
+                context,
+            })
+        })
+        .collect()
+}
+
+/// Everything a trained model needs to forecast.
+pub struct ModelForecaster<'a> {
+    pub net: &'a ForecastNet,
+    pub process: &'a Process,
+    pub window: WindowConfig,
+    pub sampler: SamplerConfig,
+    /// Samples drawn per network batch (memory bound for wide data sets).
+    pub sample_batch: usize,
+    pub device: &'a Device,
+}
+
+impl ModelForecaster<'_> {
+    /// Forecasts each window with `num_samples` joint samples of the horizon.
+    pub fn forecast(
+        &self,
+        test: &TestSplit,
+        ends: &[usize],
+        num_samples: usize,
+        seed: u64,
+    ) -> anyhow::Result<Vec<WindowForecast>> {
+        let mut rng = NoiseRng::new(seed);
+        let tf = test.series.time_features();
+        let cfg = &self.window;
+        let (d, h) = (test.series.num_series, cfg.horizon);
+        let pb = indicatif::ProgressBar::new((ends.len() * num_samples) as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "forecast {bar:30} {pos}/{len} samples [{elapsed_precise}<{eta_precise}]",
+            )
+            .expect("static template"),
+        );
+        let mut out = Vec::with_capacity(ends.len());
+        for &end in ends {
+            check_end(test, end, cfg)?;
+            let (context, truth) = observed(test, end, cfg);
+            let w = WindowBatch::cut(&test.series, &tf, &[end], cfg)?;
+            let (_, cond1) = w.tensors(cfg, self.device)?;
+            let mut samples = Vec::with_capacity(num_samples * h * d);
+            let mut done = 0;
+            while done < num_samples {
+                let b = self.sample_batch.max(1).min(num_samples - done);
+                let cond = repeat_batch(&cond1, b)?;
+                let run = sample_model(
+                    self.process,
+                    self.net,
+                    Some(&cond),
+                    &self.sampler,
+                    b,
+                    &mut rng,
+                    self.device,
+                )?;
+                let x = self.process.data_part(&run.state)?; // [b, 1, D, H]
+                                                             // → [b, H, D] row-major, back in the data's units.
+                let x = x.squeeze(1)?.transpose(1, 2)?.contiguous()?;
+                let v = x.flatten_all()?.to_vec1::<f32>()?;
+                for s in 0..b {
+                    for t in 0..h {
+                        for j in 0..d {
+                            samples.push(w.unscale(0, j, v[(s * h + t) * d + j]));
+                        }
+                    }
+                }
+                done += b;
+                pb.inc(b as u64);
+            }
+            out.push(WindowForecast {
+                end,
+                num_samples,
+                horizon: h,
+                num_series: d,
+                samples,
+                truth,
+                context,
+            });
+        }
+        pb.finish_and_clear();
+        Ok(out)
+    }
+}
+
+/// GluonTS's metrics of a set of window forecasts (quantiles 0.05…0.95).
+pub fn score(forecasts: &[WindowForecast]) -> anyhow::Result<Report> {
+    let windows: Vec<Window> = forecasts.iter().map(|f| f.as_window()).collect();
+    Ok(evaluate(&windows, &paper_quantiles())?)
+}
+
+/// Writes `forecasts.csv` (quantiles per window, series and step) and one fan chart per series of the last
+/// window (`fan_<series>.png`, at most `max_charts`) into `dir`.
+pub fn export(
+    dir: &std::path::Path,
+    forecasts: &[WindowForecast],
+    max_charts: usize,
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let windows: Vec<Window> = forecasts.iter().map(|f| f.as_window()).collect();
+    let d = forecasts.first().map_or(0, |f| f.num_series);
+    let names: Vec<String> = (0..d).map(|j| format!("series{j}")).collect();
+    let csv = dir.join("forecasts.csv");
+    vsdm_eval::export::write_forecast_csv(&csv, &windows, &names)?;
+    let mut written = vec![csv];
+    if let Some(last) = forecasts.last() {
+        let (h, c) = (last.horizon, last.context.len() / d.max(1));
+        for j in 0..d.min(max_charts) {
+            let ctx: Vec<f64> = (0..c).map(|t| last.context[t * d + j]).collect();
+            let truth: Vec<f64> = (0..h).map(|t| last.truth[t * d + j]).collect();
+            let samples: Vec<Vec<f64>> = (0..last.num_samples)
+                .map(|s| {
+                    (0..h)
+                        .map(|t| last.samples[(s * h + t) * d + j] as f64)
+                        .collect()
+                })
+                .collect();
+            let png = dir.join(format!("fan_{j}.png"));
+            vsdm_eval::export::fan_chart(&png, &ctx, &truth, &samples)?;
+            written.push(png);
+        }
+    }
+    Ok(written)
+}
+
+/// A `[1, …]` tensor repeated `b` times along the batch axis.
+pub fn repeat_batch(t: &Tensor, b: usize) -> candle_core::Result<Tensor> {
+    let mut dims = t.dims().to_vec();
+    dims[0] = b;
+    t.broadcast_as(dims)?.contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::freq::parse_timestamp;
+    use crate::data::{Freq, SeriesMatrix};
+    use crate::window::Scaling;
+
+    fn split(values: Vec<f32>, d: usize, len: usize, ends: Vec<usize>) -> TestSplit {
+        let s = SeriesMatrix::new(
+            parse_timestamp("2021-03-01").unwrap(),
+            Freq::Hours(1),
+            d,
+            len,
+            values,
+        )
+        .unwrap();
+        TestSplit {
+            series: s,
+            window_ends: ends,
+        }
+    }
+
+    #[test]
+    fn random_walk_matches_its_closed_form_on_a_linear_trend() {
+        // A noiseless trend y_t = 2t has increments of mean 2 and deviation 0: every sample continues it.
+        let test = split((0..40).map(|t| 2.0 * t as f32).collect(), 1, 40, vec![40]);
+        let cfg = WindowConfig::timegrad(5, Scaling::Mean);
+        let f = random_walk(&test, &[40], &cfg, 4, 0).unwrap();
+        for s in 0..4 {
+            for t in 0..5 {
+                assert!((f[0].samples[s * 5 + t] - 2.0 * (35 + t) as f32).abs() < 1e-4);
+            }
+        }
+        // A perfect forecast scores CRPS 0 in GluonTS's definition.
+        let r = score(&f).unwrap();
+        assert!(r.marginal.crps.abs() < 1e-6 && r.sum.crps.abs() < 1e-6);
+    }
+
+    #[test]
+    fn random_walk_spread_grows_like_sqrt_h() {
+        // Alternating ±1 increments: μ = 0 (even count), σ = 1; Var(y_{C+k}) = k.
+        let vals: Vec<f32> = (0..41).map(|t| (t % 2) as f32).collect();
+        let test = split(vals, 1, 41, vec![41]);
+        let cfg = WindowConfig {
+            context: 31,
+            horizon: 10,
+            scaling: Scaling::Mean,
+        };
+        let f = random_walk(&test, &[41], &cfg, 20_000, 1).unwrap();
+        for k in [0usize, 3, 9] {
+            let xs: Vec<f64> = (0..20_000)
+                .map(|s| f[0].samples[s * 10 + k] as f64)
+                .collect();
+            let m = xs.iter().sum::<f64>() / xs.len() as f64;
+            let v = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64;
+            assert!(
+                (v - (k + 1) as f64).abs() < 0.06 * (k + 1) as f64,
+                "k {k}: var {v}"
+            );
+        }
+    }
+
+    #[test]
+    fn window_selection_is_even_and_keeps_the_last() {
+        let test = split(vec![0.0; 100], 1, 100, (10..=100).step_by(10).collect());
+        assert_eq!(select_windows(&test, Some(3)), vec![10, 60, 100]);
+        assert_eq!(select_windows(&test, None).len(), 10);
+        assert_eq!(select_windows(&test, Some(1)), vec![100]);
+    }
+}

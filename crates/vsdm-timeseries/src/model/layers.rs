@@ -1,0 +1,204 @@
+//! Transformer pieces written from primitive tensor operations, so that every one of them has a backward pass
+//! in candle 0.11 (its fused `softmax_last_dim`, `layer_norm` and `rms_norm` have none).
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{linear, Init, Linear, VarBuilder};
+
+/// Softmax over the last dimension as exp / sum, shifted by the (detached) row maximum for range safety.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// σ(x) = ½ (1 + tanh(x/2)), finite for every finite x and differentiable.
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    ((x * 0.5)?.tanh()? + 1.0)? * 0.5
+}
+
+/// Layer normalisation over the last dimension (Ba et al. 2016) with learned gain and bias.
+pub struct LayerNorm {
+    gain: Tensor,
+    bias: Tensor,
+    eps: f64,
+    /// Use candle's fused kernel (no backward pass): for inference only.
+    fused: bool,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            gain: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
+            eps: 1e-5,
+            fused: false,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            return candle_nn::ops::layer_norm(x, &self.gain, &self.bias, self.eps as f32);
+        }
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        xn.broadcast_mul(&self.gain)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Multi-head self-attention over the middle axis of `[N, S, C]`.
+pub struct SelfAttention {
+    qkv: Linear,
+    out: Linear,
+    heads: usize,
+    fused: bool,
+}
+
+impl SelfAttention {
+    pub fn new(dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+        if heads == 0 || dim % heads != 0 {
+            candle_core::bail!("attention width {dim} is not divisible by {heads} heads");
+        }
+        Ok(Self {
+            qkv: linear(dim, 3 * dim, vb.pp("qkv"))?,
+            out: linear(dim, dim, vb.pp("out"))?,
+            heads,
+            fused: false,
+        })
+    }
+}
+
+impl Module for SelfAttention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("attention").entered();
+        let (n, s, c) = x.dims3()?;
+        let dh = c / self.heads;
+        // [N, S, 3, h, dh] → [3, N, h, S, dh]
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((n, s, 3, self.heads, dh))?
+            .permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let att = (q.matmul(&k.t()?)? / (dh as f64).sqrt())?;
+        let p = if self.fused {
+            candle_nn::ops::softmax_last_dim(&att)?
+        } else {
+            softmax_last(&att)?
+        };
+        let y = p.matmul(&v)?; // [N, h, S, dh]
+        let y = y.transpose(1, 2)?.reshape((n, s, c))?;
+        self.out.forward(&y)
+    }
+}
+
+/// A pre-norm transformer encoder layer: x + MHA(LN x), then + FFN(LN ·) with a SiLU feed-forward.
+pub struct EncoderLayer {
+    ln1: LayerNorm,
+    attn: SelfAttention,
+    ln2: LayerNorm,
+    ff1: Linear,
+    ff2: Linear,
+}
+
+impl EncoderLayer {
+    pub fn new(dim: usize, heads: usize, ff: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            ln1: LayerNorm::new(dim, vb.pp("ln1"))?,
+            attn: SelfAttention::new(dim, heads, vb.pp("attn"))?,
+            ln2: LayerNorm::new(dim, vb.pp("ln2"))?,
+            ff1: linear(dim, ff, vb.pp("ff1"))?,
+            ff2: linear(ff, dim, vb.pp("ff2"))?,
+        })
+    }
+}
+
+impl EncoderLayer {
+    /// Switches to candle's fused softmax and layer norm, which are faster but have no backward pass: for
+    /// sampling only.
+    pub fn set_inference(&mut self, on: bool) {
+        self.ln1.fused = on;
+        self.ln2.fused = on;
+        self.attn.fused = on;
+    }
+}
+
+impl Module for EncoderLayer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
+        let f = self
+            .ff2
+            .forward(&self.ff1.forward(&self.ln2.forward(&h)?)?.silu()?)?;
+        h + f
+    }
+}
+
+/// Sinusoidal features of a scalar per row: `[N] → [N, dim]` (sin of the first half, cos of the second), with
+/// frequencies 10000^(−k/(dim/2)) as in the transformer's positional encoding.
+pub fn sinusoidal(x: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|k| (-(10_000f32.ln()) * k as f32 / half as f32).exp())
+        .collect();
+    let freqs = Tensor::from_vec(freqs, (1, half), x.device())?;
+    let args = x.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.sin()?, args.cos()?], 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn softmax_and_layer_norm_match_closed_forms_and_have_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(vec![1f32, 2.0, 3.0, 1000.0, 1000.0, 1000.0], (2, 3), &dev).unwrap();
+        let p = softmax_last(x.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        // softmax(1,2,3) = e^k / (e + e² + e³); a huge constant row is uniform.
+        let z: f32 = (1..=3).map(|k| (k as f32).exp()).sum();
+        for (k, (a, b)) in p[0].iter().zip(&p[1]).enumerate() {
+            assert!((a - ((k + 1) as f32).exp() / z).abs() < 1e-6);
+            assert!((b - 1.0 / 3.0).abs() < 1e-6);
+        }
+        // d softmax_0 / d x_0 = p0 (1 − p0).
+        let g = softmax_last(x.as_tensor())
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert!((gx[0][0] - p[0][0] * (1.0 - p[0][0])).abs() < 1e-6);
+
+        let vm = VarMap::new();
+        let ln = LayerNorm::new(4, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let y = ln
+            .forward(&Tensor::new(&[[1f32, 2.0, 3.0, 4.0]], &dev).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        // (x − 2.5) / sqrt(1.25 + 1e-5)
+        for (k, v) in y[0].iter().enumerate() {
+            let want = (k as f32 + 1.0 - 2.5) / (1.25f32 + 1e-5).sqrt();
+            assert!((v - want).abs() < 1e-5, "{v} vs {want}");
+        }
+        let s = sigmoid(&Tensor::new(&[0f32, 2.0, -200.0], &dev).unwrap())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((s[0] - 0.5).abs() < 1e-7 && (s[1] - 1.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
+        assert!(s[2] >= 0.0 && s[2] < 1e-30);
+    }
+}

@@ -1,0 +1,264 @@
+//! Methods, budgets and the training run: the forecasting data turned into a [`vsdm_core::Trainer`] over
+//! [`ForecastNet`] with the settings of ALGORITHM.md §F.3 scaled to a CPU budget.
+
+use std::path::Path;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use vsdm_core::trainer::{TrainConfig, Trainer};
+use vsdm_core::variational::VarParams;
+use vsdm_core::{BetaSchedule, VsmdParams};
+
+use crate::data::Dataset;
+use crate::model::{ForecastNet, NetConfig};
+use crate::window::{TrainWindows, WindowConfig};
+
+/// The diffusion method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Variance-preserving diffusion (VSDM with A = 0, not adapted): the DSM baseline.
+    Vp,
+    /// VSDM: diagonal A, one value per series and horizon step, adapted by stochastic approximation.
+    Vsdm,
+    /// VSMD: critically damped momentum diffusion with adapted c per series and horizon step.
+    Vsmd,
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Vp => "vp",
+            Method::Vsdm => "vsdm",
+            Method::Vsmd => "vsmd",
+        }
+    }
+
+    /// Channels of the diffusion state.
+    pub fn state_channels(&self) -> usize {
+        if *self == Method::Vsmd {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// The compute budget of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct Budget {
+    /// Network updates in total.
+    #[arg(long, default_value_t = 1000)]
+    pub iters: usize,
+    /// Windows per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Learning rate of the network (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Network updates before the first variational stage (fraction of --iters).
+    #[arg(long, default_value_t = 0.2)]
+    pub warmup_frac: f64,
+    /// Final network-only updates (fraction of --iters).
+    #[arg(long, default_value_t = 0.2)]
+    pub cooldown_frac: f64,
+    /// Number of variational stages between warm-up and cool-down.
+    #[arg(long, default_value_t = 4)]
+    pub stages: usize,
+    /// SA iterations per variational stage.
+    #[arg(long, default_value_t = 40)]
+    pub a_iters: usize,
+    /// Adam rate of the variational parameters.
+    #[arg(long, default_value_t = 1e-2)]
+    pub a_lr: f64,
+    /// Backward trajectories simulated per stage.
+    #[arg(long, default_value_t = 64)]
+    pub n_traj: usize,
+    /// Euler–Maruyama steps of those trajectories.
+    #[arg(long, default_value_t = 25)]
+    pub traj_steps: usize,
+    /// Residual channels of the network.
+    #[arg(long, default_value_t = 32)]
+    pub hidden: usize,
+    /// Residual blocks.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 2)]
+    pub heads: usize,
+    /// Time steps per token (0: 6 when it divides context and horizon, else 1).
+    #[arg(long, default_value_t = 0)]
+    pub patch: usize,
+    /// EMA decay of the network weights.
+    #[arg(long, default_value_t = 0.995)]
+    pub ema: f64,
+}
+
+impl Budget {
+    /// The tiny budget of the test suite.
+    pub fn smoke() -> Self {
+        Self {
+            iters: 12,
+            batch: 4,
+            lr: 1e-3,
+            warmup_frac: 0.25,
+            cooldown_frac: 0.25,
+            stages: 2,
+            a_iters: 3,
+            a_lr: 1e-2,
+            n_traj: 4,
+            traj_steps: 4,
+            hidden: 8,
+            layers: 1,
+            heads: 2,
+            patch: 0,
+            ema: 0.9,
+        }
+    }
+}
+
+/// The trainer's configuration for `method` on windows of `num_series × horizon`.
+pub fn train_config(
+    method: Method,
+    budget: &Budget,
+    num_series: usize,
+    horizon: usize,
+    seed: u64,
+) -> TrainConfig {
+    let n = num_series * horizon;
+    let (init, adaptive) = match method {
+        Method::Vp => (VarParams::None, false),
+        Method::Vsdm => (VarParams::Diagonal(vec![0.0; n]), true),
+        Method::Vsmd => (
+            VarParams::Momentum {
+                c: vec![0.0; n],
+                params: VsmdParams::default(),
+            },
+            true,
+        ),
+    };
+    let mut c = TrainConfig::new(
+        BetaSchedule::vsdm_default(),
+        &[1, num_series, horizon],
+        init,
+        adaptive,
+    );
+    c.iters = budget.iters;
+    c.batch_size = budget.batch;
+    c.adam.lr = budget.lr;
+    c.grad_clip = Some(10.0);
+    c.ema_decay = budget.ema;
+    c.warmup = (budget.iters as f64 * budget.warmup_frac).round() as usize;
+    c.cooldown = (budget.iters as f64 * budget.cooldown_frac).round() as usize;
+    let middle = budget.iters.saturating_sub(c.warmup + c.cooldown);
+    c.block = (middle / budget.stages.max(1)).max(1);
+    c.variational.iters = budget.a_iters;
+    c.variational.adam.lr = budget.a_lr;
+    c.variational.n_trajectories = budget.n_traj;
+    c.variational.batch = (budget.n_traj / 2).max(1);
+    c.variational.steps = budget.traj_steps;
+    c.seed = seed;
+    c
+}
+
+/// The network configuration for `method` on `window` with `features` time features.
+pub fn net_config(
+    method: Method,
+    budget: &Budget,
+    num_series: usize,
+    window: &WindowConfig,
+    features: usize,
+) -> NetConfig {
+    let base = NetConfig::small(
+        num_series,
+        window.context,
+        window.horizon,
+        features,
+        method.state_channels(),
+    );
+    NetConfig {
+        hidden: budget.hidden,
+        heads: budget.heads,
+        layers: budget.layers,
+        patch: if budget.patch > 0 {
+            budget.patch
+        } else {
+            base.patch
+        },
+        ..base
+    }
+}
+
+/// A finished training run.
+pub struct Trained {
+    pub method: Method,
+    pub trainer: Trainer<ForecastNet>,
+    pub net: NetConfig,
+    pub window: WindowConfig,
+    /// Wall-clock seconds of training.
+    pub seconds: f64,
+    /// Mean loss over the last 10% of the updates.
+    pub final_loss: f64,
+}
+
+/// Trains `method` on the training matrix of `data`; with `ckpt = Some((dir, every))` checkpoints into `dir`
+/// every `every` updates and resumes from it when it holds one.
+pub fn train(
+    method: Method,
+    budget: &Budget,
+    data: &Dataset,
+    window: WindowConfig,
+    seed: u64,
+    device: &Device,
+    ckpt: Option<(&Path, usize)>,
+) -> anyhow::Result<Trained> {
+    let (ckpt_dir, ckpt_every) = match ckpt {
+        Some((dir, every)) => (Some(dir), every),
+        None => (None, 0),
+    };
+    let mut source = TrainWindows::new(data.train.clone(), window)?;
+    let d = data.num_series();
+    let net = net_config(method, budget, d, &window, source.features());
+    // Fail early (with the reason) rather than inside the trainer's builder.
+    ForecastNet::new(
+        candle_nn::VarBuilder::zeros(candle_core::DType::F32, device),
+        net,
+    )?;
+    let cfg = train_config(method, budget, d, window.horizon, seed);
+    let build = move |vb: candle_nn::VarBuilder| ForecastNet::new(vb, net);
+    let mut trainer = match ckpt_dir {
+        Some(dir) if dir.join("latest").is_file() => {
+            tracing::info!(dir = %dir.display(), "resuming from checkpoint");
+            let tr = Trainer::resume(dir, device, build)?;
+            if tr.config() != &cfg {
+                anyhow::bail!(
+                    "the checkpoint in {} was made with other settings; use another --out or remove it",
+                    dir.display()
+                );
+            }
+            tr
+        }
+        _ => Trainer::new(cfg, device, build)?,
+    };
+    tracing::info!(
+        method = method.name(),
+        series = d,
+        context = window.context,
+        horizon = window.horizon,
+        "training"
+    );
+    let start = std::time::Instant::now();
+    let reports = trainer.run(&mut source, ckpt_dir, ckpt_every, 100)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let tail = reports.len().div_ceil(10).max(1);
+    let final_loss = reports.iter().rev().take(tail).map(|r| r.loss).sum::<f64>()
+        / tail.min(reports.len()).max(1) as f64;
+    Ok(Trained {
+        method,
+        trainer,
+        net,
+        window,
+        seconds,
+        final_loss,
+    })
+}

@@ -1,0 +1,268 @@
+//! The TimeGrad protocol's windows: a context of `context` steps (3 × the prediction length by default) followed
+//! by a horizon of `horizon` steps, scaled per series and window from the context alone.
+//!
+//! Tensors handed to the network (batch first):
+//! * the data element x_0 is the scaled horizon, `[B, 1, D, H]` (one channel, so VSMD's (x, v) state is
+//!   `[B, 2, D, H]`);
+//! * the conditioning is `[B, 1 + F, D, C + H]`: channel 0 holds the scaled context and zeros over the horizon,
+//!   channels 1..=F the GluonTS time features of every column (the same for every series).
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use vsdm_core::{trainer::DataSource, NoiseRng};
+
+use crate::data::SeriesMatrix;
+use crate::error::{DataError, Result};
+
+/// How a window is normalised from its context, per series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Scaling {
+    /// TimeGrad's `MeanScaler`: x = y / mean|context| (location 0).
+    Mean,
+    /// pytorch-ts' `scaling='std'` (the VSMD scripts): x = (y − mean(context)) / std(context).
+    Std,
+}
+
+impl Scaling {
+    /// (location, scale) of one series' context.
+    pub fn fit(&self, context: &[f32]) -> (f32, f32) {
+        let n = context.len().max(1) as f64;
+        let mean_abs = context.iter().map(|v| v.abs() as f64).sum::<f64>() / n;
+        match self {
+            Scaling::Mean => (0.0, if mean_abs > 0.0 { mean_abs as f32 } else { 1.0 }),
+            Scaling::Std => {
+                let mean = context.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let var = context
+                    .iter()
+                    .map(|&v| (v as f64 - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                // A constant context would divide by zero: floor the scale relative to the level.
+                let floor = 1e-4 * mean_abs.max(1.0);
+                (mean as f32, var.sqrt().max(floor) as f32)
+            }
+        }
+    }
+}
+
+/// Window geometry and normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowConfig {
+    /// Context length C.
+    pub context: usize,
+    /// Horizon (prediction length) H.
+    pub horizon: usize,
+    pub scaling: Scaling,
+}
+
+impl WindowConfig {
+    /// The TimeGrad protocol: context = 3 × prediction length.
+    pub fn timegrad(prediction_length: usize, scaling: Scaling) -> Self {
+        Self {
+            context: 3 * prediction_length,
+            horizon: prediction_length,
+            scaling,
+        }
+    }
+
+    /// Columns of the grid, C + H.
+    pub fn len(&self) -> usize {
+        self.context + self.horizon
+    }
+
+    /// Whether the window is empty (never for a valid config).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A batch of windows on the host, ready to become tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowBatch {
+    pub batch: usize,
+    pub num_series: usize,
+    pub features: usize,
+    /// Scaled horizon `[B, D, H]` (zeros where the window runs past the series: forecasting).
+    pub x0: Vec<f32>,
+    /// Conditioning `[B, 1 + F, D, C + H]`.
+    pub cond: Vec<f32>,
+    /// Per (window, series) location and scale, `[B, D]`.
+    pub loc: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+impl WindowBatch {
+    /// Cuts the windows ending (exclusively) at `ends` out of `series`, whose time features `[len, F]` are `tf`.
+    /// Each end must satisfy C + H ≤ end ≤ series length.
+    pub fn cut(
+        series: &SeriesMatrix,
+        tf: &[f32],
+        ends: &[usize],
+        cfg: &WindowConfig,
+    ) -> Result<Self> {
+        let (d, c, h, l) = (series.num_series, cfg.context, cfg.horizon, cfg.len());
+        let f = tf.len() / series.len.max(1);
+        if tf.len() != f * series.len {
+            return Err(DataError::Invalid(format!(
+                "time features hold {} values, not a multiple of the series length {}",
+                tf.len(),
+                series.len
+            )));
+        }
+        let b = ends.len();
+        let mut out = WindowBatch {
+            batch: b,
+            num_series: d,
+            features: f,
+            x0: vec![0.0; b * d * h],
+            cond: vec![0.0; b * (1 + f) * d * l],
+            loc: vec![0.0; b * d],
+            scale: vec![1.0; b * d],
+        };
+        for (i, &end) in ends.iter().enumerate() {
+            if end < l || end > series.len {
+                return Err(DataError::Invalid(format!(
+                    "window ending at column {end} needs {l} columns (context {c} + horizon {h}) inside a series \
+                     of {} columns",
+                    series.len
+                )));
+            }
+            let start = end - l;
+            for s in 0..d {
+                let row = &series.row(s)[start..end];
+                let (loc, scale) = cfg.scaling.fit(&row[..c]);
+                out.loc[i * d + s] = loc;
+                out.scale[i * d + s] = scale;
+                let base = ((i * (1 + f)) * d + s) * l;
+                for (t, &v) in row[..c].iter().enumerate() {
+                    out.cond[base + t] = (v - loc) / scale;
+                }
+                for (t, &v) in row[c..].iter().enumerate() {
+                    out.x0[(i * d + s) * h + t] = (v - loc) / scale;
+                }
+                for k in 0..f {
+                    let base = ((i * (1 + f) + 1 + k) * d + s) * l;
+                    for t in 0..l {
+                        out.cond[base + t] = tf[(start + t) * f + k];
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// (x_0 `[B, 1, D, H]`, cond `[B, 1 + F, D, C + H]`) on `device`.
+    pub fn tensors(&self, cfg: &WindowConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+        let (b, d) = (self.batch, self.num_series);
+        let x0 = Tensor::from_slice(&self.x0, (b, 1, d, cfg.horizon), device)?;
+        let cond = Tensor::from_slice(&self.cond, (b, 1 + self.features, d, cfg.len()), device)?;
+        Ok((x0, cond))
+    }
+
+    /// Maps scaled values `[B, D, H]` of window `i` back to the data's units.
+    pub fn unscale(&self, i: usize, series: usize, v: f32) -> f32 {
+        let k = i * self.num_series + series;
+        v * self.scale[k] + self.loc[k]
+    }
+}
+
+/// Training windows drawn uniformly (with replacement) from every position of the training matrix.
+pub struct TrainWindows {
+    series: SeriesMatrix,
+    tf: Vec<f32>,
+    cfg: WindowConfig,
+}
+
+impl TrainWindows {
+    pub fn new(series: SeriesMatrix, cfg: WindowConfig) -> Result<Self> {
+        if series.len < cfg.len() {
+            return Err(DataError::Invalid(format!(
+                "the training series has {} steps; a window needs context {} + horizon {}",
+                series.len, cfg.context, cfg.horizon
+            )));
+        }
+        let tf = series.time_features();
+        Ok(Self { series, tf, cfg })
+    }
+
+    /// Number of time features F.
+    pub fn features(&self) -> usize {
+        self.tf.len() / self.series.len
+    }
+
+    /// Draws the ends of `batch` windows.
+    pub fn draw(&self, batch: usize, rng: &mut NoiseRng) -> Result<WindowBatch> {
+        let l = self.cfg.len();
+        let positions = self.series.len - l + 1;
+        let ends: Vec<usize> = (0..batch).map(|_| l + rng.index(positions)).collect();
+        WindowBatch::cut(&self.series, &self.tf, &ends, &self.cfg)
+    }
+}
+
+impl DataSource for TrainWindows {
+    fn next_batch(
+        &mut self,
+        batch: usize,
+        rng: &mut NoiseRng,
+        device: &Device,
+    ) -> vsdm_core::Result<(Tensor, Option<Tensor>)> {
+        let w = self
+            .draw(batch, rng)
+            .map_err(|e| vsdm_core::Error::invalid("training windows", "batch", e.to_string()))?;
+        let (x0, cond) = w
+            .tensors(&self.cfg, device)
+            .map_err(|e| vsdm_core::Error::invalid("training windows", "tensors", e.to_string()))?;
+        Ok((x0, Some(cond)))
+    }
+
+    fn conditional(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::freq::parse_timestamp;
+    use crate::data::Freq;
+
+    #[test]
+    fn std_scaling_matches_population_moments() {
+        // Context 1, 2, 3, 4: mean 2.5, population variance 1.25.
+        let (loc, scale) = Scaling::Std.fit(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((loc - 2.5).abs() < 1e-6);
+        assert!((scale - 1.25f32.sqrt()).abs() < 1e-6);
+        let (loc, scale) = Scaling::Mean.fit(&[-1.0, 3.0]);
+        assert_eq!((loc, scale), (0.0, 2.0));
+        // A constant context gets a positive floor instead of a zero scale.
+        let (_, s) = Scaling::Std.fit(&[5.0; 10]);
+        assert!(s > 0.0);
+    }
+
+    #[test]
+    fn windows_put_context_and_horizon_in_place() {
+        let start = parse_timestamp("2020-01-06").unwrap();
+        // Two series: 0, 1, 2, ... and 100, 101, ...
+        let vals: Vec<f32> = (0..20)
+            .map(|v| v as f32)
+            .chain((0..20).map(|v| 100.0 + v as f32))
+            .collect();
+        let m = SeriesMatrix::new(start, Freq::Days(1), 2, 20, vals).unwrap();
+        let tf = m.time_features();
+        let cfg = WindowConfig::timegrad(2, Scaling::Mean);
+        let w = WindowBatch::cut(&m, &tf, &[8, 20], &cfg).unwrap();
+        // Window 1 of series 1 spans columns 12..20: context 112..117 (mean 114.5), horizon 118, 119.
+        let k = cfg.len();
+        let f = w.features;
+        let cond_at =
+            |i: usize, ch: usize, s: usize, t: usize| w.cond[((i * (1 + f) + ch) * 2 + s) * k + t];
+        assert!((w.scale[3] - 114.5).abs() < 1e-4);
+        assert!((cond_at(1, 0, 1, 0) * 114.5 - 112.0).abs() < 1e-3);
+        assert_eq!(cond_at(1, 0, 1, 6), 0.0);
+        assert!((w.unscale(1, 1, w.x0[3 * 2 + 1]) - 119.0).abs() < 1e-3);
+        // Time features follow the window's own columns.
+        assert_eq!(cond_at(1, 1, 0, 0), tf[12 * f]);
+        assert!(WindowBatch::cut(&m, &tf, &[7], &cfg).is_err());
+        assert!(WindowBatch::cut(&m, &tf, &[21], &cfg).is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! The whole forecasting path on a small generated archive: train (VSDM and VSMD, tiny budget) → export weights →
+//! reload → forecast rolling test windows → GluonTS metrics → CSV and fan charts; and the errors of bad weights.
+
+use candle_core::Device;
+use vsdm_core::{SamplerConfig, SamplerKind};
+use vsdm_timeseries::data::download::unpack_tar_gz;
+use vsdm_timeseries::data::gluonts::load_gluonts_dir;
+use vsdm_timeseries::data::synthetic::SyntheticArchive;
+use vsdm_timeseries::forecast::{self, ModelForecaster};
+use vsdm_timeseries::pipeline::{self, Budget, Method};
+use vsdm_timeseries::weights;
+use vsdm_timeseries::window::{Scaling, WindowConfig};
+
+fn small_dataset(dir: &std::path::Path) -> vsdm_timeseries::data::Dataset {
+    let arch = SyntheticArchive {
+        name: "tiny_nips".into(),
+        num_series: 3,
+        train_len: 120,
+        num_test_windows: 2,
+        prediction_length: 6,
+        ..Default::default()
+    };
+    let tgz = dir.join("tiny_nips.tar.gz");
+    arch.write(&tgz).unwrap();
+    unpack_tar_gz(&tgz, dir).unwrap();
+    load_gluonts_dir(&dir.join("tiny_nips"), "tiny", None).unwrap()
+}
+
+#[test]
+fn train_export_reload_forecast_and_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_dataset(tmp.path());
+    assert_eq!(data.prediction_length, 6);
+    let window = WindowConfig::timegrad(6, Scaling::Std);
+    let dev = Device::Cpu;
+    for method in [Method::Vsdm, Method::Vsmd, Method::Vp] {
+        let ckpt = tmp.path().join(format!("ckpt-{}", method.name()));
+        let trained = pipeline::train(
+            method,
+            &Budget::smoke(),
+            &data,
+            window,
+            7,
+            &dev,
+            Some((&ckpt, 6)),
+        )
+        .unwrap();
+        assert!(trained.final_loss.is_finite());
+        if method != Method::Vp {
+            // The variational stages moved A (or c) away from its VP/CLD start.
+            let moved = trained
+                .trainer
+                .params_ema()
+                .values()
+                .iter()
+                .any(|v| v.abs() > 0.0);
+            assert!(
+                moved,
+                "{}: variational parameters never updated",
+                method.name()
+            );
+        }
+        let wdir = tmp.path().join(format!("w-{}", method.name()));
+        weights::save(&trained, "tiny", &wdir).unwrap();
+        let loaded = weights::load(&wdir, &dev).unwrap();
+        assert_eq!(loaded.cfg.method, method);
+        assert_eq!(loaded.cfg.window, window);
+        let fc = ModelForecaster {
+            net: &loaded.net,
+            process: &loaded.process,
+            window,
+            sampler: SamplerConfig::new(SamplerKind::EulerMaruyama, 3),
+            sample_batch: 5,
+            device: &dev,
+        };
+        let ends = forecast::select_windows(&data.test, None);
+        assert_eq!(ends.len(), 2);
+        let f = fc.forecast(&data.test, &ends, 8, 1).unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[0].samples.len(), 8 * 6 * 3);
+        let r = forecast::score(&f).unwrap();
+        assert!(r.marginal.crps.is_finite() && r.sum.crps.is_finite() && r.marginal.crps > 0.0);
+        // The truth of window k is the test series' last 6 columns before its end.
+        let end = ends[1];
+        assert_eq!(
+            f[1].truth[5 * 3 + 2],
+            data.test.series.at(2, end - 1) as f64
+        );
+        let files =
+            forecast::export(&tmp.path().join(format!("out-{}", method.name())), &f, 2).unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(files
+            .iter()
+            .all(|p| std::fs::metadata(p).unwrap().len() > 0));
+    }
+}
+
+#[test]
+fn bad_weights_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    std::fs::write(tmp.path().join("config.json"), "{not json").unwrap();
+    let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
+    assert!(err.contains("config.json"), "{err}");
+}
