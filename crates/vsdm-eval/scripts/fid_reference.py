@@ -9,10 +9,16 @@ Needs: torch, numpy, scipy, pillow (e.g. `python3 -m venv /tmp/tv && /tmp/tv/bin
 pillow`).
 
 Subcommands:
-  features --weights default_1.pt --input DIR|images.npz [--limit N] -o out.npz
-      writes `images` (uint8 NHWC, as decoded by PIL, files sorted by path) and `features` (float32 N x 2048)
-  stats    --weights default_1.pt --input DIR|images.npz [--limit N] [--noise N --seed S] -o stats.npz
+  features --weights default_1.pt --input DIR|images.npz [--every K] [--limit N] -o out.npz
+      writes `images` (uint8 NHWC, as decoded by PIL, files sorted by path), `features` (float32 N x 2048) and
+      their `mu`, `sigma`
+  stats    --weights default_1.pt --input DIR|images.npz [--every K] [--limit N] [--noise N --seed S] -o stats.npz
       writes `mu` and `sigma` (float64) as pytorch-fid / clean-fid do
+  fixture  --weights default_1.pt --input CIFAR_TEST_DIR -o tests/fixtures/fid_features.npz
+      the network test fixture: 4 CIFAR images (PIL-decoded) and 2 noise images of 45x61 (resize path) with their
+      features, and one JPEG file's bytes with PIL's decoding of it
+  npz-check FILE.npz
+      loads an arr_0 sample archive written by vsdm-eval with np.load and prints its dtype and shape
   fid      STATS1.npz STATS2.npz
       prints the Frechet distance
   ops      -o ops.npz
@@ -45,18 +51,19 @@ def list_images(root):
     return out
 
 
-def load_images(path, limit=None):
-    """uint8 NHWC array, from a folder (PIL decode) or an npz with `arr_0`/`images`."""
+def load_images(path, limit=None, every=1):
+    """uint8 NHWC array, from a folder (PIL decode) or an npz with `arr_0`/`images`; every `every`-th image in
+    path order, at most `limit` of them (as `vsdm-eval --every K --limit N`)."""
     if os.path.isdir(path):
         from PIL import Image
 
-        files = list_images(path)
+        files = list_images(path)[::every]
         if limit:
             files = files[:limit]
         return np.stack([np.asarray(Image.open(f).convert("RGB"), np.uint8) for f in files])
     with np.load(path) as z:
         key = "arr_0" if "arr_0" in z else "images"
-        a = z[key]
+        a = z[key][::every]
     return a[:limit] if limit else a
 
 
@@ -121,12 +128,19 @@ def main():
         q.add_argument("--weights", required=True)
         q.add_argument("--input")
         q.add_argument("--limit", type=int)
+        q.add_argument("--every", type=int, default=1)
         q.add_argument("--noise", type=int, help="use N Gaussian-noise images instead of --input")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--batch-size", type=int, default=50)
         q.add_argument("--threads", type=int, default=2)
         q.add_argument("--save-images", help="also write the uint8 NHWC images used, as arr_0")
         q.add_argument("-o", "--output", required=True)
+    q = sub.add_parser("fixture")
+    q.add_argument("--weights", required=True)
+    q.add_argument("--input", required=True)
+    q.add_argument("-o", "--output", required=True)
+    q = sub.add_parser("npz-check")
+    q.add_argument("file")
     q = sub.add_parser("fid")
     q.add_argument("a")
     q.add_argument("b")
@@ -137,7 +151,7 @@ def main():
 
     if a.cmd in ("features", "stats"):
         torch.set_num_threads(a.threads)
-        images = noise_images(a.noise, a.seed) if a.noise else load_images(a.input, a.limit)
+        images = noise_images(a.noise, a.seed) if a.noise else load_images(a.input, a.limit, a.every)
         if a.save_images:
             np.savez(a.save_images, arr_0=images)
         model = torch.jit.load(a.weights, map_location="cpu").eval()
@@ -145,11 +159,34 @@ def main():
         f = features(model, images, a.batch_size)
         dt = time.time() - t0
         print(f"{len(images)} images in {dt:.1f} s: {len(images) / dt:.2f} img/s (torch threads {a.threads})")
+        f64 = f.astype(np.float64)
+        stats = dict(mu=np.mean(f64, axis=0), sigma=np.cov(f64, rowvar=False))
         if a.cmd == "features":
-            np.savez(a.output, images=images, features=f)
+            np.savez(a.output, images=images, features=f, **stats)
         else:
-            f64 = f.astype(np.float64)
-            np.savez(a.output, mu=np.mean(f64, axis=0), sigma=np.cov(f64, rowvar=False))
+            np.savez(a.output, **stats)
+    elif a.cmd == "fixture":
+        torch.set_num_threads(2)
+        model = torch.jit.load(a.weights, map_location="cpu").eval()
+        # airplane/0000.jpg, bird/0500.jpg, dog/0000.jpg, horse/0500.jpg of the test set.
+        files = list_images(a.input)[::2500][:4]
+        cifar = load_images(a.input, 4, 2500)
+        odd = np.random.default_rng(1).integers(0, 256, size=(2, 45, 61, 3), dtype=np.uint8)
+        from PIL import Image
+
+        np.savez(
+            a.output,
+            images32=cifar,
+            features32=features(model, cifar, verbose=False),
+            images_odd=odd,
+            features_odd=features(model, odd, verbose=False),
+            jpeg_bytes=np.frombuffer(open(files[0], "rb").read(), np.uint8),
+            jpeg_pil=np.asarray(Image.open(files[0]).convert("RGB"), np.uint8),
+        )
+    elif a.cmd == "npz-check":
+        with np.load(a.file) as z:
+            x = z["arr_0"]
+        print(f"{a.file}: arr_0 {x.dtype} {x.shape} min {x.min()} max {x.max()}")
     elif a.cmd == "fid":
         with np.load(a.a) as x, np.load(a.b) as y:
             print(f"{frechet(x['mu'], x['sigma'], y['mu'], y['sigma']):.6f}")

@@ -176,12 +176,24 @@ fn write_safetensors(output: &Path, tensors: Vec<RawTensor>, source_sha: &str) -
         .map_err(|e| weights_err(format!("writing failed: {e}")))
 }
 
-/// Default location of converted weights: `$VSDM_FID_WEIGHTS`, else `inception_fid.safetensors` in the
-/// current folder.
+/// Environment variable naming the converted weights file.
+pub const WEIGHTS_ENV: &str = "VSDM_FID_WEIGHTS";
+
+/// Default location of converted weights: `$VSDM_FID_WEIGHTS`, else
+/// `$XDG_CACHE_HOME/vsdm/inception_fid.safetensors`, else `~/.cache/vsdm/inception_fid.safetensors`, else
+/// `inception_fid.safetensors` in the current folder.
 pub fn default_weights_path() -> PathBuf {
-    std::env::var_os("VSDM_FID_WEIGHTS")
+    if let Some(p) = std::env::var_os(WEIGHTS_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("inception_fid.safetensors"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    match cache {
+        Some(c) => c.join("vsdm").join("inception_fid.safetensors"),
+        None => PathBuf::from("inception_fid.safetensors"),
+    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,9 @@ pub enum FidError {
     /// An `.npz` archive could not be read or written.
     #[error(transparent)]
     Npz(#[from] NpzError),
+    /// Images could not be converted or exported.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// A tensor operation failed (device, shapes).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

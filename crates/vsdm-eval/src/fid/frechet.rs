@@ -2,10 +2,11 @@
 //!
 //! `d² = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁ Σ₂)^{1/2}`,
 //!
-//! computed in f64. The trace term is evaluated through the symmetric form: with `Σ₁ = V Λ Vᵀ` and
-//! `B = V Λ^{1/2}`, the eigenvalues of `Σ₁Σ₂` are those of the symmetric PSD matrix `Bᵀ Σ₂ B`, so
-//! `tr (Σ₁Σ₂)^{1/2} = Σᵢ √λᵢ(Bᵀ Σ₂ B)` (negative round-off eigenvalues clamped to 0). Unlike the Schur-based
-//! `scipy.linalg.sqrtm` of the non-symmetric product, this never produces complex parts.
+//! computed in f64. The trace term is evaluated through the symmetric form: with `S = Σ₁^{1/2}` ([`sqrtm_psd`]),
+//! `Σ₁Σ₂ = S (S Σ₂ S) S⁻¹` is similar to the symmetric PSD matrix `S Σ₂ S`, so
+//! `tr (Σ₁Σ₂)^{1/2} = Σᵢ √λᵢ(S Σ₂ S)` (negative round-off eigenvalues clamped to 0; the identity extends to
+//! singular `Σ₁` by continuity). Unlike the Schur-based `scipy.linalg.sqrtm` of the non-symmetric product, this
+//! never produces complex parts and needs no diagonal offset for rank-deficient covariances.
 //!
 //! Statistics files are `.npz` with `mu` (D, float64) and `sigma` (D×D, float64), as pytorch-fid and clean-fid
 //! write and read them; the covariance is the unbiased one (`np.cov`, divisor N − 1).
@@ -19,7 +20,7 @@ use crate::export::npz::{read_npz, take_array, write_npz, NpyArray, NpyData};
 
 /// Mean and covariance of a feature set.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Stats {
+pub struct FidStats {
     /// Mean, length D.
     pub mu: DVector<f64>,
     /// Unbiased covariance, D×D.
@@ -89,7 +90,7 @@ impl StatsAccumulator {
     }
 
     /// Mean and unbiased covariance; `what` names the set in the error when fewer than 2 samples were seen.
-    pub fn finish(&self, what: &str) -> Result<Stats> {
+    pub fn finish(&self, what: &str) -> Result<FidStats> {
         if self.n < 2 {
             return Err(FidError::TooFewImages {
                 what: what.to_string(),
@@ -105,7 +106,7 @@ impl StatsAccumulator {
         let mut sigma = (&self.outer - (&dmean * dmean.transpose()) * n) / (n - 1.0);
         // Exact symmetry (the gemm is symmetric up to round-off).
         sigma = (&sigma + sigma.transpose()) * 0.5;
-        Ok(Stats {
+        Ok(FidStats {
             mu: dmean + shift,
             sigma,
             n: self.n,
@@ -113,9 +114,14 @@ impl StatsAccumulator {
     }
 }
 
-impl Stats {
+impl FidStats {
     /// Writes `mu` and `sigma` (float64) to an `.npz`, as pytorch-fid's `--save-stats` does.
-    pub fn save(&self, path: &Path) -> Result<()> {
+    pub fn write_npz(&self, path: &Path) -> Result<()> {
+        self.write_npz_with(path, &[])
+    }
+
+    /// Writes `mu`, `sigma` and further arrays (e.g. the features) to one `.npz`.
+    pub fn write_npz_with(&self, path: &Path, extra: &[(&str, &NpyArray)]) -> Result<()> {
         let d = self.mu.len();
         let mu =
             NpyArray::new(vec![d], NpyData::F64(self.mu.as_slice().to_vec())).expect("mu fills D");
@@ -125,11 +131,18 @@ impl Stats {
             NpyData::F64(self.sigma.transpose().as_slice().to_vec()),
         )
         .expect("sigma fills D×D");
-        Ok(write_npz(path, &[("mu", &mu), ("sigma", &sigma)])?)
+        let mut arrays = vec![("mu", &mu), ("sigma", &sigma)];
+        arrays.extend_from_slice(extra);
+        Ok(write_npz(path, &arrays)?)
     }
 
-    /// Reads `mu` and `sigma` from an `.npz`, checking that they are D and D×D (`dim`).
-    pub fn load(path: &Path, dim: usize) -> Result<Self> {
+    /// Reads Inception statistics (`mu`: 2048, `sigma`: 2048×2048, float32 or float64) from an `.npz`.
+    pub fn read_npz(path: &Path) -> Result<Self> {
+        Self::read_npz_dim(path, super::FEATURE_DIM)
+    }
+
+    /// Reads `mu` and `sigma` from an `.npz`, checking that they are D and D×D (`dim`) and finite.
+    pub fn read_npz_dim(path: &Path, dim: usize) -> Result<Self> {
         let mut z = read_npz(path)?;
         let mu = take_array(&mut z, path, "mu")?;
         let sigma = take_array(&mut z, path, "sigma")?;
@@ -148,17 +161,41 @@ impl Stats {
         if matches!(mu.data, NpyData::U8(_)) || matches!(sigma.data, NpyData::U8(_)) {
             return Err(shape_err("mu/sigma", "float32 or float64".into(), &mu));
         }
-        let s = DMatrix::from_row_slice(dim, dim, &sigma.to_f64());
+        let (mu, sigma) = (mu.to_f64(), sigma.to_f64());
+        for (key, v) in [("mu", &mu), ("sigma", &sigma)] {
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(FidError::ArrayShape {
+                    path: path.to_path_buf(),
+                    key: key.to_string(),
+                    expected: "finite values".into(),
+                    actual: format!("{} at flat index {i}", v[i]),
+                });
+            }
+        }
+        let s = DMatrix::from_row_slice(dim, dim, &sigma);
         Ok(Self {
-            mu: DVector::from_vec(mu.to_f64()),
+            mu: DVector::from_vec(mu),
             sigma: s,
             n: 0,
         })
     }
 }
 
+/// The principal square root of a symmetric positive semi-definite matrix, `V diag(√max(λ, 0)) Vᵀ` from its
+/// symmetric eigendecomposition (the input is symmetrised first; negative round-off eigenvalues become 0).
+pub fn sqrtm_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
+    let sym = (m + m.transpose()) * 0.5;
+    let eig = sym.symmetric_eigen();
+    let mut v = eig.eigenvectors.clone();
+    for (i, &l) in eig.eigenvalues.iter().enumerate() {
+        v.column_mut(i).scale_mut(l.max(0.0).sqrt());
+    }
+    let r = v * eig.eigenvectors.transpose();
+    (&r + r.transpose()) * 0.5
+}
+
 /// Fréchet distance between two Gaussians (see the module doc for the square-root form).
-pub fn frechet_distance(a: &Stats, b: &Stats) -> Result<f64> {
+pub fn frechet_distance(a: &FidStats, b: &FidStats) -> Result<f64> {
     let d = a.mu.len();
     if b.mu.len() != d || a.sigma.nrows() != d || b.sigma.nrows() != d {
         return Err(FidError::DimensionMismatch {
@@ -167,13 +204,8 @@ pub fn frechet_distance(a: &Stats, b: &Stats) -> Result<f64> {
         });
     }
     let diff = &a.mu - &b.mu;
-    let eig = a.sigma.clone().symmetric_eigen();
-    // B = V Λ^{1/2}: scale column i of V by √max(λᵢ, 0).
-    let mut bm = eig.eigenvectors;
-    for (i, &l) in eig.eigenvalues.iter().enumerate() {
-        bm.column_mut(i).scale_mut(l.max(0.0).sqrt());
-    }
-    let m = bm.transpose() * &b.sigma * &bm;
+    let s = sqrtm_psd(&a.sigma);
+    let m = &s * &b.sigma * &s;
     let m = (&m + m.transpose()) * 0.5;
     let tr_sqrt: f64 = m
         .symmetric_eigenvalues()
@@ -190,12 +222,12 @@ mod tests {
     #[test]
     fn diagonal_case_has_closed_form() {
         // Commuting covariances: d² = ‖Δμ‖² + Σ (√a − √b)².
-        let a = Stats {
+        let a = FidStats {
             mu: DVector::from_vec(vec![0.0, 1.0, 2.0]),
             sigma: DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 4.0, 9.0])),
             n: 0,
         };
-        let b = Stats {
+        let b = FidStats {
             mu: DVector::from_vec(vec![1.0, 1.0, 0.0]),
             sigma: DMatrix::from_diagonal(&DVector::from_vec(vec![4.0, 1.0, 0.0])),
             n: 0,
@@ -203,6 +235,28 @@ mod tests {
         let want = 1.0 + 4.0 + (1.0f64 - 2.0).powi(2) + (2.0f64 - 1.0).powi(2) + 9.0;
         assert!((frechet_distance(&a, &b).unwrap() - want).abs() < 1e-12);
         assert!(frechet_distance(&a, &a).unwrap().abs() < 1e-12);
+    }
+
+    #[test]
+    fn sqrtm_matches_the_2x2_closed_form() {
+        // For SPD 2×2 M: √M = (M + √det M · I) / √(tr M + 2 √det M).
+        for (a, b, c) in [(4.0f64, 1.0f64, 3.0f64), (2.0, -1.5, 5.0), (1e-3, 0.0, 9.0)] {
+            let m = DMatrix::from_row_slice(2, 2, &[a, b, b, c]);
+            let sd: f64 = (a * c - b * b).sqrt();
+            let want = (&m + DMatrix::identity(2, 2) * sd) / (a + c + 2.0 * sd).sqrt();
+            let got = sqrtm_psd(&m);
+            assert!((&got - &want).abs().max() < 1e-12, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn sqrtm_of_singular_gram_matrix_squares_back() {
+        // A rank-3 Gram matrix in 6 dimensions, like a covariance from fewer samples than features.
+        let x = DMatrix::from_fn(6, 3, |i, j| ((i * 5 + j * 3) % 7) as f64 - 3.0);
+        let m = &x * x.transpose();
+        let s = sqrtm_psd(&m);
+        assert!((&s * &s - &m).abs().max() < 1e-9 * m.abs().max());
+        assert!(s.symmetric_eigenvalues().iter().all(|&l| l > -1e-7));
     }
 
     #[test]
@@ -260,7 +314,7 @@ mod scipy_fixture {
         let mut z = crate::export::npz::read_npz(&path).unwrap();
         let mut take = |k: &str| z.remove(k).unwrap().to_f64();
         for (a, b, key) in [("1", "2", "fid12"), ("3", "4", "fid34")] {
-            let stats = |i: &str, take: &mut dyn FnMut(&str) -> Vec<f64>| Stats {
+            let stats = |i: &str, take: &mut dyn FnMut(&str) -> Vec<f64>| FidStats {
                 mu: DVector::from_vec(take(&format!("mu{i}"))),
                 sigma: DMatrix::from_row_slice(24, 24, &take(&format!("sigma{i}"))),
                 n: 0,

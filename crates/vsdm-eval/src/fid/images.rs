@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::error::{FidError, Result};
-use crate::export::npz::{read_npz, take_array, NpyData};
+use crate::export::images::{read_npz_u8, U8Images};
 
 /// File extensions read from folders (lower-case comparison).
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg"];
@@ -26,18 +26,12 @@ pub enum ImageSet {
         /// Common height.
         height: u32,
     },
-    /// Images held in memory, uint8 NHWC.
+    /// Images held in memory (uint8 NHWC, 3 channels).
     Array {
         /// Where they came from (for messages).
         origin: PathBuf,
-        /// `n × height × width × 3` bytes.
-        data: Vec<u8>,
-        /// Number of images.
-        n: usize,
-        /// Height.
-        height: usize,
-        /// Width.
-        width: usize,
+        /// The images.
+        images: U8Images,
     },
 }
 
@@ -112,60 +106,72 @@ impl ImageSet {
 
     /// Reads `arr_0` (uint8, `[N, H, W, 3]`) from a sample archive.
     pub fn npz(path: &Path) -> Result<Self> {
-        let mut z = read_npz(path)?;
-        let a = take_array(&mut z, path, "arr_0")?;
-        match (&a.data, a.shape.as_slice()) {
-            (NpyData::U8(_), &[n, h, w, 3]) if n > 0 && h > 0 && w > 0 => {
-                let NpyData::U8(data) = a.data else {
-                    unreachable!()
-                };
-                Ok(Self::Array {
-                    origin: path.to_path_buf(),
-                    data,
-                    n,
-                    height: h,
-                    width: w,
-                })
-            }
-            _ => Err(FidError::ArrayShape {
-                path: path.to_path_buf(),
-                key: "arr_0".into(),
-                expected: "uint8 [N>0, H, W, 3] (NHWC)".into(),
-                actual: format!("{} {:?}", a.data.type_name(), a.shape),
-            }),
-        }
+        let images = read_npz_u8(path)?;
+        Self::from_u8(&path.display().to_string(), images)
     }
 
-    /// Builds a set from uint8 NHWC bytes (e.g. freshly generated samples).
-    pub fn from_nhwc(
-        origin: &str,
-        data: Vec<u8>,
-        n: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<Self> {
-        if data.len() != n * height * width * 3 || n == 0 {
+    /// Wraps 8-bit RGB images already in memory.
+    pub fn from_u8(origin: &str, images: U8Images) -> Result<Self> {
+        if images.channels != 3 {
             return Err(FidError::ArrayShape {
                 path: PathBuf::from(origin),
                 key: "images".into(),
-                expected: format!("{n}×{height}×{width}×3 bytes, N>0"),
-                actual: format!("{} bytes", data.len()),
+                expected: "3 (RGB) channels".into(),
+                actual: format!("{} channels", images.channels),
             });
         }
         Ok(Self::Array {
             origin: PathBuf::from(origin),
-            data,
-            n,
-            height,
-            width,
+            images,
         })
+    }
+
+    /// Samples as a tensor `[N, 3, H, W]`: u8, or float in `[-1, 1]` (quantised to 8 bits as a PNG of the sample
+    /// would be, see [`crate::export::images`]).
+    pub fn from_tensor(origin: &str, images: &Tensor) -> Result<Self> {
+        Self::from_u8(origin, U8Images::from_tensor(images, origin)?)
+    }
+
+    /// Every `every`-th image (from the first), at most `limit` of them: a class-balanced subset of a folder
+    /// sorted by class, e.g. every 50th of CIFAR-10's 50,000 training images.
+    pub fn select(&self, every: usize, limit: Option<usize>) -> Self {
+        let every = every.max(1);
+        let limit = limit.unwrap_or(usize::MAX);
+        match self {
+            Self::Folder {
+                root,
+                files,
+                width,
+                height,
+            } => Self::Folder {
+                root: root.clone(),
+                files: files.iter().step_by(every).take(limit).cloned().collect(),
+                width: *width,
+                height: *height,
+            },
+            Self::Array { origin, images } => {
+                let idx: Vec<usize> = (0..images.n).step_by(every).take(limit).collect();
+                let data = idx
+                    .iter()
+                    .flat_map(|&i| images.image(i).iter().copied())
+                    .collect();
+                Self::Array {
+                    origin: origin.clone(),
+                    images: U8Images {
+                        data,
+                        n: idx.len(),
+                        ..*images
+                    },
+                }
+            }
+        }
     }
 
     /// Number of images.
     pub fn len(&self) -> usize {
         match self {
             Self::Folder { files, .. } => files.len(),
-            Self::Array { n, .. } => *n,
+            Self::Array { images, .. } => images.n,
         }
     }
 
@@ -213,14 +219,13 @@ impl ImageSet {
                 }
                 Ok((out, h, w))
             }
-            Self::Array {
-                data,
-                height,
-                width,
-                ..
-            } => {
-                let per = height * width * 3;
-                Ok((data[start * per..end * per].to_vec(), *height, *width))
+            Self::Array { images, .. } => {
+                let per = images.height * images.width * 3;
+                Ok((
+                    images.data[start * per..end * per].to_vec(),
+                    images.height,
+                    images.width,
+                ))
             }
         }
     }

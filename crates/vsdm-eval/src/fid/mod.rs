@@ -3,7 +3,20 @@
 //! feature statistics in `.npz` files as pytorch-fid and clean-fid write them, and the Fréchet distance in f64.
 //!
 //! ```text
-//! images (folder | arr_0 npz) ─► preprocess (TF bilinear → 299², TF range) ─► InceptionV3 ─► Stats ─► FID
+//! images (folder | arr_0 npz | tensor) ─► preprocess (TF bilinear → 299², TF range) ─► InceptionV3
+//!                                      ─► FidStats (mu, sigma) ─► frechet_distance
+//! ```
+//!
+//! ```no_run
+//! # fn main() -> vsdm_eval::fid::Result<()> {
+//! use std::path::Path;
+//! use vsdm_eval::fid::{frechet_distance, FidStats, ImageSet, InceptionV3};
+//! let device = candle_core::Device::Cpu;
+//! let net = InceptionV3::load(&vsdm_eval::fid::default_weights_path(), &device)?;
+//! let real = FidStats::read_npz(Path::new("cifar10_train_stats.npz"))?;
+//! let fake = FidStats::from_images(&net, &ImageSet::folder(Path::new("samples/"))?, 50)?;
+//! println!("FID {:.3}", frechet_distance(&real, &fake)?);
+//! # Ok(()) }
 //! ```
 
 pub mod convert;
@@ -16,12 +29,17 @@ pub mod preprocess;
 
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
 
+pub use convert::{convert, default_weights_path};
 pub use error::{FidError, Result};
-pub use frechet::{frechet_distance, Stats, StatsAccumulator};
+pub use frechet::{frechet_distance, sqrtm_psd, FidStats, StatsAccumulator};
 pub use images::ImageSet;
 pub use inception::{InceptionV3, FEATURE_DIM};
+
+/// Default batch size of the CLI and of callers without a preference.
+pub const DEFAULT_BATCH_SIZE: usize = 50;
 
 /// Pool3 features `[N, 2048]` (f32, on the network's device) of 8-bit images `[N, 3, H, W]`.
 pub fn features_u8(net: &InceptionV3, images: &Tensor) -> Result<Tensor> {
@@ -29,54 +47,84 @@ pub fn features_u8(net: &InceptionV3, images: &Tensor) -> Result<Tensor> {
     Ok(net.forward(&x)?)
 }
 
-/// Features of a whole set, calling `on_batch(done)` after each batch (for progress display), as a row-major
-/// `N × 2048` f32 vector.
-pub fn features_of_set(
+/// Runs the set through the network batch by batch, handing each batch's features (row-major `rows × 2048`
+/// f32) to `sink`, with a progress bar on stderr (hidden when stderr is not a terminal) and a closing log line.
+pub fn for_each_feature_batch(
     net: &InceptionV3,
     set: &ImageSet,
     batch_size: usize,
-    mut on_batch: impl FnMut(usize),
-) -> Result<Vec<f32>> {
+    mut sink: impl FnMut(&[f32]) -> Result<()>,
+) -> Result<()> {
     let bs = batch_size.max(1);
-    let mut out = Vec::with_capacity(set.len() * FEATURE_DIM);
+    let bar = ProgressBar::new(set.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{msg} {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}] {per_sec}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_message(format!("Inception {}", set.origin().display()));
+    let t0 = std::time::Instant::now();
     let mut start = 0;
     while start < set.len() {
         let end = (start + bs).min(set.len());
         let x = set.batch(start, end, net.device())?;
-        let f = features_u8(net, &x)?.to_device(&candle_core::Device::Cpu)?;
-        out.extend(f.flatten_all()?.to_vec1::<f32>()?);
-        on_batch(end);
+        let f = features_u8(net, &x)?.to_device(&Device::Cpu)?;
+        sink(&f.flatten_all()?.to_vec1::<f32>()?)?;
+        bar.set_position(end as u64);
+        if bar.is_hidden() && (end / bs) % 10 == 0 {
+            // No terminal (a log file, CI): a line every 10 batches instead of the bar.
+            tracing::info!(
+                done = end,
+                of = set.len(),
+                elapsed_s = t0.elapsed().as_secs_f64(),
+                "inception"
+            );
+        }
         start = end;
     }
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        set = %set.origin().display(),
+        images = set.len(),
+        seconds = secs,
+        images_per_second = set.len() as f64 / secs.max(1e-9),
+        "inception features done"
+    );
+    Ok(())
+}
+
+/// Features of a whole set as a row-major `N × 2048` f32 vector.
+pub fn features_of_set(net: &InceptionV3, set: &ImageSet, batch_size: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(set.len() * FEATURE_DIM);
+    for_each_feature_batch(net, set, batch_size, |f| {
+        out.extend_from_slice(f);
+        Ok(())
+    })?;
     Ok(out)
 }
 
-/// Feature statistics of a set, streamed batch by batch.
-pub fn stats_of_set(
-    net: &InceptionV3,
-    set: &ImageSet,
-    batch_size: usize,
-    mut on_batch: impl FnMut(usize),
-) -> Result<Stats> {
-    let bs = batch_size.max(1);
-    let mut acc = StatsAccumulator::new(FEATURE_DIM);
-    let mut start = 0;
-    while start < set.len() {
-        let end = (start + bs).min(set.len());
-        let x = set.batch(start, end, net.device())?;
-        let f = features_u8(net, &x)?.to_device(&candle_core::Device::Cpu)?;
-        acc.update(&f.flatten_all()?.to_vec1::<f32>()?)?;
-        on_batch(end);
-        start = end;
+impl FidStats {
+    /// Inception statistics of an image set, streamed batch by batch (see [`for_each_feature_batch`]).
+    pub fn from_images(net: &InceptionV3, set: &ImageSet, batch_size: usize) -> Result<Self> {
+        let mut acc = StatsAccumulator::new(FEATURE_DIM);
+        for_each_feature_batch(net, set, batch_size, |f| acc.update(f))?;
+        acc.finish(&set.origin().display().to_string())
     }
-    acc.finish(&set.origin().display().to_string())
+
+    /// Statistics of row-major `rows × dim` features; `what` names the set in errors.
+    pub fn from_features(features: &[f32], dim: usize, what: &str) -> Result<Self> {
+        let mut acc = StatsAccumulator::new(dim);
+        acc.update(features)?;
+        acc.finish(what)
+    }
 }
 
 /// What a `--real`/`--fake` argument names.
 #[derive(Debug, Clone)]
 pub enum FidInput {
     /// Precomputed statistics (`.npz` with `mu` and `sigma`).
-    Stats(Stats),
+    Stats(FidStats),
     /// Images to run through the network.
     Images(ImageSet),
 }
@@ -89,9 +137,17 @@ impl FidInput {
         }
         let keys = crate::export::npz::read_npz_keys(path)?;
         if keys.iter().any(|k| k == "mu") {
-            Ok(Self::Stats(Stats::load(path, FEATURE_DIM)?))
+            Ok(Self::Stats(FidStats::read_npz(path)?))
         } else {
             Ok(Self::Images(ImageSet::npz(path)?))
+        }
+    }
+
+    /// The statistics: read, or computed with `net` (loaded by the caller only when needed).
+    pub fn into_stats(self, net: &InceptionV3, batch_size: usize) -> Result<FidStats> {
+        match self {
+            Self::Stats(s) => Ok(s),
+            Self::Images(set) => FidStats::from_images(net, &set, batch_size),
         }
     }
 }

