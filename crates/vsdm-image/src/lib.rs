@@ -15,3 +15,6 @@ pub mod sample;
 pub mod train;
 
 pub use method::{Method, RunSpec};
+pub mod bench;
+pub mod hub;
+pub mod weights;

@@ -10,7 +10,7 @@ use vsdm_core::{DataSource, NoiseRng, SamplerConfig, TrainConfig, Trainer};
 
 use crate::error::{Error, Result};
 use crate::method::RunSpec;
-use crate::sample::{sample_images, write_grid};
+use crate::sample::{grid_columns, sample_images};
 use crate::unet::UNet;
 
 /// Builds the trainer's two networks: the first call (trained weights) with dropout, the second (EMA) without.
@@ -85,7 +85,7 @@ fn grid_now(
     } else {
         None
     };
-    let (pixels, _) = sample_images(
+    let (images, _) = sample_images(
         tr.process(),
         tr.ema_model(),
         &opts.sampler,
@@ -99,7 +99,10 @@ fn grid_now(
         .out
         .join("samples")
         .join(format!("step-{:07}.png", tr.step_count()));
-    write_grid(&pixels, opts.grid, &path)?;
+    let dir = opts.out.join("samples");
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+    vsdm_eval::export::save_grid_png(&images, &path, grid_columns(opts.grid))
+        .map_err(|e| Error::bad_file(&path, e.to_string()))?;
     Ok(path)
 }
 

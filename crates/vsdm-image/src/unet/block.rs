@@ -3,10 +3,10 @@
 //! the shape changes, the sum scaled by √½, then optional single-head self-attention.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
 
 use super::layers::{
-    conv, downsample2, dropout, group_norm, linear, silu, softmax_last, upsample2,
+    conv, downsample2, dropout, group_norm, linear, silu, softmax_last, upsample2, Conv,
 };
 
 /// EDM's `init_weight` of the last convolution of each branch (`init_zero`).
@@ -35,8 +35,8 @@ impl Resample {
 
 struct Attention {
     norm2: GroupNorm,
-    qkv: Conv2d,
-    proj: Conv2d,
+    qkv: Conv,
+    proj: Conv,
 }
 
 impl Attention {
@@ -73,11 +73,11 @@ impl Attention {
 /// One residual block.
 pub struct UNetBlock {
     norm0: GroupNorm,
-    conv0: Conv2d,
+    conv0: Conv,
     affine: Linear,
     norm1: GroupNorm,
-    conv1: Conv2d,
-    skip: Option<Conv2d>,
+    conv1: Conv,
+    skip: Option<Conv>,
     attn: Option<Attention>,
     resample: Resample,
     dropout: f64,

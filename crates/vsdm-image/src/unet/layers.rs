@@ -14,8 +14,11 @@ fn xavier(fan_in: usize, fan_out: usize, gain: f64) -> Init {
     Init::Uniform { lo: -b, up: b }
 }
 
-/// A `k×k` convolution with "same" padding (`weight` `[out, in, k, k]`, `bias` `[out]`).
-pub fn conv(cin: usize, cout: usize, k: usize, gain: f64, vb: VarBuilder) -> Result<Conv2d> {
+/// A `k×k` convolution with "same" padding, stride 1 (`weight` `[out, in, k, k]`, `bias` `[out]`).
+pub type Conv = Conv2d;
+
+/// A convolution layer with EDM's initialisation.
+pub fn conv(cin: usize, cout: usize, k: usize, gain: f64, vb: VarBuilder) -> Result<Conv> {
     let w = vb.get_with_hints(
         (cout, cin, k, k),
         "weight",

@@ -9,13 +9,13 @@ mod block;
 mod layers;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use block::{BlockSpec, Resample, UNetBlock};
 pub use layers::{downsample2, positional_embedding, upsample2};
 
-use layers::{conv, group_norm, linear, silu};
+use layers::{conv, group_norm, linear, silu, Conv};
 
 /// The architecture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,7 +139,7 @@ impl UNetConfig {
 }
 
 enum Enc {
-    Conv(Conv2d),
+    Conv(Conv),
     Block(Box<UNetBlock>),
 }
 
@@ -152,7 +152,7 @@ pub struct UNet {
     enc: Vec<Enc>,
     dec: Vec<UNetBlock>,
     aux_norm: GroupNorm,
-    aux_conv: Conv2d,
+    aux_conv: Conv,
     train: bool,
     span: tracing::Span,
 }

@@ -1,0 +1,96 @@
+//! Throughput of the U-Net: training steps (forward, backward and an optimiser update) per second on random
+//! data, for the `bench` command and `docs/benchmarks/image.md`.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Optimizer, VarMap};
+use vsdm_core::{NoiseRng, ScoreModel};
+
+use crate::error::Result;
+use crate::unet::{UNet, UNetConfig};
+
+/// One measurement.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Throughput {
+    pub parameters: usize,
+    pub batch: usize,
+    /// Images per second of forward + backward + AdamW step.
+    pub train_images_per_second: f64,
+    /// Images per second of a forward pass alone.
+    pub forward_images_per_second: f64,
+}
+
+/// Number of scalar parameters of a network.
+pub fn parameter_count(cfg: &UNetConfig) -> Result<usize> {
+    let vm = VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    UNet::new(vb, cfg)?;
+    let n = vm
+        .all_vars()
+        .iter()
+        .map(|v| v.as_tensor().elem_count())
+        .sum();
+    Ok(n)
+}
+
+/// Times `iters` training steps and `iters` forward passes after one warm-up step of each.
+pub fn throughput(
+    cfg: &UNetConfig,
+    batch: usize,
+    iters: usize,
+    device: &Device,
+) -> Result<Throughput> {
+    let vm = VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, device);
+    let net = UNet::new_train(vb, cfg)?;
+    let parameters = vm
+        .all_vars()
+        .iter()
+        .map(|v| v.as_tensor().elem_count())
+        .sum();
+    let mut opt = candle_nn::AdamW::new_lr(vm.all_vars(), 1e-4)?;
+    let mut rng = NoiseRng::new(0);
+    let r = cfg.resolution;
+    let x = rng.randn(&[batch, cfg.in_channels, r, r], device)?;
+    let eps = rng.randn(&[batch, cfg.out_channels, r, r], device)?;
+    let t = Tensor::full(0.5f32, batch, device)?;
+    let cond = (cfg.label_dim > 0)
+        .then(|| Tensor::zeros((batch, cfg.label_dim), DType::F32, device))
+        .transpose()?;
+    let mut step = || -> Result<()> {
+        let loss = (net.forward(&x, &t, cond.as_ref())? - &eps)?
+            .sqr()?
+            .mean_all()?;
+        opt.backward_step(&loss)?;
+        Ok(())
+    };
+    step()?;
+    device.synchronize()?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        step()?;
+    }
+    device.synchronize()?;
+    let train = (iters * batch) as f64 / t0.elapsed().as_secs_f64();
+    let fwd = || -> Result<()> {
+        net.forward(&x, &t, cond.as_ref())?
+            .sum_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        Ok(())
+    };
+    fwd()?;
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        fwd()?;
+    }
+    device.synchronize()?;
+    let forward = (iters * batch) as f64 / t0.elapsed().as_secs_f64();
+    Ok(Throughput {
+        parameters,
+        batch,
+        train_images_per_second: train,
+        forward_images_per_second: forward,
+    })
+}

@@ -1,0 +1,69 @@
+//! Trained weights: a folder written by the `train` command (`weights/`: `model.safetensors` with the EMA
+//! network, `config.json` with the training config and variational parameters, `run.json` with the method and
+//! U-Net), or the same three files in a Hugging Face model repository, `hf:OWNER/NAME[@REV]`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use vsdm_core::{ExportedConfig, Process};
+
+use crate::error::{Error, Result};
+use crate::method::RunSpec;
+use crate::unet::UNet;
+
+/// The files of a weights folder.
+pub const FILES: [&str; 3] = ["model.safetensors", "config.json", RunSpec::FILE];
+
+/// A network ready to sample.
+pub struct Loaded {
+    pub net: UNet,
+    pub spec: RunSpec,
+    pub config: ExportedConfig,
+    pub process: Process,
+    /// The folder the files were read from.
+    pub dir: PathBuf,
+}
+
+/// Where `--weights` points: a local folder, or `hf:OWNER/NAME[@REV]` resolved to the local Hugging Face cache
+/// folder of that snapshot.
+pub fn resolve(source: &str) -> Result<PathBuf> {
+    match source.strip_prefix("hf:") {
+        Some(repo) => crate::hub::snapshot(repo, &FILES),
+        None => Ok(PathBuf::from(source)),
+    }
+}
+
+/// Loads weights from a folder or `hf:` reference onto `device`.
+pub fn load(source: &str, device: &Device) -> Result<Loaded> {
+    let dir = resolve(source)?;
+    load_dir(&dir, device)
+}
+
+/// Loads a weights folder.
+pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
+    for f in FILES {
+        if !dir.join(f).is_file() {
+            return Err(Error::bad_file(
+                &dir.join(f),
+                "missing: a weights folder holds model.safetensors, config.json and run.json",
+            ));
+        }
+    }
+    let spec = RunSpec::load(&dir.join(RunSpec::FILE))?;
+    let config = ExportedConfig::read(&dir.join("config.json"))?;
+    let st = dir.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&st, device)
+        .map_err(|e| Error::bad_file(&st, format!("unreadable safetensors: {e}")))?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let net = UNet::new(vb, &spec.unet)
+        .map_err(|e| Error::bad_file(&st, format!("does not fit the U-Net of run.json: {e}")))?;
+    let process = config.process(device)?;
+    Ok(Loaded {
+        net,
+        spec,
+        config,
+        process,
+        dir: dir.to_path_buf(),
+    })
+}

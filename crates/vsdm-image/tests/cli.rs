@@ -1,0 +1,107 @@
+//! The `vsdm-image` command as a user runs it: train a very small network for a few steps, resume it, sample
+//! from the exported weights, and reject bad input with a message naming it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-image"))
+        .args(args)
+        .output()
+        .expect("runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn png_size(p: &Path) -> (u32, u32) {
+    image::image_dimensions(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn train_resume_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let r = run_dir.to_str().unwrap();
+    let common = [
+        "--channels",
+        "8",
+        "--batch",
+        "2",
+        "--grid",
+        "4",
+        "--grid-steps",
+        "2",
+        "--out",
+        r,
+    ];
+    let (ok, text) = run(&[&["train", "--method", "vsmd", "--iters", "1"][..], &common].concat());
+    assert!(ok, "{text}");
+    assert!(text.contains("1 steps this session (now at 1/1)"), "{text}");
+    assert_eq!(
+        png_size(&run_dir.join("samples/step-0000001.png")),
+        (70, 70)
+    );
+
+    let (ok, text) = run(&[&["train", "--resume", "--iters", "2"][..], &common].concat());
+    assert!(ok, "{text}");
+    assert!(text.contains("resumed"), "{text}");
+
+    let w = run_dir.join("weights");
+    let grid = dir.path().join("g.png");
+    let npz = dir.path().join("s.npz");
+    let folder = dir.path().join("imgs");
+    let (ok, text) = run(&[
+        "sample",
+        "--weights",
+        w.to_str().unwrap(),
+        "--n",
+        "3",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--grid",
+        grid.to_str().unwrap(),
+        "--npz",
+        npz.to_str().unwrap(),
+        "--folder",
+        folder.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    // VSMD samples with Heun on the probability flow by default: 2 steps cost 3 evaluations.
+    assert!(text.contains("NFE 3"), "{text}");
+    assert_eq!(png_size(&grid), (70, 70));
+    assert_eq!(png_size(&folder.join("000002.png")), (32, 32));
+    assert!(npz.exists());
+}
+
+#[test]
+fn bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("data_batch_1.bin");
+    std::fs::write(&bad, [0u8; 100]).unwrap();
+    let out = dir.path().join("run");
+    let (ok, text) = run(&[
+        "train",
+        "--data",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        text.contains("data_batch_1.bin") && text.contains("100 bytes"),
+        "{text}"
+    );
+
+    let (ok, text) = run(&["train", "--method", "ddim"]);
+    assert!(!ok && text.contains("ddim"), "{text}");
+    let (ok, text) = run(&["train", "--arch", "huge", "--out", out.to_str().unwrap()]);
+    assert!(!ok && text.contains("huge"), "{text}");
+    let (ok, text) = run(&["sample", "--weights", dir.path().to_str().unwrap()]);
+    assert!(!ok && text.contains("model.safetensors"), "{text}");
+}

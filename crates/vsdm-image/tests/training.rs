@@ -1,0 +1,217 @@
+//! Training and sampling with a very small U-Net on real CIFAR-10 images (the bundled subset).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Optimizer, VarMap};
+use vsdm_core::{ForwardProcess, Marginals, NoiseRng, SamplerConfig, SamplerKind, ScoreModel};
+use vsdm_image::data::{self, CifarSource, ImageSet};
+use vsdm_image::method::{train_config, Budget, Method, RunSpec};
+use vsdm_image::sample::sample_images;
+use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
+use vsdm_image::{UNet, UNetConfig};
+
+fn micro() -> UNetConfig {
+    UNetConfig {
+        model_channels: 8,
+        ..UNetConfig::tiny()
+    }
+}
+
+fn images(n: usize) -> ImageSet {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/image/cifar10-train-1000.bin");
+    let set = data::open(&p).unwrap();
+    // One image from each class first, then the rest: a varied small set.
+    let order: Vec<usize> = (0..n).map(|i| (i % 10) * 100 + i / 10).collect();
+    ImageSet {
+        pixels: order.iter().flat_map(|&i| set.image(i).to_vec()).collect(),
+        labels: order.iter().map(|&i| set.labels[i]).collect(),
+        classes: set.classes,
+    }
+}
+
+fn budget(batch: usize, iters: usize) -> Budget {
+    Budget {
+        batch,
+        iters,
+        lr: 2e-3,
+        block: 2,
+        n_traj: 2,
+        traj_steps: 2,
+        a_iters: 2,
+        ..Budget::cpu()
+    }
+}
+
+/// A fixed batch of 16 real images noised at 16 times by the VSDM kernel, with a fresh network and AdamW.
+struct FixedBatch {
+    net: UNet,
+    opt: candle_nn::AdamW,
+    zt: Tensor,
+    t: Tensor,
+    target: Tensor,
+}
+
+impl FixedBatch {
+    fn loss(&self) -> Tensor {
+        (self.net.forward(&self.zt, &self.t, None).unwrap() - &self.target)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+    }
+
+    /// One AdamW step; returns the loss before it.
+    fn step(&mut self) -> f32 {
+        let l = self.loss();
+        self.opt.backward_step(&l).unwrap();
+        l.to_scalar::<f32>().unwrap()
+    }
+}
+
+fn fixed_batch() -> FixedBatch {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(0), DType::F32, &dev);
+    let net = UNet::new(vb, &micro()).unwrap();
+    let x0 = images(16).to_tensor(&dev).unwrap();
+    let (init, _) = Method::Vsdm.init();
+    let process = init
+        .process(Method::Vsdm.schedule(), &[3, 32, 32], &dev)
+        .unwrap();
+    let times: Vec<f64> = (0..16).map(|i| 0.05 + 0.06 * i as f64).collect();
+    let marg = process.marginals(&times, &dev).unwrap();
+    let mut rng = NoiseRng::new(1);
+    let idx = Tensor::arange(0u32, 16, &dev).unwrap();
+    let eps = rng.randn(&process.state_shape(16), &dev).unwrap();
+    let (zt, target) = marg.perturb(&x0, &idx, &eps).unwrap();
+    let t = Tensor::new(times.iter().map(|&t| t as f32).collect::<Vec<_>>(), &dev).unwrap();
+    let opt = candle_nn::AdamW::new(
+        vm.all_vars(),
+        candle_nn::ParamsAdamW {
+            lr: 3e-3,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    FixedBatch {
+        net,
+        opt,
+        zt,
+        t,
+        target,
+    }
+}
+
+/// One AdamW step on a fixed batch lowers its denoising loss, which starts at ≈ E ε² = 1 (the output layer is
+/// initialised near 0, EDM's `init_zero`).
+#[test]
+fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
+    let mut fb = fixed_batch();
+    let first = fb.step();
+    let second = fb.loss().to_scalar::<f32>().unwrap();
+    assert!((0.9..1.1).contains(&first), "initial loss {first}");
+    assert!(second < first, "one step: {first} → {second}");
+}
+
+/// Memorisation of 16 images: 40 steps on the fixed batch drive its loss below a third of the start. Slow on a
+/// busy CPU (about 2 minutes), hence ignored by default.
+#[test]
+#[ignore]
+fn overfits_a_fixed_batch_of_16_images() {
+    let mut fb = fixed_batch();
+    let first = fb.step();
+    let mut last = first;
+    for _ in 0..40 {
+        last = fb.step();
+    }
+    assert!(last < 0.35 * first, "loss {first} → {last}");
+}
+
+/// Training through the CLI's loop with the core trainer: a run interrupted after 1 step and resumed gives
+/// bit-identical weights to an uninterrupted 4-step run (VSDM, with a variational stage every 2 steps).
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let dev = Device::Cpu;
+    let spec = RunSpec {
+        method: Method::Vsdm,
+        unet: micro(),
+    };
+    let opts = |out: &Path| LoopOptions {
+        out: out.to_path_buf(),
+        ckpt_every: 2,
+        sample_every: 0,
+        grid: 2,
+        sampler: SamplerConfig::new(SamplerKind::EulerMaruyama, 2),
+        max_seconds: None,
+        progress: false,
+    };
+    let set = images(20);
+    let a = tempfile::tempdir().unwrap();
+    let mut tr = new_trainer(&spec, train_config(Method::Vsdm, &budget(2, 4), 7), &dev).unwrap();
+    let mut src = CifarSource::new(set.clone(), true, false).unwrap();
+    let s = run_loop(&mut tr, &spec, &mut src, &opts(a.path()), &dev).unwrap();
+    assert_eq!(s.steps_done, 4);
+    assert!(a.path().join("samples/step-0000004.png").exists());
+    let params_a = tr.params_ema().values().to_vec();
+    let tensors_a =
+        candle_core::safetensors::load(a.path().join("weights/model.safetensors"), &dev).unwrap();
+
+    let c = tempfile::tempdir().unwrap();
+    let mut tr = new_trainer(&spec, train_config(Method::Vsdm, &budget(2, 4), 7), &dev).unwrap();
+    let mut src = CifarSource::new(set.clone(), true, false).unwrap();
+    let mut o = opts(c.path());
+    o.max_seconds = Some(0.0); // stops after the first step, with a checkpoint
+    let s = run_loop(&mut tr, &spec, &mut src, &o, &dev).unwrap();
+    assert_eq!(s.steps_done, 1);
+    drop(tr);
+    let (spec2, mut tr) = resume_trainer(c.path(), &dev).unwrap();
+    assert_eq!(spec2, spec);
+    assert_eq!(tr.step_count(), 1);
+    let mut src = CifarSource::new(set, true, false).unwrap();
+    let s = run_loop(&mut tr, &spec, &mut src, &opts(c.path()), &dev).unwrap();
+    assert_eq!(s.steps_done, 3);
+    assert_eq!(tr.params_ema().values(), &params_a[..]);
+    assert!(params_a.iter().any(|&v| v != 0.0), "A never moved");
+    let tensors_c =
+        candle_core::safetensors::load(c.path().join("weights/model.safetensors"), &dev).unwrap();
+    assert_eq!(tensors_a.len(), tensors_c.len());
+    for (k, ta) in &tensors_a {
+        let tc = &tensors_c[k];
+        let d = (ta - tc)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{k} differs by {d}");
+    }
+}
+
+/// Sampling returns images of the data shape for every method, any batch size, with the sampler's NFE.
+#[test]
+fn sampling_shapes_and_nfe() {
+    let dev = Device::Cpu;
+    for (method, kind, steps, nfe) in [
+        (Method::Vp, SamplerKind::EulerMaruyama, 3, 3),
+        (Method::Vsdm, SamplerKind::Euler, 2, 2),
+        (Method::Vsmd, SamplerKind::Heun, 2, 3),
+    ] {
+        let cfg = method.unet(micro());
+        let vm = VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let net = UNet::new(vb, &cfg).unwrap();
+        let (init, _) = method.init();
+        let process = init.process(method.schedule(), &[3, 32, 32], &dev).unwrap();
+        let mut rng = NoiseRng::new(2);
+        let sampler = SamplerConfig::new(kind, steps);
+        let (x, k) = sample_images(&process, &net, &sampler, 5, 2, None, &mut rng, &dev).unwrap();
+        assert_eq!(x.dims(), &[5, 3, 32, 32], "{method}");
+        assert_eq!(x.dtype(), DType::U8);
+        assert_eq!(k, nfe, "{method}");
+    }
+}
