@@ -71,7 +71,8 @@ struct Cli {
     /// Forecast at most this many test windows (evenly spaced, the last included).
     #[arg(long)]
     max_windows: Option<usize>,
-    /// Weights to forecast with: a folder with model.safetensors + config.json, or hf:OWNER/NAME[@REV].
+    /// Weights to forecast with: a folder with model.safetensors + config.json, or hf:OWNER/NAME[@REV] (read
+    /// from the Hugging Face cache, $HF_HOME/hub, downloaded there from $HF_ENDPOINT unless --offline).
     #[arg(long)]
     weights: Option<String>,
     /// Fan charts to draw (one per series of the last window).
@@ -169,7 +170,15 @@ fn weights_dir(cli: &Cli, data: &Dataset, method: Method) -> anyhow::Result<Path
     if let Some(w) = &cli.weights {
         return match w.parse::<WeightsSource>()? {
             WeightsSource::Local(p) => Ok(p),
-            WeightsSource::Hub { repo, revision } => weights::from_hub(&repo, revision.as_deref()),
+            WeightsSource::Hub { repo, revision } => {
+                let endpoint = (!cli.offline).then(weights::hub_endpoint);
+                weights::from_hub(
+                    &weights::hub_cache_dir(),
+                    endpoint.as_deref(),
+                    &repo,
+                    revision.as_deref(),
+                )
+            }
         };
     }
     let own = run_dir(cli, data, method).join("weights");

@@ -48,7 +48,7 @@ impl Method {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct Budget {
     /// Network updates in total.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     pub iters: usize,
     /// Windows per batch.
     #[arg(long, default_value_t = 16)]

@@ -177,9 +177,45 @@ pub fn from_hub_cache(hub: &Path, repo: &str, revision: Option<&str>) -> anyhow:
     Ok(snap)
 }
 
-/// `hf:OWNER/NAME[@REV]` weights from the local Hugging Face cache ([`hub_cache_dir`]).
-pub fn from_hub(repo: &str, revision: Option<&str>) -> anyhow::Result<PathBuf> {
-    from_hub_cache(&hub_cache_dir(), repo, revision)
+/// The files of published weights.
+pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "config.json"];
+
+/// The hub's address: `$HF_ENDPOINT`, else `https://huggingface.co`.
+pub fn hub_endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
+}
+
+/// `hf:OWNER/NAME[@REV]` weights: from the cache `hub` when present there, else (when `endpoint` is given)
+/// downloaded from `<endpoint>/OWNER/NAME/resolve/REV/<file>` with a progress bar into
+/// `models--OWNER--NAME/snapshots/REV/` with `refs/REV` pointing at it. With `endpoint = None` (offline) a
+/// missing snapshot is an error that says what to download.
+pub fn from_hub(
+    hub: &Path,
+    endpoint: Option<&str>,
+    repo: &str,
+    revision: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let cached = from_hub_cache(hub, repo, revision);
+    let (Err(_), Some(endpoint)) = (&cached, endpoint) else {
+        return cached;
+    };
+    let rev = revision.unwrap_or("main");
+    let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let snap = folder.join("snapshots").join(rev);
+    for f in WEIGHT_FILES {
+        let url = format!(
+            "{}/{repo}/resolve/{rev}/{f}",
+            endpoint.trim_end_matches('/')
+        );
+        crate::data::download::download(&url, &snap.join(f), None)?;
+    }
+    let refs = folder.join("refs");
+    std::fs::create_dir_all(&refs).map_err(|e| anyhow::anyhow!("{}: {e}", refs.display()))?;
+    std::fs::write(refs.join(rev), rev).map_err(|e| anyhow::anyhow!("{}: {e}", refs.display()))?;
+    from_hub_cache(hub, repo, revision)
 }
 
 #[cfg(test)]

@@ -95,6 +95,87 @@ fn train_export_reload_forecast_and_score() {
     }
 }
 
+/// Serves files by request path on loopback (`hits` connections); returns the base URL.
+fn serve_files(files: Vec<(String, Vec<u8>)>, hits: usize) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in l.incoming().take(hits) {
+            let mut s = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+            match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    s.write_all(head.as_bytes()).unwrap();
+                    s.write_all(body).unwrap();
+                }
+                None => {
+                    s.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .unwrap();
+                }
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn hub_weights_download_into_the_cache_then_load_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_dataset(tmp.path());
+    let dev = Device::Cpu;
+    let window = WindowConfig::timegrad(6, Scaling::Std);
+    let trained =
+        pipeline::train(Method::Vp, &Budget::smoke(), &data, window, 1, &dev, None).unwrap();
+    let wdir = tmp.path().join("published");
+    weights::save(&trained, "tiny", &wdir).unwrap();
+    let files = weights::WEIGHT_FILES
+        .iter()
+        .map(|f| {
+            (
+                format!("/alice/tiny-ts/resolve/v1/{f}"),
+                std::fs::read(wdir.join(f)).unwrap(),
+            )
+        })
+        .collect();
+    let endpoint = serve_files(files, 2);
+    let hub = tmp.path().join("hf_home").join("hub");
+    // Offline and not cached: the error says what is missing.
+    let e = weights::from_hub(&hub, None, "alice/tiny-ts", Some("v1"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refs/v1"), "{e}");
+    let snap = weights::from_hub(&hub, Some(&endpoint), "alice/tiny-ts", Some("v1")).unwrap();
+    assert!(snap.starts_with(hub.join("models--alice--tiny-ts").join("snapshots")));
+    // Now cached: resolves offline (the server is gone) and loads the same network.
+    let again = weights::from_hub(&hub, None, "alice/tiny-ts", Some("v1")).unwrap();
+    assert_eq!(again, snap);
+    let loaded = weights::load(&again, &dev).unwrap();
+    assert_eq!(loaded.cfg.network, trained.net);
+    // A missing revision on the server is a download error naming the URL.
+    let e = weights::from_hub(
+        &hub,
+        Some(&serve_files(vec![], 1)),
+        "alice/tiny-ts",
+        Some("v2"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("resolve/v2/model.safetensors") && e.contains("404"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_weights_name_the_file() {
     let tmp = tempfile::tempdir().unwrap();
