@@ -5,6 +5,7 @@
 //! vsdm-eval stats DIR|samples.npz -o stats.npz
 //! vsdm-eval fid --real DIR|stats.npz|samples.npz --fake DIR|stats.npz|samples.npz
 //! vsdm-eval features DIR|samples.npz -o features.npz                      # pool3 features, for checks
+//! vsdm-eval pack DIR --npz samples.npz --grid grid.png                     # sample archive / PNG grid
 //! ```
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use vsdm_eval::export::npz::{NpyArray, NpyData};
+use vsdm_eval::export::{save_grid_png, write_npz_u8, U8Images};
 use vsdm_eval::fid::{
     self, default_weights_path, frechet_distance, FidInput, FidStats, ImageSet, InceptionV3,
     FEATURE_DIM,
@@ -43,6 +45,22 @@ enum Cmd {
     },
     /// Inception statistics (`mu`, `sigma`) of a folder of images or an `arr_0` sample archive.
     Stats(SetArgs),
+    /// Pack an image set into a sample archive (`arr_0`, uint8 NHWC, as FID tools read it) and/or a PNG grid.
+    Pack {
+        /// Image folder or `.npz` with `arr_0`.
+        input: PathBuf,
+        /// Output sample archive.
+        #[arg(long)]
+        npz: Option<PathBuf>,
+        /// Output PNG grid.
+        #[arg(long)]
+        grid: Option<PathBuf>,
+        /// Grid columns.
+        #[arg(long, default_value_t = 10)]
+        ncols: usize,
+        #[command(flatten)]
+        subset: SubsetArgs,
+    },
     /// FID between two sets, each an image folder, a sample archive (`arr_0`) or statistics (`mu`, `sigma`).
     Fid {
         /// Reference set.
@@ -133,18 +151,24 @@ impl NetArgs {
     }
 }
 
+/// The selected images of a folder or sample archive.
+fn open_images(input: &std::path::Path, subset: &SubsetArgs) -> Result<ImageSet> {
+    if subset.every == 0 {
+        bail!("--every must be at least 1");
+    }
+    let set = match FidInput::open(input)? {
+        FidInput::Images(s) => s,
+        FidInput::Stats(_) => bail!("{}: holds statistics, not images", input.display()),
+    };
+    let set = set.select(subset.every, subset.limit);
+    tracing::info!(input = %input.display(), images = set.len(), "image set");
+    Ok(set)
+}
+
 impl SetArgs {
     /// The selected images, then the network (so that bad image input fails before the weights are read).
     fn open(&self) -> Result<(ImageSet, InceptionV3)> {
-        if self.subset.every == 0 {
-            bail!("--every must be at least 1");
-        }
-        let set = match FidInput::open(&self.input)? {
-            FidInput::Images(s) => s,
-            FidInput::Stats(_) => bail!("{}: holds statistics, not images", self.input.display()),
-        };
-        let set = set.select(self.subset.every, self.subset.limit);
-        tracing::info!(input = %self.input.display(), images = set.len(), "image set");
+        let set = open_images(&self.input, &self.subset)?;
         Ok((set, self.net.load()?))
     }
 }
@@ -183,6 +207,34 @@ fn run(cli: Cli) -> Result<()> {
                 NpyArray::new(vec![n, FEATURE_DIM], NpyData::F32(f)).map_err(anyhow::Error::msg)?;
             stats.write_npz_with(&a.output, &[("features", &feats)])?;
             println!("{n} images -> {}", a.output.display());
+        }
+        Cmd::Pack {
+            input,
+            npz,
+            grid,
+            ncols,
+            subset,
+        } => {
+            if npz.is_none() && grid.is_none() {
+                bail!("pack: give --npz and/or --grid");
+            }
+            let set = open_images(&input, &subset)?;
+            let (data, height, width) = set.batch_nhwc(0, set.len())?;
+            let images = U8Images {
+                data,
+                n: set.len(),
+                height,
+                width,
+                channels: 3,
+            };
+            if let Some(p) = &npz {
+                write_npz_u8(&images, p)?;
+                println!("{} images -> {}", images.n, p.display());
+            }
+            if let Some(p) = &grid {
+                save_grid_png(&images.to_nchw(&Device::Cpu)?, p, ncols)?;
+                println!("{} images -> {}", images.n, p.display());
+            }
         }
         Cmd::Fid { real, fake, net } => {
             let (real_in, fake_in) = (FidInput::open(&real)?, FidInput::open(&fake)?);

@@ -140,3 +140,48 @@ fn bad_input_is_named() {
         .to_string();
     assert!(e.contains("missing.npz"), "{e}");
 }
+
+#[test]
+fn cli_pack_turns_a_png_folder_into_a_sample_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _) = pattern(4, 3, 5);
+    let pngs = dir.path().join("pngs");
+    save_png_folder(&t, &pngs, 0).unwrap();
+    let npz = dir.path().join("packed.npz");
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vsdm-eval"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "pack".as_ref(),
+        pngs.as_os_str(),
+        "--every".as_ref(),
+        "2".as_ref(),
+        "--npz".as_ref(),
+        npz.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back = read_npz_u8(&npz).unwrap();
+    // Every 2nd file in path order: images 0 and 2.
+    assert_eq!(
+        (back.n, back.height, back.width, back.channels),
+        (2, 3, 5, 3)
+    );
+    let want = read_npz_u8(&{
+        let p = dir.path().join("all.npz");
+        save_npz_u8(&t, &p).unwrap();
+        p
+    })
+    .unwrap();
+    assert_eq!(back.image(0), want.image(0));
+    assert_eq!(back.image(1), want.image(2));
+    let out = run(&["pack".as_ref(), pngs.as_os_str()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--npz and/or --grid"));
+}
