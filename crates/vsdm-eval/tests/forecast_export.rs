@@ -1,7 +1,7 @@
 //! Forecast export: the CSV is read back with the `csv` crate and checked against order statistics worked out by
 //! hand; the fan chart is decoded by the `image` crate and its pixels inspected.
 
-use vsdm_eval::export::forecast::{fan_chart, write_forecast_csv, CSV_QUANTILES};
+use vsdm_eval::export::forecast::{fan_chart, fan_charts, write_forecast_csv, CSV_QUANTILES};
 use vsdm_eval::forecast::Window;
 
 #[test]
@@ -81,4 +81,26 @@ fn fan_chart_draws_bands_median_and_truth() {
     }
     let e = fan_chart(&png, &context, &[1.0; 3], &samples).unwrap_err();
     assert!(e.to_string().contains("3 truth values"), "{e}");
+}
+
+#[test]
+fn fan_charts_of_a_window_name_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // 30 samples × 4 steps × 3 series, context of 6 steps.
+    let samples: Vec<f32> = (0..30 * 4 * 3).map(|k| (k % 17) as f32).collect();
+    let truth = vec![5.0; 4 * 3];
+    let context = vec![4.0; 6 * 3];
+    let w = Window::new(&samples, &truth, 30, 4, 3);
+    let names = ["MT 001".to_string()];
+    let out = fan_charts(&dir.path().join("charts"), &w, &context, &names, 2).unwrap();
+    let files: Vec<String> = out
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["fan_MT_001.png", "fan_1.png"]);
+    for p in &out {
+        assert_eq!(image::open(p).unwrap().width(), 800);
+    }
+    let e = fan_charts(dir.path(), &w, &context[..5], &[], 3).unwrap_err();
+    assert!(e.to_string().contains("multiple of 3"), "{e}");
 }

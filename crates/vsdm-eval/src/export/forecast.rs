@@ -1,6 +1,6 @@
 //! Forecast export: a CSV of sample quantiles per (window, series, step) and a PNG fan chart per series.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
@@ -177,4 +177,66 @@ pub fn fan_chart(
         path: path.display().to_string(),
         reason: e.to_string(),
     })
+}
+
+/// Fan charts of the first `max_series` series of one window, `<dir>/fan_<name>.png` (the series' index when
+/// `series_names` has no name for it), with a progress bar. `context` is C × D row-major (the observed history
+/// before the window; may be empty). Returns the files written.
+pub fn fan_charts<X: SampleValue>(
+    dir: &Path,
+    window: &Window<X>,
+    context: &[f64],
+    series_names: &[String],
+    max_series: usize,
+) -> Result<Vec<PathBuf>, ExportError> {
+    let (s, t, d) = (window.num_samples, window.steps, window.series);
+    if s == 0 || d == 0 || window.samples.len() != s * t * d || window.truth.len() != t * d {
+        return Err(ExportError::Input {
+            what: "fan charts".into(),
+            reason: format!(
+                "{} samples and {} truth values do not match {s} samples × {t} steps × {d} series",
+                window.samples.len(),
+                window.truth.len()
+            ),
+        });
+    }
+    if context.len() % d != 0 {
+        return Err(ExportError::Input {
+            what: "fan chart context".into(),
+            reason: format!("{} values are not a multiple of {d} series", context.len()),
+        });
+    }
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let c = context.len() / d;
+    let n = d.min(max_series);
+    let bar = indicatif::ProgressBar::new(n as u64).with_message("fan charts");
+    let mut written = Vec::with_capacity(n);
+    for j in 0..n {
+        let name = series_names
+            .get(j)
+            .cloned()
+            .unwrap_or_else(|| j.to_string());
+        let safe: String = name
+            .chars()
+            .map(|ch| {
+                if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' {
+                    ch
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let ctx: Vec<f64> = (0..c).map(|k| context[k * d + j]).collect();
+        let truth: Vec<f64> = (0..t).map(|k| window.truth[k * d + j]).collect();
+        let samples: Vec<Vec<f64>> = (0..s)
+            .map(|i| (0..t).map(|k| window.sample(i, k, j)).collect())
+            .collect();
+        let path = dir.join(format!("fan_{safe}.png"));
+        fan_chart(&path, &ctx, &truth, &samples)?;
+        written.push(path);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    tracing::info!(charts = written.len(), dir = %dir.display(), "fan charts written");
+    Ok(written)
 }
