@@ -133,7 +133,7 @@ impl Budget {
             lr: 1e-3,
             ema: 0.995,
             grad_clip: 1.0,
-            block: 200,
+            block: 50,
             n_traj: 16,
             traj_steps: 20,
             a_iters: 20,

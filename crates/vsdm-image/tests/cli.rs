@@ -5,10 +5,15 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-image"))
-        .args(args)
-        .output()
-        .expect("runs");
+    run_env(args, None)
+}
+
+fn run_env(args: &[&str], hf_home: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-image"));
+    if let Some(h) = hf_home {
+        cmd.env("HF_HOME", h).env_remove("HF_HUB_CACHE");
+    }
+    let out = cmd.args(args).output().expect("runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -77,6 +82,44 @@ fn train_resume_sample() {
     assert_eq!(png_size(&grid), (70, 70));
     assert_eq!(png_size(&folder.join("000002.png")), (32, 32));
     assert!(npz.exists());
+
+    // The same weights published on the hub, found offline in a hand-built cache: HF_HOME/hub/models--…
+    let hf = dir.path().join("hf");
+    let repo = hf.join("hub/models--someone--vsdm-tiny");
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for (i, f) in ["model.safetensors", "config.json", "run.json"]
+        .iter()
+        .enumerate()
+    {
+        let blob = repo.join("blobs").join(format!("b{i}"));
+        std::fs::copy(w.join(f), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/b{i}"), snap.join(f)).unwrap();
+    }
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let grid2 = dir.path().join("g2.png");
+    let args = [
+        "sample",
+        "--weights",
+        "hf:someone/vsdm-tiny",
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--grid",
+        grid2.to_str().unwrap(),
+    ];
+    let (ok, text) = run_env(&args, Some(&hf));
+    assert!(ok, "{text}");
+    assert_eq!(png_size(&grid2), (70, 36));
+    let (ok, text) = run_env(&["sample", "--weights", "hf:someone/other"], Some(&hf));
+    assert!(
+        !ok && text.contains("not in the local Hugging Face cache"),
+        "{text}"
+    );
 }
 
 #[test]
