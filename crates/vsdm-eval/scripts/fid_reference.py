@@ -19,6 +19,8 @@ Subcommands:
       features, and one JPEG file's bytes with PIL's decoding of it
   npz-check FILE.npz
       loads an arr_0 sample archive written by vsdm-eval with np.load and prints its dtype and shape
+  compare  A.npz B.npz
+      per-image agreement of two `features` files (max over images of max|a-b| / max|a|, and relative L2)
   fid      STATS1.npz STATS2.npz
       prints the Frechet distance
   ops      -o ops.npz
@@ -141,6 +143,9 @@ def main():
     q.add_argument("-o", "--output", required=True)
     q = sub.add_parser("npz-check")
     q.add_argument("file")
+    q = sub.add_parser("compare")
+    q.add_argument("a")
+    q.add_argument("b")
     q = sub.add_parser("fid")
     q.add_argument("a")
     q.add_argument("b")
@@ -187,6 +192,14 @@ def main():
         with np.load(a.file) as z:
             x = z["arr_0"]
         print(f"{a.file}: arr_0 {x.dtype} {x.shape} min {x.min()} max {x.max()}")
+    elif a.cmd == "compare":
+        with np.load(a.a) as x, np.load(a.b) as y:
+            fa, fb = x["features"].astype(np.float64), y["features"].astype(np.float64)
+        if fa.shape != fb.shape:
+            sys.exit(f"shapes differ: {fa.shape} vs {fb.shape}")
+        rel = (np.abs(fa - fb).max(1) / np.abs(fa).max(1)).max()
+        l2 = np.linalg.norm(fa - fb) / np.linalg.norm(fa)
+        print(f"{fa.shape[0]} images: max per-image max|a-b|/max|a| = {rel:.3e}, relative L2 = {l2:.3e}")
     elif a.cmd == "fid":
         with np.load(a.a) as x, np.load(a.b) as y:
             print(f"{frechet(x['mu'], x['sigma'], y['mu'], y['sigma']):.6f}")
