@@ -61,6 +61,12 @@ pub struct Loaded {
 /// Loads `model.safetensors` + `config.json` from `dir`, naming the file at fault on error.
 pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Loaded> {
     let cfg_path = dir.join("config.json");
+    if !cfg_path.is_file() {
+        anyhow::bail!(
+            "{}: no weights here (expected model.safetensors and config.json written by `vsdm-timeseries train`)",
+            dir.display()
+        );
+    }
     // vsdm-core's reader validates the training part (method parameters, schedule...).
     ExportedConfig::read(&cfg_path)?;
     let text = std::fs::read_to_string(&cfg_path)
