@@ -6,6 +6,8 @@
 //! update by stochastic approximation, samplers and the alternating trainer.
 
 pub mod error;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod init;
 pub mod kernel;
 pub mod model;

@@ -8,7 +8,7 @@
 //! * [`model`]: a CSDI-style conditional transformer (attention along time and along series);
 //! * [`pipeline`]: methods (VP, VSDM, VSMD), budgets and training on vsdm-core's alternating trainer;
 //! * [`forecast`]: sampling forecasts, the random-walk reference, GluonTS metrics (vsdm-eval), CSV and charts;
-//! * [`weights`]: exported weights, local or from the Hugging Face cache.
+//! * [`weights`]: exported weights, local or `hf:OWNER/NAME[@REV]` on the Hugging Face hub (cache, then download).
 
 pub mod data;
 pub mod error;

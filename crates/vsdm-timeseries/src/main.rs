@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use vsdm_core::hub::Hub;
 use vsdm_core::{SamplerConfig, SamplerKind};
 use vsdm_eval::forecast::Report;
 use vsdm_timeseries::data::date_csv::load_date_csv;
@@ -72,7 +73,8 @@ struct Cli {
     #[arg(long)]
     max_windows: Option<usize>,
     /// Weights to forecast with: a folder with model.safetensors + config.json, or hf:OWNER/NAME[@REV] (read
-    /// from the Hugging Face cache, $HF_HOME/hub, downloaded there from $HF_ENDPOINT unless --offline).
+    /// from the Hugging Face cache, $HF_HUB_CACHE or $HF_HOME/hub, downloaded there from $HF_ENDPOINT unless
+    /// --offline or HF_HUB_OFFLINE=1).
     #[arg(long)]
     weights: Option<String>,
     /// Fan charts to draw (one per series of the last window).
@@ -170,15 +172,7 @@ fn weights_dir(cli: &Cli, data: &Dataset, method: Method) -> anyhow::Result<Path
     if let Some(w) = &cli.weights {
         return match w.parse::<WeightsSource>()? {
             WeightsSource::Local(p) => Ok(p),
-            WeightsSource::Hub { repo, revision } => {
-                let endpoint = (!cli.offline).then(weights::hub_endpoint);
-                weights::from_hub(
-                    &weights::hub_cache_dir(),
-                    endpoint.as_deref(),
-                    &repo,
-                    revision.as_deref(),
-                )
-            }
+            WeightsSource::Hub(r) => weights::from_hub(&Hub::from_env(cli.offline), &r),
         };
     }
     let own = run_dir(cli, data, method).join("weights");

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
+use vsdm_core::hub::{Hub, HubRef, RepoKind};
 use vsdm_core::process::Process;
 use vsdm_core::trainer::ExportedConfig;
 
@@ -107,121 +108,33 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Loaded> {
     })
 }
 
+/// The files of published weights.
+pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "config.json"];
+
 /// A `--weights` argument: a local folder, or `hf:OWNER/NAME[@REV]` on the Hugging Face hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightsSource {
     Local(PathBuf),
-    Hub {
-        repo: String,
-        revision: Option<String>,
-    },
+    Hub(HubRef),
 }
 
 impl std::str::FromStr for WeightsSource {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        let Some(rest) = s.strip_prefix("hf:") else {
-            return Ok(WeightsSource::Local(PathBuf::from(s)));
-        };
-        let (repo, revision) = match rest.split_once('@') {
-            Some((r, rev)) if !rev.is_empty() => (r, Some(rev.to_string())),
-            Some(_) => anyhow::bail!("--weights {s}: empty revision after `@`"),
-            None => (rest, None),
-        };
-        let parts: Vec<&str> = repo.split('/').collect();
-        if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
-            anyhow::bail!("--weights {s}: expected hf:OWNER/NAME or hf:OWNER/NAME@REVISION");
-        }
-        Ok(WeightsSource::Hub {
-            repo: repo.to_string(),
-            revision,
-        })
+        Ok(
+            match HubRef::parse_arg(s).map_err(|e| anyhow::anyhow!("--weights {e}"))? {
+                Some(r) => WeightsSource::Hub(r),
+                None => WeightsSource::Local(PathBuf::from(s)),
+            },
+        )
     }
 }
 
-/// The Hugging Face cache folder: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub fn hub_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HF_HUB_CACHE").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d);
-    }
-    let home = std::env::var_os("HF_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("huggingface"))
-        })
-        .unwrap_or_else(|| PathBuf::from(".cache/huggingface"));
-    home.join("hub")
-}
-
-/// Resolves `hf:OWNER/NAME[@REV]` in the Hugging Face cache layout
-/// (`<hub>/models--OWNER--NAME/{refs/<REV>, snapshots/<commit>/, blobs/}`, REV defaulting to `main`, a 40-digit
-/// commit accepted directly) to the snapshot folder holding `model.safetensors` and `config.json`.
-pub fn from_hub_cache(hub: &Path, repo: &str, revision: Option<&str>) -> anyhow::Result<PathBuf> {
-    let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
-    let rev = revision.unwrap_or("main");
-    let ref_path = folder.join("refs").join(rev);
-    let commit = match std::fs::read_to_string(&ref_path) {
-        Ok(c) => c.trim().to_string(),
-        Err(_) if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) => rev.to_string(),
-        Err(_) => anyhow::bail!(
-            "hf:{repo}@{rev} is not in the Hugging Face cache: {} is missing. Download model.safetensors and \
-             config.json of that repository (e.g. `huggingface-cli download {repo} model.safetensors config.json \
-             --revision {rev}`) or pass --weights with a local folder",
-            ref_path.display()
-        ),
-    };
-    let snap = folder.join("snapshots").join(&commit);
-    for f in ["model.safetensors", "config.json"] {
-        if !snap.join(f).is_file() {
-            anyhow::bail!(
-                "hf:{repo}@{rev}: {} is missing from the Hugging Face cache snapshot",
-                snap.join(f).display()
-            );
-        }
-    }
-    Ok(snap)
-}
-
-/// The files of published weights.
-pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "config.json"];
-
-/// The hub's address: `$HF_ENDPOINT`, else `https://huggingface.co`.
-pub fn hub_endpoint() -> String {
-    std::env::var("HF_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .unwrap_or_else(|| "https://huggingface.co".into())
-}
-
-/// `hf:OWNER/NAME[@REV]` weights: from the cache `hub` when present there, else (when `endpoint` is given)
-/// downloaded from `<endpoint>/OWNER/NAME/resolve/REV/<file>` with a progress bar into
-/// `models--OWNER--NAME/snapshots/REV/` with `refs/REV` pointing at it. With `endpoint = None` (offline) a
-/// missing snapshot is an error that says what to download.
-pub fn from_hub(
-    hub: &Path,
-    endpoint: Option<&str>,
-    repo: &str,
-    revision: Option<&str>,
-) -> anyhow::Result<PathBuf> {
-    let cached = from_hub_cache(hub, repo, revision);
-    let (Err(_), Some(endpoint)) = (&cached, endpoint) else {
-        return cached;
-    };
-    let rev = revision.unwrap_or("main");
-    let folder = hub.join(format!("models--{}", repo.replace('/', "--")));
-    let snap = folder.join("snapshots").join(rev);
-    for f in WEIGHT_FILES {
-        let url = format!(
-            "{}/{repo}/resolve/{rev}/{f}",
-            endpoint.trim_end_matches('/')
-        );
-        crate::data::download::download(&url, &snap.join(f), None)?;
-    }
-    let refs = folder.join("refs");
-    std::fs::create_dir_all(&refs).map_err(|e| anyhow::anyhow!("{}: {e}", refs.display()))?;
-    std::fs::write(refs.join(rev), rev).map_err(|e| anyhow::anyhow!("{}: {e}", refs.display()))?;
-    from_hub_cache(hub, repo, revision)
+/// The snapshot folder of `hf:OWNER/NAME[@REV]` weights holding [`WEIGHT_FILES`]: from the hub's local cache
+/// when there, else downloaded into it (unless `hub` is offline; then the error names the cache paths expected
+/// and the `huggingface-cli download` command).
+pub fn from_hub(hub: &Hub, r: &HubRef) -> anyhow::Result<PathBuf> {
+    Ok(hub.snapshot(r, RepoKind::Model, &WEIGHT_FILES)?)
 }
 
 #[cfg(test)]
@@ -229,7 +142,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hub_cache_layout_resolves_refs_and_commits() {
+    fn hand_built_hub_cache_resolves_offline() {
         let hub = tempfile::tempdir().unwrap();
         let commit = "0123456789abcdef0123456789abcdef01234567";
         let folder = hub.path().join("models--alice--vsdm-ts");
@@ -239,41 +152,45 @@ mod tests {
         std::fs::create_dir_all(folder.join("blobs")).unwrap();
         std::fs::write(folder.join("refs").join("main"), commit).unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
-        // Not complete yet: the error names the missing file.
-        let err = from_hub_cache(hub.path(), "alice/vsdm-ts", None)
+        let offline = Hub::new(hub.path(), None);
+        let r = |s: &str| s.parse::<HubRef>().unwrap();
+        // Not complete yet: the error names the missing file at its exact path.
+        let err = from_hub(&offline, &r("hf:alice/vsdm-ts"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("model.safetensors"), "{err}");
+        assert!(
+            err.contains(&snap.join("model.safetensors").display().to_string()),
+            "{err}"
+        );
         std::fs::write(snap.join("model.safetensors"), b"x").unwrap();
-        assert_eq!(
-            from_hub_cache(hub.path(), "alice/vsdm-ts", None).unwrap(),
-            snap
-        );
-        assert_eq!(
-            from_hub_cache(hub.path(), "alice/vsdm-ts", Some(commit)).unwrap(),
-            snap
-        );
-        let err = from_hub_cache(hub.path(), "alice/vsdm-ts", Some("v2"))
+        assert_eq!(from_hub(&offline, &r("hf:alice/vsdm-ts")).unwrap(), snap);
+        let by_commit = r(&format!("hf:alice/vsdm-ts@{commit}"));
+        assert_eq!(from_hub(&offline, &by_commit).unwrap(), snap);
+        let err = from_hub(&offline, &r("hf:alice/vsdm-ts@v2"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("refs/v2"), "{err}");
+        assert!(
+            err.contains("refs/v2") && err.contains("--revision v2"),
+            "{err}"
+        );
     }
 
     #[test]
     fn weights_arguments_parse() {
         assert_eq!(
             "hf:alice/vsdm-ts@v1".parse::<WeightsSource>().unwrap(),
-            WeightsSource::Hub {
+            WeightsSource::Hub(HubRef {
                 repo: "alice/vsdm-ts".into(),
                 revision: Some("v1".into())
-            }
+            })
         );
         assert_eq!(
             "runs/w".parse::<WeightsSource>().unwrap(),
             WeightsSource::Local("runs/w".into())
         );
         for bad in ["hf:alice", "hf:alice/", "hf:a/b/c", "hf:a/b@"] {
-            assert!(bad.parse::<WeightsSource>().is_err(), "{bad}");
+            let e = bad.parse::<WeightsSource>().unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
         }
     }
 }

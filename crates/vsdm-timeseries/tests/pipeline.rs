@@ -2,6 +2,8 @@
 //! reload → forecast rolling test windows → GluonTS metrics → CSV and fan charts; and the errors of bad weights.
 
 use candle_core::Device;
+use vsdm_core::hub::testing::FakeHub;
+use vsdm_core::hub::{Hub, HubRef, RepoKind};
 use vsdm_core::{SamplerConfig, SamplerKind};
 use vsdm_timeseries::data::download::unpack_tar_gz;
 use vsdm_timeseries::data::gluonts::load_gluonts_dir;
@@ -95,39 +97,8 @@ fn train_export_reload_forecast_and_score() {
     }
 }
 
-/// Serves files by request path on loopback (`hits` connections); returns the base URL.
-fn serve_files(files: Vec<(String, Vec<u8>)>, hits: usize) -> String {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in l.incoming().take(hits) {
-            let mut s = stream.unwrap();
-            let mut buf = [0u8; 4096];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]).to_string();
-            let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
-            match files.iter().find(|(p, _)| *p == path) {
-                Some((_, body)) => {
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    s.write_all(head.as_bytes()).unwrap();
-                    s.write_all(body).unwrap();
-                }
-                None => {
-                    s.write_all(
-                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    )
-                    .unwrap();
-                }
-            }
-        }
-    });
-    format!("http://{addr}")
-}
-
+/// Published weights on a loopback stand-in for the hub (`HF_ENDPOINT`), downloaded through hf-hub into a fresh
+/// cache, then found there offline once the server is gone.
 #[test]
 fn hub_weights_download_into_the_cache_then_load_offline() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,38 +109,50 @@ fn hub_weights_download_into_the_cache_then_load_offline() {
         pipeline::train(Method::Vp, &Budget::smoke(), &data, window, 1, &dev, None).unwrap();
     let wdir = tmp.path().join("published");
     weights::save(&trained, "tiny", &wdir).unwrap();
-    let files = weights::WEIGHT_FILES
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let server = weights::WEIGHT_FILES
         .iter()
-        .map(|f| {
-            (
-                format!("/alice/tiny-ts/resolve/v1/{f}"),
+        .fold(FakeHub::new(commit), |s, f| {
+            s.with_file(
+                RepoKind::Model,
+                "alice/tiny-ts",
+                "v1",
+                f,
                 std::fs::read(wdir.join(f)).unwrap(),
             )
-        })
-        .collect();
-    let endpoint = serve_files(files, 2);
-    let hub = tmp.path().join("hf_home").join("hub");
-    // Offline and not cached: the error says what is missing.
-    let e = weights::from_hub(&hub, None, "alice/tiny-ts", Some("v1"))
+        });
+    let server = server.start().unwrap();
+    let cache = tmp.path().join("hf_home").join("hub");
+    let r: HubRef = "hf:alice/tiny-ts@v1".parse().unwrap();
+    // Offline and not cached: the error says what is missing, where, and how to fetch it.
+    let e = weights::from_hub(&Hub::new(&cache, None), &r)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("refs/v1"), "{e}");
-    let snap = weights::from_hub(&hub, Some(&endpoint), "alice/tiny-ts", Some("v1")).unwrap();
-    assert!(snap.starts_with(hub.join("models--alice--tiny-ts").join("snapshots")));
-    // Now cached: resolves offline (the server is gone) and loads the same network.
-    let again = weights::from_hub(&hub, None, "alice/tiny-ts", Some("v1")).unwrap();
+    assert!(
+        e.contains("refs/v1") && e.contains("huggingface-cli download alice/tiny-ts"),
+        "{e}"
+    );
+    let online = Hub::new(&cache, Some(server.endpoint().to_string())).with_progress(false);
+    let snap = weights::from_hub(&online, &r).unwrap();
+    assert_eq!(
+        snap,
+        cache
+            .join("models--alice--tiny-ts")
+            .join("snapshots")
+            .join(commit)
+    );
+    drop(server);
+    // Now cached: resolves offline and loads the same network.
+    let again = weights::from_hub(&Hub::new(&cache, None), &r).unwrap();
     assert_eq!(again, snap);
     let loaded = weights::load(&again, &dev).unwrap();
     assert_eq!(loaded.cfg.network, trained.net);
-    // A missing revision on the server is a download error naming the URL.
-    let e = weights::from_hub(
-        &hub,
-        Some(&serve_files(vec![], 1)),
-        "alice/tiny-ts",
-        Some("v2"),
-    )
-    .unwrap_err()
-    .to_string();
+    // A revision the server does not have is a download error naming the URL and the status.
+    let empty = FakeHub::new(commit).start().unwrap();
+    let online = Hub::new(&cache, Some(empty.endpoint().to_string())).with_progress(false);
+    let e = weights::from_hub(&online, &"hf:alice/tiny-ts@v2".parse().unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("resolve/v2/model.safetensors") && e.contains("404"),
         "{e}"
