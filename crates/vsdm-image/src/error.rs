@@ -22,6 +22,9 @@ pub enum Error {
         value: String,
         reason: String,
     },
+    /// A hub reference that is malformed, or files that are neither cached nor downloadable.
+    #[error(transparent)]
+    Hub(#[from] vsdm_core::hub::HubError),
     #[error(transparent)]
     Core(#[from] vsdm_core::Error),
     #[error(transparent)]

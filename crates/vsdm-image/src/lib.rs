@@ -16,5 +16,4 @@ pub mod train;
 
 pub use method::{Method, RunSpec};
 pub mod bench;
-pub mod hub;
 pub mod weights;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Parser, Subcommand};
+use vsdm_core::hub::Hub;
 use vsdm_core::{NoiseRng, SamplerConfig, SamplerKind};
 use vsdm_eval::export;
 use vsdm_image::data::{self, CifarSource};
@@ -27,6 +28,10 @@ struct Cli {
     /// Use CUDA device 0 (needs a build with `--features cuda`).
     #[arg(long, global = true)]
     cuda: bool,
+    /// Never download from the Hugging Face hub (also with HF_HUB_OFFLINE=1): `hf:` weights and data come from
+    /// the local cache, and a missing file is an error naming the path it is expected at.
+    #[arg(long, global = true)]
+    offline: bool,
 }
 
 #[derive(Subcommand)]
@@ -138,7 +143,8 @@ struct SamplerArgs {
 
 #[derive(Args)]
 struct SampleArgs {
-    /// A weights folder (`runs/…/weights`) or `hf:OWNER/NAME[@REV]`.
+    /// A weights folder (`runs/…/weights`) or `hf:OWNER/NAME[@REV]` (a model repository with those files; from
+    /// the local Hugging Face cache, else downloaded into it).
     #[arg(long)]
     weights: String,
     #[arg(long, default_value_t = 64)]
@@ -197,7 +203,7 @@ fn bundled_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/image/cifar10-train-1000.bin")
 }
 
-fn train(a: TrainArgs, dev: &Device) -> Result<()> {
+fn train(a: TrainArgs, _hub: &Hub, dev: &Device) -> Result<()> {
     let out = a
         .out
         .clone()
@@ -330,8 +336,8 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-fn sample(a: SampleArgs, dev: &Device) -> Result<()> {
-    let w = weights::load(&a.weights, dev)?;
+fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
+    let w = weights::load(&a.weights, hub, dev)?;
     let images = draw(&w, &a.sampler, a.n, dev)?;
     export::save_grid_png(&images, &a.grid, grid_columns(a.n))?;
     println!("grid: {}", a.grid.display());
@@ -346,11 +352,11 @@ fn sample(a: SampleArgs, dev: &Device) -> Result<()> {
     Ok(())
 }
 
-fn fid(a: FidArgs, dev: &Device) -> Result<()> {
+fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
     use vsdm_eval::fid::{self, FidInput, InceptionV3, StatsAccumulator, FEATURE_DIM};
     let reference = FidInput::open(&a.reference)?;
     let net = InceptionV3::load(&a.inception, dev)?;
-    let w = weights::load(&a.weights, dev)?;
+    let w = weights::load(&a.weights, hub, dev)?;
     let images = draw(&w, &a.sampler, a.n, dev)?;
     if let Some(p) = &a.npz {
         export::save_npz_u8(&images, p)?;
@@ -394,11 +400,12 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let dev = device(cli.cuda)?;
+    let hub = Hub::from_env(cli.offline);
     match cli.cmd {
-        None => train(Defaults::parse_from(["vsdm-image"]).args, &dev),
-        Some(Cmd::Train(a)) => train(a, &dev),
-        Some(Cmd::Sample(a)) => sample(a, &dev),
-        Some(Cmd::Fid(a)) => fid(a, &dev),
+        None => train(Defaults::parse_from(["vsdm-image"]).args, &hub, &dev),
+        Some(Cmd::Train(a)) => train(a, &hub, &dev),
+        Some(Cmd::Sample(a)) => sample(a, &hub, &dev),
+        Some(Cmd::Fid(a)) => fid(a, &hub, &dev),
         Some(Cmd::Bench(a)) => bench(a, &dev),
     }
 }

@@ -1,11 +1,13 @@
 //! Trained weights: a folder written by the `train` command (`weights/`: `model.safetensors` with the EMA
 //! network, `config.json` with the training config and variational parameters, `run.json` with the method and
-//! U-Net), or the same three files in a Hugging Face model repository, `hf:OWNER/NAME[@REV]`.
+//! U-Net), or the same three files in a Hugging Face model repository, `hf:OWNER/NAME[@REV]` (from the local hub
+//! cache, else downloaded into it; see [`vsdm_core::hub`]).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use vsdm_core::hub::{Hub, HubRef, RepoKind};
 use vsdm_core::{ExportedConfig, Process};
 
 use crate::error::{Error, Result};
@@ -25,18 +27,18 @@ pub struct Loaded {
     pub dir: PathBuf,
 }
 
-/// Where `--weights` points: a local folder, or `hf:OWNER/NAME[@REV]` resolved to the local Hugging Face cache
-/// folder of that snapshot.
-pub fn resolve(source: &str) -> Result<PathBuf> {
-    match source.strip_prefix("hf:") {
-        Some(repo) => crate::hub::snapshot(repo, &FILES),
+/// Where `--weights` points: a local folder, or `hf:OWNER/NAME[@REV]` resolved to the snapshot folder of that
+/// model repository in `hub`'s cache (downloaded there first when missing and `hub` is online).
+pub fn resolve(source: &str, hub: &Hub) -> Result<PathBuf> {
+    match HubRef::parse_arg(source)? {
+        Some(r) => Ok(hub.snapshot(&r, RepoKind::Model, &FILES)?),
         None => Ok(PathBuf::from(source)),
     }
 }
 
 /// Loads weights from a folder or `hf:` reference onto `device`.
-pub fn load(source: &str, device: &Device) -> Result<Loaded> {
-    let dir = resolve(source)?;
+pub fn load(source: &str, hub: &Hub, device: &Device) -> Result<Loaded> {
+    let dir = resolve(source, hub)?;
     load_dir(&dir, device)
 }
 

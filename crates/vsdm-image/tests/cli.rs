@@ -5,14 +5,19 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String) {
-    run_env(args, None)
+    run_env(args, None, None)
 }
 
-fn run_env(args: &[&str], hf_home: Option<&Path>) -> (bool, String) {
+/// Runs the command with `HF_HOME` (and `HF_ENDPOINT`, else offline through `HF_HUB_OFFLINE`) when given.
+fn run_env(args: &[&str], hf_home: Option<&Path>, endpoint: Option<&str>) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-image"));
     if let Some(h) = hf_home {
         cmd.env("HF_HOME", h).env_remove("HF_HUB_CACHE");
     }
+    match endpoint {
+        Some(e) => cmd.env("HF_ENDPOINT", e).env_remove("HF_HUB_OFFLINE"),
+        None => cmd.env("HF_HUB_OFFLINE", "1"),
+    };
     let out = cmd.args(args).output().expect("runs");
     let text = format!(
         "{}{}",
@@ -112,12 +117,17 @@ fn train_resume_sample() {
         "--grid",
         grid2.to_str().unwrap(),
     ];
-    let (ok, text) = run_env(&args, Some(&hf));
+    let (ok, text) = run_env(&args, Some(&hf), None);
     assert!(ok, "{text}");
     assert_eq!(png_size(&grid2), (70, 36));
-    let (ok, text) = run_env(&["sample", "--weights", "hf:someone/other"], Some(&hf));
+    let (ok, text) = run_env(
+        &["--offline", "sample", "--weights", "hf:someone/other"],
+        Some(&hf),
+        None,
+    );
     assert!(
-        !ok && text.contains("not in the local Hugging Face cache"),
+        !ok && text.contains("not in the local Hugging Face cache (offline)")
+            && text.contains("huggingface-cli download someone/other model.safetensors"),
         "{text}"
     );
 }
