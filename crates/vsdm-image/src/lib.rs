@@ -1,7 +1,7 @@
 //! # vsdm-image
 //!
 //! CIFAR-10 with VSDM (Deng et al., ICML 2024) and VSMD (Rojas et al., AISTATS 2025): data loading (binary
-//! batches, image folders), EDM's DDPM++ U-Net in candle, and the pieces of the `vsdm-image` command line
+//! batches, image folders, the Hugging Face hub's parquet copy), EDM's DDPM++ U-Net in candle, and the pieces of the `vsdm-image` command line
 //! (training, sampling, FID).
 
 pub mod data;

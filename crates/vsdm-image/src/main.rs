@@ -69,10 +69,12 @@ struct TrainArgs {
     /// Network: `tiny` (CPU) or `ddpmpp` (EDM's DDPM++, the paper's CIFAR-10 network).
     #[arg(long, default_value = "tiny")]
     arch: String,
-    /// CIFAR-10: a binary batch, a folder of `data_batch_*.bin`, or a folder of class folders of PNG/JPEG
+    /// CIFAR-10: a binary batch, a folder of `data_batch_*.bin`, a folder of class folders of PNG/JPEG, a
+    /// `.parquet` file in the Hugging Face schema, or `hf:OWNER/NAME[@REV]`, a hub dataset in that schema
+    /// (`hf:uoft-cs/cifar10`; its train split; from the local Hugging Face cache, else downloaded into it)
     /// (default: the bundled 1000-image subset).
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: Option<String>,
     /// Run directory (default `runs/image-<method>`).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -203,7 +205,7 @@ fn bundled_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/image/cifar10-train-1000.bin")
 }
 
-fn train(a: TrainArgs, _hub: &Hub, dev: &Device) -> Result<()> {
+fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
     let out = a
         .out
         .clone()
@@ -243,13 +245,16 @@ fn train(a: TrainArgs, _hub: &Hub, dev: &Device) -> Result<()> {
         let tr = new_trainer(&spec, train_config(a.method, &budget, a.seed), dev)?;
         (spec, tr)
     };
-    let data_path = a.data.clone().unwrap_or_else(bundled_data);
-    let set = data::open(&data_path)
-        .with_context(|| format!("loading CIFAR-10 from {}", data_path.display()))?;
+    let data_path = a
+        .data
+        .clone()
+        .unwrap_or_else(|| bundled_data().display().to_string());
+    let set = data::open_source(&data_path, hub, data::Split::Train)
+        .with_context(|| format!("loading CIFAR-10 from {data_path}"))?;
     if spec.unet.label_dim > 0 && set.classes.len() != spec.unet.label_dim {
         bail!(
             "{}: {} classes, the conditional network expects {}",
-            data_path.display(),
+            data_path,
             set.classes.len(),
             spec.unet.label_dim
         );
@@ -259,7 +264,7 @@ fn train(a: TrainArgs, _hub: &Hub, dev: &Device) -> Result<()> {
         spec.method,
         a.arch,
         set.len(),
-        data_path.display(),
+        data_path,
         out.display()
     );
     let mut source = CifarSource::new(set, !a.no_flip, spec.unet.label_dim > 0)?;

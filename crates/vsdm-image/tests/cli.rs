@@ -27,6 +27,18 @@ fn run_env(args: &[&str], hf_home: Option<&Path>, endpoint: Option<&str>) -> (bo
     (out.status.success(), text)
 }
 
+/// A very small network, batch and sample grid.
+const TINY: [&str; 8] = [
+    "--channels",
+    "8",
+    "--batch",
+    "2",
+    "--grid",
+    "4",
+    "--grid-steps",
+    "2",
+];
+
 fn png_size(p: &Path) -> (u32, u32) {
     image::image_dimensions(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -36,18 +48,7 @@ fn train_resume_sample() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let r = run_dir.to_str().unwrap();
-    let common = [
-        "--channels",
-        "8",
-        "--batch",
-        "2",
-        "--grid",
-        "4",
-        "--grid-steps",
-        "2",
-        "--out",
-        r,
-    ];
+    let common = [&TINY[..], &["--out", r]].concat();
     let (ok, text) = run(&[&["train", "--method", "vsmd", "--iters", "1"][..], &common].concat());
     assert!(ok, "{text}");
     assert!(text.contains("1 steps this session (now at 1/1)"), "{text}");
@@ -128,6 +129,59 @@ fn train_resume_sample() {
     assert!(
         !ok && text.contains("not in the local Hugging Face cache (offline)")
             && text.contains("huggingface-cli download someone/other model.safetensors"),
+        "{text}"
+    );
+}
+
+/// `--data hf:uoft-cs/cifar10`: the hub's parquet copy (here the 24-image fixture), first downloaded from a
+/// loopback stand-in for the hub (`HF_ENDPOINT`), then — the server gone — found in the cache offline.
+#[test]
+fn train_on_hub_parquet_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf-cifar10.parquet");
+    let server = vsdm_core::hub::testing::FakeHub::new("2222222222222222222222222222222222222222")
+        .with_file(
+            vsdm_core::hub::RepoKind::Dataset,
+            "uoft-cs/cifar10",
+            "main",
+            "plain_text/train-00000-of-00001.parquet",
+            std::fs::read(&fixture).unwrap(),
+        )
+        .start()
+        .unwrap();
+    let out = dir.path().join("run");
+    let head = ["train", "--data", "hf:uoft-cs/cifar10", "--iters", "1"];
+    let args = [&head[..], &TINY, &["--out", out.to_str().unwrap()]].concat();
+    let (ok, text) = run_env(&args, Some(&hf), Some(server.endpoint()));
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("on 24 images from hf:uoft-cs/cifar10"),
+        "{text}"
+    );
+    let cached = hf.join("hub/datasets--uoft-cs--cifar10/snapshots/2222222222222222222222222222222222222222/plain_text/train-00000-of-00001.parquet");
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        std::fs::read(&fixture).unwrap()
+    );
+    drop(server);
+    std::fs::remove_dir_all(&out).unwrap();
+    let (ok, text) = run_env(&[&["--offline"][..], &args].concat(), Some(&hf), None);
+    assert!(ok, "{text}");
+    // Offline, a revision that is not cached names the expected path.
+    let (ok, text) = run_env(
+        &[
+            "train",
+            "--data",
+            "hf:uoft-cs/cifar10@v9",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Some(&hf),
+        None,
+    );
+    assert!(
+        !ok && text.contains("datasets--uoft-cs--cifar10/refs/v9"),
         "{text}"
     );
 }

@@ -31,14 +31,17 @@ pub fn decode_image(path: &Path) -> Result<Vec<u8>> {
         .map_err(Error::io(path))?
         .decode()
         .map_err(|e| Error::bad_file(path, format!("not a decodable image: {e}")))?;
+    channel_first(&img).map_err(|why| Error::bad_file(path, why))
+}
+
+/// The channel-first RGB bytes of a decoded 32×32 image (grey or RGBA converted to RGB; row 0 is the top,
+/// column 0 the left edge); another size is an error saying which.
+pub(crate) fn channel_first(img: &image::DynamicImage) -> std::result::Result<Vec<u8>, String> {
     if img.width() as usize != SIDE || img.height() as usize != SIDE {
-        return Err(Error::bad_file(
-            path,
-            format!(
-                "image is {}×{}, expected {SIDE}×{SIDE}",
-                img.width(),
-                img.height()
-            ),
+        return Err(format!(
+            "image is {}×{}, expected {SIDE}×{SIDE}",
+            img.width(),
+            img.height()
         ));
     }
     let rgb = img.to_rgb8();

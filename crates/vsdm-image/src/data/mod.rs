@@ -1,18 +1,25 @@
-//! CIFAR-10 loading: the standard binary batches, folders of class sub-folders of PNG/JPEG files, and a
-//! training [`DataSource`](vsdm_core::DataSource) with random horizontal flips and scaling to [−1, 1].
+//! CIFAR-10 loading: the standard binary batches, folders of class sub-folders of PNG/JPEG files, the Hugging
+//! Face hub's parquet copy (`hf:uoft-cs/cifar10`, through [`vsdm_core::hub`]), and a training
+//! [`DataSource`](vsdm_core::DataSource) with random horizontal flips and scaling to [−1, 1].
 //!
 //! Every loader returns an [`ImageSet`]: 8-bit images in channel-first (C, H, W) layout, row-major within a
 //! channel (row 0 is the top of the picture, column 0 its left edge), with integer labels.
 
 mod binary;
 mod folder;
+mod parquet;
 mod source;
 
 use std::path::Path;
 
 pub use binary::{load_binary_dir, load_binary_files, write_binary, RECORD_BYTES};
 pub use folder::load_folder;
+pub use parquet::{
+    load_parquet, load_parquet_files, open_hub, Split, CIFAR10_REPO, IMAGE_COLUMNS, LABEL_COLUMN,
+};
 pub use source::CifarSource;
+
+use vsdm_core::hub::{Hub, HubRef};
 
 use crate::error::{Error, Result};
 
@@ -89,13 +96,29 @@ pub fn to_unit(p: u8) -> f32 {
     p as f32 / 127.5 - 1.0
 }
 
+/// Opens a `--data` argument: `hf:OWNER/NAME[@REV]`, a dataset repository in the hub's parquet layout, read
+/// through `hub` (its `split`); anything else is a local path for [`open`].
+pub fn open_source(arg: &str, hub: &Hub, split: Split) -> Result<ImageSet> {
+    match HubRef::parse_arg(arg)? {
+        Some(r) => open_hub(hub, &r, split),
+        None => open(Path::new(arg)),
+    }
+}
+
 /// Opens a CIFAR-10 copy, recognising its form:
-/// * a `.bin` file: one binary batch;
+/// * a `.parquet` file: the hub's parquet schema (`img` {bytes, path}, `label`);
+/// * any other file: one binary batch;
 /// * a folder with `data_batch_*.bin` (the extracted `cifar-10-batches-bin`): the five training batches;
 /// * a folder with a `train/` sub-folder of class folders (the extracted JPEG set): its training images;
 /// * a folder of class sub-folders of PNG/JPEG files.
 pub fn open(path: &Path) -> Result<ImageSet> {
     if path.is_file() {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+        {
+            return load_parquet(path);
+        }
         return load_binary_files(&[path.to_path_buf()]);
     }
     if !path.is_dir() {

@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use vsdm_core::hub::{Hub, HubRef};
 use vsdm_core::{DataSource, NoiseRng};
 
 use super::*;
@@ -224,4 +225,196 @@ fn full_jpeg_set_when_available() {
         .sum();
     let mean = diff as f64 / train.pixels.len() as f64;
     assert!(mean < 1.0, "mean |Δ| between decoders {mean}");
+}
+
+/// The hub's parquet copy of CIFAR-10, in miniature: 24 real test images (airplanes, ships and trucks first, one
+/// of most other classes) written by `scripts/hf_parquet_fixture.py` in the schema of `uoft-cs/cifar10`, with
+/// Pillow's decode of the same source images beside it.
+fn hf_fixture() -> (PathBuf, ImageSet) {
+    let pil = load_binary_files(&[fixtures().join("hf-cifar10-pil.bin")]).unwrap();
+    (fixtures().join("hf-cifar10.parquet"), pil)
+}
+
+/// Every image of `set` with rows and columns swapped, as a loader that confused height and width would give.
+fn transposed(set: &ImageSet) -> ImageSet {
+    let mut t = set.clone();
+    for i in 0..set.len() {
+        let img = set.image(i);
+        let out = &mut t.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES];
+        for c in 0..3 {
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    out[c * 1024 + y * SIDE + x] = img[c * 1024 + x * SIDE + y];
+                }
+            }
+        }
+    }
+    t
+}
+
+#[test]
+fn hub_parquet_equals_pillow_upright_and_not_transposed() {
+    let (path, pil) = hf_fixture();
+    let set = load_parquet(&path).unwrap();
+    assert_eq!(set.len(), 24);
+    assert_eq!(set.classes, CIFAR10_CLASSES);
+    assert_eq!(&set.labels[..10], [0, 8, 9, 1, 2, 3, 4, 5, 7, 0]);
+    assert_eq!(set.labels, pil.labels);
+    // The PNG bytes are lossless: bit-identical to Pillow's decode of the source images.
+    assert_eq!(set.pixels, pil.pixels);
+    assert_upright(&set);
+    // The transpose (candle-datasets' orientation) is a different picture for every image, and it moves the
+    // sky to the left edge.
+    let t = transposed(&set);
+    for i in 0..set.len() {
+        assert_ne!(set.image(i), t.image(i), "image {i} is symmetric");
+    }
+    let (tb, lr) = contrasts(&t, &[0, 8, 9]);
+    assert!(
+        lr > 20.0 && tb.abs() < 6.0,
+        "transposed: top−bottom {tb:.1}, left−right {lr:.1}"
+    );
+    // `open` recognises a .parquet file.
+    assert_eq!(open(&path).unwrap(), set);
+    // Shards concatenate.
+    let two = load_parquet_files(&[path.clone(), path]).unwrap();
+    assert_eq!(two.len(), 48);
+    assert_eq!(two.image(24), set.image(0));
+}
+
+/// Builds `<cache>/datasets--uoft-cs--cifar10` by hand as `huggingface-cli download` leaves it: the fixture as a
+/// blob, linked from `snapshots/<commit>/<file>`, with `refs/<rev>` naming the commit.
+fn hand_built_dataset_cache(cache: &Path, rev: &str, commit: &str, file: &str) {
+    let repo = cache.join("datasets--uoft-cs--cifar10");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::copy(fixtures().join("hf-cifar10.parquet"), repo.join("blobs/f0")).unwrap();
+    let link = repo.join("snapshots").join(commit).join(file);
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    let up = "../".repeat(Path::new(file).components().count() + 1);
+    std::os::unix::fs::symlink(format!("{up}blobs/f0"), &link).unwrap();
+    let r = repo.join("refs").join(rev);
+    std::fs::create_dir_all(r.parent().unwrap()).unwrap();
+    std::fs::write(r, commit).unwrap();
+}
+
+#[test]
+fn hub_parquet_from_a_hand_built_cache_offline() {
+    let (path, _) = hf_fixture();
+    let want = load_parquet(&path).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub::new(cache.path(), None);
+    hand_built_dataset_cache(
+        cache.path(),
+        "main",
+        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+        "plain_text/train-00000-of-00001.parquet",
+    );
+    let set = open_source("hf:uoft-cs/cifar10", &hub, Split::Train).unwrap();
+    assert_eq!(set, want);
+    // candle-datasets' revision and layout.
+    hand_built_dataset_cache(
+        cache.path(),
+        "refs/convert/parquet",
+        "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b",
+        "plain_text/test/0000.parquet",
+    );
+    let set = open_source("hf:uoft-cs/cifar10@refs/convert/parquet", &hub, Split::Test).unwrap();
+    assert_eq!(set, want);
+    // The test split is not on main: the error names both layouts' files and how to fetch them.
+    let e = open_source("hf:uoft-cs/cifar10", &hub, Split::Test)
+        .map(|s| s.len())
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "hf:uoft-cs/cifar10@main (dataset repository)",
+        "plain_text/test-00000-of-00001.parquet is not in the local Hugging Face cache (offline)",
+        "plain_text/test/0000.parquet",
+        "huggingface-cli download --repo-type dataset uoft-cs/cifar10 plain_text/test-00000-of-00001.parquet",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in: {e}");
+    }
+    let e = open_source("hf:uoft-cs", &hub, Split::Train)
+        .map(|s| s.len())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hf:uoft-cs") && e.contains("OWNER/NAME"), "{e}");
+}
+
+#[test]
+fn hub_parquet_downloads_into_the_cache() {
+    let (path, _) = hf_fixture();
+    let want = load_parquet(&path).unwrap();
+    let server = vsdm_core::hub::testing::FakeHub::new("1111111111111111111111111111111111111111")
+        .with_file(
+            vsdm_core::hub::RepoKind::Dataset,
+            CIFAR10_REPO,
+            "main",
+            "plain_text/train-00000-of-00001.parquet",
+            std::fs::read(&path).unwrap(),
+        )
+        .start()
+        .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let r: HubRef = "hf:uoft-cs/cifar10".parse().unwrap();
+    let online = Hub::new(cache.path(), Some(server.endpoint().to_string())).with_progress(false);
+    assert_eq!(open_hub(&online, &r, Split::Train).unwrap(), want);
+    drop(server);
+    assert_eq!(
+        open_hub(&Hub::new(cache.path(), None), &r, Split::Train).unwrap(),
+        want
+    );
+}
+
+#[test]
+fn bad_parquet_files_are_named_with_the_row() {
+    let bad = fixtures().join("hf-bad");
+    for (file, wants) in [
+        (
+            "columns.parquet",
+            &["no column `label`", "img, fine_label"][..],
+        ),
+        (
+            "row1-not-an-image.parquet",
+            &["row 1:", "not a decodable image"][..],
+        ),
+        (
+            "row1-16x24.parquet",
+            &["row 1:", "16×24, expected 32×32"][..],
+        ),
+        (
+            "row1-null-bytes.parquet",
+            &["row 1:", "`img.bytes` is null"][..],
+        ),
+        (
+            "row2-label-10.parquet",
+            &["row 2:", "`label` = 10, expected 0–9"][..],
+        ),
+    ] {
+        let p = bad.join(file);
+        let e = load_parquet(&p).unwrap_err().to_string();
+        assert!(e.starts_with(&p.display().to_string()), "{e}");
+        for w in wants {
+            assert!(e.contains(w), "{file}: missing {w:?} in: {e}");
+        }
+    }
+
+    // Not parquet at all, truncated, and corrupted in the middle: errors naming the file, never a panic.
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixtures().join("hf-cifar10.parquet")).unwrap();
+    let mut flipped = good.clone();
+    for b in &mut flipped[good.len() / 3..good.len() / 3 + 2000] {
+        *b = !*b;
+    }
+    let cases = [
+        ("text.parquet", b"definitely not parquet".to_vec()),
+        ("truncated.parquet", good[..good.len() / 2].to_vec()),
+        ("flipped.parquet", flipped),
+        ("empty.parquet", Vec::new()),
+    ];
+    for (name, bytes) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = load_parquet(&p).unwrap_err().to_string();
+        assert!(e.starts_with(&p.display().to_string()), "{name}: {e}");
+    }
 }
