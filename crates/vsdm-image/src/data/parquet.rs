@@ -7,8 +7,9 @@
 //! `refs/convert/parquet` that candle-datasets reads, names them `plain_text/{train,test}/0000.parquet`.
 //!
 //! Images are decoded with the `image` crate into the same upright channel-first [`ImageSet`] as the other
-//! loaders: row 0 is the top of the picture. (candle-datasets' hub loader swaps height and width of these
-//! images; this one does not — see the orientation tests.)
+//! loaders: row 0 is the top of the picture. (candle-datasets' hub loader reads the decoded interleaved
+//! height × width × channel bytes as a channel-first tensor; the tests check this one against Pillow's pixels,
+//! the sky at the top, and the transposed images.)
 
 use std::path::{Path, PathBuf};
 

@@ -263,7 +263,7 @@ fn hub_parquet_equals_pillow_upright_and_not_transposed() {
     // The PNG bytes are lossless: bit-identical to Pillow's decode of the source images.
     assert_eq!(set.pixels, pil.pixels);
     assert_upright(&set);
-    // The transpose (candle-datasets' orientation) is a different picture for every image, and it moves the
+    // The transpose (height and width swapped) is a different picture for every image, and it moves the
     // sky to the left edge.
     let t = transposed(&set);
     for i in 0..set.len() {
