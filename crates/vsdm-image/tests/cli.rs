@@ -168,6 +168,16 @@ fn train_on_hub_parquet_data() {
     std::fs::remove_dir_all(&out).unwrap();
     let (ok, text) = run_env(&[&["--offline"][..], &args].concat(), Some(&hf), None);
     assert!(ok, "{text}");
+    // HF_HUB_CACHE takes precedence over HF_HOME.
+    std::fs::remove_dir_all(&out).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vsdm-image"))
+        .env("HF_HUB_CACHE", hf.join("hub"))
+        .env("HF_HOME", dir.path().join("elsewhere"))
+        .env("HF_HUB_OFFLINE", "1")
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Offline, a revision that is not cached names the expected path.
     let (ok, text) = run_env(
         &[
