@@ -309,3 +309,26 @@ fn failed_downloads_name_the_url_and_status() {
         "{e}"
     );
 }
+
+/// A server whose redirect lacks `Location` (hf-hub 0.4 unwraps that header) gives an error, not a crash.
+#[test]
+fn a_broken_redirect_is_an_error() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        // One request: the metadata probe.
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 302 Found\r\nX-Repo-Commit: abc\r\nETag: \"e\"\r\nContent-Length: 0\r\n\
+                  Connection: close\r\n\r\n",
+            );
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let hub = Hub::new(cache.path(), Some(endpoint)).with_progress(false);
+    let e = missing_weights(&hub);
+    assert!(e.contains("could not be downloaded"), "{e}");
+}
