@@ -111,7 +111,7 @@ class UNet(nn.Module):
 
     def embedding(self, t, cond):
         half = self.cfg["model_channels"] // 2
-        freqs = (1e-4) ** (torch.arange(half, dtype=torch.float64) / (half - 1))
+        freqs = (1e-4) ** (torch.arange(half, dtype=torch.float64, device=t.device) / (half - 1))
         args = (t.double() * self.cfg["time_scale"])[:, None] * freqs[None, :]
         emb = torch.cat([args.sin(), args.cos()], dim=1).float()
         if self.map_label is not None:
@@ -137,16 +137,31 @@ def count(cfg):
     return sum(p.numel() for p in UNet(cfg).parameters())
 
 
-def bench(cfg, batch, iters, device):
+def set_precision(precision):
+    """f32: true f32 everywhere (cuDNN's TF32 off, which PyTorch turns on for convolutions by default);
+    tf32: TF32 tensor cores for convolutions and matmuls (PyTorch's default for convolutions);
+    bf16: autocast to bf16 with f32 master weights and optimiser state."""
+    if torch.cuda.is_available():
+        tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def bench(cfg, batch, iters, device, precision="f32", compile_=False):
+    set_precision(precision)
     net = UNet(cfg).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x = torch.randn(batch, cfg["in_channels"], 32, 32, device=device)
     eps = torch.randn(batch, cfg["out_channels"], 32, 32, device=device)
     t = torch.full((batch,), 0.5, device=device)
+    model = torch.compile(net) if compile_ else net
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = (net(x, t) - eps).square().mean()
+        with autocast:
+            loss = (model(x, t).float() - eps).square().mean()
         loss.backward()
         opt.step()
 
@@ -154,20 +169,57 @@ def bench(cfg, batch, iters, device):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step(); sync()
+    # Warm-up: cuDNN autotuning, and compilation when asked (several steps, as both settle over the first few).
+    for _ in range(3 if (compile_ or device.type == "cuda") else 1):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(iters):
         step()
     sync()
     train = iters * batch / (time.perf_counter() - t0)
-    with torch.no_grad():
-        net(x, t); sync()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    with torch.no_grad(), autocast:
+        for _ in range(2):
+            model(x, t)
+        sync()
         t0 = time.perf_counter()
         for _ in range(iters):
-            net(x, t)
+            model(x, t)
         sync()
     fwd = iters * batch / (time.perf_counter() - t0)
-    return train, fwd
+    return train, fwd, peak
+
+
+def profile_step(cfg, batch, device, precision, compile_):
+    """Kernel-time breakdown of one training step after warm-up (torch.profiler, CUDA activity)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_precision(precision)
+    net = UNet(cfg).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(batch, cfg["in_channels"], 32, 32, device=device)
+    eps = torch.randn(batch, cfg["out_channels"], 32, 32, device=device)
+    t = torch.full((batch,), 0.5, device=device)
+    model = torch.compile(net) if compile_ else net
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = (model(x, t).float() - eps).square().mean()
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=90))
 
 
 def forward_file(src, config, dst):
@@ -193,6 +245,11 @@ def main():
     b.add_argument("--batch", type=int, default=8)
     b.add_argument("--iters", type=int, default=3)
     b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "tf32", "bf16"])
+    b.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compiled"],
+                   help="eager, and/or torch.compile (default mode)")
+    b.add_argument("--profile", action="store_true",
+                   help="also print the CUDA kernels of one training step, by total time (torch.profiler)")
     f = sub.add_parser("forward")
     f.add_argument("src")
     f.add_argument("config")
@@ -208,12 +265,19 @@ def main():
             torch.set_num_threads(a.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         print(f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads")
-        print("| network | parameters | batch | train img/s | forward img/s |")
-        print("|---|---:|---:|---:|---:|")
+        print("| network | parameters | batch | precision | mode | train img/s | forward img/s | peak GiB (train) |")
+        print("|---|---:|---:|---|---|---:|---:|---:|")
+        modes = [m == "compiled" for m in a.mode]
         for name in a.arch:
             cfg = presets[name]
-            tr, fw = bench(cfg, a.batch, a.iters, device)
-            print(f"| {name} | {count(cfg)} | {a.batch} | {tr:.2f} | {fw:.2f} |")
+            for prec in a.precision:
+                for comp in modes:
+                    tr, fw, peak = bench(cfg, a.batch, a.iters, device, prec, comp)
+                    mode = "compiled" if comp else "eager"
+                    print(f"| {name} | {count(cfg)} | {a.batch} | {prec} | {mode} | {tr:.2f} | {fw:.2f} | {peak:.2f} |",
+                          flush=True)
+                    if a.profile:
+                        profile_step(cfg, a.batch, device, prec, comp)
     else:
         forward_file(a.src, a.config, a.dst)
 

@@ -375,6 +375,13 @@ impl<M: ScoreModel> Trainer<M> {
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
     }
+    /// The EMA weights, sorted by name.
+    pub fn ema_weights(&self) -> Vec<(String, Tensor)> {
+        self.ema_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
+    }
     pub fn rng(&mut self) -> &mut NoiseRng {
         &mut self.rng
     }

@@ -79,7 +79,7 @@ def nv_bilinear(x, new_hw):
     """Resize NCHW float with the TF1 `resize_bilinear(align_corners=False)` convention as fid-helper does it:
     an affine grid shifted by (1/in - 1/out), grid_sample bilinear with border padding."""
     n, c, h, w = x.shape
-    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
     theta[:, 0, 0] = 1.0
     theta[:, 1, 1] = 1.0
     theta[:, 0, 2] = 1.0 / w - 1.0 / new_hw[1]
@@ -89,17 +89,17 @@ def nv_bilinear(x, new_hw):
 
 
 @torch.inference_mode()
-def features(model, images, batch_size=50, verbose=True):
+def features(model, images, batch_size=50, verbose=True, device="cpu"):
     feats = []
     t0 = time.time()
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(images[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float()
         if x.shape[2:] != (299, 299):
             x = nv_bilinear(x, (299, 299))
         x = (x / 255.0).clamp(0, 1)
         x = (x * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]).clamp(*TF_RANGE)
         f = model(x)
-        feats.append(f.reshape(f.shape[0], -1).numpy())
+        feats.append(f.reshape(f.shape[0], -1).cpu().numpy())
         if verbose:
             done = i + x.shape[0]
             print(f"\r{done}/{len(images)} images, {done / (time.time() - t0):.2f} img/s", end="", file=sys.stderr)
@@ -113,7 +113,10 @@ def frechet(mu1, s1, mu2, s2, eps=1e-6):
     import scipy.linalg
 
     diff = mu1 - mu2
-    covmean, _ = scipy.linalg.sqrtm(s1.dot(s2), disp=False)
+    try:
+        covmean, _ = scipy.linalg.sqrtm(s1.dot(s2), disp=False)
+    except TypeError:  # SciPy >= 1.16 dropped `disp`
+        covmean = scipy.linalg.sqrtm(s1.dot(s2))
     if not np.isfinite(covmean).all():
         offset = np.eye(s1.shape[0]) * eps
         covmean = scipy.linalg.sqrtm((s1 + offset).dot(s2 + offset))
@@ -136,6 +139,8 @@ def main():
         q.add_argument("--batch-size", type=int, default=50)
         q.add_argument("--threads", type=int, default=2)
         q.add_argument("--save-images", help="also write the uint8 NHWC images used, as arr_0")
+        q.add_argument("--device", default="cpu",
+                       help="cpu or cuda (CUDA runs in true f32: cuDNN's and cuBLAS's TF32 are switched off)")
         q.add_argument("-o", "--output", required=True)
     q = sub.add_parser("fixture")
     q.add_argument("--weights", required=True)
@@ -159,9 +164,12 @@ def main():
         images = noise_images(a.noise, a.seed) if a.noise else load_images(a.input, a.limit, a.every)
         if a.save_images:
             np.savez(a.save_images, arr_0=images)
-        model = torch.jit.load(a.weights, map_location="cpu").eval()
+        if a.device.startswith("cuda"):
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        model = torch.jit.load(a.weights, map_location=a.device).eval()
         t0 = time.time()
-        f = features(model, images, a.batch_size)
+        f = features(model, images, a.batch_size, device=a.device)
         dt = time.time() - t0
         print(f"{len(images)} images in {dt:.1f} s: {len(images) / dt:.2f} img/s (torch threads {a.threads})")
         f64 = f.astype(np.float64)

@@ -16,4 +16,5 @@ pub mod train;
 
 pub use method::{Method, RunSpec};
 pub mod bench;
+pub mod devcheck;
 pub mod weights;

@@ -44,6 +44,27 @@ enum Cmd {
     Fid(FidArgs),
     /// Parameter count and training throughput (forward + backward + AdamW) of a network on random data.
     Bench(BenchArgs),
+    /// With `--cuda`: the same seeded forward pass, loss, gradients and training steps on the CPU and on CUDA,
+    /// and their relative errors (without `--cuda` the CPU is compared with itself: a determinism check).
+    CheckDevice(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Networks to compare (`tiny`, `ddpmpp`).
+    #[arg(long, num_args = 1.., default_values = ["tiny", "ddpmpp"])]
+    arch: Vec<String>,
+    /// Methods to compare.
+    #[arg(long, num_args = 1.., default_values = ["vsdm"])]
+    method: Vec<Method>,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Full training steps after the gradient comparison (a variational stage after each).
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Fail (exit code 1) when an error of the forward pass, loss or gradient exceeds this.
+    #[arg(long, default_value_t = 1e-5)]
+    tol: f64,
 }
 
 #[derive(Args)]
@@ -183,6 +204,9 @@ struct FidArgs {
     /// Keep the samples in this `.npz`.
     #[arg(long)]
     npz: Option<PathBuf>,
+    /// Images per Inception forward pass (299×299 inputs: at 1000 a single pass needs tens of GiB).
+    #[arg(long, default_value_t = 100)]
+    fid_batch: usize,
 }
 
 /// Parses the train defaults when no subcommand is given.
@@ -367,7 +391,7 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
         export::save_npz_u8(&images, p)?;
     }
     let mut acc = StatsAccumulator::new(FEATURE_DIM);
-    let bs = a.sampler.batch.max(1);
+    let bs = a.fid_batch.max(1);
     let mut start = 0;
     while start < a.n {
         let b = bs.min(a.n - start);
@@ -396,6 +420,50 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     Ok(())
 }
 
+fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
+    use vsdm_image::devcheck::compare;
+    let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
+    println!("relative errors ‖{which} − CPU‖∞ / ‖CPU‖∞, f32, worst tensor");
+    println!(
+        "| network | method | parameters | batch | init | forward | loss | gradient (worst tensor) | weights after | update after | EMA after | A/c after | steps (stages) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
+    let mut worst = 0f64;
+    for arch in &a.arch {
+        for &m in &a.method {
+            let spec = vsdm_image::RunSpec {
+                method: m,
+                unet: m.unet(UNetConfig::preset(arch)?),
+            };
+            let r = compare(&spec, a.batch, a.steps, 1, &Device::Cpu, dev)?;
+            println!(
+                "| {arch} | {m} | {} | {} | {:.1e} | {:.1e} | {:.1e} | {:.1e} ({}) | {:.1e} | {:.1e} | {:.1e} | {:.1e} | {} ({}) |",
+                r.parameters,
+                r.batch,
+                r.init_weights,
+                r.forward,
+                r.loss,
+                r.gradient,
+                r.gradient_worst,
+                r.weights_after,
+                r.update_after,
+                r.ema_after,
+                r.variational_after,
+                r.steps,
+                r.stages
+            );
+            worst = worst.max(r.forward).max(r.loss).max(r.gradient);
+        }
+    }
+    if worst.is_nan() || worst > a.tol {
+        bail!(
+            "the worst forward/loss/gradient error {worst:.2e} exceeds --tol {}",
+            a.tol
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -412,5 +480,6 @@ fn main() -> Result<()> {
         Some(Cmd::Sample(a)) => sample(a, &hub, &dev),
         Some(Cmd::Fid(a)) => fid(a, &hub, &dev),
         Some(Cmd::Bench(a)) => bench(a, &dev),
+        Some(Cmd::CheckDevice(a)) => check_device(a, &dev),
     }
 }

@@ -1,0 +1,218 @@
+//! Device agreement: the same seeded run on two devices (the CPU and CUDA) must give the same numbers.
+//!
+//! Both trainers are built from the same seed, so their initial weights, batches and noise come from the
+//! project's own seeded RNG and are identical on both devices; the comparison then isolates the arithmetic
+//! of the devices' kernels. Dropout is switched off (its mask is drawn by the device's own RNG, which candle
+//! cannot seed on the CPU). Errors are relative in the max norm: ‖b − a‖∞ / ‖a‖∞, per tensor, the worst tensor
+//! reported.
+
+use candle_core::{DType, Device, Tensor};
+use vsdm_core::{InMemory, NoiseRng, ScoreModel, Trainer};
+
+use crate::error::Result;
+use crate::method::{train_config, Budget, RunSpec};
+use crate::train::new_trainer;
+use crate::unet::UNet;
+
+/// What [`compare`] measured: relative errors of device `b` against device `a`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceAgreement {
+    pub parameters: usize,
+    pub batch: usize,
+    /// The initial weights (drawn on the CPU by the seeded RNG): expected exactly 0.
+    pub init_weights: f64,
+    /// The network's output on the same input.
+    pub forward: f64,
+    /// The method's denoising loss on the same batch, time indices and noise.
+    pub loss: f64,
+    /// The gradient of that loss, worst parameter tensor.
+    pub gradient: f64,
+    /// Name of the parameter tensor with the worst gradient error.
+    pub gradient_worst: String,
+    /// Weights after `steps` full training steps (AdamW, clipping, EMA, variational stages), worst tensor.
+    pub weights_after: f64,
+    /// The weight change of those steps (p_after − p_init), worst tensor: the strict view of the same numbers.
+    pub update_after: f64,
+    /// The EMA weights after those steps, worst tensor.
+    pub ema_after: f64,
+    /// The variational parameters (A or c) after those steps (0 when there are none or none were updated).
+    pub variational_after: f64,
+    pub steps: usize,
+    /// Variational stages run during those steps.
+    pub stages: usize,
+}
+
+fn max_abs(t: &Tensor) -> Result<f64> {
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f64>()?)
+}
+
+/// ‖b − a‖∞ / ‖a‖∞ (‖b − a‖∞ when a is zero), computed on the CPU in f64.
+pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
+    let d = max_abs(&(&b - &a)?)?;
+    let n = max_abs(&a)?;
+    Ok(if n > 0.0 { d / n } else { d })
+}
+
+fn rel_err_vec(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    if n > 0.0 {
+        d / n
+    } else {
+        d
+    }
+}
+
+fn sorted(tr: &Trainer<UNet>) -> Vec<(String, Tensor)> {
+    let data = tr.varmap().data().lock().expect("varmap lock");
+    let mut v: Vec<(String, Tensor)> = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    v.sort_by(|x, y| x.0.cmp(&y.0));
+    v
+}
+
+/// Runs the same seeded computation on devices `a` and `b` and returns how far `b` is from `a`.
+///
+/// `spec`'s dropout is set to 0. The training steps use a variational stage after every `block` network
+/// updates (`block = 1`: after each), so the backward simulation and the A (or c) update are compared too.
+pub fn compare(
+    spec: &RunSpec,
+    batch: usize,
+    steps: usize,
+    block: usize,
+    a: &Device,
+    b: &Device,
+) -> Result<DeviceAgreement> {
+    let mut spec = spec.clone();
+    spec.unet.dropout = 0.0;
+    let mut budget = Budget::cpu();
+    budget.batch = batch;
+    budget.block = block.max(1);
+    budget.iters = steps.max(1) + 10;
+    budget.n_traj = batch;
+    budget.traj_steps = 10;
+    budget.a_iters = 2;
+    let mut tc = train_config(spec.method, &budget, 7);
+    tc.warmup = 0;
+    tc.cooldown = 0;
+    let mut ta = new_trainer(&spec, tc.clone(), a)?;
+    let mut tb = new_trainer(&spec, tc, b)?;
+    let wa0 = sorted(&ta);
+    let wb0 = sorted(&tb);
+    let parameters = wa0.iter().map(|(_, t)| t.elem_count()).sum();
+    let mut init_weights = 0f64;
+    for ((_, x), (_, y)) in wa0.iter().zip(&wb0) {
+        init_weights = init_weights.max(rel_err(x, y)?);
+    }
+
+    // Inputs drawn once on the CPU.
+    let cfg = &spec.unet;
+    let mut rng = NoiseRng::new(11);
+    let r = cfg.resolution;
+    let x = rng.randn(&[batch, cfg.in_channels, r, r], &Device::Cpu)?;
+    let t = Tensor::from_vec(
+        (0..batch)
+            .map(|i| (0.05 + 0.9 * i as f64 / batch.max(2) as f64) as f32)
+            .collect::<Vec<_>>(),
+        batch,
+        &Device::Cpu,
+    )?;
+    let cond = (cfg.label_dim > 0)
+        .then(|| {
+            let labels: Vec<u32> = (0..batch as u32)
+                .map(|i| i % cfg.label_dim as u32)
+                .collect();
+            let l = Tensor::new(labels.as_slice(), &Device::Cpu)?;
+            candle_nn::encoding::one_hot(l, cfg.label_dim, 1f32, 0f32)
+        })
+        .transpose()?;
+    let images = (rng.randn(&[4 * batch, 3, r, r], &Device::Cpu)? * 0.5)?.clamp(-1f32, 1f32)?;
+    let on = |d: &Device, t: &Tensor| t.to_device(d);
+
+    let fa = ta.model().forward(
+        &on(a, &x)?,
+        &on(a, &t)?,
+        cond.as_ref().map(|c| on(a, c)).transpose()?.as_ref(),
+    )?;
+    let fb = tb.model().forward(
+        &on(b, &x)?,
+        &on(b, &t)?,
+        cond.as_ref().map(|c| on(b, c)).transpose()?.as_ref(),
+    )?;
+    let forward = rel_err(&fa, &fb)?;
+
+    // The method's loss and its gradient on the same batch (the trainers' RNGs advance identically).
+    let x0a = on(a, &images.narrow(0, 0, batch)?)?;
+    let x0b = on(b, &images.narrow(0, 0, batch)?)?;
+    let ca = cond.as_ref().map(|c| on(a, c)).transpose()?;
+    let cb = cond.as_ref().map(|c| on(b, c)).transpose()?;
+    let la = ta.score_loss(&x0a, ca.as_ref())?;
+    let lb = tb.score_loss(&x0b, cb.as_ref())?;
+    let loss = rel_err(&la, &lb)?;
+    let ga = la.backward()?;
+    let gb = lb.backward()?;
+    let (mut gradient, mut gradient_worst) = (0f64, String::new());
+    let vb = sorted(&tb);
+    for ((name, va), (_, vbt)) in wa0.iter().zip(&vb) {
+        if let (Some(x), Some(y)) = (ga.get(va), gb.get(vbt)) {
+            let e = rel_err(x, y)?;
+            if e > gradient {
+                gradient = e;
+                gradient_worst = name.clone();
+            }
+        }
+    }
+
+    // Full training steps on the same data.
+    let wa_init: Vec<Tensor> = wa0
+        .iter()
+        .map(|(_, t)| t.copy())
+        .collect::<candle_core::Result<_>>()?;
+    let mut da = InMemory::new(on(a, &images)?)?;
+    let mut db = InMemory::new(on(b, &images)?)?;
+    let mut stages = 0;
+    for _ in 0..steps {
+        let ra = ta.step(&mut da)?;
+        tb.step(&mut db)?;
+        stages += usize::from(ra.stage.is_some());
+    }
+    let (mut weights_after, mut update_after) = (0f64, 0f64);
+    for (((_, pa), (_, pb)), p0) in sorted(&ta).iter().zip(&sorted(&tb)).zip(&wa_init) {
+        weights_after = weights_after.max(rel_err(pa, pb)?);
+        let p0 = p0.to_device(pa.device())?;
+        update_after =
+            update_after.max(rel_err(&(pa - &p0)?, &(pb.to_device(pa.device())? - &p0)?)?);
+    }
+    let mut ema_after = 0f64;
+    for ((_, x), (_, y)) in ta.ema_weights().iter().zip(&tb.ema_weights()) {
+        ema_after = ema_after.max(rel_err(x, y)?);
+    }
+    let variational_after = rel_err_vec(ta.params().values(), tb.params().values());
+    Ok(DeviceAgreement {
+        parameters,
+        batch,
+        init_weights,
+        forward,
+        loss,
+        gradient,
+        gradient_worst,
+        weights_after,
+        update_after,
+        ema_after,
+        variational_after,
+        steps,
+        stages,
+    })
+}
