@@ -96,6 +96,12 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     /// EMA decay of the network.
     pub ema_decay: f64,
+    /// EMA warm-up: at update k the decay is min(ema_decay, (1 + k)/(10 + k)) (the `num_updates` rule of
+    /// TensorFlow's ExponentialMovingAverage), so that the EMA of a short run is not dominated by the random
+    /// initial weights (with 0.999 and a plain EMA, 0.999^1100 = 33% of the weights after 1,100 updates are
+    /// still the initial ones, and samples are noise). Off by default: the papers' long runs use a plain EMA.
+    #[serde(default)]
+    pub ema_warmup: bool,
     /// Points of the training time grid linspace(t_eps, T, grid).
     pub grid: usize,
     pub t_eps: f64,
@@ -133,6 +139,7 @@ impl TrainConfig {
             },
             grad_clip: None,
             ema_decay: 0.99,
+            ema_warmup: false,
             grid: 100,
             t_eps: 1e-3,
             variational: VariationalConfig {
@@ -448,7 +455,12 @@ impl<M: ScoreModel> Trainer<M> {
     }
 
     fn update_ema(&mut self) -> Result<()> {
-        let d = self.cfg.ema_decay;
+        let mut d = self.cfg.ema_decay;
+        if self.cfg.ema_warmup {
+            // Called after `self.step` updates (0-based index of the update just made).
+            let k = self.step as f64;
+            d = d.min((1.0 + k) / (10.0 + k));
+        }
         for (k, v) in sorted_vars(&self.varmap) {
             let e = &self.ema_vars[&k];
             e.set(&((e.as_tensor() * d)? + (v.as_tensor() * (1.0 - d))?)?)?;

@@ -302,3 +302,66 @@ fn two_fresh_runs_are_identical() {
     assert!(a0 == b0, "initialisation differs");
     assert!(a == b, "training differs");
 }
+
+/// Squared distance between two sets of named weights.
+fn dist2(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|((na, x), (nb, y))| {
+            assert_eq!(na, nb);
+            (x - y)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        })
+        .sum()
+}
+
+#[test]
+fn ema_warmup_follows_the_trained_weights_in_a_short_run() {
+    // 30 updates with decay 0.999: a plain EMA keeps 0.999^30 = 97% of the initial weights, so it stays near
+    // them; with the warm-up the EMA must end nearer the trained weights than the initial ones.
+    let data = gaussian_data(512, 3);
+    let mut ends = Vec::new();
+    for warm in [false, true] {
+        let mut c = config(VarParams::None, 30);
+        c.adaptive = false;
+        c.ema_decay = 0.999;
+        c.ema_warmup = warm;
+        let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+        // Deep copies: the EMA variables are updated in place.
+        let init: Vec<(String, Tensor)> = tr
+            .ema_weights()
+            .into_iter()
+            .map(|(k, t)| (k, t.copy().unwrap()))
+            .collect();
+        let mut src = InMemory::new(data.clone()).unwrap();
+        for _ in 0..30 {
+            tr.step(&mut src).unwrap();
+        }
+        let mut trained: Vec<(String, Tensor)> = tr
+            .varmap()
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        trained.sort_by(|a, b| a.0.cmp(&b.0));
+        let ema = tr.ema_weights();
+        ends.push((dist2(&ema, &init), dist2(&ema, &trained)));
+    }
+    let (plain, warm) = (ends[0], ends[1]);
+    assert!(
+        plain.0 < plain.1,
+        "plain EMA should stay near the initial weights: {plain:?}"
+    );
+    assert!(
+        warm.1 < warm.0,
+        "warm-up EMA should follow the trained weights: {warm:?}"
+    );
+}

@@ -149,6 +149,9 @@ pub fn train_config(method: Method, budget: &Budget, seed: u64) -> TrainConfig {
     c.iters = budget.iters;
     c.adam = vsdm_core::optim::AdamConfig::new(budget.lr);
     c.ema_decay = budget.ema;
+    // EMA warm-up (min(decay, (1 + k)/(10 + k))): short runs otherwise sample from an EMA still dominated by
+    // the random initial weights (seen on the GPU: 1,100 updates at 0.999 gave pure-noise grids).
+    c.ema_warmup = true;
     c.grad_clip = Some(budget.grad_clip);
     c.block = budget.block;
     c.grid = 1000;
