@@ -11,11 +11,11 @@
 //! `[B, 1 + F, D, C + H]` as built by [`crate::window::WindowBatch`]. Output: the noise ε̂ `[B, 1, D, H]`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use vsdm_core::ScoreModel;
 
-use super::layers::{sigmoid, sinusoidal, EncoderLayer};
+use super::layers::{dense, sigmoid, sinusoidal, Dense, EncoderLayer};
 
 /// Width of the sinusoidal position features of a column.
 const POS_DIM: usize = 16;
@@ -78,25 +78,25 @@ impl NetConfig {
 
 /// One residual block: time attention, series attention, gated activation with the side information.
 struct Block {
-    time_in: Linear,
+    time_in: Dense,
     time_attn: EncoderLayer,
     series_attn: Option<EncoderLayer>,
-    mid: Linear,
-    side: Linear,
-    out: Linear,
+    mid: Dense,
+    side: Dense,
+    out: Dense,
 }
 
 /// The network.
 pub struct ForecastNet {
     cfg: NetConfig,
-    input: Linear,
+    input: Dense,
     series_emb: Tensor,
-    side_proj: Linear,
-    t1: Linear,
-    t2: Linear,
+    side_proj: Dense,
+    t1: Dense,
+    t2: Dense,
     blocks: Vec<Block>,
-    out1: Linear,
-    out2: Linear,
+    out1: Dense,
+    out2: Dense,
 }
 
 impl ForecastNet {
@@ -120,7 +120,7 @@ impl ForecastNet {
             .map(|i| {
                 let vb = vb.pp(format!("blocks.{i}"));
                 Ok(Block {
-                    time_in: linear(h, h, vb.pp("time_in"))?,
+                    time_in: dense(h, h, vb.pp("time_in"))?,
                     time_attn: EncoderLayer::new(h, cfg.heads, cfg.ff, vb.pp("time_attn"))?,
                     series_attn: if cfg.num_series > 1 {
                         Some(EncoderLayer::new(
@@ -132,14 +132,14 @@ impl ForecastNet {
                     } else {
                         None
                     },
-                    mid: linear(h, 2 * h, vb.pp("mid"))?,
-                    side: linear(h, 2 * h, vb.pp("side"))?,
-                    out: linear(h, 2 * h, vb.pp("out"))?,
+                    mid: dense(h, 2 * h, vb.pp("mid"))?,
+                    side: dense(h, 2 * h, vb.pp("side"))?,
+                    out: dense(h, 2 * h, vb.pp("out"))?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            input: linear(p * (1 + cfg.state_channels), h, vb.pp("input"))?,
+            input: dense(p * (1 + cfg.state_channels), h, vb.pp("input"))?,
             series_emb: vb.get_with_hints(
                 (cfg.num_series, h),
                 "series_emb",
@@ -148,12 +148,12 @@ impl ForecastNet {
                     stdev: 0.5,
                 },
             )?,
-            side_proj: linear(p * cfg.time_features + POS_DIM, h, vb.pp("side_proj"))?,
-            t1: linear(TIME_DIM, h, vb.pp("t1"))?,
-            t2: linear(h, h, vb.pp("t2"))?,
+            side_proj: dense(p * cfg.time_features + POS_DIM, h, vb.pp("side_proj"))?,
+            t1: dense(TIME_DIM, h, vb.pp("t1"))?,
+            t2: dense(h, h, vb.pp("t2"))?,
             blocks,
-            out1: linear(h, h, vb.pp("out1"))?,
-            out2: linear(h, p, vb.pp("out2"))?,
+            out1: dense(h, h, vb.pp("out1"))?,
+            out2: dense(h, p, vb.pp("out2"))?,
             cfg,
         })
     }
