@@ -80,6 +80,10 @@ struct BenchArgs {
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Convolution backward: gemm (both gradients as conv2d forward passes, the default) or candle (its own
+    /// conv_transpose2d input gradient), for comparisons.
+    #[arg(long, default_value = "gemm")]
+    conv: vsdm_image::unet::fastconv::ConvBackward,
 }
 
 #[derive(Args, Clone)]
@@ -407,6 +411,8 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 }
 
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
+    vsdm_image::unet::fastconv::set_conv_backward(a.conv);
+    println!("convolution backward: {:?}", a.conv);
     println!("| network | parameters | batch | train img/s | forward img/s |");
     println!("|---|---:|---:|---:|---:|");
     for arch in &a.arch {

@@ -6,7 +6,7 @@
 
 use candle_core::{Result, Tensor, D};
 use candle_nn::init::Init;
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
 
 /// Xavier-uniform bound √(6 / (fan_in + fan_out)), scaled by `gain` (EDM's `init_weight`).
 fn xavier(fan_in: usize, fan_out: usize, gain: f64) -> Init {
@@ -14,8 +14,9 @@ fn xavier(fan_in: usize, fan_out: usize, gain: f64) -> Init {
     Init::Uniform { lo: -b, up: b }
 }
 
-/// A `k×k` convolution with "same" padding, stride 1 (`weight` `[out, in, k, k]`, `bias` `[out]`).
-pub type Conv = Conv2d;
+/// A `k×k` convolution with "same" padding, stride 1 (`weight` `[out, in, k, k]`, `bias` `[out]`), whose
+/// backward runs on convolution forward kernels ([`super::fastconv`]).
+pub use super::fastconv::Conv;
 
 /// A convolution layer with EDM's initialisation.
 pub fn conv(cin: usize, cout: usize, k: usize, gain: f64, vb: VarBuilder) -> Result<Conv> {
@@ -25,11 +26,7 @@ pub fn conv(cin: usize, cout: usize, k: usize, gain: f64, vb: VarBuilder) -> Res
         xavier(cin * k * k, cout * k * k, gain),
     )?;
     let b = vb.get_with_hints(cout, "bias", Init::Const(0.0))?;
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(w, Some(b), cfg))
+    Ok(Conv::new(w, b, k / 2))
 }
 
 /// A dense layer (`weight` `[out, in]`, `bias` `[out]`).

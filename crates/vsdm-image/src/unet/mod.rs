@@ -6,6 +6,7 @@
 //! `dec.32x32_aux_conv.weight`, …, so a safetensors file reads like the network.
 
 mod block;
+pub mod fastconv;
 mod layers;
 
 use candle_core::{Module, Result, Tensor};

@@ -1,0 +1,313 @@
+//! A stride-1 2-D convolution whose backward pass runs on convolution *forward* kernels.
+//!
+//! candle 0.11.1 differentiates `conv2d` with `conv_transpose2d` for the input gradient, a direct kernel that
+//! costs about 4× the forward on CUDA (`CUDA.md`) and is a plain loop nest on the CPU, while `conv2d` itself
+//! runs as im2col + GEMM (cuBLAS on CUDA). For stride 1 the input gradient is itself a convolution:
+//!
+//!   dx = conv2d(dy, W̃, padding k − 1 − p),  W̃[ci, co, i, j] = W[co, ci, k − 1 − i, k − 1 − j],
+//!
+//! and the weight gradient is candle's own correlation of the batch-transposed input with the batch-transposed
+//! output gradient. [`conv2d_gemm`] computes the value with a gradient-free `conv2d` and adds the output of a
+//! custom op whose forward is zeros and whose backward returns these two gradients, so every convolution of the
+//! training step, forward and backward, goes through the im2col + GEMM path.
+//!
+//! The choice is per thread ([`set_conv_backward`]); [`ConvBackward::Candle`] restores candle's own backward, for
+//! comparisons (`vsdm-image bench --conv candle`).
+
+use std::cell::Cell;
+
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// How convolutions are differentiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvBackward {
+    /// candle's own: `conv_transpose2d` for the input gradient.
+    Candle,
+    /// Both gradients as `conv2d` forward passes (im2col + GEMM); see the module documentation.
+    Gemm,
+}
+
+impl std::str::FromStr for ConvBackward {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "candle" => Ok(Self::Candle),
+            "gemm" => Ok(Self::Gemm),
+            _ => Err(format!("conv backward {s:?}: expected candle or gemm")),
+        }
+    }
+}
+
+thread_local! {
+    static MODE: Cell<ConvBackward> = const { Cell::new(ConvBackward::Gemm) };
+}
+
+/// Selects the convolution backward for the networks run on this thread afterwards (default:
+/// [`ConvBackward::Gemm`]). Thread-local, so that concurrent tests cannot switch each other's.
+pub fn set_conv_backward(mode: ConvBackward) {
+    MODE.with(|m| m.set(mode));
+}
+
+/// The current convolution backward of this thread.
+pub fn conv_backward() -> ConvBackward {
+    MODE.with(|m| m.get())
+}
+
+/// The zero-valued op that carries the gradients of a stride-1 convolution with `padding`.
+struct ConvGrad {
+    padding: usize,
+}
+
+impl ConvGrad {
+    fn out_shape(&self, x: &Layout, w: &Layout) -> Result<Shape> {
+        let (b, _, h, wd) = x.shape().dims4()?;
+        let (co, _, kh, kw) = w.shape().dims4()?;
+        let p = self.padding;
+        if h + 2 * p < kh || wd + 2 * p < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}×{kw} larger than the padded input {h}×{wd} (+{p})"
+            );
+        }
+        Ok(Shape::from((
+            b,
+            co,
+            h + 2 * p + 1 - kh,
+            wd + 2 * p + 1 - kw,
+        )))
+    }
+}
+
+impl CustomOp2 for ConvGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        _s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let shape = self.out_shape(l1, l2)?;
+        let z = candle_core::cpu_backend::CpuDevice.zeros_impl(&shape, s1.dtype())?;
+        Ok((z, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        _s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let shape = self.out_shape(l1, l2)?;
+        let z = s1.device().zeros_impl(&shape, s1.dtype())?;
+        Ok((z, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, _, kh, kw) = w.dims4()?;
+        if kh != kw {
+            candle_core::bail!("conv2d-gemm-backward: square kernels only, got {kh}×{kw}");
+        }
+        let p = self.padding;
+        // W̃: swap in/out channels and flip both spatial axes.
+        let rev = Tensor::arange_step(kh as i64 - 1, -1, -1, w.device())?
+            .to_dtype(candle_core::DType::U32)?;
+        let wt = w
+            .transpose(0, 1)?
+            .contiguous()?
+            .index_select(&rev, 2)?
+            .index_select(&rev, 3)?
+            .contiguous()?;
+        let dx = dy.conv2d(&wt, kh - 1 - p, 1, 1, 1)?;
+        let dw = x
+            .transpose(0, 1)?
+            .conv2d(&dy.transpose(0, 1)?, p, 1, 1, 1)?
+            .transpose(0, 1)?;
+        let dw = if dw.dim(2)? != kh || dw.dim(3)? != kw {
+            dw.narrow(2, 0, kh)?.narrow(3, 0, kw)?
+        } else {
+            dw
+        };
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x.conv2d(w, padding, 1, 1, 1)` with the backward pass chosen by [`conv_backward`].
+pub fn conv2d_gemm(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    match conv_backward() {
+        ConvBackward::Candle => x.conv2d(w, padding, 1, 1, 1),
+        // Nothing to differentiate (sampling, EMA network): the plain forward, no gradient carrier.
+        _ if !x.track_op() && !w.track_op() => x.conv2d(w, padding, 1, 1, 1),
+        ConvBackward::Gemm => {
+            let y = x.detach().conv2d(&w.detach(), padding, 1, 1, 1)?;
+            let z = x.apply_op2(w, ConvGrad { padding })?;
+            y + z
+        }
+    }
+}
+
+/// A `k×k` stride-1 convolution layer with "same" padding (`weight` `[out, in, k, k]`, `bias` `[out]`), the
+/// module form of [`conv2d_gemm`].
+#[derive(Debug, Clone)]
+pub struct Conv {
+    weight: Tensor,
+    bias: Tensor,
+    padding: usize,
+}
+
+impl Conv {
+    pub fn new(weight: Tensor, bias: Tensor, padding: usize) -> Self {
+        Self {
+            weight,
+            bias,
+            padding,
+        }
+    }
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl candle_core::Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = conv2d_gemm(x, &self.weight, self.padding)?;
+        let c = self.bias.dim(0)?;
+        y.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use vsdm_core::NoiseRng;
+
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let n = a
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        d / n
+    }
+
+    /// The value and both gradients equal candle's conv2d and its own backward (f32, ≤ 1e-5 relative), for
+    /// 1×1 and 3×3 kernels, "same" and smaller padding, channel counts that differ.
+    #[test]
+    fn matches_candle_conv2d_and_its_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(42);
+        for &(b, ci, co, h, k, p) in &[
+            (2usize, 3usize, 5usize, 8usize, 3usize, 1usize),
+            (3, 4, 4, 6, 1, 0),
+            (1, 2, 3, 7, 3, 0),
+            (2, 6, 2, 5, 5, 2),
+        ] {
+            let x = Var::from_tensor(&rng.randn(&[b, ci, h, h], &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&rng.randn(&[co, ci, k, k], &dev).unwrap()).unwrap();
+            let oh = h + 2 * p + 1 - k;
+            let probe = rng.randn(&[b, co, oh, oh], &dev).unwrap();
+            let run = |mode| {
+                set_conv_backward(mode);
+                let y = conv2d_gemm(x.as_tensor(), w.as_tensor(), p).unwrap();
+                let g = (&y * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                (
+                    y,
+                    g.get(x.as_tensor()).unwrap().clone(),
+                    g.get(w.as_tensor()).unwrap().clone(),
+                )
+            };
+            let (y0, dx0, dw0) = run(ConvBackward::Candle);
+            let (y1, dx1, dw1) = run(ConvBackward::Gemm);
+            set_conv_backward(ConvBackward::Gemm);
+            let case = format!("b{b} ci{ci} co{co} h{h} k{k} p{p}");
+            assert!(rel(&y0, &y1) < 1e-6, "{case}: value");
+            assert!(
+                rel(&dx0, &dx1) < 1e-5,
+                "{case}: input gradient {}",
+                rel(&dx0, &dx1)
+            );
+            assert!(
+                rel(&dw0, &dw1) < 1e-5,
+                "{case}: weight gradient {}",
+                rel(&dw0, &dw1)
+            );
+        }
+    }
+
+    /// The whole tiny U-Net: every parameter's gradient of a loss agrees between the two backwards.
+    #[test]
+    fn unet_gradients_agree_between_backwards() {
+        use crate::unet::{UNet, UNetConfig};
+        use candle_core::DType;
+        use candle_nn::{VarBuilder, VarMap};
+        use vsdm_core::ScoreModel;
+        let dev = Device::Cpu;
+        let cfg = UNetConfig::preset("tiny").unwrap();
+        let vm = VarMap::new();
+        let net = UNet::new_train(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg).unwrap();
+        // Non-zero weights everywhere (EDM zero-initialises some convolutions).
+        let mut rng = NoiseRng::new(9);
+        for v in vm.all_vars() {
+            let t = (rng.randn(v.dims(), &dev).unwrap() * 0.05).unwrap();
+            v.set(&t).unwrap();
+        }
+        let x = rng.randn(&[2, 3, 32, 32], &dev).unwrap();
+        let t = Tensor::new(&[0.3f32, 0.8], &dev).unwrap();
+        let target = rng.randn(&[2, 3, 32, 32], &dev).unwrap();
+        let grads = |mode| {
+            set_conv_backward(mode);
+            let y = net.forward(&x, &t, None).unwrap();
+            let g = (y - &target)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            vm.all_vars()
+                .iter()
+                .map(|v| g.get(v.as_tensor()).unwrap().clone())
+                .collect::<Vec<_>>()
+        };
+        let a = grads(ConvBackward::Candle);
+        let b = grads(ConvBackward::Gemm);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| rel(x, y))
+            .fold(0f64, f64::max);
+        assert!(worst < 1e-5, "worst relative gradient difference {worst}");
+    }
+}
