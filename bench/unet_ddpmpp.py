@@ -148,7 +148,8 @@ def set_precision(precision):
         torch.backends.cudnn.benchmark = True
 
 
-def bench(cfg, batch, iters, device, precision="f32", compile_=False):
+def training_step(cfg, batch, device, precision, compile_):
+    """A fresh network on random data: (step function, model, x, t, autocast context) for the precision."""
     set_precision(precision)
     net = UNet(cfg).to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
@@ -164,6 +165,12 @@ def bench(cfg, batch, iters, device, precision="f32", compile_=False):
             loss = (model(x, t).float() - eps).square().mean()
         loss.backward()
         opt.step()
+
+    return step, model, x, t, autocast
+
+
+def bench(cfg, batch, iters, device, precision="f32", compile_=False):
+    step, model, x, t, autocast = training_step(cfg, batch, device, precision, compile_)
 
     def sync():
         if device.type == "cuda":
@@ -197,21 +204,7 @@ def profile_step(cfg, batch, device, precision, compile_):
     """Kernel-time breakdown of one training step after warm-up (torch.profiler, CUDA activity)."""
     from torch.profiler import ProfilerActivity, profile
 
-    set_precision(precision)
-    net = UNet(cfg).to(device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = torch.randn(batch, cfg["in_channels"], 32, 32, device=device)
-    eps = torch.randn(batch, cfg["out_channels"], 32, 32, device=device)
-    t = torch.full((batch,), 0.5, device=device)
-    model = torch.compile(net) if compile_ else net
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = (model(x, t).float() - eps).square().mean()
-        loss.backward()
-        opt.step()
+    step, model, x, t, autocast = training_step(cfg, batch, device, precision, compile_)
 
     for _ in range(3):
         step()

@@ -193,27 +193,19 @@ mod tests {
     use candle_core::{Device, Var};
     use vsdm_core::NoiseRng;
 
+    fn max_abs(t: &Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    }
+
     fn rel(a: &Tensor, b: &Tensor) -> f64 {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
-        let n = a
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
-        d / n
+        max_abs(&(a - b).unwrap()) / max_abs(a)
     }
 
     /// The value and both gradients equal candle's conv2d and its own backward (f32, ≤ 1e-5 relative), for
