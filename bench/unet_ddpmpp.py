@@ -204,8 +204,7 @@ def profile_step(cfg, batch, device, precision, compile_):
     """Kernel-time breakdown of one training step after warm-up (torch.profiler, CUDA activity)."""
     from torch.profiler import ProfilerActivity, profile
 
-    step, model, x, t, autocast = training_step(cfg, batch, device, precision, compile_)
-
+    step = training_step(cfg, batch, device, precision, compile_)[0]
     for _ in range(3):
         step()
     torch.cuda.synchronize()
