@@ -380,7 +380,7 @@ pub fn markdown(
 }
 
 /// A fixed note after the claims table: what the official code reports for the same comparison.
-const VSMD_CONTEXT: &str = "\nContext for the VSMD rows: the official VSMD development notebook's spiral run reports W2 19.49 for CLD and 18.16 for VSMD, the same direction and a similar size as here; neither paper reports straightness for CLD vs VSMD on these shapes.\n";
+const VSMD_CONTEXT: &str = "\nContext for the VSMD rows: the official VSMD development notebook's spiral run reports W2 19.49 for CLD and 18.16 for VSMD, the same direction and a similar size as here; neither paper reports straightness for CLD vs VSMD on these shapes. What was tried for the straightness claim (c's learning rate 0.001 and 0.05, twice the updates): `shapes-investigation.md`.\n";
 
 /// The result of the Gaussian-bridge check.
 #[derive(Debug, Clone)]
