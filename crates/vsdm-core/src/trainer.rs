@@ -382,6 +382,13 @@ impl<M: ScoreModel> Trainer<M> {
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
     }
+    /// The trained weights, sorted by name (the variables' tensors: they change with every update).
+    pub fn weights(&self) -> Vec<(String, Tensor)> {
+        sorted_vars(&self.varmap)
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect()
+    }
     /// The EMA weights, sorted by name.
     pub fn ema_weights(&self) -> Vec<(String, Tensor)> {
         self.ema_vars

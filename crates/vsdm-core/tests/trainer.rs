@@ -343,15 +343,7 @@ fn ema_warmup_follows_the_trained_weights_in_a_short_run() {
         for _ in 0..30 {
             tr.step(&mut src).unwrap();
         }
-        let mut trained: Vec<(String, Tensor)> = tr
-            .varmap()
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        trained.sort_by(|a, b| a.0.cmp(&b.0));
+        let trained = tr.weights();
         let ema = tr.ema_weights();
         ends.push((dist2(&ema, &init), dist2(&ema, &trained)));
     }

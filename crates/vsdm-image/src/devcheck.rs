@@ -7,12 +7,11 @@
 //! reported.
 
 use candle_core::{DType, Device, Tensor};
-use vsdm_core::{InMemory, NoiseRng, ScoreModel, Trainer};
+use vsdm_core::{InMemory, NoiseRng, ScoreModel};
 
 use crate::error::Result;
 use crate::method::{train_config, Budget, RunSpec};
 use crate::train::new_trainer;
-use crate::unet::UNet;
 
 /// What [`compare`] measured: relative errors of device `b` against device `a`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -73,16 +72,6 @@ fn rel_err_vec(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
-fn sorted(tr: &Trainer<UNet>) -> Vec<(String, Tensor)> {
-    let data = tr.varmap().data().lock().expect("varmap lock");
-    let mut v: Vec<(String, Tensor)> = data
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    v.sort_by(|x, y| x.0.cmp(&y.0));
-    v
-}
-
 /// Runs the same seeded computation on devices `a` and `b` and returns how far `b` is from `a`.
 ///
 /// `spec`'s dropout is set to 0. The training steps use a variational stage after every `block` network
@@ -109,8 +98,8 @@ pub fn compare(
     tc.cooldown = 0;
     let mut ta = new_trainer(&spec, tc.clone(), a)?;
     let mut tb = new_trainer(&spec, tc, b)?;
-    let wa0 = sorted(&ta);
-    let wb0 = sorted(&tb);
+    let wa0 = ta.weights();
+    let wb0 = tb.weights();
     let parameters = wa0.iter().map(|(_, t)| t.elem_count()).sum();
     let mut init_weights = 0f64;
     for ((_, x), (_, y)) in wa0.iter().zip(&wb0) {
@@ -164,8 +153,7 @@ pub fn compare(
     let ga = la.backward()?;
     let gb = lb.backward()?;
     let (mut gradient, mut gradient_worst) = (0f64, String::new());
-    let vb = sorted(&tb);
-    for ((name, va), (_, vbt)) in wa0.iter().zip(&vb) {
+    for ((name, va), (_, vbt)) in wa0.iter().zip(&wb0) {
         if let (Some(x), Some(y)) = (ga.get(va), gb.get(vbt)) {
             let e = rel_err(x, y)?;
             if e > gradient {
@@ -189,7 +177,7 @@ pub fn compare(
         stages += usize::from(ra.stage.is_some());
     }
     let (mut weights_after, mut update_after) = (0f64, 0f64);
-    for (((_, pa), (_, pb)), p0) in sorted(&ta).iter().zip(&sorted(&tb)).zip(&wa_init) {
+    for (((_, pa), (_, pb)), p0) in ta.weights().iter().zip(&tb.weights()).zip(&wa_init) {
         weights_after = weights_after.max(rel_err(pa, pb)?);
         let p0 = p0.to_device(pa.device())?;
         update_after =

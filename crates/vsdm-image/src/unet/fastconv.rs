@@ -174,9 +174,6 @@ impl Conv {
             padding,
         }
     }
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
 }
 
 impl candle_core::Module for Conv {
