@@ -34,16 +34,19 @@ pub fn parameter_count(cfg: &UNetConfig) -> Result<usize> {
     Ok(n)
 }
 
-/// Times `iters` training steps and `iters` forward passes after one warm-up step of each.
+/// Times `iters` training steps and `iters` forward passes after one warm-up step of each, with the activations in
+/// `compute` (f32 master weights either way).
 pub fn throughput(
     cfg: &UNetConfig,
     batch: usize,
     iters: usize,
+    compute: DType,
     device: &Device,
 ) -> Result<Throughput> {
     let vm = VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, device);
-    let net = UNet::new_train(vb, cfg)?;
+    let mut net = UNet::new_train(vb, cfg)?;
+    net.set_compute_dtype(compute)?;
     let parameters = vm
         .all_vars()
         .iter()

@@ -12,7 +12,7 @@ use vsdm_core::hub::Hub;
 use vsdm_core::{NoiseRng, SamplerConfig, SamplerKind};
 use vsdm_eval::export;
 use vsdm_image::data::{self, CifarSource};
-use vsdm_image::method::{train_config, Budget, Method, RunSpec};
+use vsdm_image::method::{train_config, Budget, Method, Precision, RunSpec};
 use vsdm_image::sample::{grid_columns, sample_images};
 use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
 use vsdm_image::{weights, UNetConfig};
@@ -84,6 +84,9 @@ struct BenchArgs {
     /// conv_transpose2d input gradient), for comparisons.
     #[arg(long, default_value = "gemm")]
     conv: vsdm_image::unet::fastconv::ConvBackward,
+    /// Activations' precision: f32, or bf16 with f32 master weights (CUDA only).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 #[derive(Args, Clone)]
@@ -133,6 +136,10 @@ struct TrainArgs {
     /// Do not flip training images left–right at random.
     #[arg(long)]
     no_flip: bool,
+    /// Activations' precision of the training network: f32, or bf16 with f32 master weights (CUDA only; the
+    /// optimizer, EMA, loss and sampling stay in f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Stop after this many minutes (with a checkpoint); default 3 for the tiny network on the CPU.
     #[arg(long)]
     minutes: Option<f64>,
@@ -269,6 +276,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         let spec = RunSpec {
             method: a.method,
             unet,
+            precision: a.precision,
         };
         let tr = new_trainer(&spec, train_config(a.method, &budget, a.seed), dev)?;
         (spec, tr)
@@ -412,12 +420,16 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     vsdm_image::unet::fastconv::set_conv_backward(a.conv);
-    println!("convolution backward: {:?}", a.conv);
+    a.precision.check(dev)?;
+    println!(
+        "convolution backward: {:?}; precision: {}",
+        a.conv, a.precision
+    );
     println!("| network | parameters | batch | train img/s | forward img/s |");
     println!("|---|---:|---:|---:|---:|");
     for arch in &a.arch {
         let cfg = a.method.unet(UNetConfig::preset(arch)?);
-        let r = vsdm_image::bench::throughput(&cfg, a.batch, a.iters, dev)?;
+        let r = vsdm_image::bench::throughput(&cfg, a.batch, a.iters, a.precision.dtype(), dev)?;
         println!(
             "| {arch} | {} | {} | {:.2} | {:.2} |",
             r.parameters, r.batch, r.train_images_per_second, r.forward_images_per_second
@@ -440,6 +452,7 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
             let spec = vsdm_image::RunSpec {
                 method: m,
                 unet: m.unet(UNetConfig::preset(arch)?),
+                precision: vsdm_image::method::Precision::F32,
             };
             let r = compare(&spec, a.batch, a.steps, 1, &Device::Cpu, dev)?;
             println!(
@@ -460,6 +473,38 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
             );
             worst = worst.max(r.forward).max(r.loss).max(r.gradient);
         }
+    }
+    // Mixed precision on this device: bf16 activations on CUDA (f16 on the CPU, which has no bf16 convolution)
+    // against f32 activations, same f32 weights and batch.
+    let low = if dev.is_cpu() {
+        candle_core::DType::F16
+    } else {
+        candle_core::DType::BF16
+    };
+    println!(
+        "\n{low:?} activations with f32 master weights vs f32, on {which}: relative L2 error, worst tensor"
+    );
+    println!("| network | method | output | gradient (worst tensor) |");
+    println!("|---|---|---:|---|");
+    let mut low_worst = (0f64, 0f64);
+    for arch in &a.arch {
+        for &m in &a.method {
+            let cfg = m.unet(UNetConfig::preset(arch)?);
+            let r = vsdm_image::devcheck::precision_agreement(&cfg, a.batch, low, dev)?;
+            println!(
+                "| {arch} | {m} | {:.1e} | {:.1e} ({}) |",
+                r.forward, r.gradient, r.gradient_worst
+            );
+            low_worst = (low_worst.0.max(r.forward), low_worst.1.max(r.gradient));
+        }
+    }
+    let (tol_out, tol_grad) = vsdm_image::devcheck::LOW_PRECISION_TOL;
+    if !(low_worst.0 <= tol_out && low_worst.1 <= tol_grad) {
+        bail!(
+            "{low:?}: output error {:.2e} / gradient error {:.2e} exceed the documented {tol_out} / {tol_grad}",
+            low_worst.0,
+            low_worst.1
+        );
     }
     if worst.is_nan() || worst > a.tol {
         bail!(

@@ -164,11 +164,56 @@ pub fn train_config(method: Method, budget: &Budget, seed: u64) -> TrainConfig {
     c
 }
 
+/// Precision of the training network's activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 activations with f32 master weights ([`crate::unet::UNet::set_compute_dtype`]): the optimizer, the
+    /// EMA, the loss and the sampler stay in f32. CUDA only (candle's CPU convolution has no bf16 kernel).
+    Bf16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// An error for a precision `device` cannot run.
+    pub fn check(self, device: &candle_core::Device) -> Result<()> {
+        if self == Precision::Bf16 && device.is_cpu() {
+            return Err(Error::invalid(
+                "--precision",
+                self,
+                "bf16 needs --cuda: candle's CPU convolution has no bf16 kernel",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 /// What a run directory or a weights folder records besides the trainer's own config (`run.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub method: Method,
     pub unet: UNetConfig,
+    /// Activations' precision of the training network (absent in older run files: f32).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl RunSpec {

@@ -13,15 +13,19 @@ use crate::method::RunSpec;
 use crate::sample::{grid_columns, sample_images};
 use crate::unet::UNet;
 
-/// Builds the trainer's two networks: the first call (trained weights) with dropout, the second (EMA) without.
+/// Builds the trainer's two networks: the first call (trained weights) with dropout and the run's precision, the
+/// second (EMA, used for sampling) without dropout, in f32.
 fn builder(spec: &RunSpec) -> impl Fn(candle_nn::VarBuilder) -> candle_core::Result<UNet> {
     let cfg = spec.unet.clone();
+    let dtype = spec.precision.dtype();
     let calls = Cell::new(0usize);
     move |vb| {
         let n = calls.get();
         calls.set(n + 1);
         if n == 0 {
-            UNet::new_train(vb, &cfg)
+            let mut net = UNet::new_train(vb, &cfg)?;
+            net.set_compute_dtype(dtype)?;
+            Ok(net)
         } else {
             UNet::new(vb, &cfg)
         }
@@ -30,12 +34,14 @@ fn builder(spec: &RunSpec) -> impl Fn(candle_nn::VarBuilder) -> candle_core::Res
 
 /// A fresh trainer for a run.
 pub fn new_trainer(spec: &RunSpec, tc: TrainConfig, device: &Device) -> Result<Trainer<UNet>> {
+    spec.precision.check(device)?;
     Ok(Trainer::new(tc, device, builder(spec))?)
 }
 
 /// Resumes the latest checkpoint of a run directory (`DIR/run.json`, `DIR/ckpt/`).
 pub fn resume_trainer(run_dir: &Path, device: &Device) -> Result<(RunSpec, Trainer<UNet>)> {
     let spec = RunSpec::load(&run_dir.join(RunSpec::FILE))?;
+    spec.precision.check(device)?;
     let tr = Trainer::resume(&run_dir.join("ckpt"), device, builder(&spec))?;
     Ok((spec, tr))
 }

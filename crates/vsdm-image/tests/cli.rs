@@ -221,4 +221,18 @@ fn bad_input_is_named() {
     assert!(!ok && text.contains("huge"), "{text}");
     let (ok, text) = run(&["sample", "--weights", dir.path().to_str().unwrap()]);
     assert!(!ok && text.contains("model.safetensors"), "{text}");
+    // bf16 training needs a GPU: said before any work starts, naming the flag.
+    let (ok, text) = run(&[
+        "train",
+        "--precision",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && text.contains("--precision") && text.contains("--cuda"),
+        "{text}"
+    );
+    let (ok, text) = run(&["train", "--precision", "f8"]);
+    assert!(!ok && text.contains("f8"), "{text}");
 }

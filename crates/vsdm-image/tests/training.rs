@@ -138,6 +138,7 @@ fn resumed_run_equals_uninterrupted_run() {
     let spec = RunSpec {
         method: Method::Vsdm,
         unet: micro(),
+        precision: Default::default(),
     };
     let opts = |out: &Path| LoopOptions {
         out: out.to_path_buf(),

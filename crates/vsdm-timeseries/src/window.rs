@@ -21,6 +21,13 @@ pub enum Scaling {
     Mean,
     /// pytorch-ts' `scaling='std'` (the VSMD scripts): x = (y − mean(context)) / std(context).
     Std,
+    /// Anchored at the last observation: x = (y − y_C) / std(context), where y_C is the context's last value.
+    /// The network then generates the horizon's departure from the last observed value, so the zero output is
+    /// the persistence forecast; for near-random-walk series (exchange rates) this removes the level the
+    /// network would otherwise have to carry from the context to every horizon step. Not part of TimeGrad's
+    /// protocol (which offers `mean` and `std`): an option of this implementation, measured in
+    /// docs/results/timeseries.md.
+    Last,
 }
 
 impl Scaling {
@@ -30,7 +37,7 @@ impl Scaling {
         let mean_abs = context.iter().map(|v| v.abs() as f64).sum::<f64>() / n;
         match self {
             Scaling::Mean => (0.0, if mean_abs > 0.0 { mean_abs as f32 } else { 1.0 }),
-            Scaling::Std => {
+            Scaling::Std | Scaling::Last => {
                 let mean = context.iter().map(|&v| v as f64).sum::<f64>() / n;
                 let var = context
                     .iter()
@@ -39,7 +46,11 @@ impl Scaling {
                     / n;
                 // A constant context would divide by zero: floor the scale relative to the level.
                 let floor = 1e-4 * mean_abs.max(1.0);
-                (mean as f32, var.sqrt().max(floor) as f32)
+                let scale = var.sqrt().max(floor) as f32;
+                match (self, context.last()) {
+                    (Scaling::Last, Some(&last)) => (last, scale),
+                    _ => (mean as f32, scale),
+                }
             }
         }
     }
@@ -235,6 +246,10 @@ mod tests {
         let (loc, scale) = Scaling::Mean.fit(&[-1.0, 3.0]);
         assert_eq!((loc, scale), (0.0, 2.0));
         // A constant context gets a positive floor instead of a zero scale.
+        // Anchored at the last value, with the same scale as `std`.
+        let (loc, scale) = Scaling::Last.fit(&[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(loc, 4.0);
+        assert!((scale - 1.25f32.sqrt()).abs() < 1e-6);
         let (_, s) = Scaling::Std.fit(&[5.0; 10]);
         assert!(s > 0.0);
     }

@@ -3,10 +3,10 @@
 //! the shape changes, the sum scaled by √½, then optional single-head self-attention.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    conv, downsample2, dropout, group_norm, linear, silu, softmax_last, upsample2, Conv,
+    conv, downsample2, dropout, group_norm, linear, silu, softmax_last, upsample2, Conv, Norm,
 };
 
 /// EDM's `init_weight` of the last convolution of each branch (`init_zero`).
@@ -34,7 +34,7 @@ impl Resample {
 }
 
 struct Attention {
-    norm2: GroupNorm,
+    norm2: Norm,
     qkv: Conv,
     proj: Conv,
 }
@@ -72,10 +72,10 @@ impl Attention {
 
 /// One residual block.
 pub struct UNetBlock {
-    norm0: GroupNorm,
+    norm0: Norm,
     conv0: Conv,
     affine: Linear,
-    norm1: GroupNorm,
+    norm1: Norm,
     conv1: Conv,
     skip: Option<Conv>,
     attn: Option<Attention>,
@@ -147,7 +147,13 @@ impl UNetBlock {
         let _e = self.span.enter();
         let h = self.resample.apply(&silu(&self.norm0.forward(x)?)?)?;
         let h = self.conv0.forward(&h)?;
-        let shift = self.affine.forward(emb)?.unsqueeze(2)?.unsqueeze(3)?;
+        // The embedding stays in f32; its shift joins the activations in their precision.
+        let shift = self
+            .affine
+            .forward(emb)?
+            .to_dtype(h.dtype())?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
         let h = silu(&self.norm1.forward(&h.broadcast_add(&shift)?)?)?;
         let h = if train { dropout(&h, self.dropout)? } else { h };
         let h = self.conv1.forward(&h)?;

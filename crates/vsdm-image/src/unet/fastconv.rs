@@ -177,10 +177,14 @@ impl Conv {
 }
 
 impl candle_core::Module for Conv {
+    /// Runs in the input's precision: the (f32 master) weight and bias are cast to it, a no-op in f32, and the
+    /// casts' backward returns their gradients in f32.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = conv2d_gemm(x, &self.weight, self.padding)?;
-        let c = self.bias.dim(0)?;
-        y.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        let w = self.weight.to_dtype(x.dtype())?;
+        let b = self.bias.to_dtype(x.dtype())?;
+        let y = conv2d_gemm(x, &w, self.padding)?;
+        let c = b.dim(0)?;
+        y.broadcast_add(&b.reshape((1, c, 1, 1))?)
     }
 }
 

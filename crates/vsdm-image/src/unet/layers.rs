@@ -4,9 +4,9 @@
 //! Initialisation follows EDM's DDPM++ (`training/networks.py`): Xavier-uniform weights scaled by an
 //! `init_weight` factor, zero biases.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::init::Init;
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 /// Xavier-uniform bound √(6 / (fan_in + fan_out)), scaled by `gain` (EDM's `init_weight`).
 fn xavier(fan_in: usize, fan_out: usize, gain: f64) -> Init {
@@ -36,11 +36,35 @@ pub fn linear(cin: usize, cout: usize, gain: f64, vb: VarBuilder) -> Result<Line
     Ok(Linear::new(w, Some(b)))
 }
 
+/// Group normalisation computed in the parameters' precision (f32) whatever the activations' precision, as
+/// PyTorch's autocast does: a bf16 input is widened, normalised with the f32 scale and shift, and narrowed back.
+#[derive(Debug, Clone)]
+pub struct Norm {
+    inner: candle_nn::GroupNorm,
+    dtype: DType,
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == self.dtype {
+            self.inner.forward(x)
+        } else {
+            self.inner
+                .forward(&x.to_dtype(self.dtype)?)?
+                .to_dtype(x.dtype())
+        }
+    }
+}
+
 /// EDM's group normalisation: min(32, C/4) groups. candle_nn's `GroupNorm` is composed of differentiable
 /// operations (sums, square root, division), unlike its fused layer norm.
-pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
     let groups = 32.min(channels / 4).max(1);
-    candle_nn::group_norm(groups, channels, eps, vb)
+    let dtype = vb.dtype();
+    Ok(Norm {
+        inner: candle_nn::group_norm(groups, channels, eps, vb)?,
+        dtype,
+    })
 }
 
 /// Nearest-neighbour ×2 upsampling by broadcasting (EDM's `[1, 1]` resample filter through a transposed
@@ -78,17 +102,24 @@ pub fn positional_embedding(t: &Tensor, channels: usize) -> Result<Tensor> {
     Tensor::cat(&[args.sin()?, args.cos()?], 1)
 }
 
-/// Softmax over the last axis from exp and sum (candle's fused `softmax_last_dim` has no backward).
+/// Softmax over the last axis from exp and sum (candle's fused `softmax_last_dim` has no backward), computed in
+/// f32 for a bf16 input and returned in the input's precision.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::softmax(x, D::Minus1)
+    match x.dtype() {
+        DType::F32 | DType::F64 => candle_nn::ops::softmax(x, D::Minus1),
+        dt => candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dt),
+    }
 }
 
-/// Inverted dropout with probability `p`; masks come from the device's random generator.
+/// Inverted dropout with probability `p`; masks come from the device's random generator (drawn in f32, which
+/// every backend's generator supports, then cast to the input's precision).
 pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let keep = x.rand_like(0.0, 1.0)?.ge(p)?.to_dtype(x.dtype())?;
+    let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
+        .ge(p)?
+        .to_dtype(x.dtype())?;
     (x * keep)?.affine(1.0 / (1.0 - p), 0.0)
 }
 

@@ -10,7 +10,7 @@ pub mod fastconv;
 mod layers;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use block::{BlockSpec, Resample, UNetBlock};
@@ -152,9 +152,12 @@ pub struct UNet {
     map_layer1: Linear,
     enc: Vec<Enc>,
     dec: Vec<UNetBlock>,
-    aux_norm: GroupNorm,
+    aux_norm: layers::Norm,
     aux_conv: Conv,
     train: bool,
+    /// Precision of the activations (`F32`, or `BF16` for mixed-precision training); see
+    /// [`UNet::set_compute_dtype`].
+    compute: candle_core::DType,
     span: tracing::Span,
 }
 
@@ -270,6 +273,7 @@ impl UNet {
             aux_norm,
             aux_conv,
             train: false,
+            compute: candle_core::DType::F32,
             span: tracing::span!(tracing::Level::TRACE, "unet"),
         })
     }
@@ -283,6 +287,25 @@ impl UNet {
 
     pub fn config(&self) -> &UNetConfig {
         &self.cfg
+    }
+
+    /// Runs the activations in `dtype` while the parameters stay in the precision they were created in (f32
+    /// master weights): every convolution casts its weight to the activations' precision, so the gradients
+    /// reach the f32 variables through the casts' backward and the optimizer updates f32 values. The noise
+    /// embedding, the group normalisations and the attention softmax stay in f32 (as PyTorch's autocast keeps
+    /// them); the input is cast on entry and the output returned in the input's precision. `F32` (the default) changes nothing.
+    pub fn set_compute_dtype(&mut self, dtype: candle_core::DType) -> Result<()> {
+        use candle_core::DType;
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16 | DType::F64) {
+            candle_core::bail!("U-Net compute precision {dtype:?}: expected f32, bf16, f16 or f64");
+        }
+        self.compute = dtype;
+        Ok(())
+    }
+
+    /// The activations' precision.
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        self.compute
     }
 
     /// The noise embedding: sinusoids of t·time_scale (+ the label map), then two SiLU dense layers.
@@ -321,7 +344,8 @@ impl vsdm_core::ScoreModel for UNet {
         }
         let emb = self.embedding(t, cond)?;
         let mut skips = Vec::with_capacity(self.enc.len());
-        let mut x = x.clone();
+        let in_dtype = x.dtype();
+        let mut x = x.to_dtype(self.compute)?;
         for e in &self.enc {
             x = match e {
                 Enc::Conv(c) => c.forward(&x)?,
@@ -338,7 +362,9 @@ impl vsdm_core::ScoreModel for UNet {
             }
             x = bl.forward(&x, &emb, self.train)?;
         }
-        self.aux_conv.forward(&silu(&self.aux_norm.forward(&x)?)?)
+        self.aux_conv
+            .forward(&silu(&self.aux_norm.forward(&x)?)?)?
+            .to_dtype(in_dtype)
     }
 }
 
