@@ -279,5 +279,15 @@ mod tests {
         assert_eq!(cond_at(1, 1, 0, 0), tf[12 * f]);
         assert!(WindowBatch::cut(&m, &tf, &[7], &cfg).is_err());
         assert!(WindowBatch::cut(&m, &tf, &[21], &cfg).is_err());
+
+        // Anchored at the last context value (117): the horizon 118, 119 becomes 1/σ, 2/σ and the context ends
+        // at 0; unscaling returns the data.
+        let cfg = WindowConfig::timegrad(2, Scaling::Last);
+        let w = WindowBatch::cut(&m, &tf, &[8, 20], &cfg).unwrap();
+        let sigma = (35.0f32 / 12.0).sqrt(); // population std of six consecutive integers
+        assert!((w.loc[3] - 117.0).abs() < 1e-4 && (w.scale[3] - sigma).abs() < 1e-4);
+        assert!(w.cond[((1 + f) * 2 + 1) * k + 5].abs() < 1e-6);
+        assert!((w.x0[3 * 2] - 1.0 / sigma).abs() < 1e-5);
+        assert!((w.unscale(1, 1, w.x0[3 * 2 + 1]) - 119.0).abs() < 1e-3);
     }
 }
