@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GPU part E (issue 7, not yet run on a GPU): the GEMM convolution backward against candle's own, and bf16
 # activations with f32 master weights against f32, on the paper-scale network; PyTorch eager in the same session
-# for the ratio. Needs .gpuA/vsdm-image.xz (the `cuda` build made after commit "mixed precision").
+# for the ratio. Needs .gpuD/vsdm-image.xz (the `cuda` build of commit 321d30b or later; carry `.gpuD`, ≈ 27 MB).
 set -u
 . scripts/gpu/common.sh
-xz -dc .gpuA/vsdm-image.xz >"$K/bin/vsdm-image" && chmod +x "$K/bin/vsdm-image"
+xz -dc .gpuD/vsdm-image.xz >"$K/bin/vsdm-image" && chmod +x "$K/bin/vsdm-image"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 
 log "CUDA vs CPU (f32) and bf16 vs f32 on CUDA: tiny and ddpmpp"
