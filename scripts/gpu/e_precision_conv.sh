@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU part E (issue 7, not yet run on a GPU): the GEMM convolution backward against candle's own, and bf16
+# GPU part E (issue 7, not yet run on a GPU): the GEMM convolution backward against candle's own, the analytic
+# group-norm backward against candle_nn's op chain, and bf16
 # activations with f32 master weights against f32, on the paper-scale network; PyTorch eager in the same session
 # for the ratio. Needs .gpuD/vsdm-image.xz (the `cuda` build of commit 321d30b or later; carry `.gpuD`, ≈ 27 MB).
 set -u
@@ -11,11 +12,12 @@ log "CUDA vs CPU (f32) and bf16 vs f32 on CUDA: tiny and ddpmpp"
 timeout 200 vsdm-image --cuda check-device --arch tiny --method vsdm vp vsmd --batch 4 --steps 2
 timeout 200 vsdm-image --cuda check-device --arch ddpmpp --method vsdm --batch 4 --steps 1
 
-log "candle training throughput, ddpmpp, batch 128: conv backward candle vs gemm, f32 vs bf16"
-for conv in candle gemm; do
-    with_mem timeout 150 vsdm-image --cuda bench --arch ddpmpp --batch 128 --iters 8 --conv $conv --precision f32
+log "candle training throughput, ddpmpp, batch 128: before (candle's backwards), each lever, both, bf16"
+for cn in "candle candle" "gemm candle" "candle fused" "gemm fused"; do
+    set -- $cn
+    with_mem timeout 150 vsdm-image --cuda bench --arch ddpmpp --batch 128 --iters 8 --conv $1 --norm $2 --precision f32
 done
-with_mem timeout 150 vsdm-image --cuda bench --arch ddpmpp --batch 128 --iters 8 --conv gemm --precision bf16
+with_mem timeout 150 vsdm-image --cuda bench --arch ddpmpp --batch 128 --iters 8 --precision bf16
 
 log "PyTorch eager, same network, batch 128"
 timeout 150 python3 bench/unet_ddpmpp.py bench --arch ddpmpp --batch 128 --iters 20 --precision f32 tf32 bf16

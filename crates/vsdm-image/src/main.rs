@@ -87,6 +87,10 @@ struct BenchArgs {
     /// Activations' precision: f32, or bf16 with f32 master weights (CUDA only).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
+    /// Group-norm backward: fused (the analytic backward, the default) or candle (candle_nn's op chain), for
+    /// comparisons.
+    #[arg(long, default_value = "fused")]
+    norm: vsdm_image::unet::fastnorm::NormBackward,
 }
 
 #[derive(Args, Clone)]
@@ -420,10 +424,11 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     vsdm_image::unet::fastconv::set_conv_backward(a.conv);
+    vsdm_image::unet::fastnorm::set_norm_backward(a.norm);
     a.precision.check(dev)?;
     println!(
-        "convolution backward: {:?}; precision: {}",
-        a.conv, a.precision
+        "convolution backward: {:?}; group-norm backward: {:?}; precision: {}",
+        a.conv, a.norm, a.precision
     );
     println!("| network | parameters | batch | train img/s | forward img/s |");
     println!("|---|---:|---:|---:|---:|");

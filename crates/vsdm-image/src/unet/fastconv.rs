@@ -14,8 +14,6 @@
 //! The choice is per thread ([`set_conv_backward`]); [`ConvBackward::Candle`] restores candle's own backward, for
 //! comparisons (`vsdm-image bench --conv candle`).
 
-use std::cell::Cell;
-
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -28,31 +26,13 @@ pub enum ConvBackward {
     Gemm,
 }
 
-impl std::str::FromStr for ConvBackward {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "candle" => Ok(Self::Candle),
-            "gemm" => Ok(Self::Gemm),
-            _ => Err(format!("conv backward {s:?}: expected candle or gemm")),
-        }
-    }
-}
-
-thread_local! {
-    static MODE: Cell<ConvBackward> = const { Cell::new(ConvBackward::Gemm) };
-}
-
-/// Selects the convolution backward for the networks run on this thread afterwards (default:
-/// [`ConvBackward::Gemm`]). Thread-local, so that concurrent tests cannot switch each other's.
-pub fn set_conv_backward(mode: ConvBackward) {
-    MODE.with(|m| m.set(mode));
-}
-
-/// The current convolution backward of this thread.
-pub fn conv_backward() -> ConvBackward {
-    MODE.with(|m| m.get())
-}
+backward_choice!(
+    ConvBackward { "candle" => Candle, "gemm" => Gemm },
+    default Gemm,
+    set_conv_backward,
+    conv_backward,
+    "convolution"
+);
 
 /// The zero-valued op that carries the gradients of a stride-1 convolution with `padding`.
 struct ConvGrad {
@@ -256,51 +236,5 @@ mod tests {
                 rel(&dw0, &dw1)
             );
         }
-    }
-
-    /// The whole tiny U-Net: every parameter's gradient of a loss agrees between the two backwards.
-    #[test]
-    fn unet_gradients_agree_between_backwards() {
-        use crate::unet::{UNet, UNetConfig};
-        use candle_core::DType;
-        use candle_nn::{VarBuilder, VarMap};
-        use vsdm_core::ScoreModel;
-        let dev = Device::Cpu;
-        let cfg = UNetConfig::preset("tiny").unwrap();
-        let vm = VarMap::new();
-        let net = UNet::new_train(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg).unwrap();
-        // Non-zero weights everywhere (EDM zero-initialises some convolutions).
-        let mut rng = NoiseRng::new(9);
-        for v in vm.all_vars() {
-            let t = (rng.randn(v.dims(), &dev).unwrap() * 0.05).unwrap();
-            v.set(&t).unwrap();
-        }
-        let x = rng.randn(&[2, 3, 32, 32], &dev).unwrap();
-        let t = Tensor::new(&[0.3f32, 0.8], &dev).unwrap();
-        let target = rng.randn(&[2, 3, 32, 32], &dev).unwrap();
-        let grads = |mode| {
-            set_conv_backward(mode);
-            let y = net.forward(&x, &t, None).unwrap();
-            let g = (y - &target)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .mean_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            vm.all_vars()
-                .iter()
-                .map(|v| g.get(v.as_tensor()).unwrap().clone())
-                .collect::<Vec<_>>()
-        };
-        let a = grads(ConvBackward::Candle);
-        let b = grads(ConvBackward::Gemm);
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| rel(x, y))
-            .fold(0f64, f64::max);
-        assert!(worst < 1e-5, "worst relative gradient difference {worst}");
     }
 }

@@ -38,31 +38,51 @@ pub fn linear(cin: usize, cout: usize, gain: f64, vb: VarBuilder) -> Result<Line
 
 /// Group normalisation computed in the parameters' precision (f32) whatever the activations' precision, as
 /// PyTorch's autocast does: a bf16 input is widened, normalised with the f32 scale and shift, and narrowed back.
+/// Differentiated analytically ([`super::fastnorm`]) or, for comparisons, by candle_nn's `GroupNorm`.
 #[derive(Debug, Clone)]
 pub struct Norm {
-    inner: candle_nn::GroupNorm,
+    reference: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    eps: f64,
     dtype: DType,
+}
+
+impl Norm {
+    fn forward_f(&self, x: &Tensor) -> Result<Tensor> {
+        match super::fastnorm::norm_backward() {
+            super::fastnorm::NormBackward::Candle => self.reference.forward(x),
+            super::fastnorm::NormBackward::Fused => {
+                super::fastnorm::group_norm(x, &self.weight, &self.bias, self.groups, self.eps)
+            }
+        }
+    }
 }
 
 impl Module for Norm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == self.dtype {
-            self.inner.forward(x)
+            self.forward_f(x)
         } else {
-            self.inner
-                .forward(&x.to_dtype(self.dtype)?)?
+            self.forward_f(&x.to_dtype(self.dtype)?)?
                 .to_dtype(x.dtype())
         }
     }
 }
 
-/// EDM's group normalisation: min(32, C/4) groups. candle_nn's `GroupNorm` is composed of differentiable
-/// operations (sums, square root, division), unlike its fused layer norm.
+/// EDM's group normalisation: min(32, C/4) groups; parameters `weight` (γ, ones) and `bias` (β, zeros).
 pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
     let groups = 32.min(channels / 4).max(1);
     let dtype = vb.dtype();
+    let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+    let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
     Ok(Norm {
-        inner: candle_nn::group_norm(groups, channels, eps, vb)?,
+        reference: candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?,
+        weight,
+        bias,
+        groups,
+        eps,
         dtype,
     })
 }

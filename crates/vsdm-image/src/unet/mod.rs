@@ -5,8 +5,40 @@
 //! `enc.32x32_conv.weight`, `enc.16x16_down.conv0.weight`, `enc.16x16_block0.qkv.weight`,
 //! `dec.32x32_aux_conv.weight`, …, so a safetensors file reads like the network.
 
+/// A per-thread choice of backward (`enum` with variants `Candle` and this crate's own, parsed from the
+/// lower-case names), with its setter and getter: thread-local, so that concurrent tests cannot switch each
+/// other's.
+macro_rules! backward_choice {
+    ($ty:ident { $($name:literal => $var:ident),+ }, default $def:ident, $set:ident, $get:ident, $what:literal) => {
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> std::result::Result<Self, String> {
+                match s {
+                    $($name => Ok(Self::$var),)+
+                    _ => Err(format!(concat!($what, " backward {:?}: expected ", $($name, " ",)+ "(default ", stringify!($def), ")"), s)),
+                }
+            }
+        }
+
+        thread_local! {
+            static MODE: std::cell::Cell<$ty> = const { std::cell::Cell::new($ty::$def) };
+        }
+
+        #[doc = concat!("Selects the ", $what, " backward for the networks run on this thread afterwards.")]
+        pub fn $set(mode: $ty) {
+            MODE.with(|m| m.set(mode));
+        }
+
+        #[doc = concat!("The current ", $what, " backward of this thread.")]
+        pub fn $get() -> $ty {
+            MODE.with(|m| m.get())
+        }
+    };
+}
+
 mod block;
 pub mod fastconv;
+pub mod fastnorm;
 mod layers;
 
 use candle_core::{Module, Result, Tensor};

@@ -1,0 +1,315 @@
+//! Group normalisation whose backward is the analytic formula instead of candle's chain of elementary ops.
+//!
+//! candle_nn's `GroupNorm` is written with differentiable tensor ops (mean, subtract, square, mean, add, sqrt,
+//! divide, multiply, add), so training records every intermediate in the graph (several activation-sized tensors
+//! per normalisation, kept until the backward pass) and differentiates each op separately. Per group of
+//! n = (C/G)·H·W values, with x̂ = (x − μ)·r, r = 1/√(σ² + ε), y = γ_c·x̂ + β_c and g = γ_c·∂L/∂y,
+//!
+//!   ∂L/∂x = r·(g − mean(g) − x̂·mean(g·x̂)),   ∂L/∂γ_c = Σ ∂L/∂y·x̂,   ∂L/∂β_c = Σ ∂L/∂y
+//!
+//! (means over the group, sums over the batch and the positions of channel c). [`group_norm`] computes the value
+//! without recording a graph and hands it to a custom op on (x, γ, β) whose forward returns that value and whose
+//! backward evaluates these formulas, recomputing μ and r from x. The graph then keeps only x, γ, β and the
+//! output. Only candle's own kernels run, on the CPU and on CUDA alike.
+//!
+//! The choice is per thread ([`set_norm_backward`]); [`NormBackward::Candle`] restores candle_nn's op chain, for
+//! comparisons (`vsdm-image bench --norm candle`).
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+
+/// How group normalisations are differentiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormBackward {
+    /// candle_nn's `GroupNorm`: a chain of differentiable elementary ops.
+    Candle,
+    /// The analytic backward of this module.
+    Fused,
+}
+
+backward_choice!(
+    NormBackward { "candle" => Candle, "fused" => Fused },
+    default Fused,
+    set_norm_backward,
+    norm_backward,
+    "group-norm"
+);
+
+/// x̂ `[B, G, n]` and r `[B, G, 1]` of `x` `[B, C, …]` (no graph is recorded: callers pass detached tensors).
+fn normalise(x: &Tensor, groups: usize, eps: f64) -> Result<(Tensor, Tensor)> {
+    let b = x.dim(0)?;
+    let n = x.elem_count() / (b * groups);
+    let xr = x.reshape((b, groups, n))?;
+    let xc = xr.broadcast_sub(&xr.mean_keepdim(2)?)?;
+    let r = (xc.sqr()?.mean_keepdim(2)? + eps)?.sqrt()?.recip()?;
+    Ok((xc.broadcast_mul(&r)?, r))
+}
+
+/// `[C]` → `[1, C, 1, …]` for broadcasting against `x`.
+fn per_channel(v: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let mut dims = vec![1; x.rank()];
+    dims[1] = v.elem_count();
+    v.reshape(dims)
+}
+
+/// The op of [`group_norm`]: its forward returns the value computed beforehand, its backward the gradients.
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+    value: Mutex<Option<Tensor>>,
+}
+
+impl GroupNormOp {
+    fn take(&self) -> Result<Tensor> {
+        self.value
+            .lock()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("group-norm op applied twice".into()))
+    }
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "group-norm-analytic-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let v = self.take()?;
+        let (st, l) = v.storage_and_layout();
+        match &*st {
+            Storage::Cpu(s) => Ok((s.try_clone(l)?, l.shape().clone())),
+            _ => candle_core::bail!("group-norm op: value is not on the CPU"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let v = self.take()?;
+        let (st, l) = v.storage_and_layout();
+        match &*st {
+            Storage::Cuda(s) => Ok((s.try_clone(l)?, l.shape().clone())),
+            _ => candle_core::bail!("group-norm op: value is not on the GPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, c) = (x.dim(0)?, x.dim(1)?);
+        let (xhat, r) = normalise(&x.detach(), self.groups, self.eps)?;
+        let n = xhat.dim(2)?;
+        let g = dy
+            .broadcast_mul(&per_channel(&gamma.detach(), x)?)?
+            .reshape((b, self.groups, n))?;
+        let m1 = g.mean_keepdim(2)?;
+        let m2 = (&g * &xhat)?.mean_keepdim(2)?;
+        let dx = g
+            .broadcast_sub(&m1)?
+            .sub(&xhat.broadcast_mul(&m2)?)?
+            .broadcast_mul(&r)?
+            .reshape(x.shape())?;
+        let per_c = |t: &Tensor| -> Result<Tensor> { t.reshape((b, c, ()))?.sum(2)?.sum(0) };
+        let dgamma = per_c(&(dy * xhat.reshape(x.shape())?)?)?;
+        let dbeta = per_c(dy)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, scale `gamma` `[C]`, shift `beta`
+/// `[C]`, with the backward chosen by [`norm_backward`]: the same value as candle_nn's `GroupNorm`.
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    if x.rank() < 3 || c % groups != 0 || gamma.dims() != [c] || beta.dims() != [c] {
+        candle_core::bail!(
+            "group norm: input {:?}, scale {:?}, shift {:?}, {groups} groups",
+            x.dims(),
+            gamma.dims(),
+            beta.dims()
+        );
+    }
+    let value = |x: &Tensor, gamma: &Tensor, beta: &Tensor| -> Result<Tensor> {
+        let (xhat, _) = normalise(x, groups, eps)?;
+        xhat.reshape(x.shape())?
+            .broadcast_mul(&per_channel(gamma, x)?)?
+            .broadcast_add(&per_channel(beta, x)?)
+    };
+    let tracked = x.track_op() || gamma.track_op() || beta.track_op();
+    match norm_backward() {
+        NormBackward::Candle => value(x, gamma, beta),
+        NormBackward::Fused if !tracked => value(x, gamma, beta),
+        NormBackward::Fused => {
+            let v = value(&x.detach(), &gamma.detach(), &beta.detach())?;
+            x.apply_op3(
+                gamma,
+                beta,
+                GroupNormOp {
+                    groups,
+                    eps,
+                    value: Mutex::new(Some(v)),
+                },
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Module, Var};
+    use candle_nn::VarBuilder;
+    use vsdm_core::NoiseRng;
+
+    fn rel(a: &Tensor, b: &Tensor) -> f64 {
+        let m = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        m(&(a - b).unwrap()) / m(a)
+    }
+
+    /// The value and the three gradients equal candle_nn's `GroupNorm` and its op-by-op backward (f32, ≤ 1e-5
+    /// relative), on inputs with non-zero means and unequal scales, one group and several, 3-D and 4-D inputs.
+    #[test]
+    fn matches_candle_nn_group_norm_and_its_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(5);
+        for (shape, groups) in [
+            (vec![2usize, 8, 5, 5], 4usize),
+            (vec![3, 6, 4, 7], 1),
+            (vec![1, 12, 3, 3], 12),
+            (vec![2, 4, 9], 2),
+        ] {
+            let c = shape[1];
+            let x = (rng.randn(&shape, &dev).unwrap() * 3.0).unwrap();
+            let x = Var::from_tensor(&(x + 1.5).unwrap()).unwrap();
+            let gamma = Var::from_tensor(&(rng.randn(&[c], &dev).unwrap() + 1.0).unwrap()).unwrap();
+            let beta = Var::from_tensor(&rng.randn(&[c], &dev).unwrap()).unwrap();
+            let probe = rng.randn(&shape, &dev).unwrap();
+            let vm = candle_nn::VarMap::new();
+            let reference = candle_nn::group_norm(
+                groups,
+                c,
+                1e-6,
+                VarBuilder::from_varmap(&vm, DType::F32, &dev),
+            )
+            .unwrap();
+            // Point candle_nn's parameters at the same values through its var map.
+            for (name, v) in vm.data().lock().unwrap().iter() {
+                let src = if name.ends_with("weight") {
+                    &gamma
+                } else {
+                    &beta
+                };
+                v.set(src.as_tensor()).unwrap();
+            }
+            let ref_vars: Vec<Var> = {
+                let d = vm.data().lock().unwrap();
+                vec![d["weight"].clone(), d["bias"].clone()]
+            };
+            let y0 = reference.forward(x.as_tensor()).unwrap();
+            let g0 = (&y0 * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            set_norm_backward(NormBackward::Fused);
+            let y1 = group_norm(
+                x.as_tensor(),
+                gamma.as_tensor(),
+                beta.as_tensor(),
+                groups,
+                1e-6,
+            )
+            .unwrap();
+            let g1 = (&y1 * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let case = format!("{shape:?} / {groups} groups");
+            assert!(rel(&y0, &y1) < 1e-6, "{case}: value {}", rel(&y0, &y1));
+            for (what, a, b) in [
+                ("x", g0.get(x.as_tensor()), g1.get(x.as_tensor())),
+                (
+                    "γ",
+                    g0.get(ref_vars[0].as_tensor()),
+                    g1.get(gamma.as_tensor()),
+                ),
+                (
+                    "β",
+                    g0.get(ref_vars[1].as_tensor()),
+                    g1.get(beta.as_tensor()),
+                ),
+            ] {
+                let (a, b) = (a.unwrap(), b.unwrap());
+                assert!(rel(a, b) < 1e-5, "{case}: gradient of {what} {}", rel(a, b));
+            }
+        }
+    }
+
+    /// Without anything to differentiate no op is recorded, and bad shapes are errors.
+    #[test]
+    fn untracked_inputs_and_bad_shapes() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 24., &dev)
+            .unwrap()
+            .reshape((1, 4, 6))
+            .unwrap();
+        let (g, b) = (
+            Tensor::ones(4, DType::F32, &dev).unwrap(),
+            Tensor::zeros(4, DType::F32, &dev).unwrap(),
+        );
+        let y = group_norm(&x, &g, &b, 2, 1e-5).unwrap();
+        assert!(!y.track_op());
+        // Each group of 12 consecutive values is standardised.
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mean: f32 = v[..12].iter().sum::<f32>() / 12.0;
+        let var: f32 = v[..12].iter().map(|a| (a - mean).powi(2)).sum::<f32>() / 12.0;
+        assert!(
+            mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
+            "{mean} {var}"
+        );
+        assert!(group_norm(&x, &g, &b, 3, 1e-5).is_err());
+        assert!(group_norm(&x, &g.narrow(0, 0, 3).unwrap(), &b, 2, 1e-5).is_err());
+    }
+}
