@@ -7,15 +7,16 @@
 //!   dx = conv2d(dy, W̃, padding k − 1 − p),  W̃[ci, co, i, j] = W[co, ci, k − 1 − i, k − 1 − j],
 //!
 //! and the weight gradient is candle's own correlation of the batch-transposed input with the batch-transposed
-//! output gradient. [`conv2d_gemm`] computes the value with a gradient-free `conv2d` and adds the output of a
-//! custom op whose forward is zeros and whose backward returns these two gradients, so every convolution of the
-//! training step, forward and backward, goes through the im2col + GEMM path.
+//! output gradient. [`conv2d_gemm`] computes the value with a gradient-free `conv2d` and hands it to a custom op
+//! on (x, W) whose forward returns it ([`super::carried`]) and whose backward returns these two gradients, so
+//! every convolution of the training step, forward and backward, goes through the im2col + GEMM path.
 //!
 //! The choice is per thread ([`set_conv_backward`]); [`ConvBackward::Candle`] restores candle's own backward, for
 //! comparisons (`vsdm-image bench --conv candle`).
 
-use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::carried::Carried;
 
 /// How convolutions are differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,28 +35,11 @@ backward_choice!(
     "convolution"
 );
 
-/// The zero-valued op that carries the gradients of a stride-1 convolution with `padding`.
+/// The op of [`conv2d_gemm`] on (x, W): its forward returns the convolution computed beforehand, its backward the
+/// two gradients of a stride-1 convolution with `padding`.
 struct ConvGrad {
     padding: usize,
-}
-
-impl ConvGrad {
-    fn out_shape(&self, x: &Layout, w: &Layout) -> Result<Shape> {
-        let (b, _, h, wd) = x.shape().dims4()?;
-        let (co, _, kh, kw) = w.shape().dims4()?;
-        let p = self.padding;
-        if h + 2 * p < kh || wd + 2 * p < kw {
-            candle_core::bail!(
-                "conv2d: kernel {kh}×{kw} larger than the padded input {h}×{wd} (+{p})"
-            );
-        }
-        Ok(Shape::from((
-            b,
-            co,
-            h + 2 * p + 1 - kh,
-            wd + 2 * p + 1 - kw,
-        )))
-    }
+    value: Carried,
 }
 
 impl CustomOp2 for ConvGrad {
@@ -65,27 +49,23 @@ impl CustomOp2 for ConvGrad {
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        _s2: &CpuStorage,
-        l2: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let shape = self.out_shape(l1, l2)?;
-        let z = candle_core::cpu_backend::CpuDevice.zeros_impl(&shape, s1.dtype())?;
-        Ok((z, shape))
+        self.value.cpu(self.name())
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        _s2: &candle_core::CudaStorage,
-        l2: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let shape = self.out_shape(l1, l2)?;
-        let z = s1.device().zeros_impl(&shape, s1.dtype())?;
-        Ok((z, shape))
+        self.value.cuda(self.name())
     }
 
     fn bwd(
@@ -131,8 +111,13 @@ pub fn conv2d_gemm(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
         _ if !x.track_op() && !w.track_op() => x.conv2d(w, padding, 1, 1, 1),
         ConvBackward::Gemm => {
             let y = x.detach().conv2d(&w.detach(), padding, 1, 1, 1)?;
-            let z = x.apply_op2(w, ConvGrad { padding })?;
-            y + z
+            x.apply_op2(
+                w,
+                ConvGrad {
+                    padding,
+                    value: Carried::new(y),
+                },
+            )
         }
     }
 }

@@ -15,10 +15,9 @@
 //! The choice is per thread ([`set_norm_backward`]); [`NormBackward::Candle`] restores candle_nn's op chain, for
 //! comparisons (`vsdm-image bench --norm candle`).
 
-use std::sync::Mutex;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use super::carried::Carried;
 
 /// How group normalisations are differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,21 +53,12 @@ fn per_channel(v: &Tensor, x: &Tensor) -> Result<Tensor> {
     v.reshape(dims)
 }
 
-/// The op of [`group_norm`]: its forward returns the value computed beforehand, its backward the gradients.
+/// The op of [`group_norm`] on (x, γ, β): its forward returns the value computed beforehand, its backward the
+/// gradients.
 struct GroupNormOp {
     groups: usize,
     eps: f64,
-    value: Mutex<Option<Tensor>>,
-}
-
-impl GroupNormOp {
-    fn take(&self) -> Result<Tensor> {
-        self.value
-            .lock()
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("group-norm op applied twice".into()))
-    }
+    value: Carried,
 }
 
 impl CustomOp3 for GroupNormOp {
@@ -85,12 +75,7 @@ impl CustomOp3 for GroupNormOp {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let v = self.take()?;
-        let (st, l) = v.storage_and_layout();
-        match &*st {
-            Storage::Cpu(s) => Ok((s.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("group-norm op: value is not on the CPU"),
-        }
+        self.value.cpu(self.name())
     }
 
     #[cfg(feature = "cuda")]
@@ -103,12 +88,7 @@ impl CustomOp3 for GroupNormOp {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let v = self.take()?;
-        let (st, l) = v.storage_and_layout();
-        match &*st {
-            Storage::Cuda(s) => Ok((s.try_clone(l)?, l.shape().clone())),
-            _ => candle_core::bail!("group-norm op: value is not on the GPU"),
-        }
+        self.value.cuda(self.name())
     }
 
     fn bwd(
@@ -175,7 +155,7 @@ pub fn group_norm(
                 GroupNormOp {
                     groups,
                     eps,
-                    value: Mutex::new(Some(v)),
+                    value: Carried::new(v),
                 },
             )
         }

@@ -37,6 +37,7 @@ macro_rules! backward_choice {
 }
 
 mod block;
+mod carried;
 pub mod fastconv;
 pub mod fastnorm;
 mod layers;
