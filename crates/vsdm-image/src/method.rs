@@ -239,3 +239,36 @@ impl RunSpec {
         Ok(spec)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The precision survives `run.json` (so `--resume` keeps it); a run file written before the field existed
+    /// reads as f32; an unknown precision is an error naming the file.
+    #[test]
+    fn run_spec_precision_round_trip_and_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = RunSpec {
+            method: Method::Vsdm,
+            unet: UNetConfig::tiny(),
+            precision: Precision::Bf16,
+        };
+        spec.save(dir.path()).unwrap();
+        let path = dir.path().join(RunSpec::FILE);
+        assert_eq!(RunSpec::load(&path).unwrap(), spec);
+
+        let mut old: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("precision");
+        std::fs::write(&path, old.to_string()).unwrap();
+        assert_eq!(RunSpec::load(&path).unwrap().precision, Precision::F32);
+
+        old["precision"] = "f8".into();
+        std::fs::write(&path, old.to_string()).unwrap();
+        let e = RunSpec::load(&path).unwrap_err().to_string();
+        assert!(e.contains("run.json") && e.contains("f8"), "{e}");
+        assert!(Precision::Bf16.check(&candle_core::Device::Cpu).is_err());
+        assert!(Precision::F32.check(&candle_core::Device::Cpu).is_ok());
+    }
+}
