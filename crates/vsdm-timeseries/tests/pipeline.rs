@@ -169,3 +169,22 @@ fn bad_weights_name_the_file() {
     let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
     assert!(err.contains("config.json"), "{err}");
 }
+
+/// A ζ outside [0, 2] (or not a number) is refused before any training, naming the flag and the value.
+#[test]
+fn bad_zeta_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_dataset(tmp.path());
+    let window = WindowConfig::timegrad(6, Scaling::Std);
+    for z in [f64::NAN, -0.5, 3.0] {
+        let budget = Budget {
+            zeta: Some(z),
+            ..Budget::smoke()
+        };
+        let e = pipeline::train(Method::Vsdm, &budget, &data, window, 7, &Device::Cpu, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--zeta") && e.contains(&format!("{z}")), "{e}");
+    }
+}
