@@ -248,6 +248,7 @@ pub fn precision_agreement(
     let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(21), DType::F32, device);
     let mut net = UNet::new_train(vb, &cfg)?;
     let mut rng = NoiseRng::new(22);
+    // Sorted by name, so that the rescaling below draws the same values for the same tensors on every run.
     let vars: Vec<(String, candle_core::Var)> = {
         let data = vm
             .data()
@@ -330,18 +331,36 @@ pub fn precision_agreement(
 mod tests {
     use super::*;
 
-    /// f64 activations agree with f32 to f32 rounding; f16 within the documented tolerance. (The unit test
-    /// `unet::tests::mixed_precision_reaches_the_f32_master_weights` checks the same on the module directly.)
+    /// Mixed precision keeps f32 master weights (the function itself fails on an output or gradient that is not
+    /// f32, or a variable without a gradient). With f64 activations the values agree to f32 rounding (the casts
+    /// carry the gradients unchanged); with f16 activations (11-bit significand, relative rounding 2⁻¹¹ per
+    /// operation) within 1% on the output and 5% on each parameter's gradient (relative L2), tighter than the
+    /// loose [`LOW_PRECISION_TOL`] of `check-device`. bf16 runs the same casts, but candle 0.11.1's CPU
+    /// convolution has no bf16 kernel, so bf16 is checked on the GPU (`vsdm-image --cuda check-device`).
     #[test]
     fn precision_agreement_on_the_cpu() {
         let cfg = UNetConfig::tiny();
         let r = precision_agreement(&cfg, 2, DType::F64, &Device::Cpu).unwrap();
         assert!(r.forward < 1e-5 && r.gradient < 1e-4, "{r:?}");
+        eprintln!("{r:?}");
         let r = precision_agreement(&cfg, 2, DType::F16, &Device::Cpu).unwrap();
         let (to, tg) = LOW_PRECISION_TOL;
         assert!(
-            r.forward > 1e-5 && r.forward < to && r.gradient < tg,
+            r.forward > 1e-5 && r.forward < 1e-2 && r.gradient < 5e-2,
             "{r:?}"
         );
+        assert!(r.forward < to && r.gradient < tg, "{r:?}");
+        eprintln!("{r:?}");
+    }
+
+    #[test]
+    fn compute_precision_is_set_and_checked() {
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let mut net = UNet::new(vb, &UNetConfig::tiny()).unwrap();
+        assert_eq!(net.compute_dtype(), DType::F32);
+        net.set_compute_dtype(DType::BF16).unwrap();
+        assert_eq!(net.compute_dtype(), DType::BF16);
+        assert!(net.set_compute_dtype(DType::U8).is_err());
     }
 }

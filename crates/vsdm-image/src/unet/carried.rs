@@ -25,28 +25,38 @@ impl Carried {
             .ok_or_else(|| candle_core::Error::Msg(format!("{op}: applied twice")))
     }
 
-    /// The value as CPU storage (for `cpu_fwd`).
-    pub(crate) fn cpu(&self, op: &str) -> Result<(CpuStorage, Shape)> {
+    /// The value's storage on the op's backend, picked out of the tensor's storage by `pick`.
+    fn storage<S: BackendStorage>(
+        &self,
+        op: &str,
+        pick: impl Fn(&Storage) -> Option<&S>,
+    ) -> Result<(S, Shape)> {
         let v = self.take(op)?;
         let (st, l) = v.storage_and_layout();
-        match &*st {
-            Storage::Cpu(s) if l.is_contiguous() && l.start_offset() == 0 => {
+        match pick(&st) {
+            Some(s) if l.is_contiguous() && l.start_offset() == 0 => {
                 Ok((s.try_clone(l)?, l.shape().clone()))
             }
-            _ => candle_core::bail!("{op}: the carried value is not a contiguous CPU tensor"),
+            _ => candle_core::bail!(
+                "{op}: the carried value is not a contiguous tensor on the op's device"
+            ),
         }
+    }
+
+    /// The value as CPU storage (for `cpu_fwd`).
+    pub(crate) fn cpu(&self, op: &str) -> Result<(CpuStorage, Shape)> {
+        self.storage(op, |s| match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
     }
 
     /// The value as CUDA storage (for `cuda_fwd`).
     #[cfg(feature = "cuda")]
     pub(crate) fn cuda(&self, op: &str) -> Result<(candle_core::CudaStorage, Shape)> {
-        let v = self.take(op)?;
-        let (st, l) = v.storage_and_layout();
-        match &*st {
-            Storage::Cuda(s) if l.is_contiguous() && l.start_offset() == 0 => {
-                Ok((s.try_clone(l)?, l.shape().clone()))
-            }
-            _ => candle_core::bail!("{op}: the carried value is not a contiguous CUDA tensor"),
-        }
+        self.storage(op, |s| match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
     }
 }

@@ -120,7 +120,9 @@ impl CustomOp3 for GroupNormOp {
 }
 
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, scale `gamma` `[C]`, shift `beta`
-/// `[C]`, with the backward chosen by [`norm_backward`]: the same value as candle_nn's `GroupNorm`.
+/// `[C]`: the same value as candle_nn's `GroupNorm`, differentiated analytically whenever one of the inputs is
+/// tracked. (The per-thread switch [`norm_backward`] is read by the U-Net's norm layer, which calls candle_nn's
+/// `GroupNorm` instead for [`NormBackward::Candle`].)
 pub fn group_norm(
     x: &Tensor,
     gamma: &Tensor,
@@ -143,23 +145,19 @@ pub fn group_norm(
             .broadcast_mul(&per_channel(gamma, x)?)?
             .broadcast_add(&per_channel(beta, x)?)
     };
-    let tracked = x.track_op() || gamma.track_op() || beta.track_op();
-    match norm_backward() {
-        NormBackward::Candle => value(x, gamma, beta),
-        NormBackward::Fused if !tracked => value(x, gamma, beta),
-        NormBackward::Fused => {
-            let v = value(&x.detach(), &gamma.detach(), &beta.detach())?;
-            x.apply_op3(
-                gamma,
-                beta,
-                GroupNormOp {
-                    groups,
-                    eps,
-                    value: Carried::new(v),
-                },
-            )
-        }
+    if !(x.track_op() || gamma.track_op() || beta.track_op()) {
+        return value(x, gamma, beta);
     }
+    let v = value(&x.detach(), &gamma.detach(), &beta.detach())?;
+    x.apply_op3(
+        gamma,
+        beta,
+        GroupNormOp {
+            groups,
+            eps,
+            value: Carried::new(v),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -231,7 +229,6 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            set_norm_backward(NormBackward::Fused);
             let y1 = group_norm(
                 x.as_tensor(),
                 gamma.as_tensor(),

@@ -49,25 +49,17 @@ pub struct Norm {
     dtype: DType,
 }
 
-impl Norm {
-    fn forward_f(&self, x: &Tensor) -> Result<Tensor> {
-        match super::fastnorm::norm_backward() {
-            super::fastnorm::NormBackward::Candle => self.reference.forward(x),
-            super::fastnorm::NormBackward::Fused => {
-                super::fastnorm::group_norm(x, &self.weight, &self.bias, self.groups, self.eps)
-            }
-        }
-    }
-}
-
 impl Module for Norm {
+    /// Both casts are no-ops when the activations are already in the parameters' precision.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.dtype() == self.dtype {
-            self.forward_f(x)
-        } else {
-            self.forward_f(&x.to_dtype(self.dtype)?)?
-                .to_dtype(x.dtype())
-        }
+        let xf = x.to_dtype(self.dtype)?;
+        let y = match super::fastnorm::norm_backward() {
+            super::fastnorm::NormBackward::Candle => self.reference.forward(&xf)?,
+            super::fastnorm::NormBackward::Fused => {
+                super::fastnorm::group_norm(&xf, &self.weight, &self.bias, self.groups, self.eps)?
+            }
+        };
+        y.to_dtype(x.dtype())
     }
 }
 
