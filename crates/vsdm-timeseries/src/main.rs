@@ -14,7 +14,7 @@ use vsdm_core::{SamplerConfig, SamplerKind};
 use vsdm_eval::forecast::Report;
 use vsdm_timeseries::data::date_csv::load_date_csv;
 use vsdm_timeseries::data::gluonts::load_gluonts_dir;
-use vsdm_timeseries::data::registry::default_assets_dir;
+use vsdm_timeseries::data::registry::{self, default_assets_dir};
 use vsdm_timeseries::data::{DataSources, Dataset};
 use vsdm_timeseries::forecast::{self, ModelForecaster, WindowForecast};
 use vsdm_timeseries::pipeline::{self, Budget, Method};
@@ -43,9 +43,9 @@ struct Cli {
     /// Context length (default: 3 × prediction length, the TimeGrad protocol).
     #[arg(long)]
     context: Option<usize>,
-    /// Per-series, per-window normalisation from the context (default: `last` on exchange_rate, a near random
-    /// walk where it was measured to help; `std`, pytorch-ts' TimeGrad setting, elsewhere; see
-    /// docs/results/timeseries.md).
+    /// Per-series, per-window normalisation from the context (default: the registry's for the data set, `last`
+    /// on exchange_rate, a near random walk where it was measured to help; `std`, pytorch-ts' TimeGrad setting,
+    /// elsewhere and for `--data` paths; see docs/results/timeseries.md).
     #[arg(long, value_enum)]
     scaling: Option<Scaling>,
     /// Output folder.
@@ -154,10 +154,11 @@ fn run_dir(cli: &Cli, data: &Dataset, method: Method) -> PathBuf {
 }
 
 fn window(cli: &Cli, data: &Dataset) -> WindowConfig {
-    let scaling = cli.scaling.unwrap_or(if data.name == "exchange_rate" {
-        Scaling::Last
-    } else {
-        Scaling::Std
+    let scaling = cli.scaling.unwrap_or_else(|| {
+        registry::DATASETS
+            .iter()
+            .find(|s| s.name == data.name)
+            .map_or(Scaling::Std, |s| s.scaling)
     });
     let mut w = WindowConfig::timegrad(data.prediction_length, scaling);
     if let Some(c) = cli.context {
