@@ -5,6 +5,7 @@
 #   scripts/setup-cuda-build.sh .cuda            # nvcc 13.0 + CUDA 13.0 libraries from PyPI wheels, stub libcuda
 #   source .cuda/env.sh
 #   cargo build --release -p vsdm-image --features cuda      # (or vsdm-toys, vsdm-timeseries, vsdm-eval)
+#   cargo build --release -p vsdm-image --features cudnn     # convolutions through cuDNN (`--conv cudnn`)
 #
 # nvcc stays on 13.0.x to match the CUDA 13.0 drivers of the GPU machines; CUDA_COMPUTE_CAP=90 targets
 # H100/H200. No wheel ships the driver (libcuda.so.1), so a stub exporting cudarc's entry points (each returning
@@ -28,21 +29,36 @@ for lib in libcudart.so.13 libnvrtc.so.13 libcurand.so.10 libcublas.so.13 libcub
   ln -sfn "$wheels/lib/$lib" "$root/lib64/$lib"                # for the loader (the binary asks for the soname)
 done
 
-# The driver stub: every cu* symbol cudarc loads, returning CUDA_ERROR_INVALID_VALUE-like codes.
 sys="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs 2>/dev/null | tail -1)"
 if [ -z "$sys" ]; then
   echo "cudarc sources not found: run \`cargo fetch\` in the repository first" >&2
   exit 1
 fi
-stub="$root/lib64/stubs/libcuda_stub.c"
-{
-  echo 'int cuGetErrorString(int e, const char **s) { (void)e; *s = "stub libcuda: no CUDA driver on this machine"; return 0; }'
-  echo 'int cuGetErrorName(int e, const char **s) { (void)e; *s = "CUDA_ERROR_NO_DEVICE (stub)"; return 0; }'
-  grep -oE 'load::<_F>\("cu[A-Za-z0-9_]+"' "$sys" | sed -E 's/.*"(cu[A-Za-z0-9_]+)"/\1/' | sort -u \
-    | grep -vxE 'cuGetErrorString|cuGetErrorName' | sed -E 's/.*/int &(void) { return 100; }/'
-} > "$stub"
-gcc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$root/lib64/stubs/libcuda.so" "$stub"
-ln -sfn libcuda.so "$root/lib64/stubs/libcuda.so.1"
+
+# stub SONAME LIB PREFIX BINDINGS CODE HEAD: lib64/stubs/LIB.so exporting every PREFIX* function cudarc's BINDINGS
+# load (each returning CODE), after the hand-written functions HEAD (which the list then skips).
+stub() {
+  local soname=$1 lib=$2 pre=$3 bindings=$4 code=$5 head=$6 c="$root/lib64/stubs/$2_stub.c"
+  local skip; skip=$(printf '%s\n' "$head" | grep -oE "\b$pre[A-Za-z0-9_]+\(" | tr -d '(' | paste -sd'|')
+  {
+    printf '%s\n' "$head"
+    grep -oE "load::<_F>\(\"$pre[A-Za-z0-9_]+\"" "$bindings" | sed -E "s/.*\"($pre[A-Za-z0-9_]+)\"/\1/" | sort -u \
+      | grep -vxE "${skip:-^$}" | sed -E "s/.*/int &(void) { return $code; }/"
+  } > "$c"
+  gcc -shared -fPIC -O1 -Wl,-soname,"$soname" -o "$root/lib64/stubs/$lib.so" "$c"
+  ln -sfn "$lib.so" "$root/lib64/stubs/$soname"
+}
+
+# The driver stub: every cu* entry point, returning an error code (100: no device).
+stub libcuda.so.1 libcuda cu "$sys" 100 \
+'int cuGetErrorString(int e, const char **s) { (void)e; *s = "stub libcuda: no CUDA driver on this machine"; return 0; }
+int cuGetErrorName(int e, const char **s) { (void)e; *s = "CUDA_ERROR_NO_DEVICE (stub)"; return 0; }'
+
+# The same for cuDNN (vsdm-image's `cudnn` feature links libcudnn.so.9), so the build links without the 850 MB
+# cuDNN wheel. At run time the binary needs the real cuDNN 9 on the loader path (on the GPU machines: the copy
+# inside PyTorch, see scripts/gpu/common.sh).
+stub libcudnn.so.9 libcudnn cudnn "$(dirname "$(dirname "$(dirname "$sys")")")/cudnn/sys/mod.rs" 4 \
+'const char *cudnnGetErrorString(int s) { (void)s; return "stub libcudnn: link-time stand-in, no cuDNN loaded"; }'
 
 cat > "$prefix/env.sh" <<ENV
 export PATH="$root/bin:\$PATH"

@@ -15,3 +15,8 @@ with_mem() {
     echo "peak GPU memory used during '$*': $(sort -n "$f" | tail -1) MiB (baseline $(head -1 "$f") MiB)"
     rm -f "$f"; return $rc
 }
+# cuDNN 9 for the `cudnn` build of vsdm-image (linked against a stub here): the copy inside PyTorch's
+# installation, else any libcudnn.so.9 on the machine.
+cudnn_lib=$(python3 -c 'import os, nvidia.cudnn as c; print(os.path.join(list(c.__path__)[0], "lib"))' 2>/dev/null)
+[ -e "$cudnn_lib/libcudnn.so.9" ] || cudnn_lib=$(dirname "$(find / -name libcudnn.so.9 2>/dev/null | head -1)" 2>/dev/null)
+[ -n "$cudnn_lib" ] && export LD_LIBRARY_PATH="$cudnn_lib:${LD_LIBRARY_PATH:-}"

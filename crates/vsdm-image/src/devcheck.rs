@@ -327,6 +327,81 @@ pub fn precision_agreement(
     })
 }
 
+/// Tolerances of [`conv_agreement`] (relative max-norm error against candle's f32 convolution): exact f32
+/// arithmetic (the 1e-5), TF32 tensor cores (inputs rounded to 10 mantissa bits, unit rounding 2⁻¹¹ ≈
+/// 4.9e-4, errors of a few units after accumulation) and bf16 activations (8 bits, 2⁻⁹ ≈ 2e-3; the same
+/// loose output bound as [`LOW_PRECISION_TOL`]).
+pub const CONV_TOL: [(&str, f64); 3] = [("f32", 1e-5), ("tf32", 5e-3), ("bf16", 5e-2)];
+
+/// The convolution cases of `check-device`: the paper-scale network's 3×3 and 1×1 convolutions at 32×32,
+/// 16×16 and 8×8 (batch, in, out channels, side, kernel; "same" padding).
+pub const CONV_CASES: [(usize, usize, usize, usize, usize); 5] = [
+    (8, 3, 128, 32, 3),
+    (8, 128, 128, 32, 3),
+    (8, 256, 256, 16, 3),
+    (8, 512, 256, 8, 3),
+    (8, 256, 128, 16, 1),
+];
+
+/// What [`conv_agreement`] measured for one case.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConvAgreement {
+    /// `b×ci×h×h ⊛ co×ci×k×k`.
+    pub case: String,
+    pub forward: f64,
+    pub input_gradient: f64,
+    pub weight_gradient: f64,
+}
+
+/// The layer convolution ([`crate::unet::fastconv::conv2d_gemm`], whatever backward this thread selected) on
+/// `device` with activations in `dtype`, against candle's own `conv2d` and its backward on the CPU in f32:
+/// fresh seeded inputs per case, the value and both gradients of ⟨probe, y⟩; relative max-norm errors.
+pub fn conv_agreement(
+    cases: &[(usize, usize, usize, usize, usize)],
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<ConvAgreement>> {
+    let mut rng = NoiseRng::new(31);
+    let mut out = Vec::with_capacity(cases.len());
+    for &(b, ci, co, h, k) in cases {
+        let p = k / 2;
+        let cpu = Device::Cpu;
+        let x = rng.randn(&[b, ci, h, h], &cpu)?;
+        let w = (rng.randn(&[co, ci, k, k], &cpu)? * (1.0 / ((ci * k * k) as f64).sqrt()))?;
+        let probe = rng.randn(&[b, co, h, h], &cpu)?;
+        let grads =
+            |x: &Tensor, w: &Tensor, dev: &Device, dt: DType, reference: bool| -> Result<_> {
+                let xv = candle_core::Var::from_tensor(&x.to_device(dev)?.to_dtype(dt)?)?;
+                let wv = candle_core::Var::from_tensor(&w.to_device(dev)?.to_dtype(dt)?)?;
+                let y = if reference {
+                    xv.as_tensor().conv2d(wv.as_tensor(), p, 1, 1, 1)?
+                } else {
+                    crate::unet::fastconv::conv2d_gemm(xv.as_tensor(), wv.as_tensor(), p)?
+                };
+                let g = (y.to_dtype(DType::F32)? * probe.to_device(dev)?)?
+                    .sum_all()?
+                    .backward()?;
+                let get = |v: &candle_core::Var| {
+                    g.get(v.as_tensor()).cloned().ok_or_else(|| {
+                        candle_core::Error::Msg(format!(
+                            "conv {b}×{ci}×{h}×{h}: a gradient is missing"
+                        ))
+                    })
+                };
+                Ok((y, get(&xv)?, get(&wv)?))
+            };
+        let (y0, dx0, dw0) = grads(&x, &w, &cpu, DType::F32, true)?;
+        let (y1, dx1, dw1) = grads(&x, &w, device, dtype, false)?;
+        out.push(ConvAgreement {
+            case: format!("{b}×{ci}×{h}×{h} ⊛ {co}×{ci}×{k}×{k}"),
+            forward: rel_err(&y0, &y1)?,
+            input_gradient: rel_err(&dx0, &dx1)?,
+            weight_gradient: rel_err(&dw0, &dw1)?,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +426,31 @@ mod tests {
         );
         assert!(r.forward < to && r.gradient < tg, "{r:?}");
         eprintln!("{r:?}");
+    }
+
+    /// The layer convolution agrees with candle's plain conv2d and its backward on the CPU: the GEMM backward in
+    /// f32 to 1e-5 (`--conv cudnn` runs it too on CPU tensors), f16 activations within the 16-bit tolerance
+    /// and above f32 rounding (the comparison sees the precision).
+    #[test]
+    fn conv_agreement_on_the_cpu() {
+        use crate::unet::fastconv::{set_conv_backward, ConvBackward};
+        let cases = [(2, 3, 8, 8, 3), (2, 8, 4, 6, 1)];
+        for mode in [ConvBackward::Gemm, ConvBackward::Cudnn] {
+            set_conv_backward(mode);
+            for r in conv_agreement(&cases, DType::F32, &Device::Cpu).unwrap() {
+                assert!(
+                    r.forward < CONV_TOL[0].1
+                        && r.input_gradient < CONV_TOL[0].1
+                        && r.weight_gradient < CONV_TOL[0].1,
+                    "{mode:?}: {r:?}"
+                );
+            }
+        }
+        set_conv_backward(ConvBackward::Gemm);
+        for r in conv_agreement(&cases, DType::F16, &Device::Cpu).unwrap() {
+            let worst = r.forward.max(r.input_gradient).max(r.weight_gradient);
+            assert!(worst > 1e-5 && worst < CONV_TOL[2].1, "f16: {r:?}");
+        }
     }
 
     #[test]

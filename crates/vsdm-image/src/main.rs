@@ -32,6 +32,19 @@ struct Cli {
     /// the local cache, and a missing file is an error naming the path it is expected at.
     #[arg(long, global = true)]
     offline: bool,
+    /// How the U-Net's convolutions run: gemm (im2col + GEMM forward, both gradients as conv2d forward
+    /// passes; the default), cudnn (forward and both gradients through cuDNN; CUDA, a build with `--features
+    /// cudnn`) or candle (candle's own conv2d backward), for comparisons.
+    #[arg(long, global = true, default_value = "gemm")]
+    conv: vsdm_image::unet::fastconv::ConvBackward,
+    /// Group-norm backward: fused (the analytic backward, the default) or candle (candle_nn's op chain), for
+    /// comparisons.
+    #[arg(long, global = true, default_value = "fused")]
+    norm: vsdm_image::unet::fastnorm::NormBackward,
+    /// TF32 tensor cores for f32 matrix products and cuDNN convolutions (CUDA; PyTorch's default for
+    /// convolutions). Off: exact f32 arithmetic.
+    #[arg(long, global = true)]
+    tf32: bool,
 }
 
 #[derive(Subcommand)]
@@ -80,17 +93,9 @@ struct BenchArgs {
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 3)]
     iters: usize,
-    /// Convolution backward: gemm (both gradients as conv2d forward passes, the default) or candle (its own
-    /// conv_transpose2d input gradient), for comparisons.
-    #[arg(long, default_value = "gemm")]
-    conv: vsdm_image::unet::fastconv::ConvBackward,
     /// Activations' precision: f32, or bf16 with f32 master weights (CUDA only).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
-    /// Group-norm backward: fused (the analytic backward, the default) or candle (candle_nn's op chain), for
-    /// comparisons.
-    #[arg(long, default_value = "fused")]
-    norm: vsdm_image::unet::fastnorm::NormBackward,
 }
 
 #[derive(Args, Clone)]
@@ -423,12 +428,14 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 }
 
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
-    vsdm_image::unet::fastconv::set_conv_backward(a.conv);
-    vsdm_image::unet::fastnorm::set_norm_backward(a.norm);
+    use vsdm_image::unet::{fastconv::conv_backward, fastnorm::norm_backward};
     a.precision.check(dev)?;
     println!(
-        "convolution backward: {:?}; group-norm backward: {:?}; precision: {}",
-        a.conv, a.norm, a.precision
+        "convolutions: {:?}; group-norm backward: {:?}; precision: {}; TF32: {}",
+        conv_backward(),
+        norm_backward(),
+        a.precision,
+        candle_core::cuda::gemm_reduced_precision_f32()
     );
     println!("| network | parameters | batch | train img/s | forward img/s |");
     println!("|---|---:|---:|---:|---:|");
@@ -446,6 +453,10 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
 fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
     use vsdm_image::devcheck::compare;
     let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
+    // The f32 comparisons below are of exact f32 arithmetic; TF32 is measured on its own in the convolution
+    // table.
+    candle_core::cuda::set_gemm_reduced_precision_f32(false);
+    check_convolutions(a.batch, dev)?;
     println!("relative errors ‖{which} − CPU‖∞ / ‖CPU‖∞, f32, worst tensor");
     println!(
         "| network | method | parameters | batch | init | forward | loss | gradient (worst tensor) | weights after | update after | EMA after | A/c after | steps (stages) |"
@@ -520,6 +531,72 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
     Ok(())
 }
 
+/// The layer convolution (`--conv`) on this device against candle's plain f32 conv2d on the CPU, per arithmetic
+/// (f32; on CUDA also TF32 and bf16), with the documented tolerances (`devcheck::CONV_TOL`).
+fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
+    use vsdm_image::devcheck::{conv_agreement, CONV_CASES, CONV_TOL};
+    use vsdm_image::unet::fastconv::conv_backward;
+    let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
+    println!(
+        "convolution ({:?}) on {which} vs candle's conv2d on the CPU in f32: relative errors ‖·‖∞",
+        conv_backward()
+    );
+    println!("| arithmetic | case | value | input gradient | weight gradient | tolerance |");
+    println!("|---|---|---:|---:|---:|---:|");
+    let cases: Vec<_> = CONV_CASES
+        .iter()
+        .map(|&(_, ci, co, h, k)| (batch.max(1), ci, co, h, k))
+        .collect();
+    let mut failed = Vec::new();
+    for (name, tol) in CONV_TOL {
+        let dtype = match name {
+            "bf16" => candle_core::DType::BF16,
+            _ => candle_core::DType::F32,
+        };
+        if dev.is_cpu() && name != "f32" {
+            continue;
+        }
+        candle_core::cuda::set_gemm_reduced_precision_f32(name == "tf32");
+        let rows = conv_agreement(&cases, dtype, dev);
+        candle_core::cuda::set_gemm_reduced_precision_f32(false);
+        for r in rows? {
+            let worst = r.forward.max(r.input_gradient).max(r.weight_gradient);
+            println!(
+                "| {name} | {} | {:.1e} | {:.1e} | {:.1e} | {tol:.0e} |",
+                r.case, r.forward, r.input_gradient, r.weight_gradient
+            );
+            if worst.is_nan() || worst > tol {
+                failed.push(format!("{name} {}: {worst:.2e} > {tol:.0e}", r.case));
+            }
+        }
+    }
+    println!();
+    if !failed.is_empty() {
+        bail!("convolution errors above tolerance: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Applies `--conv`, `--norm` and `--tf32`, refusing combinations this binary or device cannot run.
+fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
+    use vsdm_image::unet::fastconv::{set_conv_backward, ConvBackward};
+    if cli.conv == ConvBackward::Cudnn {
+        if !cfg!(feature = "cudnn") {
+            bail!("--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)");
+        }
+        if dev.is_cpu() {
+            bail!("--conv cudnn runs on CUDA only: add --cuda, or use --conv gemm on the CPU");
+        }
+    }
+    if cli.tf32 && dev.is_cpu() {
+        bail!("--tf32 is a CUDA setting (tensor cores); the CPU computes in f32");
+    }
+    set_conv_backward(cli.conv);
+    vsdm_image::unet::fastnorm::set_norm_backward(cli.norm);
+    candle_core::cuda::set_gemm_reduced_precision_f32(cli.tf32);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -529,6 +606,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let dev = device(cli.cuda)?;
+    kernels(&cli, &dev)?;
     let hub = Hub::from_env(cli.offline);
     match cli.cmd {
         None => train(Defaults::parse_from(["vsdm-image"]).args, &hub, &dev),

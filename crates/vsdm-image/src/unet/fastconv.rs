@@ -25,10 +25,13 @@ pub enum ConvBackward {
     Candle,
     /// Both gradients as `conv2d` forward passes (im2col + GEMM); see the module documentation.
     Gemm,
+    /// The forward and both gradients through cuDNN (`super::cudnnconv`) for CUDA tensors, in a binary built
+    /// with the `cudnn` feature (without it, an error naming the feature); CPU tensors take the GEMM path.
+    Cudnn,
 }
 
 backward_choice!(
-    ConvBackward { "candle" => Candle, "gemm" => Gemm },
+    ConvBackward { "candle" => Candle, "gemm" => Gemm, "cudnn" => Cudnn },
     default Gemm,
     set_conv_backward,
     conv_backward,
@@ -103,13 +106,19 @@ impl CustomOp2 for ConvGrad {
     }
 }
 
-/// `x.conv2d(w, padding, 1, 1, 1)` with the backward pass chosen by [`conv_backward`].
+/// `x.conv2d(w, padding, 1, 1, 1)` with the backward pass chosen by [`conv_backward`]. Under
+/// [`ConvBackward::Cudnn`], CUDA tensors go through cuDNN and CPU tensors take the GEMM path (so a CUDA run with
+/// cuDNN can be compared against the CPU with the same setting).
 pub fn conv2d_gemm(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
-    match conv_backward() {
+    let mode = conv_backward();
+    if mode == ConvBackward::Cudnn && x.device().is_cuda() {
+        return cudnn_conv2d(x, w, padding);
+    }
+    match mode {
         ConvBackward::Candle => x.conv2d(w, padding, 1, 1, 1),
         // Nothing to differentiate (sampling, EMA network): the plain forward, no gradient carrier.
         _ if !x.track_op() && !w.track_op() => x.conv2d(w, padding, 1, 1, 1),
-        ConvBackward::Gemm => {
+        ConvBackward::Gemm | ConvBackward::Cudnn => {
             let y = x.detach().conv2d(&w.detach(), padding, 1, 1, 1)?;
             x.apply_op2(
                 w,
@@ -120,6 +129,18 @@ pub fn conv2d_gemm(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
             )
         }
     }
+}
+
+#[cfg(feature = "cudnn")]
+fn cudnn_conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    super::cudnnconv::conv2d(x, w, padding)
+}
+
+#[cfg(not(feature = "cudnn"))]
+fn cudnn_conv2d(_: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {
+    candle_core::bail!(
+        "--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)"
+    )
 }
 
 /// A `k×k` stride-1 convolution layer with "same" padding (`weight` `[out, in, k, k]`, `bias` `[out]`), the

@@ -38,6 +38,8 @@ macro_rules! backward_choice {
 
 mod block;
 mod carried;
+#[cfg(feature = "cudnn")]
+pub mod cudnnconv;
 pub mod fastconv;
 pub mod fastnorm;
 mod layers;

@@ -1,0 +1,433 @@
+//! Stride-1 2-D convolutions whose forward pass and both backward passes run on cuDNN (`--conv cudnn`, cargo
+//! feature `cudnn`).
+//!
+//! candle 0.11.1's own `cudnn` feature routes only the convolution *forward* through cuDNN. Its backward stays
+//! candle's: `conv_transpose2d` (a direct kernel) for the input gradient, and for the weight gradient a `conv2d`
+//! of the batch-transposed input with the output gradient as a 32×32 "kernel", a shape for which cuDNN's
+//! heuristics are poor; `CUDA.md` measured training 3× slower with it. Here the three passes are cuDNN's own
+//! `cudnnConvolutionForward`, `cudnnConvolutionBackwardData` and `cudnnConvolutionBackwardFilter` (through
+//! cudarc's safe wrappers), each a candle custom op, the forward's backward made of the other two, as PyTorch
+//! does with cuDNN on.
+//!
+//! Precision, PyTorch's conventions:
+//! - f32 tensors: exact FP32 arithmetic (`CUDNN_FMA_MATH`) unless candle's reduced-precision f32 GEMM switch
+//!   (`candle_core::cuda::set_gemm_reduced_precision_f32`, `--tf32`) is on, then TF32 tensor cores
+//!   (`CUDNN_TENSOR_OP_MATH`), which is what `torch.backends.cudnn.allow_tf32` selects;
+//! - bf16 and f16 tensors: tensor cores with f32 accumulation (the convolution descriptor's compute type is
+//!   f32), as under PyTorch's autocast.
+//!
+//! The algorithm of each pass is cuDNN's first heuristic choice (`cudnnGet…Algorithm_v7`), cached per shape,
+//! data type and math mode on the thread, i.e. PyTorch's behaviour with `cudnn.benchmark = False`; cudarc 0.19
+//! keeps its descriptors private, so cuDNN's measured search (`cudnnFind…`) is not reachable through it.
+//! Handles are per thread and device (cuDNN handles are neither `Send` nor `Sync`).
+//!
+//! Linking: cudarc links `libcudnn.so.9` dynamically (candle builds cudarc for dynamic linking), so a binary
+//! built with this feature needs cuDNN 9 on the loader path at start-up, e.g. the copy inside a PyTorch
+//! installation (`site-packages/nvidia/cudnn/lib`). `scripts/setup-cuda-build.sh --cudnn` installs the same
+//! library for the build machine's linker.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::LocalKey;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc;
+use candle_core::cuda_backend::{CudaDType, CudaDevice, DeviceId};
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use cudarc::cudnn::sys::{
+    cudnnConvolutionBwdDataAlgo_t as DataAlgo, cudnnConvolutionBwdFilterAlgo_t as FilterAlgo,
+    cudnnConvolutionFwdAlgo_t as FwdAlgo, cudnnConvolutionMode_t, cudnnMathType_t,
+    cudnnTensorFormat_t as Format,
+};
+use cudarc::cudnn::{
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
+    CudnnError, FilterDescriptor, TensorDescriptor,
+};
+use cudarc::driver::{CudaSlice, DeviceRepr};
+
+/// Which of the three convolution passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    BackwardData,
+    BackwardFilter,
+}
+
+/// A pass's problem: `x` `[b, ci, h, w]`, `w` `[co, ci, k, k]`, `y` `[b, co, h', w']`, padding and precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Problem {
+    x: [i32; 4],
+    w: [i32; 4],
+    y: [i32; 4],
+    padding: i32,
+    dtype: DType,
+    tensor_ops: bool,
+}
+
+impl Problem {
+    fn new(x: &Shape, w: &Shape, y: &Shape, padding: usize, dtype: DType) -> Result<Self> {
+        Ok(Self {
+            x: dims4(x, "input")?,
+            w: dims4(w, "weight")?,
+            y: dims4(y, "output")?,
+            padding: i32::try_from(padding).map_err(wrap)?,
+            dtype,
+            tensor_ops: dtype != DType::F32 || candle_core::cuda::gemm_reduced_precision_f32(),
+        })
+    }
+}
+
+thread_local! {
+    static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
+    static FORWARD: RefCell<HashMap<Problem, FwdAlgo>> = RefCell::new(HashMap::new());
+    static BACKWARD_DATA: RefCell<HashMap<Problem, DataAlgo>> = RefCell::new(HashMap::new());
+    static BACKWARD_FILTER: RefCell<HashMap<Problem, FilterAlgo>> = RefCell::new(HashMap::new());
+}
+
+fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
+    HANDLES.with(|h| {
+        if let Some(c) = h.borrow().get(&dev.id()) {
+            return Ok(c.clone());
+        }
+        let c = Cudnn::new(dev.cuda_stream()).map_err(wrap)?;
+        h.borrow_mut().insert(dev.id(), c.clone());
+        Ok(c)
+    })
+}
+
+fn wrap(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("cuDNN convolution: {e}"))
+}
+
+fn dims4(s: &Shape, what: &str) -> Result<[i32; 4]> {
+    let (a, b, c, d) = s
+        .dims4()
+        .map_err(|_| wrap(format!("{what} must be 4-D, got {s:?}")))?;
+    let cast =
+        |v: usize| i32::try_from(v).map_err(|_| wrap(format!("{what} dimension {v} too large")));
+    Ok([cast(a)?, cast(b)?, cast(c)?, cast(d)?])
+}
+
+/// The descriptors of a problem in element type `T` (tensors NCHW, compute type f32).
+struct Descriptors<T: CudnnDataType> {
+    conv: ConvDescriptor<f32>,
+    x: TensorDescriptor<T>,
+    w: FilterDescriptor<T>,
+    y: TensorDescriptor<T>,
+}
+
+impl<T: CudnnDataType> Descriptors<T> {
+    fn new(cudnn: &Arc<Cudnn>, p: &Problem) -> Result<Self> {
+        let mut conv = cudnn
+            .create_conv2d::<f32>(
+                [p.padding, p.padding],
+                [1, 1],
+                [1, 1],
+                cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+            )
+            .map_err(wrap)?;
+        conv.set_math_type(if p.tensor_ops {
+            cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        } else {
+            cudnnMathType_t::CUDNN_FMA_MATH
+        })
+        .map_err(wrap)?;
+        Ok(Self {
+            conv,
+            x: cudnn
+                .create_4d_tensor::<T>(Format::CUDNN_TENSOR_NCHW, p.x)
+                .map_err(wrap)?,
+            w: cudnn
+                .create_4d_filter::<T>(Format::CUDNN_TENSOR_NCHW, p.w)
+                .map_err(wrap)?,
+            y: cudnn
+                .create_4d_tensor::<T>(Format::CUDNN_TENSOR_NCHW, p.y)
+                .map_err(wrap)?,
+        })
+    }
+}
+
+/// The algorithm cached in `cache` for `p`, or the heuristic's first choice (`pick`), then cached.
+fn algorithm<A: Copy + 'static>(
+    cache: &'static LocalKey<RefCell<HashMap<Problem, A>>>,
+    p: &Problem,
+    pick: impl FnOnce() -> std::result::Result<A, CudnnError>,
+) -> Result<A> {
+    if let Some(a) = cache.with(|m| m.borrow().get(p).copied()) {
+        return Ok(a);
+    }
+    let a = pick().map_err(wrap)?;
+    cache.with(|m| m.borrow_mut().insert(*p, a));
+    Ok(a)
+}
+
+/// An uninitialised device buffer of `n` elements (every pass writes all of its output: β = 0).
+fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: cuDNN overwrites every element (β = 0) before anything reads the buffer.
+    unsafe { dev.alloc::<T>(n) }
+}
+
+/// A workspace of `bytes` bytes, `None` when the algorithm needs none.
+fn workspace(dev: &CudaDevice, bytes: usize) -> Result<Option<CudaSlice<u8>>> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    // SAFETY: scratch memory; cuDNN does not read what it has not written.
+    Ok(Some(unsafe { dev.alloc::<u8>(bytes) }?))
+}
+
+/// Runs `pass` of problem `p` with element type `T`: `a` and `b` are the pass's two inputs (forward: x, w;
+/// backward-data: dy, w; backward-filter: x, dy), contiguous from their layouts' offsets.
+fn run<T>(
+    pass: Pass,
+    p: &Problem,
+    dev: &CudaDevice,
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+) -> Result<CudaSlice<T>>
+where
+    T: CudnnDataType + DeviceRepr + CudaDType + Scale,
+{
+    let cudnn = handle(dev)?;
+    let d = Descriptors::<T>::new(&cudnn, p)?;
+    let av = a.0.as_cuda_slice::<T>()?.slice(a.1.start_offset()..);
+    let bv = b.0.as_cuda_slice::<T>()?.slice(b.1.start_offset()..);
+    let count = |s: [i32; 4]| s.iter().map(|&v| v as usize).product::<usize>();
+    let (one, zero) = (T::ONE, T::ZERO);
+    match pass {
+        Pass::Forward => {
+            let op = ConvForward {
+                conv: &d.conv,
+                x: &d.x,
+                w: &d.w,
+                y: &d.y,
+            };
+            let algo = algorithm(&FORWARD, p, || op.pick_algorithm())?;
+            let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(wrap)?)?;
+            let mut y = output::<T>(dev, count(p.y))?;
+            // SAFETY: the descriptors describe `av`, `bv` and `y` (contiguous NCHW of type T).
+            unsafe { op.launch(algo, ws.as_mut(), (one, zero), &av, &bv, &mut y) }.map_err(wrap)?;
+            Ok(y)
+        }
+        Pass::BackwardData => {
+            let op = ConvBackwardData {
+                conv: &d.conv,
+                dx: &d.x,
+                w: &d.w,
+                dy: &d.y,
+            };
+            let algo = algorithm(&BACKWARD_DATA, p, || op.pick_algorithm())?;
+            let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(wrap)?)?;
+            let mut dx = output::<T>(dev, count(p.x))?;
+            // SAFETY: as above; `av` is dy, `bv` is w.
+            unsafe { op.launch(algo, ws.as_mut(), (one, zero), &mut dx, &bv, &av) }
+                .map_err(wrap)?;
+            Ok(dx)
+        }
+        Pass::BackwardFilter => {
+            let op = ConvBackwardFilter {
+                conv: &d.conv,
+                x: &d.x,
+                dw: &d.w,
+                dy: &d.y,
+            };
+            let algo = algorithm(&BACKWARD_FILTER, p, || op.pick_algorithm())?;
+            let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(wrap)?)?;
+            let mut dw = output::<T>(dev, count(p.w))?;
+            // SAFETY: as above; `av` is x, `bv` is dy.
+            unsafe { op.launch(algo, ws.as_mut(), (one, zero), &av, &mut dw, &bv) }
+                .map_err(wrap)?;
+            Ok(dw)
+        }
+    }
+}
+
+/// The scaling factors α = 1, β = 0 of cuDNN's `y = α·op + β·y` in each element type.
+trait Scale: Sized {
+    const ONE: Self;
+    const ZERO: Self;
+}
+impl Scale for f32 {
+    const ONE: Self = 1.0;
+    const ZERO: Self = 0.0;
+}
+impl Scale for half::bf16 {
+    const ONE: Self = half::bf16::ONE;
+    const ZERO: Self = half::bf16::ZERO;
+}
+impl Scale for half::f16 {
+    const ONE: Self = half::f16::ONE;
+    const ZERO: Self = half::f16::ZERO;
+}
+
+/// One cuDNN pass as a candle op on its two inputs; `out` is the result's shape.
+struct PassOp {
+    pass: Pass,
+    problem: Problem,
+    out: Shape,
+}
+
+impl PassOp {
+    /// The pass on tensors `a` and `b` (made contiguous) for the convolution of shapes `x` ⊛ `w` → `y`.
+    fn apply(
+        pass: Pass,
+        a: &Tensor,
+        b: &Tensor,
+        shapes: [&Shape; 3],
+        padding: usize,
+    ) -> Result<Tensor> {
+        let [x, w, y] = shapes;
+        let op = PassOp {
+            pass,
+            problem: Problem::new(x, w, y, padding, a.dtype())?,
+            out: match pass {
+                Pass::Forward => y.clone(),
+                Pass::BackwardData => x.clone(),
+                Pass::BackwardFilter => w.clone(),
+            },
+        };
+        a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &op)
+    }
+}
+
+impl CustomOp2 for PassOp {
+    fn name(&self) -> &'static str {
+        match self.pass {
+            Pass::Forward => "cudnn-conv2d",
+            Pass::BackwardData => "cudnn-conv2d-backward-data",
+            Pass::BackwardFilter => "cudnn-conv2d-backward-filter",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        refuse_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        a: &CudaStorage,
+        al: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if !al.is_contiguous() || !bl.is_contiguous() {
+            candle_core::bail!("{}: inputs must be contiguous", self.name());
+        }
+        let dev = a.device().clone();
+        let st = match a.dtype() {
+            DType::F32 => CudaStorage::wrap_cuda_slice(
+                run::<f32>(self.pass, &self.problem, &dev, (a, al), (b, bl))?,
+                dev,
+            ),
+            DType::BF16 => CudaStorage::wrap_cuda_slice(
+                run::<half::bf16>(self.pass, &self.problem, &dev, (a, al), (b, bl))?,
+                dev,
+            ),
+            DType::F16 => CudaStorage::wrap_cuda_slice(
+                run::<half::f16>(self.pass, &self.problem, &dev, (a, al), (b, bl))?,
+                dev,
+            ),
+            other => candle_core::bail!("{}: unsupported dtype {other:?}", self.name()),
+        };
+        Ok((st, self.out.clone()))
+    }
+}
+
+fn refuse_cpu(op: &str) -> Result<(CpuStorage, Shape)> {
+    candle_core::bail!("{op}: cuDNN runs on CUDA devices only (use --conv gemm on the CPU)")
+}
+
+/// The differentiable convolution: forward through cuDNN, backward through cuDNN's two backward passes.
+struct Conv {
+    padding: usize,
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "cudnn-conv2d-differentiable"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        refuse_cpu(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let y = out_shape(xl.shape(), wl.shape(), self.padding)?;
+        let op = PassOp {
+            pass: Pass::Forward,
+            problem: Problem::new(xl.shape(), wl.shape(), &y, self.padding, x.dtype())?,
+            out: y,
+        };
+        op.cuda_fwd(x, xl, w, wl)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.to_dtype(y.dtype())?;
+        let shapes = [x.shape(), w.shape(), y.shape()];
+        let dx = PassOp::apply(Pass::BackwardData, &dy, w, shapes, self.padding)?;
+        let dw = PassOp::apply(Pass::BackwardFilter, x, &dy, shapes, self.padding)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `[b, co, h + 2p − k + 1, w + 2p − k + 1]`, or an error naming the mismatch.
+fn out_shape(x: &Shape, w: &Shape, padding: usize) -> Result<Shape> {
+    let (b, ci, h, wd) = x.dims4()?;
+    let (co, wci, kh, kw) = w.dims4()?;
+    if ci != wci {
+        candle_core::bail!("cuDNN convolution: input has {ci} channels, weight expects {wci}");
+    }
+    if h + 2 * padding < kh || wd + 2 * padding < kw {
+        candle_core::bail!(
+            "cuDNN convolution: {kh}×{kw} kernel larger than the padded {h}×{wd} input"
+        );
+    }
+    Ok(Shape::from((
+        b,
+        co,
+        h + 2 * padding + 1 - kh,
+        wd + 2 * padding + 1 - kw,
+    )))
+}
+
+/// `x.conv2d(w, padding, 1, 1, 1)` through cuDNN; differentiable when either input is tracked.
+pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    if !x.device().is_cuda() {
+        candle_core::bail!(
+            "--conv cudnn: cuDNN runs on CUDA devices only; this tensor is on {:?}",
+            x.device()
+        );
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    if x.track_op() || w.track_op() {
+        x.apply_op2(&w, Conv { padding })
+    } else {
+        let y = out_shape(x.shape(), w.shape(), padding)?;
+        PassOp::apply(Pass::Forward, &x, &w, [x.shape(), w.shape(), &y], padding)
+    }
+}
