@@ -538,11 +538,13 @@ fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
     use vsdm_image::unet::fastconv::conv_backward;
     let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
     println!(
-        "convolution ({:?}) on {which} vs candle's conv2d on the CPU in f32: relative errors ‖·‖∞",
+        "convolution + bias ({:?}) on {which} vs candle's conv2d + bias on the CPU in f32: relative errors ‖·‖∞",
         conv_backward()
     );
-    println!("| arithmetic | case | value | input gradient | weight gradient | tolerance |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!(
+        "| arithmetic | case | value | input gradient | weight gradient | bias gradient | tolerance |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
     let cases: Vec<_> = CONV_CASES
         .iter()
         .map(|&(_, ci, co, h, k)| (batch.max(1), ci, co, h, k))
@@ -560,10 +562,10 @@ fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
         let rows = conv_agreement(&cases, dtype, dev);
         candle_core::cuda::set_gemm_reduced_precision_f32(false);
         for r in rows? {
-            let worst = r.forward.max(r.input_gradient).max(r.weight_gradient);
+            let worst = r.worst();
             println!(
-                "| {name} | {} | {:.1e} | {:.1e} | {:.1e} | {tol:.0e} |",
-                r.case, r.forward, r.input_gradient, r.weight_gradient
+                "| {name} | {} | {:.1e} | {:.1e} | {:.1e} | {:.1e} | {tol:.0e} |",
+                r.case, r.forward, r.input_gradient, r.weight_gradient, r.bias_gradient
             );
             if worst.is_nan() || worst > tol {
                 failed.push(format!("{name} {}: {worst:.2e} > {tol:.0e}", r.case));

@@ -1,37 +1,66 @@
-//! A value computed ahead of a custom op and handed out once as the op's forward result.
+//! Ops whose forward value is computed ahead and whose backward is this crate's own.
 //!
-//! [`super::fastconv`] and [`super::fastnorm`] compute a layer's value with candle's own ops on detached inputs
-//! (so no graph is recorded for it) and need an op on the layer's inputs whose result is that value and whose
-//! backward is their own. The op's forward copies the value's storage (one pass over the output, like the
-//! addition of a zero-valued carrier would cost, without keeping a second output-sized tensor in the graph).
+//! [`super::fastconv`] and [`super::fastnorm`] compute a layer's value with candle's own ops (or cuDNN) on
+//! detached inputs, so no graph is recorded for it, and need an op on the layer's three inputs whose result is
+//! that value and whose backward is theirs: [`apply`]. The op's forward copies the value's storage (one pass
+//! over the output, like the addition of a zero-valued carrier would cost, without keeping a second output-sized
+//! tensor in the graph).
 
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-pub(crate) struct Carried(Mutex<Option<Tensor>>);
+/// The backward half of a carried op: the gradients of its three inputs from the output's gradient `dy`.
+pub(crate) trait Backward: Send + Sync + 'static {
+    /// The op's name in candle's errors.
+    const NAME: &'static str;
 
-impl Carried {
-    pub(crate) fn new(value: Tensor) -> Self {
-        Self(Mutex::new(Some(value)))
-    }
+    fn backward(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)>;
+}
 
-    fn take(&self, op: &str) -> Result<Tensor> {
-        self.0
+/// `value` as the result of an op on (`a`, `b`, `c`) whose gradients come from `backward`.
+pub(crate) fn apply<B: Backward>(
+    value: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    backward: B,
+) -> Result<Tensor> {
+    a.apply_op3(
+        b,
+        c,
+        CarriedOp {
+            value: Mutex::new(Some(value)),
+            backward,
+        },
+    )
+}
+
+struct CarriedOp<B> {
+    value: Mutex<Option<Tensor>>,
+    backward: B,
+}
+
+impl<B: Backward> CarriedOp<B> {
+    /// The value's storage on the op's backend, picked out of the tensor's storage by `pick`; handed out once.
+    fn storage<S: BackendStorage>(
+        &self,
+        pick: impl Fn(&Storage) -> Option<&S>,
+    ) -> Result<(S, Shape)> {
+        let op = B::NAME;
+        let v = self
+            .value
             .lock()
             .map_err(|e| candle_core::Error::Msg(format!("{op}: {e}")))?
             .take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: applied twice")))
-    }
-
-    /// The value's storage on the op's backend, picked out of the tensor's storage by `pick`.
-    fn storage<S: BackendStorage>(
-        &self,
-        op: &str,
-        pick: impl Fn(&Storage) -> Option<&S>,
-    ) -> Result<(S, Shape)> {
-        let v = self.take(op)?;
+            .ok_or_else(|| candle_core::Error::Msg(format!("{op}: applied twice")))?;
         let (st, l) = v.storage_and_layout();
         match pick(&st) {
             Some(s) if l.is_contiguous() && l.start_offset() == 0 => {
@@ -42,21 +71,52 @@ impl Carried {
             ),
         }
     }
+}
 
-    /// The value as CPU storage (for `cpu_fwd`).
-    pub(crate) fn cpu(&self, op: &str) -> Result<(CpuStorage, Shape)> {
-        self.storage(op, |s| match s {
+impl<B: Backward> CustomOp3 for CarriedOp<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.storage(|s| match s {
             Storage::Cpu(c) => Some(c),
             _ => None,
         })
     }
 
-    /// The value as CUDA storage (for `cuda_fwd`).
     #[cfg(feature = "cuda")]
-    pub(crate) fn cuda(&self, op: &str) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.storage(op, |s| match s {
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.storage(|s| match s {
             Storage::Cuda(c) => Some(c),
             _ => None,
         })
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.backward.backward(a, b, c, dy)
     }
 }

@@ -6,8 +6,9 @@
 //! of the batch-transposed input with the output gradient as a 32×32 "kernel", a shape for which cuDNN's
 //! heuristics are poor; `CUDA.md` measured training 3× slower with it. Here the three passes are cuDNN's own
 //! `cudnnConvolutionForward`, `cudnnConvolutionBackwardData` and `cudnnConvolutionBackwardFilter` (through
-//! cudarc's safe wrappers), each a candle custom op, the forward's backward made of the other two, as PyTorch
-//! does with cuDNN on.
+//! cudarc's safe wrappers), each a graph-free candle custom op ([`forward`], [`gradients`]); the layer's op
+//! in [`super::fastconv`] adds the bias and records the convolution in the graph with these as its backward, as
+//! PyTorch does with cuDNN on.
 //!
 //! Precision, PyTorch's conventions:
 //! - f32 tensors: exact FP32 arithmetic (`CUDNN_FMA_MATH`) unless candle's reduced-precision f32 GEMM switch
@@ -344,57 +345,6 @@ fn refuse_cpu(op: &str) -> Result<(CpuStorage, Shape)> {
     candle_core::bail!("{op}: cuDNN runs on CUDA devices only (use --conv gemm on the CPU)")
 }
 
-/// The differentiable convolution: forward through cuDNN, backward through cuDNN's two backward passes.
-struct Conv {
-    padding: usize,
-}
-
-impl CustomOp2 for Conv {
-    fn name(&self) -> &'static str {
-        "cudnn-conv2d-differentiable"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        refuse_cpu(self.name())
-    }
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let y = out_shape(xl.shape(), wl.shape(), self.padding)?;
-        let op = PassOp {
-            pass: Pass::Forward,
-            problem: Problem::new(xl.shape(), wl.shape(), &y, self.padding, x.dtype())?,
-            out: y,
-        };
-        op.cuda_fwd(x, xl, w, wl)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        y: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.to_dtype(y.dtype())?;
-        let shapes = [x.shape(), w.shape(), y.shape()];
-        let dx = PassOp::apply(Pass::BackwardData, &dy, w, shapes, self.padding)?;
-        let dw = PassOp::apply(Pass::BackwardFilter, x, &dy, shapes, self.padding)?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
 /// `[b, co, h + 2p − k + 1, w + 2p − k + 1]`, or an error naming the mismatch.
 fn out_shape(x: &Shape, w: &Shape, padding: usize) -> Result<Shape> {
     let (b, ci, h, wd) = x.dims4()?;
@@ -415,19 +365,30 @@ fn out_shape(x: &Shape, w: &Shape, padding: usize) -> Result<Shape> {
     )))
 }
 
-/// `x.conv2d(w, padding, 1, 1, 1)` through cuDNN; differentiable when either input is tracked.
-pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+fn check_cuda(x: &Tensor) -> Result<()> {
     if !x.device().is_cuda() {
         candle_core::bail!(
             "--conv cudnn: cuDNN runs on CUDA devices only; this tensor is on {:?}",
             x.device()
         );
     }
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    if x.track_op() || w.track_op() {
-        x.apply_op2(&w, Conv { padding })
-    } else {
-        let y = out_shape(x.shape(), w.shape(), padding)?;
-        PassOp::apply(Pass::Forward, &x, &w, [x.shape(), w.shape(), &y], padding)
-    }
+    Ok(())
+}
+
+/// `x.conv2d(w, padding, 1, 1, 1)` through cuDNN, without recording a graph (callers differentiate it with
+/// [`gradients`]).
+pub fn forward(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+    check_cuda(x)?;
+    let y = out_shape(x.shape(), w.shape(), padding)?;
+    PassOp::apply(Pass::Forward, x, w, [x.shape(), w.shape(), &y], padding)
+}
+
+/// The input and weight gradients of `x.conv2d(w, padding, 1, 1, 1)` for the output gradient `dy`, through
+/// cuDNN's backward-data and backward-filter passes (in `dy`'s precision, which is the activations').
+pub fn gradients(x: &Tensor, w: &Tensor, dy: &Tensor, padding: usize) -> Result<(Tensor, Tensor)> {
+    check_cuda(x)?;
+    let shapes = [x.shape(), w.shape(), dy.shape()];
+    let dx = PassOp::apply(Pass::BackwardData, dy, w, shapes, padding)?;
+    let dw = PassOp::apply(Pass::BackwardFilter, x, dy, shapes, padding)?;
+    Ok((dx, dw))
 }

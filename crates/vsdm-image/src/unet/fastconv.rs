@@ -1,4 +1,5 @@
-//! A stride-1 2-D convolution whose backward pass runs on convolution *forward* kernels.
+//! A stride-1 2-D convolution with a per-channel bias whose backward pass runs on convolution *forward* kernels
+//! (or on cuDNN), recorded in the graph as one op.
 //!
 //! candle 0.11.1 differentiates `conv2d` with `conv_transpose2d` for the input gradient, a direct kernel that
 //! costs about 4× the forward on CUDA (`CUDA.md`) and is a plain loop nest on the CPU, while `conv2d` itself
@@ -7,26 +8,30 @@
 //!   dx = conv2d(dy, W̃, padding k − 1 − p),  W̃[ci, co, i, j] = W[co, ci, k − 1 − i, k − 1 − j],
 //!
 //! and the weight gradient is candle's own correlation of the batch-transposed input with the batch-transposed
-//! output gradient. [`conv2d_gemm`] computes the value with a gradient-free `conv2d` and hands it to a custom op
-//! on (x, W) whose forward returns it ([`super::carried`]) and whose backward returns these two gradients, so
-//! every convolution of the training step, forward and backward, goes through the im2col + GEMM path.
+//! output gradient; the bias gradient is dy summed over batch and positions. [`conv2d_bias`] computes
+//! conv2d(x, W) + b without recording a graph and hands it to a custom op on (x, W, b) whose forward returns it
+//! ([`super::carried`]) and whose backward returns these three gradients, so every convolution of the training
+//! step, forward and backward, goes through the im2col + GEMM path, and the graph keeps one output-sized tensor
+//! per layer instead of two (the convolution's and the bias sum's).
 //!
-//! The choice is per thread ([`set_conv_backward`]); [`ConvBackward::Candle`] restores candle's own backward, for
-//! comparisons (`vsdm-image bench --conv candle`).
+//! The choice is per thread ([`set_conv_backward`]): [`ConvBackward::Candle`] restores candle's own conv2d,
+//! bias addition and backward, for comparisons (`vsdm-image --conv candle`); [`ConvBackward::Cudnn`] computes the
+//! value and the two convolution gradients with cuDNN (`super::cudnnconv`, cargo feature `cudnn`).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 
-use super::carried::Carried;
+use super::carried;
 
-/// How convolutions are differentiated.
+/// How convolutions are computed and differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConvBackward {
-    /// candle's own: `conv_transpose2d` for the input gradient.
+    /// candle's own: `conv2d` and a broadcast bias addition, `conv_transpose2d` for the input gradient.
     Candle,
-    /// Both gradients as `conv2d` forward passes (im2col + GEMM); see the module documentation.
+    /// Both convolution gradients as `conv2d` forward passes (im2col + GEMM); see the module documentation.
     Gemm,
-    /// The forward and both gradients through cuDNN (`super::cudnnconv`) for CUDA tensors, in a binary built
-    /// with the `cudnn` feature (without it, an error naming the feature); CPU tensors take the GEMM path.
+    /// The value and both convolution gradients through cuDNN (`super::cudnnconv`) for CUDA tensors, in a
+    /// binary built with the `cudnn` feature (without it, an error naming the feature); CPU tensors take the
+    /// GEMM path.
     Cudnn,
 }
 
@@ -38,113 +43,117 @@ backward_choice!(
     "convolution"
 );
 
-/// The op of [`conv2d_gemm`] on (x, W): its forward returns the convolution computed beforehand, its backward the
-/// two gradients of a stride-1 convolution with `padding`.
-struct ConvGrad {
+/// The backward of [`conv2d_bias`]'s op on (x, W, b): a stride-1 convolution with `padding`.
+struct ConvBiasBackward {
     padding: usize,
-    value: Carried,
+    cudnn: bool,
 }
 
-impl CustomOp2 for ConvGrad {
-    fn name(&self) -> &'static str {
-        "conv2d-gemm-backward"
-    }
+impl carried::Backward for ConvBiasBackward {
+    const NAME: &'static str = "conv2d-bias-backward";
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.value.cpu(self.name())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.value.cuda(self.name())
-    }
-
-    fn bwd(
+    fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
+        _b: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (_, _, kh, kw) = w.dims4()?;
-        if kh != kw {
-            candle_core::bail!("conv2d-gemm-backward: square kernels only, got {kh}×{kw}");
-        }
-        let p = self.padding;
-        // W̃: swap in/out channels and flip both spatial axes.
-        let rev = Tensor::arange_step(kh as i64 - 1, -1, -1, w.device())?
-            .to_dtype(candle_core::DType::U32)?;
-        let wt = w
-            .transpose(0, 1)?
-            .contiguous()?
-            .index_select(&rev, 2)?
-            .index_select(&rev, 3)?
-            .contiguous()?;
-        let dx = dy.conv2d(&wt, kh - 1 - p, 1, 1, 1)?;
-        let dw = x
-            .transpose(0, 1)?
-            .conv2d(&dy.transpose(0, 1)?, p, 1, 1, 1)?
-            .transpose(0, 1)?;
-        let dw = if dw.dim(2)? != kh || dw.dim(3)? != kw {
-            dw.narrow(2, 0, kh)?.narrow(3, 0, kw)?
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let db = dy.sum(3)?.sum(2)?.sum(0)?;
+        let (dx, dw) = if self.cudnn {
+            cudnn::gradients(x, w, dy, self.padding)?
         } else {
-            dw
+            gemm_gradients(x, w, dy, self.padding)?
         };
-        Ok((Some(dx), Some(dw)))
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
-/// `x.conv2d(w, padding, 1, 1, 1)` with the backward pass chosen by [`conv_backward`]. Under
-/// [`ConvBackward::Cudnn`], CUDA tensors go through cuDNN and CPU tensors take the GEMM path (so a CUDA run with
-/// cuDNN can be compared against the CPU with the same setting).
-pub fn conv2d_gemm(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
+/// The input and weight gradients of a stride-1 convolution from conv2d forward passes.
+fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tensor, Tensor)> {
+    let (_, _, kh, kw) = w.dims4()?;
+    if kh != kw {
+        candle_core::bail!("conv2d backward: square kernels only, got {kh}×{kw}");
+    }
+    // W̃: swap in/out channels and flip both spatial axes.
+    let rev = Tensor::arange_step(kh as i64 - 1, -1, -1, w.device())?
+        .to_dtype(candle_core::DType::U32)?;
+    let wt = w
+        .transpose(0, 1)?
+        .contiguous()?
+        .index_select(&rev, 2)?
+        .index_select(&rev, 3)?
+        .contiguous()?;
+    let dx = dy.conv2d(&wt, kh - 1 - p, 1, 1, 1)?;
+    let dw = x
+        .transpose(0, 1)?
+        .conv2d(&dy.transpose(0, 1)?, p, 1, 1, 1)?
+        .transpose(0, 1)?;
+    let dw = if dw.dim(2)? != kh || dw.dim(3)? != kw {
+        dw.narrow(2, 0, kh)?.narrow(3, 0, kw)?
+    } else {
+        dw
+    };
+    Ok((dx, dw))
+}
+
+/// `x.conv2d(w, padding, 1, 1, 1) + b` (`b` per output channel), computed and differentiated as
+/// [`conv_backward`] selects. Under [`ConvBackward::Cudnn`], CUDA tensors go through cuDNN and CPU tensors take
+/// the GEMM path (so a CUDA run with cuDNN can be compared against the CPU with the same setting).
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result<Tensor> {
     let mode = conv_backward();
-    if mode == ConvBackward::Cudnn && x.device().is_cuda() {
-        return cudnn_conv2d(x, w, padding);
+    let on_cudnn = mode == ConvBackward::Cudnn && x.device().is_cuda();
+    let c = b.dim(0)?;
+    let value = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+        let y = if on_cudnn {
+            cudnn::forward(x, w, padding)?
+        } else {
+            x.conv2d(w, padding, 1, 1, 1)?
+        };
+        y.broadcast_add(&b.reshape((1, c, 1, 1))?)
+    };
+    // candle's own graph, or nothing to differentiate (sampling, the EMA network).
+    if mode == ConvBackward::Candle || !(x.track_op() || w.track_op() || b.track_op()) {
+        return value(x, w, b);
     }
-    match mode {
-        ConvBackward::Candle => x.conv2d(w, padding, 1, 1, 1),
-        // Nothing to differentiate (sampling, EMA network): the plain forward, no gradient carrier.
-        _ if !x.track_op() && !w.track_op() => x.conv2d(w, padding, 1, 1, 1),
-        ConvBackward::Gemm | ConvBackward::Cudnn => {
-            let y = x.detach().conv2d(&w.detach(), padding, 1, 1, 1)?;
-            x.apply_op2(
-                w,
-                ConvGrad {
-                    padding,
-                    value: Carried::new(y),
-                },
-            )
-        }
-    }
-}
-
-#[cfg(feature = "cudnn")]
-fn cudnn_conv2d(x: &Tensor, w: &Tensor, padding: usize) -> Result<Tensor> {
-    super::cudnnconv::conv2d(x, w, padding)
-}
-
-#[cfg(not(feature = "cudnn"))]
-fn cudnn_conv2d(_: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {
-    candle_core::bail!(
-        "--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)"
+    let y = value(&x.detach(), &w.detach(), &b.detach())?;
+    carried::apply(
+        y,
+        x,
+        w,
+        b,
+        ConvBiasBackward {
+            padding,
+            cudnn: on_cudnn,
+        },
     )
 }
 
+#[cfg(feature = "cudnn")]
+use super::cudnnconv as cudnn;
+
+/// Stand-ins for a build without cuDNN: [`ConvBackward::Cudnn`] is then refused on CUDA tensors.
+#[cfg(not(feature = "cudnn"))]
+mod cudnn {
+    use candle_core::{Result, Tensor};
+
+    fn refuse<T>() -> Result<T> {
+        candle_core::bail!(
+            "--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)"
+        )
+    }
+
+    pub fn forward(_: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {
+        refuse()
+    }
+
+    pub fn gradients(_: &Tensor, _: &Tensor, _: &Tensor, _: usize) -> Result<(Tensor, Tensor)> {
+        refuse()
+    }
+}
+
 /// A `k×k` stride-1 convolution layer with "same" padding (`weight` `[out, in, k, k]`, `bias` `[out]`), the
-/// module form of [`conv2d_gemm`].
+/// module form of [`conv2d_bias`].
 #[derive(Debug, Clone)]
 pub struct Conv {
     weight: Tensor,
@@ -168,9 +177,7 @@ impl candle_core::Module for Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.to_dtype(x.dtype())?;
         let b = self.bias.to_dtype(x.dtype())?;
-        let y = conv2d_gemm(x, &w, self.padding)?;
-        let c = b.dim(0)?;
-        y.broadcast_add(&b.reshape((1, c, 1, 1))?)
+        conv2d_bias(x, &w, &b, self.padding)
     }
 }
 
@@ -195,8 +202,9 @@ mod tests {
         max_abs(&(a - b).unwrap()) / max_abs(a)
     }
 
-    /// The value and both gradients equal candle's conv2d and its own backward (f32, ≤ 1e-5 relative), for
-    /// 1×1 and 3×3 kernels, "same" and smaller padding, channel counts that differ.
+    /// The value and the three gradients equal candle's conv2d plus a broadcast bias and their own backward
+    /// (f32, ≤ 1e-5 relative), for 1×1, 3×3 and 5×5 kernels, "same" and smaller padding, channel counts that
+    /// differ.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
         let dev = Device::Cpu;
@@ -209,11 +217,12 @@ mod tests {
         ] {
             let x = Var::from_tensor(&rng.randn(&[b, ci, h, h], &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&rng.randn(&[co, ci, k, k], &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&rng.randn(&[co], &dev).unwrap()).unwrap();
             let oh = h + 2 * p + 1 - k;
             let probe = rng.randn(&[b, co, oh, oh], &dev).unwrap();
             let run = |mode| {
                 set_conv_backward(mode);
-                let y = conv2d_gemm(x.as_tensor(), w.as_tensor(), p).unwrap();
+                let y = conv2d_bias(x.as_tensor(), w.as_tensor(), bias.as_tensor(), p).unwrap();
                 let g = (&y * &probe)
                     .unwrap()
                     .sum_all()
@@ -224,10 +233,11 @@ mod tests {
                     y,
                     g.get(x.as_tensor()).unwrap().clone(),
                     g.get(w.as_tensor()).unwrap().clone(),
+                    g.get(bias.as_tensor()).unwrap().clone(),
                 )
             };
-            let (y0, dx0, dw0) = run(ConvBackward::Candle);
-            let (y1, dx1, dw1) = run(ConvBackward::Gemm);
+            let (y0, dx0, dw0, db0) = run(ConvBackward::Candle);
+            let (y1, dx1, dw1, db1) = run(ConvBackward::Gemm);
             set_conv_backward(ConvBackward::Gemm);
             let case = format!("b{b} ci{ci} co{co} h{h} k{k} p{p}");
             assert!(rel(&y0, &y1) < 1e-6, "{case}: value");
@@ -240,6 +250,11 @@ mod tests {
                 rel(&dw0, &dw1) < 1e-5,
                 "{case}: weight gradient {}",
                 rel(&dw0, &dw1)
+            );
+            assert!(
+                rel(&db0, &db1) < 1e-5,
+                "{case}: bias gradient {}",
+                rel(&db0, &db1)
             );
         }
     }

@@ -15,9 +15,9 @@
 //! The choice is per thread ([`set_norm_backward`]); [`NormBackward::Candle`] restores candle_nn's op chain, for
 //! comparisons (`vsdm-image bench --norm candle`).
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 
-use super::carried::Carried;
+use super::carried;
 
 /// How group normalisations are differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,50 +53,20 @@ fn per_channel(v: &Tensor, x: &Tensor) -> Result<Tensor> {
     v.reshape(dims)
 }
 
-/// The op of [`group_norm`] on (x, γ, β): its forward returns the value computed beforehand, its backward the
-/// gradients.
-struct GroupNormOp {
+/// The backward of [`group_norm`]'s op on (x, γ, β).
+struct GroupNormBackward {
     groups: usize,
     eps: f64,
-    value: Carried,
 }
 
-impl CustomOp3 for GroupNormOp {
-    fn name(&self) -> &'static str {
-        "group-norm-analytic-backward"
-    }
+impl carried::Backward for GroupNormBackward {
+    const NAME: &'static str = "group-norm-analytic-backward";
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.value.cpu(self.name())
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.value.cuda(self.name())
-    }
-
-    fn bwd(
+    fn backward(
         &self,
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
@@ -149,15 +119,7 @@ pub fn group_norm(
         return value(x, gamma, beta);
     }
     let v = value(&x.detach(), &gamma.detach(), &beta.detach())?;
-    x.apply_op3(
-        gamma,
-        beta,
-        GroupNormOp {
-            groups,
-            eps,
-            value: Carried::new(v),
-        },
-    )
+    carried::apply(v, x, gamma, beta, GroupNormBackward { groups, eps })
 }
 
 #[cfg(test)]
