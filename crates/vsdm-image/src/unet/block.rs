@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    conv, downsample2, dropout, group_norm, linear, silu, softmax_last, upsample2, Conv, Norm,
+    conv, downsample2, dropout, group_norm, linear, softmax_last, upsample2, Conv, Norm,
 };
 
 /// EDM's `init_weight` of the last convolution of each branch (`init_zero`).
@@ -145,7 +145,7 @@ impl UNetBlock {
     /// `x` `[B, cin, H, W]`, `emb` `[B, emb]`; dropout only when `train`.
     pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
         let _e = self.span.enter();
-        let h = self.resample.apply(&silu(&self.norm0.forward(x)?)?)?;
+        let h = self.resample.apply(&self.norm0.forward_silu(x)?)?;
         let h = self.conv0.forward(&h)?;
         // The embedding stays in f32; its shift joins the activations in their precision.
         let shift = self
@@ -154,7 +154,7 @@ impl UNetBlock {
             .to_dtype(h.dtype())?
             .unsqueeze(2)?
             .unsqueeze(3)?;
-        let h = silu(&self.norm1.forward(&h.broadcast_add(&shift)?)?)?;
+        let h = self.norm1.forward_silu(&h.broadcast_add(&shift)?)?;
         let h = if train { dropout(&h, self.dropout)? } else { h };
         let h = self.conv1.forward(&h)?;
         let skip = match &self.skip {

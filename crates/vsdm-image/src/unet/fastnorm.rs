@@ -12,8 +12,12 @@
 //! backward evaluates these formulas, recomputing μ and r from x. The graph then keeps only x, γ, β and the
 //! output. Only candle's own kernels run, on the CPU and on CUDA alike.
 //!
-//! The choice is per thread ([`set_norm_backward`]); [`NormBackward::Candle`] restores candle_nn's op chain, for
-//! comparisons (`vsdm-image bench --norm candle`).
+//! Most normalisations of the U-Net feed a SiLU; [`group_norm`] with `silu` folds it into the same op, u = SiLU(y), so
+//! the graph keeps one activation-sized tensor where candle_nn's chain and a separate SiLU keep the norm's output
+//! too. Its backward first turns ∂L/∂u into ∂L/∂y = ∂L/∂u·σ(y)·(1 + y·(1 − σ(y))), y recomputed from x.
+//!
+//! The choice is per thread ([`set_norm_backward`]); [`NormBackward::Candle`] restores candle_nn's op chain and a
+//! separate SiLU, for comparisons (`vsdm-image --norm candle`).
 
 use candle_core::{Result, Tensor};
 
@@ -57,6 +61,8 @@ fn per_channel(v: &Tensor, x: &Tensor) -> Result<Tensor> {
 struct GroupNormBackward {
     groups: usize,
     eps: f64,
+    /// The op's output is SiLU of the normalisation.
+    silu: bool,
 }
 
 impl carried::Backward for GroupNormBackward {
@@ -66,12 +72,24 @@ impl carried::Backward for GroupNormBackward {
         &self,
         x: &Tensor,
         gamma: &Tensor,
-        _beta: &Tensor,
+        beta: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
         let (xhat, r) = normalise(&x.detach(), self.groups, self.eps)?;
         let n = xhat.dim(2)?;
+        let dy = &if self.silu {
+            let y = xhat
+                .reshape(x.shape())?
+                .broadcast_mul(&per_channel(&gamma.detach(), x)?)?
+                .broadcast_add(&per_channel(&beta.detach(), x)?)?;
+            let s = candle_nn::ops::sigmoid(&y)?;
+            // σ(y)·(1 + y·(1 − σ(y))) = σ(y) + y·σ(y) − y·σ(y)².
+            let ys = (&y * &s)?;
+            (dy * ((&s + &ys)? - (&ys * &s)?)?)?
+        } else {
+            dy.clone()
+        };
         let g = dy
             .broadcast_mul(&per_channel(&gamma.detach(), x)?)?
             .reshape((b, self.groups, n))?;
@@ -90,15 +108,17 @@ impl carried::Backward for GroupNormBackward {
 }
 
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, scale `gamma` `[C]`, shift `beta`
-/// `[C]`: the same value as candle_nn's `GroupNorm`, differentiated analytically whenever one of the inputs is
+/// `[C]`, followed by SiLU when `silu` (in the same op, see the module documentation): the same value as
+/// candle_nn's `GroupNorm` (and candle's SiLU), differentiated analytically whenever one of the inputs is
 /// tracked. (The per-thread switch [`norm_backward`] is read by the U-Net's norm layer, which calls candle_nn's
-/// `GroupNorm` instead for [`NormBackward::Candle`].)
+/// `GroupNorm` and a separate SiLU instead for [`NormBackward::Candle`].)
 pub fn group_norm(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     groups: usize,
     eps: f64,
+    silu: bool,
 ) -> Result<Tensor> {
     let c = x.dim(1)?;
     if x.rank() < 3 || c % groups != 0 || gamma.dims() != [c] || beta.dims() != [c] {
@@ -111,15 +131,21 @@ pub fn group_norm(
     }
     let value = |x: &Tensor, gamma: &Tensor, beta: &Tensor| -> Result<Tensor> {
         let (xhat, _) = normalise(x, groups, eps)?;
-        xhat.reshape(x.shape())?
+        let y = xhat
+            .reshape(x.shape())?
             .broadcast_mul(&per_channel(gamma, x)?)?
-            .broadcast_add(&per_channel(beta, x)?)
+            .broadcast_add(&per_channel(beta, x)?)?;
+        if silu {
+            candle_nn::ops::silu(&y)
+        } else {
+            Ok(y)
+        }
     };
     if !(x.track_op() || gamma.track_op() || beta.track_op()) {
         return value(x, gamma, beta);
     }
     let v = value(&x.detach(), &gamma.detach(), &beta.detach())?;
-    carried::apply(v, x, gamma, beta, GroupNormBackward { groups, eps })
+    carried::apply(v, x, gamma, beta, GroupNormBackward { groups, eps, silu })
 }
 
 #[cfg(test)]
@@ -145,17 +171,21 @@ mod tests {
         m(&(a - b).unwrap()) / m(a)
     }
 
-    /// The value and the three gradients equal candle_nn's `GroupNorm` and its op-by-op backward (f32, ≤ 1e-5
-    /// relative), on inputs with non-zero means and unequal scales, one group and several, 3-D and 4-D inputs.
+    /// The value and the three gradients equal candle_nn's `GroupNorm` (followed by candle's SiLU for the fused
+    /// op) and their op-by-op backward (f32, ≤ 1e-5 relative), on inputs with non-zero means and unequal scales,
+    /// one group and several, 3-D and 4-D inputs.
     #[test]
     fn matches_candle_nn_group_norm_and_its_gradients() {
         let dev = Device::Cpu;
         let mut rng = NoiseRng::new(5);
-        for (shape, groups) in [
-            (vec![2usize, 8, 5, 5], 4usize),
-            (vec![3, 6, 4, 7], 1),
-            (vec![1, 12, 3, 3], 12),
-            (vec![2, 4, 9], 2),
+        for (shape, groups, silu) in [
+            (vec![2usize, 8, 5, 5], 4usize, false),
+            (vec![3, 6, 4, 7], 1, false),
+            (vec![1, 12, 3, 3], 12, false),
+            (vec![2, 4, 9], 2, false),
+            (vec![2, 8, 5, 5], 4, true),
+            (vec![3, 6, 4, 7], 1, true),
+            (vec![2, 4, 9], 2, true),
         ] {
             let c = shape[1];
             let x = (rng.randn(&shape, &dev).unwrap() * 3.0).unwrap();
@@ -184,7 +214,10 @@ mod tests {
                 let d = vm.data().lock().unwrap();
                 vec![d["weight"].clone(), d["bias"].clone()]
             };
-            let y0 = reference.forward(x.as_tensor()).unwrap();
+            let mut y0 = reference.forward(x.as_tensor()).unwrap();
+            if silu {
+                y0 = candle_nn::ops::silu(&y0).unwrap();
+            }
             let g0 = (&y0 * &probe)
                 .unwrap()
                 .sum_all()
@@ -197,6 +230,7 @@ mod tests {
                 beta.as_tensor(),
                 groups,
                 1e-6,
+                silu,
             )
             .unwrap();
             let g1 = (&y1 * &probe)
@@ -205,7 +239,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            let case = format!("{shape:?} / {groups} groups");
+            let case = format!("{shape:?} / {groups} groups / SiLU {silu}");
             assert!(rel(&y0, &y1) < 1e-6, "{case}: value {}", rel(&y0, &y1));
             for (what, a, b) in [
                 ("x", g0.get(x.as_tensor()), g1.get(x.as_tensor())),
@@ -238,7 +272,7 @@ mod tests {
             Tensor::ones(4, DType::F32, &dev).unwrap(),
             Tensor::zeros(4, DType::F32, &dev).unwrap(),
         );
-        let y = group_norm(&x, &g, &b, 2, 1e-5).unwrap();
+        let y = group_norm(&x, &g, &b, 2, 1e-5, false).unwrap();
         assert!(!y.track_op());
         // Each group of 12 consecutive values is standardised.
         let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -248,7 +282,7 @@ mod tests {
             mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3,
             "{mean} {var}"
         );
-        assert!(group_norm(&x, &g, &b, 3, 1e-5).is_err());
-        assert!(group_norm(&x, &g.narrow(0, 0, 3).unwrap(), &b, 2, 1e-5).is_err());
+        assert!(group_norm(&x, &g, &b, 3, 1e-5, true).is_err());
+        assert!(group_norm(&x, &g.narrow(0, 0, 3).unwrap(), &b, 2, 1e-5, false).is_err());
     }
 }

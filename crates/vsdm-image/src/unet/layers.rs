@@ -49,17 +49,37 @@ pub struct Norm {
     dtype: DType,
 }
 
-impl Module for Norm {
-    /// Both casts are no-ops when the activations are already in the parameters' precision.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Norm {
+    /// The normalisation, followed by SiLU when `silu`, in f32 (see the type's documentation).
+    fn apply(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        use super::fastnorm::{group_norm, norm_backward, NormBackward};
         let xf = x.to_dtype(self.dtype)?;
-        let y = match super::fastnorm::norm_backward() {
-            super::fastnorm::NormBackward::Candle => self.reference.forward(&xf)?,
-            super::fastnorm::NormBackward::Fused => {
-                super::fastnorm::group_norm(&xf, &self.weight, &self.bias, self.groups, self.eps)?
+        let y = match norm_backward() {
+            NormBackward::Candle => {
+                let y = self.reference.forward(&xf)?;
+                if silu {
+                    candle_nn::ops::silu(&y)?
+                } else {
+                    y
+                }
+            }
+            NormBackward::Fused => {
+                group_norm(&xf, &self.weight, &self.bias, self.groups, self.eps, silu)?
             }
         };
         y.to_dtype(x.dtype())
+    }
+
+    /// SiLU(norm(x)) (EDM's `silu(norm(x))`), one op under the analytic backward.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, true)
+    }
+}
+
+impl Module for Norm {
+    /// Both casts are no-ops when the activations are already in the parameters' precision.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, false)
     }
 }
 

@@ -398,7 +398,7 @@ impl vsdm_core::ScoreModel for UNet {
             x = bl.forward(&x, &emb, self.train)?;
         }
         self.aux_conv
-            .forward(&silu(&self.aux_norm.forward(&x)?)?)?
+            .forward(&self.aux_norm.forward_silu(&x)?)?
             .to_dtype(in_dtype)
     }
 }
