@@ -144,15 +144,18 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Inverted dropout with probability `p`; masks come from the device's random generator (drawn in f32, which
-/// every backend's generator supports, then cast to the input's precision).
+/// every backend's generator supports). The mask carries the 1/(1 − p) scale, so the graph records one product
+/// (x and the scaled mask kept) rather than a product and a rescaling.
 pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
     let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
         .ge(p)?
+        .to_dtype(DType::F32)?
+        .affine(1.0 / (1.0 - p), 0.0)?
         .to_dtype(x.dtype())?;
-    (x * keep)?.affine(1.0 / (1.0 - p), 0.0)
+    x * keep
 }
 
 /// SiLU, x·σ(x).

@@ -266,3 +266,32 @@ fn unet_gradients_agree_between_backwards() {
     set_conv_backward(ConvBackward::Gemm);
     set_norm_backward(NormBackward::Fused);
 }
+
+/// Dropout zeroes about a fraction p of the values, multiplies the others by exactly 1/(1 − p), and passes the
+/// same factors back as the gradient.
+#[test]
+fn dropout_zeroes_a_fraction_and_rescales_the_rest() {
+    let dev = Device::Cpu;
+    let p = 0.25;
+    let n = 40_000;
+    let x =
+        candle_core::Var::from_tensor(&(Tensor::ones(n, DType::F32, &dev).unwrap() * 2.0).unwrap())
+            .unwrap();
+    let y = layers::dropout(x.as_tensor(), p).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    let yv = y.to_vec1::<f32>().unwrap();
+    let gv = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let zeros = yv.iter().filter(|v| **v == 0.0).count();
+    assert!(yv
+        .iter()
+        .all(|v| *v == 0.0 || (*v - 2.0 * scale).abs() < 1e-6));
+    assert!(yv.iter().zip(&gv).all(|(y, g)| (*y == 0.0) == (*g == 0.0)));
+    assert!(gv.iter().all(|g| *g == 0.0 || (*g - scale).abs() < 1e-6));
+    // Binomial(n, p): standard deviation √(n p (1 − p)) ≈ 87; allow 5 of them.
+    let expected = p * n as f64;
+    assert!(
+        (zeros as f64 - expected).abs() < 5.0 * (expected * (1.0 - p)).sqrt(),
+        "{zeros} zeros, expected ≈ {expected}"
+    );
+}
