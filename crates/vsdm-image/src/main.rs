@@ -33,12 +33,13 @@ struct Cli {
     #[arg(long, global = true)]
     offline: bool,
     /// How the U-Net's convolutions run: gemm (im2col + GEMM forward, both gradients as conv2d forward
-    /// passes; the default), cudnn (forward and both gradients through cuDNN; CUDA, a build with `--features
-    /// cudnn`) or candle (candle's own conv2d backward), for comparisons.
+    /// passes, the bias in the same op; the default), cudnn (forward and both gradients through cuDNN; CUDA, a
+    /// build with `--features cudnn`), or candle (candle's own conv2d, bias addition and backward, for
+    /// comparisons).
     #[arg(long, global = true, default_value = "gemm")]
     conv: vsdm_image::unet::fastconv::ConvBackward,
-    /// Group-norm backward: fused (the analytic backward, the default) or candle (candle_nn's op chain), for
-    /// comparisons.
+    /// Group-norm backward: fused (the analytic backward, with the SiLU that follows most norms in the same op;
+    /// the default) or candle (candle_nn's op chain and a separate SiLU), for comparisons.
     #[arg(long, global = true, default_value = "fused")]
     norm: vsdm_image::unet::fastnorm::NormBackward,
     /// TF32 tensor cores for f32 matrix products and cuDNN convolutions (CUDA; PyTorch's default for
