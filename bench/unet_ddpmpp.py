@@ -137,6 +137,9 @@ def count(cfg):
     return sum(p.numel() for p in UNet(cfg).parameters())
 
 
+CUDNN_BENCHMARK = True
+
+
 def set_precision(precision):
     """f32: true f32 everywhere (cuDNN's TF32 off, which PyTorch turns on for convolutions by default);
     tf32: TF32 tensor cores for convolutions and matmuls (PyTorch's default for convolutions);
@@ -145,7 +148,9 @@ def set_precision(precision):
         tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.benchmark = True
+        # benchmark=True autotunes each convolution (cudnnFind); False takes cuDNN's heuristic choice, which is
+        # what candle's --conv cudnn does (cudarc exposes no cudnnFind): run both for a like-for-like ratio.
+        torch.backends.cudnn.benchmark = CUDNN_BENCHMARK
 
 
 def training_step(cfg, batch, device, precision, compile_):
@@ -240,6 +245,8 @@ def main():
     b.add_argument("--precision", nargs="+", default=["f32"], choices=["f32", "tf32", "bf16"])
     b.add_argument("--mode", nargs="+", default=["eager"], choices=["eager", "compiled"],
                    help="eager, and/or torch.compile (default mode)")
+    b.add_argument("--cudnn-benchmark", choices=["on", "off"], default="on",
+                   help="cuDNN autotuning (on, PyTorch users' usual setting) or its heuristic choice (off)")
     b.add_argument("--profile", action="store_true",
                    help="also print the CUDA kernels of one training step, by total time (torch.profiler)")
     f = sub.add_parser("forward")
@@ -253,10 +260,13 @@ def main():
             print(f"{name}: {count(cfg)} parameters; vsmd (6 input channels): "
                   f"{count(dict(cfg, in_channels=6))}")
     elif a.cmd == "bench":
+        global CUDNN_BENCHMARK
+        CUDNN_BENCHMARK = a.cudnn_benchmark == "on"
         if a.threads:
             torch.set_num_threads(a.threads)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        print(f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads")
+        print(f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads, "
+              f"cudnn.benchmark {CUDNN_BENCHMARK}")
         print("| network | parameters | batch | precision | mode | train img/s | forward img/s | peak GiB (train) |")
         print("|---|---:|---:|---|---|---:|---:|---:|")
         modes = [m == "compiled" for m in a.mode]

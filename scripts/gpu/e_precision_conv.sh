@@ -3,7 +3,7 @@
 # backwards) and after each lever (GEMM convolution backward, analytic group-norm backward, convolutions through
 # cuDNN, TF32, bf16 activations with f32 master weights), beside PyTorch eager and compiled in the same session.
 # Needs .gpuD/vsdm-image.xz (the `cuda` build) and .gpuD/vsdm-image-cudnn.xz (the `cudnn` build); carry `.gpuD`.
-# One call per part fits the 10-minute limit: `e_precision_conv.sh check`, `… bench`, `… profile`.
+# One call per part fits the 10-minute limit: `e_precision_conv.sh check`, `… bench`, `… torch`, `… profile`.
 set -u
 . scripts/gpu/common.sh
 for b in vsdm-image vsdm-image-cudnn; do xz -dc .gpuD/$b.xz >"$K/bin/$b" && chmod +x "$K/bin/$b"; done
@@ -32,9 +32,13 @@ if [ "$part" = bench ] || [ "$part" = all ]; then
     with_mem timeout 150 vsdm-image --cuda --tf32 $b
     with_mem timeout 150 vsdm-image --cuda $b --precision bf16
     with_mem timeout 150 vsdm-image-cudnn --cuda --conv cudnn $b --precision bf16
+fi
 
+if [ "$part" = torch ] || [ "$part" = all ]; then
     log "PyTorch eager and compiled, same network, batch 128"
     timeout 150 python3 bench/unet_ddpmpp.py bench --arch ddpmpp --batch 128 --iters 20 --precision f32 tf32 bf16
+    timeout 150 python3 bench/unet_ddpmpp.py bench --arch ddpmpp --batch 128 --iters 20 --precision f32 bf16 \
+        --cudnn-benchmark off
     timeout 280 python3 bench/unet_ddpmpp.py bench --arch ddpmpp --batch 128 --iters 20 --precision f32 bf16 --mode compiled
 fi
 
