@@ -146,15 +146,9 @@ impl UNetBlock {
     pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
         let _e = self.span.enter();
         let h = self.resample.apply(&self.norm0.forward_silu(x)?)?;
-        let h = self.conv0.forward(&h)?;
-        // The embedding stays in f32; its shift joins the activations in their precision.
-        let shift = self
-            .affine
-            .forward(emb)?
-            .to_dtype(h.dtype())?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = self.norm1.forward_silu(&h.broadcast_add(&shift)?)?;
+        // The embedding's per-channel shift joins conv0's bias (one op; cast to the activations' precision).
+        let h = self.conv0.forward_shifted(&h, &self.affine.forward(emb)?)?;
+        let h = self.norm1.forward_silu(&h)?;
         let h = if train { dropout(&h, self.dropout)? } else { h };
         let h = self.conv1.forward(&h)?;
         let skip = match &self.skip {

@@ -56,10 +56,12 @@ impl carried::Backward for ConvBiasBackward {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let db = dy.sum(3)?.sum(2)?.sum(0)?;
+        // Per channel, or per sample and channel (a bias of shape [B, C]).
+        let db = dy.sum(3)?.sum(2)?;
+        let db = if b.rank() == 1 { db.sum(0)? } else { db };
         let (dx, dw) = if self.cudnn {
             cudnn::gradients(x, w, dy, self.padding)?
         } else {
@@ -97,20 +99,25 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
     Ok((dx, dw))
 }
 
-/// `x.conv2d(w, padding, 1, 1, 1) + b` (`b` per output channel), computed and differentiated as
+/// `x.conv2d(w, padding, 1, 1, 1) + b` (`b` `[C]` per output channel, or `[B, C]` per sample and output
+/// channel, e.g. a layer's bias plus a per-sample shift), computed and differentiated as
 /// [`conv_backward`] selects. Under [`ConvBackward::Cudnn`], CUDA tensors go through cuDNN and CPU tensors take
 /// the GEMM path (so a CUDA run with cuDNN can be compared against the CPU with the same setting).
 pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result<Tensor> {
     let mode = conv_backward();
     let on_cudnn = mode == ConvBackward::Cudnn && x.device().is_cuda();
-    let c = b.dim(0)?;
+    let bshape = match *b.dims() {
+        [c] => (1, c, 1, 1),
+        [n, c] => (n, c, 1, 1),
+        _ => candle_core::bail!("convolution bias must be [C] or [B, C], got {:?}", b.dims()),
+    };
     let value = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
         let y = if on_cudnn {
             cudnn::forward(x, w, padding)?
         } else {
             x.conv2d(w, padding, 1, 1, 1)?
         };
-        y.broadcast_add(&b.reshape((1, c, 1, 1))?)
+        y.broadcast_add(&b.reshape(bshape)?)
     };
     // candle's own graph, or nothing to differentiate (sampling, the EMA network).
     if mode == ConvBackward::Candle || !(x.track_op() || w.track_op() || b.track_op()) {
@@ -171,6 +178,20 @@ impl Conv {
     }
 }
 
+impl Conv {
+    /// The layer plus a per-sample, per-channel `shift` `[B, C]` (EDM's noise-embedding shift after `conv0`),
+    /// added inside the same op: the graph keeps no separate sum.
+    pub fn forward_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        let w = self.weight.to_dtype(x.dtype())?;
+        let b = self
+            .bias
+            .to_dtype(x.dtype())?
+            .unsqueeze(0)?
+            .broadcast_add(&shift.to_dtype(x.dtype())?)?;
+        conv2d_bias(x, &w, &b, self.padding)
+    }
+}
+
 impl candle_core::Module for Conv {
     /// Runs in the input's precision: the (f32 master) weight and bias are cast to it, a no-op in f32, and the
     /// casts' backward returns their gradients in f32.
@@ -204,7 +225,7 @@ mod tests {
 
     /// The value and the three gradients equal candle's conv2d plus a broadcast bias and their own backward
     /// (f32, ≤ 1e-5 relative), for 1×1, 3×3 and 5×5 kernels, "same" and smaller padding, channel counts that
-    /// differ.
+    /// differ, biases per channel and per sample and channel.
     #[test]
     fn matches_candle_conv2d_and_its_gradients() {
         let dev = Device::Cpu;
@@ -217,7 +238,9 @@ mod tests {
         ] {
             let x = Var::from_tensor(&rng.randn(&[b, ci, h, h], &dev).unwrap()).unwrap();
             let w = Var::from_tensor(&rng.randn(&[co, ci, k, k], &dev).unwrap()).unwrap();
-            let bias = Var::from_tensor(&rng.randn(&[co], &dev).unwrap()).unwrap();
+            // A per-channel bias for odd cases, a per-sample one ([B, C]) for even ones.
+            let bshape = if ci % 2 == 1 { vec![co] } else { vec![b, co] };
+            let bias = Var::from_tensor(&rng.randn(&bshape, &dev).unwrap()).unwrap();
             let oh = h + 2 * p + 1 - k;
             let probe = rng.randn(&[b, co, oh, oh], &dev).unwrap();
             let run = |mode| {
