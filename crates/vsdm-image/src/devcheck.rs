@@ -444,9 +444,9 @@ mod tests {
         eprintln!("{r:?}");
     }
 
-    /// The layer convolution agrees with candle's plain conv2d, bias addition and their backward on the CPU: the GEMM backward in
-    /// f32 to 1e-5 (`--conv cudnn` runs it too on CPU tensors), f16 activations within the 16-bit tolerance
-    /// and above f32 rounding (the comparison sees the precision).
+    /// The layer convolution agrees with candle's plain conv2d, bias addition and their backward on the CPU:
+    /// the GEMM backward in f32 to 1e-5 (`--conv cudnn` runs it too on CPU tensors), f16 activations within
+    /// the 16-bit tolerance and above f32 rounding (the comparison sees the precision).
     #[test]
     fn conv_agreement_on_the_cpu() {
         use crate::unet::fastconv::{set_conv_backward, ConvBackward};

@@ -582,10 +582,10 @@ fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
 
 /// Applies `--conv`, `--norm` and `--tf32`, refusing combinations this binary or device cannot run.
 fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
-    use vsdm_image::unet::fastconv::{set_conv_backward, ConvBackward};
+    use vsdm_image::unet::fastconv::{set_conv_backward, ConvBackward, NO_CUDNN};
     if cli.conv == ConvBackward::Cudnn {
         if !cfg!(feature = "cudnn") {
-            bail!("--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)");
+            bail!(NO_CUDNN);
         }
         if dev.is_cpu() {
             bail!("--conv cudnn runs on CUDA only: add --cuda, or use --conv gemm on the CPU");

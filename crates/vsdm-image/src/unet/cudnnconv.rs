@@ -292,6 +292,18 @@ impl PassOp {
     }
 }
 
+impl PassOp {
+    /// [`run`] in element type `T`, its result as candle storage.
+    fn run<T>(&self, a: (&CudaStorage, &Layout), b: (&CudaStorage, &Layout)) -> Result<CudaStorage>
+    where
+        T: CudnnDataType + DeviceRepr + CudaDType + Scale,
+    {
+        let dev = a.0.device().clone();
+        let out = run::<T>(self.pass, &self.problem, &dev, a, b)?;
+        Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    }
+}
+
 impl CustomOp2 for PassOp {
     fn name(&self) -> &'static str {
         match self.pass {
@@ -321,20 +333,10 @@ impl CustomOp2 for PassOp {
         if !al.is_contiguous() || !bl.is_contiguous() {
             candle_core::bail!("{}: inputs must be contiguous", self.name());
         }
-        let dev = a.device().clone();
         let st = match a.dtype() {
-            DType::F32 => CudaStorage::wrap_cuda_slice(
-                run::<f32>(self.pass, &self.problem, &dev, (a, al), (b, bl))?,
-                dev,
-            ),
-            DType::BF16 => CudaStorage::wrap_cuda_slice(
-                run::<half::bf16>(self.pass, &self.problem, &dev, (a, al), (b, bl))?,
-                dev,
-            ),
-            DType::F16 => CudaStorage::wrap_cuda_slice(
-                run::<half::f16>(self.pass, &self.problem, &dev, (a, al), (b, bl))?,
-                dev,
-            ),
+            DType::F32 => self.run::<f32>((a, al), (b, bl))?,
+            DType::BF16 => self.run::<half::bf16>((a, al), (b, bl))?,
+            DType::F16 => self.run::<half::f16>((a, al), (b, bl))?,
             other => candle_core::bail!("{}: unsupported dtype {other:?}", self.name()),
         };
         Ok((st, self.out.clone()))

@@ -136,6 +136,10 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result
     )
 }
 
+/// The error of `--conv cudnn` in a binary built without the `cudnn` feature.
+pub const NO_CUDNN: &str =
+    "--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)";
+
 #[cfg(feature = "cudnn")]
 use super::cudnnconv as cudnn;
 
@@ -145,9 +149,7 @@ mod cudnn {
     use candle_core::{Result, Tensor};
 
     fn refuse<T>() -> Result<T> {
-        candle_core::bail!(
-            "--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)"
-        )
+        candle_core::bail!("{}", super::NO_CUDNN)
     }
 
     pub fn forward(_: &Tensor, _: &Tensor, _: usize) -> Result<Tensor> {

@@ -57,6 +57,12 @@ fn per_channel(v: &Tensor, x: &Tensor) -> Result<Tensor> {
     v.reshape(dims)
 }
 
+/// y = γ_c·x̂ + β_c from x̂ in `x`'s shape, γ already broadcastable ([`per_channel`]) and β `[C]`.
+fn scale_shift(xhat: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
+    xhat.broadcast_mul(gamma)?
+        .broadcast_add(&per_channel(beta, xhat)?)
+}
+
 /// The backward of [`group_norm`]'s op on (x, γ, β).
 struct GroupNormBackward {
     groups: usize,
@@ -78,11 +84,10 @@ impl carried::Backward for GroupNormBackward {
         let (b, c) = (x.dim(0)?, x.dim(1)?);
         let (xhat, r) = normalise(&x.detach(), self.groups, self.eps)?;
         let n = xhat.dim(2)?;
+        let xhat_x = xhat.reshape(x.shape())?;
+        let gamma_x = per_channel(&gamma.detach(), x)?;
         let dy = &if self.silu {
-            let y = xhat
-                .reshape(x.shape())?
-                .broadcast_mul(&per_channel(&gamma.detach(), x)?)?
-                .broadcast_add(&per_channel(&beta.detach(), x)?)?;
+            let y = scale_shift(&xhat_x, &gamma_x, &beta.detach())?;
             let s = candle_nn::ops::sigmoid(&y)?;
             // σ(y)·(1 + y·(1 − σ(y))) = σ(y) + y·σ(y) − y·σ(y)².
             let ys = (&y * &s)?;
@@ -90,9 +95,7 @@ impl carried::Backward for GroupNormBackward {
         } else {
             dy.clone()
         };
-        let g = dy
-            .broadcast_mul(&per_channel(&gamma.detach(), x)?)?
-            .reshape((b, self.groups, n))?;
+        let g = dy.broadcast_mul(&gamma_x)?.reshape((b, self.groups, n))?;
         let m1 = g.mean_keepdim(2)?;
         let m2 = (&g * &xhat)?.mean_keepdim(2)?;
         let dx = g
@@ -101,7 +104,7 @@ impl carried::Backward for GroupNormBackward {
             .broadcast_mul(&r)?
             .reshape(x.shape())?;
         let per_c = |t: &Tensor| -> Result<Tensor> { t.reshape((b, c, ()))?.sum(2)?.sum(0) };
-        let dgamma = per_c(&(dy * xhat.reshape(x.shape())?)?)?;
+        let dgamma = per_c(&(dy * &xhat_x)?)?;
         let dbeta = per_c(dy)?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
@@ -131,10 +134,7 @@ pub fn group_norm(
     }
     let value = |x: &Tensor, gamma: &Tensor, beta: &Tensor| -> Result<Tensor> {
         let (xhat, _) = normalise(x, groups, eps)?;
-        let y = xhat
-            .reshape(x.shape())?
-            .broadcast_mul(&per_channel(gamma, x)?)?
-            .broadcast_add(&per_channel(beta, x)?)?;
+        let y = scale_shift(&xhat.reshape(x.shape())?, &per_channel(gamma, x)?, beta)?;
         if silu {
             candle_nn::ops::silu(&y)
         } else {
