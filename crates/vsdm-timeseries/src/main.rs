@@ -37,9 +37,10 @@ struct Cli {
     /// Prediction length for `--data CSV` (GluonTS folders carry theirs in metadata.json).
     #[arg(long)]
     prediction_length: Option<usize>,
-    /// Diffusion method.
-    #[arg(long, value_enum, default_value_t = Method::Vsdm)]
-    method: Method,
+    /// Diffusion method (default vsdm; with --weights, the method the weights were trained with, and an
+    /// explicit --method must match it).
+    #[arg(long, value_enum)]
+    method: Option<Method>,
     /// Context length (default: 3 × prediction length, the TimeGrad protocol).
     #[arg(long)]
     context: Option<usize>,
@@ -108,18 +109,9 @@ enum Command {
     },
 }
 
-fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    vsdm_eval::cli::init_logging("info");
+    vsdm_eval::cli::exit(run(Cli::parse()))
 }
 
 fn load_data(cli: &Cli) -> anyhow::Result<Dataset> {
@@ -209,14 +201,29 @@ struct Row {
     forecast_s: f64,
 }
 
+/// Forecasts the test windows with the weights in `dir`; returns the forecasts, the forecast seconds, the
+/// weights' training seconds and their method. `expect`: the method the caller asked for, refused if the
+/// weights were trained with another (their config decides the forward process, so a label taken from the
+/// command line would misname the row).
 fn forecast_with(
     cli: &Cli,
     data: &Dataset,
     dir: &Path,
+    expect: Option<Method>,
     device: &candle_core::Device,
     seed: u64,
-) -> anyhow::Result<(Vec<WindowForecast>, f64, f64)> {
+) -> anyhow::Result<(Vec<WindowForecast>, f64, f64, Method)> {
     let loaded = weights::load(dir, device)?;
+    let method = loaded.cfg.method;
+    if let Some(m) = expect.filter(|&m| m != method) {
+        anyhow::bail!(
+            "--method {}: the weights in {} were trained with {}; pass --method {} or leave --method out",
+            m.name(),
+            dir.display(),
+            method.name(),
+            method.name()
+        );
+    }
     if loaded.cfg.network.num_series != data.num_series() {
         anyhow::bail!(
             "weights in {} were trained on {} ({} series); this data set has {} series",
@@ -237,7 +244,12 @@ fn forecast_with(
     };
     let start = Instant::now();
     let out = fc.forecast(&data.test, &ends, cli.samples, seed.wrapping_add(1_000))?;
-    Ok((out, start.elapsed().as_secs_f64(), loaded.cfg.train_seconds))
+    Ok((
+        out,
+        start.elapsed().as_secs_f64(),
+        loaded.cfg.train_seconds,
+        method,
+    ))
 }
 
 fn baseline_row(cli: &Cli, data: &Dataset, seed: u64) -> anyhow::Result<Row> {
@@ -308,14 +320,9 @@ fn train_and_save(
     Ok(trained.seconds)
 }
 
-fn evaluate(
-    cli: &Cli,
-    data: &Dataset,
-    method: Method,
-    device: &candle_core::Device,
-) -> anyhow::Result<()> {
-    let wdir = weights_dir(cli, data, method)?;
-    let (f, fs, ts) = forecast_with(cli, data, &wdir, device, cli.seed)?;
+fn evaluate(cli: &Cli, data: &Dataset, device: &candle_core::Device) -> anyhow::Result<()> {
+    let wdir = weights_dir(cli, data, cli.method.unwrap_or_default())?;
+    let (f, fs, ts, method) = forecast_with(cli, data, &wdir, cli.method, device, cli.seed)?;
     let out = run_dir(cli, data, method).join("forecast");
     let files = forecast::export(&out, &f, cli.charts)?;
     let rows = vec![
@@ -384,7 +391,8 @@ fn bench(
                 .join(&data.name)
                 .join(format!("bench-{}-seed{seed}", m.name()));
             let ts = train_and_save(cli, data, m, seed, device, &dir)?;
-            let (f, fs, _) = forecast_with(cli, data, &dir.join("weights"), device, seed)?;
+            let (f, fs, _, _) =
+                forecast_with(cli, data, &dir.join("weights"), Some(m), device, seed)?;
             let report = forecast::score(&f)?;
             eprintln!(
                 "seed {seed} {}: CRPS {:.5} CRPS-sum {:.5}",
@@ -451,14 +459,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!("--samples and --steps must be at least 1");
     }
     let data = load_data(&cli)?;
-    let dir = run_dir(&cli, &data, cli.method);
+    let method = cli.method.unwrap_or_default();
+    let dir = run_dir(&cli, &data, method);
     match &cli.command {
         Some(Command::Train) => {
-            train_and_save(&cli, &data, cli.method, cli.seed, &device, &dir)?;
+            train_and_save(&cli, &data, method, cli.seed, &device, &dir)?;
         }
         Some(Command::Forecast) => {
-            let wdir = weights_dir(&cli, &data, cli.method)?;
-            let (f, fs, _) = forecast_with(&cli, &data, &wdir, &device, cli.seed)?;
+            let wdir = weights_dir(&cli, &data, method)?;
+            let (f, fs, _, method) =
+                forecast_with(&cli, &data, &wdir, cli.method, &device, cli.seed)?;
+            let dir = run_dir(&cli, &data, method);
             let files = forecast::export(&dir.join("forecast"), &f, cli.charts)?;
             eprintln!(
                 "forecast {} windows × {} samples in {fs:.1} s; wrote {} files under {}",
@@ -468,11 +479,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.join("forecast").display()
             );
         }
-        Some(Command::Evaluate) => evaluate(&cli, &data, cli.method, &device)?,
+        Some(Command::Evaluate) => evaluate(&cli, &data, &device)?,
         Some(Command::Bench { methods, seeds }) => bench(&cli, &data, methods, seeds, &device)?,
         None => {
-            train_and_save(&cli, &data, cli.method, cli.seed, &device, &dir)?;
-            evaluate(&cli, &data, cli.method, &device)?;
+            if cli.weights.is_some() {
+                anyhow::bail!(
+                    "--weights is for `forecast` and `evaluate`; without a subcommand this trains new weights"
+                );
+            }
+            train_and_save(&cli, &data, method, cli.seed, &device, &dir)?;
+            evaluate(&cli, &data, &device)?;
         }
     }
     Ok(())

@@ -14,12 +14,13 @@ use crate::model::{ForecastNet, NetConfig};
 use crate::window::{TrainWindows, WindowConfig};
 
 /// The diffusion method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Variance-preserving diffusion (VSDM with A = 0, not adapted): the DSM baseline.
     Vp,
-    /// VSDM: diagonal A, one value per series and horizon step, adapted by stochastic approximation.
+    /// VSDM: diagonal A, one value per series and horizon step, adapted by stochastic approximation (the default).
+    #[default]
     Vsdm,
     /// VSMD: critically damped momentum diffusion with adapted c per series and horizon step.
     Vsmd,
@@ -225,6 +226,13 @@ pub fn train(
         Some((dir, every)) => (Some(dir), every),
         None => (None, 0),
     };
+    if budget.iters == 0 || budget.batch == 0 {
+        anyhow::bail!(
+            "--iters {} --batch {}: training needs at least one update of at least one window",
+            budget.iters,
+            budget.batch
+        );
+    }
     if let Some(z) = budget
         .zeta
         .filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z)))

@@ -58,13 +58,12 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> std::process::ExitCode {
+    vsdm_eval::cli::init_logging("warn");
+    vsdm_eval::cli::exit(run())
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Shapes {

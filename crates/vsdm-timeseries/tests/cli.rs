@@ -1,0 +1,85 @@
+//! The command line on the bundled data and weights (offline, a fresh cache, output in a temporary folder):
+//! the forecast is labelled with the method the weights were trained with, a contradicting `--method` is
+//! refused naming both, and a training budget of zero updates is refused.
+
+use std::process::{Command, Output};
+
+use vsdm_timeseries::data::registry::default_assets_dir;
+
+fn run(args: &[&str]) -> Option<(Output, tempfile::TempDir)> {
+    let assets = default_assets_dir()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
+        .args(["--offline", "--cache-dir"])
+        .arg(tmp.path().join("cache"))
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .args(["--weights"])
+        .arg(assets.join("timeseries-weights").join("exchange_rate-vsmd"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    Some((out, tmp))
+}
+
+#[test]
+fn weights_name_the_method_and_a_contradicting_flag_is_refused() {
+    let Some((out, tmp)) = run(&[
+        "--steps",
+        "2",
+        "--samples",
+        "4",
+        "--max-windows",
+        "1",
+        "--charts",
+        "0",
+        "evaluate",
+    ]) else {
+        eprintln!("skipped: no assets/ folder next to the crate");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without --method the row and the output folder take the weights' method (vsmd), not the default (vsdm).
+    assert!(stdout.contains("| vsmd |"), "{stdout}");
+    assert!(tmp
+        .path()
+        .join("out/exchange_rate/vsmd/forecast/metrics.json")
+        .is_file());
+    assert!(!tmp.path().join("out/exchange_rate/vsdm").exists());
+
+    let (out, _tmp) = run(&["--method", "vp", "--steps", "2", "evaluate"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--method vp") && stderr.contains("trained with vsmd"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn zero_training_updates_are_refused() {
+    if default_assets_dir().is_none() {
+        eprintln!("skipped: no assets/ folder next to the crate (the bundled data set)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
+        .args(["--offline", "--iters", "0", "--cache-dir"])
+        .arg(tmp.path().join("cache"))
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .arg("train")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--iters 0"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
