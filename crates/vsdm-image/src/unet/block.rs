@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    conv, downsample2, dropout, group_norm, linear, softmax_last, upsample2, Conv, Norm,
+    conv, downsample2, dropout_mask, group_norm, linear, softmax_last, upsample2, Conv, Norm,
 };
 
 /// EDM's `init_weight` of the last convolution of each branch (`init_zero`).
@@ -48,8 +48,9 @@ impl Attention {
         })
     }
 
-    /// x + proj(softmax(qᵀk/√C) v), one head, as EDM's `AttentionOp`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// (x + proj(softmax(qᵀk/√C) v)) · `scale`, one head, as EDM's `AttentionOp` followed by the block's
+    /// rescaling.
+    fn forward(&self, x: &Tensor, scale: f64) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let qkv = self
             .qkv
@@ -66,7 +67,8 @@ impl Attention {
         let a = v
             .contiguous()?
             .matmul(&wts.transpose(1, 2)?.contiguous()?)?; // [b, c, n_q]
-        self.proj.forward(&a.reshape((b, c, h, w))?)? + x
+        self.proj
+            .forward_residual(&a.reshape((b, c, h, w))?, x, None, scale)
     }
 }
 
@@ -149,15 +151,20 @@ impl UNetBlock {
         // The embedding's per-channel shift joins conv0's bias (one op; cast to the activations' precision).
         let h = self.conv0.forward_shifted(&h, &self.affine.forward(emb)?)?;
         let h = self.norm1.forward_silu(&h)?;
-        let h = if train { dropout(&h, self.dropout)? } else { h };
-        let h = self.conv1.forward(&h)?;
+        let drop = if train {
+            dropout_mask(h.shape(), self.dropout, h.device())?
+        } else {
+            None
+        };
         let skip = match &self.skip {
             Some(s) => s.forward(&self.resample.apply(x)?)?,
             None => x.clone(),
         };
-        let h = ((h + skip)? * std::f64::consts::FRAC_1_SQRT_2)?;
+        // (conv1(dropout(h)) + skip) · √½ as one op (dropout, convolution, sum and rescaling).
+        let s = std::f64::consts::FRAC_1_SQRT_2;
+        let h = self.conv1.forward_residual(&h, &skip, drop.as_ref(), s)?;
         match &self.attn {
-            Some(a) => a.forward(&h)? * std::f64::consts::FRAC_1_SQRT_2,
+            Some(a) => a.forward(&h, s),
             None => Ok(h),
         }
     }

@@ -62,12 +62,33 @@ impl carried::Backward for ConvBiasBackward {
         // Per channel, or per sample and channel (a bias of shape [B, C]).
         let db = dy.sum(3)?.sum(2)?;
         let db = if b.rank() == 1 { db.sum(0)? } else { db };
-        let (dx, dw) = if self.cudnn {
-            cudnn::gradients(x, w, dy, self.padding)?
-        } else {
-            gemm_gradients(x, w, dy, self.padding)?
-        };
+        let (dx, dw) = gradients(x, w, dy, self.padding, self.cudnn)?;
         Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The input and weight gradients of a stride-1 convolution, through cuDNN or as conv2d forward passes.
+fn gradients(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    p: usize,
+    cudnn: bool,
+) -> Result<(Tensor, Tensor)> {
+    if cudnn {
+        cudnn::gradients(x, w, dy, p)
+    } else {
+        gemm_gradients(x, w, dy, p)
+    }
+}
+
+/// conv2d(x, W) (stride 1), through cuDNN or candle's im2col + GEMM, recording nothing when the inputs are
+/// detached.
+fn convolve(x: &Tensor, w: &Tensor, p: usize, cudnn: bool) -> Result<Tensor> {
+    if cudnn {
+        cudnn::forward(x, w, p)
+    } else {
+        x.conv2d(w, p, 1, 1, 1)
     }
 }
 
@@ -112,12 +133,7 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result
         _ => candle_core::bail!("convolution bias must be [C] or [B, C], got {:?}", b.dims()),
     };
     let value = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
-        let y = if on_cudnn {
-            cudnn::forward(x, w, padding)?
-        } else {
-            x.conv2d(w, padding, 1, 1, 1)?
-        };
-        y.broadcast_add(&b.reshape(bshape)?)
+        convolve(x, w, padding, on_cudnn)?.broadcast_add(&b.reshape(bshape)?)
     };
     // candle's own graph, or nothing to differentiate (sampling, the EMA network).
     if mode == ConvBackward::Candle || !(x.track_op() || w.track_op() || b.track_op()) {
@@ -131,6 +147,126 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result
         b,
         ConvBiasBackward {
             padding,
+            cudnn: on_cudnn,
+        },
+    )
+}
+
+/// Inverted dropout applied through a mask drawn ahead: `keep` (U8, 1 = kept, the input's shape) and the drop
+/// probability `p`; kept values are scaled by 1/(1 − p).
+#[derive(Debug, Clone)]
+pub struct DropMask {
+    pub keep: Tensor,
+    pub p: f64,
+}
+
+impl DropMask {
+    /// The mask as factors 0 or 1/(1 − p) in `dtype`.
+    pub fn factors(&self, dtype: candle_core::DType) -> Result<Tensor> {
+        self.keep
+            .to_dtype(candle_core::DType::F32)?
+            .affine(1.0 / (1.0 - self.p), 0.0)?
+            .to_dtype(dtype)
+    }
+}
+
+/// The backward of [`residual`]'s op on (h, [W | b], skip).
+struct ResidualBackward {
+    w_dims: (usize, usize, usize, usize),
+    padding: usize,
+    scale: f64,
+    drop: Option<DropMask>,
+    cudnn: bool,
+}
+
+impl carried::Backward for ResidualBackward {
+    const NAME: &'static str = "conv2d-residual-backward";
+
+    fn backward(
+        &self,
+        h: &Tensor,
+        wb: &Tensor,
+        _skip: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let w = unpack_weight(wb, self.w_dims)?;
+        let dy = dy.affine(self.scale, 0.0)?;
+        // The convolution's input, recomputed from the kept mask rather than stored.
+        let factors = match &self.drop {
+            Some(d) => Some(d.factors(h.dtype())?),
+            None => None,
+        };
+        let x = match &factors {
+            Some(f) => (h * f)?,
+            None => h.clone(),
+        };
+        let (dx, dw) = gradients(&x, &w, &dy, self.padding, self.cudnn)?;
+        let dh = match &factors {
+            Some(f) => (dx * f)?,
+            None => dx,
+        };
+        let db = dy.sum(3)?.sum(2)?.sum(0)?;
+        let dwb = Tensor::cat(&[dw.flatten_all()?, db], 0)?;
+        Ok((Some(dh), Some(dwb), Some(dy)))
+    }
+}
+
+/// W `[co, ci, k, k]` out of the concatenation `[W | b]`.
+fn unpack_weight(wb: &Tensor, dims: (usize, usize, usize, usize)) -> Result<Tensor> {
+    wb.narrow(0, 0, dims.0 * dims.1 * dims.2 * dims.3)?
+        .reshape(dims)
+}
+
+/// A residual block's tail, (conv2d(dropout(h), W) + b + skip) · `scale` (EDM's `conv1`, its skip connection
+/// and the √½ rescaling; or the attention's projection and its residual), with the convolution computed as
+/// [`conv_backward`] selects.
+///
+/// Under this crate's backwards it is one op on (h, [W | b], skip) whose backward recomputes the dropped input
+/// from the U8 mask: the graph keeps the output and a byte per element instead of the scaled mask, the dropped
+/// input, the convolution's output and the sum (four activation-sized f32 tensors). The weight and bias travel
+/// as one concatenated parameter-sized tensor, whose gradient candle splits back. Under
+/// [`ConvBackward::Candle`] it is candle's op chain, the reference.
+pub fn residual(
+    h: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    skip: &Tensor,
+    drop: Option<&DropMask>,
+    scale: f64,
+    padding: usize,
+) -> Result<Tensor> {
+    let mode = conv_backward();
+    let tracked = h.track_op() || w.track_op() || b.track_op() || skip.track_op();
+    if mode == ConvBackward::Candle || !tracked {
+        let x = match drop {
+            Some(d) => (h * d.factors(h.dtype())?)?,
+            None => h.clone(),
+        };
+        return (conv2d_bias(&x, w, b, padding)? + skip)? * scale;
+    }
+    let on_cudnn = mode == ConvBackward::Cudnn && h.device().is_cuda();
+    let w_dims = w.dims4()?;
+    let value = {
+        let h = h.detach();
+        let x = match drop {
+            Some(d) => (&h * d.factors(h.dtype())?)?,
+            None => h,
+        };
+        let y = convolve(&x, &w.detach(), padding, on_cudnn)?
+            .broadcast_add(&b.detach().reshape((1, w_dims.0, 1, 1))?)?;
+        ((y + skip.detach())? * scale)?
+    };
+    let wb = Tensor::cat(&[w.flatten_all()?, b.clone()], 0)?;
+    carried::apply(
+        value,
+        h,
+        &wb,
+        skip,
+        ResidualBackward {
+            w_dims,
+            padding,
+            scale,
+            drop: drop.cloned(),
             cudnn: on_cudnn,
         },
     )
@@ -181,6 +317,19 @@ impl Conv {
 }
 
 impl Conv {
+    /// (self(dropout(h)) + skip) · `scale` ([`residual`]), in h's precision.
+    pub fn forward_residual(
+        &self,
+        h: &Tensor,
+        skip: &Tensor,
+        drop: Option<&DropMask>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let w = self.weight.to_dtype(h.dtype())?;
+        let b = self.bias.to_dtype(h.dtype())?;
+        residual(h, &w, &b, skip, drop, scale, self.padding)
+    }
+
     /// The layer plus a per-sample, per-channel `shift` `[B, C]` (EDM's noise-embedding shift after `conv0`),
     /// added inside the same op: the graph keeps no separate sum.
     pub fn forward_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
@@ -225,6 +374,14 @@ mod tests {
         max_abs(&(a - b).unwrap()) / max_abs(a)
     }
 
+    /// The gradients of Σ y ⊙ probe with respect to `vars`.
+    fn probe_gradients(y: &Tensor, probe: &Tensor, vars: &[&Var]) -> Vec<Tensor> {
+        let g = (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
+        vars.iter()
+            .map(|v| g.get(v.as_tensor()).unwrap().clone())
+            .collect()
+    }
+
     /// The value and the three gradients equal candle's conv2d plus a broadcast bias and their own backward
     /// (f32, ≤ 1e-5 relative), for 1×1, 3×3 and 5×5 kernels, "same" and smaller padding, channel counts that
     /// differ, biases per channel and per sample and channel.
@@ -248,18 +405,8 @@ mod tests {
             let run = |mode| {
                 set_conv_backward(mode);
                 let y = conv2d_bias(x.as_tensor(), w.as_tensor(), bias.as_tensor(), p).unwrap();
-                let g = (&y * &probe)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                (
-                    y,
-                    g.get(x.as_tensor()).unwrap().clone(),
-                    g.get(w.as_tensor()).unwrap().clone(),
-                    g.get(bias.as_tensor()).unwrap().clone(),
-                )
+                let g = probe_gradients(&y, &probe, &[&x, &w, &bias]);
+                (y, g[0].clone(), g[1].clone(), g[2].clone())
             };
             let (y0, dx0, dw0, db0) = run(ConvBackward::Candle);
             let (y1, dx1, dw1, db1) = run(ConvBackward::Gemm);
@@ -281,6 +428,62 @@ mod tests {
                 "{case}: bias gradient {}",
                 rel(&db0, &db1)
             );
+        }
+    }
+
+    /// The fused residual tail equals candle's chain (dropout product, conv2d, bias, skip sum, rescaling) in
+    /// value and in the gradients of h, W, b and the skip (f32, ≤ 1e-5 relative), with and without a dropout
+    /// mask, for 3×3 and 1×1 kernels; without tracked inputs it records nothing.
+    #[test]
+    fn residual_matches_candles_chain() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(7);
+        for &(b, ci, co, h, k, p, drop) in &[
+            (2usize, 4usize, 6usize, 8usize, 3usize, 1usize, 0.3f64),
+            (3, 5, 5, 6, 1, 0, 0.0),
+            (2, 3, 4, 7, 3, 1, 0.0),
+        ] {
+            let x = Var::from_tensor(&rng.randn(&[b, ci, h, h], &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&rng.randn(&[co, ci, k, k], &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&rng.randn(&[co], &dev).unwrap()).unwrap();
+            let skip = Var::from_tensor(&rng.randn(&[b, co, h, h], &dev).unwrap()).unwrap();
+            let mask = super::super::layers::dropout_mask(x.shape(), drop, &dev).unwrap();
+            let probe = rng.randn(&[b, co, h, h], &dev).unwrap();
+            let s = std::f64::consts::FRAC_1_SQRT_2;
+            let run = |mode| {
+                set_conv_backward(mode);
+                let y = residual(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    bias.as_tensor(),
+                    skip.as_tensor(),
+                    mask.as_ref(),
+                    s,
+                    p,
+                )
+                .unwrap();
+                let grads = probe_gradients(&y, &probe, &[&x, &w, &bias, &skip]);
+                (y, grads)
+            };
+            let (y0, g0) = run(ConvBackward::Candle);
+            let (y1, g1) = run(ConvBackward::Gemm);
+            let case = format!("b{b} ci{ci} co{co} h{h} k{k} p{p} drop{drop}");
+            assert!(rel(&y0, &y1) < 1e-6, "{case}: value {}", rel(&y0, &y1));
+            for (name, (a, c)) in ["h", "W", "b", "skip"].iter().zip(g0.iter().zip(&g1)) {
+                assert!(rel(a, c) < 1e-5, "{case}: gradient of {name} {}", rel(a, c));
+            }
+            // Detached inputs (sampling): the plain value, no op recorded.
+            let y2 = residual(
+                &x.as_tensor().detach(),
+                &w.as_tensor().detach(),
+                &bias.as_tensor().detach(),
+                &skip.as_tensor().detach(),
+                mask.as_ref(),
+                s,
+                p,
+            )
+            .unwrap();
+            assert!(rel(&y0, &y2) < 1e-6 && !y2.track_op(), "{case}: detached");
         }
     }
 }

@@ -16,7 +16,7 @@ fn xavier(fan_in: usize, fan_out: usize, gain: f64) -> Init {
 
 /// A `k×k` convolution with "same" padding, stride 1 (`weight` `[out, in, k, k]`, `bias` `[out]`), whose
 /// backward runs on convolution forward kernels ([`super::fastconv`]).
-pub use super::fastconv::Conv;
+pub use super::fastconv::{Conv, DropMask};
 
 /// A convolution layer with EDM's initialisation.
 pub fn conv(cin: usize, cout: usize, k: usize, gain: f64, vb: VarBuilder) -> Result<Conv> {
@@ -143,19 +143,18 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Inverted dropout with probability `p`; masks come from the device's random generator (drawn in f32, which
-/// every backend's generator supports). The mask carries the 1/(1 − p) scale, so the graph records one product
-/// (x and the scaled mask kept) rather than a product and a rescaling.
-pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+/// A dropout mask with drop probability `p` for a tensor of `shape` (U8, 1 = kept), drawn from the device's
+/// random generator (in f32, which every backend's generator supports); None when `p` is 0.
+pub fn dropout_mask(
+    shape: &candle_core::Shape,
+    p: f64,
+    device: &candle_core::Device,
+) -> Result<Option<DropMask>> {
     if p <= 0.0 {
-        return Ok(x.clone());
+        return Ok(None);
     }
-    let keep = Tensor::rand(0f32, 1f32, x.shape(), x.device())?
-        .ge(p)?
-        .to_dtype(DType::F32)?
-        .affine(1.0 / (1.0 - p), 0.0)?
-        .to_dtype(x.dtype())?;
-    x * keep
+    let keep = Tensor::rand(0f32, 1f32, shape, device)?.ge(p)?;
+    Ok(Some(DropMask { keep, p }))
 }
 
 /// SiLU, x·σ(x).

@@ -267,20 +267,47 @@ fn unet_gradients_agree_between_backwards() {
     set_norm_backward(NormBackward::Fused);
 }
 
-/// Dropout zeroes about a fraction p of the values, multiplies the others by exactly 1/(1 − p), and passes the
-/// same factors back as the gradient.
+/// A dropout mask zeroes about a fraction p of the values, multiplies the others by exactly 1/(1 − p), and the
+/// block's fused tail passes the same factors back as the gradient.
 #[test]
 fn dropout_zeroes_a_fraction_and_rescales_the_rest() {
     let dev = Device::Cpu;
     let p = 0.25;
     let n = 40_000;
-    let x =
-        candle_core::Var::from_tensor(&(Tensor::ones(n, DType::F32, &dev).unwrap() * 2.0).unwrap())
-            .unwrap();
-    let y = layers::dropout(x.as_tensor(), p).unwrap();
+    let mask = layers::dropout_mask(&(1, 1, 200, 200).into(), p, &dev)
+        .unwrap()
+        .unwrap();
+    assert!(layers::dropout_mask(&(1, 1, 2, 2).into(), 0.0, &dev)
+        .unwrap()
+        .is_none());
+    // Through a 1×1 identity convolution with no skip: y = dropout(x).
+    let x = candle_core::Var::from_tensor(
+        &(Tensor::ones((1, 1, 200, 200), DType::F32, &dev).unwrap() * 2.0).unwrap(),
+    )
+    .unwrap();
+    let w = candle_core::Var::from_tensor(&Tensor::ones((1, 1, 1, 1), DType::F32, &dev).unwrap())
+        .unwrap();
+    let b = candle_core::Var::from_tensor(&Tensor::zeros(1, DType::F32, &dev).unwrap()).unwrap();
+    let skip = Tensor::zeros((1, 1, 200, 200), DType::F32, &dev).unwrap();
+    let y = fastconv::residual(
+        x.as_tensor(),
+        w.as_tensor(),
+        b.as_tensor(),
+        &skip,
+        Some(&mask),
+        1.0,
+        0,
+    )
+    .unwrap();
     let g = y.sum_all().unwrap().backward().unwrap();
-    let yv = y.to_vec1::<f32>().unwrap();
-    let gv = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+    let yv = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let gv = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let scale = (1.0 / (1.0 - p)) as f32;
     let zeros = yv.iter().filter(|v| **v == 0.0).count();
     assert!(yv
