@@ -5,9 +5,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use super::layers::{
-    conv, downsample2, dropout_mask, group_norm, linear, softmax_last, upsample2, Conv, Norm,
-};
+use super::fastattn::attention_residual;
+use super::layers::{conv, downsample2, dropout_mask, group_norm, linear, upsample2, Conv, Norm};
 
 /// EDM's `init_weight` of the last convolution of each branch (`init_zero`).
 const INIT_ZERO: f64 = 1e-5;
@@ -49,26 +48,15 @@ impl Attention {
     }
 
     /// (x + proj(softmax(qᵀk/√C) v)) · `scale`, one head, as EDM's `AttentionOp` followed by the block's
-    /// rescaling.
+    /// rescaling ([`attention_residual`]).
     fn forward(&self, x: &Tensor, scale: f64) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let qkv = self
             .qkv
             .forward(&self.norm2.forward(x)?)?
             .reshape((b, c, 3, h * w))?;
-        let q = qkv.narrow(2, 0, 1)?.squeeze(2)?; // [b, c, n]
-        let k = qkv.narrow(2, 1, 1)?.squeeze(2)?;
-        let v = qkv.narrow(2, 2, 1)?.squeeze(2)?;
-        let scores = q
-            .transpose(1, 2)?
-            .contiguous()?
-            .matmul(&(k / (c as f64).sqrt())?.contiguous()?)?; // [b, n_q, n_k]
-        let wts = softmax_last(&scores)?;
-        let a = v
-            .contiguous()?
-            .matmul(&wts.transpose(1, 2)?.contiguous()?)?; // [b, c, n_q]
-        self.proj
-            .forward_residual(&a.reshape((b, c, h, w))?, x, None, scale)
+        let (pw, pb) = self.proj.params(x.dtype())?;
+        attention_residual(&qkv, &pw, &pb, x, scale)
     }
 }
 

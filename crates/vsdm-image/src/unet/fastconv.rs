@@ -68,7 +68,7 @@ impl carried::Backward for ConvBiasBackward {
 }
 
 /// The input and weight gradients of a stride-1 convolution, through cuDNN or as conv2d forward passes.
-fn gradients(
+pub(crate) fn gradients(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
@@ -212,7 +212,7 @@ impl carried::Backward for ResidualBackward {
 }
 
 /// W `[co, ci, k, k]` out of the concatenation `[W | b]`.
-fn unpack_weight(wb: &Tensor, dims: (usize, usize, usize, usize)) -> Result<Tensor> {
+pub(crate) fn unpack_weight(wb: &Tensor, dims: (usize, usize, usize, usize)) -> Result<Tensor> {
     wb.narrow(0, 0, dims.0 * dims.1 * dims.2 * dims.3)?
         .reshape(dims)
 }
@@ -314,9 +314,13 @@ impl Conv {
             padding,
         }
     }
-}
 
-impl Conv {
+    /// The weight and bias in `dtype` (the activations' precision; the f32 master copies are cast, a no-op in
+    /// f32, and the casts' backward returns their gradients in f32).
+    pub fn params(&self, dtype: candle_core::DType) -> Result<(Tensor, Tensor)> {
+        Ok((self.weight.to_dtype(dtype)?, self.bias.to_dtype(dtype)?))
+    }
+
     /// (self(dropout(h)) + skip) · `scale` ([`residual`]), in h's precision.
     pub fn forward_residual(
         &self,
@@ -325,30 +329,23 @@ impl Conv {
         drop: Option<&DropMask>,
         scale: f64,
     ) -> Result<Tensor> {
-        let w = self.weight.to_dtype(h.dtype())?;
-        let b = self.bias.to_dtype(h.dtype())?;
+        let (w, b) = self.params(h.dtype())?;
         residual(h, &w, &b, skip, drop, scale, self.padding)
     }
 
     /// The layer plus a per-sample, per-channel `shift` `[B, C]` (EDM's noise-embedding shift after `conv0`),
     /// added inside the same op: the graph keeps no separate sum.
     pub fn forward_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
-        let w = self.weight.to_dtype(x.dtype())?;
-        let b = self
-            .bias
-            .to_dtype(x.dtype())?
-            .unsqueeze(0)?
-            .broadcast_add(&shift.to_dtype(x.dtype())?)?;
+        let (w, b) = self.params(x.dtype())?;
+        let b = b.unsqueeze(0)?.broadcast_add(&shift.to_dtype(x.dtype())?)?;
         conv2d_bias(x, &w, &b, self.padding)
     }
 }
 
 impl candle_core::Module for Conv {
-    /// Runs in the input's precision: the (f32 master) weight and bias are cast to it, a no-op in f32, and the
-    /// casts' backward returns their gradients in f32.
+    /// Runs in the input's precision ([`Conv::params`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.to_dtype(x.dtype())?;
-        let b = self.bias.to_dtype(x.dtype())?;
+        let (w, b) = self.params(x.dtype())?;
         conv2d_bias(x, &w, &b, self.padding)
     }
 }
@@ -356,31 +353,9 @@ impl candle_core::Module for Conv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unet::testutil::{probe_gradients, rel};
     use candle_core::{Device, Var};
     use vsdm_core::NoiseRng;
-
-    fn max_abs(t: &Tensor) -> f64 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64
-    }
-
-    fn rel(a: &Tensor, b: &Tensor) -> f64 {
-        max_abs(&(a - b).unwrap()) / max_abs(a)
-    }
-
-    /// The gradients of Σ y ⊙ probe with respect to `vars`.
-    fn probe_gradients(y: &Tensor, probe: &Tensor, vars: &[&Var]) -> Vec<Tensor> {
-        let g = (y * probe).unwrap().sum_all().unwrap().backward().unwrap();
-        vars.iter()
-            .map(|v| g.get(v.as_tensor()).unwrap().clone())
-            .collect()
-    }
 
     /// The value and the three gradients equal candle's conv2d plus a broadcast bias and their own backward
     /// (f32, ≤ 1e-5 relative), for 1×1, 3×3 and 5×5 kernels, "same" and smaller padding, channel counts that

@@ -155,21 +155,7 @@ mod tests {
     use candle_nn::VarBuilder;
     use vsdm_core::NoiseRng;
 
-    fn rel(a: &Tensor, b: &Tensor) -> f64 {
-        let m = |t: &Tensor| {
-            t.abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_dtype(DType::F64)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap()
-        };
-        m(&(a - b).unwrap()) / m(a)
-    }
+    use crate::unet::testutil::rel;
 
     /// The value and the three gradients equal candle_nn's `GroupNorm` (followed by candle's SiLU for the fused
     /// op) and their op-by-op backward (f32, ≤ 1e-5 relative), on inputs with non-zero means and unequal scales,

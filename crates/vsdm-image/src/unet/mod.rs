@@ -40,6 +40,7 @@ mod block;
 mod carried;
 #[cfg(feature = "cudnn")]
 pub mod cudnnconv;
+pub mod fastattn;
 pub mod fastconv;
 pub mod fastnorm;
 mod layers;
@@ -405,3 +406,5 @@ impl vsdm_core::ScoreModel for UNet {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod testutil;

@@ -236,14 +236,6 @@ fn unet_gradients_agree_between_backwards() {
             .map(|(_, v)| g.get(v.as_tensor()).unwrap().clone())
             .collect::<Vec<_>>()
     };
-    let max_abs = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64
-    };
     let reference = grads(ConvBackward::Candle, NormBackward::Candle);
     for (conv, norm) in [
         (ConvBackward::Gemm, NormBackward::Candle),
@@ -253,7 +245,7 @@ fn unet_gradients_agree_between_backwards() {
         let g = grads(conv, norm);
         let (mut worst, mut name) = (0f64, "");
         for ((n, _), (a, b)) in vars.iter().zip(reference.iter().zip(&g)) {
-            let e = max_abs(&(a - b).unwrap()) / max_abs(a);
+            let e = super::testutil::rel(a, b);
             if e > worst {
                 (worst, name) = (e, n);
             }

@@ -1,0 +1,218 @@
+//! EDM's single-head self-attention together with its output projection and residual, recorded as one op.
+//!
+//! With q, k, v `[B, C, N]` taken from the qkv convolution (EDM's layout `[B, C, 3, N]`), S = qᵀk/√C, P the
+//! row softmax of S, a = v Pᵀ, the block's attention tail is y = (x + proj(a))·s (s = √½). candle's graph of
+//! that chain keeps about ten tensors of N² or C·N elements (the transposed copies, the scores, the softmax's
+//! three intermediates, a, the projection's output and the sum). Here the value is computed on detached inputs
+//! and handed to a custom op on (qkv, [W | b] of the projection, x) ([`super::carried`]), whose backward
+//! recomputes P and a from q and k (one extra N×N product) and applies, with dy' = s·dy,
+//!
+//!   d[W | b] from a and dy' (the 1×1 convolution's gradients),  da = Wᵀ dy',  dx = dy',
+//!   dv = da P,  dP = daᵀ v,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = k dSᵀ/√C,  dk = q dS/√C,
+//!
+//! so the graph keeps only qkv and the output. The softmax runs in f32 whatever the activations' precision,
+//! as [`super::layers::softmax_last`] does. Under [`ConvBackward::Candle`] (`--conv candle`) the chain is
+//! candle's own, the reference.
+
+use candle_core::{DType, Result, Tensor};
+
+use super::carried;
+use super::fastconv::{self, conv_backward, ConvBackward};
+use super::layers::softmax_last;
+
+/// q, k, v `[B, C, N]` (contiguous) out of qkv `[B, C, 3, N]`.
+fn split(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let part = |i| qkv.narrow(2, i, 1)?.squeeze(2)?.contiguous();
+    Ok((part(0)?, part(1)?, part(2)?))
+}
+
+/// a = v softmax(qᵀk/√C)ᵀ `[B, C, N]` from qkv `[B, C, 3, N]`, with candle's ops (differentiable when qkv is
+/// tracked); also returns P in f32.
+fn attend(qkv: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (q, k, v) = split(qkv)?;
+    let c = q.dim(1)?;
+    let scores = q
+        .transpose(1, 2)?
+        .contiguous()?
+        .matmul(&(k / (c as f64).sqrt())?.contiguous()?)?; // [B, N_q, N_k]
+    let p = softmax_last(&scores)?;
+    let a = v.matmul(&p.transpose(1, 2)?.contiguous()?)?; // [B, C, N_q]
+    Ok((a, p))
+}
+
+/// The backward of [`attention_residual`]'s op on (qkv, [W | b], x).
+struct AttentionBackward {
+    w_dims: (usize, usize, usize, usize),
+    scale: f64,
+    cudnn: bool,
+}
+
+impl carried::Backward for AttentionBackward {
+    const NAME: &'static str = "attention-residual-backward";
+
+    fn backward(
+        &self,
+        qkv: &Tensor,
+        wb: &Tensor,
+        x: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dt = qkv.dtype();
+        let (b, c, _, n) = qkv.dims4()?;
+        let dy = dy.affine(self.scale, 0.0)?;
+        let (q, k, v) = split(qkv)?;
+        let root = (c as f64).sqrt();
+        let scores = q.transpose(1, 2)?.contiguous()?.matmul(&(&k / root)?)?;
+        let p32 = softmax_last(&scores.to_dtype(DType::F32)?)?;
+        let p = p32.to_dtype(dt)?;
+        let a = v.matmul(&p.transpose(1, 2)?.contiguous()?)?;
+        // The projection (1×1 convolution) and its bias.
+        let w = fastconv::unpack_weight(wb, self.w_dims)?;
+        let (da, dw) = fastconv::gradients(&a.reshape(x.shape())?, &w, &dy, 0, self.cudnn)?;
+        let db = dy.sum(3)?.sum(2)?.sum(0)?;
+        let da = da.reshape((b, c, n))?;
+        // The attention.
+        let dv = da.matmul(&p)?;
+        let dp32 = da
+            .transpose(1, 2)?
+            .contiguous()?
+            .matmul(&v)?
+            .to_dtype(DType::F32)?;
+        let row = (&dp32 * &p32)?.sum_keepdim(2)?;
+        let ds = (p32 * dp32.broadcast_sub(&row)?)?.to_dtype(dt)?;
+        let dq = (k.matmul(&ds.transpose(1, 2)?.contiguous()?)? / root)?;
+        let dk = (q.matmul(&ds)? / root)?;
+        let dqkv = Tensor::stack(&[dq, dk, dv], 2)?;
+        let dwb = Tensor::cat(&[dw.flatten_all()?, db], 0)?;
+        Ok((Some(dqkv), Some(dwb), Some(dy)))
+    }
+}
+
+/// (x + proj(v softmax(qᵀk/√C)ᵀ))·`scale`: qkv `[B, C, 3, N]` (EDM's layout of the qkv convolution's output),
+/// the projection's weight `[C, C, 1, 1]` and bias `[C]`, x `[B, C, H, W]` with H·W = N. One op under this
+/// crate's backwards (see the module documentation), candle's chain under [`ConvBackward::Candle`].
+pub fn attention_residual(
+    qkv: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    x: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let (bs, c, three, n) = qkv.dims4()?;
+    let (xb, xc, h, wd) = x.dims4()?;
+    if three != 3 || (xb, xc, h * wd) != (bs, c, n) {
+        candle_core::bail!(
+            "attention: qkv {:?} and residual {:?} do not match ([B, C, 3, H·W] and [B, C, H, W])",
+            qkv.dims(),
+            x.dims()
+        );
+    }
+    let mode = conv_backward();
+    let tracked = qkv.track_op() || w.track_op() || b.track_op() || x.track_op();
+    if mode == ConvBackward::Candle || !tracked {
+        let (a, _) = attend(qkv)?;
+        return fastconv::residual(&a.reshape(x.shape())?, w, b, x, None, scale, 0);
+    }
+    let value = {
+        let (a, _) = attend(&qkv.detach())?;
+        fastconv::residual(
+            &a.reshape(x.shape())?,
+            &w.detach(),
+            &b.detach(),
+            &x.detach(),
+            None,
+            scale,
+            0,
+        )?
+    };
+    let wb = Tensor::cat(&[w.flatten_all()?, b.clone()], 0)?;
+    carried::apply(
+        value,
+        qkv,
+        &wb,
+        x,
+        AttentionBackward {
+            w_dims: w.dims4()?,
+            scale,
+            cudnn: mode == ConvBackward::Cudnn && x.device().is_cuda(),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+    use vsdm_core::NoiseRng;
+
+    use crate::unet::fastconv::set_conv_backward;
+    use crate::unet::testutil::{probe_gradients, rel};
+
+    /// The op equals candle's chain (transposed copies, scaled scores, composed softmax, products, 1×1
+    /// projection, residual sum, rescaling) in value and in the gradients of qkv, W, b and x (f32, ≤ 1e-5
+    /// relative), with scores large enough for a peaked softmax; detached inputs record nothing.
+    #[test]
+    fn matches_candles_chain() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(11);
+        for &(b, c, h, spread) in &[(2usize, 8usize, 4usize, 1.0f64), (1, 4, 6, 4.0)] {
+            let n = h * h;
+            let qkv =
+                Var::from_tensor(&(rng.randn(&[b, c, 3, n], &dev).unwrap() * spread).unwrap())
+                    .unwrap();
+            let w = Var::from_tensor(&rng.randn(&[c, c, 1, 1], &dev).unwrap()).unwrap();
+            let bias = Var::from_tensor(&rng.randn(&[c], &dev).unwrap()).unwrap();
+            let x = Var::from_tensor(&rng.randn(&[b, c, h, h], &dev).unwrap()).unwrap();
+            let probe = rng.randn(&[b, c, h, h], &dev).unwrap();
+            let s = std::f64::consts::FRAC_1_SQRT_2;
+            let run = |mode| {
+                set_conv_backward(mode);
+                let y = attention_residual(
+                    qkv.as_tensor(),
+                    w.as_tensor(),
+                    bias.as_tensor(),
+                    x.as_tensor(),
+                    s,
+                )
+                .unwrap();
+                let grads = probe_gradients(&y, &probe, &[&qkv, &w, &bias, &x]);
+                (y, grads)
+            };
+            let (y0, g0) = run(ConvBackward::Candle);
+            let (y1, g1) = run(ConvBackward::Gemm);
+            let case = format!("b{b} c{c} h{h} spread{spread}");
+            assert!(rel(&y0, &y1) < 1e-6, "{case}: value {}", rel(&y0, &y1));
+            for (name, (a, c)) in ["qkv", "W", "b", "x"].iter().zip(g0.iter().zip(&g1)) {
+                assert!(rel(a, c) < 1e-5, "{case}: gradient of {name} {}", rel(a, c));
+            }
+            let y2 = attention_residual(
+                &qkv.as_tensor().detach(),
+                &w.as_tensor().detach(),
+                &bias.as_tensor().detach(),
+                &x.as_tensor().detach(),
+                s,
+            )
+            .unwrap();
+            assert!(rel(&y0, &y2) < 1e-6 && !y2.track_op(), "{case}: detached");
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let z = |d: &[usize]| Tensor::zeros(d, DType::F32, &dev).unwrap();
+        let e = attention_residual(
+            &z(&[1, 4, 3, 9]),
+            &z(&[4, 4, 1, 1]),
+            &z(&[4]),
+            &z(&[1, 4, 4, 4]),
+            1.0,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("[1, 4, 3, 9]") && e.contains("[1, 4, 4, 4]"),
+            "{e}"
+        );
+    }
+}
