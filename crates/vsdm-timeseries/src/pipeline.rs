@@ -222,10 +222,6 @@ pub fn train(
     device: &Device,
     ckpt: Option<(&Path, usize)>,
 ) -> anyhow::Result<Trained> {
-    let (ckpt_dir, ckpt_every) = match ckpt {
-        Some((dir, every)) => (Some(dir), every),
-        None => (None, 0),
-    };
     if budget.iters == 0 || budget.batch == 0 {
         anyhow::bail!(
             "--iters {} --batch {}: training needs at least one update of at least one window",
@@ -241,6 +237,25 @@ pub fn train(
             "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"
         );
     }
+    let cfg = train_config(method, budget, data.num_series(), window.horizon, seed);
+    train_with(method, cfg, budget, data, window, device, ckpt)
+}
+
+/// [`train`] with a trainer configuration of the caller's (e.g. a given, fixed A: `cfg.init` and
+/// `cfg.adaptive = false`); the network comes from `budget` as in [`train`].
+pub fn train_with(
+    method: Method,
+    cfg: TrainConfig,
+    budget: &Budget,
+    data: &Dataset,
+    window: WindowConfig,
+    device: &Device,
+    ckpt: Option<(&Path, usize)>,
+) -> anyhow::Result<Trained> {
+    let (ckpt_dir, ckpt_every) = match ckpt {
+        Some((dir, every)) => (Some(dir), every),
+        None => (None, 0),
+    };
     let mut source = TrainWindows::new(data.train.clone(), window)?;
     let d = data.num_series();
     let net = net_config(method, budget, d, &window, source.features());
@@ -249,7 +264,6 @@ pub fn train(
         candle_nn::VarBuilder::zeros(candle_core::DType::F32, device),
         net,
     )?;
-    let cfg = train_config(method, budget, d, window.horizon, seed);
     let build = move |vb: candle_nn::VarBuilder| ForecastNet::new(vb, net);
     let mut trainer = match ckpt_dir {
         Some(dir) if dir.join("latest").is_file() => {
