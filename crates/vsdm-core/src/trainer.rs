@@ -355,6 +355,22 @@ impl<M: ScoreModel> Trainer<M> {
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
+
+    /// Moves the end of the run to `iters` network updates (e.g. to continue a resumed run past its planned
+    /// end). The cool-down is counted back from the new end. The result equals a run planned with `iters` from
+    /// the start as long as this run has not entered its cool-down (`step ≤ old iters − cooldown`, or no
+    /// cool-down), since until then the two schedules agree. Fails if `iters` is below the updates done.
+    pub fn set_iters(&mut self, iters: usize) -> Result<()> {
+        if iters < self.step {
+            return Err(Error::invalid(
+                "iters",
+                iters,
+                format!("the run has already done {} updates", self.step),
+            ));
+        }
+        self.cfg.iters = iters;
+        Ok(())
+    }
     /// Network updates done.
     pub fn step_count(&self) -> usize {
         self.step

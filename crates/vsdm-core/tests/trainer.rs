@@ -137,6 +137,35 @@ fn exact_resume(init: VarParams) {
     }
 }
 
+/// A run checkpointed before its cool-down, resumed and extended with `set_iters` is bit for bit the run that
+/// was planned with the longer budget from the start; shortening below the updates done is refused.
+#[test]
+fn extending_a_resumed_run_equals_planning_it_longer() {
+    let init = VarParams::Diagonal(vec![0.0; 2]);
+    let (planned, longer) = (22, 34);
+    let mut data = InMemory::new(gaussian_data(512, 1)).unwrap();
+    let mut straight = Trainer::new(config(init.clone(), longer), &DEV, Mlp::build(2, 2)).unwrap();
+    straight.run(&mut data, None, 0, 0).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = InMemory::new(gaussian_data(512, 1)).unwrap();
+    let mut first = Trainer::new(config(init, planned), &DEV, Mlp::build(2, 2)).unwrap();
+    for _ in 0..11 {
+        first.step(&mut data).unwrap();
+    }
+    first.save_checkpoint(dir.path()).unwrap();
+    drop(first);
+    let mut resumed = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2)).unwrap();
+    assert!(resumed.set_iters(10).is_err());
+    resumed.set_iters(longer).unwrap();
+    resumed.run(&mut data, None, 0, 0).unwrap();
+    assert_eq!(resumed.step_count(), longer);
+    assert!(
+        snapshot(&straight) == snapshot(&resumed),
+        "the extended run differs from the one planned with {longer} updates"
+    );
+}
+
 #[test]
 fn resume_is_exact_for_full_a() {
     exact_resume(VarParams::Full {

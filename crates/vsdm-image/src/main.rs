@@ -101,12 +101,13 @@ struct BenchArgs {
 
 #[derive(Args, Clone)]
 struct TrainArgs {
-    /// vsdm (diagonal A per pixel and channel, learned), vp (baseline) or vsmd (momentum, learned c).
-    #[arg(long, default_value = "vsdm")]
-    method: Method,
-    /// Network: `tiny` (CPU) or `ddpmpp` (EDM's DDPM++, the paper's CIFAR-10 network).
-    #[arg(long, default_value = "tiny")]
-    arch: String,
+    /// vsdm (diagonal A per pixel and channel, learned; the default), vp (baseline) or vsmd (momentum,
+    /// learned c).
+    #[arg(long)]
+    method: Option<Method>,
+    /// Network: `tiny` (CPU; the default) or `ddpmpp` (EDM's DDPM++, the paper's CIFAR-10 network).
+    #[arg(long)]
+    arch: Option<String>,
     /// CIFAR-10: a binary batch, a folder of `data_batch_*.bin`, a folder of class folders of PNG/JPEG, a
     /// `.parquet` file in the Hugging Face schema, or `hf:OWNER/NAME[@REV]`, a hub dataset in that schema
     /// (`hf:uoft-cs/cifar10`; its train split; from the local Hugging Face cache, else downloaded into it)
@@ -116,9 +117,11 @@ struct TrainArgs {
     /// Run directory (default `runs/image-<method>`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in `--out` from its latest checkpoint.
+    /// Continue the run in `--out` from its latest checkpoint, with the settings it was started with (only
+    /// `--iters`, which moves its end, the data, time limit and output options apply).
     #[arg(long)]
     resume: bool,
+    /// Network updates in all (default: the architecture's budget).
     #[arg(long)]
     iters: Option<usize>,
     #[arg(long)]
@@ -147,9 +150,9 @@ struct TrainArgs {
     #[arg(long)]
     no_flip: bool,
     /// Activations' precision of the training network: f32, or bf16 with f32 master weights (CUDA only; the
-    /// optimizer, EMA, loss and sampling stay in f32).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    precision: Precision,
+    /// optimizer, EMA, loss and sampling stay in f32). Default f32.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
     /// Stop after this many minutes (with a checkpoint); default 3 for the tiny network on the CPU.
     #[arg(long)]
     minutes: Option<f64>,
@@ -166,8 +169,39 @@ struct TrainArgs {
     /// network on the CPU 100 EM or 50 Heun steps).
     #[arg(long)]
     grid_steps: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the run (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl TrainArgs {
+    fn method(&self) -> Method {
+        self.method.unwrap_or(Method::Vsdm)
+    }
+
+    /// The training settings given on the command line that a resumed run would ignore (it keeps the ones it
+    /// was started with), as flags; `--method` only when it contradicts the run's.
+    fn fixed_by_the_run(&self, spec: &RunSpec) -> Vec<String> {
+        let mut given = Vec::new();
+        if let Some(m) = self.method.filter(|&m| m != spec.method) {
+            given.push(format!("--method {m} (the run is {})", spec.method));
+        }
+        let flags: [(&str, bool); 11] = [
+            ("--arch", self.arch.is_some()),
+            ("--batch", self.batch.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--ema", self.ema.is_some()),
+            ("--grad-clip", self.grad_clip.is_some()),
+            ("--channels", self.channels.is_some()),
+            ("--dropout", self.dropout.is_some()),
+            ("--block", self.block.is_some()),
+            ("--conditional", self.conditional),
+            ("--precision", self.precision.is_some()),
+            ("--seed", self.seed.is_some()),
+        ];
+        given.extend(flags.iter().filter(|f| f.1).map(|f| f.0.to_string()));
+        given
+    }
 }
 
 #[derive(Args, Clone)]
@@ -254,14 +288,33 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("runs/image-{}", a.method)));
+        .unwrap_or_else(|| PathBuf::from(format!("runs/image-{}", a.method())));
     let (spec, mut tr) = if a.resume {
-        let (spec, tr) = resume_trainer(&out, dev)
+        let (spec, mut tr) = resume_trainer(&out, dev)
             .with_context(|| format!("resuming from {}", out.display()))?;
-        eprintln!("resumed {} at step {}", out.display(), tr.step_count());
+        let ignored = a.fixed_by_the_run(&spec);
+        if !ignored.is_empty() {
+            bail!(
+                "--resume continues {} with the settings it was started with; drop {} (a new run needs another \
+                 --out)",
+                out.display(),
+                ignored.join(", ")
+            );
+        }
+        if let Some(n) = a.iters {
+            tr.set_iters(n)
+                .with_context(|| format!("--iters {n} for {}", out.display()))?;
+        }
+        eprintln!(
+            "resumed {} at step {} of {}",
+            out.display(),
+            tr.step_count(),
+            tr.config().iters
+        );
         (spec, tr)
     } else {
-        let mut unet = a.method.unet(UNetConfig::preset(&a.arch)?);
+        let arch = a.arch.as_deref().unwrap_or("tiny");
+        let mut unet = a.method().unet(UNetConfig::preset(arch)?);
         if let Some(c) = a.channels {
             unet.model_channels = c;
         }
@@ -272,7 +325,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
             unet.label_dim = data::CIFAR10_CLASSES.len();
         }
         unet.validate()?;
-        let mut budget = if a.arch == "tiny" {
+        let mut budget = if arch == "tiny" {
             Budget::cpu()
         } else {
             Budget::paper()
@@ -284,13 +337,24 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         budget.grad_clip = a.grad_clip.unwrap_or(budget.grad_clip);
         budget.block = a.block.unwrap_or(budget.block);
         let spec = RunSpec {
-            method: a.method,
+            method: a.method(),
             unet,
-            precision: a.precision,
+            precision: a.precision.unwrap_or(Precision::F32),
         };
-        let tr = new_trainer(&spec, train_config(a.method, &budget, a.seed), dev)?;
+        let tc = train_config(spec.method, &budget, a.seed.unwrap_or(0));
+        let tr = new_trainer(&spec, tc, dev)?;
         (spec, tr)
     };
+    if tr.step_count() >= tr.config().iters {
+        println!(
+            "{} is already at {}/{} updates; continue it with --resume --iters N",
+            out.display(),
+            tr.step_count(),
+            tr.config().iters
+        );
+        return Ok(());
+    }
+    let arch = spec.unet.arch_name();
     let data_path = a
         .data
         .clone()
@@ -308,14 +372,14 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
     eprintln!(
         "training {} ({} network) on {} images from {}; run directory {}",
         spec.method,
-        a.arch,
+        arch,
         set.len(),
         data_path,
         out.display()
     );
     let mut source = CifarSource::new(set, !a.no_flip, spec.unet.label_dim > 0)?;
     let mut sampler = spec.method.default_sampler();
-    let cpu_tiny = a.arch == "tiny" && dev.is_cpu();
+    let cpu_tiny = arch == "tiny" && dev.is_cpu();
     if let Some(s) = a.grid_steps {
         sampler.steps = s;
     } else if cpu_tiny {

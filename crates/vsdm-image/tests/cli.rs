@@ -57,9 +57,28 @@ fn train_resume_sample() {
         (70, 70)
     );
 
+    // A resumed run keeps the settings it was started with: a training flag is refused, naming it ...
     let (ok, text) = run(&[&["train", "--resume", "--iters", "2"][..], &common].concat());
+    assert!(!ok && text.contains("drop --batch, --channels"), "{text}");
+    // ... while --iters moves its end, and the grid options apply.
+    let resume = [
+        "train",
+        "--resume",
+        "--out",
+        r,
+        "--grid",
+        "4",
+        "--grid-steps",
+        "2",
+    ];
+    let (ok, text) = run(&[&resume[..], &["--iters", "2"]].concat());
     assert!(ok, "{text}");
-    assert!(text.contains("resumed"), "{text}");
+    assert!(
+        text.contains("resumed") && text.contains("1 steps this session (now at 2/2)"),
+        "{text}"
+    );
+    let (ok, text) = run(&resume);
+    assert!(ok && text.contains("already at 2/2 updates"), "{text}");
 
     let w = run_dir.join("weights");
     let grid = dir.path().join("g.png");

@@ -130,6 +130,23 @@ impl UNetConfig {
         }
     }
 
+    /// The preset this network's structure follows (levels, blocks per level, attention resolutions; channel
+    /// counts, dropout and the input channels may differ): "tiny", "ddpmpp" or "custom".
+    pub fn arch_name(&self) -> &'static str {
+        let same = |p: &Self| {
+            p.channel_mult == self.channel_mult
+                && p.num_blocks == self.num_blocks
+                && p.attn_resolutions == self.attn_resolutions
+        };
+        if same(&Self::tiny()) {
+            "tiny"
+        } else if same(&Self::ddpmpp_cifar10()) {
+            "ddpmpp"
+        } else {
+            "custom"
+        }
+    }
+
     /// Checks the values, naming the first bad one.
     pub fn validate(&self) -> crate::Result<()> {
         let levels = self.channel_mult.len();
