@@ -20,7 +20,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::carried;
+use super::{carried, im2col};
 
 /// How convolutions are computed and differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +82,13 @@ pub(crate) fn gradients(
     }
 }
 
-/// conv2d(x, W) (stride 1), through cuDNN or candle's im2col + GEMM, recording nothing when the inputs are
-/// detached.
+/// conv2d(x, W) (stride 1), through cuDNN, this crate's patch matrix and GEMM on the CPU
+/// ([`super::im2col`]), or candle's im2col + GEMM on CUDA; records nothing when the inputs are detached.
 fn convolve(x: &Tensor, w: &Tensor, p: usize, cudnn: bool) -> Result<Tensor> {
     if cudnn {
         cudnn::forward(x, w, p)
+    } else if x.device().is_cpu() {
+        im2col::conv2d(x, w, p)
     } else {
         x.conv2d(w, p, 1, 1, 1)
     }
@@ -107,6 +109,13 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
         .index_select(&rev, 2)?
         .index_select(&rev, 3)?
         .contiguous()?;
+    if p >= kh {
+        candle_core::bail!("conv2d backward: padding {p} must be below the kernel size {kh}");
+    }
+    if x.device().is_cpu() {
+        let dx = im2col::conv2d(dy, &wt, kh - 1 - p)?;
+        return Ok((dx, im2col::conv2d_weight_grad(x, dy, kh, p)?));
+    }
     let dx = dy.conv2d(&wt, kh - 1 - p, 1, 1, 1)?;
     let dw = x
         .transpose(0, 1)?
@@ -133,7 +142,13 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result
         _ => candle_core::bail!("convolution bias must be [C] or [B, C], got {:?}", b.dims()),
     };
     let value = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
-        convolve(x, w, padding, on_cudnn)?.broadcast_add(&b.reshape(bshape)?)
+        let y = if mode == ConvBackward::Candle {
+            // candle's differentiable conv2d: the reference records its own graph.
+            x.conv2d(w, padding, 1, 1, 1)?
+        } else {
+            convolve(x, w, padding, on_cudnn)?
+        };
+        y.broadcast_add(&b.reshape(bshape)?)
     };
     // candle's own graph, or nothing to differentiate (sampling, the EMA network).
     if mode == ConvBackward::Candle || !(x.track_op() || w.track_op() || b.track_op()) {

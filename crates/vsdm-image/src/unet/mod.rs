@@ -43,6 +43,7 @@ pub mod cudnnconv;
 pub mod fastattn;
 pub mod fastconv;
 pub mod fastnorm;
+pub mod im2col;
 mod layers;
 
 use candle_core::{Module, Result, Tensor};

@@ -1,0 +1,167 @@
+//! Stride-1 convolutions on the CPU as one patch matrix and a batched matrix product.
+//!
+//! candle 0.11.1's CPU `conv2d` gathers its patches element by element inside each tile (and transposes the input
+//! to NHWC first, single-threaded), which at the tiny network's 32 channels runs at about 23 GFLOP/s on this
+//! project's machine (`examples/conv_probe.rs`). Here [`im2col`] copies each row of each shifted window as one
+//! slice into a `[B, C·k·k, H'·W']` patch matrix, so the convolution is W `[C_out, C·k·k]` times that matrix per
+//! image, written straight into NCHW, and the weight gradient is dy `[B, C_out, H'·W']` times its transpose,
+//! summed over the batch. Used by [`super::fastconv`] for CPU tensors; CUDA keeps candle's kernels (or cuDNN).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+
+/// The patch matrix of a stride-1 convolution with a `k×k` kernel and zero padding `p`.
+struct Im2Col {
+    k: usize,
+    p: usize,
+}
+
+impl Im2Col {
+    fn out_size(&self, n: usize) -> usize {
+        n + 2 * self.p + 1 - self.k
+    }
+
+    /// The patches in the layout `[C·k·k, B, H'·W']`, so that one matrix product covers the whole batch.
+    fn fill<T: WithDType + Copy>(&self, x: &[T], dims: (usize, usize, usize, usize)) -> Vec<T> {
+        let (b, c, h, w) = dims;
+        let (k, p) = (self.k, self.p);
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let n = oh * ow;
+        let mut cols = vec![T::zero(); c * k * k * b * n];
+        for (r, block) in cols.chunks_mut(b * n).enumerate() {
+            let (ci, ki, kj) = (r / (k * k), (r / k) % k, r % k);
+            // Output columns whose input column x + kj − p lies inside the image.
+            let x0 = p.saturating_sub(kj);
+            let x1 = ow.min((w + p).saturating_sub(kj));
+            if x0 >= x1 {
+                continue;
+            }
+            for (bi, row) in block.chunks_mut(n).enumerate() {
+                let plane = &x[(bi * c + ci) * h * w..][..h * w];
+                for y in 0..oh {
+                    let iy = y + ki;
+                    if iy < p || iy - p >= h {
+                        continue;
+                    }
+                    let src = &plane[(iy - p) * w + x0 + kj - p..][..x1 - x0];
+                    row[y * ow + x0..y * ow + x1].copy_from_slice(src);
+                }
+            }
+        }
+        cols
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let (start, end) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("im2col: input not contiguous".into()))?;
+        let shape = Shape::from((c * self.k * self.k, b * oh * ow));
+        let dims = (b, c, h, w);
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(self.fill(&v[start..end], dims)),
+            CpuStorage::F64(v) => CpuStorage::F64(self.fill(&v[start..end], dims)),
+            CpuStorage::F16(v) => CpuStorage::F16(self.fill(&v[start..end], dims)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(self.fill(&v[start..end], dims)),
+            _ => candle_core::bail!("im2col: floating-point inputs only"),
+        };
+        Ok((out, shape))
+    }
+}
+
+/// `[B, C, H, W]` → `[C·k·k, B·H'·W']` (H' = H + 2p − k + 1): rows ordered (channel, kernel row, kernel column)
+/// as a `[C_out, C, k, k]` weight flattens, columns (image, output position). No graph is recorded (callers
+/// pass detached tensors).
+pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h + 2 * p < k || w + 2 * p < k {
+        candle_core::bail!("im2col: a {k}×{k} kernel does not fit a {h}×{w} input padded by {p}");
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Im2Col { k, p })
+}
+
+/// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on the CPU: one matrix
+/// product W `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in front.
+pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, _, h, wd) = x.dims4()?;
+    let (co, ci, k, _) = w.dims4()?;
+    let (oh, ow) = (h + 2 * p + 1 - k, wd + 2 * p + 1 - k);
+    w.reshape((co, ci * k * k))?
+        .matmul(&im2col(x, k, p)?)?
+        .reshape((co, b, oh, ow))?
+        .transpose(0, 1)?
+        .contiguous()
+}
+
+/// The weight gradient of [`conv2d`] for the output gradient `dy` `[B, C_out, H', W']`: one matrix product
+/// dy `[C_out, B·H'·W']` · colsᵀ.
+pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result<Tensor> {
+    let (b, co, oh, ow) = dy.dims4()?;
+    let ci = x.dim(1)?;
+    dy.transpose(0, 1)?
+        .contiguous()?
+        .reshape((co, b * oh * ow))?
+        .matmul(&im2col(x, k, p)?.t()?)?
+        .reshape((co, ci, k, k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unet::testutil::rel;
+    use candle_core::{DType, Device};
+    use vsdm_core::NoiseRng;
+
+    /// Equal to candle's conv2d and to its weight gradient (candle's correlation of the batch-transposed
+    /// tensors), for odd kernels, "same", smaller and larger padding, non-square inputs and f64.
+    #[test]
+    fn matches_candles_conv2d() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(5);
+        for &(b, ci, co, h, w, k, p) in &[
+            (2usize, 3usize, 4usize, 6usize, 5usize, 3usize, 1usize),
+            (1, 2, 3, 7, 7, 3, 0),
+            (3, 4, 2, 5, 6, 1, 0),
+            (2, 2, 2, 6, 6, 5, 2),
+            (1, 3, 2, 4, 4, 3, 2),
+        ] {
+            for dt in [DType::F32, DType::F64] {
+                let x = rng
+                    .randn(&[b, ci, h, w], &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap();
+                let wt = rng
+                    .randn(&[co, ci, k, k], &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap();
+                let y0 = x.conv2d(&wt, p, 1, 1, 1).unwrap();
+                let y1 = conv2d(&x, &wt, p).unwrap();
+                let case = format!("b{b} ci{ci} co{co} {h}×{w} k{k} p{p} {dt:?}");
+                assert_eq!(y0.dims(), y1.dims(), "{case}");
+                assert!(rel(&y0, &y1) < 1e-5, "{case}: value {}", rel(&y0, &y1));
+                let dy = rng.randn(y0.dims(), &dev).unwrap().to_dtype(dt).unwrap();
+                let g0 = x
+                    .transpose(0, 1)
+                    .unwrap()
+                    .conv2d(&dy.transpose(0, 1).unwrap(), p, 1, 1, 1)
+                    .unwrap()
+                    .transpose(0, 1)
+                    .unwrap();
+                let g1 = conv2d_weight_grad(&x, &dy, k, p).unwrap();
+                assert!(
+                    rel(&g0, &g1) < 1e-5,
+                    "{case}: weight gradient {}",
+                    rel(&g0, &g1)
+                );
+            }
+        }
+    }
+}
