@@ -89,11 +89,19 @@ pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
 /// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on the CPU: one matrix
 /// product W `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in front.
 pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
-    let (b, _, h, wd) = x.dims4()?;
-    let (co, ci, k, _) = w.dims4()?;
+    let (b, c, h, wd) = x.dims4()?;
+    let (co, ci, k, kw) = w.dims4()?;
+    if k != kw || c != ci {
+        candle_core::bail!(
+            "conv2d: weight {:?} does not fit input {:?} (square kernels over the input's channels)",
+            w.dims(),
+            x.dims()
+        );
+    }
+    let cols = im2col(x, k, p)?;
     let (oh, ow) = (h + 2 * p + 1 - k, wd + 2 * p + 1 - k);
     w.reshape((co, ci * k * k))?
-        .matmul(&im2col(x, k, p)?)?
+        .matmul(&cols)?
         .reshape((co, b, oh, ow))?
         .transpose(0, 1)?
         .contiguous()
@@ -117,6 +125,19 @@ mod tests {
     use crate::unet::testutil::rel;
     use candle_core::{DType, Device};
     use vsdm_core::NoiseRng;
+
+    #[test]
+    fn mismatched_weights_are_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 5, 5), DType::F32, &dev).unwrap();
+        for w in [(2, 4, 3, 3), (2, 3, 3, 1)] {
+            let e = conv2d(&x, &Tensor::zeros(w, DType::F32, &dev).unwrap(), 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("does not fit input [1, 3, 5, 5]"), "{e}");
+        }
+        assert!(im2col(&x, 9, 1).is_err());
+    }
 
     /// Equal to candle's conv2d and to its weight gradient (candle's correlation of the batch-transposed
     /// tensors), for odd kernels, "same", smaller and larger padding, non-square inputs and f64.
