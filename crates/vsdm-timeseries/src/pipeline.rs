@@ -222,21 +222,6 @@ pub fn train(
     device: &Device,
     ckpt: Option<(&Path, usize)>,
 ) -> anyhow::Result<Trained> {
-    if budget.iters == 0 || budget.batch == 0 {
-        anyhow::bail!(
-            "--iters {} --batch {}: training needs at least one update of at least one window",
-            budget.iters,
-            budget.batch
-        );
-    }
-    if let Some(z) = budget
-        .zeta
-        .filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z)))
-    {
-        anyhow::bail!(
-            "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"
-        );
-    }
     let cfg = train_config(method, budget, data.num_series(), window.horizon, seed);
     train_with(method, cfg, budget, data, window, device, ckpt)
 }
@@ -252,6 +237,21 @@ pub fn train_with(
     device: &Device,
     ckpt: Option<(&Path, usize)>,
 ) -> anyhow::Result<Trained> {
+    if budget.iters == 0 || budget.batch == 0 {
+        anyhow::bail!(
+            "--iters {} --batch {}: training needs at least one update of at least one window",
+            budget.iters,
+            budget.batch
+        );
+    }
+    if let Some(z) = budget
+        .zeta
+        .filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z)))
+    {
+        anyhow::bail!(
+            "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"
+        );
+    }
     let (ckpt_dir, ckpt_every) = match ckpt {
         Some((dir, every)) => (Some(dir), every),
         None => (None, 0),

@@ -10,15 +10,15 @@
 //!   d[W | b] from a and dy' (the 1×1 convolution's gradients),  da = Wᵀ dy',  dx = dy',
 //!   dv = da P,  dP = daᵀ v,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = k dSᵀ/√C,  dk = q dS/√C,
 //!
-//! so the graph keeps only qkv and the output. The softmax runs in f32 whatever the activations' precision,
-//! as [`super::layers::softmax_last`] does. Under [`ConvBackward::Candle`] (`--conv candle`) the chain is
+//! so the graph keeps only qkv and the output. The softmax and its gradient run in f32 (f64 for f64
+//! activations) whatever the activations' precision, ([`softmax_wide`]). Under [`ConvBackward::Candle`] (`--conv candle`) the chain is
 //! candle's own, the reference.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use super::carried;
 use super::fastconv::{self, conv_backward, ConvBackward};
-use super::layers::softmax_last;
+use super::layers::softmax_wide;
 
 /// q, k, v `[B, C, N]` (contiguous) out of qkv `[B, C, 3, N]`.
 fn split(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
@@ -26,18 +26,38 @@ fn split(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
     Ok((part(0)?, part(1)?, part(2)?))
 }
 
-/// a = v softmax(qᵀk/√C)ᵀ `[B, C, N]` from qkv `[B, C, 3, N]`, with candle's ops (differentiable when qkv is
-/// tracked); also returns P in f32.
-fn attend(qkv: &Tensor) -> Result<(Tensor, Tensor)> {
+/// The attention's parts, computed with candle's ops from qkv (differentiable when qkv is tracked: the
+/// reference's graph; plain values for the fused op's value and its backward's recomputation).
+struct Attended {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// P = softmax(qᵀk/√C) `[B, N_q, N_k]` in the softmax's precision ([`softmax_wide`]).
+    p: Tensor,
+    /// P in the activations' precision.
+    p_act: Tensor,
+    /// a = v Pᵀ `[B, C, N_q]`.
+    a: Tensor,
+}
+
+fn attend(qkv: &Tensor) -> Result<Attended> {
     let (q, k, v) = split(qkv)?;
     let c = q.dim(1)?;
     let scores = q
         .transpose(1, 2)?
         .contiguous()?
-        .matmul(&(k / (c as f64).sqrt())?.contiguous()?)?; // [B, N_q, N_k]
-    let p = softmax_last(&scores)?;
-    let a = v.matmul(&p.transpose(1, 2)?.contiguous()?)?; // [B, C, N_q]
-    Ok((a, p))
+        .matmul(&(&k / (c as f64).sqrt())?.contiguous()?)?; // [B, N_q, N_k]
+    let p = softmax_wide(&scores)?;
+    let p_act = p.to_dtype(q.dtype())?;
+    let a = v.matmul(&p_act.transpose(1, 2)?.contiguous()?)?; // [B, C, N_q]
+    Ok(Attended {
+        q,
+        k,
+        v,
+        p,
+        p_act,
+        a,
+    })
 }
 
 /// The backward of [`attention_residual`]'s op on (qkv, [W | b], x).
@@ -60,30 +80,32 @@ impl carried::Backward for AttentionBackward {
         let dt = qkv.dtype();
         let (b, c, _, n) = qkv.dims4()?;
         let dy = dy.affine(self.scale, 0.0)?;
-        let (q, k, v) = split(qkv)?;
+        let Attended {
+            q,
+            k,
+            v,
+            p,
+            p_act,
+            a,
+        } = attend(qkv)?;
         let root = (c as f64).sqrt();
-        let scores = q.transpose(1, 2)?.contiguous()?.matmul(&(&k / root)?)?;
-        let p32 = softmax_last(&scores.to_dtype(DType::F32)?)?;
-        let p = p32.to_dtype(dt)?;
-        let a = v.matmul(&p.transpose(1, 2)?.contiguous()?)?;
         // The projection (1×1 convolution) and its bias.
         let w = fastconv::unpack_weight(wb, self.w_dims)?;
         let (da, dw) = fastconv::gradients(&a.reshape(x.shape())?, &w, &dy, 0, self.cudnn)?;
-        let db = dy.sum(3)?.sum(2)?.sum(0)?;
+        let dwb = fastconv::packed_gradient(&dw, &dy)?;
         let da = da.reshape((b, c, n))?;
         // The attention.
-        let dv = da.matmul(&p)?;
-        let dp32 = da
+        let dv = da.matmul(&p_act)?;
+        let dp = da
             .transpose(1, 2)?
             .contiguous()?
             .matmul(&v)?
-            .to_dtype(DType::F32)?;
-        let row = (&dp32 * &p32)?.sum_keepdim(2)?;
-        let ds = (p32 * dp32.broadcast_sub(&row)?)?.to_dtype(dt)?;
+            .to_dtype(p.dtype())?;
+        let row = (&dp * &p)?.sum_keepdim(2)?;
+        let ds = (p * dp.broadcast_sub(&row)?)?.to_dtype(dt)?;
         let dq = (k.matmul(&ds.transpose(1, 2)?.contiguous()?)? / root)?;
         let dk = (q.matmul(&ds)? / root)?;
         let dqkv = Tensor::stack(&[dq, dk, dv], 2)?;
-        let dwb = Tensor::cat(&[dw.flatten_all()?, db], 0)?;
         Ok((Some(dqkv), Some(dwb), Some(dy)))
     }
 }
@@ -108,24 +130,17 @@ pub fn attention_residual(
         );
     }
     let mode = conv_backward();
+    // candle's ops on the inputs given: the reference's graph, or the fused op's value on detached inputs.
+    let chain = |qkv: &Tensor, w: &Tensor, b: &Tensor, x: &Tensor| -> Result<Tensor> {
+        let a = attend(qkv)?.a.reshape(x.shape())?;
+        fastconv::residual(&a, w, b, x, None, scale, 0)
+    };
     let tracked = qkv.track_op() || w.track_op() || b.track_op() || x.track_op();
     if mode == ConvBackward::Candle || !tracked {
-        let (a, _) = attend(qkv)?;
-        return fastconv::residual(&a.reshape(x.shape())?, w, b, x, None, scale, 0);
+        return chain(qkv, w, b, x);
     }
-    let value = {
-        let (a, _) = attend(&qkv.detach())?;
-        fastconv::residual(
-            &a.reshape(x.shape())?,
-            &w.detach(),
-            &b.detach(),
-            &x.detach(),
-            None,
-            scale,
-            0,
-        )?
-    };
-    let wb = Tensor::cat(&[w.flatten_all()?, b.clone()], 0)?;
+    let value = chain(&qkv.detach(), &w.detach(), &b.detach(), &x.detach())?;
+    let wb = fastconv::pack(w, b)?;
     carried::apply(
         value,
         qkv,
@@ -142,7 +157,7 @@ pub fn attention_residual(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
     use vsdm_core::NoiseRng;
 
     use crate::unet::fastconv::set_conv_backward;

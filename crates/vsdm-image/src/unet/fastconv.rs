@@ -100,6 +100,9 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
     if kh != kw {
         candle_core::bail!("conv2d backward: square kernels only, got {kh}×{kw}");
     }
+    if p >= kh {
+        candle_core::bail!("conv2d backward: padding {p} must be below the kernel size {kh}");
+    }
     // W̃: swap in/out channels and flip both spatial axes.
     let rev = Tensor::arange_step(kh as i64 - 1, -1, -1, w.device())?
         .to_dtype(candle_core::DType::U32)?;
@@ -109,9 +112,6 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
         .index_select(&rev, 2)?
         .index_select(&rev, 3)?
         .contiguous()?;
-    if p >= kh {
-        candle_core::bail!("conv2d backward: padding {p} must be below the kernel size {kh}");
-    }
     if x.device().is_cpu() {
         let dx = im2col::conv2d(dy, &wt, kh - 1 - p)?;
         return Ok((dx, im2col::conv2d_weight_grad(x, dy, kh, p)?));
@@ -185,6 +185,14 @@ impl DropMask {
     }
 }
 
+/// `h` with the dropout of `drop` applied (h itself without a mask).
+fn dropped(h: &Tensor, drop: Option<&DropMask>) -> Result<Tensor> {
+    match drop {
+        Some(d) => h * d.factors(h.dtype())?,
+        None => Ok(h.clone()),
+    }
+}
+
 /// The backward of [`residual`]'s op on (h, [W | b], skip).
 struct ResidualBackward {
     w_dims: (usize, usize, usize, usize),
@@ -220,16 +228,26 @@ impl carried::Backward for ResidualBackward {
             Some(f) => (dx * f)?,
             None => dx,
         };
-        let db = dy.sum(3)?.sum(2)?.sum(0)?;
-        let dwb = Tensor::cat(&[dw.flatten_all()?, db], 0)?;
-        Ok((Some(dh), Some(dwb), Some(dy)))
+        Ok((Some(dh), Some(packed_gradient(&dw, &dy)?), Some(dy)))
     }
 }
 
-/// W `[co, ci, k, k]` out of the concatenation `[W | b]`.
+/// A layer's weight `[co, ci, k, k]` and bias `[co]` as the one tensor `[W | b]` its fused ops take (a
+/// parameter-sized concatenation, whose gradient candle splits back).
+pub(crate) fn pack(w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Tensor::cat(&[w.flatten_all()?, b.clone()], 0)
+}
+
+/// W `[co, ci, k, k]` out of [`pack`]'s `[W | b]`.
 pub(crate) fn unpack_weight(wb: &Tensor, dims: (usize, usize, usize, usize)) -> Result<Tensor> {
     wb.narrow(0, 0, dims.0 * dims.1 * dims.2 * dims.3)?
         .reshape(dims)
+}
+
+/// The gradient of [`pack`]'s `[W | b]`: the weight gradient `dw` and the bias gradient (the output gradient
+/// `dy` `[B, C, H, W]` summed over batch and positions).
+pub(crate) fn packed_gradient(dw: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    Tensor::cat(&[dw.flatten_all()?, dy.sum(3)?.sum(2)?.sum(0)?], 0)
 }
 
 /// A residual block's tail, (conv2d(dropout(h), W) + b + skip) · `scale` (EDM's `conv1`, its skip connection
@@ -251,38 +269,27 @@ pub fn residual(
     padding: usize,
 ) -> Result<Tensor> {
     let mode = conv_backward();
+    // candle's ops on the inputs given: the reference's graph, or the fused op's value on detached inputs.
+    let chain = |h: &Tensor, w: &Tensor, b: &Tensor, skip: &Tensor| -> Result<Tensor> {
+        (conv2d_bias(&dropped(h, drop)?, w, b, padding)? + skip)? * scale
+    };
     let tracked = h.track_op() || w.track_op() || b.track_op() || skip.track_op();
     if mode == ConvBackward::Candle || !tracked {
-        let x = match drop {
-            Some(d) => (h * d.factors(h.dtype())?)?,
-            None => h.clone(),
-        };
-        return (conv2d_bias(&x, w, b, padding)? + skip)? * scale;
+        return chain(h, w, b, skip);
     }
-    let on_cudnn = mode == ConvBackward::Cudnn && h.device().is_cuda();
-    let w_dims = w.dims4()?;
-    let value = {
-        let h = h.detach();
-        let x = match drop {
-            Some(d) => (&h * d.factors(h.dtype())?)?,
-            None => h,
-        };
-        let y = convolve(&x, &w.detach(), padding, on_cudnn)?
-            .broadcast_add(&b.detach().reshape((1, w_dims.0, 1, 1))?)?;
-        ((y + skip.detach())? * scale)?
-    };
-    let wb = Tensor::cat(&[w.flatten_all()?, b.clone()], 0)?;
+    let value = chain(&h.detach(), &w.detach(), &b.detach(), &skip.detach())?;
+    let wb = pack(w, b)?;
     carried::apply(
         value,
         h,
         &wb,
         skip,
         ResidualBackward {
-            w_dims,
+            w_dims: w.dims4()?,
             padding,
             scale,
             drop: drop.cloned(),
-            cudnn: on_cudnn,
+            cudnn: mode == ConvBackward::Cudnn && h.device().is_cuda(),
         },
     )
 }

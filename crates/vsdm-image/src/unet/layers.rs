@@ -134,12 +134,12 @@ pub fn positional_embedding(t: &Tensor, channels: usize) -> Result<Tensor> {
     Tensor::cat(&[args.sin()?, args.cos()?], 1)
 }
 
-/// Softmax over the last axis from exp and sum (candle's fused `softmax_last_dim` has no backward), computed in
-/// f32 for a bf16 input and returned in the input's precision.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+/// Softmax over the last axis from exp and sum (candle's fused `softmax_last_dim` has no backward), computed and
+/// returned in f32 for a bf16 or f16 input (in f64 for an f64 one); callers cast back where they need to.
+pub fn softmax_wide(x: &Tensor) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 | DType::F64 => candle_nn::ops::softmax(x, D::Minus1),
-        dt => candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dt),
+        _ => candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1),
     }
 }
 
