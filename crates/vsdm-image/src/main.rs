@@ -143,6 +143,15 @@ struct TrainArgs {
     /// Network updates between variational stages.
     #[arg(long)]
     block: Option<usize>,
+    /// Backward trajectories simulated per variational stage (default: 256 for ddpmpp, 16 for tiny).
+    #[arg(long)]
+    n_traj: Option<usize>,
+    /// Euler–Maruyama steps of those trajectories (default: 100 for ddpmpp, 20 for tiny).
+    #[arg(long)]
+    traj_steps: Option<usize>,
+    /// Stochastic-approximation iterations of A (or c) per stage (default: 100 for ddpmpp, 20 for tiny).
+    #[arg(long)]
+    a_iters: Option<usize>,
     /// Class-conditional network (one-hot labels), as VSMD's CIFAR-10 model.
     #[arg(long)]
     conditional: bool,
@@ -186,7 +195,7 @@ impl TrainArgs {
         if let Some(m) = self.method.filter(|&m| m != spec.method) {
             given.push(format!("--method {m} (the run is {})", spec.method));
         }
-        let flags: [(&str, bool); 11] = [
+        let flags: [(&str, bool); 14] = [
             ("--arch", self.arch.is_some()),
             ("--batch", self.batch.is_some()),
             ("--lr", self.lr.is_some()),
@@ -195,6 +204,9 @@ impl TrainArgs {
             ("--channels", self.channels.is_some()),
             ("--dropout", self.dropout.is_some()),
             ("--block", self.block.is_some()),
+            ("--n-traj", self.n_traj.is_some()),
+            ("--traj-steps", self.traj_steps.is_some()),
+            ("--a-iters", self.a_iters.is_some()),
             ("--conditional", self.conditional),
             ("--precision", self.precision.is_some()),
             ("--seed", self.seed.is_some()),
@@ -336,6 +348,9 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         budget.ema = a.ema.unwrap_or(budget.ema);
         budget.grad_clip = a.grad_clip.unwrap_or(budget.grad_clip);
         budget.block = a.block.unwrap_or(budget.block);
+        budget.n_traj = a.n_traj.unwrap_or(budget.n_traj);
+        budget.traj_steps = a.traj_steps.unwrap_or(budget.traj_steps);
+        budget.a_iters = a.a_iters.unwrap_or(budget.a_iters);
         let spec = RunSpec {
             method: a.method(),
             unet,
@@ -500,7 +515,14 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
         conv_backward(),
         norm_backward(),
         a.precision,
-        candle_core::cuda::gemm_reduced_precision_f32()
+        // candle's CPU build answers `true` here whatever was set: TF32 exists only on CUDA.
+        if dev.is_cpu() {
+            "n/a (CPU)"
+        } else if candle_core::cuda::gemm_reduced_precision_f32() {
+            "on"
+        } else {
+            "off"
+        }
     );
     println!("| network | parameters | batch | train img/s | forward img/s |");
     println!("|---|---:|---:|---:|---:|");

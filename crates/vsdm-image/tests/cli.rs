@@ -49,9 +49,33 @@ fn train_resume_sample() {
     let run_dir = dir.path().join("run");
     let r = run_dir.to_str().unwrap();
     let common = [&TINY[..], &["--out", r]].concat();
-    let (ok, text) = run(&[&["train", "--method", "vsmd", "--iters", "1"][..], &common].concat());
+    // The variational stage's budget comes from the command line: one stage after the first update, with 2
+    // trajectories of 3 steps and 2 iterations of c, as the checkpoint's trainer state records.
+    let stage = [
+        "--block",
+        "1",
+        "--n-traj",
+        "2",
+        "--traj-steps",
+        "3",
+        "--a-iters",
+        "2",
+    ];
+    let (ok, text) = run(&[
+        &["train", "--method", "vsmd", "--iters", "1"][..],
+        &stage,
+        &common,
+    ]
+    .concat());
     assert!(ok, "{text}");
     assert!(text.contains("1 steps this session (now at 1/1)"), "{text}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("ckpt/ckpt-000000001/state.json")).unwrap(),
+    )
+    .unwrap();
+    let v = &state["config"]["variational"];
+    assert_eq!((&v["n_trajectories"], &v["steps"]), (&2.into(), &3.into()));
+    assert_eq!(state["a_opt_step"], 2, "one stage of 2 iterations");
     assert_eq!(
         png_size(&run_dir.join("samples/step-0000001.png")),
         (70, 70)
@@ -60,6 +84,8 @@ fn train_resume_sample() {
     // A resumed run keeps the settings it was started with: a training flag is refused, naming it ...
     let (ok, text) = run(&[&["train", "--resume", "--iters", "2"][..], &common].concat());
     assert!(!ok && text.contains("drop --batch, --channels"), "{text}");
+    let (ok, text) = run(&["train", "--resume", "--out", r, "--n-traj", "4"]);
+    assert!(!ok && text.contains("drop --n-traj"), "{text}");
     // ... while --iters moves its end, and the grid options apply.
     let resume = [
         "train",
@@ -254,4 +280,7 @@ fn bad_input_is_named() {
     );
     let (ok, text) = run(&["train", "--precision", "f8"]);
     assert!(!ok && text.contains("f8"), "{text}");
+    let o = out.to_str().unwrap();
+    let (ok, text) = run(&["train", "--n-traj", "0", "--out", o]);
+    assert!(!ok && text.contains("variational.n_trajectories"), "{text}");
 }

@@ -3,7 +3,7 @@
 //! `cargo run --release -p vsdm-timeseries --example net_speed -- SERIES CONTEXT HORIZON BATCH [HEADS PATCH]`
 //! (electricity: `370 72 24 4`). Runs on the first CUDA device when built with `--features cuda` and one is
 //! present, else on the CPU; peak memory is the process's resident memory (on a GPU, measure the device's with
-//! `nvidia-smi`, as `scripts/gpu/f_timeseries.sh` does).
+//! `nvidia-smi`, as `scripts/gpu/session.sh core` does).
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use vsdm_core::{NoiseRng, ScoreModel};

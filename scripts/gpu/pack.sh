@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds what scripts/gpu/session.sh runs on a GPU machine and packs it into .gpuD (git-ignored; carry it):
+# vsdm-image (`cuda`), vsdm-image-cudnn (`cudnn`), vsdm-timeseries with its net_speed and synthetic_archive
+# examples (`cuda`), and kernprof.so (the CUPTI kernel tracer, built against CUPTI 13.0's headers from PyPI; the
+# session rebuilds it there against the machine's own CUPTI when it can). About 25 minutes on 2 cores from cold.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[ -f .cuda/env.sh ] || { cargo fetch && scripts/setup-cuda-build.sh .cuda; }
+# shellcheck disable=SC1091
+source .cuda/env.sh
+export CARGO_TARGET_DIR="$PWD/target-cuda"
+r="$CARGO_TARGET_DIR/release"
+mkdir -p .gpuD
+cargo build --release -p vsdm-image --features cudnn
+xz -T2 -c "$r/vsdm-image" >.gpuD/vsdm-image-cudnn.xz
+cargo build --release -p vsdm-image --features cuda
+xz -T2 -c "$r/vsdm-image" >.gpuD/vsdm-image.xz
+cargo build --release -p vsdm-timeseries --features cuda --bin vsdm-timeseries --example net_speed \
+    --example synthetic_archive
+for b in vsdm-timeseries examples/net_speed examples/synthetic_archive; do
+    xz -T2 -c "$r/$b" >".gpuD/$(basename "$b").xz"
+done
+if [ ! -f .cuda/cupti/nvidia/cu13/include/cupti.h ]; then
+    .cuda/venv/bin/pip download --quiet --no-deps nvidia-cuda-cupti==13.0.85 -d .cuda/cupti
+    (cd .cuda/cupti && python3 -m zipfile -e nvidia_cuda_cupti-*.whl .)
+fi
+c=.cuda/cupti/nvidia/cu13
+gcc -Wall -Wextra -shared -fPIC -O2 -I$c/include -I"$CUDA_ROOT/include" -o .gpuD/kernprof.so scripts/gpu/kernprof.c \
+    -L$c/lib -l:libcupti.so.13
+du -sh .gpuD; ls -la .gpuD

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 5, 6 and 7 sized for one 15-minute lease (a machine start of 1–2 minutes, then two
+# calls on the warm machine), most important first, every result written to $OUT as soon as it exists so that a
+# call cut at its limit still returns what it measured.
+#
+#   scripts/gpu/pack.sh                       # here: the `cuda`/`cudnn` builds and kernprof.so into .gpuD (≈ 36 MB)
+#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 480: ≈ 6.5 min
+#   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 330: ≈ 5 min, then give_back
+#   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
+#                                             # (BIN_DIR: the release binaries to use, default target/release)
+#
+# core:  CUDA = CPU (tiny and paper-scale, the default gemm/fused ops, and cuDNN); candle's training throughput at
+#        batch 128 before (candle's own conv and norm backwards) and after each lever, per precision, with peak
+#        GPU memory; PyTorch eager on the same network (f32, TF32, bf16); a bf16 paper-scale training smoke run
+#        and sampling throughput; the time-series network at electricity's shape and the electricity path end to
+#        end on the generated 370-series archive.
+# extra: kernel-time breakdowns (candle through kernprof.so, a CUPTI tracer: nsys is not on those machines;
+#        PyTorch through torch.profiler), then PyTorch compiled (f32, bf16).
+set -u
+part=${1:-core}
+. scripts/gpu/common.sh
+if [ -n "${DRY:-}" ]; then
+    # CPU stand-ins: the release binaries of this checkout, toy sizes, no GPU memory readings.
+    CUDA=""; ARCH=tiny; B=2; IT=1; TSB=2; NS=8; PT=""
+    for b in vsdm-image vsdm-timeseries; do ln -sf "${BIN_DIR:-$PWD/target/release}/$b" "$K/bin/$b"; done
+    ln -sf "${BIN_DIR:-$PWD/target/release}/vsdm-image" "$K/bin/vsdm-image-cudnn"
+    for b in net_speed synthetic_archive; do ln -sf "${BIN_DIR:-$PWD/target/release}/examples/$b" "$K/bin/$b"; done
+    with_mem() { "$@"; }
+    CUDNN="--conv gemm"   # a CPU build has no cuDNN: the same steps with the default convolution
+else
+    CUDA="--cuda"; ARCH=ddpmpp; B=128; IT=6; TSB=32; NS=370; PT=1
+    for b in vsdm-image vsdm-image-cudnn vsdm-timeseries net_speed synthetic_archive; do
+        xz -dc ".gpuD/$b.xz" >"$K/bin/$b" && chmod +x "$K/bin/$b"
+    done
+    CUDNN="--conv cudnn"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
+    echo "cuDNN from: ${cudnn_lib:-not found}"
+fi
+# Each step appends to $OUT/<part>.log; a step's own table also goes to its file.
+exec > >(tee -a "$OUT/$part.log") 2>&1
+
+if [ "$part" = core ]; then
+    log "1. CUDA vs CPU (f32 to 1e-5): default ops, tiny (three methods) and paper-scale"
+    timeout 170 vsdm-image $CUDA check-device --arch tiny $ARCH --method vsdm vp vsmd --batch 4 --steps 1 \
+        | tee "$OUT/check.md"
+    log "1b. CUDA vs CPU through cuDNN (the cudnn build)"
+    timeout 90 vsdm-image-cudnn $CUDA $CUDNN check-device --arch $ARCH --method vsdm --batch 4 --steps 1 \
+        | tee "$OUT/check-cudnn.md"
+
+    log "2. candle training throughput, $ARCH, batch $B: before, each lever, per precision (peak GPU memory)"
+    bench="bench --arch $ARCH --batch $B --iters $IT"
+    for v in "vsdm-image --conv candle --norm candle" "vsdm-image --conv gemm --norm candle" "vsdm-image" \
+        "vsdm-image --tf32" "vsdm-image-cudnn $CUDNN" "vsdm-image-cudnn $CUDNN --tf32"; do
+        with_mem timeout 90 $v $CUDA $bench | tee -a "$OUT/bench.md"
+    done
+    if [ -n "$CUDA" ]; then
+        for v in "vsdm-image" "vsdm-image-cudnn $CUDNN"; do
+            with_mem timeout 60 $v $CUDA $bench --precision bf16 | tee -a "$OUT/bench.md"
+        done
+    fi
+
+    if [ -n "$PT" ]; then
+        log "3. PyTorch eager, same network, batch $B (cuDNN autotune on, then off)"
+        timeout 100 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 20 \
+            --precision f32 tf32 bf16 | tee "$OUT/torch.md"
+        timeout 60 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 20 --precision f32 bf16 \
+            --cudnn-benchmark off | tee -a "$OUT/torch.md"
+    fi
+
+    # One variational stage, sized down: the paper budget's stages (256 trajectories × 100 steps each, 76,800
+    # network evaluations for the 3 stages of `--block 1`) are the likely reason the H100 session's smoke run
+    # ran out its 150-s limit.
+    log "4. paper-scale bf16 training smoke run (bundled 1,000 images), then sampling throughput"
+    prec=""; [ -n "$CUDA" ] && prec="--precision bf16"
+    timeout 120 vsdm-image $CUDA train --arch $ARCH $prec --data assets/image/cifar10-train-1000.bin \
+        --batch $((B / 4 > 2 ? B / 4 : 2)) --iters 3 --block 2 --n-traj 8 --traj-steps 10 --a-iters 5 \
+        --ckpt-every 0 --sample-every 0 --grid 4 --grid-steps 5 --out "$K/smoke" 2>&1 | grep -v " INFO " | tail -8
+    with_mem timeout 90 vsdm-image $CUDA sample --weights "$K/smoke/weights" --n $((B * 4)) --batch $((B * 4)) \
+        --steps 20 --grid "$OUT/smoke-grid.png" 2>&1 | grep -v " INFO " | tail -4
+
+    log "5. time-series network at electricity's shape ($NS series, context 72, horizon 24)"
+    with_mem timeout 60 net_speed $NS 72 24 4
+    with_mem timeout 60 net_speed $NS 72 24 $TSB
+    synthetic_archive "$K/elec" >/dev/null
+    with_mem timeout 150 vsdm-timeseries $CUDA --data "$K/elec/electricity_nips" --iters 10 --batch 2 \
+        --stages 1 --n-traj 4 --traj-steps 5 --a-iters 5 --samples 10 --steps 5 --sample-batch 10 \
+        --max-windows 1 --charts 2 --out "$K/ts" 2>&1 | grep -v " INFO " | tail -12
+fi
+
+if [ "$part" = extra ]; then
+    log "6. candle's kernel-time breakdown (CUPTI, kernprof.so), $ARCH batch $B: before, after, after in bf16"
+    # CUPTI: the CUDA toolkit's copy, else PyTorch's (CUPTI_DIR overrides); only libcupti goes on the loader
+    # path, so the binaries keep the CUDA libraries they use in the bench above.
+    cu=${CUPTI_DIR:-$(python3 -c 'import os, nvidia; print(os.path.join(list(nvidia.__path__)[0], "cu13"))' 2>/dev/null)}
+    lib=$(ls /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13 "$cu/lib/libcupti.so.13" 2>/dev/null | head -1)
+    mkdir -p "$K/cupti" && ln -sf "$lib" "$K/cupti/libcupti.so.13"
+    gcc -shared -fPIC -O2 -I/usr/local/cuda/extras/CUPTI/include -I"$cu/include" -I/usr/local/cuda/include \
+        -I"${CUDA_ROOT:-.}/include" -o "$K/kernprof.so" scripts/gpu/kernprof.c -L"$K/cupti" -l:libcupti.so.13 \
+        -Wl,-rpath,"$K/cupti" || cp .gpuD/kernprof.so "$K/kernprof.so"
+    kp() {
+        local name=$1; shift
+        # env, not the shell, sets LD_PRELOAD: `timeout` itself must not load the tracer (its exit would
+        # overwrite the table with an empty one).
+        timeout 60 env KERNPROF_OUT="$OUT/kernels-$name.csv" KERNPROF_SKIP_MS="${SKIP_MS:-0}" \
+            LD_PRELOAD="$K/kernprof.so" LD_LIBRARY_PATH="$K/cupti:${LD_LIBRARY_PATH:-}" "$@"
+        echo "kernels-$name.csv ($*):"; head -16 "$OUT/kernels-$name.csv" 2>/dev/null
+    }
+    b3="bench --arch $ARCH --batch $B --iters 3"
+    kp before vsdm-image --conv candle --norm candle $CUDA $b3
+    kp after vsdm-image $CUDA $b3
+    kp after-cudnn vsdm-image-cudnn $CUDNN $CUDA $b3
+    [ -n "$CUDA" ] && kp after-bf16 vsdm-image $CUDA $b3 --precision bf16
+    if [ -n "$PT" ]; then
+        log "7. PyTorch eager's kernels (torch.profiler), f32 and bf16"
+        for p in f32 bf16; do
+            timeout 60 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 3 --precision $p \
+                --profile 2>&1 | head -40 | tee "$OUT/torch-kernels-$p.txt"
+        done
+        log "8. PyTorch compiled, same network, batch $B"
+        timeout 200 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 20 --precision f32 bf16 \
+            --mode compiled 2>&1 | grep -v Warning | tail -8 | tee "$OUT/torch-compiled.md"
+    fi
+fi
+log done
