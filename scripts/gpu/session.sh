@@ -37,13 +37,15 @@ else
     python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
     echo "cuDNN from: ${cudnn_lib:-not found}"
 fi
-# Each step appends to $OUT/<part>.log; a step's own table also goes to its file.
+# Each step appends to $OUT/<part>.log; some tables also go to their own files (at most 8 files come back).
 exec > >(tee -a "$OUT/$part.log") 2>&1
 
 if [ "$part" = core ]; then
     log "1. CUDA vs CPU (f32 to 1e-5): default ops, tiny (three methods) and paper-scale"
-    timeout 170 vsdm-image $CUDA check-device --arch tiny $ARCH --method vsdm vp vsmd --batch 4 --steps 1 \
+    timeout 60 vsdm-image $CUDA check-device --arch tiny --method vsdm vp vsmd --batch 4 --steps 1 \
         | tee "$OUT/check.md"
+    timeout 120 vsdm-image $CUDA check-device --arch $ARCH --method vsdm vsmd --batch 4 --steps 1 \
+        | tee -a "$OUT/check.md"
     log "1b. CUDA vs CPU through cuDNN (the cudnn build)"
     timeout 90 vsdm-image-cudnn $CUDA $CUDNN check-device --arch $ARCH --method vsdm --batch 4 --steps 1 \
         | tee "$OUT/check-cudnn.md"
@@ -115,11 +117,13 @@ if [ "$part" = extra ]; then
         log "7. PyTorch eager's kernels (torch.profiler), f32 and bf16"
         for p in f32 bf16; do
             timeout 60 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 3 --precision $p \
-                --profile 2>&1 | head -40 | tee "$OUT/torch-kernels-$p.txt"
+                --profile 2>&1 | head -40
         done
-        log "8. PyTorch compiled, same network, batch $B"
-        timeout 200 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 20 --precision f32 bf16 \
-            --mode compiled 2>&1 | grep -v Warning | tail -8 | tee "$OUT/torch-compiled.md"
+        log "8. PyTorch compiled, same network, batch $B (training rate only: one graph to compile per precision)"
+        for p in bf16 f32; do
+            timeout 120 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 20 --precision $p \
+                --mode compiled 2>&1 | grep -v Warning | tail -3 | tee -a "$OUT/torch-compiled.md"
+        done
     fi
 fi
 log done
