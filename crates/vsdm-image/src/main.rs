@@ -687,6 +687,7 @@ fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    vsdm_eval::cli::tune_allocator();
     vsdm_eval::cli::init_logging("warn");
     vsdm_eval::cli::exit(run())
 }

@@ -110,6 +110,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    vsdm_eval::cli::tune_allocator();
     vsdm_eval::cli::init_logging("info");
     vsdm_eval::cli::exit(run(Cli::parse()))
 }

@@ -59,6 +59,7 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    vsdm_eval::cli::tune_allocator();
     vsdm_eval::cli::init_logging("warn");
     vsdm_eval::cli::exit(run())
 }
