@@ -70,9 +70,9 @@ if [ "$part" = core ]; then
             --cudnn-benchmark off | tee -a "$OUT/torch.md"
     fi
 
-    # One variational stage, sized down: the paper budget's stages (256 trajectories × 100 steps each, 76,800
-    # network evaluations for the 3 stages of `--block 1`) are the likely reason the H100 session's smoke run
-    # ran out its 150-s limit.
+    # One variational stage, sized down: the H100 session's smoke run (`--block 2`, the paper budget) simulated
+    # 256 trajectories × 100 steps at step 2, 25,600 network evaluations (≈ 95 s at candle's measured 268
+    # images/s forward rate), the likely main part of the 150 s it ran out.
     log "4. paper-scale bf16 training smoke run (bundled 1,000 images), then sampling throughput"
     prec=""; [ -n "$CUDA" ] && prec="--precision bf16"
     timeout 120 vsdm-image $CUDA train --arch $ARCH $prec --data assets/image/cifar10-train-1000.bin \
