@@ -16,7 +16,7 @@
 #        end on the generated 370-series archive.
 # extra: kernel-time breakdowns (candle through kernprof.so, a CUPTI tracer: nsys is not on those machines;
 #        PyTorch through torch.profiler), then PyTorch compiled (f32, bf16).
-set -u
+set -u -o pipefail
 part=${1:-core}
 . scripts/gpu/common.sh
 if [ -n "${DRY:-}" ]; then
@@ -43,12 +43,12 @@ exec > >(tee -a "$OUT/$part.log") 2>&1
 if [ "$part" = core ]; then
     log "1. CUDA vs CPU (f32 to 1e-5): default ops, tiny (three methods) and paper-scale"
     timeout 60 vsdm-image $CUDA check-device --arch tiny --method vsdm vp vsmd --batch 4 --steps 1 \
-        | tee "$OUT/check.md"
+        | tee "$OUT/check.md" && echo "check-device tiny: passed" || echo "error: check-device tiny (rc $?)"
     timeout 120 vsdm-image $CUDA check-device --arch $ARCH --method vsdm vsmd --batch 4 --steps 1 \
-        | tee -a "$OUT/check.md"
+        | tee -a "$OUT/check.md" && echo "check-device $ARCH: passed" || echo "error: check-device $ARCH (rc $?)"
     log "1b. CUDA vs CPU through cuDNN (the cudnn build)"
     timeout 90 vsdm-image-cudnn $CUDA $CUDNN check-device --arch $ARCH --method vsdm --batch 4 --steps 1 \
-        | tee "$OUT/check-cudnn.md"
+        | tee "$OUT/check-cudnn.md" && echo "check-device cuDNN: passed" || echo "error: check-device cuDNN (rc $?)"
 
     log "2. candle training throughput, $ARCH, batch $B: before, each lever, per precision (peak GPU memory)"
     bench="bench --arch $ARCH --batch $B --iters $IT"
@@ -126,4 +126,9 @@ if [ "$part" = extra ]; then
         done
     fi
 fi
+# The figures to transcribe, last, so that they are inside the call's 12,000-character output tail (the whole
+# log comes back as $OUT/<part>.log).
+log "summary"
+grep -a -E "^error|passed$|^convolutions:|^\| (tiny|ddpmpp) \| [0-9]|peak GPU memory used|steps this session|images with|train step|trained |^# GPU busy|^kernels-" \
+    "$OUT/$part.log" | grep -v -E "^\| (tiny|ddpmpp) \| (vsdm|vp|vsmd) " | cut -c1-200 | tail -60
 log done
