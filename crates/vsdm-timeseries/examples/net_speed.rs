@@ -20,6 +20,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the command-line programs do, so that a step costs here what it costs in `vsdm-timeseries`.
+    vsdm_eval::cli::tune_allocator();
     let a: Vec<usize> = std::env::args()
         .skip(1)
         .map(|s| s.parse())
