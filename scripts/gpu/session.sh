@@ -22,9 +22,10 @@ part=${1:-core}
 if [ -n "${DRY:-}" ]; then
     # CPU stand-ins: the release binaries of this checkout, toy sizes, no GPU memory readings.
     CUDA=""; ARCH=tiny; B=2; IT=1; TSB=2; NS=8; PT=""
-    for b in vsdm-image vsdm-timeseries; do ln -sf "${BIN_DIR:-$PWD/target/release}/$b" "$K/bin/$b"; done
-    ln -sf "${BIN_DIR:-$PWD/target/release}/vsdm-image" "$K/bin/vsdm-image-cudnn"
-    for b in net_speed synthetic_archive; do ln -sf "${BIN_DIR:-$PWD/target/release}/examples/$b" "$K/bin/$b"; done
+    r=${BIN_DIR:-$PWD/target/release}
+    for b in vsdm-image vsdm-timeseries; do ln -sf "$r/$b" "$K/bin/$b"; done
+    ln -sf "$r/vsdm-image" "$K/bin/vsdm-image-cudnn"
+    for b in net_speed synthetic_archive; do ln -sf "$r/examples/$b" "$K/bin/$b"; done
     with_mem() { "$@"; }
     CUDNN="--conv gemm"   # a CPU build has no cuDNN: the same steps with the default convolution
 else

@@ -17,10 +17,11 @@ pub fn init_logging(default: &str) {
 /// and returns the heap's free top to the kernel above 128 KiB; a training step frees and re-allocates
 /// activation-sized buffers by the hundred, so each one was a new mapping, page-faulted and zeroed by the kernel
 /// (in a `perf` profile of the tiny network's CPU training, about a tenth of the time went to page faults, the
-/// kernel's zeroing of fresh pages and their accounting). Raising the mmap threshold to its maximum (32 MiB) and the trim threshold to 512 MiB lets
-/// the heap reuse those blocks: 0.89–0.91× the wall time of a whole tiny-network bench for 1.1× its peak resident
-/// memory (docs/benchmarks/image.md, "Allocator settings"). `GLIBC_TUNABLES` set by the user wins. No effect
-/// on other C libraries.
+/// kernel's zeroing of fresh pages and their accounting). Raising the mmap threshold to its maximum (32 MiB)
+/// and the trim threshold to 512 MiB lets the heap reuse those blocks: 0.84× the wall time of a whole
+/// tiny-network bench for 1.11× its peak resident memory, 0.62× for exchange-rate training
+/// (docs/benchmarks/image.md and timeseries.md, "Allocator settings"). `GLIBC_TUNABLES` set by the user wins.
+/// No effect on other C libraries.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("GLIBC_TUNABLES").is_none() {
