@@ -163,6 +163,8 @@ impl TrainConfig {
             ),
             ("variational.batch", self.variational.batch),
             ("variational.steps", self.variational.steps),
+            // A stage without updates would simulate its trajectories for nothing.
+            ("variational.iters", self.variational.iters),
         ];
         for (name, v) in pos {
             if v == 0 {
@@ -209,8 +211,13 @@ impl TrainConfig {
         if !(self.t_eps > 0.0 && self.t_eps < self.schedule.t_max()) {
             return Err(Error::invalid("t_eps", self.t_eps, "must lie in (0, T)"));
         }
-        if !(self.adam.lr > 0.0 && self.adam.lr.is_finite()) {
-            return Err(Error::invalid("lr", self.adam.lr, "must be finite and > 0"));
+        for (name, lr) in [
+            ("lr", self.adam.lr),
+            ("variational.adam.lr", self.variational.adam.lr),
+        ] {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return Err(Error::invalid(name, lr, "must be finite and > 0"));
+            }
         }
         if let Some(c) = self.grad_clip {
             if c.is_nan() || c <= 0.0 {

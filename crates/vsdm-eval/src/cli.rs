@@ -33,6 +33,17 @@ pub fn tune_allocator() {
     }
 }
 
+/// Creates the folder an output file will be written into (nothing for a bare file name), so that a long job
+/// does not fail at its end on a missing folder; the error names the folder.
+pub fn create_parent(path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// One line for an error and its causes, as the workspace's command-line programs print it: the causes joined with ": ",
 /// leaving out a cause whose text the line already holds (our errors that name a file print their source
 /// inline, so anyhow's `{:#}` would repeat it, e.g. "a.npz: No such file: No such file").

@@ -156,6 +156,9 @@ fn open_images(input: &std::path::Path, subset: &SubsetArgs) -> Result<ImageSet>
     if subset.every == 0 {
         bail!("--every must be at least 1");
     }
+    if subset.limit == Some(0) {
+        bail!("--limit 0: must be at least 1 (leave it out for every image)");
+    }
     let set = match FidInput::open(input)? {
         FidInput::Images(s) => s,
         FidInput::Stats(_) => bail!("{}: holds statistics, not images", input.display()),
@@ -177,10 +180,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Convert { input, output } => {
             let output = output.unwrap_or_else(default_weights_path);
-            if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("{}: cannot create folder", dir.display()))?;
-            }
+            vsdm_eval::cli::create_parent(&output)?;
             let r = fid::convert(&input, &output)?;
             println!(
                 "{} (sha256 {}, {}) -> {}: {} tensors, {} parameters",

@@ -184,4 +184,16 @@ fn cli_pack_turns_a_png_folder_into_a_sample_archive() {
     let out = run(&["pack".as_ref(), pngs.as_os_str()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--npz and/or --grid"));
+    // An empty selection is refused rather than written as an empty archive.
+    let empty = dir.path().join("empty.npz");
+    let out = run(&[
+        "pack".as_ref(),
+        pngs.as_os_str(),
+        "--limit".as_ref(),
+        "0".as_ref(),
+        "--npz".as_ref(),
+        empty.as_os_str(),
+    ]);
+    assert!(!out.status.success() && !empty.exists());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--limit 0"));
 }

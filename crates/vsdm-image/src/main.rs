@@ -165,10 +165,10 @@ struct TrainArgs {
     /// Stop after this many minutes (with a checkpoint); default 3 for the tiny network on the CPU.
     #[arg(long)]
     minutes: Option<f64>,
-    /// Checkpoint every N steps (and at the end).
+    /// Checkpoint every N steps (and at the end; 0: only at the end).
     #[arg(long, default_value_t = 500)]
     ckpt_every: usize,
-    /// Sample grid every N steps (and at the end).
+    /// Sample grid every N steps (and at the end; 0: only at the end).
     #[arg(long, default_value_t = 500)]
     sample_every: usize,
     /// Images per grid.
@@ -297,6 +297,11 @@ fn bundled_data() -> PathBuf {
 }
 
 fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
+    if let Some(m) = a.minutes {
+        if !(m.is_finite() && m > 0.0) {
+            bail!("invalid --minutes {m}: must be a positive number of minutes");
+        }
+    }
     let out = a
         .out
         .clone()
@@ -449,7 +454,7 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
     let mut parts = Vec::new();
     let (mut done, mut nfe) = (0, 0);
     while done < n {
-        let b = a.batch.max(1).min(n - done);
+        let b = a.batch.min(n - done);
         let (x, k) = sample_images(&w.process, &w.net, &sampler, b, b, classes, &mut rng, dev)?;
         parts.push(x);
         nfe = k;
@@ -466,7 +471,19 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
     Ok(Tensor::cat(&parts, 0)?)
 }
 
+/// Refuses a count of 0 for any of `flags`, naming the flag.
+fn at_least_one(flags: &[(&str, usize)]) -> Result<()> {
+    match flags.iter().find(|f| f.1 == 0) {
+        Some((flag, _)) => bail!("{flag} 0: must be at least 1"),
+        None => Ok(()),
+    }
+}
+
 fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
+    at_least_one(&[("--n", a.n), ("--batch", a.sampler.batch)])?;
+    for p in std::iter::once(&a.grid).chain(&a.npz) {
+        vsdm_eval::cli::create_parent(p)?;
+    }
     let w = weights::load(&a.weights, hub, dev)?;
     let images = draw(&w, &a.sampler, a.n, dev)?;
     export::save_grid_png(&images, &a.grid, grid_columns(a.n))?;
@@ -484,6 +501,14 @@ fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
 
 fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
     use vsdm_eval::fid::{self, FidInput, InceptionV3, StatsAccumulator, FEATURE_DIM};
+    at_least_one(&[
+        ("--n", a.n),
+        ("--batch", a.sampler.batch),
+        ("--fid-batch", a.fid_batch),
+    ])?;
+    if let Some(p) = &a.npz {
+        vsdm_eval::cli::create_parent(p)?;
+    }
     let reference = FidInput::open(&a.reference)?;
     let net = InceptionV3::load(&a.inception, dev)?;
     let w = weights::load(&a.weights, hub, dev)?;
@@ -492,7 +517,7 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
         export::save_npz_u8(&images, p)?;
     }
     let mut acc = StatsAccumulator::new(FEATURE_DIM);
-    let bs = a.fid_batch.max(1);
+    let bs = a.fid_batch;
     let mut start = 0;
     while start < a.n {
         let b = bs.min(a.n - start);
@@ -509,6 +534,7 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     use vsdm_image::unet::{fastconv::conv_backward, fastnorm::norm_backward};
+    at_least_one(&[("--batch", a.batch), ("--iters", a.iters)])?;
     a.precision.check(dev)?;
     println!(
         "convolutions: {:?}; group-norm backward: {:?}; precision: {}; TF32: {}",
@@ -539,6 +565,7 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
 
 fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
     use vsdm_image::devcheck::compare;
+    at_least_one(&[("--batch", a.batch), ("--steps", a.steps)])?;
     let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
     // The f32 comparisons below are of exact f32 arithmetic; TF32 is measured on its own in the convolution
     // table.

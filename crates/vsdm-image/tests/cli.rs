@@ -107,8 +107,9 @@ fn train_resume_sample() {
     assert!(ok && text.contains("already at 2/2 updates"), "{text}");
 
     let w = run_dir.join("weights");
-    let grid = dir.path().join("g.png");
-    let npz = dir.path().join("s.npz");
+    // Output folders that do not exist yet are created.
+    let grid = dir.path().join("new/g.png");
+    let npz = dir.path().join("new2/s.npz");
     let folder = dir.path().join("imgs");
     let (ok, text) = run(&[
         "sample",
@@ -283,4 +284,25 @@ fn bad_input_is_named() {
     let o = out.to_str().unwrap();
     let (ok, text) = run(&["train", "--n-traj", "0", "--out", o]);
     assert!(!ok && text.contains("variational.n_trajectories"), "{text}");
+    let wd = dir.path().to_str().unwrap();
+    for args in [
+        &["sample", "--weights", wd, "--n", "0"][..],
+        &["sample", "--weights", wd, "--batch", "0"][..],
+        &["bench", "--arch", "tiny", "--batch", "0"][..],
+        &["bench", "--arch", "tiny", "--iters", "0"][..],
+        &["check-device", "--arch", "tiny", "--steps", "0"][..],
+    ] {
+        let (ok, text) = run(args);
+        let flag = args[args.len() - 2];
+        assert!(
+            !ok && text.contains(&format!("{flag} 0")),
+            "{args:?}: {text}"
+        );
+    }
+    let (ok, text) = run(&["train", "--a-iters", "0", "--out", o]);
+    assert!(!ok && text.contains("variational.iters"), "{text}");
+    for m in ["nan", "0", "-2"] {
+        let (ok, text) = run(&["train", &format!("--minutes={m}"), "--out", o]);
+        assert!(!ok && text.contains("--minutes"), "{m}: {text}");
+    }
 }

@@ -456,8 +456,21 @@ fn bench(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let device = candle_core::Device::cuda_if_available(0)?;
-    if cli.samples == 0 || cli.steps == 0 {
-        anyhow::bail!("--samples and --steps must be at least 1");
+    for (flag, v) in [
+        ("--samples", cli.samples),
+        ("--steps", cli.steps),
+        ("--sample-batch", cli.sample_batch),
+        ("--context", cli.context.unwrap_or(1)),
+        ("--prediction-length", cli.prediction_length.unwrap_or(1)),
+    ] {
+        if v == 0 {
+            anyhow::bail!("{flag} 0: must be at least 1");
+        }
+    }
+    if cli.prediction_length.is_some() && cli.data.is_none() {
+        anyhow::bail!(
+            "--prediction-length applies to --data only: the registered data sets carry theirs (GluonTS metadata)"
+        );
     }
     let data = load_data(&cli)?;
     let method = cli.method.unwrap_or_default();

@@ -101,6 +101,55 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// Checks the values the trainer's own validation cannot see (it gets the schedule derived from them),
+    /// naming the flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.iters == 0 || self.batch == 0 {
+            anyhow::bail!(
+                "--iters {} --batch {}: training needs at least one update of at least one window",
+                self.iters,
+                self.batch
+            );
+        }
+        if let Some(z) = self
+            .zeta
+            .filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z)))
+        {
+            anyhow::bail!(
+                "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"
+            );
+        }
+        for (flag, f) in [
+            ("--warmup-frac", self.warmup_frac),
+            ("--cooldown-frac", self.cooldown_frac),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                anyhow::bail!("{flag} {f}: expected a fraction of --iters between 0 and 1");
+            }
+        }
+        if self.warmup_frac + self.cooldown_frac >= 1.0 {
+            anyhow::bail!(
+                "--warmup-frac {} + --cooldown-frac {} reach 1: no updates would be left for the variational \
+                 stages",
+                self.warmup_frac,
+                self.cooldown_frac
+            );
+        }
+        if self.stages == 0 {
+            anyhow::bail!(
+                "--stages 0: at least one variational stage (for a diffusion without one, use --method vp)"
+            );
+        }
+        if self.hidden == 0 || self.hidden % self.heads.max(1) != 0 || self.heads == 0 {
+            anyhow::bail!(
+                "--hidden {} --heads {}: the width must be a positive multiple of the number of heads",
+                self.hidden,
+                self.heads
+            );
+        }
+        Ok(())
+    }
+
     /// The tiny budget of the test suite.
     pub fn smoke() -> Self {
         Self {
@@ -237,21 +286,7 @@ pub fn train_with(
     device: &Device,
     ckpt: Option<(&Path, usize)>,
 ) -> anyhow::Result<Trained> {
-    if budget.iters == 0 || budget.batch == 0 {
-        anyhow::bail!(
-            "--iters {} --batch {}: training needs at least one update of at least one window",
-            budget.iters,
-            budget.batch
-        );
-    }
-    if let Some(z) = budget
-        .zeta
-        .filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z)))
-    {
-        anyhow::bail!(
-            "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"
-        );
-    }
+    budget.validate()?;
     let (ckpt_dir, ckpt_every) = match ckpt {
         Some((dir, every)) => (Some(dir), every),
         None => (None, 0),

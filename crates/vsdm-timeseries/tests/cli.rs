@@ -1,6 +1,6 @@
 //! The command line on the bundled data and weights (offline, a fresh cache, output in a temporary folder):
 //! the forecast is labelled with the method the weights were trained with, a contradicting `--method` is
-//! refused naming both, and a training budget of zero updates is refused.
+//! refused naming both, and bad flags (a training budget of zero updates among them) are refused.
 
 use std::process::{Command, Output};
 
@@ -62,24 +62,51 @@ fn weights_name_the_method_and_a_contradicting_flag_is_refused() {
     );
 }
 
+/// Flags out of range (a training budget of zero updates among them) are refused before any work, naming the
+/// flag.
 #[test]
-fn zero_training_updates_are_refused() {
+fn bad_flags_are_named() {
     if default_assets_dir().is_none() {
         eprintln!("skipped: no assets/ folder next to the crate (the bundled data set)");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
-        .args(["--offline", "--iters", "0", "--cache-dir"])
-        .arg(tmp.path().join("cache"))
-        .arg("--out")
-        .arg(tmp.path().join("out"))
-        .arg("train")
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stderr.contains("--iters 0"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    // (--iters, further arguments, what the error must say)
+    for (iters, args, want) in [
+        ("0", &["train"][..], "--iters 0"),
+        (
+            "2",
+            &["--sample-batch", "0", "evaluate"][..],
+            "--sample-batch 0",
+        ),
+        ("2", &["--context", "0", "train"][..], "--context 0"),
+        (
+            "2",
+            &["--prediction-length", "12", "train"][..],
+            "--data only",
+        ),
+        (
+            "2",
+            &["--warmup-frac", "1.5", "train"][..],
+            "--warmup-frac 1.5",
+        ),
+        ("2", &["--stages", "0", "train"][..], "--stages 0"),
+        ("2", &["--a-iters", "0", "train"][..], "variational.iters"),
+        ("2", &["--a-lr=-1", "train"][..], "variational.adam.lr"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
+            .args(["--offline", "--iters", iters, "--cache-dir"])
+            .arg(tmp.path().join("cache"))
+            .arg("--out")
+            .arg(tmp.path().join("out"))
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!tmp.path().join("out").exists(), "{args:?} wrote output");
+    }
 }

@@ -170,9 +170,10 @@ fn bad_weights_name_the_file() {
     assert!(err.contains("config.json"), "{err}");
 }
 
-/// A ζ outside [0, 2] (or not a number) is refused before any training, naming the flag and the value.
+/// A ζ outside [0, 2] (or not a number), and other bad budgets, are refused before any training, naming the
+/// flag and the value.
 #[test]
-fn bad_zeta_is_named() {
+fn bad_budgets_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let data = small_dataset(tmp.path());
     let window = WindowConfig::timegrad(6, Scaling::Std);
@@ -186,5 +187,51 @@ fn bad_zeta_is_named() {
             .unwrap()
             .to_string();
         assert!(e.contains("--zeta") && e.contains(&format!("{z}")), "{e}");
+    }
+    // The other budget values the trainer's validation cannot see, each named.
+    let bad = [
+        (
+            Budget {
+                warmup_frac: f64::NAN,
+                ..Budget::smoke()
+            },
+            "--warmup-frac NaN",
+        ),
+        (
+            Budget {
+                warmup_frac: 0.5,
+                cooldown_frac: 0.5,
+                ..Budget::smoke()
+            },
+            "reach 1",
+        ),
+        (
+            Budget {
+                stages: 0,
+                ..Budget::smoke()
+            },
+            "--stages 0",
+        ),
+        (
+            Budget {
+                hidden: 0,
+                ..Budget::smoke()
+            },
+            "--hidden 0",
+        ),
+        (
+            Budget {
+                heads: 0,
+                ..Budget::smoke()
+            },
+            "--heads 0",
+        ),
+    ];
+    for (budget, want) in bad {
+        let e = pipeline::train(Method::Vsdm, &budget, &data, window, 7, &Device::Cpu, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{want}: {e}");
     }
 }

@@ -80,8 +80,23 @@ fn run() -> Result<()> {
             zeta,
             gaussian_lr,
         } => {
-            if seeds == 0 || jobs == 0 {
-                bail!("--seeds and --jobs must be at least 1 (got {seeds} and {jobs})");
+            for (flag, v) in [
+                ("--seeds", Some(seeds as usize)),
+                ("--jobs", Some(jobs)),
+                ("--iters", iters),
+                ("--hidden", hidden),
+            ] {
+                if v == Some(0) {
+                    bail!("{flag} 0: must be at least 1");
+                }
+            }
+            for (flag, lr) in [("--a-lr", a_lr), ("--gaussian-lr", Some(gaussian_lr))] {
+                if let Some(lr) = lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+                    bail!("{flag} {lr}: a learning rate must be finite and > 0");
+                }
+            }
+            if let Some(z) = zeta.filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z))) {
+                bail!("--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)");
             }
             if jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
                 // Whole runs in parallel, each on one core: faster than splitting small matrices.

@@ -52,4 +52,28 @@ fn bad_flags_are_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("moons"));
+    // Refused before any work (no report, no PNG folder), naming the flag and the value.
+    for (flag, want) in [
+        ("--iters=0", "--iters 0"),
+        ("--hidden=0", "--hidden 0"),
+        ("--a-lr=-1", "--a-lr -1"),
+        ("--gaussian-lr=NaN", "--gaussian-lr NaN"),
+        ("--zeta=3", "--zeta 3"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
+            .args(["shapes", "--smoke", flag, "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(want),
+            "{flag}: {stderr}"
+        );
+        assert!(
+            !dir.path().join("shapes").exists(),
+            "{flag}: work was started"
+        );
+    }
 }

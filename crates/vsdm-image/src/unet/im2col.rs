@@ -80,6 +80,9 @@ impl CustomOp1 for Im2Col {
 /// pass detached tensors).
 pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
+    if x.elem_count() == 0 {
+        candle_core::bail!("im2col: empty input {:?}", x.dims());
+    }
     if h + 2 * p < k || w + 2 * p < k {
         candle_core::bail!("im2col: a {k}×{k} kernel does not fit a {h}×{w} input padded by {p}");
     }
@@ -137,6 +140,14 @@ mod tests {
             assert!(e.contains("does not fit input [1, 3, 5, 5]"), "{e}");
         }
         assert!(im2col(&x, 9, 1).is_err());
+        // An empty batch is an error, not a panic.
+        let empty = Tensor::zeros((0, 3, 5, 5), DType::F32, &dev).unwrap();
+        assert!(conv2d(
+            &empty,
+            &Tensor::zeros((2, 3, 3, 3), DType::F32, &dev).unwrap(),
+            1
+        )
+        .is_err());
     }
 
     /// Equal to candle's conv2d and to its weight gradient (candle's correlation of the batch-transposed

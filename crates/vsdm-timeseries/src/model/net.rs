@@ -103,9 +103,18 @@ impl ForecastNet {
     /// Builds the network; tensor names mirror the module tree (`blocks.0.time_attn.attn.qkv.weight`, …).
     pub fn new(vb: VarBuilder, cfg: NetConfig) -> Result<Self> {
         let h = cfg.hidden;
-        if cfg.state_channels == 0 || cfg.num_series == 0 || cfg.horizon == 0 || cfg.layers == 0 {
+        if [
+            cfg.state_channels,
+            cfg.num_series,
+            cfg.context,
+            cfg.horizon,
+            cfg.hidden,
+            cfg.layers,
+        ]
+        .contains(&0)
+        {
             candle_core::bail!(
-                "network config needs non-zero series, horizon, channels and layers: {cfg:?}"
+                "network config needs non-zero series, context, horizon, channels, width and layers: {cfg:?}"
             );
         }
         let p = cfg.patch;
