@@ -12,7 +12,7 @@ use clap::Parser;
 use vsdm_core::trainer::ExportedConfig;
 use vsdm_core::{SamplerConfig, SamplerKind, VarParams};
 use vsdm_timeseries::data::DataSources;
-use vsdm_timeseries::forecast::{self, ModelForecaster};
+use vsdm_timeseries::forecast;
 use vsdm_timeseries::pipeline::{self, Budget, Method};
 use vsdm_timeseries::weights;
 use vsdm_timeseries::window::WindowConfig;
@@ -73,14 +73,11 @@ fn main() -> anyhow::Result<()> {
         let dir = args.out.join(format!("seed{seed}"));
         weights::save(&trained, &data.name, &dir).with_context(|| dir.display().to_string())?;
         let loaded = weights::load(&dir, &dev)?;
-        let fc = ModelForecaster {
-            net: &loaded.net,
-            process: &loaded.process,
-            window: loaded.cfg.window,
-            sampler: SamplerConfig::new(SamplerKind::EulerMaruyama, args.steps),
-            sample_batch: 100,
-            device: &dev,
-        };
+        let fc = loaded.forecaster(
+            SamplerConfig::new(SamplerKind::EulerMaruyama, args.steps),
+            100,
+            &dev,
+        );
         let ends = forecast::select_windows(&data.test, None);
         let f = fc.forecast(&data.test, &ends, 100, seed.wrapping_add(1_000))?;
         let r = forecast::score(&f)?;

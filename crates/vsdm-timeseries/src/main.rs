@@ -16,7 +16,7 @@ use vsdm_timeseries::data::date_csv::load_date_csv;
 use vsdm_timeseries::data::gluonts::load_gluonts_dir;
 use vsdm_timeseries::data::registry::{self, default_assets_dir};
 use vsdm_timeseries::data::{DataSources, Dataset};
-use vsdm_timeseries::forecast::{self, ModelForecaster, WindowForecast};
+use vsdm_timeseries::forecast::{self, WindowForecast};
 use vsdm_timeseries::pipeline::{self, Budget, Method};
 use vsdm_timeseries::weights::{self, WeightsSource};
 use vsdm_timeseries::window::{Scaling, WindowConfig};
@@ -235,14 +235,11 @@ fn forecast_with(
         );
     }
     let ends = forecast::select_windows(&data.test, cli.max_windows);
-    let fc = ModelForecaster {
-        net: &loaded.net,
-        process: &loaded.process,
-        window: loaded.cfg.window,
-        sampler: SamplerConfig::new(cli.sampler, cli.steps),
-        sample_batch: cli.sample_batch,
+    let fc = loaded.forecaster(
+        SamplerConfig::new(cli.sampler, cli.steps),
+        cli.sample_batch,
         device,
-    };
+    );
     let start = Instant::now();
     let out = fc.forecast(&data.test, &ends, cli.samples, seed.wrapping_add(1_000))?;
     Ok((

@@ -59,6 +59,25 @@ pub struct Loaded {
     pub dir: PathBuf,
 }
 
+impl Loaded {
+    /// A forecaster of these weights, on the window they were trained with.
+    pub fn forecaster<'a>(
+        &'a self,
+        sampler: vsdm_core::SamplerConfig,
+        sample_batch: usize,
+        device: &'a Device,
+    ) -> crate::forecast::ModelForecaster<'a> {
+        crate::forecast::ModelForecaster {
+            net: &self.net,
+            process: &self.process,
+            window: self.cfg.window,
+            sampler,
+            sample_batch,
+            device,
+        }
+    }
+}
+
 /// Loads `model.safetensors` + `config.json` from `dir`, naming the file at fault on error.
 pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Loaded> {
     let cfg_path = dir.join("config.json");

@@ -6,7 +6,7 @@ use candle_core::Device;
 use vsdm_core::{SamplerConfig, SamplerKind};
 use vsdm_timeseries::data::registry::default_assets_dir;
 use vsdm_timeseries::data::DataSources;
-use vsdm_timeseries::forecast::{self, ModelForecaster};
+use vsdm_timeseries::forecast;
 use vsdm_timeseries::weights;
 
 #[test]
@@ -27,14 +27,7 @@ fn bundled_weights_forecast_the_bundled_exchange_rate_offline() {
         let loaded = weights::load(&dir, &dev).unwrap();
         assert_eq!(loaded.cfg.method.name(), method);
         assert_eq!(loaded.cfg.dataset, "exchange_rate");
-        let fc = ModelForecaster {
-            net: &loaded.net,
-            process: &loaded.process,
-            window: loaded.cfg.window,
-            sampler: SamplerConfig::new(SamplerKind::EulerMaruyama, 10),
-            sample_batch: 16,
-            device: &dev,
-        };
+        let fc = loaded.forecaster(SamplerConfig::new(SamplerKind::EulerMaruyama, 10), 16, &dev);
         let ends = forecast::select_windows(&data.test, Some(1));
         let f = fc.forecast(&data.test, &ends, 16, 0).unwrap();
         let r = forecast::score(&f).unwrap();

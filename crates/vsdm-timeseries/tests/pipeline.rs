@@ -8,7 +8,7 @@ use vsdm_core::{SamplerConfig, SamplerKind};
 use vsdm_timeseries::data::download::unpack_tar_gz;
 use vsdm_timeseries::data::gluonts::load_gluonts_dir;
 use vsdm_timeseries::data::synthetic::SyntheticArchive;
-use vsdm_timeseries::forecast::{self, ModelForecaster};
+use vsdm_timeseries::forecast;
 use vsdm_timeseries::pipeline::{self, Budget, Method};
 use vsdm_timeseries::weights;
 use vsdm_timeseries::window::{Scaling, WindowConfig};
@@ -67,14 +67,7 @@ fn train_export_reload_forecast_and_score() {
         let loaded = weights::load(&wdir, &dev).unwrap();
         assert_eq!(loaded.cfg.method, method);
         assert_eq!(loaded.cfg.window, window);
-        let fc = ModelForecaster {
-            net: &loaded.net,
-            process: &loaded.process,
-            window,
-            sampler: SamplerConfig::new(SamplerKind::EulerMaruyama, 3),
-            sample_batch: 5,
-            device: &dev,
-        };
+        let fc = loaded.forecaster(SamplerConfig::new(SamplerKind::EulerMaruyama, 3), 5, &dev);
         let ends = forecast::select_windows(&data.test, None);
         assert_eq!(ends.len(), 2);
         let f = fc.forecast(&data.test, &ends, 8, 1).unwrap();
