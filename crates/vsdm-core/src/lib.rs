@@ -5,6 +5,7 @@
 //! β schedules, forward processes with closed-form marginals, denoising losses, the variational-score (A)
 //! update by stochastic approximation, samplers and the alternating trainer.
 
+pub mod carried;
 pub mod error;
 #[cfg(feature = "hub")]
 pub mod hub;

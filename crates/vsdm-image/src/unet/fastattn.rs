@@ -4,7 +4,7 @@
 //! row softmax of S, a = v Pᵀ, the block's attention tail is y = (x + proj(a))·s (s = √½). candle's graph of
 //! that chain keeps about ten tensors of N² or C·N elements (the transposed copies, the scores, the softmax's
 //! three intermediates, a, the projection's output and the sum). Here the value is computed on detached inputs
-//! and handed to a custom op on (qkv, [W | b] of the projection, x) ([`super::carried`]), whose backward
+//! and handed to a custom op on (qkv, [W | b] of the projection, x) ([`vsdm_core::carried`]), whose backward
 //! recomputes P and a from q and k (one extra N×N product) and applies, with dy' = s·dy,
 //!
 //!   d[W | b] from a and dy' (the 1×1 convolution's gradients),  da = Wᵀ dy',  dx = dy',
@@ -16,9 +16,9 @@
 
 use candle_core::{Result, Tensor};
 
-use super::carried;
 use super::fastconv::{self, conv_backward, ConvBackward};
 use super::layers::softmax_wide;
+use vsdm_core::carried;
 
 /// q, k, v `[B, C, N]` (contiguous) out of qkv `[B, C, 3, N]`.
 fn split(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {

@@ -10,7 +10,7 @@
 //! and the weight gradient is candle's own correlation of the batch-transposed input with the batch-transposed
 //! output gradient; the bias gradient is dy summed over batch and positions. [`conv2d_bias`] computes
 //! conv2d(x, W) + b without recording a graph and hands it to a custom op on (x, W, b) whose forward returns it
-//! ([`super::carried`]) and whose backward returns these three gradients, so every convolution of the training
+//! ([`vsdm_core::carried`]) and whose backward returns these three gradients, so every convolution of the training
 //! step, forward and backward, goes through the im2col + GEMM path, and the graph keeps one output-sized tensor
 //! per layer instead of two (the convolution's and the bias sum's).
 //!
@@ -20,7 +20,8 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{carried, im2col};
+use super::im2col;
+use vsdm_core::carried;
 
 /// How convolutions are computed and differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::carried;
+use vsdm_core::carried;
 
 /// How group normalisations are differentiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

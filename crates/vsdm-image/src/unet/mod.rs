@@ -37,7 +37,6 @@ macro_rules! backward_choice {
 }
 
 mod block;
-mod carried;
 #[cfg(feature = "cudnn")]
 pub mod cudnnconv;
 pub mod fastattn;

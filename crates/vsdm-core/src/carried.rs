@@ -1,8 +1,8 @@
-//! Ops whose forward value is computed ahead and whose backward is this crate's own.
+//! Ops whose forward value is computed ahead and whose backward is the caller's own.
 //!
-//! [`super::fastconv`] and [`super::fastnorm`] compute a layer's value with candle's own ops (or cuDNN) on
-//! detached inputs, so no graph is recorded for it, and need an op on the layer's three inputs whose result is
-//! that value and whose backward is theirs: [`apply`]. The op's forward copies the value's storage (one pass
+//! A fused layer (vsdm-image's convolutions, group norms and attention; vsdm-timeseries' attention) computes
+//! its value with candle's own ops (or cuDNN) on detached inputs, so no graph is recorded for it, and needs an
+//! op on the layer's three inputs whose result is that value and whose backward is its own: [`apply`]. The op's forward copies the value's storage (one pass
 //! over the output, like the addition of a zero-valued carrier would cost, without keeping a second output-sized
 //! tensor in the graph).
 
@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 /// The backward half of a carried op: the gradients of its three inputs from the output's gradient `dy`.
-pub(crate) trait Backward: Send + Sync + 'static {
+pub trait Backward: Send + Sync + 'static {
     /// The op's name in candle's errors.
     const NAME: &'static str;
 
@@ -26,7 +26,7 @@ pub(crate) trait Backward: Send + Sync + 'static {
 }
 
 /// `value` as the result of an op on (`a`, `b`, `c`) whose gradients come from `backward`.
-pub(crate) fn apply<B: Backward>(
+pub fn apply<B: Backward>(
     value: Tensor,
     a: &Tensor,
     b: &Tensor,
