@@ -1,5 +1,6 @@
-//! Transformer pieces written from primitive tensor operations, so that every one of them has a backward pass
-//! in candle 0.11 (its fused `softmax_last_dim`, `layer_norm` and `rms_norm` have none).
+//! Transformer pieces with a backward pass in candle 0.11 (its fused `softmax_last_dim`, `layer_norm` and
+//! `rms_norm` have none): written from primitive tensor operations, or, for the attention, one op whose
+//! backward is its own ([`attention`]).
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
