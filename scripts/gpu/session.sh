@@ -83,6 +83,8 @@ if [ "$part" = core ]; then
         --steps 20 --grid "$OUT/smoke-grid.png" 2>&1 | grep -v " INFO " | tail -4
 
     log "5. time-series network at electricity's shape ($NS series, context 72, horizon 24)"
+    # CUDA = CPU for one training step (output, loss, every gradient; f32, TF32 off), then the timings.
+    timeout 90 net_speed check $NS 72 24 2
     with_mem timeout 60 net_speed $NS 72 24 4
     with_mem timeout 60 net_speed $NS 72 24 $TSB
     synthetic_archive "$K/elec" >/dev/null
@@ -130,6 +132,6 @@ fi
 # The figures to transcribe, last, so that they are inside the call's 12,000-character output tail (the whole
 # log comes back as $OUT/<part>.log).
 log "summary"
-grep -a -E "^error|passed$|^convolutions:|^\| (tiny|ddpmpp) \| [0-9]|peak GPU memory used|steps this session|images with|train step|trained |^# GPU busy|^kernels-" \
+grep -a -E "^error|passed$|^convolutions:|^\| (tiny|ddpmpp) \| [0-9]|peak GPU memory used|steps this session|images with|train step| vs CPU \(f32|trained |^# GPU busy|^kernels-" \
     "$OUT/$part.log" | grep -v -E "^\| (tiny|ddpmpp) \| (vsdm|vp|vsmd) " | cut -c1-200 | tail -60
 log done

@@ -4,6 +4,11 @@
 //! (electricity: `370 72 24 4`). Runs on the first CUDA device when built with `--features cuda` and one is
 //! present, else on the CPU; peak memory is the process's resident memory (on a GPU, measure the device's with
 //! `nvidia-smi`, as `scripts/gpu/session.sh core` does).
+//!
+//! `net_speed check SERIES CONTEXT HORIZON BATCH` instead compares that device with the CPU: the same weights
+//! and inputs, the output, the loss and every parameter's gradient of one training step, as relative errors
+//! ‖device − CPU‖∞ / ‖CPU‖∞ in exact f32 (TF32 off); it fails above 1e-4. (Without a GPU it compares the CPU
+//! with itself: a run of the code path, not a check.)
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use vsdm_core::{NoiseRng, ScoreModel};
@@ -19,15 +24,88 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// ‖a − b‖∞ / ‖b‖∞ (‖a − b‖∞ where b = 0).
+fn rel(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
+    let inf = |t: &Tensor| -> anyhow::Result<f64> {
+        Ok(t.abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?)
+    };
+    let b = b.to_device(&Device::Cpu)?;
+    let d = inf(&(a.to_device(&Device::Cpu)? - &b)?)?;
+    let n = inf(&b)?;
+    Ok(d / if n > 0.0 { n } else { 1.0 })
+}
+
+/// The `check` mode: one training step on `dev` and on the CPU from the same weights and inputs.
+fn check(cfg: NetConfig, b: usize, dev: &Device) -> anyhow::Result<()> {
+    candle_core::cuda::set_gemm_reduced_precision_f32(false);
+    let cpu = Device::Cpu;
+    let (d, c, h) = (cfg.num_series, cfg.context, cfg.horizon);
+    let vm_cpu = VarMap::new();
+    let net_cpu = ForecastNet::new(VarBuilder::from_varmap(&vm_cpu, DType::F32, &cpu), cfg)?;
+    let vm_dev = VarMap::new();
+    let net_dev = ForecastNet::new(VarBuilder::from_varmap(&vm_dev, DType::F32, dev), cfg)?;
+    let params = vm_cpu.data().lock().unwrap().clone();
+    for (name, var) in vm_dev.data().lock().unwrap().iter() {
+        var.set(&params[name].as_tensor().to_device(dev)?)?;
+    }
+    let mut rng = NoiseRng::new(1);
+    let x = rng.randn(&[b, 1, d, h], &cpu)?;
+    let cond = rng.randn(&[b, 5, d, c + h], &cpu)?;
+    let t = Tensor::full(0.5f32, b, &cpu)?;
+    let step = |net: &ForecastNet, dev: &Device| -> anyhow::Result<_> {
+        let y = net.forward(
+            &x.to_device(dev)?,
+            &t.to_device(dev)?,
+            Some(&cond.to_device(dev)?),
+        )?;
+        let loss = y.sqr()?.mean_all()?;
+        let grads = loss.backward()?;
+        Ok((y, loss, grads))
+    };
+    let (y0, l0, g0) = step(&net_cpu, &cpu)?;
+    let (y1, l1, g1) = step(&net_dev, dev)?;
+    let mut worst = (0f64, String::new());
+    let dev_vars = vm_dev.data().lock().unwrap().clone();
+    for (name, var) in &params {
+        let a = g1
+            .get(dev_vars[name].as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("{name}: no gradient on {dev:?}"))?;
+        let b = g0
+            .get(var.as_tensor())
+            .ok_or_else(|| anyhow::anyhow!("{name}: no gradient on the CPU"))?;
+        let e = rel(a, b)?;
+        if e >= worst.0 || e.is_nan() {
+            worst = (e, name.clone());
+        }
+    }
+    let (ey, el) = (rel(&y1, &y0)?, rel(&l1, &l0)?);
+    println!(
+        "{cfg:?}, batch {b}: {dev:?} vs CPU (f32, TF32 off): output {ey:.2e}, loss {el:.2e}, worst gradient \
+         {:.2e} ({}) over {} parameter tensors",
+        worst.0,
+        worst.1,
+        params.len()
+    );
+    let bad = [ey, el, worst.0].iter().any(|e| !(*e <= 1e-4));
+    anyhow::ensure!(!bad, "{dev:?} differs from the CPU by more than 1e-4");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     // As the command-line programs do, so that a step costs here what it costs in `vsdm-timeseries`.
     vsdm_eval::cli::tune_allocator();
-    let a: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let checking = args.first().is_some_and(|a| a == "check");
+    if checking {
+        args.remove(0);
+    }
+    let a: Vec<usize> = args.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
     if a.len() < 4 {
-        anyhow::bail!("usage: net_speed SERIES CONTEXT HORIZON BATCH [HEADS PATCH]");
+        anyhow::bail!("usage: net_speed [check] SERIES CONTEXT HORIZON BATCH [HEADS PATCH]");
     }
     let (d, c, h, b) = (a[0], a[1], a[2], a[3]);
     let base = NetConfig::small(d, c, h, 4, 1);
@@ -37,6 +115,9 @@ fn main() -> anyhow::Result<()> {
         ..base
     };
     let dev = Device::cuda_if_available(0)?;
+    if checking {
+        return check(cfg, b, &dev);
+    }
     let vm = VarMap::new();
     let mut net = ForecastNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg)?;
     let mut rng = NoiseRng::new(0);
