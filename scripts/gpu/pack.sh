@@ -3,19 +3,27 @@
 # vsdm-image (`cuda`), vsdm-image-cudnn (`cudnn`), vsdm-timeseries with its net_speed and synthetic_archive
 # examples (`cuda`), and kernprof.so (the CUPTI kernel tracer, built against CUPTI 13.0's headers from PyPI; the
 # session rebuilds it there against the machine's own CUPTI when it can). About 25 minutes on 2 cores from cold.
-# .gpuD/COMMIT records the commit built (and "dirty" for uncommitted changes to tracked files); a .gpuD whose
-# COMMIT is not `git rev-parse HEAD` is stale: `scripts/gpu/pack.sh --check` says so (exit 1).
+# .gpuD/SOURCES records what was built: a hash of the committed sources of the binaries (Cargo.toml, Cargo.lock,
+# crates/, kernprof.c; "dirty" if the work tree changes them), taken before the build starts. A .gpuD whose
+# SOURCES differ from the checkout's is stale: `scripts/gpu/pack.sh --check` says so (exit 1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-stamp() { git rev-parse HEAD; git status --porcelain --untracked-files=no | grep -q . && echo dirty; true; }
+src=(Cargo.toml Cargo.lock crates scripts/gpu/kernprof.c)
+stamp() {
+    git ls-files -s -- "${src[@]}" | git hash-object --stdin
+    if git status --porcelain --untracked-files=no -- "${src[@]}" | grep -q .; then echo dirty; fi
+}
+built=$(stamp)
 if [ "${1:-}" = --check ]; then
-    if [ "$(cat .gpuD/COMMIT 2>/dev/null)" = "$(stamp)" ]; then
-        echo ".gpuD is fresh ($(git rev-parse --short HEAD))"
+    if [ "$(cat .gpuD/SOURCES 2>/dev/null)" = "$built" ]; then
+        echo ".gpuD is fresh (sources $(echo "$built" | tr '\n' ' '))"
         exit 0
     fi
-    echo ".gpuD is stale or missing (built at: $(tr '\n' ' ' 2>/dev/null <.gpuD/COMMIT || echo none); HEAD: $(stamp | tr '\n' ' ')): rerun scripts/gpu/pack.sh"
+    echo ".gpuD is stale or missing (built from: $(tr '\n' ' ' 2>/dev/null <.gpuD/SOURCES || echo none);" \
+        "checkout: $(echo "$built" | tr '\n' ' ')): rerun scripts/gpu/pack.sh"
     exit 1
 fi
+rm -f .gpuD/SOURCES
 [ -f .cuda/env.sh ] || { cargo fetch && scripts/setup-cuda-build.sh .cuda; }
 # shellcheck disable=SC1091
 source .cuda/env.sh
@@ -38,5 +46,5 @@ fi
 c=.cuda/cupti/nvidia/cu13
 gcc -Wall -Wextra -shared -fPIC -O2 -I$c/include -I"$CUDA_ROOT/include" -o .gpuD/kernprof.so scripts/gpu/kernprof.c \
     -L$c/lib -l:libcupti.so.13
-stamp >.gpuD/COMMIT
+echo "$built" >.gpuD/SOURCES
 du -sh .gpuD; ls -la .gpuD

@@ -4,7 +4,7 @@
 # call cut at its limit still returns what it measured.
 #
 #   scripts/gpu/pack.sh                       # here: the `cuda`/`cudnn` builds and kernprof.so into .gpuD (≈ 36 MB)
-#   scripts/gpu/pack.sh --check               # here: is .gpuD built from HEAD? (exit 1 if not)
+#   scripts/gpu/pack.sh --check               # here: is .gpuD built from these sources? (exit 1 if not)
 #   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 480: ≈ 6.5 min
 #   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 330: ≈ 5 min, then give_back
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
@@ -35,7 +35,7 @@ else
         xz -dc ".gpuD/$b.xz" >"$K/bin/$b" && chmod +x "$K/bin/$b"
     done
     CUDNN="--conv cudnn"
-    echo "binaries built at: $(tr '\n' ' ' 2>/dev/null <.gpuD/COMMIT || echo unknown)"
+    echo "binaries built from sources: $(tr '\n' ' ' 2>/dev/null <.gpuD/SOURCES || echo unknown)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
     echo "cuDNN from: ${cudnn_lib:-not found}"
