@@ -208,6 +208,13 @@ impl TrainConfig {
                 return Err(Error::invalid(name, v, "must lie in [0, 1)"));
             }
         }
+        if !crate::variational::ZETA_RANGE.contains(&self.variational.zeta) {
+            return Err(Error::invalid(
+                "variational.zeta",
+                self.variational.zeta,
+                "must lie in [0, 2]",
+            ));
+        }
         if !(self.t_eps > 0.0 && self.t_eps < self.schedule.t_max()) {
             return Err(Error::invalid("t_eps", self.t_eps, "must lie in (0, T)"));
         }

@@ -389,6 +389,11 @@ impl TrajectoryStats {
     }
 }
 
+/// The interaction coefficients ζ this implementation accepts: [0, 2]. The official codes use 0.75 (VSDM),
+/// 0.85 (its low-NFE runs) and 1 (VSMD, and VSDM's Gaussian check); below 1 ζ pushes A towards less
+/// contraction by β(1 − ζ) per unit time (ALGORITHM.md §C), above 1 towards more.
+pub const ZETA_RANGE: std::ops::RangeInclusive<f64> = 0.0..=2.0;
+
 /// Settings of the variational (A) stage.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VariationalConfig {

@@ -386,3 +386,25 @@ fn ema_warmup_follows_the_trained_weights_in_a_short_run() {
         "warm-up EMA should follow the trained weights: {warm:?}"
     );
 }
+
+/// The variational stage's settings are checked with the rest: no SA iterations, a learning rate of A that is
+/// not positive, or ζ outside [0, 2] (or NaN) are refused by `Trainer::new`, naming the field.
+#[test]
+fn bad_variational_settings_are_named() {
+    let cases: [(fn(&mut TrainConfig), &str); 5] = [
+        (|c| c.variational.iters = 0, "variational.iters"),
+        (|c| c.variational.adam.lr = 0.0, "variational.adam.lr"),
+        (|c| c.variational.adam.lr = f64::NAN, "variational.adam.lr"),
+        (|c| c.variational.zeta = 2.5, "variational.zeta"),
+        (|c| c.variational.zeta = f64::NAN, "variational.zeta"),
+    ];
+    for (spoil, field) in cases {
+        let mut c = config(VarParams::Diagonal(vec![0.0; 2]), 4);
+        spoil(&mut c);
+        let e = Trainer::new(c, &DEV, Mlp::build(2, 2))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+}

@@ -33,6 +33,15 @@ pub fn tune_allocator() {
     }
 }
 
+/// Refuses a count of 0 for any of the command-line `flags` (name, value), naming the first such flag; an
+/// optional flag that was not given can be passed as 1.
+pub fn at_least_one(flags: &[(&str, usize)]) -> anyhow::Result<()> {
+    match flags.iter().find(|f| f.1 == 0) {
+        Some((flag, _)) => anyhow::bail!("{flag} 0: must be at least 1"),
+        None => Ok(()),
+    }
+}
+
 /// Creates the folder an output file will be written into (nothing for a bare file name), so that a long job
 /// does not fail at its end on a missing folder; the error names the folder.
 pub fn create_parent(path: &std::path::Path) -> anyhow::Result<()> {

@@ -134,9 +134,7 @@ impl NetArgs {
     }
 
     fn load(&self) -> Result<InceptionV3> {
-        if self.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
-        }
+        vsdm_eval::cli::at_least_one(&[("--batch-size", self.batch_size)])?;
         let path = self.weights.clone().unwrap_or_else(default_weights_path);
         let device = self.device()?;
         tracing::info!(weights = %path.display(), device = ?device, "loading Inception");
@@ -153,12 +151,10 @@ impl NetArgs {
 
 /// The selected images of a folder or sample archive.
 fn open_images(input: &std::path::Path, subset: &SubsetArgs) -> Result<ImageSet> {
-    if subset.every == 0 {
-        bail!("--every must be at least 1");
-    }
-    if subset.limit == Some(0) {
-        bail!("--limit 0: must be at least 1 (leave it out for every image)");
-    }
+    vsdm_eval::cli::at_least_one(&[
+        ("--every", subset.every),
+        ("--limit", subset.limit.unwrap_or(1)),
+    ])?;
     let set = match FidInput::open(input)? {
         FidInput::Images(s) => s,
         FidInput::Stats(_) => bail!("{}: holds statistics, not images", input.display()),

@@ -471,16 +471,8 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// Refuses a count of 0 for any of `flags`, naming the flag.
-fn at_least_one(flags: &[(&str, usize)]) -> Result<()> {
-    match flags.iter().find(|f| f.1 == 0) {
-        Some((flag, _)) => bail!("{flag} 0: must be at least 1"),
-        None => Ok(()),
-    }
-}
-
 fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
-    at_least_one(&[("--n", a.n), ("--batch", a.sampler.batch)])?;
+    vsdm_eval::cli::at_least_one(&[("--n", a.n), ("--batch", a.sampler.batch)])?;
     for p in std::iter::once(&a.grid).chain(&a.npz) {
         vsdm_eval::cli::create_parent(p)?;
     }
@@ -501,7 +493,7 @@ fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
 
 fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
     use vsdm_eval::fid::{self, FidInput, InceptionV3, StatsAccumulator, FEATURE_DIM};
-    at_least_one(&[
+    vsdm_eval::cli::at_least_one(&[
         ("--n", a.n),
         ("--batch", a.sampler.batch),
         ("--fid-batch", a.fid_batch),
@@ -534,7 +526,7 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     use vsdm_image::unet::{fastconv::conv_backward, fastnorm::norm_backward};
-    at_least_one(&[("--batch", a.batch), ("--iters", a.iters)])?;
+    vsdm_eval::cli::at_least_one(&[("--batch", a.batch), ("--iters", a.iters)])?;
     a.precision.check(dev)?;
     println!(
         "convolutions: {:?}; group-norm backward: {:?}; precision: {}; TF32: {}",
@@ -565,7 +557,7 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
 
 fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
     use vsdm_image::devcheck::compare;
-    at_least_one(&[("--batch", a.batch), ("--steps", a.steps)])?;
+    vsdm_eval::cli::at_least_one(&[("--batch", a.batch), ("--steps", a.steps)])?;
     let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
     // The f32 comparisons below are of exact f32 arithmetic; TF32 is measured on its own in the convolution
     // table.

@@ -453,17 +453,13 @@ fn bench(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let device = candle_core::Device::cuda_if_available(0)?;
-    for (flag, v) in [
+    vsdm_eval::cli::at_least_one(&[
         ("--samples", cli.samples),
         ("--steps", cli.steps),
         ("--sample-batch", cli.sample_batch),
         ("--context", cli.context.unwrap_or(1)),
         ("--prediction-length", cli.prediction_length.unwrap_or(1)),
-    ] {
-        if v == 0 {
-            anyhow::bail!("{flag} 0: must be at least 1");
-        }
-    }
+    ])?;
     if cli.prediction_length.is_some() && cli.data.is_none() {
         anyhow::bail!(
             "--prediction-length applies to --data only: the registered data sets carry theirs (GluonTS metadata)"

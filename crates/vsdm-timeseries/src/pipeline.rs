@@ -113,7 +113,7 @@ impl Budget {
         }
         if let Some(z) = self
             .zeta
-            .filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z)))
+            .filter(|z| !vsdm_core::variational::ZETA_RANGE.contains(z))
         {
             anyhow::bail!(
                 "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"

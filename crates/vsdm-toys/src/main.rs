@@ -80,22 +80,18 @@ fn run() -> Result<()> {
             zeta,
             gaussian_lr,
         } => {
-            for (flag, v) in [
-                ("--seeds", Some(seeds as usize)),
-                ("--jobs", Some(jobs)),
-                ("--iters", iters),
-                ("--hidden", hidden),
-            ] {
-                if v == Some(0) {
-                    bail!("{flag} 0: must be at least 1");
-                }
-            }
+            vsdm_eval::cli::at_least_one(&[
+                ("--seeds", seeds.try_into().unwrap_or(usize::MAX)),
+                ("--jobs", jobs),
+                ("--iters", iters.unwrap_or(1)),
+                ("--hidden", hidden.unwrap_or(1)),
+            ])?;
             for (flag, lr) in [("--a-lr", a_lr), ("--gaussian-lr", Some(gaussian_lr))] {
                 if let Some(lr) = lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
                     bail!("{flag} {lr}: a learning rate must be finite and > 0");
                 }
             }
-            if let Some(z) = zeta.filter(|z| !(z.is_finite() && (0.0..=2.0).contains(z))) {
+            if let Some(z) = zeta.filter(|z| !vsdm_core::variational::ZETA_RANGE.contains(z)) {
                 bail!("--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)");
             }
             if jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
