@@ -391,7 +391,8 @@ fn ema_warmup_follows_the_trained_weights_in_a_short_run() {
 /// not positive, or ζ outside [0, 2] (or NaN) are refused by `Trainer::new`, naming the field.
 #[test]
 fn bad_variational_settings_are_named() {
-    let cases: [(fn(&mut TrainConfig), &str); 5] = [
+    type Spoil = fn(&mut TrainConfig);
+    let cases: [(Spoil, &str); 5] = [
         (|c| c.variational.iters = 0, "variational.iters"),
         (|c| c.variational.adam.lr = 0.0, "variational.adam.lr"),
         (|c| c.variational.adam.lr = f64::NAN, "variational.adam.lr"),
