@@ -48,6 +48,18 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
+    /// Samples per network batch, at most `max`, for which the largest attention map of a forward pass (the f32
+    /// scores of the attention along series, `[tokens, heads, D, D]` per sample, or along time,
+    /// `[D, heads, tokens, tokens]`) stays within `budget` bytes; at least 1. With 512 MiB and at most 100: 100 on
+    /// the exchange rate, 30 at electricity's 370 series (a batch of 100 there held 1.75 GB of scores per map and
+    /// was slower as well as four times larger: docs/results/timeseries.md).
+    pub fn sample_batch_within(&self, budget: usize, max: usize) -> usize {
+        let tokens = (self.context + self.horizon) / self.patch.max(1);
+        let d = self.num_series;
+        let per_sample = 4 * self.heads * (tokens * d * d).max(d * tokens * tokens);
+        (budget / per_sample.max(1)).clamp(1, max.max(1))
+    }
+
     /// The default size: 32 channels, 2 heads, 2 blocks, feed-forward 64, patches of 6 steps (1 when 6 does not
     /// divide both lengths).
     pub fn small(
@@ -295,6 +307,17 @@ mod tests {
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
     use vsdm_core::NoiseRng;
+
+    /// The forecasting batch the CLI picks (512 MiB, at most 100) is the documented one at the two shapes the
+    /// docs quote, and never 0.
+    #[test]
+    fn sample_batch_follows_the_attention_size() {
+        let exchange = NetConfig::small(8, 90, 30, 3, 1);
+        let electricity = NetConfig::small(370, 72, 24, 4, 1);
+        assert_eq!(exchange.sample_batch_within(512 << 20, 100), 100);
+        assert_eq!(electricity.sample_batch_within(512 << 20, 100), 30);
+        assert_eq!(electricity.sample_batch_within(1, 100), 1);
+    }
 
     /// Every parameter must receive a non-zero gradient from the denoising loss (the fused candle ops without
     /// a backward pass would leave some at zero or fail).
