@@ -140,7 +140,7 @@ impl Budget {
                 "--stages 0: at least one variational stage (for a diffusion without one, use --method vp)"
             );
         }
-        if self.hidden == 0 || self.hidden % self.heads.max(1) != 0 || self.heads == 0 {
+        if self.heads == 0 || self.hidden == 0 || self.hidden % self.heads != 0 {
             anyhow::bail!(
                 "--hidden {} --heads {}: the width must be a positive multiple of the number of heads",
                 self.hidden,
