@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             data.num_series(),
             window.horizon,
             seed,
-        );
+        )?;
         anyhow::ensure!(
             cfg.init.values().len() == a.len(),
             "{}: {} A entries, this data set needs {}",

@@ -92,6 +92,12 @@ fn bad_flags_are_named() {
         ("2", &["--stages", "0", "train"][..], "--stages 0"),
         ("2", &["--a-iters", "0", "train"][..], "variational.iters"),
         ("2", &["--a-lr=-1", "train"][..], "variational.adam.lr"),
+        ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),
+        (
+            "2",
+            &["--beta-max", "5", "--constant-beta", "2", "train"][..],
+            "--constant-beta",
+        ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))

@@ -4,7 +4,7 @@
 use candle_core::Device;
 use vsdm_core::hub::testing::FakeHub;
 use vsdm_core::hub::{Hub, HubRef, RepoKind};
-use vsdm_core::{SamplerConfig, SamplerKind};
+use vsdm_core::{BetaSchedule, ForwardProcess, SamplerConfig, SamplerKind};
 use vsdm_timeseries::data::download::unpack_tar_gz;
 use vsdm_timeseries::data::gluonts::load_gluonts_dir;
 use vsdm_timeseries::data::synthetic::SyntheticArchive;
@@ -37,16 +37,13 @@ fn train_export_reload_forecast_and_score() {
     let dev = Device::Cpu;
     for method in [Method::Vsdm, Method::Vsmd, Method::Vp] {
         let ckpt = tmp.path().join(format!("ckpt-{}", method.name()));
-        let trained = pipeline::train(
-            method,
-            &Budget::smoke(),
-            &data,
-            window,
-            7,
-            &dev,
-            Some((&ckpt, 6)),
-        )
-        .unwrap();
+        // VP with a non-default power schedule; VSDM and VSMD with their defaults.
+        let budget = Budget {
+            beta_max: (method == Method::Vp).then_some(5.0),
+            ..Budget::smoke()
+        };
+        let trained =
+            pipeline::train(method, &budget, &data, window, 7, &dev, Some((&ckpt, 6))).unwrap();
         assert!(trained.final_loss.is_finite());
         if method != Method::Vp {
             // The variational stages moved A (or c) away from its VP/CLD start.
@@ -67,6 +64,15 @@ fn train_export_reload_forecast_and_score() {
         let loaded = weights::load(&wdir, &dev).unwrap();
         assert_eq!(loaded.cfg.method, method);
         assert_eq!(loaded.cfg.window, window);
+        // The weights carry the schedule they were trained with (VSMD's constant β, VSDM's power schedule,
+        // VP's with the given peak), and the loaded process uses it.
+        let expected = match method {
+            Method::Vsmd => BetaSchedule::constant(pipeline::VSMD_BETA, 1.0).unwrap(),
+            Method::Vsdm => BetaSchedule::vsdm_default(),
+            Method::Vp => BetaSchedule::power(0.1, 5.0, 1.7, 1.0).unwrap(),
+        };
+        assert_eq!(loaded.cfg.exported.config.schedule, expected);
+        assert_eq!(loaded.process.schedule(), &expected);
         let fc = loaded.forecaster(SamplerConfig::new(SamplerKind::EulerMaruyama, 3), 5, &dev);
         let ends = forecast::select_windows(&data.test, None);
         assert_eq!(ends.len(), 2);
@@ -163,7 +169,7 @@ fn bad_weights_name_the_file() {
     assert!(err.contains("config.json"), "{err}");
 }
 
-/// A ζ outside [0, 2] (or not a number), and other bad budgets, are refused before any training, naming the
+/// A ζ outside [0, 2] (or not a number), and other bad budgets (β schedules among them), are refused before any training, naming the
 /// flag and the value.
 #[test]
 fn bad_budgets_are_named() {
@@ -218,6 +224,28 @@ fn bad_budgets_are_named() {
                 ..Budget::smoke()
             },
             "--heads 0",
+        ),
+        (
+            Budget {
+                beta_max: Some(f64::NAN),
+                ..Budget::smoke()
+            },
+            "--beta-max NaN",
+        ),
+        (
+            Budget {
+                constant_beta: Some(-2.0),
+                ..Budget::smoke()
+            },
+            "--constant-beta -2",
+        ),
+        (
+            Budget {
+                beta_max: Some(10.0),
+                constant_beta: Some(3.0),
+                ..Budget::smoke()
+            },
+            "not both",
         ),
     ];
     for (budget, want) in bad {
