@@ -182,19 +182,15 @@ impl Budget {
             (Some(c), None) => BetaSchedule::constant(c, 1.0)
                 .map_err(|e| anyhow::anyhow!("--constant-beta {c}: {e}")),
             (None, None) if method == Method::Vsmd => Ok(BetaSchedule::constant(VSMD_BETA, 1.0)?),
-            (None, peak) => match BetaSchedule::vsdm_default() {
-                BetaSchedule::Power {
-                    beta_min,
-                    beta_max,
-                    r,
-                    t_max,
-                } => {
-                    let peak = peak.unwrap_or(beta_max);
-                    BetaSchedule::power(beta_min, peak, r, t_max)
-                        .map_err(|e| anyhow::anyhow!("--beta-max {peak}: {e}"))
+            (None, peak) => {
+                let mut s = BetaSchedule::vsdm_default();
+                if let (Some(p), BetaSchedule::Power { beta_max, .. }) = (peak, &mut s) {
+                    *beta_max = p;
+                    s.validate()
+                        .map_err(|e| anyhow::anyhow!("--beta-max {p}: {e}"))?;
                 }
-                s => Ok(s),
-            },
+                Ok(s)
+            }
         }
     }
 
