@@ -256,8 +256,8 @@ pub fn markdown(
 ) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Anisotropic 2-D shapes: VP vs VSDM vs CLD vs VSMD\n");
-    let _ = writeln!(md, "Produced by `{command}` in {:.1} minutes on this 2-core CPU ({} worker threads). Seeds {:?}; every method gets the same {} network updates (batch {}, hidden width {}); VSDM and VSMD run a variational stage every {} updates ({} SA iterations, {} trajectories of {} EM steps, A learning rate {}). Samples: Euler probability-flow ODE from the prior N(0, Σ_T); metrics on {} generated vs {} fresh data points; straightness and kinetic energy on {} paths, in normalised time s ∈ [0, 1]. Values are mean ± half-range over seeds.\n",
-        seconds / 60.0, s.jobs, s.seeds, s.budget.iters, s.budget.batch, s.budget.hidden, s.budget.block, s.budget.a_iters, s.budget.n_traj, s.budget.traj_steps, s.budget.a_lr, s.n_eval, s.n_eval, s.n_paths);
+    let _ = writeln!(md, "Produced by `{command}` in {:.1} minutes on this 2-core CPU ({} worker threads). Seeds {:?}; every method gets the same {} network updates (batch {}, hidden width {}); β schedules as in the official codes: VP and VSDM β_t = 0.1 + t^1.7 (β_max − 0.1), CLD and VSMD a constant β = {} (their SDE halves it); VSDM and VSMD run a variational stage every {} updates ({} SA iterations, {} trajectories of {} EM steps, A learning rate {}). Samples: Euler probability-flow ODE from the prior N(0, Σ_T); metrics on {} generated vs {} fresh data points; straightness and kinetic energy on {} paths, in normalised time s ∈ [0, 1]. Values are mean ± half-range over seeds.\n",
+        seconds / 60.0, s.jobs, s.seeds, s.budget.iters, s.budget.batch, s.budget.hidden, crate::experiment::MOMENTUM_BETA, s.budget.block, s.budget.a_iters, s.budget.n_traj, s.budget.traj_steps, s.budget.a_lr, s.n_eval, s.n_eval, s.n_paths);
     let metrics: [Column; 5] = [
         ("W2", |m| m.w2),
         ("MMD", |m| m.mmd),
@@ -380,7 +380,7 @@ pub fn markdown(
 }
 
 /// A fixed note after the claims table: what the official code reports for the same comparison.
-const VSMD_CONTEXT: &str = "\nContext for the VSMD rows: the official VSMD development notebook's spiral run reports W2 19.49 for CLD and 18.16 for VSMD, the same direction and a similar size as here; neither paper reports straightness for CLD vs VSMD on these shapes. What was tried for the straightness claim (c's learning rate 0.001 and 0.05, twice the updates): `shapes-investigation.md`.\n";
+const VSMD_CONTEXT: &str = "\nContext for the VSMD rows: the official VSMD development notebook's spiral run reports W2 19.49 for CLD and 18.16 for VSMD (at its own data scale and budget); neither paper reports straightness for CLD vs VSMD on these shapes. Until 2026-11-29 CLD and VSMD ran VSDM's power schedule here (W2 ≈ 16 on the spiral); that table and what was tried for the straightness claim then: `shapes-investigation.md`.\n";
 
 /// The result of the Gaussian-bridge check.
 #[derive(Debug, Clone)]
