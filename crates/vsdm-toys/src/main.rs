@@ -25,9 +25,12 @@ enum Cmd {
         /// Output folder (shapes.md goes here, PNGs under shapes/).
         #[arg(long, default_value = "docs/results")]
         out: PathBuf,
-        /// Number of seeds (0, 1, …).
+        /// Number of seeds (first-seed, first-seed + 1, …).
         #[arg(long, default_value_t = 3)]
         seeds: u64,
+        /// The first seed.
+        #[arg(long, default_value_t = 0)]
+        first_seed: u64,
         /// Network updates per run.
         #[arg(long)]
         iters: Option<usize>,
@@ -70,6 +73,7 @@ fn run() -> Result<()> {
         Cmd::Shapes {
             out,
             seeds,
+            first_seed,
             iters,
             hidden,
             jobs,
@@ -117,7 +121,7 @@ fn run() -> Result<()> {
             }
             let settings = Settings {
                 budget,
-                seeds: (0..seeds).collect(),
+                seeds: (first_seed..first_seed.saturating_add(seeds)).collect(),
                 shapes: if shape.is_empty() {
                     vec![Shape::Spiral, Shape::Checkerboard]
                 } else {

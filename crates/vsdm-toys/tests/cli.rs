@@ -6,7 +6,15 @@ use std::process::Command;
 fn smoke_run_writes_the_report_and_pngs() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
-        .args(["shapes", "--smoke", "--seeds", "2", "--out"])
+        .args([
+            "shapes",
+            "--smoke",
+            "--seeds",
+            "2",
+            "--first-seed",
+            "1",
+            "--out",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -31,6 +39,7 @@ fn smoke_run_writes_the_report_and_pngs() {
         );
     }
     assert!(md.contains("Gaussian-bridge check") && md.contains("## The claims"));
+    assert!(md.contains("Seeds [1, 2]"), "{md}");
     assert!(!md.contains("NaN"), "{md}");
     for f in ["spiral-vsdm10-samples.png", "checkerboard-vsmd-paths.png"] {
         let png = std::fs::read(dir.path().join("shapes").join(f)).unwrap();
