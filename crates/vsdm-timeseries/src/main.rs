@@ -76,6 +76,10 @@ struct Cli {
     /// Forecast at most this many test windows (evenly spaced, the last included).
     #[arg(long)]
     max_windows: Option<usize>,
+    /// Model selection without the test set: evaluate on the last N rolling windows of the training series
+    /// instead of the test windows; training loses those columns, and runs go to OUT/<dataset>-val/.
+    #[arg(long)]
+    validation: Option<usize>,
     /// Weights to forecast with: a folder with model.safetensors + config.json, or hf:OWNER/NAME[@REV] (read
     /// from the Hugging Face cache, $HF_HUB_CACHE or $HF_HOME/hub, downloaded there from $HF_ENDPOINT unless
     /// --offline or HF_HUB_OFFLINE=1).
@@ -117,6 +121,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn load_data(cli: &Cli) -> anyhow::Result<Dataset> {
+    let data = load_test_protocol(cli)?;
+    match cli.validation {
+        Some(n) => data
+            .validation(n)
+            .map_err(|e| anyhow::anyhow!("--validation {n}: {e}")),
+        None => Ok(data),
+    }
+}
+
+fn load_test_protocol(cli: &Cli) -> anyhow::Result<Dataset> {
     if let Some(path) = &cli.data {
         let name = path
             .file_name()

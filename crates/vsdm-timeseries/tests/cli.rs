@@ -90,6 +90,12 @@ fn bad_flags_are_named() {
             "--warmup-frac 1.5",
         ),
         ("2", &["--stages", "0", "train"][..], "--stages 0"),
+        ("2", &["--validation", "0", "train"][..], "--validation 0"),
+        (
+            "2",
+            &["--validation", "300", "train"][..],
+            "--validation 300",
+        ),
         ("2", &["--a-iters", "0", "train"][..], "variational.iters"),
         ("2", &["--a-lr=-1", "train"][..], "variational.adam.lr"),
         ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),

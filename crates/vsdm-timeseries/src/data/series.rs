@@ -155,6 +155,40 @@ impl Dataset {
             },
         })
     }
+
+    /// A validation data set for model selection without the test windows: the last `windows` rolling windows
+    /// of the *training* matrix (their ends advance by the test split's stride) become the evaluation split,
+    /// and the training matrix loses those columns. Nothing of the test period is in it. Named `<name>-val`,
+    /// so its runs and weights do not mix with the test protocol's.
+    pub fn validation(&self, windows: usize) -> Result<Dataset> {
+        let h = self.prediction_length;
+        let stride = match self.test.window_ends.as_slice() {
+            [a, b, ..] => b - a,
+            _ => h,
+        };
+        let held_out = windows
+            .checked_sub(1)
+            .and_then(|k| k.checked_mul(stride))
+            .and_then(|k| k.checked_add(h))
+            .filter(|&n| windows > 0 && n < self.train.len);
+        let Some(held_out) = held_out else {
+            return Err(DataError::Invalid(format!(
+                "{windows} validation windows of {h} steps (stride {stride}) do not fit in the {} training \
+                 steps of {} with any left to train on",
+                self.train.len, self.name
+            )));
+        };
+        let train_len = self.train.len - held_out;
+        Ok(Dataset {
+            name: format!("{}-val", self.name),
+            prediction_length: h,
+            train: self.train.prefix(train_len)?,
+            test: TestSplit {
+                series: self.train.clone(),
+                window_ends: (0..windows).map(|k| train_len + h + k * stride).collect(),
+            },
+        })
+    }
 }
 
 /// Opens a text file for line reading, decompressing it when the name ends in `.gz`.
@@ -203,5 +237,34 @@ mod tests {
             ds.test.series.timestamp(24),
             parse_timestamp("2016-07-02").unwrap()
         );
+    }
+
+    #[test]
+    fn validation_windows_come_from_the_training_part_only() {
+        let start = parse_timestamp("2016-07-01").unwrap();
+        let full = SeriesMatrix::new(
+            start,
+            Freq::Hours(1),
+            2,
+            1000,
+            (0..2000).map(|v| v as f32).collect(),
+        )
+        .unwrap();
+        let ds = Dataset::from_full_series("x", full, 24, 0.2, 24).unwrap();
+        let val = ds.validation(3).unwrap();
+        // The last three daily windows of the 800 training steps: ends 752, 776, 800.
+        assert_eq!(val.test.window_ends, vec![752, 776, 800]);
+        assert_eq!(val.train.len, 728);
+        assert_eq!(val.name, "x-val");
+        // The evaluation series is the training matrix: no value of the test period (columns ≥ 800).
+        assert_eq!(val.test.series, ds.train);
+        assert!(val.test.series.row(0).iter().all(|&v| v < 800.0));
+        assert_eq!(val.train.row(1)[727], 1727.0);
+        // Too many windows, or none, is an error naming the count.
+        for bad in [0, 34, 1000] {
+            let e = ds.validation(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("{bad} validation windows")), "{e}");
+        }
+        assert!(ds.validation(33).is_ok());
     }
 }
