@@ -216,17 +216,22 @@ mod tests {
     use super::*;
     use crate::data::freq::parse_timestamp;
 
-    #[test]
-    fn rolling_daily_split() {
+    /// Two hourly series of 1,000 steps from 2016-07-01, valued 0..999 and 1000..1999.
+    fn two_hourly_series() -> SeriesMatrix {
         let start = parse_timestamp("2016-07-01").unwrap();
-        let full = SeriesMatrix::new(
+        SeriesMatrix::new(
             start,
             Freq::Hours(1),
             2,
             1000,
             (0..2000).map(|v| v as f32).collect(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn rolling_daily_split() {
+        let full = two_hourly_series();
         let ds = Dataset::from_full_series("x", full, 24, 0.2, 24).unwrap();
         // 200 test steps → windows ending at 824, 848, ..., 992 (8 windows).
         assert_eq!(ds.train.len, 800);
@@ -241,15 +246,7 @@ mod tests {
 
     #[test]
     fn validation_windows_come_from_the_training_part_only() {
-        let start = parse_timestamp("2016-07-01").unwrap();
-        let full = SeriesMatrix::new(
-            start,
-            Freq::Hours(1),
-            2,
-            1000,
-            (0..2000).map(|v| v as f32).collect(),
-        )
-        .unwrap();
+        let full = two_hourly_series();
         let ds = Dataset::from_full_series("x", full, 24, 0.2, 24).unwrap();
         let val = ds.validation(3).unwrap();
         // The last three daily windows of the 800 training steps: ends 752, 776, 800.
