@@ -103,7 +103,7 @@ impl Budget {
 /// `beta(t)` returns `beta_max` (10 by default; ALGORITHM.md §A.2). Their SDE carries a factor ½ on β
 /// (§E.1), so this matches the over-damped methods' β_max = 10 in the same way the official CLD baseline's
 /// β = 5 does. Until 2026-11-29 they ran VSDM's power schedule (∫β = 3.77 instead of 10), which left the
-/// momentum process far from its prior at T (docs/results/shapes.md has the comparison).
+/// momentum process far from its prior at T (docs/results/shapes-investigation.md has the comparison).
 pub const MOMENTUM_BETA: f64 = 10.0;
 
 /// The training configuration of a method on data of the given scale.
