@@ -170,7 +170,7 @@ impl Dataset {
             .checked_sub(1)
             .and_then(|k| k.checked_mul(stride))
             .and_then(|k| k.checked_add(h))
-            .filter(|&n| windows > 0 && n < self.train.len);
+            .filter(|&n| n < self.train.len);
         let Some(held_out) = held_out else {
             return Err(DataError::Invalid(format!(
                 "{windows} validation windows of {h} steps (stride {stride}) do not fit in the {} training \
