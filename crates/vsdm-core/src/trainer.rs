@@ -117,11 +117,8 @@ impl TrainConfig {
         init: VarParams,
         adaptive: bool,
     ) -> Self {
-        let zeta = if matches!(init, VarParams::Momentum { .. }) {
-            1.0
-        } else {
-            0.75
-        };
+        let momentum = matches!(init, VarParams::Momentum { .. });
+        let zeta = if momentum { 1.0 } else { 0.75 };
         Self {
             schedule,
             data_shape: data_shape.to_vec(),
@@ -144,6 +141,7 @@ impl TrainConfig {
             t_eps: 1e-3,
             variational: VariationalConfig {
                 zeta,
+                debias: momentum,
                 ..VariationalConfig::default()
             },
             seed: 0,
@@ -270,6 +268,42 @@ pub struct Trainer<M: ScoreModel> {
     marginals: AnyMarginals,
     rng: NoiseRng,
     step: usize,
+}
+
+/// One chunk of backward Euler–Maruyama trajectories with the EMA network, reduced to their statistics.
+struct Chain<'a, M: ScoreModel> {
+    process: &'a Process,
+    marg: &'a AnyMarginals,
+    model: &'a M,
+    cond: Option<&'a Tensor>,
+    cfg: &'a SamplerConfig,
+    times: &'a [f64],
+    schedule: BetaSchedule,
+    k_params: &'a VarParams,
+    gamma: f64,
+    device: &'a Device,
+}
+
+impl<M: ScoreModel> Chain<'_, M> {
+    fn stats(&self, z_t: Tensor, rng: &mut NoiseRng) -> Result<TrajectoryStats> {
+        let b = z_t.dim(0)?;
+        let mut acc = StatsAccumulator::new(self.k_params, self.gamma);
+        let times = self.times;
+        integrate(
+            self.process,
+            self.cfg,
+            times,
+            z_t,
+            |z, t, n| {
+                let tt = Tensor::full(t as f32, b, self.device)?;
+                let eps = self.model.forward(z, &tt, self.cond)?;
+                self.marg.score_at(&eps, n)
+            },
+            rng,
+            |n, z, s| acc.add(z, s, times[n] - times[n + 1], self.schedule.beta(times[n])),
+        )?;
+        acc.finish()
+    }
 }
 
 fn sorted_vars(vm: &VarMap) -> BTreeMap<String, Var> {
@@ -506,7 +540,9 @@ impl<M: ScoreModel> Trainer<M> {
     }
 
     /// Simulates backward trajectories from N(0, I) with the EMA network and EMA parameters and returns their
-    /// statistics.
+    /// statistics. With `variational.debias`, each chunk is paired with reference trajectories that start from
+    /// the forward process's time-T marginal (a data batch through the closed-form kernel, with the same
+    /// standard normal draw) and replay the same Brownian increments ([`TrajectoryStats::with_reference`]).
     pub fn simulate_stats<D: DataSource + ?Sized>(
         &mut self,
         data: &mut D,
@@ -524,36 +560,44 @@ impl<M: ScoreModel> Trainer<M> {
             _ => 1.0,
         };
         let chunk = 256.min(vc.n_trajectories);
-        let mut parts = Vec::new();
+        let (mut parts, mut refs) = (Vec::new(), Vec::new());
         let mut done = 0;
         while done < vc.n_trajectories {
             let b = chunk.min(vc.n_trajectories - done);
-            let cond = if data.conditional() {
-                data.next_batch(b, &mut self.rng, &self.device)?.1
+            let (x0, cond) = if vc.debias || data.conditional() {
+                let (x0, cond) = data.next_batch(b, &mut self.rng, &self.device)?;
+                (Some(x0), cond)
             } else {
-                None
+                (None, None)
             };
-            let z0 = self.rng.randn(&self.process.state_shape(b), &self.device)?;
-            let mut acc = StatsAccumulator::new(&self.params_ema, gamma);
-            let (model, process, sched) = (&self.ema_model, &self.process, self.cfg.schedule);
-            let device = self.device.clone();
-            integrate(
-                process,
-                &cfg,
-                &times,
-                z0,
-                |z, t, n| {
-                    let tt = Tensor::full(t as f32, b, &device)?;
-                    let eps = model.forward(z, &tt, cond.as_ref())?;
-                    marg.score_at(&eps, n)
-                },
-                &mut self.rng,
-                |n, z, s| acc.add(z, s, times[n] - times[n + 1], sched.beta(times[n])),
-            )?;
-            parts.push(acc.finish()?);
+            let eps = self.rng.randn(&self.process.state_shape(b), &self.device)?;
+            let replay = vc.debias.then(|| self.rng.clone());
+            let chain = Chain {
+                process: &self.process,
+                marg: &marg,
+                model: &self.ema_model,
+                cond: cond.as_ref(),
+                cfg: &cfg,
+                times: &times,
+                schedule: self.cfg.schedule,
+                k_params: &self.params_ema,
+                gamma,
+                device: &self.device,
+            };
+            parts.push(chain.stats(eps.clone(), &mut self.rng)?);
+            if let (Some(mut rng), Some(x0)) = (replay, x0) {
+                let at_t = Tensor::zeros(b, DType::U32, &self.device)?;
+                let (z_t, _) = marg.perturb(&x0, &at_t, &eps)?;
+                refs.push(chain.stats(z_t, &mut rng)?);
+            }
             done += b;
         }
-        StatsAccumulator::merge(parts)
+        let stats = StatsAccumulator::merge(parts)?;
+        if refs.is_empty() {
+            Ok(stats)
+        } else {
+            stats.with_reference(&StatsAccumulator::merge(refs)?)
+        }
     }
 
     /// A variational stage; returns the objective on the first and the last mini-batch.
@@ -586,7 +630,14 @@ impl<M: ScoreModel> Trainer<M> {
             self.params_ema = self.params_ema.with_values(&ema);
         }
         self.refresh_process()?;
-        tracing::debug!(step = self.step, first, last, "variational stage");
+        tracing::debug!(
+            step = self.step,
+            first,
+            last,
+            params = ?self.params.values(),
+            ema = ?self.params_ema.values(),
+            "variational stage"
+        );
         Ok((first, last))
     }
 

@@ -141,6 +141,9 @@ pub struct TrajectoryStats {
     /// W = Σ dt β (γβ for VSMD).
     w: f64,
     n_traj: usize,
+    /// Per-trajectory discretisation correction `[B × n]`: the gradient at A_k (ζ = 1) of the paired
+    /// reference trajectories ([`TrajectoryStats::with_reference`]); subtracted from every mini-batch gradient.
+    bias: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +246,7 @@ impl StatsAccumulator {
             k_params: self.k_params,
             w: self.w,
             n_traj: self.n_traj,
+            bias: None,
         })
     }
 
@@ -253,6 +257,13 @@ impl StatsAccumulator {
             .next()
             .ok_or_else(|| Error::invalid("trajectory chunks", 0, "nothing to merge"))?;
         for s in it {
+            if s.bias.is_some() || out.bias.is_some() {
+                return Err(Error::invalid(
+                    "trajectory chunks",
+                    "debiased",
+                    "merge the chunks before pairing them with a reference",
+                ));
+            }
             out.n_traj += s.n_traj;
             match (&mut out.kind, s.kind) {
                 (StatsKind::Diagonal { p, q }, StatsKind::Diagonal { p: p2, q: q2 })
@@ -313,8 +324,69 @@ impl TrajectoryStats {
         self.n_traj == 0
     }
 
-    /// The loss L and its gradient with respect to the free values, averaged over the trajectories `batch`.
+    /// Pairs these trajectories (started from N(0, I)) with `reference`: trajectories simulated with the same
+    /// network, parameters A_k, grid and Brownian increments, but started from the forward process's own
+    /// time-T marginal (data pushed through the closed-form kernel). Every mini-batch gradient then has the
+    /// reference's gradient at A_k and ζ = 1 subtracted, trajectory by trajectory.
+    ///
+    /// Why: in continuous time, with the score of the forward marginal, the reference trajectories follow
+    /// that marginal, and Stein's identity (E[s xᵀ] = −I; for VSMD E[s_v v] = −1, E[s_v x] = 0) makes their
+    /// gradient at A_k and ζ = 1 exactly zero: what is left in the N(0, I) trajectories' gradient is the prior
+    /// mismatch that is meant to drive A (ALGORITHM.md §A.6, §C.1). An Euler–Maruyama chain does not satisfy
+    /// the identity: for the momentum process, whose position–velocity rotation Euler–Maruyama inflates, the
+    /// bias at 50 steps is of the order of the signal and has the same sign at every c on wide data, so the
+    /// stochastic approximation walks c away without end (docs/results/shapes-budget.md). The reference chain
+    /// carries the same discretisation (and score-error) bias, so the difference keeps the signal and drops
+    /// most of the bias; the paired trajectories share their noise, which keeps the difference's variance
+    /// low. The estimator has the same continuous-time limit as the plain one, so its fixed point is the
+    /// method's; the official codes use the plain one.
+    pub fn with_reference(mut self, reference: &TrajectoryStats) -> Result<Self> {
+        if reference.n_traj != self.n_traj || reference.k_params != self.k_params {
+            return Err(Error::invalid(
+                "reference trajectories",
+                reference.n_traj,
+                format!(
+                    "must pair one to one with the {} trajectories and share their parameters",
+                    self.n_traj
+                ),
+            ));
+        }
+        let mut bias = Vec::with_capacity(self.n_traj * self.k_params.values().len());
+        for j in 0..reference.n_traj {
+            bias.extend(
+                reference
+                    .plain_loss_and_grad(&reference.k_params, 1.0, &[j])
+                    .1,
+            );
+        }
+        ensure_finite("reference-trajectory gradient", &bias)?;
+        self.bias = Some(bias);
+        Ok(self)
+    }
+
+    /// The loss L and its gradient with respect to the free values, averaged over the trajectories `batch`
+    /// (less the reference's gradient, when paired with one by [`TrajectoryStats::with_reference`]; the
+    /// loss then drops the matching linear term, so that the gradient stays the loss's).
     pub fn loss_and_grad(&self, params: &VarParams, zeta: f64, batch: &[usize]) -> (f64, Vec<f64>) {
+        let (mut loss, mut grad) = self.plain_loss_and_grad(params, zeta, batch);
+        if let Some(bias) = &self.bias {
+            let n = grad.len();
+            let nb = batch.len() as f64;
+            for (i, (g, theta)) in grad.iter_mut().zip(params.values()).enumerate() {
+                let b = batch.iter().map(|&j| bias[j * n + i]).sum::<f64>() / nb;
+                *g -= b;
+                loss -= b * theta;
+            }
+        }
+        (loss, grad)
+    }
+
+    fn plain_loss_and_grad(
+        &self,
+        params: &VarParams,
+        zeta: f64,
+        batch: &[usize],
+    ) -> (f64, Vec<f64>) {
         let theta = params.values();
         let k = self.k_params.values();
         let nb = batch.len() as f64;
@@ -411,6 +483,12 @@ pub struct VariationalConfig {
     pub adam: crate::optim::AdamConfig,
     /// EMA decay of the parameters.
     pub ema_decay: f64,
+    /// Pair every stage's N(0, I) trajectories with reference trajectories from the forward process's
+    /// time-T marginal and subtract their gradient ([`TrajectoryStats::with_reference`]), at twice the
+    /// simulation cost. On by default for VSMD, whose c otherwise drifts without end on wide data; off for
+    /// VSDM, where the Euler–Maruyama bias is small (docs/results/shapes-budget.md), and for old checkpoints.
+    #[serde(default)]
+    pub debias: bool,
 }
 
 impl Default for VariationalConfig {
@@ -427,6 +505,7 @@ impl Default for VariationalConfig {
                 ..crate::optim::AdamConfig::new(2e-4)
             },
             ema_decay: 0.99,
+            debias: false,
         }
     }
 }
