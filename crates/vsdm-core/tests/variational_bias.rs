@@ -81,13 +81,19 @@ fn continuous_gradient(steps: usize) -> f64 {
     g / w
 }
 
-/// The estimator's gradient (ζ = 1, all trajectories, divided by W) from EM runs with the exact score:
-/// plain (from N(0, I)) and paired with reference runs from the forward marginal at T.
-fn sampled_gradients(steps: usize, n: usize) -> (f64, f64) {
+/// The schedule, the one-coordinate VSMD process at c = C (κ = 1, γ = 2) and its parameters.
+fn vsmd_at_c() -> (BetaSchedule, Vsmd, VarParams) {
     let params = VsmdParams::default();
     let sched = BetaSchedule::constant(BETA, 1.0).unwrap();
     let process = Vsmd::critical(sched, &[1], vec![C], params, &DEV).unwrap();
     let k = VarParams::Momentum { c: vec![C], params };
+    (sched, process, k)
+}
+
+/// The estimator's gradient (ζ = 1, all trajectories, divided by W) from EM runs with the exact score:
+/// plain (from N(0, I)) and paired with reference runs from the forward marginal at T.
+fn sampled_gradients(steps: usize, n: usize) -> (f64, f64) {
+    let (sched, process, k) = vsmd_at_c();
     let cfg = SamplerConfig::new(SamplerKind::EulerMaruyama, steps);
     let times = cfg.grid(1.0).unwrap();
     let covs = forward_cov(&times);
@@ -146,10 +152,7 @@ fn reference_trajectories_remove_the_euler_maruyama_bias_of_the_c_gradient() {
 
 #[test]
 fn a_reference_of_other_trajectories_is_refused() {
-    let params = VsmdParams::default();
-    let sched = BetaSchedule::constant(BETA, 1.0).unwrap();
-    let process = Vsmd::critical(sched, &[1], vec![C], params, &DEV).unwrap();
-    let k = VarParams::Momentum { c: vec![C], params };
+    let (sched, process, k) = vsmd_at_c();
     let cfg = SamplerConfig::new(SamplerKind::EulerMaruyama, 5);
     let mut rng = NoiseRng::new(1);
     let score = |z: &Tensor, _t: f64, _i: usize| -> vsdm_core::Result<Tensor> {
