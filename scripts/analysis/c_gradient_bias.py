@@ -9,6 +9,8 @@ For each parameter value it prints dL/dc (or dL/da) at c = c_k, ζ = 1, divided 
   exact    plain with 3,000 steps (the continuous-time value)
 The stochastic approximation moves c against the sign; a root where the gradient rises through 0 is its fixed
 point. Usage: python3 scripts/analysis/c_gradient_bias.py [steps]   (needs numpy; docs/results/shapes-budget.md)
+       python3 scripts/analysis/c_gradient_bias.py roots   (VSDM's fixed points at 25/50/100 steps,
+       docs/results/timeseries.md)
 """
 import sys
 
@@ -83,7 +85,35 @@ def table(name, fn, values, variances, steps):
             print(f"  {v:+.2f}  plain {plain:+.4f}  paired {paired:+.4f}  exact {exact:+.4f}")
 
 
+def root(f, lo=-0.45, hi=0.45):
+    """The sign change of f in [lo, hi] by bisection (None if f has one sign there)."""
+    flo = f(lo)
+    if flo * f(hi) > 0:
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        fm = f(mid)
+        if fm * flo > 0:
+            lo, flo = mid, fm
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def vsdm_roots():
+    print("## VSDM a: fixed point of the stochastic approximation (root of the gradient, zeta = 1)")
+    for steps in [25, 50, 100]:
+        for s2 in [0.25, 1.0, 4.4]:
+            plain = root(lambda a: vsdm_grad(a, s2, steps, "I"))
+            paired = root(lambda a: vsdm_grad(a, s2, steps, "I") - vsdm_grad(a, s2, steps, "model"))
+            exact = root(lambda a: vsdm_grad(a, s2, 3000, "I"))
+            print(f"  {steps:3d} steps, data variance {s2}: plain {plain:+.4f}  paired {paired:+.4f}  exact {exact:+.4f}")
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["roots"]:
+        vsdm_roots()
+        sys.exit()
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     table("VSMD c", momentum_grad, [-0.6, -0.3, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2], [1.0, 4.4, 348.0], steps)
     table("VSDM a", vsdm_grad, [-0.3, -0.1, 0.0, 0.1, 0.2, 0.4], [1.0, 4.4, 348.0], steps)

@@ -111,6 +111,12 @@ pub struct Budget {
     #[arg(long, conflicts_with = "beta_max")]
     #[serde(default)]
     pub constant_beta: Option<f64>,
+    /// Pair each variational stage's trajectories with reference trajectories from the forward marginal and
+    /// subtract their gradient, which removes the Euler–Maruyama bias of the plain estimator (docs/CORE.md,
+    /// "Reference trajectories"). Default: on for VSMD, off for VSDM; ignored by VP.
+    #[arg(long)]
+    #[serde(default)]
+    pub debias: Option<bool>,
 }
 
 impl Budget {
@@ -215,6 +221,7 @@ impl Budget {
             zeta: None,
             beta_max: None,
             constant_beta: None,
+            debias: None,
         }
     }
 }
@@ -261,6 +268,9 @@ pub fn train_config(
     c.variational.steps = budget.traj_steps;
     if let Some(z) = budget.zeta {
         c.variational.zeta = z;
+    }
+    if let Some(d) = budget.debias {
+        c.variational.debias = d;
     }
     c.seed = seed;
     Ok(c)

@@ -256,3 +256,26 @@ fn bad_budgets_are_named() {
         assert!(e.contains(want), "{want}: {e}");
     }
 }
+
+/// The paired (debiased) variational gradient is on by default for VSMD only, and `--debias` overrides it both
+/// ways for the variational methods.
+#[test]
+fn debias_defaults_and_the_flag() {
+    let cases = [
+        (Method::Vsdm, None, false),
+        (Method::Vsmd, None, true),
+        (Method::Vsdm, Some(true), true),
+        (Method::Vsmd, Some(false), false),
+    ];
+    for (method, flag, want) in cases {
+        let budget = Budget {
+            debias: flag,
+            ..Budget::smoke()
+        };
+        let c = pipeline::train_config(method, &budget, 3, 6, 0).unwrap();
+        assert_eq!(
+            c.variational.debias, want,
+            "{method:?} with --debias {flag:?}"
+        );
+    }
+}

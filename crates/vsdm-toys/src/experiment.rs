@@ -65,6 +65,10 @@ pub struct Budget {
     pub hidden: usize,
     /// ζ for VSDM (VSMD uses 1, as its code).
     pub zeta: f64,
+    /// The paired variational gradient (`VariationalConfig::debias`) for every variational method; `None`: the
+    /// trainer's default (on for VSMD, off for VSDM).
+    #[serde(default)]
+    pub debias: Option<bool>,
 }
 
 impl Budget {
@@ -80,6 +84,7 @@ impl Budget {
             traj_steps: 50,
             hidden: 128,
             zeta: 0.75,
+            debias: None,
         }
     }
 
@@ -95,6 +100,7 @@ impl Budget {
             traj_steps: 10,
             hidden: 32,
             zeta: 0.75,
+            debias: None,
         }
     }
 }
@@ -155,6 +161,9 @@ pub fn train_config(method: Method, budget: &Budget, seed: u64) -> TrainConfig {
     c.variational.batch = budget.n_traj / 2;
     c.variational.steps = budget.traj_steps;
     c.variational.zeta = if method.momentum() { 1.0 } else { budget.zeta };
+    if let Some(d) = budget.debias {
+        c.variational.debias = d;
+    }
     c.seed = seed;
     c
 }
@@ -313,5 +322,28 @@ mod tests {
         eprintln!("VP β10: {r10:.3?}, VP β20: {r20:.3?}");
         assert!(r10[1] > 3.0 && r20[1] < 2.0, "VP β10 {r10:?}, β20 {r20:?}");
         Ok(())
+    }
+
+    /// `--debias` reaches both variational methods' configurations; without it VSMD pairs and VSDM does not.
+    #[test]
+    fn debias_flag_overrides_the_default() {
+        let methods = [Method::Vsdm { beta_max: 10.0 }, Method::Vsmd { kappa: 1.0 }];
+        for (flag, want) in [
+            (None, [false, true]),
+            (Some(true), [true, true]),
+            (Some(false), [false, false]),
+        ] {
+            let budget = Budget {
+                debias: flag,
+                ..Budget::smoke()
+            };
+            for (m, w) in methods.iter().zip(want) {
+                assert_eq!(
+                    train_config(*m, &budget, 0).variational.debias,
+                    w,
+                    "{m:?} {flag:?}"
+                );
+            }
+        }
     }
 }

@@ -55,6 +55,10 @@ enum Cmd {
         /// ζ of VSDM in the table's runs (VSMD keeps its code's 1).
         #[arg(long)]
         zeta: Option<f64>,
+        /// The paired variational gradient (reference trajectories, docs/CORE.md) for VSDM and VSMD alike
+        /// (default: on for VSMD, off for VSDM).
+        #[arg(long)]
+        debias: Option<bool>,
         /// Learning rate of A in the Gaussian-bridge check (the official code's 3e-4 by default).
         #[arg(long, default_value_t = 3e-4)]
         gaussian_lr: f64,
@@ -82,6 +86,7 @@ fn run() -> Result<()> {
             method,
             a_lr,
             zeta,
+            debias,
             gaussian_lr,
         } => {
             vsdm_eval::cli::at_least_one(&[
@@ -119,6 +124,7 @@ fn run() -> Result<()> {
             if let Some(z) = zeta {
                 budget.zeta = z;
             }
+            budget.debias = debias;
             let settings = Settings {
                 budget,
                 seeds: (first_seed..first_seed.saturating_add(seeds)).collect(),
