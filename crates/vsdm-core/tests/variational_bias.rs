@@ -172,6 +172,11 @@ fn a_reference_of_other_trajectories_is_refused() {
 /// VSDM on one coordinate: data N(0, VSDM_VAR), A = a = 0, the power schedule β_t = 0.1 + 9.9 t^1.7 (T = 1).
 const VSDM_VAR: f64 = 0.25;
 
+/// β_t of that schedule.
+fn vsdm_beta(t: f64) -> f64 {
+    0.1 + 9.9 * t.powf(1.7)
+}
+
 /// ∫_0^t β, by hand from the schedule's formula.
 fn vsdm_big_b(t: f64) -> f64 {
     0.1 * t + 9.9 * t.powf(2.7) / 2.7
@@ -192,7 +197,7 @@ fn vsdm_continuous_gradient(steps: usize) -> f64 {
     let (mut q, mut g, mut w) = (1.0, 0.0, 0.0);
     for n in 0..steps {
         let (t, h) = (times[n], times[n] - times[n + 1]);
-        let (b, p) = (0.1 + 9.9 * t.powf(1.7), vsdm_var(t));
+        let (b, p) = (vsdm_beta(t), vsdm_var(t));
         g += h * b * (1.0 - q / p);
         w += h * b;
         let m = 1.0 + h * b * (0.5 - 1.0 / p);
@@ -225,7 +230,7 @@ fn reference_trajectories_remove_the_euler_maruyama_bias_of_the_vsdm_a_gradient(
     let reference = TrajectoryStats::from_run(&run_ref, &k, &sched, GAMMA).unwrap();
     let paired = plain.clone().with_reference(&reference).unwrap();
     let w: f64 = (0..steps)
-        .map(|i| (0.1 + 9.9 * times[i].powf(1.7)) * (times[i] - times[i + 1]))
+        .map(|i| vsdm_beta(times[i]) * (times[i] - times[i + 1]))
         .sum();
     let all: Vec<usize> = (0..n).collect();
     let plain = plain.loss_and_grad(&k, 1.0, &all).1[0] / w;
