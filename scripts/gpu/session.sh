@@ -44,6 +44,18 @@ fi
 exec > >(tee -a "$OUT/$part.log") 2>&1
 
 if [ "$part" = core ]; then
+    # The time-series step first: it is all that issue 5 still needs, and it is short (≈ 1 min).
+    log "5. time-series network at electricity's shape ($NS series, context 72, horizon 24)"
+    # CUDA = CPU for one training step (output, loss, every gradient; f32, TF32 off), then the timings.
+    timeout 90 net_speed check $NS 72 24 2
+    with_mem timeout 60 net_speed $NS 72 24 4
+    with_mem timeout 60 net_speed $NS 72 24 $TSB
+    synthetic_archive "$K/elec" >/dev/null
+    with_mem timeout 150 vsdm-timeseries $CUDA --data "$K/elec/electricity_nips" --iters 10 --batch 2 \
+        --stages 1 --n-traj 4 --traj-steps 5 --a-iters 5 --samples 10 --steps 5 --sample-batch 10 \
+        --max-windows 1 --charts 2 --out "$K/ts" 2>&1 | grep -v " INFO " | tail -12
+    cp "$(find "$K/ts" -name fan_0.png 2>/dev/null | head -1)" "$OUT/ts-electricity-fan0.png" 2>/dev/null
+
     log "1. CUDA vs CPU (f32 to 1e-5): default ops, tiny (three methods) and paper-scale"
     timeout 60 vsdm-image $CUDA check-device --arch tiny --method vsdm vp vsmd --batch 4 --steps 1 \
         | tee "$OUT/check.md" && echo "check-device tiny: passed" || echo "error: check-device tiny (rc $?)"
@@ -84,15 +96,6 @@ if [ "$part" = core ]; then
     with_mem timeout 90 vsdm-image $CUDA sample --weights "$K/smoke/weights" --n $((B * 4)) --batch $((B * 4)) \
         --steps 20 --grid "$OUT/smoke-grid.png" 2>&1 | grep -v " INFO " | tail -4
 
-    log "5. time-series network at electricity's shape ($NS series, context 72, horizon 24)"
-    # CUDA = CPU for one training step (output, loss, every gradient; f32, TF32 off), then the timings.
-    timeout 90 net_speed check $NS 72 24 2
-    with_mem timeout 60 net_speed $NS 72 24 4
-    with_mem timeout 60 net_speed $NS 72 24 $TSB
-    synthetic_archive "$K/elec" >/dev/null
-    with_mem timeout 150 vsdm-timeseries $CUDA --data "$K/elec/electricity_nips" --iters 10 --batch 2 \
-        --stages 1 --n-traj 4 --traj-steps 5 --a-iters 5 --samples 10 --steps 5 --sample-batch 10 \
-        --max-windows 1 --charts 2 --out "$K/ts" 2>&1 | grep -v " INFO " | tail -12
 fi
 
 if [ "$part" = extra ]; then
