@@ -51,7 +51,8 @@ if [ "$part" = core ]; then
     with_mem timeout 60 net_speed $NS 72 24 4
     with_mem timeout 60 net_speed $NS 72 24 $TSB
     synthetic_archive "$K/elec" >/dev/null
-    with_mem timeout 150 vsdm-timeseries $CUDA --data "$K/elec/electricity_nips" --iters 10 --batch 2 \
+    # vsdm-timeseries takes no --cuda: a `cuda` build runs on GPU 0 when there is one (Device::cuda_if_available).
+    with_mem timeout 150 vsdm-timeseries --data "$K/elec/electricity_nips" --iters 10 --batch 2 \
         --stages 1 --n-traj 4 --traj-steps 5 --a-iters 5 --samples 10 --steps 5 --sample-batch 10 \
         --max-windows 1 --charts 2 --out "$K/ts" 2>&1 | grep -v " INFO " | tail -12
     cp "$(find "$K/ts" -name fan_0.png 2>/dev/null | head -1)" "$OUT/ts-electricity-fan0.png" 2>/dev/null
