@@ -5,12 +5,14 @@
 #
 #   scripts/gpu/pack.sh                       # here: the `cuda`/`cudnn` builds and kernprof.so into .gpuD (≈ 36 MB)
 #   scripts/gpu/pack.sh --check               # here: is .gpuD built from these sources? (exit 1 if not)
-#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 480: ≈ 6.5 min
-#   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 330: ≈ 5 min, then give_back
+#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 480: 412 s on 2026-12-04 (H200)
+#   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 330, at once (30 s idle and the
+#                                             # machine goes back); then give_back
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
 #                                             # (BIN_DIR: the release binaries to use, default target/release)
 #
-# core:  CUDA = CPU (tiny and paper-scale, the default gemm/fused ops, and cuDNN); candle's training throughput at
+# core:  the time-series step first (issue 5); CUDA = CPU (tiny and paper-scale, the default gemm/fused ops,
+#        the crate's own patch kernel `--conv patch`, and cuDNN); candle's training throughput at
 #        batch 128 before (candle's own conv and norm backwards) and after each lever, per precision, with peak
 #        GPU memory; PyTorch eager on the same network (f32, TF32, bf16); a bf16 paper-scale training smoke run
 #        and sampling throughput; the time-series network at electricity's shape and the electricity path end to
@@ -62,28 +64,32 @@ if [ "$part" = core ]; then
         | tee "$OUT/check.md" && echo "check-device tiny: passed" || echo "error: check-device tiny (rc $?)"
     timeout 120 vsdm-image $CUDA check-device --arch $ARCH --method vsdm vsmd --batch 4 --steps 1 \
         | tee -a "$OUT/check.md" && echo "check-device $ARCH: passed" || echo "error: check-device $ARCH (rc $?)"
+    log "1a. CUDA vs CPU with this crate's own patch kernel (--conv patch; first run on a GPU)"
+    timeout 90 vsdm-image $CUDA --conv patch check-device --arch $ARCH --method vsdm --batch 4 --steps 1 \
+        | tee "$OUT/check-patch.md" && echo "check-device patch: passed" || echo "error: check-device patch (rc $?)"
     log "1b. CUDA vs CPU through cuDNN (the cudnn build)"
     timeout 90 vsdm-image-cudnn $CUDA $CUDNN check-device --arch $ARCH --method vsdm --batch 4 --steps 1 \
         | tee "$OUT/check-cudnn.md" && echo "check-device cuDNN: passed" || echo "error: check-device cuDNN (rc $?)"
 
     log "2. candle training throughput, $ARCH, batch $B: before, each lever, per precision (peak GPU memory)"
     bench="bench --arch $ARCH --batch $B --iters $IT"
-    for v in "vsdm-image --conv candle --norm candle" "vsdm-image --conv gemm --norm candle" "vsdm-image" \
-        "vsdm-image --tf32" "vsdm-image-cudnn $CUDNN" "vsdm-image-cudnn $CUDNN --tf32"; do
+    # (`--conv gemm --norm candle` and PyTorch without cuDNN autotuning were measured on 2026-12-04 and are
+    # left out to make room for --conv patch.)
+    for v in "vsdm-image --conv candle --norm candle" "vsdm-image" \
+        "vsdm-image --conv patch" "vsdm-image --tf32" "vsdm-image --conv patch --tf32" "vsdm-image-cudnn $CUDNN" \
+        "vsdm-image-cudnn $CUDNN --tf32"; do
         with_mem timeout 90 $v $CUDA $bench | tee -a "$OUT/bench.md"
     done
     if [ -n "$CUDA" ]; then
-        for v in "vsdm-image" "vsdm-image-cudnn $CUDNN"; do
+        for v in "vsdm-image" "vsdm-image --conv patch" "vsdm-image-cudnn $CUDNN"; do
             with_mem timeout 60 $v $CUDA $bench --precision bf16 | tee -a "$OUT/bench.md"
         done
     fi
 
     if [ -n "$PT" ]; then
-        log "3. PyTorch eager, same network, batch $B (cuDNN autotune on, then off)"
+        log "3. PyTorch eager, same network, batch $B (cuDNN autotune on)"
         timeout 100 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 20 \
             --precision f32 tf32 bf16 | tee "$OUT/torch.md"
-        timeout 60 python3 bench/unet_ddpmpp.py bench --arch $ARCH --batch $B --iters 20 --precision f32 bf16 \
-            --cudnn-benchmark off | tee -a "$OUT/torch.md"
     fi
 
     # One variational stage, sized down: the H100 session's smoke run (`--block 2`, the paper budget) simulated
@@ -120,6 +126,7 @@ if [ "$part" = extra ]; then
     b3="bench --arch $ARCH --batch $B --iters 3"
     kp before vsdm-image --conv candle --norm candle $CUDA $b3
     kp after vsdm-image $CUDA $b3
+    kp after-patch vsdm-image --conv patch $CUDA $b3
     kp after-cudnn vsdm-image-cudnn $CUDNN $CUDA $b3
     [ -n "$CUDA" ] && kp after-bf16 vsdm-image $CUDA $b3 --precision bf16
     if [ -n "$PT" ]; then

@@ -445,13 +445,13 @@ mod tests {
     }
 
     /// The layer convolution agrees with candle's plain conv2d, bias addition and their backward on the CPU:
-    /// the GEMM backward in f32 to 1e-5 (`--conv cudnn` runs it too on CPU tensors), f16 activations within
-    /// the 16-bit tolerance and above f32 rounding (the comparison sees the precision).
+    /// the GEMM backward in f32 to 1e-5 (`--conv cudnn` and `--conv patch` run it too on CPU tensors), f16
+    /// activations within the 16-bit tolerance and above f32 rounding (the comparison sees the precision).
     #[test]
     fn conv_agreement_on_the_cpu() {
         use crate::unet::fastconv::{set_conv_backward, ConvBackward};
         let cases = [(2, 3, 8, 8, 3), (2, 8, 4, 6, 1)];
-        for mode in [ConvBackward::Gemm, ConvBackward::Cudnn] {
+        for mode in [ConvBackward::Gemm, ConvBackward::Cudnn, ConvBackward::Patch] {
             set_conv_backward(mode);
             for r in conv_agreement(&cases, DType::F32, &Device::Cpu).unwrap() {
                 assert!(r.worst() < CONV_TOL[0].1, "{mode:?}: {r:?}");

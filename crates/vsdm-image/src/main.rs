@@ -34,8 +34,9 @@ struct Cli {
     offline: bool,
     /// How the U-Net's convolutions run: gemm (im2col + GEMM forward, both gradients as conv2d forward
     /// passes, the bias in the same op; the default), cudnn (forward and both gradients through cuDNN; CUDA, a
-    /// build with `--features cudnn`), or candle (candle's own conv2d, bias addition and backward, for
-    /// comparisons).
+    /// build with `--features cudnn`), patch (as gemm, with this crate's own CUDA patch kernel instead of
+    /// candle's im2col; the same as gemm on the CPU; not yet run on a GPU), or candle (candle's own conv2d, bias
+    /// addition and backward, for comparisons).
     #[arg(long, global = true, default_value = "gemm")]
     conv: vsdm_image::unet::fastconv::ConvBackward,
     /// Group-norm backward: fused (the analytic backward, with the SiLU that follows most norms in the same op;

@@ -34,10 +34,15 @@ pub enum ConvBackward {
     /// binary built with the `cudnn` feature (without it, an error naming the feature); CPU tensors take the
     /// GEMM path.
     Cudnn,
+    /// As [`ConvBackward::Gemm`], but on CUDA the patch matrices come from this crate's own kernel
+    /// ([`super::im2col`], `im2col.cu`) instead of candle's `im2col`, and each convolution is one GEMM written
+    /// in the layout the CPU path uses. The same computation as `Gemm` on the CPU. Opt-in until its CUDA
+    /// kernel has run on a GPU (`vsdm-image --cuda --conv patch check-device`).
+    Patch,
 }
 
 backward_choice!(
-    ConvBackward { "candle" => Candle, "gemm" => Gemm, "cudnn" => Cudnn },
+    ConvBackward { "candle" => Candle, "gemm" => Gemm, "cudnn" => Cudnn, "patch" => Patch },
     default Gemm,
     set_conv_backward,
     conv_backward,
@@ -83,12 +88,19 @@ pub(crate) fn gradients(
     }
 }
 
-/// conv2d(x, W) (stride 1), through cuDNN, this crate's patch matrix and GEMM on the CPU
-/// ([`super::im2col`]), or candle's im2col + GEMM on CUDA; records nothing when the inputs are detached.
+/// Whether `x`'s convolutions take this crate's patch matrix and GEMM ([`super::im2col`]): always on the
+/// CPU, on CUDA under [`ConvBackward::Patch`] (read when the convolution or its backward runs; the CLI sets
+/// the mode once per thread before any network runs).
+fn own_patches(x: &Tensor) -> bool {
+    x.device().is_cpu() || conv_backward() == ConvBackward::Patch
+}
+
+/// conv2d(x, W) (stride 1), through cuDNN, this crate's patch matrix and GEMM ([`own_patches`]), or candle's
+/// im2col + GEMM on CUDA; records nothing when the inputs are detached.
 fn convolve(x: &Tensor, w: &Tensor, p: usize, cudnn: bool) -> Result<Tensor> {
     if cudnn {
         cudnn::forward(x, w, p)
-    } else if x.device().is_cpu() {
+    } else if own_patches(x) {
         im2col::conv2d(x, w, p)
     } else {
         x.conv2d(w, p, 1, 1, 1)
@@ -113,7 +125,7 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
         .index_select(&rev, 2)?
         .index_select(&rev, 3)?
         .contiguous()?;
-    if x.device().is_cpu() {
+    if own_patches(x) {
         let dx = im2col::conv2d(dy, &wt, kh - 1 - p)?;
         return Ok((dx, im2col::conv2d_weight_grad(x, dy, kh, p)?));
     }

@@ -5,7 +5,12 @@
 //! project's machine (`examples/conv_probe.rs`). Here [`im2col`] copies each row of each shifted window as one
 //! slice into a `[B, C·k·k, H'·W']` patch matrix, so the convolution is W `[C_out, C·k·k]` times that matrix per
 //! image, written straight into NCHW, and the weight gradient is dy `[B, C_out, H'·W']` times its transpose,
-//! summed over the batch. Used by [`super::fastconv`] for CPU tensors; CUDA keeps candle's kernels (or cuDNN).
+//! summed over the batch. Used by [`super::fastconv`] for CPU tensors, and for CUDA tensors under `--conv patch`
+//! ([`super::fastconv::ConvBackward::Patch`]), where the patch matrix comes from this crate's own kernel
+//! (`im2col.cu`, compiled to PTX by the build script in a `cuda` build): candle's CUDA `im2col` took 35–43% of a
+//! paper-scale training step on an H200. **That kernel has not yet run on a GPU**: its index arithmetic is
+//! tested on the CPU (`tests/im2col_kernel.rs` compiles the same source as C++ and runs every block and thread
+//! against a direct definition), and `vsdm-image --cuda --conv patch check-device` compares it with the CPU.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 
@@ -51,9 +56,91 @@ impl Im2Col {
     }
 }
 
+/// The PTX of `im2col.cu` (built by `build.rs` with the CUDA toolkit's nvcc).
+#[cfg(feature = "cuda")]
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/im2col.ptx"));
+
+/// Threads per block and blocks for `rows` rows of `n` positions: one block per row (at most 2³⁰ blocks, which
+/// then stride over the rest), the threads rounded up to whole warps, at most 256.
+#[cfg(feature = "cuda")]
+fn launch_dims(rows: usize, n: usize) -> (u32, u32) {
+    let threads = n.div_ceil(32).clamp(1, 8) * 32;
+    (rows.clamp(1, 1 << 30) as u32, threads as u32)
+}
+
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "im2col"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{CudaDType, WrapErr};
+        use candle_core::{CudaDevice, CudaStorage, DType};
+
+        let (b, c, h, w) = l.shape().dims4()?;
+        let (oh, ow) = (self.out_size(h), self.out_size(w));
+        let (start, _) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("im2col: input not contiguous".into()))?;
+        let rows = c * self.k * self.k * b;
+        let n = oh * ow;
+        let dims: Vec<u32> = [b, c, h, w, self.k, self.p, oh, ow]
+            .iter()
+            .map(|&d| {
+                u32::try_from(d).map_err(|_| {
+                    candle_core::Error::Msg(format!("im2col: dimension {d} does not fit 32 bits"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        if c * h * w >= 1 << 32 || n >= 1 << 32 {
+            candle_core::bail!("im2col: an image of {c}×{h}×{w} is too large for the CUDA kernel");
+        }
+        let (grid, threads) = launch_dims(rows, n);
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        fn run<T: CudaDType + DeviceRepr>(
+            s: &CudaStorage,
+            dev: &CudaDevice,
+            kernel: &str,
+            start: usize,
+            len: usize,
+            dims: &[u32],
+            cfg: LaunchConfig,
+        ) -> Result<CudaStorage> {
+            let x = s.as_cuda_slice::<T>()?.slice(start..);
+            // SAFETY: every element is written by the kernel (rows × positions, all of them).
+            let out = unsafe { dev.alloc::<T>(len)? };
+            let func = dev.get_or_load_custom_func(kernel, "vsdm_image_im2col", PTX)?;
+            let mut builder = func.builder();
+            builder.arg(&x);
+            builder.arg(&out);
+            for d in dims {
+                builder.arg(d);
+            }
+            // SAFETY: the arguments match the kernel's signature (two pointers, eight u32).
+            unsafe { builder.launch(cfg) }.w()?;
+            Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+        }
+        let dev = s.device();
+        let len = rows * n;
+        let out = match s.dtype() {
+            DType::F32 => run::<f32>(s, dev, "im2col_b32", start, len, &dims, cfg)?,
+            DType::F64 => run::<f64>(s, dev, "im2col_b64", start, len, &dims, cfg)?,
+            DType::F16 => run::<half::f16>(s, dev, "im2col_b16", start, len, &dims, cfg)?,
+            DType::BF16 => run::<half::bf16>(s, dev, "im2col_b16", start, len, &dims, cfg)?,
+            dt => candle_core::bail!("im2col: floating-point inputs only, got {dt:?}"),
+        };
+        Ok((out, Shape::from((c * self.k * self.k, b * n))))
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -89,7 +176,7 @@ pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&Im2Col { k, p })
 }
 
-/// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on the CPU: one matrix
+/// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on `x`'s device: one matrix
 /// product W `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in front.
 pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
