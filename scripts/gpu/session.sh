@@ -5,14 +5,15 @@
 #
 #   scripts/gpu/pack.sh                       # here: the `cuda`/`cudnn` builds and kernprof.so into .gpuD (≈ 36 MB)
 #   scripts/gpu/pack.sh --check               # here: is .gpuD built from these sources? (exit 1 if not)
-#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 480: 412 s on 2026-12-04 (H200)
+#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 540: 412 s on 2026-12-04 (H200),
+#                                             # ≈ 60 s more since (the crate's own kernels)
 #   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 330, at once (30 s idle and the
 #                                             # machine goes back); then give_back
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
 #                                             # (BIN_DIR: the release binaries to use, default target/release)
 #
 # core:  the time-series step first (issue 5); CUDA = CPU (tiny and paper-scale, the default gemm/fused ops,
-#        the crate's own patch kernel `--conv patch`, and cuDNN); candle's training throughput at
+#        the crate's own kernels `--conv patch --norm kernel`, and cuDNN); candle's training throughput at
 #        batch 128 before (candle's own conv and norm backwards) and after each lever, per precision, with peak
 #        GPU memory; PyTorch eager on the same network (f32, TF32, bf16); a bf16 paper-scale training smoke run
 #        and sampling throughput; the time-series network at electricity's shape and the electricity path end to
@@ -64,9 +65,10 @@ if [ "$part" = core ]; then
         | tee "$OUT/check.md" && echo "check-device tiny: passed" || echo "error: check-device tiny (rc $?)"
     timeout 120 vsdm-image $CUDA check-device --arch $ARCH --method vsdm vsmd --batch 4 --steps 1 \
         | tee -a "$OUT/check.md" && echo "check-device $ARCH: passed" || echo "error: check-device $ARCH (rc $?)"
-    log "1a. CUDA vs CPU with this crate's own patch kernel (--conv patch; first run on a GPU)"
-    timeout 90 vsdm-image $CUDA --conv patch check-device --arch $ARCH --method vsdm --batch 4 --steps 1 \
-        | tee "$OUT/check-patch.md" && echo "check-device patch: passed" || echo "error: check-device patch (rc $?)"
+    log "1a. CUDA vs CPU with this crate's own kernels (--conv patch --norm kernel; first run on a GPU)"
+    timeout 90 vsdm-image $CUDA --conv patch --norm kernel check-device --arch $ARCH --method vsdm vsmd --batch 4 \
+        --steps 1 | tee "$OUT/check-patch.md" && echo "check-device patch+kernel: passed" \
+        || echo "error: check-device patch+kernel (rc $?)"
     log "1b. CUDA vs CPU through cuDNN (the cudnn build)"
     timeout 90 vsdm-image-cudnn $CUDA $CUDNN check-device --arch $ARCH --method vsdm --batch 4 --steps 1 \
         | tee "$OUT/check-cudnn.md" && echo "check-device cuDNN: passed" || echo "error: check-device cuDNN (rc $?)"
@@ -76,12 +78,14 @@ if [ "$part" = core ]; then
     # (`--conv gemm --norm candle` and PyTorch without cuDNN autotuning were measured on 2026-12-04 and are
     # left out to make room for --conv patch.)
     for v in "vsdm-image --conv candle --norm candle" "vsdm-image" \
-        "vsdm-image --conv patch" "vsdm-image --tf32" "vsdm-image --conv patch --tf32" "vsdm-image-cudnn $CUDNN" \
-        "vsdm-image-cudnn $CUDNN --tf32"; do
+        "vsdm-image --conv patch" "vsdm-image --norm kernel" "vsdm-image --conv patch --norm kernel" \
+        "vsdm-image --tf32" "vsdm-image --conv patch --norm kernel --tf32" "vsdm-image-cudnn $CUDNN" \
+        "vsdm-image-cudnn $CUDNN --tf32" "vsdm-image-cudnn $CUDNN --norm kernel --tf32"; do
         with_mem timeout 90 $v $CUDA $bench | tee -a "$OUT/bench.md"
     done
     if [ -n "$CUDA" ]; then
-        for v in "vsdm-image" "vsdm-image --conv patch" "vsdm-image-cudnn $CUDNN"; do
+        for v in "vsdm-image" "vsdm-image --conv patch --norm kernel" "vsdm-image-cudnn $CUDNN" \
+            "vsdm-image-cudnn $CUDNN --norm kernel"; do
             with_mem timeout 60 $v $CUDA $bench --precision bf16 | tee -a "$OUT/bench.md"
         done
     fi
@@ -126,7 +130,7 @@ if [ "$part" = extra ]; then
     b3="bench --arch $ARCH --batch $B --iters 3"
     kp before vsdm-image --conv candle --norm candle $CUDA $b3
     kp after vsdm-image $CUDA $b3
-    kp after-patch vsdm-image --conv patch $CUDA $b3
+    kp after-patch vsdm-image --conv patch --norm kernel $CUDA $b3
     kp after-cudnn vsdm-image-cudnn $CUDNN $CUDA $b3
     [ -n "$CUDA" ] && kp after-bf16 vsdm-image $CUDA $b3 --precision bf16
     if [ -n "$PT" ]; then

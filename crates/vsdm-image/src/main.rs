@@ -40,7 +40,8 @@ struct Cli {
     #[arg(long, global = true, default_value = "gemm")]
     conv: vsdm_image::unet::fastconv::ConvBackward,
     /// Group-norm backward: fused (the analytic backward, with the SiLU that follows most norms in the same op;
-    /// the default) or candle (candle_nn's op chain and a separate SiLU), for comparisons.
+    /// the default), kernel (the same formulas on the crate's own CUDA kernels for CUDA f32 tensors, else fused;
+    /// not yet run on a GPU) or candle (candle_nn's op chain and a separate SiLU), for comparisons.
     #[arg(long, global = true, default_value = "fused")]
     norm: vsdm_image::unet::fastnorm::NormBackward,
     /// TF32 tensor cores for f32 matrix products and cuDNN convolutions (CUDA; PyTorch's default for

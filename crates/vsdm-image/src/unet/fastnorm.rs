@@ -19,8 +19,9 @@
 //! The choice is per thread ([`set_norm_backward`]); [`NormBackward::Candle`] restores candle_nn's op chain and a
 //! separate SiLU, for comparisons (`vsdm-image --norm candle`).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
+use super::gnkernel;
 use vsdm_core::carried;
 
 /// How group normalisations are differentiated.
@@ -30,10 +31,13 @@ pub enum NormBackward {
     Candle,
     /// The analytic backward of this module.
     Fused,
+    /// The same formulas on this crate's own CUDA kernels ([`super::gnkernel`], `gn.cu`) for CUDA tensors in
+    /// f32; other tensors take [`NormBackward::Fused`]. Opt-in until the kernels have run on a GPU.
+    Kernel,
 }
 
 backward_choice!(
-    NormBackward { "candle" => Candle, "fused" => Fused },
+    NormBackward { "candle" => Candle, "fused" => Fused, "kernel" => Kernel },
     default Fused,
     set_norm_backward,
     norm_backward,
@@ -69,6 +73,8 @@ struct GroupNormBackward {
     eps: f64,
     /// The op's output is SiLU of the normalisation.
     silu: bool,
+    /// Through [`super::gnkernel`] on CUDA (chosen with the forward value).
+    kernel: bool,
 }
 
 impl carried::Backward for GroupNormBackward {
@@ -81,6 +87,22 @@ impl carried::Backward for GroupNormBackward {
         beta: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.kernel {
+            let spec = gnkernel::Spec {
+                groups: self.groups,
+                eps: self.eps,
+                silu: self.silu,
+            };
+            let (dx, dgamma, dbeta) = gnkernel::gradients(
+                gnkernel::Backend::Cuda,
+                &x.detach(),
+                &gamma.detach(),
+                &beta.detach(),
+                dy,
+                spec,
+            )?;
+            return Ok((Some(dx), Some(dgamma), Some(dbeta)));
+        }
         let (b, c) = (x.dim(0)?, x.dim(1)?);
         let (xhat, r) = normalise(&x.detach(), self.groups, self.eps)?;
         let n = xhat.dim(2)?;
@@ -114,7 +136,8 @@ impl carried::Backward for GroupNormBackward {
 /// `[C]`, followed by SiLU when `silu` (in the same op, see the module documentation): the same value as
 /// candle_nn's `GroupNorm` (and candle's SiLU), differentiated analytically whenever one of the inputs is
 /// tracked. (The per-thread switch [`norm_backward`] is read by the U-Net's norm layer, which calls candle_nn's
-/// `GroupNorm` and a separate SiLU instead for [`NormBackward::Candle`].)
+/// `GroupNorm` and a separate SiLU instead for [`NormBackward::Candle`]; here it picks [`super::gnkernel`]'s CUDA
+/// kernels for [`NormBackward::Kernel`] on CUDA f32 tensors, for the value and, fixed at this call, the backward.)
 pub fn group_norm(
     x: &Tensor,
     gamma: &Tensor,
@@ -132,7 +155,14 @@ pub fn group_norm(
             beta.dims()
         );
     }
+    let kernel = norm_backward() == NormBackward::Kernel
+        && x.device().is_cuda()
+        && [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
     let value = |x: &Tensor, gamma: &Tensor, beta: &Tensor| -> Result<Tensor> {
+        if kernel {
+            let spec = gnkernel::Spec { groups, eps, silu };
+            return gnkernel::value(gnkernel::Backend::Cuda, x, gamma, beta, spec);
+        }
         let (xhat, _) = normalise(x, groups, eps)?;
         let y = scale_shift(&xhat.reshape(x.shape())?, &per_channel(gamma, x)?, beta)?;
         if silu {
@@ -145,7 +175,18 @@ pub fn group_norm(
         return value(x, gamma, beta);
     }
     let v = value(&x.detach(), &gamma.detach(), &beta.detach())?;
-    carried::apply(v, x, gamma, beta, GroupNormBackward { groups, eps, silu })
+    carried::apply(
+        v,
+        x,
+        gamma,
+        beta,
+        GroupNormBackward {
+            groups,
+            eps,
+            silu,
+            kernel,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ impl Norm {
                     y
                 }
             }
-            NormBackward::Fused => {
+            NormBackward::Fused | NormBackward::Kernel => {
                 group_norm(&xf, &self.weight, &self.bias, self.groups, self.eps, silu)?
             }
         };
