@@ -69,10 +69,8 @@ fn scale_shift(xhat: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
 
 /// The backward of [`group_norm`]'s op on (x, γ, β).
 struct GroupNormBackward {
-    groups: usize,
-    eps: f64,
-    /// The op's output is SiLU of the normalisation.
-    silu: bool,
+    /// Groups, ε, and whether the op's output is SiLU of the normalisation.
+    spec: gnkernel::Spec,
     /// Through [`super::gnkernel`] on CUDA (chosen with the forward value).
     kernel: bool,
 }
@@ -87,28 +85,24 @@ impl carried::Backward for GroupNormBackward {
         beta: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gnkernel::Spec { groups, eps, silu } = self.spec;
         if self.kernel {
-            let spec = gnkernel::Spec {
-                groups: self.groups,
-                eps: self.eps,
-                silu: self.silu,
-            };
             let (dx, dgamma, dbeta) = gnkernel::gradients(
                 gnkernel::Backend::Cuda,
                 &x.detach(),
                 &gamma.detach(),
                 &beta.detach(),
                 dy,
-                spec,
+                self.spec,
             )?;
             return Ok((Some(dx), Some(dgamma), Some(dbeta)));
         }
         let (b, c) = (x.dim(0)?, x.dim(1)?);
-        let (xhat, r) = normalise(&x.detach(), self.groups, self.eps)?;
+        let (xhat, r) = normalise(&x.detach(), groups, eps)?;
         let n = xhat.dim(2)?;
         let xhat_x = xhat.reshape(x.shape())?;
         let gamma_x = per_channel(&gamma.detach(), x)?;
-        let dy = &if self.silu {
+        let dy = &if silu {
             let y = scale_shift(&xhat_x, &gamma_x, &beta.detach())?;
             let s = candle_nn::ops::sigmoid(&y)?;
             // σ(y)·(1 + y·(1 − σ(y))) = σ(y) + y·σ(y) − y·σ(y)².
@@ -117,7 +111,7 @@ impl carried::Backward for GroupNormBackward {
         } else {
             dy.clone()
         };
-        let g = dy.broadcast_mul(&gamma_x)?.reshape((b, self.groups, n))?;
+        let g = dy.broadcast_mul(&gamma_x)?.reshape((b, groups, n))?;
         let m1 = g.mean_keepdim(2)?;
         let m2 = (&g * &xhat)?.mean_keepdim(2)?;
         let dx = g
@@ -158,9 +152,9 @@ pub fn group_norm(
     let kernel = norm_backward() == NormBackward::Kernel
         && x.device().is_cuda()
         && [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
+    let spec = gnkernel::Spec { groups, eps, silu };
     let value = |x: &Tensor, gamma: &Tensor, beta: &Tensor| -> Result<Tensor> {
         if kernel {
-            let spec = gnkernel::Spec { groups, eps, silu };
             return gnkernel::value(gnkernel::Backend::Cuda, x, gamma, beta, spec);
         }
         let (xhat, _) = normalise(x, groups, eps)?;
@@ -175,18 +169,7 @@ pub fn group_norm(
         return value(x, gamma, beta);
     }
     let v = value(&x.detach(), &gamma.detach(), &beta.detach())?;
-    carried::apply(
-        v,
-        x,
-        gamma,
-        beta,
-        GroupNormBackward {
-            groups,
-            eps,
-            silu,
-            kernel,
-        },
-    )
+    carried::apply(v, x, gamma, beta, GroupNormBackward { spec, kernel })
 }
 
 #[cfg(test)]
