@@ -48,6 +48,11 @@ struct Cli {
     /// convolutions). Off: exact f32 arithmetic.
     #[arg(long, global = true)]
     tf32: bool,
+    /// How `--conv cudnn` picks each convolution's algorithm: heuristic (cuDNN's first heuristic choice,
+    /// PyTorch's `cudnn.benchmark = False`; the default) or find (cuDNN's measured search at the first use of
+    /// each shape, the fastest allowed one, PyTorch's `cudnn.benchmark = True`; not yet run on a GPU).
+    #[arg(long, global = true, default_value = "heuristic")]
+    cudnn_algo: vsdm_image::unet::fastconv::CudnnAlgo,
 }
 
 #[derive(Subcommand)]
@@ -527,12 +532,12 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 }
 
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
-    use vsdm_image::unet::{fastconv::conv_backward, fastnorm::norm_backward};
+    use vsdm_image::unet::{fastconv::conv_label, fastnorm::norm_backward};
     vsdm_eval::cli::at_least_one(&[("--batch", a.batch), ("--iters", a.iters)])?;
     a.precision.check(dev)?;
     println!(
-        "convolutions: {:?}; group-norm backward: {:?}; precision: {}; TF32: {}",
-        conv_backward(),
+        "convolutions: {}; group-norm backward: {:?}; precision: {}; TF32: {}",
+        conv_label(),
         norm_backward(),
         a.precision,
         // candle's CPU build answers `true` here whatever was set: TF32 exists only on CUDA.
@@ -649,11 +654,11 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
 /// (f32; on CUDA also TF32 and bf16), with the documented tolerances (`devcheck::CONV_TOL`).
 fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
     use vsdm_image::devcheck::{conv_agreement, CONV_CASES, CONV_TOL};
-    use vsdm_image::unet::fastconv::conv_backward;
+    use vsdm_image::unet::fastconv::conv_label;
     let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
     println!(
-        "convolution + bias ({:?}) on {which} vs candle's conv2d + bias on the CPU in f32: relative errors ‖·‖∞",
-        conv_backward()
+        "convolution + bias ({}) on {which} vs candle's conv2d + bias on the CPU in f32: relative errors ‖·‖∞",
+        conv_label()
     );
     println!(
         "| arithmetic | case | value | input gradient | weight gradient | bias gradient | tolerance |"
@@ -695,7 +700,7 @@ fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
 
 /// Applies `--conv`, `--norm` and `--tf32`, refusing combinations this binary or device cannot run.
 fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
-    use vsdm_image::unet::fastconv::{set_conv_backward, ConvBackward, NO_CUDNN};
+    use vsdm_image::unet::fastconv::{set_conv_backward, ConvBackward, CudnnAlgo, NO_CUDNN};
     if cli.conv == ConvBackward::Cudnn {
         if !cfg!(feature = "cudnn") {
             bail!(NO_CUDNN);
@@ -707,7 +712,11 @@ fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
     if cli.tf32 && dev.is_cpu() {
         bail!("--tf32 is a CUDA setting (tensor cores); the CPU computes in f32");
     }
+    if cli.cudnn_algo != CudnnAlgo::Heuristic && cli.conv != ConvBackward::Cudnn {
+        bail!("--cudnn-algo find chooses cuDNN's algorithms: it needs --conv cudnn");
+    }
     set_conv_backward(cli.conv);
+    vsdm_image::unet::fastconv::set_cudnn_algo(cli.cudnn_algo);
     vsdm_image::unet::fastnorm::set_norm_backward(cli.norm);
     candle_core::cuda::set_gemm_reduced_precision_f32(cli.tf32);
     Ok(())

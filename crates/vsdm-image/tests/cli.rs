@@ -299,6 +299,14 @@ fn bad_input_is_named() {
             "{args:?}: {text}"
         );
     }
+    // cuDNN's algorithm choice applies to --conv cudnn only; an unknown choice is named.
+    let (ok, text) = run(&["--cudnn-algo", "find", "bench", "--arch", "tiny"]);
+    assert!(
+        !ok && text.contains("--cudnn-algo find") && text.contains("--conv cudnn"),
+        "{text}"
+    );
+    let (ok, text) = run(&["--cudnn-algo", "fastest", "bench"]);
+    assert!(!ok && text.contains("fastest"), "{text}");
     let (ok, text) = run(&["train", "--a-iters", "0", "--out", o]);
     assert!(!ok && text.contains("variational.iters"), "{text}");
     for m in ["nan", "0", "-2"] {

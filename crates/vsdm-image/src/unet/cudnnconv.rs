@@ -17,10 +17,15 @@
 //! - bf16 and f16 tensors: tensor cores with f32 accumulation (the convolution descriptor's compute type is
 //!   f32), as under PyTorch's autocast.
 //!
-//! The algorithm of each pass is cuDNN's first heuristic choice (`cudnnGet…Algorithm_v7`), cached per shape,
-//! data type and math mode on the thread, i.e. PyTorch's behaviour with `cudnn.benchmark = False`; cudarc 0.19
-//! keeps its descriptors private, so cuDNN's measured search (`cudnnFind…`) is not reachable through it.
-//! Handles are per thread and device (cuDNN handles are neither `Send` nor `Sync`).
+//! The algorithm of each pass is chosen once per shape, data type and math mode on the thread
+//! ([`super::fastconv::set_cudnn_algo`], `--cudnn-algo`): by default cuDNN's first heuristic choice
+//! (`cudnnGet…Algorithm_v7`), PyTorch's behaviour with `cudnn.benchmark = False`; with
+//! [`CudnnAlgo::Find`], cuDNN's measured search (`cudnnFind…Algorithm`: each algorithm run and timed on the
+//! shape) and the fastest allowed entry ([`super::fastconv::fastest_allowed`]: in exact f32 only FMA-math
+//! ones), run with the math type it was measured with, PyTorch's `cudnn.benchmark = True`. cudarc 0.19 keeps
+//! its wrappers' handle and descriptors private, so the search builds its own ([`SearchHandle`],
+//! [`RawDescriptors`]) on the same stream with the same settings. Handles are per thread and device (cuDNN
+//! handles are neither `Send` nor `Sync`).
 //!
 //! Linking: cudarc links `libcudnn.so.9` dynamically (candle builds cudarc for dynamic linking), so a binary
 //! built with this feature needs cuDNN 9 on the loader path at start-up, e.g. the copy inside a PyTorch
@@ -42,9 +47,11 @@ use cudarc::cudnn::sys::{
     cudnnTensorFormat_t as Format,
 };
 use cudarc::cudnn::{
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnDataType,
-    CudnnError, FilterDescriptor, TensorDescriptor,
+    result, sys, ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn,
+    CudnnDataType, CudnnError, FilterDescriptor, TensorDescriptor,
 };
+
+use super::fastconv::{cudnn_algo, fastest_allowed, CudnnAlgo, Measured};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 
 /// Which of the three convolution passes.
@@ -64,6 +71,8 @@ struct Problem {
     padding: i32,
     dtype: DType,
     tensor_ops: bool,
+    /// The algorithm is chosen by cuDNN's measured search ([`CudnnAlgo::Find`]), not its heuristic.
+    measured: bool,
 }
 
 impl Problem {
@@ -75,15 +84,30 @@ impl Problem {
             padding: i32::try_from(padding).map_err(wrap)?,
             dtype,
             tensor_ops: dtype != DType::F32 || candle_core::cuda::gemm_reduced_precision_f32(),
+            measured: cudnn_algo() == CudnnAlgo::Find,
         })
+    }
+
+    /// The math type the problem's convolution descriptor starts with: tensor cores where allowed, else
+    /// exact FMA arithmetic.
+    fn math(&self) -> MathType {
+        if self.tensor_ops {
+            MathType::CUDNN_TENSOR_OP_MATH
+        } else {
+            MathType::CUDNN_FMA_MATH
+        }
     }
 }
 
+type MathType = cudnnMathType_t;
+
 thread_local! {
     static HANDLES: RefCell<HashMap<DeviceId, Arc<Cudnn>>> = RefCell::new(HashMap::new());
-    static FORWARD: RefCell<HashMap<Problem, FwdAlgo>> = RefCell::new(HashMap::new());
-    static BACKWARD_DATA: RefCell<HashMap<Problem, DataAlgo>> = RefCell::new(HashMap::new());
-    static BACKWARD_FILTER: RefCell<HashMap<Problem, FilterAlgo>> = RefCell::new(HashMap::new());
+    static FORWARD: RefCell<HashMap<Problem, (FwdAlgo, MathType)>> = RefCell::new(HashMap::new());
+    static BACKWARD_DATA: RefCell<HashMap<Problem, (DataAlgo, MathType)>> = RefCell::new(HashMap::new());
+    static BACKWARD_FILTER: RefCell<HashMap<Problem, (FilterAlgo, MathType)>> =
+        RefCell::new(HashMap::new());
+    static SEARCH_HANDLES: RefCell<HashMap<DeviceId, SearchHandle>> = RefCell::new(HashMap::new());
 }
 
 fn handle(dev: &CudaDevice) -> Result<Arc<Cudnn>> {
@@ -128,12 +152,7 @@ impl<T: CudnnDataType> Descriptors<T> {
                 cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
             )
             .map_err(wrap)?;
-        conv.set_math_type(if p.tensor_ops {
-            cudnnMathType_t::CUDNN_TENSOR_OP_MATH
-        } else {
-            cudnnMathType_t::CUDNN_FMA_MATH
-        })
-        .map_err(wrap)?;
+        conv.set_math_type(p.math()).map_err(wrap)?;
         Ok(Self {
             conv,
             x: cudnn
@@ -149,18 +168,222 @@ impl<T: CudnnDataType> Descriptors<T> {
     }
 }
 
-/// The algorithm cached in `cache` for `p`, or the heuristic's first choice (`pick`), then cached.
-fn algorithm<A: Copy + 'static>(
-    cache: &'static LocalKey<RefCell<HashMap<Problem, A>>>,
+/// The algorithm and math type cached in `cache` for `p`, or else chosen: by the measured search (`search`,
+/// when `p.measured`; its fastest allowed entry) or by the heuristic's first choice (`pick`, with the
+/// problem's own math type, also when the search finds nothing allowed), then cached.
+fn algorithm<A: Copy + PartialEq + std::fmt::Debug + 'static>(
+    cache: &'static LocalKey<RefCell<HashMap<Problem, (A, MathType)>>>,
+    pass: Pass,
     p: &Problem,
+    search: impl FnOnce() -> Result<Vec<Measured<(A, MathType)>>>,
     pick: impl FnOnce() -> std::result::Result<A, CudnnError>,
-) -> Result<A> {
+) -> Result<(A, MathType)> {
     if let Some(a) = cache.with(|m| m.borrow().get(p).copied()) {
         return Ok(a);
     }
-    let a = pick().map_err(wrap)?;
+    let mut chosen = None;
+    if p.measured {
+        let results = search()?;
+        chosen = fastest_allowed(&results, p.tensor_ops);
+        let time = |c: (A, MathType)| {
+            results
+                .iter()
+                .find(|m| m.algo == c)
+                .map_or(f32::NAN, |m| m.time_ms)
+        };
+        tracing::info!(
+            "cuDNN measured search, {pass:?} x {:?} w {:?} {:?} (tensor cores {}): {} of {} ran; chose {:?} \
+             ({:.3} ms)",
+            p.x,
+            p.w,
+            p.dtype,
+            p.tensor_ops,
+            results.iter().filter(|m| m.ran).count(),
+            results.len(),
+            chosen,
+            chosen.map_or(f32::NAN, time)
+        );
+    }
+    let a = match chosen {
+        Some(c) => c,
+        None => (pick().map_err(wrap)?, p.math()),
+    };
     cache.with(|m| m.borrow_mut().insert(*p, a));
     Ok(a)
+}
+
+/// A cuDNN handle of the measured search's own on a device's stream (cudarc's [`Cudnn`] keeps its raw handle
+/// private), destroyed with the thread's table.
+struct SearchHandle(sys::cudnnHandle_t);
+
+impl Drop for SearchHandle {
+    fn drop(&mut self) {
+        // SAFETY: created by `result::create_handle` and destroyed only here.
+        let _ = unsafe { result::destroy_handle(self.0) };
+    }
+}
+
+/// This thread's search handle for `dev`, created on first use on the device's stream (so the search runs in
+/// order with candle's kernels).
+fn search_handle(dev: &CudaDevice) -> Result<sys::cudnnHandle_t> {
+    SEARCH_HANDLES.with(|h| {
+        if let Some(s) = h.borrow().get(&dev.id()) {
+            return Ok(s.0);
+        }
+        let stream = dev.cuda_stream();
+        stream.context().bind_to_thread().map_err(wrap)?;
+        let s = SearchHandle(result::create_handle().map_err(wrap)?);
+        // SAFETY: a live handle and the device's live stream (the device outlives its tensors' ops).
+        unsafe { result::set_stream(s.0, stream.cu_stream() as sys::cudaStream_t) }
+            .map_err(wrap)?;
+        let raw = s.0;
+        h.borrow_mut().insert(dev.id(), s);
+        Ok(raw)
+    })
+}
+
+/// Raw descriptors of a problem for the measured search, set exactly as [`Descriptors::new`] sets cudarc's
+/// (NCHW, cross-correlation, stride 1, dilation 1, f32 compute type, the problem's math type); each one
+/// created is destroyed on drop.
+struct RawDescriptors {
+    x: sys::cudnnTensorDescriptor_t,
+    w: sys::cudnnFilterDescriptor_t,
+    y: sys::cudnnTensorDescriptor_t,
+    conv: sys::cudnnConvolutionDescriptor_t,
+}
+
+impl RawDescriptors {
+    fn new(p: &Problem, data_type: sys::cudnnDataType_t) -> Result<Self> {
+        let null = std::ptr::null_mut();
+        let mut d = Self {
+            x: null,
+            w: null as _,
+            y: null,
+            conv: null as _,
+        };
+        // SAFETY: each descriptor is set right after its creation, before any use; `Drop` frees what exists.
+        unsafe {
+            d.x = result::create_tensor_descriptor().map_err(wrap)?;
+            result::set_tensor4d_descriptor(d.x, Format::CUDNN_TENSOR_NCHW, data_type, p.x)
+                .map_err(wrap)?;
+            d.y = result::create_tensor_descriptor().map_err(wrap)?;
+            result::set_tensor4d_descriptor(d.y, Format::CUDNN_TENSOR_NCHW, data_type, p.y)
+                .map_err(wrap)?;
+            d.w = result::create_filter_descriptor().map_err(wrap)?;
+            result::set_filter4d_descriptor(d.w, data_type, Format::CUDNN_TENSOR_NCHW, p.w)
+                .map_err(wrap)?;
+            d.conv = result::create_convolution_descriptor().map_err(wrap)?;
+            result::set_convolution2d_descriptor(
+                d.conv,
+                p.padding,
+                p.padding,
+                1,
+                1,
+                1,
+                1,
+                cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            )
+            .map_err(wrap)?;
+            result::set_convolution_math_type(d.conv, p.math()).map_err(wrap)?;
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for RawDescriptors {
+    fn drop(&mut self) {
+        // SAFETY: each non-null descriptor was created by `RawDescriptors::new` and is freed only here.
+        unsafe {
+            if !self.x.is_null() {
+                let _ = result::destroy_tensor_descriptor(self.x);
+            }
+            if !self.y.is_null() {
+                let _ = result::destroy_tensor_descriptor(self.y);
+            }
+            if !self.w.is_null() {
+                let _ = result::destroy_filter_descriptor(self.w);
+            }
+            if !self.conv.is_null() {
+                let _ = result::destroy_convolution_descriptor(self.conv);
+            }
+        }
+    }
+}
+
+/// Runs one of cuDNN's `cudnnFind…Algorithm` calls (`find(requested, &mut returned, results)`, which runs and
+/// times every algorithm on buffers it allocates itself) and reads its `returned` entries with `entry`
+/// (algorithm, status, time, math type).
+fn measured_search<R: Copy, A: Copy>(
+    requested: usize,
+    find: impl FnOnce(i32, *mut i32, *mut R) -> sys::cudnnStatus_t,
+    entry: impl Fn(&R) -> (A, sys::cudnnStatus_t, f32, MathType),
+) -> Result<Vec<Measured<(A, MathType)>>> {
+    // SAFETY: plain C structs of enums (all-zero is a valid value of each) and numbers, which cuDNN overwrites.
+    let mut out: Vec<R> = vec![unsafe { std::mem::zeroed() }; requested];
+    let mut returned = 0i32;
+    find(requested as i32, &mut returned, out.as_mut_ptr())
+        .result()
+        .map_err(wrap)?;
+    let n = (returned.max(0) as usize).min(requested);
+    Ok(out[..n]
+        .iter()
+        .map(|r| {
+            let (algo, status, time_ms, math) = entry(r);
+            Measured {
+                algo: (algo, math),
+                ran: status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS,
+                time_ms,
+                tensor_ops: math != MathType::CUDNN_FMA_MATH,
+            }
+        })
+        .collect())
+}
+
+/// The measured search of `pass` for problem `p` in element type `T`.
+fn search_forward<T: CudnnDataType>(
+    dev: &CudaDevice,
+    p: &Problem,
+) -> Result<Vec<Measured<(FwdAlgo, MathType)>>> {
+    let (h, d) = (search_handle(dev)?, RawDescriptors::new(p, T::DATA_TYPE)?);
+    measured_search(
+        FwdAlgo::CUDNN_CONVOLUTION_FWD_ALGO_COUNT as usize,
+        // SAFETY: live handle and descriptors; `out` holds `n` entries.
+        |n, got, out| unsafe {
+            sys::cudnnFindConvolutionForwardAlgorithm(h, d.x, d.w, d.conv, d.y, n, got, out)
+        },
+        |r: &sys::cudnnConvolutionFwdAlgoPerf_t| (r.algo, r.status, r.time, r.mathType),
+    )
+}
+
+fn search_backward_data<T: CudnnDataType>(
+    dev: &CudaDevice,
+    p: &Problem,
+) -> Result<Vec<Measured<(DataAlgo, MathType)>>> {
+    let (h, d) = (search_handle(dev)?, RawDescriptors::new(p, T::DATA_TYPE)?);
+    measured_search(
+        DataAlgo::CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT as usize,
+        // SAFETY: as in `search_forward`.
+        |n, got, out| unsafe {
+            sys::cudnnFindConvolutionBackwardDataAlgorithm(h, d.w, d.y, d.conv, d.x, n, got, out)
+        },
+        |r: &sys::cudnnConvolutionBwdDataAlgoPerf_t| (r.algo, r.status, r.time, r.mathType),
+    )
+}
+
+fn search_backward_filter<T: CudnnDataType>(
+    dev: &CudaDevice,
+    p: &Problem,
+) -> Result<Vec<Measured<(FilterAlgo, MathType)>>> {
+    let (h, d) = (search_handle(dev)?, RawDescriptors::new(p, T::DATA_TYPE)?);
+    measured_search(
+        FilterAlgo::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT as usize,
+        // SAFETY: as in `search_forward`.
+        |n, got, out| unsafe {
+            sys::cudnnFindConvolutionBackwardFilterAlgorithm(h, d.x, d.y, d.conv, d.w, n, got, out)
+        },
+        |r: &sys::cudnnConvolutionBwdFilterAlgoPerf_t| (r.algo, r.status, r.time, r.mathType),
+    )
 }
 
 /// An uninitialised device buffer of `n` elements (every pass writes all of its output: β = 0).
@@ -191,20 +414,35 @@ where
     T: CudnnDataType + DeviceRepr + CudaDType + Scale,
 {
     let cudnn = handle(dev)?;
-    let d = Descriptors::<T>::new(&cudnn, p)?;
+    let mut d = Descriptors::<T>::new(&cudnn, p)?;
     let av = a.0.as_cuda_slice::<T>()?.slice(a.1.start_offset()..);
     let bv = b.0.as_cuda_slice::<T>()?.slice(b.1.start_offset()..);
     let count = |s: [i32; 4]| s.iter().map(|&v| v as usize).product::<usize>();
     let (one, zero) = (T::ONE, T::ZERO);
     match pass {
         Pass::Forward => {
+            let (algo, math) = algorithm(
+                &FORWARD,
+                pass,
+                p,
+                || search_forward::<T>(dev, p),
+                || {
+                    let op = ConvForward {
+                        conv: &d.conv,
+                        x: &d.x,
+                        w: &d.w,
+                        y: &d.y,
+                    };
+                    op.pick_algorithm()
+                },
+            )?;
+            d.conv.set_math_type(math).map_err(wrap)?;
             let op = ConvForward {
                 conv: &d.conv,
                 x: &d.x,
                 w: &d.w,
                 y: &d.y,
             };
-            let algo = algorithm(&FORWARD, p, || op.pick_algorithm())?;
             let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(wrap)?)?;
             let mut y = output::<T>(dev, count(p.y))?;
             // SAFETY: the descriptors describe `av`, `bv` and `y` (contiguous NCHW of type T).
@@ -212,13 +450,28 @@ where
             Ok(y)
         }
         Pass::BackwardData => {
+            let (algo, math) = algorithm(
+                &BACKWARD_DATA,
+                pass,
+                p,
+                || search_backward_data::<T>(dev, p),
+                || {
+                    let op = ConvBackwardData {
+                        conv: &d.conv,
+                        dx: &d.x,
+                        w: &d.w,
+                        dy: &d.y,
+                    };
+                    op.pick_algorithm()
+                },
+            )?;
+            d.conv.set_math_type(math).map_err(wrap)?;
             let op = ConvBackwardData {
                 conv: &d.conv,
                 dx: &d.x,
                 w: &d.w,
                 dy: &d.y,
             };
-            let algo = algorithm(&BACKWARD_DATA, p, || op.pick_algorithm())?;
             let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(wrap)?)?;
             let mut dx = output::<T>(dev, count(p.x))?;
             // SAFETY: as above; `av` is dy, `bv` is w.
@@ -227,13 +480,28 @@ where
             Ok(dx)
         }
         Pass::BackwardFilter => {
+            let (algo, math) = algorithm(
+                &BACKWARD_FILTER,
+                pass,
+                p,
+                || search_backward_filter::<T>(dev, p),
+                || {
+                    let op = ConvBackwardFilter {
+                        conv: &d.conv,
+                        x: &d.x,
+                        dw: &d.w,
+                        dy: &d.y,
+                    };
+                    op.pick_algorithm()
+                },
+            )?;
+            d.conv.set_math_type(math).map_err(wrap)?;
             let op = ConvBackwardFilter {
                 conv: &d.conv,
                 x: &d.x,
                 dw: &d.w,
                 dy: &d.y,
             };
-            let algo = algorithm(&BACKWARD_FILTER, p, || op.pick_algorithm())?;
             let mut ws = workspace(dev, op.get_workspace_size(algo).map_err(wrap)?)?;
             let mut dw = output::<T>(dev, count(p.w))?;
             // SAFETY: as above; `av` is x, `bv` is dy.

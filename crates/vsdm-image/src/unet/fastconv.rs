@@ -307,6 +307,82 @@ pub fn residual(
     )
 }
 
+/// How `--conv cudnn` chooses each convolution pass's algorithm (once per shape, precision and math mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudnnAlgo {
+    /// cuDNN's first heuristic choice (`cudnnGet…Algorithm_v7`): PyTorch with `cudnn.benchmark = False`.
+    Heuristic,
+    /// cuDNN's measured search (`cudnnFind…Algorithm`: every algorithm is run on the shape and timed), the
+    /// fastest that is allowed ([`fastest_allowed`]): PyTorch with `cudnn.benchmark = True`, its default in the
+    /// benchmark of `bench/`. The search costs a few seconds at the first step. Not yet run on a GPU.
+    Find,
+}
+
+impl std::str::FromStr for CudnnAlgo {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "heuristic" => Ok(Self::Heuristic),
+            "find" => Ok(Self::Find),
+            _ => Err(format!(
+                "cuDNN algorithm choice {s:?}: expected heuristic or find (default heuristic)"
+            )),
+        }
+    }
+}
+
+thread_local! {
+    static CUDNN_ALGO: std::cell::Cell<CudnnAlgo> = const { std::cell::Cell::new(CudnnAlgo::Heuristic) };
+}
+
+/// Selects how cuDNN convolutions run on this thread afterwards choose their algorithms.
+pub fn set_cudnn_algo(a: CudnnAlgo) {
+    CUDNN_ALGO.with(|m| m.set(a));
+}
+
+/// The current choice of [`set_cudnn_algo`] on this thread.
+pub fn cudnn_algo() -> CudnnAlgo {
+    CUDNN_ALGO.with(|m| m.get())
+}
+
+/// The current convolution choice as the bench and check tables print it: `Gemm`, `Patch`, …, and for cuDNN
+/// also how its algorithms are chosen (`Cudnn (find)`).
+pub fn conv_label() -> String {
+    match conv_backward() {
+        ConvBackward::Cudnn if cudnn_algo() == CudnnAlgo::Find => "Cudnn (find)".into(),
+        c => format!("{c:?}"),
+    }
+}
+
+/// One algorithm's entry in cuDNN's measured search (`cudnnConvolution…AlgoPerf_t`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured<A> {
+    /// The algorithm.
+    pub algo: A,
+    /// Whether it ran (`status == CUDNN_STATUS_SUCCESS`; unsupported shapes and failed allocations do not).
+    pub ran: bool,
+    /// Its measured time in milliseconds.
+    pub time_ms: f32,
+    /// Whether it used tensor cores (any math type but `CUDNN_FMA_MATH`), which for f32 tensors means TF32.
+    pub tensor_ops: bool,
+}
+
+/// The fastest algorithm of a measured search that ran and, unless `tensor_ops_allowed`, used exact FMA
+/// arithmetic: PyTorch's rule, which in f32 without `allow_tf32` runs only FMA-math results. `None` when none
+/// qualifies (the caller then takes the heuristic's choice). cuDNN returns the entries sorted by time, but the
+/// order is not relied upon; on equal times the earlier entry wins.
+pub fn fastest_allowed<A: Copy>(results: &[Measured<A>], tensor_ops_allowed: bool) -> Option<A> {
+    results
+        .iter()
+        .filter(|m| m.ran && m.time_ms.is_finite() && m.time_ms >= 0.0)
+        .filter(|m| tensor_ops_allowed || !m.tensor_ops)
+        .fold(None::<&Measured<A>>, |best, m| match best {
+            Some(b) if b.time_ms <= m.time_ms => Some(b),
+            _ => Some(m),
+        })
+        .map(|m| m.algo)
+}
+
 /// The error of `--conv cudnn` in a binary built without the `cudnn` feature.
 pub const NO_CUDNN: &str =
     "--conv cudnn: this binary was built without cuDNN; rebuild with `--features cudnn` (README, GPU section)";
@@ -495,5 +571,35 @@ mod tests {
             .unwrap();
             assert!(rel(&y0, &y2) < 1e-6 && !y2.track_op(), "{case}: detached");
         }
+    }
+
+    /// The measured-search rule: fastest entry that ran; in exact f32 only FMA-math entries; failed, NaN-timed
+    /// and (in exact f32) tensor-core entries never win however fast; no qualifying entry gives `None`.
+    #[test]
+    fn measured_search_takes_the_fastest_allowed_algorithm() {
+        let m = |algo: u8, ran: bool, time_ms: f32, tensor_ops: bool| Measured {
+            algo,
+            ran,
+            time_ms,
+            tensor_ops,
+        };
+        // Deliberately unsorted: 1 fails, 2 is TF32, 3 has no timing, 4 is the fastest exact one.
+        let results = [
+            m(0, true, 3.0, false),
+            m(1, false, 0.1, false),
+            m(2, true, 0.5, true),
+            m(3, true, f32::NAN, false),
+            m(4, true, 1.0, false),
+            m(5, true, 1.0, false),
+        ];
+        assert_eq!(fastest_allowed(&results, false), Some(4));
+        assert_eq!(fastest_allowed(&results, true), Some(2));
+        assert_eq!(fastest_allowed(&results[1..4], false), None);
+        assert_eq!(fastest_allowed::<u8>(&[], true), None);
+        assert_eq!("find".parse::<CudnnAlgo>(), Ok(CudnnAlgo::Find));
+        assert!("fastest"
+            .parse::<CudnnAlgo>()
+            .unwrap_err()
+            .contains("heuristic or find"));
     }
 }
