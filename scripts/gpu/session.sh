@@ -5,8 +5,8 @@
 #
 #   scripts/gpu/pack.sh                       # here: the `cuda`/`cudnn` builds and kernprof.so into .gpuD (≈ 36 MB)
 #   scripts/gpu/pack.sh --check               # here: is .gpuD built from these sources? (exit 1 if not)
-#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 540: 412 s on 2026-12-04 (H200),
-#                                             # ≈ 60 s more since (the crate's own kernels)
+#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 540: 412 s on 2026-12-04 (H200);
+#                                             # since: + the crate's own kernels and cuDNN find, − time series
 #   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 270 (what 900 s leaves), at once (30 s idle and the
 #                                             # machine goes back); then give_back
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
