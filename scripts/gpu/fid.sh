@@ -10,7 +10,9 @@
 #   run: scripts/gpu/fid.sh checks           # carry [".gpuF2"], timeout_s 200, at once: Inception part 2;
 #                                            # while the runs train, issue 7's two lever checks (check-device)
 #   run: scripts/gpu/fid.sh score            # carry [".gpuF3"], timeout_s 590, at once: reference statistics,
-#                                            # samples, the four FIDs, grids; then give_back
+#                                            # samples, the four FIDs, grids
+#   run: scripts/gpu/fid.sh bench            # no carry, timeout_s 150, only if ≥ 200 s of device time are
+#                                            # left (`status`): the levers timed on the idle GPU; give_back
 #   DRY=1 K=/tmp/f scripts/gpu/fid.sh all    # here, without a GPU: every step on the CPU at toy sizes
 #
 # Sizes (GPU): tiny network, batch 128, STEPS updates each (equal; a --minutes cap guards the lease), first
@@ -60,6 +62,7 @@ if [ -n "${DRY:-}" ]; then
     GRID="--grid 4 --grid-steps 5 --n-traj 2 --traj-steps 4 --a-iters 2 --block 4"
     r=${BIN_DIR:-$PWD/target/release}
     for b in vsdm-image vsdm-eval; do ln -sf "$r/$b" "$K/bin/$b"; done
+    ln -sf "$r/vsdm-image" "$K/bin/vsdm-image-cudnn"
 else
     CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-800}; N=10000; SB=1000; ST=50; REF=""; MIN=7; FB=500; CH=1
     GRID="--grid 64 --grid-steps 100"
@@ -166,10 +169,28 @@ score() {
     log "score done"
 }
 
+# Optional fourth call, only with ≥ 200 s of device time left after `score`: issue 7's levers timed on the
+# now idle GPU beside the defaults and PyTorch eager (paper-scale network, batch 128), the binaries of the
+# earlier calls being still in $K.
+bench() {
+    log "bench: the levers on the idle GPU, $([ -n "$CUDA" ] && echo ddpmpp || echo tiny)"
+    local b="bench --arch $([ -n "$CUDA" ] && echo "ddpmpp --batch 128 --iters 6" || echo "tiny --batch 2 --iters 1")"
+    local cudnn="--conv cudnn --cudnn-algo find"
+    [ -z "$CUDA" ] && cudnn="--conv gemm"
+    for v in "vsdm-image" "vsdm-image --conv patch --norm kernel" "vsdm-image-cudnn $cudnn --norm kernel"; do
+        timeout 40 $v $CUDA $b | grep -a -E "^convolutions|^\| (tiny|ddpmpp) \| [0-9]"
+        [ -n "$CUDA" ] && timeout 40 $v $CUDA $b --precision bf16 | grep -a -E "^convolutions|^\| ddpmpp \| [0-9]"
+    done
+    [ -n "$CUDA" ] && timeout 80 python3 bench/unet_ddpmpp.py bench --arch ddpmpp --batch 128 --iters 20 \
+        --precision f32 bf16
+    log "bench done"
+}
+
 case "$part" in
 start) start ;;
 checks) checks ;;
 score) score ;;
-all) start && checks && score ;;
-*) echo "usage: $0 prep|start|checks|score|all (see the header)"; exit 2 ;;
+bench) bench ;;
+all) start && checks && score && bench ;;
+*) echo "usage: $0 prep|start|checks|score|bench|all (see the header)"; exit 2 ;;
 esac
