@@ -20,8 +20,13 @@ pub enum Backend {
     Emulated,
 }
 
-/// Threads per block: each writes one partial sum per row.
-const THREADS: usize = 256;
+/// Threads per block for rows of `len` values: a power of two from 32 (one warp) to 256, about `len`/8, so that
+/// each thread of a reduction adds about 8 values before writing its partial sum (the partials' traffic is then
+/// ≈ 1/8 of the input's, where a fixed 256 threads wrote one partial per value on the 16×16 rows and four on the
+/// 8×8 ones) and the element-wise kernels leave few threads idle on short rows.
+fn threads(len: usize) -> usize {
+    (len / 8).next_power_of_two().clamp(32, 256)
+}
 
 extern "C" {
     fn vsdm_gn_emu(
@@ -40,13 +45,13 @@ fn grid(rows: usize) -> u32 {
     rows.clamp(1, 1 << 30) as u32
 }
 
-/// Runs `kernel` over `rows` rows: the inputs (contiguous f32 on the backend's device), outputs of the given
-/// lengths, the unsigned scalars and the flag, pushed in that order — the parameter order of every kernel in
-/// `gn.cu`.
+/// Runs `kernel` over `rows` rows, `threads` per block: the inputs (contiguous f32 on the backend's device),
+/// outputs of the given lengths, the unsigned scalars and the flag, pushed in that order — the parameter order
+/// of every kernel in `gn.cu`.
 fn launch(
     backend: Backend,
     kernel: &'static str,
-    rows: usize,
+    (rows, threads): (usize, usize),
     inputs: &[&Tensor],
     out_lens: &[usize],
     scalars: &[usize],
@@ -85,7 +90,7 @@ fn launch(
                 vsdm_gn_emu(
                     name.as_ptr(),
                     grid(rows),
-                    THREADS as u32,
+                    threads as u32,
                     in_ptrs.as_ptr(),
                     out_ptrs.as_ptr(),
                     scalars.as_ptr(),
@@ -102,7 +107,7 @@ fn launch(
                 })
                 .collect()
         }
-        Backend::Cuda => cuda_launch(kernel, rows, &inputs, out_lens, &scalars, flag),
+        Backend::Cuda => cuda_launch(kernel, rows, threads, &inputs, out_lens, &scalars, flag),
     }
 }
 
@@ -113,6 +118,7 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gn.ptx"));
 fn cuda_launch(
     kernel: &'static str,
     rows: usize,
+    threads: usize,
     inputs: &[Tensor],
     out_lens: &[usize],
     scalars: &[u32],
@@ -144,7 +150,7 @@ fn cuda_launch(
     let func = dev.get_or_load_custom_func(kernel, "vsdm_image_gn", PTX)?;
     let cfg = LaunchConfig {
         grid_dim: (grid(rows), 1, 1),
-        block_dim: (THREADS as u32, 1, 1),
+        block_dim: (threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
     let flag = i32::from(flag);
@@ -178,6 +184,7 @@ fn cuda_launch(
 fn cuda_launch(
     kernel: &'static str,
     _rows: usize,
+    _threads: usize,
     _inputs: &[Tensor],
     _out_lens: &[usize],
     _scalars: &[u32],
@@ -228,17 +235,18 @@ impl Dims {
 /// The mean and 1/√(σ² + ε) of every group `[B·G]` (two passes: the mean, then the centred squares).
 fn stats(backend: Backend, x: &Tensor, d: &Dims, eps: f64) -> Result<(Tensor, Tensor)> {
     let rows = d.b * d.g;
+    let t = threads(d.n);
     let sum = |shift: &Tensor, square: bool| -> Result<Tensor> {
         let part = launch(
             backend,
             "gn_sums",
-            rows,
+            (rows, t),
             &[x, shift],
-            &[rows * THREADS],
+            &[rows * t],
             &[rows, d.n],
             square,
         )?;
-        part[0].reshape((rows, THREADS))?.sum(1)? / d.n as f64
+        part[0].reshape((rows, t))?.sum(1)? / d.n as f64
     };
     let mean = sum(&Tensor::zeros(rows, DType::F32, x.device())?, false)?;
     let var = sum(&mean, true)?;
@@ -259,7 +267,7 @@ pub fn value(
     let out = launch(
         backend,
         "gn_apply",
-        d.b * d.c,
+        (d.b * d.c, threads(d.s)),
         &[x, &mean, &rstd, gamma, beta],
         &[x.elem_count()],
         &[d.b * d.c, d.c, d.g, d.s],
@@ -281,18 +289,19 @@ pub fn gradients(
     let (mean, rstd) = stats(backend, x, &d, spec.eps)?;
     let rows = d.b * d.c;
     let scalars = [rows, d.c, d.g, d.s];
+    let t = threads(d.s);
     let parts = launch(
         backend,
         "gn_grad_sums",
-        rows,
+        (rows, t),
         &[x, dy, &mean, &rstd, gamma, beta],
-        &[rows * THREADS, rows * THREADS],
+        &[rows * t, rows * t],
         &scalars,
         spec.silu,
     )?;
     // Per image and channel: Σ dL/dy and Σ dL/dy·x̂.
-    let s1 = parts[0].reshape((d.b, d.c, THREADS))?.sum(2)?;
-    let s2 = parts[1].reshape((d.b, d.c, THREADS))?.sum(2)?;
+    let s1 = parts[0].reshape((d.b, d.c, t))?.sum(2)?;
+    let s2 = parts[1].reshape((d.b, d.c, t))?.sum(2)?;
     let dbeta = s1.sum(0)?;
     let dgamma = s2.sum(0)?;
     // Group means of γ·dL/dy and γ·dL/dy·x̂, [B·G].
@@ -306,7 +315,7 @@ pub fn gradients(
     let dx = launch(
         backend,
         "gn_grad_input",
-        rows,
+        (rows, t),
         &[x, dy, &mean, &rstd, gamma, beta, &m1, &m2],
         &[x.elem_count()],
         &scalars,
@@ -338,6 +347,8 @@ mod tests {
             (vec![1, 12, 3, 3], 12, false),
             (vec![2, 4, 300], 2, true),
             (vec![2, 16, 17, 17], 8, true),
+            // 1,600 positions per channel: 256 threads, each adding 6–7 values of a row.
+            (vec![2, 4, 40, 40], 2, true),
         ] {
             let c = shape[1];
             let x = Var::from_tensor(
