@@ -170,7 +170,7 @@ impl<T: CudnnDataType> Descriptors<T> {
 
 /// The algorithm and math type cached in `cache` for `p`, or else chosen: by the measured search (`search`,
 /// when `p.measured`; its fastest allowed entry) or by the heuristic's first choice (`pick`, with the
-/// problem's own math type, also when the search finds nothing allowed), then cached.
+/// problem's own math type, also when the search fails or finds nothing allowed), then cached.
 fn algorithm<A: Copy + PartialEq + std::fmt::Debug + 'static>(
     cache: &'static LocalKey<RefCell<HashMap<Problem, (A, MathType)>>>,
     pass: Pass,
@@ -183,7 +183,15 @@ fn algorithm<A: Copy + PartialEq + std::fmt::Debug + 'static>(
     }
     let mut chosen = None;
     if p.measured {
-        let results = search()?;
+        // A search that fails as a whole (say, no memory for its buffers) leaves the heuristic's choice.
+        let results = search().unwrap_or_else(|e| {
+            tracing::warn!(
+                "cuDNN measured search, {pass:?} x {:?} w {:?}: {e}; using the heuristic",
+                p.x,
+                p.w
+            );
+            Vec::new()
+        });
         chosen = fastest_allowed(&results, p.tensor_ops);
         let time = |c: (A, MathType)| {
             results
