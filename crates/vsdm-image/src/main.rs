@@ -569,10 +569,13 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
     // The f32 comparisons below are of exact f32 arithmetic; TF32 is measured on its own in the convolution
     // table.
     candle_core::cuda::set_gemm_reduced_precision_f32(false);
-    // A convolution above its tolerance is reported at the end, after the network comparisons (on a GPU lease
-    // the network's figures are worth having even then: cuDNN's f32 weight gradient missed 1e-5 once on an H200
-    // and stopped the check before them).
-    let conv_failure = check_convolutions(a.batch, dev).err();
+    // A convolution or group norm above its tolerance is reported at the end, after the network comparisons (on
+    // a GPU lease the network's figures are worth having even then: cuDNN's f32 weight gradient missed 1e-5 once
+    // on an H200 and stopped the check before them).
+    let op_failures: Vec<_> = [check_convolutions(a.batch, dev), check_norms(dev)]
+        .into_iter()
+        .filter_map(|r| r.err())
+        .collect();
     println!("relative errors ‖{which} − CPU‖∞ / ‖CPU‖∞, f32, worst tensor");
     println!(
         "| network | method | parameters | batch | init | forward | loss | gradient (worst tensor) | weights after | update after | EMA after | A/c after | steps (stages) |"
@@ -644,10 +647,41 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
             a.tol
         );
     }
-    match conv_failure {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if !op_failures.is_empty() {
+        let all: Vec<String> = op_failures.iter().map(|e| format!("{e:#}")).collect();
+        bail!("{}", all.join("; "));
     }
+    Ok(())
+}
+
+/// The U-Net's group norm (`--norm`; f32) on this device against candle_nn's `GroupNorm` on the CPU, to 1e-5.
+fn check_norms(dev: &Device) -> Result<()> {
+    use vsdm_image::devcheck::{norm_agreement, NORM_CASES};
+    use vsdm_image::unet::fastnorm::norm_backward;
+    let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
+    println!(
+        "group norm ({:?}) on {which} vs candle_nn's GroupNorm on the CPU in f32: relative errors ‖·‖∞",
+        norm_backward()
+    );
+    println!("| case | value | input gradient | scale gradient | shift gradient | tolerance |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let tol = 1e-5;
+    let mut failed = Vec::new();
+    for r in norm_agreement(&NORM_CASES, dev)? {
+        println!(
+            "| {} | {:.1e} | {:.1e} | {:.1e} | {:.1e} | {tol:.0e} |",
+            r.case, r.value, r.input_gradient, r.scale_gradient, r.shift_gradient
+        );
+        let worst = r.worst();
+        if worst.is_nan() || worst > tol {
+            failed.push(format!("{}: {worst:.2e} > {tol:.0e}", r.case));
+        }
+    }
+    println!();
+    if !failed.is_empty() {
+        bail!("group-norm errors above tolerance: {}", failed.join("; "));
+    }
+    Ok(())
 }
 
 /// The layer convolution (`--conv`) on this device against candle's plain f32 conv2d on the CPU, per arithmetic
