@@ -15,6 +15,11 @@
 #                                            # left (`status`): the levers timed on the idle GPU; give_back
 #   DRY=1 K=/tmp/f scripts/gpu/fid.sh all    # here, without a GPU: every step on the CPU at toy sizes
 #
+# Timeline (estimated from the H100/H200 rates: tiny training 1,219 images/s and forward 4,098 images/s
+# alone): machine start ≈ 90 s; `start` ≈ 40 s; `checks` ≈ 100 s; both runs end ≈ 250–400 s after `start`
+# (a 6-minute cap); the end samples (2 × 500,000 network evaluations) take ≈ 200 s and the FIDs ≈ 60 s more,
+# so `score` ends ≈ 12–13 minutes into the lease. If a run hits the cap its steps are fewer: the summary prints
+# each run's steps.
 # Sizes (GPU): tiny network, batch 128, STEPS updates each (equal; a --minutes cap guards the lease), first
 # checkpoint at STEPS/4 ("early"); 10,000 samples per FID with 50 Euler–Maruyama steps (the sampler of both
 # methods), the 50,000 training images as the reference. Everything lands in $OUT/fid.log; the figures are
@@ -64,7 +69,7 @@ if [ -n "${DRY:-}" ]; then
     for b in vsdm-image vsdm-eval; do ln -sf "$r/$b" "$K/bin/$b"; done
     ln -sf "$r/vsdm-image" "$K/bin/vsdm-image-cudnn"
 else
-    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-800}; N=10000; SB=1000; ST=50; REF=""; MIN=7; FB=500; CH=1
+    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-800}; N=10000; SB=1000; ST=50; REF=""; MIN=6; FB=500; CH=1
     GRID="--grid 64 --grid-steps 100"
 fi
 exec > >(tee -a "$OUT/fid.log") 2>&1
