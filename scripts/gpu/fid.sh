@@ -7,7 +7,7 @@
 #
 #   scripts/gpu/fid.sh prep                  # here: .gpuF1, .gpuF2, .gpuF3 (needs a fresh .gpuD: pack.sh)
 #   run: scripts/gpu/fid.sh start            # carry [".gpuF1"], timeout_s 120: unpack, start both runs
-#   run: scripts/gpu/fid.sh checks           # carry [".gpuF2"], timeout_s 200, at once: Inception part 2;
+#   run: scripts/gpu/fid.sh checks           # carry [".gpuF2"], timeout_s 240, at once: Inception part 2;
 #                                            # while the runs train, issue 7's two lever checks (check-device)
 #   run: scripts/gpu/fid.sh score            # carry [".gpuF3"], timeout_s 590, at once: reference statistics,
 #                                            # samples, the four FIDs, grids
@@ -16,10 +16,10 @@
 #   DRY=1 K=/tmp/f scripts/gpu/fid.sh all    # here, without a GPU: every step on the CPU at toy sizes
 #
 # Timeline (estimated from the H100/H200 rates: tiny training 1,219 images/s and forward 4,098 images/s
-# alone): machine start ≈ 90 s; `start` ≈ 40 s; `checks` ≈ 100 s; both runs end ≈ 250–400 s after `start`
-# (a 6-minute cap); the end samples (2 × 500,000 network evaluations) take ≈ 200 s and the FIDs ≈ 60 s more,
-# so `score` ends ≈ 12–13 minutes into the lease. If a run hits the cap its steps are fewer: the summary prints
-# each run's steps.
+# alone): machine start ≈ 90 s; `start` ≈ 40 s; `checks` ≈ 200 s (the CPU side of two paper-scale
+# comparisons), during which the runs train; both runs end ≈ 250–400 s after `start` (a 6-minute cap); the end
+# samples (2 × 500,000 network evaluations) take ≈ 200 s and the FIDs ≈ 60 s more, so `score` ends ≈ 12–13
+# minutes into the lease. If a run hits the cap its steps are fewer: the summary prints each run's steps.
 # Sizes (GPU): tiny network, batch 128, STEPS updates each (equal; a --minutes cap guards the lease), first
 # checkpoint at STEPS/4 ("early"); 10,000 samples per FID with 50 Euler–Maruyama steps (the sampler of both
 # methods), the 50,000 training images as the reference. Everything lands in $OUT/fid.log; the figures are
@@ -113,10 +113,10 @@ checks() {
     if [ -n "$CH" ]; then
         # Correctness only (the GPU is shared with the training runs, so no timings): the crate's own kernels,
         # and cuDNN with its measured algorithm search, against the CPU.
-        timeout 80 vsdm-image --cuda --conv patch --norm kernel check-device --arch ddpmpp --method vsdm \
+        timeout 110 vsdm-image --cuda --conv patch --norm kernel check-device --arch ddpmpp --method vsdm \
             --batch 4 --steps 1 | tee "$OUT/check-patch.md" && echo "check-device patch+kernel: passed" \
             || echo "error: check-device patch+kernel (rc $?)"
-        RUST_LOG=vsdm_image=info timeout 80 vsdm-image-cudnn --cuda --conv cudnn --cudnn-algo find check-device \
+        RUST_LOG=vsdm_image=info timeout 110 vsdm-image-cudnn --cuda --conv cudnn --cudnn-algo find check-device \
             --arch ddpmpp --method vsdm --batch 4 --steps 1 | tee "$OUT/check-cudnn-find.md" \
             && echo "check-device cuDNN find: passed" || echo "error: check-device cuDNN find (rc $?)"
     fi
