@@ -31,8 +31,9 @@ pub enum NormBackward {
     Candle,
     /// The analytic backward of this module.
     Fused,
-    /// The same formulas on this crate's own CUDA kernels ([`super::gnkernel`], `gn.cu`) for CUDA tensors in
-    /// f32; other tensors take [`NormBackward::Fused`]. Opt-in until the kernels have run on a GPU.
+    /// The same formulas on this crate's own CUDA kernels ([`super::gnkernel`], `gn.cu`) for CUDA tensors with
+    /// f32 or bf16 activations ([`kernel_applies`]); other tensors take [`NormBackward::Fused`]. Opt-in until the
+    /// kernels have run on a GPU.
     Kernel,
 }
 
@@ -126,12 +127,23 @@ impl carried::Backward for GroupNormBackward {
     }
 }
 
+/// Whether [`group_norm`] runs on [`super::gnkernel`]'s CUDA kernels for these tensors: under
+/// [`NormBackward::Kernel`], CUDA tensors with f32 scale and shift and f32 or bf16 activations (bf16 ones are
+/// then normalised without casts: the caller may pass them as they are).
+pub fn kernel_applies(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> bool {
+    norm_backward() == NormBackward::Kernel
+        && x.device().is_cuda()
+        && matches!(x.dtype(), DType::F32 | DType::BF16)
+        && [gamma.dtype(), beta.dtype()] == [DType::F32; 2]
+}
+
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, scale `gamma` `[C]`, shift `beta`
 /// `[C]`, followed by SiLU when `silu` (in the same op, see the module documentation): the same value as
 /// candle_nn's `GroupNorm` (and candle's SiLU), differentiated analytically whenever one of the inputs is
 /// tracked. (The per-thread switch [`norm_backward`] is read by the U-Net's norm layer, which calls candle_nn's
 /// `GroupNorm` and a separate SiLU instead for [`NormBackward::Candle`]; here it picks [`super::gnkernel`]'s CUDA
-/// kernels for [`NormBackward::Kernel`] on CUDA f32 tensors, for the value and, fixed at this call, the backward.)
+/// kernels where [`kernel_applies`], for the value and, fixed at this call, the backward; the output is in
+/// `x`'s type.)
 pub fn group_norm(
     x: &Tensor,
     gamma: &Tensor,
@@ -149,9 +161,7 @@ pub fn group_norm(
             beta.dims()
         );
     }
-    let kernel = norm_backward() == NormBackward::Kernel
-        && x.device().is_cuda()
-        && [x.dtype(), gamma.dtype(), beta.dtype()] == [DType::F32; 3];
+    let kernel = kernel_applies(x, gamma, beta);
     let spec = gnkernel::Spec { groups, eps, silu };
     let value = |x: &Tensor, gamma: &Tensor, beta: &Tensor| -> Result<Tensor> {
         if kernel {

@@ -1,4 +1,5 @@
-/* Group normalisation (optionally followed by SiLU) and its analytic backward as CUDA kernels, f32.
+/* Group normalisation (optionally followed by SiLU) and its analytic backward as CUDA kernels, for f32 and bf16
+ * activations (suffixes _f32 and _bf16; statistics, scale, shift and every sum in f32).
  *
  * On an H200 the U-Net's group norms ran as chains of candle's element-wise kernels (`bmul`, `badd`, `bsub`:
  * 28–38% of a paper-scale training step, docs/benchmarks/image.md), about 6 passes over the activation in the
@@ -14,14 +15,41 @@
  * with no shared memory and no barriers: each thread writes its own partial sum, which the host adds up (small
  * tensors). That also lets the file compile as C (VSDM_CPU_EMULATION, `gn_emu.c`), where each block and thread
  * runs in turn, so the same source is tested on the CPU (`gnkernel.rs`'s tests).
+ *
+ * bf16 activations are read into f32 exactly and only the activation-sized outputs (the value, dx) are rounded
+ * back (to nearest, ties to even: `__float2bfloat16` on the GPU, `gn_f32_to_bf16` in the host build), so a bf16
+ * network's norms need no cast kernels around them (each a pass over the activation both ways).
  */
 #ifndef VSDM_CPU_EMULATION
+#include <cuda_bf16.h>
 #define GN_KERNEL(name) extern "C" __global__ void name
 #define GN_DEVICE __device__ static inline
+typedef __nv_bfloat16 gn_bf16;
+#define GN_BF16_LOAD(v) __bfloat162float(v)
+#define GN_BF16_STORE(f) __float2bfloat16(f)
 #else
 #define GN_KERNEL(name) static void name
 #define GN_DEVICE static inline
+typedef unsigned short gn_bf16;
+/* bf16 is the upper half of an f32: widening is exact; narrowing rounds to nearest, ties to even (NaN kept). */
+static inline float gn_bf16_to_f32(gn_bf16 v) {
+  const unsigned u = (unsigned)v << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+static inline gn_bf16 gn_f32_to_bf16(float f) {
+  unsigned u;
+  memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (gn_bf16)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (gn_bf16)(u >> 16);
+}
+#define GN_BF16_LOAD(v) gn_bf16_to_f32(v)
+#define GN_BF16_STORE(f) gn_f32_to_bf16(f)
 #endif
+#define GN_F32_LOAD(v) (v)
+#define GN_F32_STORE(f) (f)
 
 /* dL/dy from dL/du at y (identity without SiLU). */
 GN_DEVICE float gn_silu_grad(float y, float du, int silu) {
@@ -30,75 +58,82 @@ GN_DEVICE float gn_silu_grad(float y, float du, int silu) {
   return du * s * (1.0f + y * (1.0f - s));
 }
 
-/* Partial sums over each group row of x [rows, n]: Σ (x − shift[row]), or its square when `square`. Thread t of
- * a block writes part[row·blockDim + t]. */
-GN_KERNEL(gn_sums)(const float *x, const float *shift, float *part, unsigned rows, unsigned n, int square) {
-  for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {
-    const float *xr = x + row * n;
-    const float s = shift[row];
-    float acc = 0.0f;
-    for (unsigned i = threadIdx.x; i < n; i += blockDim.x) {
-      const float d = xr[i] - s;
-      acc += square ? d * d : d;
-    }
-    part[row * blockDim.x + threadIdx.x] = acc;
+/* The four kernels for activations of type T (read with LOAD, written with STORE), names ending in SUFFIX. */
+#define GN_KERNELS(SUFFIX, T, LOAD, STORE)                                                                    \
+  /* Partial sums over each group row of x [rows, n]: Σ (x − shift[row]), or its square when `square`.         \
+   * Thread t of a block writes part[row·blockDim + t]. */                                                    \
+  GN_KERNEL(gn_sums_##SUFFIX)(const T *x, const float *shift, float *part, unsigned rows, unsigned n,         \
+                              int square) {                                                                   \
+    for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {                                 \
+      const T *xr = x + row * n;                                                                              \
+      const float s = shift[row];                                                                             \
+      float acc = 0.0f;                                                                                       \
+      for (unsigned i = threadIdx.x; i < n; i += blockDim.x) {                                                \
+        const float d = LOAD(xr[i]) - s;                                                                      \
+        acc += square ? d * d : d;                                                                            \
+      }                                                                                                       \
+      part[row * blockDim.x + threadIdx.x] = acc;                                                             \
+    }                                                                                                         \
+  }                                                                                                           \
+                                                                                                              \
+  /* out = [SiLU]((x − μ)·r·γ_c + β_c) over rows (b, c) of S positions. */                                     \
+  GN_KERNEL(gn_apply_##SUFFIX)(const T *x, const float *mean, const float *rstd, const float *gamma,          \
+                               const float *beta, T *out, unsigned rows, unsigned c, unsigned g, unsigned s,  \
+                               int silu) {                                                                    \
+    const unsigned per_group = c / g;                                                                         \
+    for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {                                 \
+      const unsigned ch = (unsigned)(row % c);                                                                \
+      const unsigned long long bg = (row / c) * g + ch / per_group;                                           \
+      const float mu = mean[bg], a = rstd[bg] * gamma[ch], b = beta[ch];                                      \
+      const T *xr = x + row * s;                                                                              \
+      T *o = out + row * s;                                                                                   \
+      for (unsigned i = threadIdx.x; i < s; i += blockDim.x) {                                                \
+        const float y = (LOAD(xr[i]) - mu) * a + b;                                                           \
+        o[i] = STORE(silu ? y / (1.0f + expf(-y)) : y);                                                       \
+      }                                                                                                       \
+    }                                                                                                         \
+  }                                                                                                           \
+                                                                                                              \
+  /* Per (b, c) row, partial sums of dL/dy and of dL/dy·x̂ (part1, part2 [rows, blockDim]). */                 \
+  GN_KERNEL(gn_grad_sums_##SUFFIX)(const T *x, const T *du, const float *mean, const float *rstd,             \
+                                   const float *gamma, const float *beta, float *part1, float *part2,         \
+                                   unsigned rows, unsigned c, unsigned g, unsigned s, int silu) {             \
+    const unsigned per_group = c / g;                                                                         \
+    for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {                                 \
+      const unsigned ch = (unsigned)(row % c);                                                                \
+      const unsigned long long bg = (row / c) * g + ch / per_group;                                           \
+      const float mu = mean[bg], r = rstd[bg], ga = gamma[ch], be = beta[ch];                                 \
+      const T *xr = x + row * s, *dr = du + row * s;                                                          \
+      float acc1 = 0.0f, acc2 = 0.0f;                                                                         \
+      for (unsigned i = threadIdx.x; i < s; i += blockDim.x) {                                                \
+        const float xh = (LOAD(xr[i]) - mu) * r;                                                              \
+        const float d = gn_silu_grad(xh * ga + be, LOAD(dr[i]), silu);                                        \
+        acc1 += d;                                                                                            \
+        acc2 += d * xh;                                                                                       \
+      }                                                                                                       \
+      part1[row * blockDim.x + threadIdx.x] = acc1;                                                           \
+      part2[row * blockDim.x + threadIdx.x] = acc2;                                                           \
+    }                                                                                                         \
+  }                                                                                                           \
+                                                                                                              \
+  /* dx = r·(γ_c·dL/dy − m1[bg] − x̂·m2[bg]) over rows (b, c). */                                               \
+  GN_KERNEL(gn_grad_input_##SUFFIX)(const T *x, const T *du, const float *mean, const float *rstd,            \
+                                    const float *gamma, const float *beta, const float *m1, const float *m2,  \
+                                    T *dx, unsigned rows, unsigned c, unsigned g, unsigned s, int silu) {     \
+    const unsigned per_group = c / g;                                                                         \
+    for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {                                 \
+      const unsigned ch = (unsigned)(row % c);                                                                \
+      const unsigned long long bg = (row / c) * g + ch / per_group;                                           \
+      const float mu = mean[bg], r = rstd[bg], ga = gamma[ch], be = beta[ch], a = m1[bg], b = m2[bg];         \
+      const T *xr = x + row * s, *dr = du + row * s;                                                          \
+      T *o = dx + row * s;                                                                                    \
+      for (unsigned i = threadIdx.x; i < s; i += blockDim.x) {                                                \
+        const float xh = (LOAD(xr[i]) - mu) * r;                                                              \
+        const float d = gn_silu_grad(xh * ga + be, LOAD(dr[i]), silu);                                        \
+        o[i] = STORE(r * (ga * d - a - xh * b));                                                              \
+      }                                                                                                       \
+    }                                                                                                         \
   }
-}
 
-/* out = [SiLU]((x − μ)·r·γ_c + β_c) over rows (b, c) of S positions. */
-GN_KERNEL(gn_apply)(const float *x, const float *mean, const float *rstd, const float *gamma, const float *beta,
-                    float *out, unsigned rows, unsigned c, unsigned g, unsigned s, int silu) {
-  const unsigned per_group = c / g;
-  for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {
-    const unsigned ch = (unsigned)(row % c);
-    const unsigned long long bg = (row / c) * g + ch / per_group;
-    const float mu = mean[bg], a = rstd[bg] * gamma[ch], b = beta[ch];
-    const float *xr = x + row * s;
-    float *o = out + row * s;
-    for (unsigned i = threadIdx.x; i < s; i += blockDim.x) {
-      const float y = (xr[i] - mu) * a + b;
-      o[i] = silu ? y / (1.0f + expf(-y)) : y;
-    }
-  }
-}
-
-/* Per (b, c) row, partial sums of dL/dy and of dL/dy·x̂ (part1, part2 [rows, blockDim]). */
-GN_KERNEL(gn_grad_sums)(const float *x, const float *du, const float *mean, const float *rstd, const float *gamma,
-                        const float *beta, float *part1, float *part2, unsigned rows, unsigned c, unsigned g,
-                        unsigned s, int silu) {
-  const unsigned per_group = c / g;
-  for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {
-    const unsigned ch = (unsigned)(row % c);
-    const unsigned long long bg = (row / c) * g + ch / per_group;
-    const float mu = mean[bg], r = rstd[bg], ga = gamma[ch], be = beta[ch];
-    const float *xr = x + row * s, *dr = du + row * s;
-    float acc1 = 0.0f, acc2 = 0.0f;
-    for (unsigned i = threadIdx.x; i < s; i += blockDim.x) {
-      const float xh = (xr[i] - mu) * r;
-      const float d = gn_silu_grad(xh * ga + be, dr[i], silu);
-      acc1 += d;
-      acc2 += d * xh;
-    }
-    part1[row * blockDim.x + threadIdx.x] = acc1;
-    part2[row * blockDim.x + threadIdx.x] = acc2;
-  }
-}
-
-/* dx = r·(γ_c·dL/dy − m1[bg] − x̂·m2[bg]) over rows (b, c). */
-GN_KERNEL(gn_grad_input)(const float *x, const float *du, const float *mean, const float *rstd,
-                         const float *gamma, const float *beta, const float *m1, const float *m2, float *dx,
-                         unsigned rows, unsigned c, unsigned g, unsigned s, int silu) {
-  const unsigned per_group = c / g;
-  for (unsigned long long row = blockIdx.x; row < rows; row += gridDim.x) {
-    const unsigned ch = (unsigned)(row % c);
-    const unsigned long long bg = (row / c) * g + ch / per_group;
-    const float mu = mean[bg], r = rstd[bg], ga = gamma[ch], be = beta[ch], a = m1[bg], b = m2[bg];
-    const float *xr = x + row * s, *dr = du + row * s;
-    float *o = dx + row * s;
-    for (unsigned i = threadIdx.x; i < s; i += blockDim.x) {
-      const float xh = (xr[i] - mu) * r;
-      const float d = gn_silu_grad(xh * ga + be, dr[i], silu);
-      o[i] = r * (ga * d - a - xh * b);
-    }
-  }
-}
+GN_KERNELS(f32, float, GN_F32_LOAD, GN_F32_STORE)
+GN_KERNELS(bf16, gn_bf16, GN_BF16_LOAD, GN_BF16_STORE)

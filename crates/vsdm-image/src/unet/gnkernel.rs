@@ -1,5 +1,5 @@
 //! Group normalisation (+ SiLU) and its analytic backward on this crate's own kernels (`gn.cu`), for
-//! `--norm kernel` on CUDA in f32.
+//! `--norm kernel` on CUDA with f32 or bf16 activations (f32 scale, shift, statistics and sums).
 //!
 //! [`super::fastnorm`]'s analytic backward runs as chains of candle's element-wise kernels, which on an H200 took
 //! 28–38% of a paper-scale training step (docs/benchmarks/image.md); `gn.cu` computes the same formulas in 3
@@ -33,8 +33,8 @@ extern "C" {
         kernel: *const std::ffi::c_char,
         grid: u32,
         block: u32,
-        inputs: *const *const f32,
-        outputs: *const *mut f32,
+        inputs: *const *const std::ffi::c_void,
+        outputs: *const *mut std::ffi::c_void,
         scalars: *const u32,
         flag: i32,
     ) -> i32;
@@ -45,18 +45,26 @@ fn grid(rows: usize) -> u32 {
     rows.clamp(1, 1 << 30) as u32
 }
 
-/// Runs `kernel` over `rows` rows, `threads` per block: the inputs (contiguous f32 on the backend's device),
-/// outputs of the given lengths, the unsigned scalars and the flag, pushed in that order — the parameter order
-/// of every kernel in `gn.cu`.
+/// Runs `kernel` (the base name: the activations' type picks `_f32` or `_bf16`) over `rows` rows, `threads` per
+/// block: the inputs (contiguous, on the backend's device: the activations in `act`, f32 or bf16, everything
+/// else f32), outputs of the given lengths and types, the unsigned scalars and the flag, pushed in that order —
+/// the parameter order of every kernel in `gn.cu`.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     backend: Backend,
-    kernel: &'static str,
+    kernel: &str,
+    act: DType,
     (rows, threads): (usize, usize),
     inputs: &[&Tensor],
-    out_lens: &[usize],
+    outs: &[(usize, DType)],
     scalars: &[usize],
     flag: bool,
 ) -> Result<Vec<Tensor>> {
+    let kernel = match act {
+        DType::F32 => format!("{kernel}_f32"),
+        DType::BF16 => format!("{kernel}_bf16"),
+        other => candle_core::bail!("{kernel}: f32 or bf16 activations, got {other:?}"),
+    };
     let scalars: Vec<u32> = scalars
         .iter()
         .map(|&v| {
@@ -68,47 +76,97 @@ fn launch(
     let inputs: Vec<Tensor> = inputs
         .iter()
         .map(|t| {
-            if t.dtype() != DType::F32 {
-                candle_core::bail!("{kernel}: f32 tensors only, got {:?}", t.dtype());
+            if t.dtype() != DType::F32 && t.dtype() != act {
+                candle_core::bail!(
+                    "{kernel}: a {:?} input among {act:?} activations",
+                    t.dtype()
+                );
             }
             t.contiguous()
         })
         .collect::<Result<_>>()?;
     match backend {
-        Backend::Emulated => {
-            let host: Vec<Vec<f32>> = inputs
-                .iter()
-                .map(|t| t.flatten_all()?.to_vec1::<f32>())
-                .collect::<Result<_>>()?;
-            let mut outs: Vec<Vec<f32>> = out_lens.iter().map(|&n| vec![0f32; n]).collect();
-            let in_ptrs: Vec<*const f32> = host.iter().map(|v| v.as_ptr()).collect();
-            let out_ptrs: Vec<*mut f32> = outs.iter_mut().map(|v| v.as_mut_ptr()).collect();
-            let name = std::ffi::CString::new(kernel).expect("kernel names have no NUL");
-            // SAFETY: the pointers stay valid for the call; each kernel reads and writes within the lengths
-            // its scalars describe, which the callers below derive from these tensors' shapes.
-            let rc = unsafe {
-                vsdm_gn_emu(
-                    name.as_ptr(),
-                    grid(rows),
-                    threads as u32,
-                    in_ptrs.as_ptr(),
-                    out_ptrs.as_ptr(),
-                    scalars.as_ptr(),
-                    i32::from(flag),
-                )
-            };
-            if rc != 0 {
-                candle_core::bail!("{kernel}: unknown to the host build of gn.cu");
-            }
-            outs.into_iter()
-                .map(|v| {
-                    let n = v.len();
-                    Tensor::from_vec(v, n, &Device::Cpu)
-                })
-                .collect()
-        }
-        Backend::Cuda => cuda_launch(kernel, rows, threads, &inputs, out_lens, &scalars, flag),
+        Backend::Emulated => emulate(&kernel, rows, threads, &inputs, outs, &scalars, flag),
+        Backend::Cuda => cuda_launch(&kernel, rows, threads, &inputs, outs, &scalars, flag),
     }
+}
+
+/// A host buffer of one launch argument.
+enum Host {
+    F32(Vec<f32>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Host {
+    fn of(t: &Tensor) -> Result<Self> {
+        let t = t.flatten_all()?;
+        Ok(match t.dtype() {
+            DType::BF16 => Self::Bf16(t.to_vec1()?),
+            _ => Self::F32(t.to_vec1()?),
+        })
+    }
+
+    fn zeros(n: usize, dtype: DType) -> Self {
+        match dtype {
+            DType::BF16 => Self::Bf16(vec![half::bf16::ZERO; n]),
+            _ => Self::F32(vec![0.0; n]),
+        }
+    }
+
+    fn ptr(&mut self) -> *mut std::ffi::c_void {
+        match self {
+            Self::F32(v) => v.as_mut_ptr().cast(),
+            Self::Bf16(v) => v.as_mut_ptr().cast(),
+        }
+    }
+
+    fn into_tensor(self) -> Result<Tensor> {
+        match self {
+            Self::F32(v) => {
+                let n = v.len();
+                Tensor::from_vec(v, n, &Device::Cpu)
+            }
+            Self::Bf16(v) => {
+                let n = v.len();
+                Tensor::from_vec(v, n, &Device::Cpu)
+            }
+        }
+    }
+}
+
+/// The launch on the host build of the kernels (CPU tensors).
+fn emulate(
+    kernel: &str,
+    rows: usize,
+    threads: usize,
+    inputs: &[Tensor],
+    outs: &[(usize, DType)],
+    scalars: &[u32],
+    flag: bool,
+) -> Result<Vec<Tensor>> {
+    let mut host: Vec<Host> = inputs.iter().map(Host::of).collect::<Result<_>>()?;
+    let mut out: Vec<Host> = outs.iter().map(|&(n, dt)| Host::zeros(n, dt)).collect();
+    let in_ptrs: Vec<*const std::ffi::c_void> =
+        host.iter_mut().map(|h| h.ptr().cast_const()).collect();
+    let out_ptrs: Vec<*mut std::ffi::c_void> = out.iter_mut().map(Host::ptr).collect();
+    let name = std::ffi::CString::new(kernel).expect("kernel names have no NUL");
+    // SAFETY: the pointers stay valid for the call; each kernel reads and writes within the lengths its scalars
+    // describe, which the callers below derive from these tensors' shapes, in the types its suffix names.
+    let rc = unsafe {
+        vsdm_gn_emu(
+            name.as_ptr(),
+            grid(rows),
+            threads as u32,
+            in_ptrs.as_ptr(),
+            out_ptrs.as_ptr(),
+            scalars.as_ptr(),
+            i32::from(flag),
+        )
+    };
+    if rc != 0 {
+        candle_core::bail!("{kernel}: unknown to the host build of gn.cu");
+    }
+    out.into_iter().map(Host::into_tensor).collect()
 }
 
 #[cfg(feature = "cuda")]
@@ -116,19 +174,30 @@ const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gn.ptx"));
 
 #[cfg(feature = "cuda")]
 fn cuda_launch(
-    kernel: &'static str,
+    kernel: &str,
     rows: usize,
     threads: usize,
     inputs: &[Tensor],
-    out_lens: &[usize],
+    outs: &[(usize, DType)],
     scalars: &[u32],
     flag: bool,
 ) -> Result<Vec<Tensor>> {
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, LaunchConfig, PushKernelArg,
+    };
     use candle_core::cuda_backend::WrapErr;
     use candle_core::op::BackpropOp;
     use candle_core::{CudaStorage, Storage};
 
+    enum View<'a> {
+        F32(CudaView<'a, f32>),
+        Bf16(CudaView<'a, half::bf16>),
+    }
+    enum Out {
+        F32(CudaSlice<f32>),
+        Bf16(CudaSlice<half::bf16>),
+    }
     let dev = match inputs.first().map(|t| t.device()) {
         Some(Device::Cuda(d)) => d.clone(),
         _ => candle_core::bail!("{kernel}: the CUDA kernels take CUDA tensors"),
@@ -136,17 +205,23 @@ fn cuda_launch(
     let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
     let mut views = Vec::with_capacity(guards.len());
     for (storage, layout) in &guards {
-        match &**storage {
-            Storage::Cuda(cs) => {
-                views.push(cs.as_cuda_slice::<f32>()?.slice(layout.start_offset()..))
+        let o = layout.start_offset();
+        views.push(match &**storage {
+            Storage::Cuda(cs) if cs.dtype() == DType::BF16 => {
+                View::Bf16(cs.as_cuda_slice::<half::bf16>()?.slice(o..))
             }
+            Storage::Cuda(cs) => View::F32(cs.as_cuda_slice::<f32>()?.slice(o..)),
             _ => candle_core::bail!("{kernel}: the CUDA kernels take CUDA tensors"),
-        }
+        });
     }
-    let outs = out_lens
-        .iter()
-        .map(|&n| dev.alloc_zeros::<f32>(n))
-        .collect::<Result<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(outs.len());
+    for &(n, dt) in outs {
+        // Zeroed: every kernel writes all of its outputs, but a zero is a safer start than garbage.
+        out.push(match dt {
+            DType::BF16 => Out::Bf16(dev.alloc_zeros::<half::bf16>(n)?),
+            _ => Out::F32(dev.alloc_zeros::<f32>(n)?),
+        });
+    }
     let func = dev.get_or_load_custom_func(kernel, "vsdm_image_gn", PTX)?;
     let cfg = LaunchConfig {
         grid_dim: (grid(rows), 1, 1),
@@ -156,37 +231,47 @@ fn cuda_launch(
     let flag = i32::from(flag);
     let mut builder = func.builder();
     for v in &views {
-        builder.arg(v);
+        match v {
+            View::F32(v) => builder.arg(v),
+            View::Bf16(v) => builder.arg(v),
+        };
     }
-    for o in &outs {
-        builder.arg(o);
+    for o in &out {
+        match o {
+            Out::F32(o) => builder.arg(o),
+            Out::Bf16(o) => builder.arg(o),
+        };
     }
     for s in scalars {
         builder.arg(s);
     }
     builder.arg(&flag);
-    // SAFETY: the arguments follow the kernels' parameter order (inputs, outputs, u32 scalars, int flag).
+    // SAFETY: the arguments follow the kernels' parameter order (inputs, outputs, u32 scalars, int flag), in
+    // the types the kernel's suffix names (checked by `launch`).
     unsafe { builder.launch(cfg) }.w()?;
     drop(builder);
     drop(views);
     drop(guards);
-    Ok(outs
+    Ok(out
         .into_iter()
-        .zip(out_lens)
-        .map(|(o, &n)| {
-            let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(o, dev.clone()));
-            Tensor::from_storage(storage, n, BackpropOp::none(), false)
+        .zip(outs)
+        .map(|(o, &(n, _))| {
+            let slice = match o {
+                Out::F32(o) => CudaStorage::wrap_cuda_slice(o, dev.clone()),
+                Out::Bf16(o) => CudaStorage::wrap_cuda_slice(o, dev.clone()),
+            };
+            Tensor::from_storage(Storage::Cuda(slice), n, BackpropOp::none(), false)
         })
         .collect())
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_launch(
-    kernel: &'static str,
+    kernel: &str,
     _rows: usize,
     _threads: usize,
     _inputs: &[Tensor],
-    _out_lens: &[usize],
+    _outs: &[(usize, DType)],
     _scalars: &[u32],
     _flag: bool,
 ) -> Result<Vec<Tensor>> {
@@ -240,9 +325,10 @@ fn stats(backend: Backend, x: &Tensor, d: &Dims, eps: f64) -> Result<(Tensor, Te
         let part = launch(
             backend,
             "gn_sums",
+            x.dtype(),
             (rows, t),
             &[x, shift],
-            &[rows * t],
+            &[(rows * t, DType::F32)],
             &[rows, d.n],
             square,
         )?;
@@ -254,7 +340,8 @@ fn stats(backend: Backend, x: &Tensor, d: &Dims, eps: f64) -> Result<(Tensor, Te
     Ok((mean, rstd))
 }
 
-/// [SiLU](group norm of `x` with scale `gamma` and shift `beta`), f32, no graph recorded.
+/// [SiLU](group norm of `x` with scale `gamma` and shift `beta`) in `x`'s type (f32 or bf16; computed in f32),
+/// no graph recorded.
 pub fn value(
     backend: Backend,
     x: &Tensor,
@@ -264,19 +351,22 @@ pub fn value(
 ) -> Result<Tensor> {
     let d = Dims::of(x, spec.groups)?;
     let (mean, rstd) = stats(backend, x, &d, spec.eps)?;
+    let (gamma32, beta32) = (gamma.to_dtype(DType::F32)?, beta.to_dtype(DType::F32)?);
     let out = launch(
         backend,
         "gn_apply",
+        x.dtype(),
         (d.b * d.c, threads(d.s)),
-        &[x, &mean, &rstd, gamma, beta],
-        &[x.elem_count()],
+        &[x, &mean, &rstd, &gamma32, &beta32],
+        &[(x.elem_count(), x.dtype())],
         &[d.b * d.c, d.c, d.g, d.s],
         spec.silu,
     )?;
     out[0].reshape(x.shape())
 }
 
-/// The gradients (x, γ, β) of [`value`] for the output gradient `dy`.
+/// The gradients (x, γ, β) of [`value`] for the output gradient `dy` (in `x`'s type; each gradient in its
+/// tensor's type).
 pub fn gradients(
     backend: Backend,
     x: &Tensor,
@@ -290,12 +380,21 @@ pub fn gradients(
     let rows = d.b * d.c;
     let scalars = [rows, d.c, d.g, d.s];
     let t = threads(d.s);
+    if dy.dtype() != x.dtype() {
+        candle_core::bail!(
+            "group norm kernel: {:?} gradient of a {:?} input",
+            dy.dtype(),
+            x.dtype()
+        );
+    }
+    let (gamma32, beta32) = (gamma.to_dtype(DType::F32)?, beta.to_dtype(DType::F32)?);
     let parts = launch(
         backend,
         "gn_grad_sums",
+        x.dtype(),
         (rows, t),
-        &[x, dy, &mean, &rstd, gamma, beta],
-        &[rows * t, rows * t],
+        &[x, dy, &mean, &rstd, &gamma32, &beta32],
+        &[(rows * t, DType::F32), (rows * t, DType::F32)],
         &scalars,
         spec.silu,
     )?;
@@ -306,7 +405,7 @@ pub fn gradients(
     let dgamma = s2.sum(0)?;
     // Group means of γ·dL/dy and γ·dL/dy·x̂, [B·G].
     let group_mean = |t: &Tensor| -> Result<Tensor> {
-        t.broadcast_mul(&gamma.unsqueeze(0)?)?
+        t.broadcast_mul(&gamma32.unsqueeze(0)?)?
             .reshape((d.b * d.g, d.c / d.g))?
             .sum(1)?
             / d.n as f64
@@ -315,13 +414,18 @@ pub fn gradients(
     let dx = launch(
         backend,
         "gn_grad_input",
+        x.dtype(),
         (rows, t),
-        &[x, dy, &mean, &rstd, gamma, beta, &m1, &m2],
-        &[x.elem_count()],
+        &[x, dy, &mean, &rstd, &gamma32, &beta32, &m1, &m2],
+        &[(x.elem_count(), x.dtype())],
         &scalars,
         spec.silu,
     )?;
-    Ok((dx[0].reshape(x.shape())?, dgamma, dbeta))
+    Ok((
+        dx[0].reshape(x.shape())?,
+        dgamma.to_dtype(gamma.dtype())?,
+        dbeta.to_dtype(beta.dtype())?,
+    ))
 }
 
 #[cfg(test)]
@@ -385,6 +489,64 @@ mod tests {
                 assert_eq!(w.dims(), g.dims(), "{case}: {name}");
                 assert!(rel(w, g) < 1e-5, "{case}: d{name} {}", rel(w, g));
             }
+        }
+    }
+
+    /// bf16 activations: the kernels read them exactly and round only the value and dx, so against the f32
+    /// analytic group norm on the same (bf16-representable) inputs and output gradient, the value and dx agree
+    /// within bf16 rounding (unit roundoff 2⁻⁸) but not to f32's, and dγ, dβ (f32 sums of exactly read values)
+    /// within 1e-5.
+    #[test]
+    fn emulated_bf16_kernels_round_only_their_outputs() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(13);
+        for (shape, groups, silu) in [
+            (vec![2usize, 8, 6, 6], 4usize, true),
+            (vec![2, 4, 40, 40], 2, false),
+            (vec![3, 6, 5, 5], 3, true),
+        ] {
+            let c = shape[1];
+            let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+            let x16 = bf(((rng.randn(&shape, &dev).unwrap() * 3.0).unwrap() + 1.5).unwrap());
+            let dy16 = bf(rng.randn(&shape, &dev).unwrap());
+            let x = Var::from_tensor(&x16.to_dtype(DType::F32).unwrap()).unwrap();
+            let gamma = Var::from_tensor(&(rng.randn(&[c], &dev).unwrap() + 1.0).unwrap()).unwrap();
+            let beta = Var::from_tensor(&rng.randn(&[c], &dev).unwrap()).unwrap();
+            let dy = dy16.to_dtype(DType::F32).unwrap();
+            let y0 = group_norm(&x, &gamma, &beta, groups, 1e-6, silu).unwrap();
+            let grads = (&y0 * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let want = [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()]
+                .map(|v| grads.get(v).unwrap().clone());
+            let spec = Spec {
+                groups,
+                eps: 1e-6,
+                silu,
+            };
+            let case = format!("{shape:?} groups {groups} silu {silu}");
+            let (gt, bt) = (gamma.as_tensor(), beta.as_tensor());
+            let y1 = value(Backend::Emulated, &x16, gt, bt, spec).unwrap();
+            assert_eq!(y1.dtype(), DType::BF16, "{case}");
+            let e = rel(&y0, &y1.to_dtype(DType::F32).unwrap());
+            assert!(e < 5e-3 && e > 1e-5, "{case}: value {e}");
+            let (dx, dgamma, dbeta) =
+                gradients(Backend::Emulated, &x16, gt, bt, &dy16, spec).unwrap();
+            assert_eq!(
+                [dx.dtype(), dgamma.dtype(), dbeta.dtype()],
+                [DType::BF16, DType::F32, DType::F32],
+                "{case}"
+            );
+            let e = rel(&want[0], &dx.to_dtype(DType::F32).unwrap());
+            assert!(e < 5e-3 && e > 1e-5, "{case}: dx {e}");
+            assert!(
+                rel(&want[1], &dgamma) < 1e-5,
+                "{case}: dgamma {}",
+                rel(&want[1], &dgamma)
+            );
+            assert!(
+                rel(&want[2], &dbeta) < 1e-5,
+                "{case}: dbeta {}",
+                rel(&want[2], &dbeta)
+            );
         }
     }
 

@@ -37,8 +37,10 @@ pub fn linear(cin: usize, cout: usize, gain: f64, vb: VarBuilder) -> Result<Line
 }
 
 /// Group normalisation computed in the parameters' precision (f32) whatever the activations' precision, as
-/// PyTorch's autocast does: a bf16 input is widened, normalised with the f32 scale and shift, and narrowed back.
-/// Differentiated analytically ([`super::fastnorm`]) or, for comparisons, by candle_nn's `GroupNorm`.
+/// PyTorch's autocast does: a bf16 input is widened, normalised with the f32 scale and shift, and narrowed back
+/// (under `--norm kernel` on CUDA the kernels do the widening and narrowing as they read and write, without
+/// cast passes). Differentiated analytically ([`super::fastnorm`]) or, for comparisons, by candle_nn's
+/// `GroupNorm`.
 #[derive(Debug, Clone)]
 pub struct Norm {
     reference: candle_nn::GroupNorm,
@@ -52,7 +54,11 @@ pub struct Norm {
 impl Norm {
     /// The normalisation, followed by SiLU when `silu`, in f32 (see the type's documentation).
     fn apply(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        use super::fastnorm::{group_norm, norm_backward, NormBackward};
+        use super::fastnorm::{group_norm, kernel_applies, norm_backward, NormBackward};
+        if kernel_applies(x, &self.weight, &self.bias) {
+            // The CUDA kernels read bf16 activations and write the result in their type themselves.
+            return group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu);
+        }
         let xf = x.to_dtype(self.dtype)?;
         let y = match norm_backward() {
             NormBackward::Candle => {
