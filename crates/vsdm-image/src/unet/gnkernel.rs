@@ -85,10 +85,32 @@ fn launch(
             t.contiguous()
         })
         .collect::<Result<_>>()?;
+    let l = Launch {
+        kernel: &kernel,
+        rows,
+        threads,
+        inputs: &inputs,
+        outs,
+        scalars: &scalars,
+        flag,
+    };
     match backend {
-        Backend::Emulated => emulate(&kernel, rows, threads, &inputs, outs, &scalars, flag),
-        Backend::Cuda => cuda_launch(&kernel, rows, threads, &inputs, outs, &scalars, flag),
+        Backend::Emulated => emulate(&l),
+        Backend::Cuda => cuda_launch(&l),
     }
+}
+
+/// One kernel launch as [`launch`] checked it: the full kernel name, rows, threads per block, the contiguous
+/// inputs, the outputs' lengths and types, the 32-bit scalars and the flag.
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    kernel: &'a str,
+    rows: usize,
+    threads: usize,
+    inputs: &'a [Tensor],
+    outs: &'a [(usize, DType)],
+    scalars: &'a [u32],
+    flag: bool,
 }
 
 /// A host buffer of one launch argument.
@@ -135,36 +157,28 @@ impl Host {
 }
 
 /// The launch on the host build of the kernels (CPU tensors).
-fn emulate(
-    kernel: &str,
-    rows: usize,
-    threads: usize,
-    inputs: &[Tensor],
-    outs: &[(usize, DType)],
-    scalars: &[u32],
-    flag: bool,
-) -> Result<Vec<Tensor>> {
-    let mut host: Vec<Host> = inputs.iter().map(Host::of).collect::<Result<_>>()?;
-    let mut out: Vec<Host> = outs.iter().map(|&(n, dt)| Host::zeros(n, dt)).collect();
+fn emulate(l: &Launch) -> Result<Vec<Tensor>> {
+    let mut host: Vec<Host> = l.inputs.iter().map(Host::of).collect::<Result<_>>()?;
+    let mut out: Vec<Host> = l.outs.iter().map(|&(n, dt)| Host::zeros(n, dt)).collect();
     let in_ptrs: Vec<*const std::ffi::c_void> =
         host.iter_mut().map(|h| h.ptr().cast_const()).collect();
     let out_ptrs: Vec<*mut std::ffi::c_void> = out.iter_mut().map(Host::ptr).collect();
-    let name = std::ffi::CString::new(kernel).expect("kernel names have no NUL");
+    let name = std::ffi::CString::new(l.kernel).expect("kernel names have no NUL");
     // SAFETY: the pointers stay valid for the call; each kernel reads and writes within the lengths its scalars
     // describe, which the callers below derive from these tensors' shapes, in the types its suffix names.
     let rc = unsafe {
         vsdm_gn_emu(
             name.as_ptr(),
-            grid(rows),
-            threads as u32,
+            grid(l.rows),
+            l.threads as u32,
             in_ptrs.as_ptr(),
             out_ptrs.as_ptr(),
-            scalars.as_ptr(),
-            i32::from(flag),
+            l.scalars.as_ptr(),
+            i32::from(l.flag),
         )
     };
     if rc != 0 {
-        candle_core::bail!("{kernel}: unknown to the host build of gn.cu");
+        candle_core::bail!("{}: unknown to the host build of gn.cu", l.kernel);
     }
     out.into_iter().map(Host::into_tensor).collect()
 }
@@ -173,15 +187,7 @@ fn emulate(
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gn.ptx"));
 
 #[cfg(feature = "cuda")]
-fn cuda_launch(
-    kernel: &str,
-    rows: usize,
-    threads: usize,
-    inputs: &[Tensor],
-    outs: &[(usize, DType)],
-    scalars: &[u32],
-    flag: bool,
-) -> Result<Vec<Tensor>> {
+fn cuda_launch(l: &Launch) -> Result<Vec<Tensor>> {
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, LaunchConfig, PushKernelArg,
@@ -198,11 +204,11 @@ fn cuda_launch(
         F32(CudaSlice<f32>),
         Bf16(CudaSlice<half::bf16>),
     }
-    let dev = match inputs.first().map(|t| t.device()) {
+    let dev = match l.inputs.first().map(|t| t.device()) {
         Some(Device::Cuda(d)) => d.clone(),
-        _ => candle_core::bail!("{kernel}: the CUDA kernels take CUDA tensors"),
+        _ => candle_core::bail!("{}: the CUDA kernels take CUDA tensors", l.kernel),
     };
-    let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
+    let guards: Vec<_> = l.inputs.iter().map(|t| t.storage_and_layout()).collect();
     let mut views = Vec::with_capacity(guards.len());
     for (storage, layout) in &guards {
         let o = layout.start_offset();
@@ -211,24 +217,24 @@ fn cuda_launch(
                 View::Bf16(cs.as_cuda_slice::<half::bf16>()?.slice(o..))
             }
             Storage::Cuda(cs) => View::F32(cs.as_cuda_slice::<f32>()?.slice(o..)),
-            _ => candle_core::bail!("{kernel}: the CUDA kernels take CUDA tensors"),
+            _ => candle_core::bail!("{}: the CUDA kernels take CUDA tensors", l.kernel),
         });
     }
-    let mut out = Vec::with_capacity(outs.len());
-    for &(n, dt) in outs {
+    let mut out = Vec::with_capacity(l.outs.len());
+    for &(n, dt) in l.outs {
         // Zeroed: every kernel writes all of its outputs, but a zero is a safer start than garbage.
         out.push(match dt {
             DType::BF16 => Out::Bf16(dev.alloc_zeros::<half::bf16>(n)?),
             _ => Out::F32(dev.alloc_zeros::<f32>(n)?),
         });
     }
-    let func = dev.get_or_load_custom_func(kernel, "vsdm_image_gn", PTX)?;
+    let func = dev.get_or_load_custom_func(l.kernel, "vsdm_image_gn", PTX)?;
     let cfg = LaunchConfig {
-        grid_dim: (grid(rows), 1, 1),
-        block_dim: (threads as u32, 1, 1),
+        grid_dim: (grid(l.rows), 1, 1),
+        block_dim: (l.threads as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let flag = i32::from(flag);
+    let flag = i32::from(l.flag);
     let mut builder = func.builder();
     for v in &views {
         match v {
@@ -242,19 +248,19 @@ fn cuda_launch(
             Out::Bf16(o) => builder.arg(o),
         };
     }
-    for s in scalars {
+    for s in l.scalars {
         builder.arg(s);
     }
     builder.arg(&flag);
-    // SAFETY: the arguments follow the kernels' parameter order (inputs, outputs, u32 scalars, int flag), in
-    // the types the kernel's suffix names (checked by `launch`).
+    // SAFETY: the arguments follow the kernels' parameter order (inputs, outputs, u32 scalars, int flag), in the
+    // types the kernel's suffix names (checked by `launch`).
     unsafe { builder.launch(cfg) }.w()?;
     drop(builder);
     drop(views);
     drop(guards);
     Ok(out
         .into_iter()
-        .zip(outs)
+        .zip(l.outs)
         .map(|(o, &(n, _))| {
             let slice = match o {
                 Out::F32(o) => CudaStorage::wrap_cuda_slice(o, dev.clone()),
@@ -266,16 +272,11 @@ fn cuda_launch(
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_launch(
-    kernel: &str,
-    _rows: usize,
-    _threads: usize,
-    _inputs: &[Tensor],
-    _outs: &[(usize, DType)],
-    _scalars: &[u32],
-    _flag: bool,
-) -> Result<Vec<Tensor>> {
-    candle_core::bail!("{kernel}: this binary was built without the `cuda` feature")
+fn cuda_launch(l: &Launch) -> Result<Vec<Tensor>> {
+    candle_core::bail!(
+        "{}: this binary was built without the `cuda` feature",
+        l.kernel
+    )
 }
 
 /// What is computed: `groups` groups, ε, and whether SiLU follows the normalisation.
