@@ -19,6 +19,13 @@ pub struct Throughput {
     pub train_images_per_second: f64,
     /// Images per second of a forward pass alone.
     pub forward_images_per_second: f64,
+    /// Tensors of one training loss's autograd graph that take part in the backward pass (variables and
+    /// intermediate results: `Tensor::sorted_nodes`).
+    pub graph_tensors: usize,
+    /// Their bytes. candle 0.11.1's backward gives each of them (but the loss) a gradient by filling a zero
+    /// tensor of its shape and adding every contribution to it (`backprop.rs`, `or_insert` + `add`): at least
+    /// 4× these bytes of memory traffic per step on top of the gradient arithmetic itself.
+    pub graph_bytes: u64,
 }
 
 /// Number of scalar parameters of a network.
@@ -61,14 +68,26 @@ pub fn throughput(
     let cond = (cfg.label_dim > 0)
         .then(|| Tensor::zeros((batch, cfg.label_dim), DType::F32, device))
         .transpose()?;
-    let mut step = || -> Result<()> {
-        let loss = (net.forward(&x, &t, cond.as_ref())? - &eps)?
+    let loss = || -> Result<Tensor> {
+        Ok((net.forward(&x, &t, cond.as_ref())? - &eps)?
             .sqr()?
-            .mean_all()?;
-        opt.backward_step(&loss)?;
+            .mean_all()?)
+    };
+    // The warm-up step, whose graph is measured.
+    let l = loss()?;
+    let nodes = l.sorted_nodes();
+    let graph_tensors = nodes.len();
+    let graph_bytes = nodes
+        .iter()
+        .map(|n| (n.elem_count() * n.dtype().size_in_bytes()) as u64)
+        .sum();
+    drop(nodes);
+    opt.backward_step(&l)?;
+    drop(l);
+    let mut step = || -> Result<()> {
+        opt.backward_step(&loss()?)?;
         Ok(())
     };
-    step()?;
     device.synchronize()?;
     let t0 = Instant::now();
     for _ in 0..iters {
@@ -95,5 +114,29 @@ pub fn throughput(
         batch,
         train_images_per_second: train,
         forward_images_per_second: forward,
+        graph_tensors,
+        graph_bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The measured graph holds every parameter (each variable is a tracked leaf: at least 4 bytes per f32
+    /// parameter) and grows with the batch by the activations of the added image.
+    #[test]
+    fn graph_size_counts_parameters_and_grows_with_the_batch() {
+        let cfg = UNetConfig::tiny();
+        let one = throughput(&cfg, 1, 1, DType::F32, &Device::Cpu).unwrap();
+        let two = throughput(&cfg, 2, 1, DType::F32, &Device::Cpu).unwrap();
+        assert!(one.graph_bytes >= 4 * one.parameters as u64, "{one:?}");
+        // At least the input-sized noise prediction and the 32×32 feature maps of one more image.
+        let per_image = two.graph_bytes - one.graph_bytes;
+        let r = cfg.resolution as u64;
+        assert!(
+            per_image > 4 * r * r * cfg.model_channels as u64,
+            "{per_image}"
+        );
+    }
 }

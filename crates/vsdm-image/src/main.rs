@@ -551,6 +551,7 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     );
     println!("| network | parameters | batch | train img/s | forward img/s |");
     println!("|---|---:|---:|---:|---:|");
+    let mut graphs = Vec::new();
     for arch in &a.arch {
         let cfg = a.method.unet(UNetConfig::preset(arch)?);
         let r = vsdm_image::bench::throughput(&cfg, a.batch, a.iters, a.precision.dtype(), dev)?;
@@ -558,6 +559,17 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
             "| {arch} | {} | {} | {:.2} | {:.2} |",
             r.parameters, r.batch, r.train_images_per_second, r.forward_images_per_second
         );
+        graphs.push(format!(
+            "autograd graph of one loss ({arch}, batch {}): {} tensors, {:.1} MB; candle's backward zero-fills \
+             each one's gradient and adds into it (≥ {:.1} MB of traffic per step)",
+            r.batch,
+            r.graph_tensors,
+            r.graph_bytes as f64 / 1e6,
+            4.0 * r.graph_bytes as f64 / 1e6
+        ));
+    }
+    for g in graphs {
+        println!("{g}");
     }
     Ok(())
 }
