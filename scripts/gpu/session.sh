@@ -125,6 +125,8 @@ if [ "$part" = extra ]; then
     kp after-patch vsdm-image --conv patch --norm kernel $CUDA $b3
     kp after-cudnn-find vsdm-image-cudnn $CUDNN $FIND --norm kernel $CUDA $b3
     [ -n "$CUDA" ] && kp after-bf16 vsdm-image $CUDA $b3 --precision bf16
+    # The traces grouped into image.md's categories (share of GPU busy time), one column per trace.
+    python3 scripts/gpu/kernels_table.py "$OUT"/kernels-*.csv 2>&1
     if [ -n "$PT" ]; then
         log "7. PyTorch eager's kernels (torch.profiler), f32 and bf16"
         for p in f32 bf16; do
