@@ -753,7 +753,8 @@ fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Applies `--conv`, `--cudnn-algo`, `--norm` and `--tf32`, refusing combinations this binary or device cannot run.
+/// Applies `--conv`, `--cudnn-algo`, `--norm` and `--tf32`, refusing combinations this binary or device cannot
+/// run.
 fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
     use vsdm_image::unet::fastconv::{set_conv_backward, ConvBackward, CudnnAlgo, NO_CUDNN};
     if cli.conv == ConvBackward::Cudnn {
