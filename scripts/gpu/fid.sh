@@ -8,7 +8,8 @@
 #   scripts/gpu/fid.sh prep                  # here: .gpuF1, .gpuF2, .gpuF3 (needs a fresh .gpuD: pack.sh)
 #   run: scripts/gpu/fid.sh start            # carry [".gpuF1"], timeout_s 120: unpack, start both runs
 #   run: scripts/gpu/fid.sh checks           # carry [".gpuF2"], timeout_s 240, at once: Inception part 2;
-#                                            # while the runs train, issue 7's two lever checks (check-device)
+#                                            # while the runs train, issue 7's two lever checks (check-device,
+#                                            # side by side, 150 s each at most)
 #   run: scripts/gpu/fid.sh score            # carry [".gpuF3"], timeout_s 590, at once: reference statistics,
 #                                            # samples, the four FIDs, grids
 #   run: scripts/gpu/fid.sh bench            # no carry, timeout_s 150, only if ≥ 200 s of device time are
@@ -63,13 +64,15 @@ fi
 . scripts/gpu/common.sh
 if [ -n "${DRY:-}" ]; then
     # CPU stand-ins: this checkout's release binaries; toy sizes; the wheel from .gpuF-cache.
-    CUDA=""; DEV=cpu; STEPS=8; N=16; SB=16; ST=5; REF="--limit 32"; MIN=10; FB=16; CH=""
+    CUDA=""; DEV=cpu; STEPS=8; N=16; SB=16; ST=5; REF="--limit 32"; MIN=10; FB=16
+    CHARCH=tiny; FINDCONV="--conv gemm"   # a CPU build has no cuDNN
     GRID="--grid 4 --grid-steps 5 --n-traj 2 --traj-steps 4 --a-iters 2 --block 4"
     r=${BIN_DIR:-$PWD/target/release}
     for b in vsdm-image vsdm-eval; do ln -sf "$r/$b" "$K/bin/$b"; done
     ln -sf "$r/vsdm-image" "$K/bin/vsdm-image-cudnn"
 else
-    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-800}; N=10000; SB=1000; ST=50; REF=""; MIN=6; FB=500; CH=1
+    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-800}; N=10000; SB=1000; ST=50; REF=""; MIN=6; FB=500
+    CHARCH=ddpmpp; FINDCONV="--conv cudnn --cudnn-algo find"
     GRID="--grid 64 --grid-steps 100"
 fi
 exec > >(tee -a "$OUT/fid.log") 2>&1
@@ -110,16 +113,31 @@ checks() {
         cp .gpuF2/wheel.2 "$K/"
         xz -dc .gpuF2/vsdm-image-cudnn.xz >"$K/bin/vsdm-image-cudnn" && chmod +x "$K/bin/vsdm-image-cudnn"
     fi
-    if [ -n "$CH" ]; then
-        # Correctness only (the GPU is shared with the training runs, so no timings): the crate's own kernels,
-        # and cuDNN with its measured algorithm search, against the CPU.
-        timeout 110 vsdm-image --cuda --conv patch --norm kernel check-device --arch ddpmpp --method vsdm \
-            --batch 4 --steps 1 | tee "$OUT/check-patch.md" && echo "check-device patch+kernel: passed" \
-            || echo "error: check-device patch+kernel (rc $?)"
-        RUST_LOG=vsdm_image=info timeout 110 vsdm-image-cudnn --cuda --conv cudnn --cudnn-algo find check-device \
-            --arch ddpmpp --method vsdm --batch 4 --steps 1 | tee "$OUT/check-cudnn-find.md" \
-            && echo "check-device cuDNN find: passed" || echo "error: check-device cuDNN find (rc $?)"
-    fi
+    # Correctness only (the GPU is shared with the training runs, so no timings): the crate's own kernels, and
+    # cuDNN with its measured algorithm search, against the CPU; side by side (each is mostly CPU work).
+    local jobs=() name
+    for name in patch cudnn-find; do
+        (
+            if [ "$name" = patch ]; then
+                cmd="vsdm-image $CUDA --conv patch --norm kernel"
+            else
+                cmd="vsdm-image-cudnn $CUDA $FINDCONV"
+            fi
+            RUST_LOG=vsdm_image=info timeout 150 $cmd check-device --arch $CHARCH --method vsdm --batch 4 \
+                --steps 1 >"$OUT/check-$name.md" 2>&1
+            echo "rc $?" >>"$OUT/check-$name.md"
+        ) &
+        jobs+=($!)
+    done
+    wait "${jobs[@]}"
+    for name in patch cudnn-find; do
+        grep -a -v " INFO " "$OUT/check-$name.md" | grep -a -E "^\||^[a-zA-Z]" | head -60
+        if grep -q "^rc 0$" "$OUT/check-$name.md"; then
+            echo "check-device $name: passed"
+        else
+            echo "error: check-device $name ($(tail -1 "$OUT/check-$name.md"))"
+        fi
+    done
     for m in vsdm vp; do echo "$m: $(tail -c 300 "$K/train-$m.log" | tr '\r' '\n' | tail -1)"; done
     log "checks done"
 }
