@@ -12,9 +12,9 @@
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
 #                                             # (BIN_DIR: the release binaries to use, default target/release)
 #
-# core:  CUDA = CPU (tiny and paper-scale, the default gemm/fused ops, the crate's own kernels `--conv patch
-#        --norm kernel`, and cuDNN with its measured algorithm search); candle's training throughput at
-#        batch 128 before (candle's own conv and norm backwards) and after each lever, per precision, with peak
+# core:  CUDA = CPU (the default gemm/fused ops on the tiny network; on the paper-scale one the crate's own
+#        kernels `--conv patch --norm kernel` and cuDNN with its measured algorithm search); candle's training
+#        throughput at batch 128 before (candle's own conv and norm backwards) and after each lever, per precision, with peak
 #        GPU memory; PyTorch eager on the same network (f32, TF32, bf16); a bf16 paper-scale training smoke run
 #        and sampling throughput. (The time-series steps of issue 5 ran on 2026-12-04 and are done.)
 # extra: kernel-time breakdowns (candle through kernprof.so, a CUPTI tracer: nsys is not on those machines;
@@ -48,19 +48,20 @@ fi
 exec > >(tee -a "$OUT/$part.log") 2>&1
 
 if [ "$part" = core ]; then
-    log "1. CUDA vs CPU (f32 to 1e-5): default ops, tiny (three methods) and paper-scale"
+    # The default ops on the paper-scale network passed on the H200 (2026-12-04, ≤ 2.1e-6) and have not
+    # changed since; the tiny network's three methods are rechecked (≈ 30 s), the ≈ 90 s of the paper-scale
+    # default check go to the crate's own kernels below.
+    log "1. CUDA vs CPU (f32 to 1e-5): default ops, tiny (three methods)"
     timeout 60 vsdm-image $CUDA check-device --arch tiny --method vsdm vp vsmd --batch 4 --steps 1 \
         | tee "$OUT/check.md" && echo "check-device tiny: passed" || echo "error: check-device tiny (rc $?)"
-    timeout 120 vsdm-image $CUDA check-device --arch $ARCH --method vsdm vsmd --batch 4 --steps 1 \
-        | tee -a "$OUT/check.md" && echo "check-device $ARCH: passed" || echo "error: check-device $ARCH (rc $?)"
     log "1a. CUDA vs CPU with this crate's own kernels (--conv patch --norm kernel; first run on a GPU)"
-    timeout 90 vsdm-image $CUDA --conv patch --norm kernel check-device --arch $ARCH --method vsdm vsmd --batch 4 \
+    timeout 150 vsdm-image $CUDA --conv patch --norm kernel check-device --arch $ARCH --method vsdm vsmd --batch 4 \
         --steps 1 | tee "$OUT/check-patch.md" && echo "check-device patch+kernel: passed" \
         || echo "error: check-device patch+kernel (rc $?)"
     # cuDNN with its measured algorithm search (first run on a GPU; the heuristic's convolution table ran on
     # 2026-12-04, f32 weight gradient 1.59e-5 on one shape).
     log "1b. CUDA vs CPU through cuDNN (the cudnn build, --cudnn-algo find)"
-    RUST_LOG=vsdm_image=info timeout 100 vsdm-image-cudnn $CUDA $CUDNN $FIND check-device --arch $ARCH \
+    RUST_LOG=vsdm_image=info timeout 110 vsdm-image-cudnn $CUDA $CUDNN $FIND check-device --arch $ARCH \
         --method vsdm --batch 4 --steps 1 \
         | tee "$OUT/check-cudnn.md" && echo "check-device cuDNN: passed" || echo "error: check-device cuDNN (rc $?)"
 
