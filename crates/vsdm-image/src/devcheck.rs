@@ -363,6 +363,22 @@ impl ConvAgreement {
     }
 }
 
+/// `y` in f32 followed by the gradients of ⟨probe, y⟩ (`probe` a CPU tensor, moved to `y`'s device) for
+/// `vars`, in their order; an error naming `what` when one of them received none.
+fn probed(y: Tensor, probe: &Tensor, vars: &[candle_core::Var], what: &str) -> Result<Vec<Tensor>> {
+    let y = y.to_dtype(DType::F32)?;
+    let g = (&y * probe.to_device(y.device())?)?.sum_all()?.backward()?;
+    let mut r = vec![y];
+    for v in vars {
+        r.push(
+            g.get(v.as_tensor())
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("{what}: a gradient is missing")))?,
+        );
+    }
+    Ok(r)
+}
+
 /// The layer convolution with its bias ([`crate::unet::fastconv::conv2d_bias`], whatever backward this thread
 /// selected) on `device` with activations in `dtype`, against candle's own `conv2d` plus a broadcast bias and
 /// their backward on the CPU in f32: fresh seeded inputs per case, the value and the three gradients of
@@ -395,16 +411,7 @@ pub fn conv_agreement(
             } else {
                 crate::unet::fastconv::conv2d_bias(x, w, bias, p)?
             };
-            let g = (y.to_dtype(DType::F32)? * probe.to_device(dev)?)?
-                .sum_all()?
-                .backward()?;
-            let mut r = vec![y];
-            for v in &vars {
-                r.push(g.get(v.as_tensor()).cloned().ok_or_else(|| {
-                    candle_core::Error::Msg(format!("conv {b}×{ci}×{h}×{h}: a gradient is missing"))
-                })?);
-            }
-            Ok(r)
+            probed(y, &probe, &vars, &format!("conv {b}×{ci}×{h}×{h}"))
         };
         let (a, z) = (run(&cpu, DType::F32, true)?, run(device, dtype, false)?);
         out.push(ConvAgreement {
@@ -494,26 +501,10 @@ pub fn norm_agreement(
                     y
                 }
             } else {
-                use crate::unet::fastnorm::{group_norm, kernel_applies};
-                if kernel_applies(x, gamma, beta) {
-                    group_norm(x, gamma, beta, groups, eps, silu)?
-                } else {
-                    // As the network's norm layer: widened to f32, normalised, narrowed back.
-                    group_norm(&x.to_dtype(DType::F32)?, gamma, beta, groups, eps, silu)?
-                        .to_dtype(x.dtype())?
-                }
+                // As the network's norm layer normalises.
+                crate::unet::fastnorm::group_norm_autocast(x, gamma, beta, groups, eps, silu)?
             };
-            let y = y.to_dtype(DType::F32)?;
-            let g = (&y * probe.to_device(dev)?)?.sum_all()?.backward()?;
-            let mut r = vec![y];
-            for v in &vars {
-                r.push(g.get(v.as_tensor()).cloned().ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "group norm {b}×{c}×{h}×{h}: a gradient is missing"
-                    ))
-                })?);
-            }
-            Ok(r)
+            probed(y, &probe, &vars, &format!("group norm {b}×{c}×{h}×{h}"))
         };
         let (a, z) = (run(&cpu, true)?, run(device, false)?);
         out.push(NormAgreement {

@@ -137,6 +137,24 @@ pub fn kernel_applies(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> bool {
         && [gamma.dtype(), beta.dtype()] == [DType::F32; 2]
 }
 
+/// [`group_norm`] in the scale's and shift's precision whatever `x`'s, as PyTorch's autocast does: `x` is widened,
+/// normalised and the result narrowed back to `x`'s type, except where [`kernel_applies`] (the CUDA kernels read
+/// and write bf16 activations themselves, without cast passes). The U-Net's norm layer and `check-device` both
+/// normalise through this.
+pub fn group_norm_autocast(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    if kernel_applies(x, gamma, beta) {
+        return group_norm(x, gamma, beta, groups, eps, silu);
+    }
+    group_norm(&x.to_dtype(gamma.dtype())?, gamma, beta, groups, eps, silu)?.to_dtype(x.dtype())
+}
+
 /// Group normalisation of `x` `[B, C, …]` over `groups` groups of channels, scale `gamma` `[C]`, shift `beta`
 /// `[C]`, followed by SiLU when `silu` (in the same op, see the module documentation): the same value as
 /// candle_nn's `GroupNorm` (and candle's SiLU), differentiated analytically whenever one of the inputs is

@@ -433,7 +433,7 @@ pub fn gradients(
 mod tests {
     use super::*;
     use crate::unet::fastnorm::group_norm;
-    use crate::unet::testutil::rel;
+    use crate::unet::testutil::{probe_gradients, rel};
     use candle_core::Var;
     use vsdm_core::NoiseRng;
 
@@ -464,14 +464,7 @@ mod tests {
             let beta = Var::from_tensor(&rng.randn(&[c], &dev).unwrap()).unwrap();
             let probe = rng.randn(&shape, &dev).unwrap();
             let y0 = group_norm(&x, &gamma, &beta, groups, 1e-6, silu).unwrap();
-            let grads = (&y0 * &probe)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let want = [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()]
-                .map(|v| grads.get(v).unwrap().clone());
+            let want = probe_gradients(&y0, &probe, &[&x, &gamma, &beta]);
             let (xt, gt, bt) = (x.as_tensor(), gamma.as_tensor(), beta.as_tensor());
             let case = format!("{shape:?} groups {groups} silu {silu}");
             let spec = Spec {
@@ -515,9 +508,7 @@ mod tests {
             let beta = Var::from_tensor(&rng.randn(&[c], &dev).unwrap()).unwrap();
             let dy = dy16.to_dtype(DType::F32).unwrap();
             let y0 = group_norm(&x, &gamma, &beta, groups, 1e-6, silu).unwrap();
-            let grads = (&y0 * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let want = [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()]
-                .map(|v| grads.get(v).unwrap().clone());
+            let want = probe_gradients(&y0, &dy, &[&x, &gamma, &beta]);
             let spec = Spec {
                 groups,
                 eps: 1e-6,

@@ -4,7 +4,8 @@
 //! to NHWC first, single-threaded), which at the tiny network's 32 channels runs at about 23 GFLOP/s on this
 //! project's machine (`examples/conv_probe.rs`). Here [`im2col`] copies each row of each shifted window as one
 //! slice into a `[C·k·k, B·H'·W']` patch matrix, so the convolution is one product W `[C_out, C·k·k]` · cols
-//! (then the batch moved in front), and the weight gradient is dy `[C_out, B·H'·W']` times its transpose. Used by [`super::fastconv`] for CPU tensors, and for CUDA tensors under `--conv patch`
+//! (then the batch moved in front), and the weight gradient is dy `[C_out, B·H'·W']` times its transpose. Used
+//! by [`super::fastconv`] for CPU tensors, and for CUDA tensors under `--conv patch`
 //! ([`super::fastconv::ConvBackward::Patch`]), where the patch matrix comes from this crate's own kernel
 //! (`im2col.cu`, compiled to PTX by the build script in a `cuda` build): candle's CUDA `im2col` took 35–43% of a
 //! paper-scale training step on an H200. **That kernel has not yet run on a GPU**: its index arithmetic is

@@ -48,31 +48,18 @@ pub struct Norm {
     bias: Tensor,
     groups: usize,
     eps: f64,
-    dtype: DType,
 }
 
 impl Norm {
-    /// The normalisation, followed by SiLU when `silu`, in f32 (see the type's documentation).
+    /// The normalisation, followed by SiLU when `silu`, in the parameters' precision (see the type's
+    /// documentation).
     fn apply(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        use super::fastnorm::{group_norm, kernel_applies, norm_backward, NormBackward};
-        if kernel_applies(x, &self.weight, &self.bias) {
-            // The CUDA kernels read bf16 activations and write the result in their type themselves.
-            return group_norm(x, &self.weight, &self.bias, self.groups, self.eps, silu);
+        use super::fastnorm::{group_norm_autocast, norm_backward, NormBackward};
+        if norm_backward() != NormBackward::Candle {
+            return group_norm_autocast(x, &self.weight, &self.bias, self.groups, self.eps, silu);
         }
-        let xf = x.to_dtype(self.dtype)?;
-        let y = match norm_backward() {
-            NormBackward::Candle => {
-                let y = self.reference.forward(&xf)?;
-                if silu {
-                    candle_nn::ops::silu(&y)?
-                } else {
-                    y
-                }
-            }
-            NormBackward::Fused | NormBackward::Kernel => {
-                group_norm(&xf, &self.weight, &self.bias, self.groups, self.eps, silu)?
-            }
-        };
+        let y = self.reference.forward(&x.to_dtype(self.weight.dtype())?)?;
+        let y = if silu { candle_nn::ops::silu(&y)? } else { y };
         y.to_dtype(x.dtype())
     }
 
@@ -92,7 +79,6 @@ impl Module for Norm {
 /// EDM's group normalisation: min(32, C/4) groups; parameters `weight` (γ, ones) and `bias` (β, zeros).
 pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
     let groups = 32.min(channels / 4).max(1);
-    let dtype = vb.dtype();
     let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
     let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
     Ok(Norm {
@@ -101,7 +87,6 @@ pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
         bias,
         groups,
         eps,
-        dtype,
     })
 }
 
