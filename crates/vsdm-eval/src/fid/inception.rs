@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use super::convert::FORMAT_TAG;
 use super::error::{FidError, Result};
 use super::layers::{layer, LAYERS, LAYER_TENSORS};
+use super::patchconv::{conv2d, Geometry};
 
 /// Batch-norm ε of the TF graph.
 pub const BN_EPS: f32 = 1e-3;
@@ -60,15 +61,16 @@ impl ConvBn {
 
 impl Module for ConvBn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (ph, pw) = self.padding;
-        let y = if ph == pw {
-            x.conv2d(&self.weight, ph, self.stride, 1, 1)?
-        } else {
-            x.pad_with_zeros(D::Minus2, ph, ph)?
-                .pad_with_zeros(D::Minus1, pw, pw)?
-                .conv2d(&self.weight, 0, self.stride, 1, 1)?
+        let (_, _, kh, kw) = self.weight.dims4()?;
+        let geometry = Geometry {
+            kh,
+            kw,
+            stride: self.stride,
+            padding: self.padding,
         };
-        y.broadcast_add(&self.bias)?.relu()
+        conv2d(x, &self.weight, geometry)?
+            .broadcast_add(&self.bias)?
+            .relu()
     }
 }
 

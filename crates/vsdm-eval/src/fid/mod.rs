@@ -25,6 +25,7 @@ pub mod frechet;
 pub mod images;
 pub mod inception;
 pub mod layers;
+pub mod patchconv;
 pub mod preprocess;
 
 use std::path::Path;
