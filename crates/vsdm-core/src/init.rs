@@ -125,16 +125,7 @@ mod tests {
         let (w1, b1) = build(1);
         let (w2, b2) = build(1);
         let (w3, _) = build(2);
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = |a: &Tensor, b: &Tensor| crate::compare::max_abs_diff(a, b).unwrap();
         assert_eq!(diff(&w1, &w2), 0.0);
         assert_eq!(diff(&b1, &b2), 0.0);
         assert!(diff(&w1, &w3) > 0.0);

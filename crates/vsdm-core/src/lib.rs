@@ -6,6 +6,7 @@
 //! update by stochastic approximation, samplers and the alternating trainer.
 
 pub mod carried;
+pub mod compare;
 pub mod error;
 #[cfg(feature = "hub")]
 pub mod hub;

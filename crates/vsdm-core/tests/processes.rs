@@ -27,15 +27,8 @@ fn from_rows(rows: &[DVector<f64>]) -> Tensor {
     Tensor::from_vec(v, (rows.len(), d), &DEV).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    vsdm_core::compare::max_abs_diff(a, b).unwrap()
 }
 
 /// Sample mean and covariance of the rows.

@@ -7,6 +7,7 @@
 //! reported.
 
 use candle_core::{DType, Device, Tensor};
+use vsdm_core::compare::rel_err;
 use vsdm_core::{InMemory, NoiseRng, ScoreModel};
 
 use crate::error::Result;
@@ -40,24 +41,6 @@ pub struct DeviceAgreement {
     pub steps: usize,
     /// Variational stages run during those steps.
     pub stages: usize,
-}
-
-fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(t.to_device(&Device::Cpu)?
-        .to_dtype(DType::F64)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?)
-}
-
-/// ‖b − a‖∞ / ‖a‖∞ (‖b − a‖∞ when a is zero), computed on the CPU in f64.
-pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-    let a = a.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F64)?;
-    let d = max_abs(&(&b - &a)?)?;
-    let n = max_abs(&a)?;
-    Ok(if n > 0.0 { d / n } else { d })
 }
 
 fn rel_err_vec(a: &[f64], b: &[f64]) -> f64 {

@@ -55,21 +55,8 @@ fn matches_pytorch_on_the_same_weights() {
     .unwrap();
     let got = net.forward(&x, &t, Some(&cond)).unwrap();
     assert_eq!(got.dims(), want.dims());
-    let err = (&got - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = vsdm_core::compare::max_abs_diff(&got, &want).unwrap();
+    let scale = vsdm_core::compare::max_abs(&want).unwrap();
     assert!(
         scale > 0.1,
         "output scale {scale}: the fixture's weights are too small to test anything"

@@ -181,14 +181,7 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(tensors_a.len(), tensors_c.len());
     for (k, ta) in &tensors_a {
         let tc = &tensors_c[k];
-        let d = (ta - tc)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = vsdm_core::compare::max_abs_diff(ta, tc).unwrap();
         assert_eq!(d, 0.0, "{k} differs by {d}");
     }
 }

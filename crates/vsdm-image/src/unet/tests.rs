@@ -191,14 +191,7 @@ fn softmax_matches_the_fused_kernel() {
     let x = randn(&mut rng, &[3, 5, 7]);
     let a = layers::softmax_wide(&x).unwrap();
     let b = candle_nn::ops::softmax_last_dim(&x).unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = vsdm_core::compare::max_abs_diff(&a, &b).unwrap();
     assert!(d < 1e-6, "{d}");
 }
 

@@ -1,24 +1,10 @@
 //! Comparisons shared by the U-Net's op tests.
 
-use candle_core::{DType, Tensor, Var};
-
-/// The largest absolute entry.
-pub fn max_abs(t: &Tensor) -> f64 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
+use candle_core::{Tensor, Var};
 
 /// max |a − b| / max |a|.
 pub fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    max_abs(&(a - b).unwrap()) / max_abs(a)
+    vsdm_core::compare::rel_err(a, b).unwrap()
 }
 
 /// The gradients of Σ y ⊙ probe with respect to `vars`.

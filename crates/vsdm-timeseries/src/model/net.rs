@@ -399,14 +399,7 @@ mod tests {
         fused.set_inference(true);
         let f = fused.forward(&x, &t, Some(&c1)).unwrap();
         let a = net.forward(&x, &t, Some(&c1)).unwrap();
-        let diff = (a - f)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = vsdm_core::compare::max_abs_diff(&a, &f).unwrap();
         assert!(diff < 1e-4, "{diff}");
     }
 }
