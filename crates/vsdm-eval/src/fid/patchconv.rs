@@ -135,8 +135,10 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Geometry) -> Result<Tensor>
     let (cout, cin, kh, kw) = weight.dims4()?;
     if cin != c || (kh, kw) != (geometry.kh, geometry.kw) {
         candle_core::bail!(
-            "convolution weight {:?} does not match an input of {c} channels and kernel {kh}×{kw}",
-            weight.dims()
+            "convolution weight {:?} does not match an input of {c} channels and a {}×{} kernel",
+            weight.dims(),
+            geometry.kh,
+            geometry.kw
         );
     }
     let (oh, ow) = geometry.output(h, w)?;
