@@ -244,7 +244,7 @@ mod tests {
     }
 
     /// The norm over several variables of different shapes, one of them without a gradient, against the
-    /// gradients' entries read back and squared in f64 (the loss Σ c_i·w_i² has gradient 2·c_i·w_i).
+    /// analytic gradient (the loss Σ c_i·w_i² has gradient 2·c_i·w_i) squared and summed in f64.
     #[test]
     fn grad_norm_covers_every_variable_with_a_gradient() {
         let dev = Device::Cpu;
