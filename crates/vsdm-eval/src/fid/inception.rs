@@ -30,8 +30,7 @@ pub const INPUT_SIZE: usize = 299;
 pub struct ConvBn {
     weight: Tensor,
     bias: Tensor,
-    stride: usize,
-    padding: (usize, usize),
+    geometry: Geometry,
 }
 
 impl ConvBn {
@@ -53,22 +52,19 @@ impl ConvBn {
         Ok(Self {
             weight: Tensor::from_vec(wf, (out, cin, kh, kw), &ws.device)?,
             bias: Tensor::from_vec(bf, (1, out, 1, 1), &ws.device)?,
-            stride: spec.stride,
-            padding: spec.padding,
+            geometry: Geometry {
+                kh,
+                kw,
+                stride: spec.stride,
+                padding: spec.padding,
+            },
         })
     }
 }
 
 impl Module for ConvBn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, kh, kw) = self.weight.dims4()?;
-        let geometry = Geometry {
-            kh,
-            kw,
-            stride: self.stride,
-            padding: self.padding,
-        };
-        conv2d(x, &self.weight, geometry)?
+        conv2d(x, &self.weight, self.geometry)?
             .broadcast_add(&self.bias)?
             .relu()
     }

@@ -57,14 +57,20 @@ impl Geometry {
 struct Patches(Geometry);
 
 impl Patches {
-    fn fill(&self, x: &[f32], (b, c, h, w): (usize, usize, usize, usize)) -> Result<Vec<f32>> {
+    /// `out` is the output size, [`Geometry::output`] of (h, w).
+    fn fill(
+        &self,
+        x: &[f32],
+        (b, c, h, w): (usize, usize, usize, usize),
+        out: (usize, usize),
+    ) -> Vec<f32> {
         let Geometry {
             kh,
             kw,
             stride: s,
             padding: (ph, pw),
         } = self.0;
-        let (oh, ow) = self.0.output(h, w)?;
+        let (oh, ow) = out;
         let n = oh * ow;
         let per_channel = kh * kw * n;
         let mut cols = vec![0f32; b * c * per_channel];
@@ -103,7 +109,7 @@ impl Patches {
                     }
                 }
             });
-        Ok(cols)
+        cols
     }
 }
 
@@ -121,7 +127,7 @@ impl CustomOp1 for Patches {
         let CpuStorage::F32(v) = s else {
             candle_core::bail!("fid-patches: f32 inputs only, got {:?}", s.dtype());
         };
-        let cols = self.fill(&v[start..end], (b, c, h, w))?;
+        let cols = self.fill(&v[start..end], (b, c, h, w), (oh, ow));
         let shape = Shape::from((b, c * self.0.kh * self.0.kw, oh * ow));
         Ok((CpuStorage::F32(cols), shape))
     }
@@ -259,22 +265,16 @@ mod tests {
     #[test]
     fn mismatched_shapes_are_errors_naming_them() {
         let dev = Device::Cpu;
-        let g = geom(3, 3, 1, (0, 0));
-        let x = Tensor::zeros((1, 4, 8, 8), DType::F32, &dev).unwrap();
-        let e = conv2d(
-            &x,
-            &Tensor::zeros((2, 5, 3, 3), DType::F32, &dev).unwrap(),
-            g,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("[2, 5, 3, 3]"), "{e}");
-        let small = Tensor::zeros((1, 4, 2, 2), DType::F32, &dev).unwrap();
-        let e = conv2d(
-            &small,
-            &Tensor::zeros((2, 4, 3, 3), DType::F32, &dev).unwrap(),
-            g,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("2×2"), "{e}");
+        let err = |input: (usize, usize, usize, usize), weight: (usize, usize, usize, usize)| {
+            let x = Tensor::zeros(input, DType::F32, &dev).unwrap();
+            let w = Tensor::zeros(weight, DType::F32, &dev).unwrap();
+            conv2d(&x, &w, geom(3, 3, 1, (0, 0)))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err((1, 4, 8, 8), (2, 5, 3, 3));
+        assert!(e.contains("[2, 5, 3, 3]"), "{e}");
+        let e = err((1, 4, 2, 2), (2, 4, 3, 3));
+        assert!(e.contains("2×2"), "{e}");
     }
 }
