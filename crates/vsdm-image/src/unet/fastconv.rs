@@ -35,8 +35,8 @@ pub enum ConvBackward {
     /// GEMM path.
     Cudnn,
     /// As [`ConvBackward::Gemm`], but on CUDA the patch matrices come from this crate's own kernel
-    /// ([`super::im2col`], `im2col.cu`) instead of candle's `im2col`, and each convolution is one GEMM written
-    /// in the layout the CPU path uses. The same computation as `Gemm` on the CPU. Opt-in until its CUDA
+    /// ([`super::im2col`], `im2col.cu`) instead of candle's `im2col`, and each convolution is one GEMM over
+    /// the batch. The same computation as `Gemm` on the CPU. Opt-in until its CUDA
     /// kernel has run on a GPU (`vsdm-image --cuda --conv patch check-device`).
     Patch,
 }

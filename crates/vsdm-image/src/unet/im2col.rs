@@ -2,17 +2,25 @@
 //!
 //! candle 0.11.1's CPU `conv2d` gathers its patches element by element inside each tile (and transposes the input
 //! to NHWC first, single-threaded), which at the tiny network's 32 channels runs at about 23 GFLOP/s on this
-//! project's machine (`examples/conv_probe.rs`). Here [`im2col`] copies each row of each shifted window as one
-//! slice into a `[C·k·k, B·H'·W']` patch matrix, so the convolution is one product W `[C_out, C·k·k]` · cols
-//! (then the batch moved in front), and the weight gradient is dy `[C_out, B·H'·W']` times its transpose. Used
-//! by [`super::fastconv`] for CPU tensors, and for CUDA tensors under `--conv patch`
-//! ([`super::fastconv::ConvBackward::Patch`]), where the patch matrix comes from this crate's own kernel
-//! (`im2col.cu`, compiled to PTX by the build script in a `cuda` build): candle's CUDA `im2col` took 35–43% of a
-//! paper-scale training step on an H200. **That kernel has not yet run on a GPU**: its index arithmetic is
-//! tested on the CPU (`tests/im2col_kernel.rs` compiles the same source as C++ and runs every block and thread
-//! against a direct definition), and `vsdm-image --cuda --conv patch check-device` compares it with the CPU.
+//! project's machine (`examples/conv_probe.rs`). Here the patches are copied as slices into one matrix, so a
+//! convolution is one matrix product and its weight gradient another, in one of two layouts:
+//!
+//! - On the CPU, one row per output position ([`PatchRows`], `[B·H'·W', k·k·C]`, built from the input moved
+//!   channels last): the product rows · W'ᵀ gives the output channels last, moved back by a tiled transposition,
+//!   and the weight gradient is rowsᵀ · dy (dy channels last). gemm 0.17 runs these products 2–3.5× faster
+//!   than the channel-major ones at 32–96 channels (`examples/mm_probe.rs`), which made the tiny U-Net's training
+//!   step 1.35× faster (docs/benchmarks/image.md, 2026-12-05).
+//! - On CUDA, under `--conv patch` ([`super::fastconv::ConvBackward::Patch`]), one row per (channel, kernel
+//!   offset) ([`im2col`], `[C·k·k, B·H'·W']`): W `[C_out, C·k·k]` · cols, then the batch moved in front; the
+//!   weight gradient dy `[C_out, B·H'·W']` · colsᵀ. The matrix comes from this crate's own kernel (`im2col.cu`,
+//!   compiled to PTX by the build script in a `cuda` build): candle's CUDA `im2col` took 35–43% of a
+//!   paper-scale training step on an H200. **That kernel has not yet run on a GPU**: its index arithmetic is
+//!   tested on the CPU (`tests/im2col_kernel.rs` compiles the same source as C++ and runs every block and thread
+//!   against a direct definition), and `vsdm-image --cuda --conv patch check-device` compares it with the CPU.
+//!   [`im2col`] also runs on CPU tensors (the same layout, for tests and comparisons).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 /// The patch matrix of a stride-1 convolution with a `k×k` kernel and zero padding `p`.
 struct Im2Col {
@@ -26,34 +34,219 @@ impl Im2Col {
     }
 
     /// The patches in the layout `[C·k·k, B, H'·W']`, so that one matrix product covers the whole batch.
-    fn fill<T: WithDType + Copy>(&self, x: &[T], dims: (usize, usize, usize, usize)) -> Vec<T> {
+    fn fill<T: WithDType + Copy + Send + Sync>(
+        &self,
+        x: &[T],
+        dims: (usize, usize, usize, usize),
+    ) -> Vec<T> {
         let (b, c, h, w) = dims;
         let (k, p) = (self.k, self.p);
         let (oh, ow) = (self.out_size(h), self.out_size(w));
         let n = oh * ow;
         let mut cols = vec![T::zero(); c * k * k * b * n];
-        for (r, block) in cols.chunks_mut(b * n).enumerate() {
-            let (ci, ki, kj) = (r / (k * k), (r / k) % k, r % k);
-            // Output columns whose input column x + kj − p lies inside the image.
-            let x0 = p.saturating_sub(kj);
-            let x1 = ow.min((w + p).saturating_sub(kj));
-            if x0 >= x1 {
-                continue;
-            }
-            for (bi, row) in block.chunks_mut(n).enumerate() {
-                let plane = &x[(bi * c + ci) * h * w..][..h * w];
-                for y in 0..oh {
-                    let iy = y + ki;
-                    if iy < p || iy - p >= h {
-                        continue;
-                    }
-                    let src = &plane[(iy - p) * w + x0 + kj - p..][..x1 - x0];
-                    row[y * ow + x0..y * ow + x1].copy_from_slice(src);
+        // One task per row (channel, kernel offset): each holds the whole batch's positions.
+        cols.par_chunks_mut(b * n)
+            .enumerate()
+            .for_each(|(r, block)| {
+                let (ci, ki, kj) = (r / (k * k), (r / k) % k, r % k);
+                // Output columns whose input column x + kj − p lies inside the image.
+                let x0 = p.saturating_sub(kj);
+                let x1 = ow.min((w + p).saturating_sub(kj));
+                if x0 >= x1 {
+                    return;
                 }
-            }
-        }
+                for (bi, row) in block.chunks_mut(n).enumerate() {
+                    let plane = &x[(bi * c + ci) * h * w..][..h * w];
+                    for y in 0..oh {
+                        let iy = y + ki;
+                        if iy < p || iy - p >= h {
+                            continue;
+                        }
+                        let src = &plane[(iy - p) * w + x0 + kj - p..][..x1 - x0];
+                        row[y * ow + x0..y * ow + x1].copy_from_slice(src);
+                    }
+                }
+            });
         cols
     }
+}
+
+/// `$body` (a function of `$x`, the contiguous slice of a float CPU storage `$s` with layout `$l`, generic over
+/// the float type) wrapped back into a storage of the same type; an error naming `$name` for a non-contiguous
+/// layout or a non-float type.
+macro_rules! map_floats {
+    ($s:expr, $l:expr, $name:expr, |$x:ident| $body:expr) => {{
+        let (start, end) = $l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: input not contiguous", $name)))?;
+        match $s {
+            CpuStorage::F32(v) => {
+                let $x = &v[start..end];
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(v) => {
+                let $x = &v[start..end];
+                CpuStorage::F64($body)
+            }
+            CpuStorage::F16(v) => {
+                let $x = &v[start..end];
+                CpuStorage::F16($body)
+            }
+            CpuStorage::BF16(v) => {
+                let $x = &v[start..end];
+                CpuStorage::BF16($body)
+            }
+            _ => candle_core::bail!("{}: floating-point inputs only", $name),
+        }
+    }};
+}
+
+/// The patch matrix of a stride-1 convolution with one row per output position: `[B·H'·W', k·k·C]`, each row
+/// the position's receptive field in the order (kernel row, kernel column, channel), the CPU layout (module
+/// documentation). With the input channels last, a row's k input pixels at one kernel row are one contiguous
+/// run of k·C values, so it fills with slice copies.
+struct PatchRows {
+    k: usize,
+    p: usize,
+}
+
+impl PatchRows {
+    fn fill<T: WithDType + Copy + Send + Sync>(
+        &self,
+        x: &[T],
+        (b, c, h, w): (usize, usize, usize, usize),
+    ) -> Vec<T> {
+        let (k, p) = (self.k, self.p);
+        let (oh, ow) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+        // The input channels last, `[B, H, W, C]`.
+        let xh = transpose_batched(x, b, c, h * w);
+        let row = k * k * c;
+        let len = b * oh * ow * row;
+        let mut cols: Vec<T> = Vec::with_capacity(len);
+        // One task per (image, output row); every element of the task's rows is written below (zeros first).
+        cols.spare_capacity_mut()[..len]
+            .par_chunks_mut(ow * row)
+            .enumerate()
+            .for_each(|(by, block)| {
+                let (bi, y) = (by / oh, by % oh);
+                let img = &xh[bi * h * w * c..][..h * w * c];
+                for (xo, r) in block.chunks_mut(row).enumerate() {
+                    for e in r.iter_mut() {
+                        e.write(T::zero());
+                    }
+                    // Kernel columns whose input column xo + j − p lies inside the image.
+                    let j0 = p.saturating_sub(xo);
+                    let j1 = k.min((w + p).saturating_sub(xo));
+                    if j0 >= j1 {
+                        continue;
+                    }
+                    let run = (j1 - j0) * c;
+                    for i in 0..k {
+                        let iy = y + i;
+                        if iy < p || iy - p >= h {
+                            continue;
+                        }
+                        let src = &img[((iy - p) * w + xo + j0 - p) * c..][..run];
+                        for (d, v) in r[(i * k + j0) * c..][..run].iter_mut().zip(src) {
+                            d.write(*v);
+                        }
+                    }
+                }
+            });
+        // SAFETY: the tasks above cover all `len` elements (b·oh tasks of ow·row) and initialise each one.
+        unsafe { cols.set_len(len) };
+        cols
+    }
+}
+
+impl CustomOp1 for PatchRows {
+    fn name(&self) -> &'static str {
+        "patch-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let (oh, ow) = (h + 2 * self.p + 1 - self.k, w + 2 * self.p + 1 - self.k);
+        let shape = Shape::from((b * oh * ow, self.k * self.k * c));
+        let out = map_floats!(s, l, self.name(), |x| self.fill(x, (b, c, h, w)));
+        Ok((out, shape))
+    }
+}
+
+/// `[B, R, C]` → `[B, C, R]` (row-major slices), in parallel over the batch, in 16×16 tiles. Within a tile the
+/// inner loop runs along the longer axis: over the source's rows when R ≤ C/8 (reading contiguously), else over
+/// the destination's rows (writing contiguously), the faster order for each of the network's shapes (2–5× apart
+/// at 32 channels and 1,024 positions).
+fn transpose_batched<T: WithDType + Copy + Send + Sync>(
+    x: &[T],
+    b: usize,
+    r: usize,
+    c: usize,
+) -> Vec<T> {
+    const TILE: usize = 16;
+    let mut out = vec![T::zero(); b * r * c];
+    out.par_chunks_mut(r * c)
+        .zip(x.par_chunks(r * c))
+        .for_each(|(dst, src)| {
+            for i0 in (0..r).step_by(TILE) {
+                let i1 = (i0 + TILE).min(r);
+                for j0 in (0..c).step_by(TILE) {
+                    let j1 = (j0 + TILE).min(c);
+                    if r * 8 <= c {
+                        for i in i0..i1 {
+                            for (j, v) in (j0..j1).zip(&src[i * c + j0..i * c + j1]) {
+                                dst[j * r + i] = *v;
+                            }
+                        }
+                    } else {
+                        for j in j0..j1 {
+                            for (i, d) in (i0..i1).zip(&mut dst[j * r + i0..j * r + i1]) {
+                                *d = src[i * c + j];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    out
+}
+
+/// [`transpose_batched`] as an op on a contiguous CPU tensor `[B, R, C]`, no graph recorded.
+struct SwapLast2;
+
+impl CustomOp1 for SwapLast2 {
+    fn name(&self) -> &'static str {
+        "swap-last-2"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, r, c) = l.shape().dims3()?;
+        let out = map_floats!(s, l, self.name(), |x| transpose_batched(x, b, r, c));
+        Ok((out, Shape::from((b, c, r))))
+    }
+}
+
+/// `[B, R, C]` → `[B, C, R]` for a CPU tensor (contiguous result), no graph recorded.
+fn swap_last2(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&SwapLast2)
+}
+
+/// `[B, C, H, W]` → `[B·H'·W', k·k·C]` (CPU tensors): rows ordered (image, output position), columns
+/// (kernel row, kernel column, channel). No graph is recorded (callers pass detached tensors).
+fn patch_rows(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
+    check_fit(x, k, p)?;
+    x.contiguous()?.apply_op1_no_bwd(&PatchRows { k, p })
+}
+
+fn check_fit(x: &Tensor, k: usize, p: usize) -> Result<()> {
+    let (_, _, h, w) = x.dims4()?;
+    if x.elem_count() == 0 {
+        candle_core::bail!("im2col: empty input {:?}", x.dims());
+    }
+    if h + 2 * p < k || w + 2 * p < k {
+        candle_core::bail!("im2col: a {k}×{k} kernel does not fit a {h}×{w} input padded by {p}");
+    }
+    Ok(())
 }
 
 /// The PTX of `im2col.cu` (built by `build.rs` with the CUDA toolkit's nvcc).
@@ -146,18 +339,8 @@ impl CustomOp1 for Im2Col {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let (oh, ow) = (self.out_size(h), self.out_size(w));
-        let (start, end) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("im2col: input not contiguous".into()))?;
         let shape = Shape::from((c * self.k * self.k, b * oh * ow));
-        let dims = (b, c, h, w);
-        let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(self.fill(&v[start..end], dims)),
-            CpuStorage::F64(v) => CpuStorage::F64(self.fill(&v[start..end], dims)),
-            CpuStorage::F16(v) => CpuStorage::F16(self.fill(&v[start..end], dims)),
-            CpuStorage::BF16(v) => CpuStorage::BF16(self.fill(&v[start..end], dims)),
-            _ => candle_core::bail!("im2col: floating-point inputs only"),
-        };
+        let out = map_floats!(s, l, self.name(), |x| self.fill(x, (b, c, h, w)));
         Ok((out, shape))
     }
 }
@@ -166,18 +349,14 @@ impl CustomOp1 for Im2Col {
 /// as a `[C_out, C, k, k]` weight flattens, columns (image, output position). No graph is recorded (callers
 /// pass detached tensors).
 pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    if x.elem_count() == 0 {
-        candle_core::bail!("im2col: empty input {:?}", x.dims());
-    }
-    if h + 2 * p < k || w + 2 * p < k {
-        candle_core::bail!("im2col: a {k}×{k} kernel does not fit a {h}×{w} input padded by {p}");
-    }
+    check_fit(x, k, p)?;
     x.contiguous()?.apply_op1_no_bwd(&Im2Col { k, p })
 }
 
 /// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on `x`'s device: one matrix
-/// product W `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in front.
+/// product, position-major on the CPU (rows `[B·H'·W', k·k·C]` · W'ᵀ, then the channels moved in front of the
+/// positions), channel-major on CUDA (W `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in
+/// front).
 pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (co, ci, k, kw) = w.dims4()?;
@@ -188,8 +367,17 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
             x.dims()
         );
     }
-    let cols = im2col(x, k, p)?;
     let (oh, ow) = (h + 2 * p + 1 - k, wd + 2 * p + 1 - k);
+    if x.device().is_cpu() {
+        // [B·H'·W', k·k·C] · W'ᵀ with W' the weight in (kernel row, kernel column, channel) order.
+        let wp = w.permute((0, 2, 3, 1))?.reshape((co, k * k * ci))?;
+        return patch_rows(x, k, p)?
+            .matmul(&wp.t()?)?
+            .reshape((b, oh * ow, co))
+            .and_then(|y| swap_last2(&y))?
+            .reshape((b, co, oh, ow));
+    }
+    let cols = im2col(x, k, p)?;
     w.reshape((co, ci * k * k))?
         .matmul(&cols)?
         .reshape((co, b, oh, ow))?
@@ -197,15 +385,29 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
         .contiguous()
 }
 
-/// The weight gradient of [`conv2d`] for the output gradient `dy` `[B, C_out, H', W']`: one matrix product
-/// dy `[C_out, B·H'·W']` · colsᵀ.
+/// The weight gradient of [`conv2d`] for the output gradient `dy` `[B, C_out, H', W']`: one matrix product,
+/// rowsᵀ · dy channels last `[B·H'·W', C_out]` on the CPU, dy `[C_out, B·H'·W']` · colsᵀ on CUDA.
 pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     let (b, co, oh, ow) = dy.dims4()?;
     let ci = x.dim(1)?;
-    dy.transpose(0, 1)?
+    if x.device().is_cpu() {
+        // [k·k·C, B·H'·W'] · dy channels last `[B·H'·W', C_out]`, then back to `[C_out, C, k, k]`.
+        let dyt = swap_last2(&dy.reshape((b, co, oh * ow))?)?.reshape((b * oh * ow, co))?;
+        return patch_rows(x, k, p)?
+            .t()?
+            .matmul(&dyt)?
+            .reshape((k, k, ci, co))?
+            .permute((3, 2, 0, 1))?
+            .contiguous();
+    }
+    let dy = dy
+        .transpose(0, 1)?
         .contiguous()?
-        .reshape((co, b * oh * ow))?
-        .matmul(&im2col(x, k, p)?.t()?)?
+        .reshape((co, b * oh * ow))?;
+    im2col(x, k, p)?
+        .matmul(&dy.t()?)?
+        .t()?
+        .contiguous()?
         .reshape((co, ci, k, k))
 }
 
@@ -237,6 +439,31 @@ mod tests {
         .is_err());
     }
 
+    /// The batched transposition equals candle's strided copy, in both loop orders (R ≤ C/8 and above), with
+    /// partial tiles on both axes.
+    #[test]
+    fn swap_last2_matches_candles_transpose() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(9);
+        for &(b, r, c) in &[
+            (2usize, 5usize, 100usize),
+            (3, 37, 21),
+            (1, 17, 136),
+            (2, 1, 1),
+            (1, 16, 16),
+        ] {
+            let x = rng.randn(&[b, r, c], &dev).unwrap();
+            let want = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            let got = swap_last2(&x).unwrap();
+            assert_eq!(got.dims(), &[b, c, r]);
+            let (want, got) = (
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(want, got, "{b}×{r}×{c}");
+        }
+    }
+
     /// Equal to candle's conv2d and to its weight gradient (candle's correlation of the batch-transposed
     /// tensors), for odd kernels, "same", smaller and larger padding, non-square inputs and f64.
     #[test]
@@ -249,6 +476,9 @@ mod tests {
             (3, 4, 2, 5, 6, 1, 0),
             (2, 2, 2, 6, 6, 5, 2),
             (1, 3, 2, 4, 4, 3, 2),
+            // More channels and positions than one 16×16 transposition tile, in both directions.
+            (2, 20, 18, 18, 17, 3, 1),
+            (1, 40, 3, 5, 7, 1, 0),
         ] {
             for dt in [DType::F32, DType::F64] {
                 let x = rng
