@@ -5,19 +5,20 @@
 //! project's machine (`examples/conv_probe.rs`). Here the patches are copied as slices into one matrix, so a
 //! convolution is one matrix product and its weight gradient another, in one of two layouts:
 //!
-//! - On the CPU, one row per output position ([`PatchRows`], `[B·H'·W', k·k·C]`, built from the input moved
-//!   channels last): the product rows · W'ᵀ gives the output channels last, moved back by a tiled transposition,
-//!   and the weight gradient is rowsᵀ · dy (dy channels last). gemm 0.17 runs these products 2–3.5× faster
-//!   than the channel-major ones at 32–96 channels (`examples/mm_probe.rs`), which made the tiny U-Net's training
-//!   step 1.35× faster (docs/benchmarks/image.md, 2026-12-05).
-//! - On CUDA, under `--conv patch` ([`super::fastconv::ConvBackward::Patch`]), one row per (channel, kernel
-//!   offset) ([`im2col`], `[C·k·k, B·H'·W']`): W `[C_out, C·k·k]` · cols, then the batch moved in front; the
-//!   weight gradient dy `[C_out, B·H'·W']` · colsᵀ. The matrix comes from this crate's own kernel (`im2col.cu`,
-//!   compiled to PTX by the build script in a `cuda` build): candle's CUDA `im2col` took 35–43% of a
-//!   paper-scale training step on an H200. **That kernel has not yet run on a GPU**: its index arithmetic is
-//!   tested on the CPU (`tests/im2col_kernel.rs` compiles the same source as C++ and runs every block and thread
-//!   against a direct definition), and `vsdm-image --cuda --conv patch check-device` compares it with the CPU.
-//!   [`im2col`] also runs on CPU tensors (the same layout, for tests and comparisons).
+//! - Channel-major ([`im2col`], `[C·k·k, B·H'·W']`, one row per (channel, kernel offset)): W `[C_out, C·k·k]` ·
+//!   cols, then the batch moved in front; the weight gradient dy `[C_out, B·H'·W']` · colsᵀ. Used on CUDA under
+//!   `--conv patch` ([`super::fastconv::ConvBackward::Patch`]) and on the CPU from [`POSITION_MAJOR_BELOW`]
+//!   output channels up. On CUDA the matrix comes from this crate's own kernel (`im2col.cu`, compiled to PTX by
+//!   the build script in a `cuda` build): candle's CUDA `im2col` took 35–43% of a paper-scale training step on
+//!   an H200. **That kernel has not yet run on a GPU**: its index arithmetic is tested on the CPU
+//!   (`tests/im2col_kernel.rs` compiles the same source as C++ and runs every block and thread against a direct
+//!   definition), and `vsdm-image --cuda --conv patch check-device` compares it with the CPU.
+//! - Position-major ([`PatchRows`], `[B·H'·W', k·k·C]`, one row per output position, built from the input moved
+//!   channels last), on the CPU below [`POSITION_MAJOR_BELOW`] output channels: rows · W'ᵀ gives the output
+//!   channels last, moved back by a tiled transposition, and the weight gradient is rowsᵀ · dy (dy channels
+//!   last). With the channel count as the product's short side, gemm 0.17 runs these products 2–3.5× faster than
+//!   the channel-major ones at 32–96 channels (`examples/mm_probe.rs`), which made the tiny U-Net's training
+//!   step faster by the ratios in docs/benchmarks/image.md (2026-12-05).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -353,10 +354,41 @@ pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&Im2Col { k, p })
 }
 
+/// Below this many output channels a CPU convolution takes the position-major patch matrix ([`PatchRows`]).
+/// At 128–256 channels the channel-major product is already at gemm's peak, and the extra transpositions made
+/// the position-major path up to 1.2× slower there (DDPM++ shapes, batch 4: `examples/conv_layouts.rs`).
+const POSITION_MAJOR_BELOW: usize = 128;
+
+/// Whether a convolution of `x` with `co` output channels takes the position-major layout (module
+/// documentation).
+fn position_major(x: &Tensor, co: usize) -> bool {
+    x.device().is_cpu() && co < POSITION_MAJOR_BELOW
+}
+
+/// The largest patch matrix made at once on the CPU, in bytes: below glibc's largest mmap threshold
+/// (32 MiB, which `vsdm_eval::cli::tune_allocator` sets), so the matrix reuses freed heap memory instead of a
+/// fresh mapping that the kernel page-faults and zeroes on every call (the tiny network's 32×32 decoder blocks,
+/// at 64 and 96 input channels, make 38 and 57 MB at batch 16).
+const PATCH_BUDGET: usize = 24 << 20;
+
+/// `(first image, images)` of consecutive chunks of `x`'s batch whose patch matrices of `per_image` elements
+/// each stay within [`PATCH_BUDGET`] (one image at least) on the CPU; the whole batch at once on a GPU.
+fn image_chunks(x: &Tensor, per_image: usize) -> impl Iterator<Item = (usize, usize)> {
+    let b = x.dim(0).unwrap_or(0);
+    let chunk = if x.device().is_cpu() {
+        (PATCH_BUDGET / (per_image * x.dtype().size_in_bytes()).max(1)).clamp(1, b.max(1))
+    } else {
+        b.max(1)
+    };
+    (0..b)
+        .step_by(chunk)
+        .map(move |start| (start, chunk.min(b - start)))
+}
+
 /// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on `x`'s device: one matrix
-/// product, position-major on the CPU (rows `[B·H'·W', k·k·C]` · W'ᵀ, then the channels moved in front of the
-/// positions), channel-major on CUDA (W `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in
-/// front).
+/// product, position-major below [`POSITION_MAJOR_BELOW`] output channels on the CPU (rows `[B·H'·W', k·k·C]`
+/// · W'ᵀ, then the channels moved in front of the positions), else channel-major (W `[C_out, C·k·k]` · cols
+/// `[C·k·k, B·H'·W']`, then the batch moved in front).
 pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (co, ci, k, kw) = w.dims4()?;
@@ -368,47 +400,73 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
         );
     }
     let (oh, ow) = (h + 2 * p + 1 - k, wd + 2 * p + 1 - k);
-    if x.device().is_cpu() {
-        // [B·H'·W', k·k·C] · W'ᵀ with W' the weight in (kernel row, kernel column, channel) order.
-        let wp = w.permute((0, 2, 3, 1))?.reshape((co, k * k * ci))?;
-        return patch_rows(x, k, p)?
-            .matmul(&wp.t()?)?
-            .reshape((b, oh * ow, co))
-            .and_then(|y| swap_last2(&y))?
-            .reshape((b, co, oh, ow));
-    }
-    let cols = im2col(x, k, p)?;
-    w.reshape((co, ci * k * k))?
-        .matmul(&cols)?
-        .reshape((co, b, oh, ow))?
-        .transpose(0, 1)?
-        .contiguous()
+    let rows = position_major(x, co);
+    // Position-major: [n·H'·W', k·k·C] · W'ᵀ with W' the weight in (kernel row, kernel column, channel) order.
+    let wm = if rows {
+        w.permute((0, 2, 3, 1))?.reshape((co, k * k * ci))?.t()?
+    } else {
+        w.reshape((co, ci * k * k))?
+    };
+    let parts = image_chunks(x, k * k * ci * oh * ow)
+        .map(|(start, n)| {
+            let x = x.narrow(0, start, n)?;
+            if rows {
+                patch_rows(&x, k, p)?
+                    .matmul(&wm)?
+                    .reshape((n, oh * ow, co))
+                    .and_then(|y| swap_last2(&y))
+            } else {
+                wm.matmul(&im2col(&x, k, p)?)?
+                    .reshape((co, n, oh * ow))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let y = if parts.len() == 1 {
+        parts.into_iter().next().expect("one part")
+    } else {
+        Tensor::cat(&parts, 0)?
+    };
+    y.reshape((b, co, oh, ow))
 }
 
 /// The weight gradient of [`conv2d`] for the output gradient `dy` `[B, C_out, H', W']`: one matrix product,
-/// rowsᵀ · dy channels last `[B·H'·W', C_out]` on the CPU, dy `[C_out, B·H'·W']` · colsᵀ on CUDA.
+/// rowsᵀ · dy channels last `[B·H'·W', C_out]` in the position-major layout, else dy `[C_out, B·H'·W']` ·
+/// colsᵀ.
 pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     let (b, co, oh, ow) = dy.dims4()?;
     let ci = x.dim(1)?;
-    if x.device().is_cpu() {
-        // [k·k·C, B·H'·W'] · dy channels last `[B·H'·W', C_out]`, then back to `[C_out, C, k, k]`.
-        let dyt = swap_last2(&dy.reshape((b, co, oh * ow))?)?.reshape((b * oh * ow, co))?;
-        return patch_rows(x, k, p)?
-            .t()?
-            .matmul(&dyt)?
-            .reshape((k, k, ci, co))?
-            .permute((3, 2, 0, 1))?
-            .contiguous();
+    let rows = position_major(x, co);
+    let dy = dy.reshape((b, co, oh * ow))?;
+    // Σ over chunks of images: position-major rowsᵀ · dy `[n·H'·W', C_out]` (`[k·k·C, C_out]`, in the rows'
+    // order), channel-major dy `[C_out, n·H'·W']` · colsᵀ (`[C_out, C·k·k]`).
+    let mut sum: Option<Tensor> = None;
+    for (start, n) in image_chunks(x, k * k * ci * oh * ow) {
+        let (x, dy) = (x.narrow(0, start, n)?, dy.narrow(0, start, n)?);
+        let g = if rows {
+            let dyt = swap_last2(&dy)?.reshape((n * oh * ow, co))?;
+            patch_rows(&x, k, p)?.t()?.matmul(&dyt)?
+        } else {
+            let dy = dy
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((co, n * oh * ow))?;
+            dy.matmul(&im2col(&x, k, p)?.t()?)?
+        };
+        sum = Some(match sum {
+            Some(s) => (s + g)?,
+            None => g,
+        });
     }
-    let dy = dy
-        .transpose(0, 1)?
-        .contiguous()?
-        .reshape((co, b * oh * ow))?;
-    im2col(x, k, p)?
-        .matmul(&dy.t()?)?
-        .t()?
-        .contiguous()?
-        .reshape((co, ci, k, k))
+    let g = sum.expect("at least one image");
+    if rows {
+        g.reshape((k, k, ci, co))?
+            .permute((3, 2, 0, 1))?
+            .contiguous()
+    } else {
+        g.reshape((co, ci, k, k))
+    }
 }
 
 #[cfg(test)]
@@ -479,6 +537,11 @@ mod tests {
             // More channels and positions than one 16×16 transposition tile, in both directions.
             (2, 20, 18, 18, 17, 3, 1),
             (1, 40, 3, 5, 7, 1, 0),
+            // At or above POSITION_MAJOR_BELOW output channels: the channel-major layout on the CPU.
+            (2, 3, 130, 5, 4, 3, 1),
+            // Patch matrices over PATCH_BUDGET: chunks of 2 + 1 images in f32, 1 + 1 + 1 in f64, in both layouts.
+            (3, 128, 4, 48, 48, 3, 1),
+            (3, 128, 128, 48, 48, 3, 1),
         ] {
             for dt in [DType::F32, DType::F64] {
                 let x = rng
