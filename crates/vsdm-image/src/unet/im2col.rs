@@ -175,9 +175,8 @@ impl CustomOp1 for PatchRows {
 }
 
 /// `[B, R, C]` → `[B, C, R]` (row-major slices), in parallel over the batch, in 16×16 tiles. Within a tile the
-/// inner loop runs along the longer axis: over the source's rows when R ≤ C/8 (reading contiguously), else over
-/// the destination's rows (writing contiguously), the faster order for each of the network's shapes (2–5× apart
-/// at 32 channels and 1,024 positions).
+/// inner loop reads the source's rows contiguously when R ≤ C/8, else writes the destination's rows
+/// contiguously: the faster of the two orders at each of the network's shapes in a probe of both.
 fn transpose_batched<T: WithDType + Copy + Send + Sync>(
     x: &[T],
     b: usize,
@@ -355,8 +354,10 @@ pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
 }
 
 /// Below this many output channels a CPU convolution takes the position-major patch matrix ([`PatchRows`]).
-/// At 128–256 channels the channel-major product is already at gemm's peak, and the extra transpositions made
-/// the position-major path up to 1.2× slower there (DDPM++ shapes, batch 4: `examples/conv_layouts.rs`).
+/// At 128–256 channels the channel-major product already runs near gemm's peak (`examples/mm_probe.rs`), and
+/// with every layer position-major the DDPM++ bench (`vsdm-image bench --arch ddpmpp --batch 4`) ran its
+/// forward at 0.73× the images/s of the channel-major build (two alternating rounds, 2026-12-05); with this
+/// threshold it is level.
 const POSITION_MAJOR_BELOW: usize = 128;
 
 /// Whether a convolution of `x` with `co` output channels takes the position-major layout (module
