@@ -322,14 +322,38 @@ fn train_and_save(
         Some((&ckpt, every)),
     )?;
     let wdir = dir.join("weights");
+    let Some(loss) = trained.final_loss else {
+        // The checkpoint had already reached the budget: its weights stay as they were written.
+        if !wdir.join("model.safetensors").is_file() {
+            weights::save(&trained, &data.name, &wdir)?;
+        }
+        eprintln!(
+            "{} on {} is already trained: the checkpoint in {} has its {} updates (another --out, or removing \
+             it, trains afresh); weights in {}",
+            method.name(),
+            data.name,
+            ckpt.display(),
+            cli.budget.iters,
+            wdir.display()
+        );
+        return Ok(trained.seconds);
+    };
     weights::save(&trained, &data.name, &wdir)?;
+    let resumed = if trained.updates < cli.budget.iters {
+        format!(
+            ", resumed from a checkpoint at {}",
+            cli.budget.iters - trained.updates
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "trained {} on {} in {:.1} s ({} updates, final loss {:.4}, peak memory {:.0} MiB); weights in {}",
+        "trained {} on {} in {:.1} s ({} updates{resumed}, final loss {:.4}, peak memory {:.0} MiB); weights in {}",
         method.name(),
         data.name,
         trained.seconds,
         cli.budget.iters,
-        trained.final_loss,
+        loss,
         peak_rss_mib().unwrap_or(f64::NAN),
         wdir.display()
     );

@@ -312,8 +312,11 @@ pub struct Trained {
     pub window: WindowConfig,
     /// Wall-clock seconds of training.
     pub seconds: f64,
-    /// Mean loss over the last 10% of the updates.
-    pub final_loss: f64,
+    /// Updates made by this call (fewer than the budget when it resumed a checkpoint; 0 when that checkpoint
+    /// had already reached it).
+    pub updates: usize,
+    /// Mean loss over the last 10% of this call's updates; `None` when it made none.
+    pub final_loss: Option<f64>,
 }
 
 /// Trains `method` on the training matrix of `data`; with `ckpt = Some((dir, every))` checkpoints into `dir`
@@ -380,15 +383,16 @@ pub fn train_with(
     let start = std::time::Instant::now();
     let reports = trainer.run(&mut source, ckpt_dir, ckpt_every, 100)?;
     let seconds = start.elapsed().as_secs_f64();
-    let tail = reports.len().div_ceil(10).max(1);
-    let final_loss = reports.iter().rev().take(tail).map(|r| r.loss).sum::<f64>()
-        / tail.min(reports.len()).max(1) as f64;
+    let tail = reports.len().div_ceil(10);
+    let final_loss = (tail > 0)
+        .then(|| reports.iter().rev().take(tail).map(|r| r.loss).sum::<f64>() / tail as f64);
     Ok(Trained {
         method,
         trainer,
         net,
         window,
         seconds,
+        updates: reports.len(),
         final_loss,
     })
 }

@@ -122,3 +122,42 @@ fn bad_flags_are_named() {
         assert!(!tmp.path().join("out").exists(), "{args:?} wrote output");
     }
 }
+
+/// Running the same training twice: the second run finds the finished checkpoint, says so instead of reporting
+/// a loss of updates it did not make, and leaves the weights written by the first run untouched.
+#[test]
+fn a_finished_run_is_reported_and_its_weights_kept() {
+    if default_assets_dir().is_none() {
+        eprintln!("skipped: no assets/ folder next to the crate (the bundled data set)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let train = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
+            .args(["--offline", "--iters", "2", "--cache-dir"])
+            .arg(tmp.path().join("cache"))
+            .arg("--out")
+            .arg(tmp.path().join("out"))
+            .arg("train")
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let weights = tmp
+        .path()
+        .join("out/exchange_rate/vsdm/weights/model.safetensors");
+    let first = train();
+    assert!(first.contains("trained vsdm on exchange_rate"), "{first}");
+    let written = std::fs::read(&weights).unwrap();
+    let modified = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    let second = train();
+    assert!(second.contains("is already trained"), "{second}");
+    assert!(!second.contains("final loss"), "{second}");
+    assert_eq!(std::fs::read(&weights).unwrap(), written);
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        modified
+    );
+}

@@ -44,7 +44,8 @@ fn train_export_reload_forecast_and_score() {
         };
         let trained =
             pipeline::train(method, &budget, &data, window, 7, &dev, Some((&ckpt, 6))).unwrap();
-        assert!(trained.final_loss.is_finite());
+        assert!(trained.final_loss.is_some_and(f64::is_finite));
+        assert_eq!(trained.updates, budget.iters);
         if method != Method::Vp {
             // The variational stages moved A (or c) away from its VP/CLD start.
             let moved = trained
