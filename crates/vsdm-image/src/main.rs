@@ -337,6 +337,14 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         );
         (spec, tr)
     } else {
+        if let Ok(latest) = std::fs::read_to_string(out.join("ckpt").join("latest")) {
+            eprintln!(
+                "note: {} held a run ({}); this new run replaces it (--resume continues that one instead, \
+                 --out writes elsewhere)",
+                out.display(),
+                latest.trim()
+            );
+        }
         let arch = a.arch.as_deref().unwrap_or("tiny");
         let mut unet = a.method().unet(UNetConfig::preset(arch)?);
         if let Some(c) = a.channels {

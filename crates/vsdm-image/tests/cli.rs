@@ -177,6 +177,14 @@ fn train_resume_sample() {
             && text.contains("huggingface-cli download someone/other model.safetensors"),
         "{text}"
     );
+
+    // A new run (no --resume) in the folder of a finished one says that it replaces it and how to keep it.
+    let (ok, text) = run(&[&["train", "--iters", "1"][..], &common].concat());
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("held a run (ckpt-000000002); this new run replaces it (--resume continues"),
+        "{text}"
+    );
 }
 
 /// `--data hf:uoft-cs/cifar10`: the hub's parquet copy (here the 24-image fixture), first downloaded from a
