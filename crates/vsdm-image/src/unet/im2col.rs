@@ -23,6 +23,12 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+/// The output size along an axis of `n` input pixels of a stride-1 convolution with a `k`-wide kernel and zero
+/// padding `p` (callers check that the kernel fits, [`check_fit`]).
+fn out_size(n: usize, k: usize, p: usize) -> usize {
+    n + 2 * p + 1 - k
+}
+
 /// The patch matrix of a stride-1 convolution with a `k×k` kernel and zero padding `p`.
 struct Im2Col {
     k: usize,
@@ -31,18 +37,17 @@ struct Im2Col {
 
 impl Im2Col {
     fn out_size(&self, n: usize) -> usize {
-        n + 2 * self.p + 1 - self.k
+        out_size(n, self.k, self.p)
     }
 
     /// The patches in the layout `[C·k·k, B, H'·W']`, so that one matrix product covers the whole batch.
     fn fill<T: WithDType + Copy + Send + Sync>(
         &self,
         x: &[T],
-        dims: (usize, usize, usize, usize),
+        (b, c, h, w): (usize, usize, usize, usize),
+        (oh, ow): (usize, usize),
     ) -> Vec<T> {
-        let (b, c, h, w) = dims;
         let (k, p) = (self.k, self.p);
-        let (oh, ow) = (self.out_size(h), self.out_size(w));
         let n = oh * ow;
         let mut cols = vec![T::zero(); c * k * k * b * n];
         // One task per row (channel, kernel offset): each holds the whole batch's positions.
@@ -116,9 +121,9 @@ impl PatchRows {
         &self,
         x: &[T],
         (b, c, h, w): (usize, usize, usize, usize),
+        (oh, ow): (usize, usize),
     ) -> Vec<T> {
         let (k, p) = (self.k, self.p);
-        let (oh, ow) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
         // The input channels last, `[B, H, W, C]`.
         let xh = transpose_batched(x, b, c, h * w);
         let row = k * k * c;
@@ -167,9 +172,9 @@ impl CustomOp1 for PatchRows {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
-        let (oh, ow) = (h + 2 * self.p + 1 - self.k, w + 2 * self.p + 1 - self.k);
+        let (oh, ow) = (out_size(h, self.k, self.p), out_size(w, self.k, self.p));
         let shape = Shape::from((b * oh * ow, self.k * self.k * c));
-        let out = map_floats!(s, l, self.name(), |x| self.fill(x, (b, c, h, w)));
+        let out = map_floats!(s, l, self.name(), |x| self.fill(x, (b, c, h, w), (oh, ow)));
         Ok((out, shape))
     }
 }
@@ -340,7 +345,7 @@ impl CustomOp1 for Im2Col {
         let (b, c, h, w) = l.shape().dims4()?;
         let (oh, ow) = (self.out_size(h), self.out_size(w));
         let shape = Shape::from((c * self.k * self.k, b * oh * ow));
-        let out = map_floats!(s, l, self.name(), |x| self.fill(x, (b, c, h, w)));
+        let out = map_floats!(s, l, self.name(), |x| self.fill(x, (b, c, h, w), (oh, ow)));
         Ok((out, shape))
     }
 }
@@ -400,7 +405,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
             x.dims()
         );
     }
-    let (oh, ow) = (h + 2 * p + 1 - k, wd + 2 * p + 1 - k);
+    let (oh, ow) = (out_size(h, k, p), out_size(wd, k, p));
     let rows = position_major(x, co);
     // Position-major: [n·H'·W', k·k·C] · W'ᵀ with W' the weight in (kernel row, kernel column, channel) order.
     let wm = if rows {
