@@ -3,7 +3,9 @@
 //! `cargo run --release -p vsdm-timeseries --example net_speed -- SERIES CONTEXT HORIZON BATCH [HEADS PATCH]`
 //! (electricity: `370 72 24 4`). Runs on the first CUDA device when built with `--features cuda` and one is
 //! present, else on the CPU; peak memory is the process's resident memory (on a GPU, measure the device's with
-//! `nvidia-smi`, as `scripts/gpu/session.sh core` does).
+//! `nvidia-smi`, as `scripts/gpu/session.sh core` does). Each is called once to warm up, then `STEPS` times
+//! (environment, default 3); the last line has the medians. The network has 4 time features (electricity's
+//! hourly set). `python bench/forecast_net.py bench --features 4 …` times PyTorch's twin of it the same way.
 //!
 //! `net_speed check SERIES CONTEXT HORIZON BATCH` instead compares that device with the CPU: the same weights
 //! and inputs, the output, the loss and every parameter's gradient of one training step, as relative errors
@@ -125,21 +127,45 @@ fn main() -> anyhow::Result<()> {
     let cond = rng.randn(&[b, 5, d, c + h], &dev)?;
     let t = Tensor::full(0.5f32, b, &dev)?;
     println!("{cfg:?}, batch {b}, device {dev:?}");
-    for _ in 0..3 {
+    // One warm-up call, then STEPS timed calls each (their median is the figure to compare: the same
+    // methodology as `bench/forecast_net.py bench`, PyTorch's twin of this network).
+    let steps: usize = std::env::var("STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut train = Vec::new();
+    for i in 0..=steps {
         let s = std::time::Instant::now();
         let loss = net.forward(&x, &t, Some(&cond))?.sqr()?.mean_all()?;
         let _g = loss.backward()?;
         dev.synchronize()?;
+        let e = s.elapsed().as_secs_f64();
         println!(
-            "train step (forward + backward): {:.3} s; peak memory {:.0} MiB",
-            s.elapsed().as_secs_f64(),
+            "train step (forward + backward): {e:.3} s; peak memory {:.0} MiB",
             peak_rss_mib()
         );
+        if i > 0 {
+            train.push(e);
+        }
     }
     net.set_inference(true);
-    let s = std::time::Instant::now();
-    net.forward(&x, &t, Some(&cond))?;
-    dev.synchronize()?;
-    println!("sampling forward: {:.3} s", s.elapsed().as_secs_f64());
+    let mut sample = Vec::new();
+    for i in 0..=steps {
+        let s = std::time::Instant::now();
+        net.forward(&x, &t, Some(&cond))?;
+        dev.synchronize()?;
+        if i > 0 {
+            sample.push(s.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "medians of {steps} after a warm-up: train step {:.4} s, sampling forward {:.4} s",
+        median(&mut train),
+        median(&mut sample)
+    );
     Ok(())
 }
