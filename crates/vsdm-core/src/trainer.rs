@@ -324,6 +324,33 @@ fn ckpt_err(path: &Path, reason: impl Into<String>) -> Error {
 
 const FORMAT: &str = "vsdm-checkpoint-v1";
 
+/// The file in a checkpoint folder that names its newest checkpoint (written last, by a rename).
+const LATEST: &str = "latest";
+
+/// The name of the newest checkpoint that [`Trainer::save_checkpoint`] recorded in `dir` (`ckpt-…`): `Ok(None)`
+/// when `dir` holds no run (no pointer file), an error naming the pointer when it is there but unreadable or
+/// empty (a run whose pointer was damaged: resuming it, or starting over in its place, must not go ahead
+/// silently). Programs use it to tell a user that a folder already holds a run before they start another.
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<String>> {
+    let latest = dir.join(LATEST);
+    if !latest.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&latest).map_err(|e| ckpt_err(&latest, e.to_string()))?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(['/', '\\']) {
+        return Err(ckpt_err(
+            &latest,
+            format!(
+                "names no checkpoint ({name:?}); write the name of a ckpt-* folder of {} into it, or remove \
+                 the folder to start over",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(Some(name.to_string()))
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CheckpointMeta {
     format: String,
@@ -774,19 +801,17 @@ impl<M: ScoreModel> Trainer<M> {
             std::fs::remove_dir_all(&fin).map_err(io(&fin))?;
         }
         std::fs::rename(&tmp, &fin).map_err(io(&fin))?;
-        let latest = dir.join("latest");
-        let previous = std::fs::read_to_string(&latest).ok();
+        // An unreadable pointer keeps every older checkpoint: which one it meant is unknown.
+        let previous = latest_checkpoint(dir);
+        let latest = dir.join(LATEST);
         let ltmp = dir.join(".latest.tmp");
         std::fs::write(&ltmp, &name).map_err(io(&ltmp))?;
         std::fs::rename(&ltmp, &latest).map_err(io(&latest))?;
         // Keep the newest and the previous checkpoint.
-        if let Ok(entries) = std::fs::read_dir(dir) {
+        if let (Ok(previous), Ok(entries)) = (previous, std::fs::read_dir(dir)) {
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
-                if n.starts_with("ckpt-")
-                    && n != name
-                    && Some(n.as_str()) != previous.as_deref().map(str::trim)
-                {
+                if n.starts_with("ckpt-") && n != name && Some(n.as_str()) != previous.as_deref() {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -802,10 +827,13 @@ impl<M: ScoreModel> Trainer<M> {
         let ck = if dir.join("state.json").exists() {
             dir.to_path_buf()
         } else {
-            let latest = dir.join("latest");
-            let name = std::fs::read_to_string(&latest)
-                .map_err(|e| ckpt_err(&latest, format!("no checkpoint here ({e})")))?;
-            dir.join(name.trim())
+            let name = latest_checkpoint(dir)?.ok_or_else(|| {
+                ckpt_err(
+                    &dir.join(LATEST),
+                    "no checkpoint here (the file is missing)",
+                )
+            })?;
+            dir.join(name)
         };
         let meta_path = ck.join("state.json");
         let text =

@@ -226,6 +226,45 @@ fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
     );
     let back = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2)).unwrap();
     assert_eq!(back.step_count(), 10);
+    // The folder's newest checkpoint is the step-10 one, an existing folder.
+    let latest = vsdm_core::trainer::latest_checkpoint(dir.path())
+        .unwrap()
+        .unwrap();
+    assert!(
+        dir.path().join(&latest).join("state.json").is_file(),
+        "{latest}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    assert!(vsdm_core::trainer::latest_checkpoint(empty.path())
+        .unwrap()
+        .is_none());
+    // A damaged pointer: an error naming it, for the query and for resuming, and a new checkpoint written into
+    // the folder keeps every older one (which of them the pointer meant is unknown).
+    std::fs::write(dir.path().join("latest"), "  \n").unwrap();
+    let err = vsdm_core::trainer::latest_checkpoint(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("latest") && err.contains("names no checkpoint"),
+        "{err}"
+    );
+    let err = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("names no checkpoint"), "{err}");
+    let count = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))
+            .count()
+    };
+    let before = count();
+    assert!(before >= 2, "{before} checkpoints");
+    let fresh = Trainer::new(config(VarParams::None, 5), &DEV, Mlp::build(2, 2)).unwrap();
+    fresh.save_checkpoint(dir.path()).unwrap();
+    assert_eq!(count(), before + 1);
 }
 
 #[test]

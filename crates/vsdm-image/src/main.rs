@@ -337,12 +337,16 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         );
         (spec, tr)
     } else {
-        if let Ok(latest) = std::fs::read_to_string(out.join("ckpt").join("latest")) {
+        let held = match vsdm_core::trainer::latest_checkpoint(&out.join("ckpt")) {
+            Ok(Some(latest)) => Some(latest),
+            Ok(None) => None,
+            Err(e) => Some(format!("its pointer is damaged: {e}")),
+        };
+        if let Some(held) = held {
             eprintln!(
-                "note: {} held a run ({}); this new run replaces it (--resume continues that one instead, \
+                "note: {} held a run ({held}); this new run replaces it (--resume continues that one instead, \
                  --out writes elsewhere)",
                 out.display(),
-                latest.trim()
             );
         }
         let arch = a.arch.as_deref().unwrap_or("tiny");

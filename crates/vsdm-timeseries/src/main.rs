@@ -217,8 +217,20 @@ struct Row {
     forecast_s: f64,
 }
 
-/// Forecasts the test windows with the weights in `dir`; returns the forecasts, the forecast seconds, the
-/// weights' training seconds and their method. `expect`: the method the caller asked for, refused if the
+/// What [`forecast_with`] made.
+struct Forecasted {
+    forecasts: Vec<WindowForecast>,
+    /// Seconds the forecasts took.
+    forecast_s: f64,
+    /// The weights' training seconds (their record).
+    train_s: f64,
+    /// The weights' method.
+    method: Method,
+    /// The weights' window (context, horizon, scaling).
+    window: WindowConfig,
+}
+
+/// Forecasts the test windows with the weights in `dir`. `expect`: the method the caller asked for, refused if the
 /// weights were trained with another (their config decides the forward process, so a label taken from the
 /// command line would misname the row).
 fn forecast_with(
@@ -228,7 +240,7 @@ fn forecast_with(
     expect: Option<Method>,
     device: &candle_core::Device,
     seed: u64,
-) -> anyhow::Result<(Vec<WindowForecast>, f64, f64, Method)> {
+) -> anyhow::Result<Forecasted> {
     let loaded = weights::load(dir, device)?;
     let method = loaded.cfg.method;
     if let Some(m) = expect.filter(|&m| m != method) {
@@ -249,6 +261,35 @@ fn forecast_with(
             data.num_series()
         );
     }
+    // The network forecasts the horizon it was trained for, from the context it was trained with, scaled as it
+    // was: a data set or flag that asks for other windows is refused rather than scored on a mismatch (the
+    // random-walk reference would use the asked-for window and the table would compare unlike things).
+    let w = loaded.cfg.window;
+    let mut clash = Vec::new();
+    if w.horizon != data.prediction_length {
+        clash.push(format!(
+            "horizon {} (the data set's prediction length is {}: --prediction-length)",
+            w.horizon, data.prediction_length
+        ));
+    }
+    if let Some(c) = cli.context.filter(|&c| c != w.context) {
+        clash.push(format!("context {} (--context {c})", w.context));
+    }
+    if let Some(sc) = cli.scaling.filter(|&sc| sc != w.scaling) {
+        let name = |s: Scaling| format!("{s:?}").to_lowercase();
+        clash.push(format!(
+            "scaling {} (--scaling {})",
+            name(w.scaling),
+            name(sc)
+        ));
+    }
+    if !clash.is_empty() {
+        anyhow::bail!(
+            "the weights in {} were trained with {}; forecast with their settings or train weights for these",
+            dir.display(),
+            clash.join(", ")
+        );
+    }
     let ends = forecast::select_windows(&data.test, cli.max_windows);
     let sample_batch = cli
         .sample_batch
@@ -260,18 +301,25 @@ fn forecast_with(
     );
     let start = Instant::now();
     let out = fc.forecast(&data.test, &ends, cli.samples, seed.wrapping_add(1_000))?;
-    Ok((
-        out,
-        start.elapsed().as_secs_f64(),
-        loaded.cfg.train_seconds,
+    Ok(Forecasted {
+        forecasts: out,
+        forecast_s: start.elapsed().as_secs_f64(),
+        train_s: loaded.cfg.train_seconds,
         method,
-    ))
+        window: w,
+    })
 }
 
-fn baseline_row(cli: &Cli, data: &Dataset, seed: u64) -> anyhow::Result<Row> {
+/// The random-walk reference on the windows `window` (the scored model's).
+fn baseline_row(
+    cli: &Cli,
+    data: &Dataset,
+    window: &WindowConfig,
+    seed: u64,
+) -> anyhow::Result<Row> {
     let ends = forecast::select_windows(&data.test, cli.max_windows);
     let start = Instant::now();
-    let f = forecast::random_walk(&data.test, &ends, &window(cli, data), cli.samples, seed)?;
+    let f = forecast::random_walk(&data.test, &ends, window, cli.samples, seed)?;
     Ok(Row {
         name: "random walk".into(),
         report: forecast::score(&f)?,
@@ -362,7 +410,13 @@ fn train_and_save(
 
 fn evaluate(cli: &Cli, data: &Dataset, device: &candle_core::Device) -> anyhow::Result<()> {
     let wdir = weights_dir(cli, data, cli.method.unwrap_or_default())?;
-    let (f, fs, ts, method) = forecast_with(cli, data, &wdir, cli.method, device, cli.seed)?;
+    let Forecasted {
+        forecasts: f,
+        forecast_s: fs,
+        train_s: ts,
+        method,
+        window: w,
+    } = forecast_with(cli, data, &wdir, cli.method, device, cli.seed)?;
     let out = run_dir(cli, data, method).join("forecast");
     let files = forecast::export(&out, &f, cli.charts)?;
     let rows = vec![
@@ -372,7 +426,7 @@ fn evaluate(cli: &Cli, data: &Dataset, device: &candle_core::Device) -> anyhow::
             train_s: ts,
             forecast_s: fs,
         },
-        baseline_row(cli, data, cli.seed)?,
+        baseline_row(cli, data, &w, cli.seed)?,
     ];
     println!(
         "{}: {} series, {} test windows, {} samples, sampler {:?} × {} steps, weights {}",
@@ -424,7 +478,9 @@ fn bench(
         all.push((m.name().into(), Vec::new()));
     }
     for &seed in seeds {
-        all[0].1.push(baseline_row(cli, data, seed)?);
+        all[0]
+            .1
+            .push(baseline_row(cli, data, &window(cli, data), seed)?);
         for (k, &m) in methods.iter().enumerate() {
             let dir = cli
                 .out
@@ -432,8 +488,12 @@ fn bench(
                 .join(format!("bench-{}-seed{seed}", m.name()));
             train_and_save(cli, data, m, seed, device, &dir)?;
             // The training time the weights record (a rerun over a finished checkpoint trains nothing).
-            let (f, fs, ts, _) =
-                forecast_with(cli, data, &dir.join("weights"), Some(m), device, seed)?;
+            let Forecasted {
+                forecasts: f,
+                forecast_s: fs,
+                train_s: ts,
+                ..
+            } = forecast_with(cli, data, &dir.join("weights"), Some(m), device, seed)?;
             let report = forecast::score(&f)?;
             eprintln!(
                 "seed {seed} {}: CRPS {:.5} CRPS-sum {:.5}",
@@ -517,8 +577,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Forecast) => {
             let wdir = weights_dir(&cli, &data, method)?;
-            let (f, fs, _, method) =
-                forecast_with(&cli, &data, &wdir, cli.method, &device, cli.seed)?;
+            let Forecasted {
+                forecasts: f,
+                forecast_s: fs,
+                method,
+                ..
+            } = forecast_with(&cli, &data, &wdir, cli.method, &device, cli.seed)?;
             let dir = run_dir(&cli, &data, method);
             let files = forecast::export(&dir.join("forecast"), &f, cli.charts)?;
             eprintln!(

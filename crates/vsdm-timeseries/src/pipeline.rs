@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use vsdm_core::trainer::{TrainConfig, Trainer};
@@ -304,6 +305,50 @@ pub fn net_config(
     }
 }
 
+/// The window and network of a checkpointed run, kept beside its checkpoints in `run.json`. The trainer's
+/// checkpoint holds only its own settings, and neither the context length nor the scaling changes a weight's
+/// shape: without this record a resumed run with another `--context` or `--scaling` would go on silently under
+/// settings it did not start with.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct RunSettings {
+    window: WindowConfig,
+    network: NetConfig,
+}
+
+const RUN_SETTINGS: &str = "run.json";
+
+/// The leaves where two JSON values differ, as `path: before → now`, appended to `out`.
+fn differences(
+    path: &str,
+    before: &serde_json::Value,
+    now: &serde_json::Value,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (before, now) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                differences(
+                    &sub,
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        _ if before != now => out.push(format!("{path}: {before} → {now}")),
+        _ => {}
+    }
+}
+
 /// A finished training run.
 pub struct Trained {
     pub method: Method,
@@ -359,19 +404,57 @@ pub fn train_with(
         net,
     )?;
     let build = move |vb: candle_nn::VarBuilder| ForecastNet::new(vb, net);
+    let settings = RunSettings {
+        window,
+        network: net,
+    };
     let mut trainer = match ckpt_dir {
-        Some(dir) if dir.join("latest").is_file() => {
+        // A damaged pointer is an error naming it: starting over would delete that run's checkpoints.
+        Some(dir) if vsdm_core::trainer::latest_checkpoint(dir)?.is_some() => {
             tracing::info!(dir = %dir.display(), "resuming from checkpoint");
             let tr = Trainer::resume(dir, device, build)?;
-            if tr.config() != &cfg {
+            let mut diff = Vec::new();
+            differences(
+                "",
+                &serde_json::to_value(tr.config())?,
+                &serde_json::to_value(&cfg)?,
+                &mut diff,
+            );
+            if diff.is_empty() && tr.config() != &cfg {
+                diff.push("the trainer's settings".into());
+            }
+            let path = dir.join(RUN_SETTINGS);
+            if path.is_file() {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let old: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not the settings of a run", path.display()))?;
+                differences("", &old, &serde_json::to_value(settings)?, &mut diff);
+            }
+            if !diff.is_empty() {
                 anyhow::bail!(
-                    "the checkpoint in {} was made with other settings; use another --out or remove it",
-                    dir.display()
+                    "the checkpoint in {} was made with other settings ({}); use another --out or remove it",
+                    dir.display(),
+                    diff.join("; ")
                 );
             }
             tr
         }
-        _ => Trainer::new(cfg, device, build)?,
+        _ => {
+            // Built first: settings it refuses leave no folder behind.
+            let tr = Trainer::new(cfg, device, build)?;
+            if let Some(dir) = ckpt_dir {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let path = dir.join(RUN_SETTINGS);
+                let tmp = dir.join(".run.json.tmp");
+                std::fs::write(&tmp, serde_json::to_string_pretty(&settings)?)
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+                std::fs::rename(&tmp, &path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            tr
+        }
     };
     tracing::info!(
         method = method.name(),

@@ -6,6 +6,19 @@ use std::process::{Command, Output};
 
 use vsdm_timeseries::data::registry::default_assets_dir;
 
+/// The program with `args`, offline, its cache and output in `tmp`.
+fn in_folder(tmp: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
+        .args(["--offline", "--cache-dir"])
+        .arg(tmp.join("cache"))
+        .arg("--out")
+        .arg(tmp.join("out"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
 fn run(args: &[&str]) -> Option<(Output, tempfile::TempDir)> {
     let assets = default_assets_dir()?;
     let tmp = tempfile::tempdir().unwrap();
@@ -106,15 +119,7 @@ fn bad_flags_are_named() {
         ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
-            .args(["--offline", "--iters", iters, "--cache-dir"])
-            .arg(tmp.path().join("cache"))
-            .arg("--out")
-            .arg(tmp.path().join("out"))
-            .args(args)
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap();
+        let out = in_folder(tmp.path(), &[&["--iters", iters], args].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
@@ -133,15 +138,7 @@ fn a_finished_run_is_reported_and_its_weights_kept() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let train = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
-            .args(["--offline", "--iters", "2", "--cache-dir"])
-            .arg(tmp.path().join("cache"))
-            .arg("--out")
-            .arg(tmp.path().join("out"))
-            .arg("train")
-            .env("RUST_BACKTRACE", "0")
-            .output()
-            .unwrap();
+        let out = in_folder(tmp.path(), &["--iters", "2", "train"]);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -160,4 +157,48 @@ fn a_finished_run_is_reported_and_its_weights_kept() {
         std::fs::metadata(&weights).unwrap().modified().unwrap(),
         modified
     );
+}
+
+/// A checkpointed run refuses to go on under another window (the context and the scaling change no weight's
+/// shape), naming what changed; weights refuse to be scored on windows they were not trained for; a damaged
+/// checkpoint pointer is an error naming it, and the checkpoints stay.
+#[test]
+fn changed_settings_and_a_damaged_pointer_are_refused() {
+    if default_assets_dir().is_none() {
+        eprintln!("skipped: no assets/ folder next to the crate (the bundled data set)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = in_folder(tmp.path(), &[&["--checkpoint-every", "1"], args].concat());
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["--iters", "2", "train"]);
+    assert!(ok, "{err}");
+    let (ok, err) = run(&["--iters", "2", "--context", "60", "train"]);
+    assert!(!ok && err.contains("window.context: 90 → 60"), "{err}");
+    let (ok, err) = run(&["--scaling", "std", "evaluate"]);
+    assert!(
+        !ok && err.contains("trained with scaling last (--scaling std)"),
+        "{err}"
+    );
+    let ckpt = tmp.path().join("out/exchange_rate/vsdm/checkpoints");
+    let count = || {
+        std::fs::read_dir(&ckpt)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))
+            .count()
+    };
+    let before = count();
+    std::fs::write(ckpt.join("latest"), "").unwrap();
+    let (ok, err) = run(&["--iters", "3", "train"]);
+    assert!(
+        !ok && err.contains("latest") && err.contains("names no checkpoint"),
+        "{err}"
+    );
+    assert_eq!(count(), before);
 }
