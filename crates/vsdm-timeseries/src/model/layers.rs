@@ -7,10 +7,12 @@ use candle_nn::{Init, Linear, VarBuilder};
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
 /// dimensions are flattened first. (`candle_nn::Linear` on a rank-3 or rank-4 input broadcasts its weight over
-/// the leading dimensions and runs one small matrix product per leading index, forward and backward. Measured
-/// with the `net_speed` example, the change was within the machine's noise at exchange-rate sizes and ~20% at
-/// electricity's, also within noise: it is kept as the simpler computation, not for a proven speed-up.)
+/// the leading dimensions and runs one small matrix product per leading index, forward and backward.)
 /// Same parameters and names as `candle_nn::linear` (`weight`, `bias`), so weight files are unchanged.
+///
+/// Recorded as one op with its own backward ([`dense_op`]): candle's backward of the bias's broadcast
+/// addition sums the output gradient over its rows with a strided reduction, which single-threaded took a
+/// quarter of an exchange-rate training step on the CPU (`perf`, 2026-12-05).
 pub struct Dense(Linear);
 
 /// A [`Dense`] layer `inp → out` with `candle_nn::linear`'s initialisation.
@@ -21,17 +23,57 @@ pub fn dense(inp: usize, out: usize, vb: VarBuilder) -> Result<Dense> {
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
-        if dims.len() <= 2 {
-            return self.0.forward(x);
-        }
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last.max(1);
-        let y = self.0.forward(&x.reshape((rows, last))?)?;
+        let bias = self
+            .0
+            .bias()
+            .ok_or_else(|| candle_core::Error::Msg("dense layer without a bias".into()))?;
+        let y = dense_op(&x.reshape((rows, last))?, self.0.weight(), bias)?;
         let mut out = dims.to_vec();
         let n = out.len();
         out[n - 1] = y.dim(1)?;
         y.reshape(out)
     }
+}
+
+/// Σ over the rows of `t` `[rows, n]` → `[n]`, as the product ones`[1, rows]` · t (a GEMM, where candle's
+/// `sum(0)` is a strided single-threaded loop).
+pub fn sum_rows(t: &Tensor) -> Result<Tensor> {
+    let (rows, n) = t.dims2()?;
+    let ones = Tensor::ones((1, rows), t.dtype(), t.device())?;
+    ones.matmul(&t.contiguous()?)?.reshape(n)
+}
+
+/// The backward of [`dense_op`].
+struct DenseBackward;
+
+impl vsdm_core::carried::Backward for DenseBackward {
+    const NAME: &'static str = "dense-backward";
+
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = &dy.contiguous()?;
+        let dx = dy.matmul(w)?;
+        let dw = dy.t()?.matmul(x)?;
+        Ok((Some(dx), Some(dw), Some(sum_rows(dy)?)))
+    }
+}
+
+/// x Wᵀ + b for x `[rows, in]`, W `[out, in]`, b `[out]`, recorded as one op whose backward is
+/// dx = dy W, dW = dyᵀ x, db = Σ_rows dy. Without a tracked input it records nothing.
+pub fn dense_op(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let value = |x: &Tensor, w: &Tensor, b: &Tensor| x.matmul(&w.t()?)?.broadcast_add(b);
+    if !(x.track_op() || w.track_op() || b.track_op()) {
+        return value(x, w, b);
+    }
+    let y = value(&x.detach(), &w.detach(), &b.detach())?;
+    vsdm_core::carried::apply(y, x, w, b, DenseBackward)
 }
 
 /// Softmax over the last dimension as exp / sum, shifted by the (detached) row maximum for range safety.
@@ -52,7 +94,7 @@ pub struct LayerNorm {
     gain: Tensor,
     bias: Tensor,
     eps: f64,
-    /// Use candle's fused kernel (no backward pass): for inference only.
+    /// Record no op (no backward pass): for inference only.
     fused: bool,
 }
 
@@ -70,14 +112,83 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.fused {
-            return candle_nn::ops::layer_norm(x, &self.gain, &self.bias, self.eps as f32);
+            // Detached: the same value, no op recorded.
+            return layer_norm(
+                &x.detach(),
+                &self.gain.detach(),
+                &self.bias.detach(),
+                self.eps,
+            );
         }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        xn.broadcast_mul(&self.gain)?.broadcast_add(&self.bias)
+        layer_norm(x, &self.gain, &self.bias, self.eps)
     }
+}
+
+/// Layer normalisation over the last dimension as candle's op chain (mean, centring, variance, division,
+/// gain, bias): the reference of [`layer_norm`], and what [`LayerNorm`] computed before.
+pub fn layer_norm_chain(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(gain)?.broadcast_add(bias)
+}
+
+/// The backward of [`layer_norm`].
+struct LayerNormBackward {
+    eps: f64,
+}
+
+impl vsdm_core::carried::Backward for LayerNormBackward {
+    const NAME: &'static str = "layer-norm-backward";
+
+    fn backward(
+        &self,
+        x: &Tensor,
+        gain: &Tensor,
+        _bias: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.dim(D::Minus1)?;
+        let rows = x.elem_count() / n.max(1);
+        let shape = x.shape().clone();
+        let (x, dy) = (x.reshape((rows, n))?, dy.contiguous()?.reshape((rows, n))?);
+        let xc = x.broadcast_sub(&x.mean_keepdim(1)?)?;
+        let r = (xc.sqr()?.mean_keepdim(1)? + self.eps)?.sqrt()?.recip()?;
+        let xh = xc.broadcast_mul(&r)?;
+        let gdy = dy.broadcast_mul(gain)?;
+        let m1 = gdy.mean_keepdim(1)?;
+        let m2 = (&gdy * &xh)?.mean_keepdim(1)?;
+        let dx = gdy
+            .broadcast_sub(&m1)?
+            .sub(&xh.broadcast_mul(&m2)?)?
+            .broadcast_mul(&r)?;
+        let dgain = sum_rows(&(&dy * &xh)?)?;
+        let dbias = sum_rows(&dy)?;
+        Ok((Some(dx.reshape(shape)?), Some(dgain), Some(dbias)))
+    }
+}
+
+/// Layer normalisation over the last dimension, y = γ (x − μ)/√(σ² + ε) + β, recorded as one op: the value
+/// from candle's fused kernel (one pass, CPU and CUDA), the backward analytic, with x̂ = (x − μ) r,
+/// r = 1/√(σ² + ε) and dy the output's gradient:
+///
+///   dx = r (γ dy − mean(γ dy) − x̂ mean(γ dy x̂)),  dγ = Σ_rows dy x̂,  dβ = Σ_rows dy.
+///
+/// (candle's chain [`layer_norm_chain`] records seven ops, whose backward sums γ's and β's gradients over the
+/// rows with strided single-threaded reductions.) Without a tracked input it records nothing.
+pub fn layer_norm(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    // candle's kernel takes f32, f16 and bf16; f64 (the tests' exact reference) goes through the chain.
+    let value = |x: &Tensor, gain: &Tensor, bias: &Tensor| match x.dtype() {
+        candle_core::DType::F64 => layer_norm_chain(x, gain, bias, eps),
+        _ => candle_nn::ops::layer_norm(&x.contiguous()?, gain, bias, eps as f32),
+    };
+    if !(x.track_op() || gain.track_op() || bias.track_op()) {
+        return value(x, gain, bias);
+    }
+    let y = value(&x.detach(), &gain.detach(), &bias.detach())?;
+    let x = x.contiguous()?;
+    vsdm_core::carried::apply(y, &x, gain, bias, LayerNormBackward { eps })
 }
 
 /// softmax(q kᵀ/√d) v for q, k, v `[…, S, d]` (any leading axes), candle's op chain with [`softmax_last`]: the
@@ -205,8 +316,8 @@ impl EncoderLayer {
 }
 
 impl EncoderLayer {
-    /// Switches to candle's fused layer norm, which is faster but has no backward pass: for sampling only
-    /// ([`attention`] is fused in both modes).
+    /// Switches the layer norms to recording no op (no backward pass): for sampling only ([`attention`] and
+    /// [`layer_norm`] compute their values with candle's fused kernels in both modes).
     pub fn set_inference(&mut self, on: bool) {
         self.ln1.fused = on;
         self.ln2.fused = on;
@@ -319,6 +430,73 @@ mod tests {
                     !plain.track_op() && rel(&plain, &y0) < tol,
                     "{case}: detached"
                 );
+            }
+        }
+    }
+
+    /// The fused layer norm and dense ops equal candle's chains in value and in every input's gradient
+    /// (f32 ≤ 1e-5, f64 ≤ 1e-12 relative), for 2-D, 3-D and 4-D inputs, the gradients of ⟨y, probe⟩ for a
+    /// random probe reached through a transpose (a strided gradient).
+    #[test]
+    fn layer_norm_and_dense_match_candles_chains_and_their_gradients() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(5);
+        for shape in [vec![7usize, 6], vec![3, 4, 6], vec![2, 3, 5, 6]] {
+            for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+                let mut draw = |dims: &[usize], shift: f64| {
+                    let t = (rng.randn(dims, &dev).unwrap() + shift).unwrap();
+                    Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap()
+                };
+                let n = shape[shape.len() - 1];
+                let x = draw(&shape, 0.7);
+                let (gain, bias) = (draw(&[n], 1.0), draw(&[n], 0.0));
+                let (w, b) = (draw(&[4, n], 0.0), draw(&[4], 0.0));
+                let rows = x.elem_count() / n;
+                let probe_ln = draw(&shape, 0.0);
+                let probe_dense = draw(&[rows, 4], 0.0);
+                let case = format!("{shape:?} {dt:?}");
+                // ⟨y, probe⟩ with y read through a transpose of its first two axes.
+                let grads = |y: &Tensor, probe: &Tensor, of: [&Var; 3]| {
+                    let loss = (y.transpose(0, 1).unwrap() * probe.transpose(0, 1).unwrap())
+                        .unwrap()
+                        .sum_all()
+                        .unwrap();
+                    let g = loss.backward().unwrap();
+                    of.map(|v| g.get(v.as_tensor()).unwrap().clone())
+                };
+                let eps = 1e-5;
+                let y0 = layer_norm_chain(x.as_tensor(), gain.as_tensor(), bias.as_tensor(), eps)
+                    .unwrap();
+                let y1 =
+                    layer_norm(x.as_tensor(), gain.as_tensor(), bias.as_tensor(), eps).unwrap();
+                assert!(rel(&y1, &y0) < tol, "{case}: layer norm {}", rel(&y1, &y0));
+                let g0 = grads(&y0, probe_ln.as_tensor(), [&x, &gain, &bias]);
+                let g1 = grads(&y1, probe_ln.as_tensor(), [&x, &gain, &bias]);
+                for (name, (a, b)) in ["x", "gain", "bias"].iter().zip(g1.iter().zip(&g0)) {
+                    assert!(rel(a, b) < tol, "{case}: layer norm d{name} {}", rel(a, b));
+                }
+                let x2 = x.as_tensor().reshape((rows, n)).unwrap();
+                let y0 = x2
+                    .matmul(&w.as_tensor().t().unwrap())
+                    .unwrap()
+                    .broadcast_add(b.as_tensor())
+                    .unwrap();
+                let y1 = dense_op(&x2, w.as_tensor(), b.as_tensor()).unwrap();
+                assert!(rel(&y1, &y0) < tol, "{case}: dense {}", rel(&y1, &y0));
+                let g0 = grads(&y0, probe_dense.as_tensor(), [&x, &w, &b]);
+                let g1 = grads(&y1, probe_dense.as_tensor(), [&x, &w, &b]);
+                for (name, (a, b)) in ["x", "w", "bias"].iter().zip(g1.iter().zip(&g0)) {
+                    assert!(rel(a, b) < tol, "{case}: dense d{name} {}", rel(a, b));
+                }
+                // Without tracked inputs: nothing recorded, the same value.
+                let plain = layer_norm(
+                    &x.as_tensor().detach(),
+                    &gain.as_tensor().detach(),
+                    &bias.as_tensor().detach(),
+                    eps,
+                )
+                .unwrap();
+                assert!(!plain.track_op(), "{case}");
             }
         }
     }
