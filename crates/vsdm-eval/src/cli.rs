@@ -42,13 +42,52 @@ pub fn at_least_one(flags: &[(&str, usize)]) -> anyhow::Result<()> {
     }
 }
 
-/// Creates the folder an output file will be written into (nothing for a bare file name), so that a long job
-/// does not fail at its end on a missing folder; the error names the folder.
+/// Refuses a value above its flag's bound for any of the command-line `flags` (name, value, bound), naming the
+/// first such flag: counts that size buffers (steps, batches, channels) are bounded far above any real use, so
+/// that a mistyped value is an error rather than an allocation that overflows or aborts the process.
+pub fn at_most(flags: &[(&str, usize, usize)]) -> anyhow::Result<()> {
+    match flags.iter().find(|f| f.1 > f.2) {
+        Some((flag, v, max)) => anyhow::bail!("{flag} {v}: must be at most {max}"),
+        None => Ok(()),
+    }
+}
+
+/// `text` up to the first line of a Rust backtrace (a line `<spaces>0: …`, the first frame), without the
+/// line breaks before it.
+fn without_backtrace(text: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    for l in text.lines() {
+        if l.trim_start().starts_with("0: ") && l.starts_with(' ') {
+            break;
+        }
+        kept.push(l);
+    }
+    kept.join("\n").trim_end().to_string()
+}
+
+/// Creates the folder an output file will be written into (nothing for a bare file name) and checks that the
+/// file can be written there, so that a long job does not fail at its end on a missing folder or a read-only
+/// place; the error names the folder or the file. An existing file is opened for appending (and left as it
+/// is); a new one is created and removed again.
 pub fn create_parent(path: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    }
+    let cannot = || format!("{}: cannot be written", path.display());
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(cannot)?;
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(cannot)?;
+        std::fs::remove_file(path).with_context(cannot)?;
     }
     Ok(())
 }
@@ -56,10 +95,14 @@ pub fn create_parent(path: &std::path::Path) -> anyhow::Result<()> {
 /// One line for an error and its causes, as the workspace's command-line programs print it: the causes joined with ": ",
 /// leaving out a cause whose text the line already holds (our errors that name a file print their source
 /// inline, so anyhow's `{:#}` would repeat it, e.g. "a.npz: No such file: No such file").
+///
+/// A cause's text is cut where a backtrace begins: with `RUST_BACKTRACE` set, candle's errors carry one in
+/// their message (frames `   0: candle_core::error::Error::bt`, …), which would bury the line under tens of
+/// frames.
 pub fn report(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        let text = without_backtrace(&cause.to_string());
         if line.contains(&text) {
             continue;
         }
@@ -95,5 +138,27 @@ mod report_tests {
         // Distinct causes are all kept, outermost first.
         let chained = anyhow::anyhow!("bad header").context("loading weights.safetensors");
         assert_eq!(report(&chained), "loading weights.safetensors: bad header");
+    }
+
+    /// A candle error that carries a backtrace (as with RUST_BACKTRACE=1) prints its message only.
+    #[test]
+    fn backtraces_are_left_out() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch in add".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(e.to_string().contains("0: "), "no frames to cut: {e}");
+        let e = anyhow::Error::new(e).context("loading model.safetensors");
+        assert_eq!(
+            report(&e),
+            "loading model.safetensors: shape mismatch in add"
+        );
+    }
+
+    #[test]
+    fn bounds_name_the_flag() {
+        assert!(at_most(&[("--steps", 1000, 1000)]).is_ok());
+        let err = at_most(&[("--batch", 3, 10), ("--steps", 1001, 1000)]).unwrap_err();
+        assert_eq!(err.to_string(), "--steps 1001: must be at most 1000");
     }
 }

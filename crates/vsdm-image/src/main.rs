@@ -78,6 +78,7 @@ struct CheckArgs {
     /// Methods to compare.
     #[arg(long, num_args = 1.., default_values = ["vsdm"])]
     method: Vec<Method>,
+    /// Images per batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
     /// Full training steps after the gradient comparison (a variational stage after each).
@@ -96,6 +97,7 @@ struct BenchArgs {
     /// Method (vsmd doubles the input channels).
     #[arg(long, default_value = "vsdm")]
     method: Method,
+    /// Images per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// Timed steps after one warm-up step.
@@ -128,11 +130,17 @@ struct TrainArgs {
     /// `--iters`, which moves its end, the data, time limit and output options apply).
     #[arg(long)]
     resume: bool,
+    /// Replace the run already in `--out`: its checkpoints, weights and sample grids are deleted once the new
+    /// run has been set up (without it, a folder that holds a run is refused: `--resume` continues it).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// Network updates in all (default: the architecture's budget).
     #[arg(long)]
     iters: Option<usize>,
+    /// Training images per update (default: the architecture's budget, 128 for ddpmpp, 16 for tiny).
     #[arg(long)]
     batch: Option<usize>,
+    /// AdamW learning rate (default: the architecture's budget).
     #[arg(long)]
     lr: Option<f64>,
     /// EMA decay of the network (paper scale: 0.9999).
@@ -234,6 +242,7 @@ struct SamplerArgs {
     /// Images per network batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Seed of the sampler's noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -244,11 +253,12 @@ struct SampleArgs {
     /// the local Hugging Face cache, else downloaded into it).
     #[arg(long)]
     weights: String,
+    /// Number of images.
     #[arg(long, default_value_t = 64)]
     n: usize,
     #[command(flatten)]
     sampler: SamplerArgs,
-    /// PNG grid to write.
+    /// PNG grid to write (a `.png` path).
     #[arg(long, default_value = "samples.png")]
     grid: PathBuf,
     /// Also write every image as a PNG into this folder.
@@ -299,8 +309,38 @@ fn device(cuda: bool) -> Result<Device> {
     }
 }
 
-fn bundled_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/image/cifar10-train-1000.bin")
+/// The bundled 1000-image subset, found through the source tree the binary was built from.
+fn bundled_data() -> Result<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/image/cifar10-train-1000.bin");
+    if !p.is_file() {
+        bail!(
+            "the bundled CIFAR-10 subset is not at {} (this binary was built from that source tree and moved, \
+             or the tree is gone): pass --data (a CIFAR-10 folder, binary batch, parquet file or hf:uoft-cs/cifar10)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// Bounds of the flags that size buffers: far above any real use, so that a mistyped value is an error that
+/// names the flag instead of an allocation that overflows or aborts.
+const MAX_STEPS: usize = 100_000;
+const MAX_BATCH: usize = 65_536;
+const MAX_IMAGES: usize = 10_000_000;
+const MAX_CHANNELS: usize = 4_096;
+const MAX_ITERS: usize = 1_000_000_000;
+
+/// The run a folder holds, if any: its newest checkpoint, or what is wrong with its pointer, or its settings
+/// file alone (a run stopped before its first checkpoint).
+fn run_held(out: &Path) -> Option<String> {
+    match vsdm_core::trainer::latest_checkpoint(&out.join("ckpt")) {
+        Ok(Some(latest)) => Some(latest),
+        Err(e) => Some(format!("its checkpoint pointer is damaged: {e}")),
+        Ok(None) => out
+            .join(RunSpec::FILE)
+            .is_file()
+            .then(|| format!("{} without a checkpoint", RunSpec::FILE)),
+    }
 }
 
 fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
@@ -309,10 +349,38 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
             bail!("invalid --minutes {m}: must be a positive number of minutes");
         }
     }
+    let given = |v: Option<usize>| v.unwrap_or(1);
+    vsdm_eval::cli::at_least_one(&[
+        ("--iters", given(a.iters)),
+        ("--batch", given(a.batch)),
+        ("--channels", given(a.channels)),
+        ("--grid", a.grid),
+        ("--grid-steps", given(a.grid_steps)),
+        ("--traj-steps", given(a.traj_steps)),
+    ])?;
+    vsdm_eval::cli::at_most(&[
+        ("--iters", given(a.iters), MAX_ITERS),
+        ("--batch", given(a.batch), MAX_BATCH),
+        ("--channels", given(a.channels), MAX_CHANNELS),
+        ("--grid", a.grid, MAX_BATCH),
+        ("--grid-steps", given(a.grid_steps), MAX_STEPS),
+        ("--traj-steps", given(a.traj_steps), MAX_STEPS),
+        ("--n-traj", given(a.n_traj), MAX_BATCH),
+        ("--a-iters", given(a.a_iters), MAX_ITERS),
+        ("--block", given(a.block), MAX_ITERS),
+    ])?;
     let out = a
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/image-{}", a.method())));
+    let held = if a.resume { None } else { run_held(&out) };
+    if let (Some(held), false) = (&held, a.overwrite) {
+        bail!(
+            "{} holds a run ({held}): --resume continues it, --overwrite replaces it, --out DIR writes \
+             elsewhere",
+            out.display()
+        );
+    }
     let (spec, mut tr) = if a.resume {
         let (spec, mut tr) = resume_trainer(&out, dev)
             .with_context(|| format!("resuming from {}", out.display()))?;
@@ -337,18 +405,6 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         );
         (spec, tr)
     } else {
-        let held = match vsdm_core::trainer::latest_checkpoint(&out.join("ckpt")) {
-            Ok(Some(latest)) => Some(latest),
-            Ok(None) => None,
-            Err(e) => Some(format!("its pointer is damaged: {e}")),
-        };
-        if let Some(held) = held {
-            eprintln!(
-                "note: {} held a run ({held}); this new run replaces it (--resume continues that one instead, \
-                 --out writes elsewhere)",
-                out.display(),
-            );
-        }
         let arch = a.arch.as_deref().unwrap_or("tiny");
         let mut unet = a.method().unet(UNetConfig::preset(arch)?);
         if let Some(c) = a.channels {
@@ -394,10 +450,10 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         return Ok(());
     }
     let arch = spec.unet.arch_name();
-    let data_path = a
-        .data
-        .clone()
-        .unwrap_or_else(|| bundled_data().display().to_string());
+    let data_path = match &a.data {
+        Some(d) => d.clone(),
+        None => bundled_data()?.display().to_string(),
+    };
     let set = data::open_source(&data_path, hub, data::Split::Train)
         .with_context(|| format!("loading CIFAR-10 from {data_path}"))?;
     if spec.unet.label_dim > 0 && set.classes.len() != spec.unet.label_dim {
@@ -417,6 +473,22 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         out.display()
     );
     let mut source = CifarSource::new(set, !a.no_flip, spec.unet.label_dim > 0)?;
+    if let Some(held) = held {
+        // --overwrite, and the new run is set up: the old one goes now, so that no file of it can be read
+        // back as this run's (its settings with these checkpoints, or the reverse).
+        for name in ["ckpt", "weights", "samples", RunSpec::FILE] {
+            let p = out.join(name);
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else if p.exists() {
+                std::fs::remove_file(&p)
+            } else {
+                Ok(())
+            };
+            gone.with_context(|| format!("--overwrite: removing {}", p.display()))?;
+        }
+        eprintln!("replaced the run in {} ({held})", out.display());
+    }
     let mut sampler = spec.method.default_sampler();
     let cpu_tiny = arch == "tiny" && dev.is_cpu();
     if let Some(s) = a.grid_steps {
@@ -490,10 +562,31 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
     Ok(Tensor::cat(&parts, 0)?)
 }
 
+/// The sampler flags' bounds.
+fn check_sampler(a: &SamplerArgs) -> Result<()> {
+    vsdm_eval::cli::at_least_one(&[("--batch", a.batch), ("--steps", a.steps.unwrap_or(1))])?;
+    vsdm_eval::cli::at_most(&[
+        ("--batch", a.batch, MAX_BATCH),
+        ("--steps", a.steps.unwrap_or(1), MAX_STEPS),
+    ])
+}
+
 fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
-    vsdm_eval::cli::at_least_one(&[("--n", a.n), ("--batch", a.sampler.batch)])?;
+    vsdm_eval::cli::at_least_one(&[("--n", a.n)])?;
+    vsdm_eval::cli::at_most(&[("--n", a.n, MAX_IMAGES)])?;
+    check_sampler(&a.sampler)?;
+    if a.grid.extension().and_then(|e| e.to_str()) != Some("png") {
+        bail!(
+            "--grid {}: the grid is written as PNG; give a .png path",
+            a.grid.display()
+        );
+    }
+    // Every output is checked before the sampling: a path that cannot be written fails now, not after it.
     for p in std::iter::once(&a.grid).chain(&a.npz) {
         vsdm_eval::cli::create_parent(p)?;
+    }
+    if let Some(d) = &a.folder {
+        vsdm_eval::cli::create_parent(&d.join("0.png"))?;
     }
     let w = weights::load(&a.weights, hub, dev)?;
     let images = draw(&w, &a.sampler, a.n, dev)?;
@@ -512,16 +605,26 @@ fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
 
 fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
     use vsdm_eval::fid::{self, FidInput, InceptionV3, StatsAccumulator, FEATURE_DIM};
-    vsdm_eval::cli::at_least_one(&[
-        ("--n", a.n),
-        ("--batch", a.sampler.batch),
-        ("--fid-batch", a.fid_batch),
+    vsdm_eval::cli::at_least_one(&[("--fid-batch", a.fid_batch)])?;
+    vsdm_eval::cli::at_most(&[
+        ("--n", a.n, MAX_IMAGES),
+        ("--fid-batch", a.fid_batch, MAX_BATCH),
     ])?;
+    if a.n < 2 {
+        bail!(
+            "--n {}: a FID needs at least 2 samples (their covariance)",
+            a.n
+        );
+    }
+    check_sampler(&a.sampler)?;
     if let Some(p) = &a.npz {
         vsdm_eval::cli::create_parent(p)?;
     }
     let reference = FidInput::open(&a.reference)?;
     let net = InceptionV3::load(&a.inception, dev)?;
+    // The reference first: a reference that cannot be scored (one image, bad statistics) fails before the
+    // sampling, not after it.
+    let real = reference.into_stats(&net, a.fid_batch)?;
     let w = weights::load(&a.weights, hub, dev)?;
     let images = draw(&w, &a.sampler, a.n, dev)?;
     if let Some(p) = &a.npz {
@@ -537,7 +640,6 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
         start += b;
     }
     let fake = acc.finish("samples")?;
-    let real = reference.into_stats(&net, bs)?;
     let d = fid::frechet_distance(&fake, &real)?;
     println!("FID {d:.3} ({} samples vs {})", a.n, a.reference.display());
     Ok(())
@@ -546,6 +648,13 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
 fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     use vsdm_image::unet::{fastconv::conv_label, fastnorm::norm_backward};
     vsdm_eval::cli::at_least_one(&[("--batch", a.batch), ("--iters", a.iters)])?;
+    vsdm_eval::cli::at_most(&[
+        ("--batch", a.batch, MAX_BATCH),
+        ("--iters", a.iters, MAX_ITERS),
+    ])?;
+    for arch in &a.arch {
+        UNetConfig::preset(arch)?;
+    }
     a.precision.check(dev)?;
     println!(
         "convolutions: {}; group-norm backward: {:?}; precision: {}; TF32: {}",
@@ -589,6 +698,16 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
 fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
     use vsdm_image::devcheck::compare;
     vsdm_eval::cli::at_least_one(&[("--batch", a.batch), ("--steps", a.steps)])?;
+    vsdm_eval::cli::at_most(&[
+        ("--batch", a.batch, MAX_BATCH),
+        ("--steps", a.steps, MAX_STEPS),
+    ])?;
+    if !(a.tol.is_finite() && a.tol > 0.0) {
+        bail!("--tol {}: must be a positive number", a.tol);
+    }
+    for arch in &a.arch {
+        UNetConfig::preset(arch)?;
+    }
     let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
     // The f32 comparisons below are of exact f32 arithmetic; TF32 is measured on its own in the convolution
     // table.

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use vsdm_core::hub::{Hub, HubRef, RepoKind};
+use vsdm_core::variational::VarParams;
 use vsdm_core::{ExportedConfig, Process};
 
 use crate::error::{Error, Result};
-use crate::method::RunSpec;
+use crate::method::{Method, RunSpec};
 use crate::unet::UNet;
 
 /// The files of a weights folder.
@@ -36,6 +37,48 @@ pub fn resolve(source: &str, hub: &Hub) -> Result<PathBuf> {
     }
 }
 
+/// The safetensors map as a `VarBuilder` backend that records the names the network asks for.
+struct Recording {
+    tensors: std::collections::HashMap<String, candle_core::Tensor>,
+    used: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl Recording {
+    fn note(&self, name: &str) {
+        if let Ok(mut u) = self.used.lock() {
+            u.insert(name.to_string());
+        }
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for Recording {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        self.note(name);
+        candle_nn::var_builder::SimpleBackend::get(&self.tensors, s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        self.note(name);
+        candle_nn::var_builder::SimpleBackend::get_unchecked(&self.tensors, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
 /// Loads weights from a folder or `hf:` reference onto `device`.
 pub fn load(source: &str, hub: &Hub, device: &Device) -> Result<Loaded> {
     let dir = resolve(source, hub)?;
@@ -52,14 +95,68 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
             ));
         }
     }
-    let spec = RunSpec::load(&dir.join(RunSpec::FILE))?;
+    let run = dir.join(RunSpec::FILE);
+    let spec = RunSpec::load(&run)?;
     let config = ExportedConfig::read(&dir.join("config.json"))?;
+    // The forward process comes from config.json, the sampler and the network's input from run.json: a
+    // method that contradicts the variational parameters would sample one method with another's settings.
+    let params = match &config.params {
+        VarParams::None => "none (VP)",
+        VarParams::Diagonal(_) | VarParams::Full { .. } => "an A matrix (VSDM)",
+        VarParams::Momentum { .. } => "momentum parameters (VSMD)",
+    };
+    let fits = matches!(
+        (spec.method, &config.params),
+        (Method::Vp, VarParams::None)
+            | (
+                Method::Vsdm,
+                VarParams::Diagonal(_) | VarParams::Full { .. }
+            )
+            | (Method::Vsmd, VarParams::Momentum { .. })
+    );
+    if !fits {
+        return Err(Error::bad_file(
+            &run,
+            format!(
+                "method {} contradicts config.json, whose variational parameters are {params}",
+                spec.method
+            ),
+        ));
+    }
     let st = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&st, device)
         .map_err(|e| Error::bad_file(&st, format!("unreadable safetensors: {e}")))?;
-    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    let used = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let vb = VarBuilder::from_backend(
+        Box::new(Recording {
+            tensors,
+            used: used.clone(),
+        }),
+        DType::F32,
+        device.clone(),
+    );
     let net = UNet::new(vb, &spec.unet)
         .map_err(|e| Error::bad_file(&st, format!("does not fit the U-Net of run.json: {e}")))?;
+    // A tensor the network never asked for: run.json describes a smaller network than the one saved (fewer
+    // attention resolutions, blocks or labels), which would otherwise load and sample without those weights.
+    let used = used
+        .lock()
+        .map_err(|e| Error::bad_file(&st, e.to_string()))?;
+    let mut unused: Vec<&String> = names.iter().filter(|n| !used.contains(*n)).collect();
+    if !unused.is_empty() {
+        unused.sort();
+        return Err(Error::bad_file(
+            &st,
+            format!(
+                "holds {} tensors the U-Net of run.json has no place for ({}{}): run.json does not describe \
+                 these weights",
+                unused.len(),
+                unused.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                if unused.len() > 3 { ", …" } else { "" }
+            ),
+        ));
+    }
     let process = config.process(device)?;
     Ok(Loaded {
         net,

@@ -178,13 +178,122 @@ fn train_resume_sample() {
         "{text}"
     );
 
-    // A new run (no --resume) in the folder of a finished one says that it replaces it and how to keep it.
+    // A new run (no --resume) in the folder of a finished one is refused, naming the ways on, and leaves it
+    // as it was; with --overwrite it replaces it, once set up (a bad flag leaves the old run too).
+    let weights = run_dir.join("weights/model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
     let (ok, text) = run(&[&["train", "--iters", "1"][..], &common].concat());
-    assert!(ok, "{text}");
     assert!(
-        text.contains("held a run (ckpt-000000002); this new run replaces it (--resume continues"),
+        !ok && text.contains(
+            "holds a run (ckpt-000000002): --resume continues it, --overwrite replaces it"
+        ),
         "{text}"
     );
+    let (ok, text) = run(&[
+        &[
+            "train",
+            "--iters",
+            "1",
+            "--overwrite",
+            "--data",
+            "/nonexistent",
+        ][..],
+        &common,
+    ]
+    .concat());
+    assert!(!ok && text.contains("/nonexistent"), "{text}");
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    assert!(run_dir.join("ckpt/ckpt-000000002").is_dir());
+    let (ok, text) = run(&[&["train", "--iters", "1", "--overwrite"][..], &common].concat());
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("replaced the run in") && text.contains("(now at 1/1)"),
+        "{text}"
+    );
+    assert!(!run_dir.join("ckpt/ckpt-000000002").exists());
+    assert_eq!(
+        vsdm_core::trainer::latest_checkpoint(&run_dir.join("ckpt")).unwrap(),
+        Some("ckpt-000000001".to_string())
+    );
+
+    // Weights whose run.json contradicts the other files: another method than config.json's variational
+    // parameters, or a network without the attention layers whose tensors model.safetensors holds.
+    let wdir = weights.parent().unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(wdir.join("run.json")).unwrap()).unwrap();
+    for (edit, want) in [
+        (
+            ("method", serde_json::json!("vp")),
+            "method vp contradicts config.json",
+        ),
+        (
+            ("attn_resolutions", serde_json::json!([])),
+            "tensors the U-Net of run.json has no place for",
+        ),
+    ] {
+        let copy = dir.path().join("edited");
+        std::fs::create_dir_all(&copy).unwrap();
+        for f in ["model.safetensors", "config.json"] {
+            std::fs::copy(wdir.join(f), copy.join(f)).unwrap();
+        }
+        let mut v = spec.clone();
+        match edit.0 {
+            "method" => v["method"] = edit.1,
+            key => v["unet"][key] = edit.1,
+        }
+        std::fs::write(copy.join("run.json"), v.to_string()).unwrap();
+        let (ok, text) = run(&["sample", "--weights", copy.to_str().unwrap(), "--n", "1"]);
+        assert!(!ok && text.contains(want), "{text}");
+    }
+
+    // Outputs that cannot be written and values that would overflow are refused before any sampling.
+    for (args, want) in [
+        (
+            &["--npz", "/proc/x.npz"][..],
+            "/proc/x.npz: cannot be written",
+        ),
+        (&["--grid", "x.jpg"][..], "give a .png path"),
+        (
+            &["--steps", "18446744073709551615"][..],
+            "--steps 18446744073709551615: must be at most",
+        ),
+        (&["--n", "100000000"][..], "--n 100000000: must be at most"),
+    ] {
+        let (ok, text) = run(&[
+            &[
+                "sample",
+                "--weights",
+                weights.parent().unwrap().to_str().unwrap(),
+            ][..],
+            args,
+        ]
+        .concat());
+        assert!(!ok && text.contains(want), "{args:?}: {text}");
+        assert!(
+            !text.contains("images with"),
+            "{args:?} sampled first: {text}"
+        );
+    }
+    for (args, want) in [
+        (
+            &["--batch", "18446744073709551615"][..],
+            "--batch 18446744073709551615: must be at most",
+        ),
+        (
+            &["--traj-steps", "18446744073709551615"][..],
+            "--traj-steps",
+        ),
+        (&["--grid", "0"][..], "--grid 0: must be at least 1"),
+        (&["--iters", "0"][..], "--iters 0: must be at least 1"),
+    ] {
+        let other = dir.path().join("other");
+        let (ok, text) = run(&[&["train", "--out", other.to_str().unwrap()][..], args].concat());
+        assert!(
+            !ok && text.contains(want) && !text.contains("panicked"),
+            "{args:?}: {text}"
+        );
+        assert!(!other.exists(), "{args:?} wrote {}", other.display());
+    }
 }
 
 /// `--data hf:uoft-cs/cifar10`: the hub's parquet copy (here the 24-image fixture), first downloaded from a
@@ -239,7 +348,7 @@ fn train_on_hub_parquet_data() {
             "--data",
             "hf:uoft-cs/cifar10@v9",
             "--out",
-            out.to_str().unwrap(),
+            dir.path().join("run2").to_str().unwrap(),
         ],
         Some(&hf),
         None,

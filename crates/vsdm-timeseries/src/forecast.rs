@@ -71,6 +71,12 @@ fn observed(test: &TestSplit, end: usize, cfg: &WindowConfig) -> (Vec<f64>, Vec<
     (context, truth)
 }
 
+/// Checks that every window of `ends` fits `cfg` in the test split: what a run that trains before it
+/// forecasts calls first, so that a data set whose test windows are too short fails before the training.
+pub fn check_windows(test: &TestSplit, ends: &[usize], cfg: &WindowConfig) -> anyhow::Result<()> {
+    ends.iter().try_for_each(|&end| check_end(test, end, cfg))
+}
+
 fn check_end(test: &TestSplit, end: usize, cfg: &WindowConfig) -> anyhow::Result<()> {
     if end < cfg.len() || end > test.series.len {
         anyhow::bail!(

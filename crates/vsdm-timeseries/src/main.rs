@@ -157,6 +157,14 @@ fn load_test_protocol(cli: &Cli) -> anyhow::Result<Dataset> {
     Ok(sources.load(cli.dataset.as_deref().unwrap_or("exchange_rate"))?)
 }
 
+/// Before a run that trains and then forecasts: every test window it will forecast fits the window it trains
+/// for (else the error, naming the data set, comes now instead of after the training).
+fn check_test_windows(cli: &Cli, data: &Dataset) -> anyhow::Result<()> {
+    let ends = forecast::select_windows(&data.test, cli.max_windows);
+    forecast::check_windows(&data.test, &ends, &window(cli, data))
+        .with_context(|| format!("the test split of {}", data.name))
+}
+
 fn run_dir(cli: &Cli, data: &Dataset, method: Method) -> PathBuf {
     cli.out.join(&data.name).join(method.name())
 }
@@ -328,6 +336,27 @@ fn baseline_row(
     })
 }
 
+/// A note under a table holding non-finite metrics (GluonTS's, which divide by Σ|y| of the test targets).
+fn note_non_finite(rows: &[Row]) {
+    let bad: Vec<&str> = rows
+        .iter()
+        .filter(|r| {
+            let (m, s) = (&r.report.marginal, &r.report.sum);
+            ![m.crps, s.crps, m.nd, m.nrmse]
+                .iter()
+                .all(|v| v.is_finite())
+        })
+        .map(|r| r.name.as_str())
+        .collect();
+    if !bad.is_empty() {
+        eprintln!(
+            "note: metrics of {} are not finite: CRPS, ND and NRMSE divide by the sum (or mean) of |y| over the \
+             test targets, which is 0 here (all-zero test windows) — these windows cannot be scored this way",
+            bad.join(", ")
+        );
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!(
         "| method | CRPS | CRPS-sum | ND | NRMSE | train s | forecast s |\n|---|---|---|---|---|---|---|"
@@ -439,6 +468,7 @@ fn evaluate(cli: &Cli, data: &Dataset, device: &candle_core::Device) -> anyhow::
         wdir.display()
     );
     print_table(&rows);
+    note_non_finite(&rows);
     let json: Vec<_> = rows
         .iter()
         .map(|r| serde_json::json!({"method": r.name, "report": r.report, "train_s": r.train_s, "forecast_s": r.forecast_s}))
@@ -594,13 +624,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Some(Command::Evaluate) => evaluate(&cli, &data, &device)?,
-        Some(Command::Bench { methods, seeds }) => bench(&cli, &data, methods, seeds, &device)?,
+        Some(Command::Bench { methods, seeds }) => {
+            check_test_windows(&cli, &data)?;
+            bench(&cli, &data, methods, seeds, &device)?
+        }
         None => {
             if cli.weights.is_some() {
                 anyhow::bail!(
                     "--weights is for `forecast` and `evaluate`; without a subcommand this trains new weights"
                 );
             }
+            check_test_windows(&cli, &data)?;
             train_and_save(&cli, &data, method, cli.seed, &device, &dir)?;
             evaluate(&cli, &data, &device)?;
         }

@@ -110,6 +110,17 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Loaded> {
             cfg.method.name()
         );
     }
+    let w = &cfg.window;
+    if (w.context, w.horizon) != (n.context, n.horizon) {
+        anyhow::bail!(
+            "{}: `window` (context {}, horizon {}) and `network` (context {}, horizon {}) disagree",
+            cfg_path.display(),
+            w.context,
+            w.horizon,
+            n.context,
+            n.horizon
+        );
+    }
     let st = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&st, device)
         .map_err(|e| anyhow::anyhow!("{}: unreadable weights: {e}", st.display()))?;

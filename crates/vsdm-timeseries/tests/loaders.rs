@@ -136,6 +136,22 @@ fn missing_data_set_is_downloaded_into_the_cache_and_offline_errors_name_the_fil
             && (e.contains("sha") || e.contains("SHA") || e.contains("checksum")),
         "{e}"
     );
+    // A cached ETTh1.csv that is not the published file (here cut short) is refused, not trained on.
+    let ett = tmp.path().join("ett");
+    std::fs::create_dir_all(ett.join("etth1")).unwrap();
+    std::fs::write(
+        ett.join("etth1/ETTh1.csv"),
+        "date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT\n2016-07-01 00:00:00,5.8,2.0,1.5,0.4,4.2,1.3,30.5\n",
+    )
+    .unwrap();
+    let mut cached = DataSources::new(Some(ett.clone()));
+    cached.assets_dir = None;
+    cached.allow_download = false;
+    let e = cached.load("etth1").unwrap_err().to_string();
+    assert!(
+        e.contains("ETTh1.csv") && e.contains("sha256 mismatch") && e.contains("delete the file"),
+        "{e}"
+    );
 }
 
 #[test]

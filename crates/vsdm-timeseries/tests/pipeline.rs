@@ -28,6 +28,24 @@ fn small_dataset(dir: &std::path::Path) -> vsdm_timeseries::data::Dataset {
     load_gluonts_dir(&dir.join("tiny_nips"), "tiny", None).unwrap()
 }
 
+/// Test windows whose horizon reaches back into the training series (here: the 6-step windows of the small
+/// archive read with a prediction length of 12) are refused naming the test file, not scored.
+#[test]
+fn test_windows_inside_the_training_series_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    small_dataset(tmp.path());
+    let e = load_gluonts_dir(&tmp.path().join("tiny_nips"), "tiny", Some(12))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("test.json")
+            && e.contains("forecasts columns 114–125")
+            && e.contains("inside the training series"),
+        "{e}"
+    );
+}
+
 #[test]
 fn train_export_reload_forecast_and_score() {
     let tmp = tempfile::tempdir().unwrap();
@@ -168,6 +186,28 @@ fn bad_weights_name_the_file() {
     std::fs::write(tmp.path().join("config.json"), "{not json").unwrap();
     let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
     assert!(err.contains("config.json"), "{err}");
+    // The bundled weights with a window that contradicts their network: refused at loading, not at sampling.
+    let Some(assets) = vsdm_timeseries::data::registry::default_assets_dir() else {
+        eprintln!("skipped the window check: no assets/ folder (the bundled weights)");
+        return;
+    };
+    let src = assets.join("timeseries-weights/exchange_rate-vsdm");
+    std::fs::copy(
+        src.join("model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    assert!(weights::load(&src, &dev).is_ok());
+    cfg["window"]["context"] = 10.into();
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
+    assert!(
+        err.contains("config.json")
+            && err.contains("`window` (context 10, horizon 30) and `network` (context 90"),
+        "{err}"
+    );
 }
 
 /// A ζ outside [0, 2] (or not a number), and other bad budgets (β schedules among them), are refused before any training, naming the

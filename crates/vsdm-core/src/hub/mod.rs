@@ -133,6 +133,11 @@ pub struct HubRef {
     pub revision: Option<String>,
 }
 
+/// 40 hexadecimal digits: a git commit hash as the hub names revisions.
+fn is_commit_hash(s: &str) -> bool {
+    s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 impl HubRef {
     /// The prefix that marks a hub reference on the command line.
     pub const PREFIX: &'static str = "hf:";
@@ -153,8 +158,7 @@ impl HubRef {
 
     /// Whether the revision is a full commit hash.
     pub fn is_commit(&self) -> bool {
-        let r = self.revision();
-        r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit())
+        is_commit_hash(self.revision())
     }
 
     fn repo(&self, kind: RepoKind) -> Repo {
@@ -339,17 +343,25 @@ impl Hub {
         p
     }
 
-    /// The commit the cache holds for `r`: the content of `refs/<REV>`, or the revision itself when it is a
-    /// commit hash.
+    /// The commit the cache holds for `r`: the content of `refs/<REV>` when it is a commit hash (anything else,
+    /// a damaged file or a path like `x/../../y`, is not taken as one: the revision then counts as not cached),
+    /// or the revision itself when it is a commit hash.
     fn cached_commit(&self, r: &HubRef, kind: RepoKind) -> Option<String> {
         match std::fs::read_to_string(self.ref_file(r, kind)) {
-            Ok(c) if !c.trim().is_empty() => Some(c.trim().to_string()),
+            Ok(c) if is_commit_hash(c.trim()) => Some(c.trim().to_string()),
             _ => r.is_commit().then(|| r.revision().to_string()),
         }
     }
 
     /// The cached copy of `file` of `r`, if there is one.
     pub fn cached(&self, r: &HubRef, kind: RepoKind, file: &str) -> Option<PathBuf> {
+        // hf-hub joins the ref's content into the path as it is: a ref that holds no commit hash (a damaged
+        // file, `../x`) must not lead it anywhere.
+        if let Ok(c) = std::fs::read_to_string(self.ref_file(r, kind)) {
+            if !r.is_commit() && !is_commit_hash(c.trim()) {
+                return None;
+            }
+        }
         if let Some(p) = Cache::new(self.cache.clone()).repo(r.repo(kind)).get(file) {
             return Some(p);
         }

@@ -103,6 +103,15 @@ fn cache_resolves_refs_commits_and_slashed_revisions() {
     );
     // A model repository is not a dataset repository.
     assert!(hub.cached(&r, RepoKind::Dataset, "config.json").is_none());
+    // A ref whose content is not a commit hash is no revision of the cache (a path in it is not followed).
+    let refs = cache.path().join("models--alice--vsdm-ts/refs/main");
+    std::fs::write(&refs, format!("../snapshots/{COMMIT}")).unwrap();
+    assert!(hub.cached(&r, RepoKind::Model, "config.json").is_none());
+    std::fs::write(&refs, COMMIT).unwrap();
+    assert_eq!(
+        hub.cached(&r, RepoKind::Model, "config.json"),
+        Some(link.clone())
+    );
 
     // A dataset at refs/convert/parquet (refs/refs/convert/parquet), a file in a sub-folder, a ref with a
     // trailing newline.

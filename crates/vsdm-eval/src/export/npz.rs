@@ -358,7 +358,11 @@ pub fn take_array(
     arrays.remove(key).ok_or_else(|| NpzError::MissingKey {
         path: path.to_path_buf(),
         key: key.to_string(),
-        available: arrays.keys().cloned().collect::<Vec<_>>().join(", "),
+        available: if arrays.is_empty() {
+            "no other array".into()
+        } else {
+            arrays.keys().cloned().collect::<Vec<_>>().join(", ")
+        },
     })
 }
 

@@ -173,6 +173,25 @@ impl FidStats {
             }
         }
         let s = DMatrix::from_row_slice(dim, dim, &sigma);
+        // A covariance is symmetric with a non-negative diagonal; anything else makes the distance
+        // meaningless (a negative-definite `sigma` gave a FID of −1,458). The tolerance allows float32 storage
+        // and the round-off of statistics computed as X·Xᵀ.
+        let scale = s.amax().max(f64::MIN_POSITIVE);
+        let bad = |actual: String| FidError::ArrayShape {
+            path: path.to_path_buf(),
+            key: "sigma".into(),
+            expected: "a covariance matrix (symmetric, non-negative diagonal)".into(),
+            actual,
+        };
+        if let Some(i) = (0..dim).find(|&i| s[(i, i)] < -1e-6 * scale) {
+            return Err(bad(format!("diagonal element {i} is {}", s[(i, i)])));
+        }
+        let asym = (&s - s.transpose()).amax();
+        if asym > 1e-4 * scale {
+            return Err(bad(format!(
+                "not symmetric: largest |sigma − sigmaᵀ| {asym:.3e} against largest |sigma| {scale:.3e}"
+            )));
+        }
         Ok(Self {
             mu: DVector::from_vec(mu),
             sigma: s,
@@ -307,6 +326,41 @@ mod scipy_fixture {
 
     /// Against scipy.linalg.sqrtm-based distances (pytorch-fid's formula) on random 24-dimensional statistics,
     /// one pair nearly singular (`scripts/fid_reference.py frechet`).
+    /// Statistics whose `sigma` is no covariance (negative diagonal, asymmetric) are refused naming the file
+    /// and the array; a covariance with float32-sized asymmetry is read.
+    #[test]
+    fn sigma_must_be_a_covariance() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, sigma: DMatrix<f64>| {
+            let p = dir.path().join(name);
+            FidStats {
+                mu: DVector::zeros(3),
+                sigma,
+                n: 0,
+            }
+            .write_npz(&p)
+            .unwrap();
+            p
+        };
+        let neg = write("neg.npz", -DMatrix::<f64>::identity(3, 3));
+        let err = FidStats::read_npz_dim(&neg, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("neg.npz") && err.contains("diagonal element 0 is -1"),
+            "{err}"
+        );
+        let mut m = DMatrix::<f64>::identity(3, 3);
+        m[(0, 1)] = 0.5;
+        let asym = write("asym.npz", m.clone());
+        let err = FidStats::read_npz_dim(&asym, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("asym.npz") && err.contains("not symmetric"),
+            "{err}"
+        );
+        m[(1, 0)] = 0.5 + 1e-7;
+        let fine = write("fine.npz", m);
+        assert!(FidStats::read_npz_dim(&fine, 3).is_ok());
+    }
+
     #[test]
     fn matches_scipy_sqrtm() {
         let path =

@@ -25,13 +25,29 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decodes one 32×32 image file into channel-first RGB bytes. Grey or RGBA images are converted to RGB; any
 /// other size, or a file that does not decode, is an error naming the file.
 pub fn decode_image(path: &Path) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
-        .map_err(Error::io(path))?
-        .with_guessed_format()
-        .map_err(Error::io(path))?
-        .decode()
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    jpeg_complete(&bytes).map_err(|why| Error::bad_file(path, why))?;
+    let img = image::load_from_memory(&bytes)
         .map_err(|e| Error::bad_file(path, format!("not a decodable image: {e}")))?;
     channel_first(&img).map_err(|why| Error::bad_file(path, why))
+}
+
+/// For JPEG data (starting with the SOI marker FF D8): an error unless its end-of-image marker FF D9 closes it
+/// (within the last 64 bytes, which allows padding after it). The `image` crate's decoder fills a truncated
+/// scan with grey and returns no error, so a cut-off file would train as a damaged picture.
+pub(crate) fn jpeg_complete(bytes: &[u8]) -> std::result::Result<(), String> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Ok(());
+    }
+    let tail = &bytes[bytes.len().saturating_sub(64)..];
+    if tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        Ok(())
+    } else {
+        Err(format!(
+            "truncated JPEG: no end-of-image marker (FF D9) at the end of its {} bytes",
+            bytes.len()
+        ))
+    }
 }
 
 /// The channel-first RGB bytes of a decoded 32×32 image (grey or RGBA converted to RGB; row 0 is the top,

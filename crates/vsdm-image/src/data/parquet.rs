@@ -162,6 +162,8 @@ fn read(path: &Path) -> Result<ImageSet> {
         let at = |why: String| Error::bad_file(path, format!("row {i}: {why}"));
         let row = row.map_err(|e| at(format!("unreadable: {e}")))?;
         let (bytes, label) = row_values(&row, &img_name, &label_name).map_err(at)?;
+        super::folder::jpeg_complete(bytes)
+            .map_err(|why| at(format!("`{img_name}.bytes`: {why}")))?;
         let img = image::load_from_memory(bytes)
             .map_err(|e| at(format!("`{img_name}.bytes` is not a decodable image: {e}")))?;
         set.pixels

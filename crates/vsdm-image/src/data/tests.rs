@@ -83,6 +83,23 @@ fn corrupt_or_wrong_sized_images_are_named() {
     );
     std::fs::remove_file(&bad).unwrap();
 
+    // A real CIFAR-10 JPEG cut short: the decoder alone would fill the missing scan with grey.
+    let real = std::fs::read_dir(fixtures().join("folder"))
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|f| f.path())
+        .find(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .unwrap();
+    let bytes = std::fs::read(&real).unwrap();
+    let cut = cls.join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 7 / 10]).unwrap();
+    let e = load_folder(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+    std::fs::write(&cut, &bytes).unwrap();
+    assert_eq!(load_folder(dir.path()).unwrap().len(), 1);
+    std::fs::remove_file(&cut).unwrap();
+
     let big = cls.join("big.png");
     image::RgbImage::new(16, 40).save(&big).unwrap();
     let e = load_folder(dir.path()).unwrap_err().to_string();

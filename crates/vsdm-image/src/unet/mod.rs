@@ -182,6 +182,23 @@ impl UNetConfig {
                 "must be a positive multiple of 4 (group normalisation)",
             ));
         }
+        if let Some(m) = self.channel_mult.iter().find(|&&m| m == 0) {
+            return Err(crate::Error::invalid(
+                "channel_mult",
+                format!("{:?}", self.channel_mult),
+                format!("every multiplier must be at least 1 (found {m})"),
+            ));
+        }
+        if self.num_blocks == 0 {
+            return Err(crate::Error::invalid("num_blocks", 0, "must be at least 1"));
+        }
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
+            return Err(crate::Error::invalid(
+                "time_scale",
+                self.time_scale,
+                "must be a positive number",
+            ));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(crate::Error::invalid(
                 "dropout",

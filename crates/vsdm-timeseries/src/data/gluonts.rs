@@ -386,6 +386,21 @@ pub fn load_gluonts_dir(
                 format!("test window {k} ends at {end}: windows must be longer than the prediction length {h} and grow"),
             ));
         }
+        if end - h < train.len {
+            return Err(DataError::parse(
+                &test_path,
+                block[0].line,
+                "target",
+                format!(
+                    "test window {k} forecasts columns {}–{} (prediction length {h}), inside the training series \
+                     of {} ({} columns): the test split would score forecasts of training data",
+                    end - h,
+                    end - 1,
+                    train_path.display(),
+                    train.len
+                ),
+            ));
+        }
         window_ends.push(end);
     }
     tracing::info!(

@@ -339,6 +339,13 @@ impl DataSources {
         let csv = dir.join(file);
         let gz = dir.join(format!("{file}.gz"));
         if csv.is_file() {
+            // A cached copy is checked as a download is: a truncated or edited file would otherwise train and
+            // score on whatever it holds.
+            verify_sha256(
+                &csv,
+                spec.sha256,
+                "the cache; delete the file to download it again",
+            )?;
             return Ok(csv);
         }
         if gz.is_file() {
