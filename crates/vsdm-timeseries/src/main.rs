@@ -593,6 +593,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ("--context", cli.context.unwrap_or(1)),
         ("--prediction-length", cli.prediction_length.unwrap_or(1)),
     ])?;
+    {
+        use vsdm_timeseries::pipeline::{MAX_BATCH, MAX_STEPS};
+        vsdm_eval::cli::at_most(&[
+            ("--samples", cli.samples, MAX_BATCH),
+            ("--steps", cli.steps, MAX_STEPS),
+            ("--context", cli.context.unwrap_or(1), MAX_STEPS),
+            (
+                "--prediction-length",
+                cli.prediction_length.unwrap_or(1),
+                MAX_STEPS,
+            ),
+            ("--validation", cli.validation.unwrap_or(1), MAX_STEPS),
+        ])?;
+    }
     if cli.prediction_length.is_some() && cli.data.is_none() {
         anyhow::bail!(
             "--prediction-length applies to --data only: the registered data sets carry theirs (GluonTS metadata)"

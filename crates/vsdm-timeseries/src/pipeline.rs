@@ -14,6 +14,13 @@ use crate::data::Dataset;
 use crate::model::{ForecastNet, NetConfig};
 use crate::window::{TrainWindows, WindowConfig};
 
+/// Upper bounds of the command-line counts (updates and iterations; batches and trajectories; solver steps
+/// and lengths; network widths and depths).
+pub const MAX_COUNT: usize = 1_000_000_000;
+pub const MAX_BATCH: usize = 1 << 20;
+pub const MAX_STEPS: usize = 1_000_000;
+pub const MAX_WIDTH: usize = 65_536;
+
 /// VSMD's default constant β on time series (see [`Budget::schedule`]).
 pub const VSMD_BETA: f64 = 3.0;
 
@@ -131,6 +138,20 @@ impl Budget {
                 self.batch
             );
         }
+        // Bounds far above any real use: a mistyped count is an error naming it, not an allocation that
+        // overflows or aborts.
+        vsdm_eval::cli::at_most(&[
+            ("--iters", self.iters, MAX_COUNT),
+            ("--batch", self.batch, MAX_BATCH),
+            ("--stages", self.stages, MAX_COUNT),
+            ("--a-iters", self.a_iters, MAX_COUNT),
+            ("--n-traj", self.n_traj, MAX_BATCH),
+            ("--traj-steps", self.traj_steps, MAX_STEPS),
+            ("--hidden", self.hidden, MAX_WIDTH),
+            ("--layers", self.layers, MAX_WIDTH),
+            ("--heads", self.heads, MAX_WIDTH),
+            ("--patch", self.patch, MAX_STEPS),
+        ])?;
         if let Some(z) = self
             .zeta
             .filter(|z| !vsdm_core::variational::ZETA_RANGE.contains(z))

@@ -110,6 +110,16 @@ fn bad_flags_are_named() {
             "--validation 300",
         ),
         ("2", &["--a-iters", "0", "train"][..], "variational.iters"),
+        (
+            "2",
+            &["--traj-steps", "18446744073709551615", "train"][..],
+            "--traj-steps 18446744073709551615: must be at most",
+        ),
+        (
+            "2",
+            &["--steps", "18446744073709551615", "evaluate"][..],
+            "--steps 18446744073709551615: must be at most",
+        ),
         ("2", &["--a-lr=-1", "train"][..], "variational.adam.lr"),
         ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),
         (

@@ -95,6 +95,13 @@ fn run() -> Result<()> {
                 ("--iters", iters.unwrap_or(1)),
                 ("--hidden", hidden.unwrap_or(1)),
             ])?;
+            // Bounds far above any real use: a mistyped count is an error naming it, not an overflow.
+            vsdm_eval::cli::at_most(&[
+                ("--seeds", seeds.try_into().unwrap_or(usize::MAX), 1_000_000),
+                ("--jobs", jobs, 1_024),
+                ("--iters", iters.unwrap_or(1), 1_000_000_000),
+                ("--hidden", hidden.unwrap_or(1), 65_536),
+            ])?;
             for (flag, lr) in [("--a-lr", a_lr), ("--gaussian-lr", Some(gaussian_lr))] {
                 if let Some(lr) = lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
                     bail!("{flag} {lr}: a learning rate must be finite and > 0");
@@ -127,7 +134,12 @@ fn run() -> Result<()> {
             budget.debias = debias;
             let settings = Settings {
                 budget,
-                seeds: (first_seed..first_seed.saturating_add(seeds)).collect(),
+                seeds: (first_seed..first_seed.checked_add(seeds).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--first-seed {first_seed} + --seeds {seeds}: past the largest seed"
+                    )
+                })?)
+                    .collect(),
                 shapes: if shape.is_empty() {
                     vec![Shape::Spiral, Shape::Checkerboard]
                 } else {

@@ -68,6 +68,11 @@ fn bad_flags_are_named() {
         ("--a-lr=-1", "--a-lr -1"),
         ("--gaussian-lr=NaN", "--gaussian-lr NaN"),
         ("--zeta=3", "--zeta 3"),
+        (
+            "--hidden=18446744073709551612",
+            "--hidden 18446744073709551612: must be at most",
+        ),
+        ("--first-seed=18446744073709551615", "past the largest seed"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
