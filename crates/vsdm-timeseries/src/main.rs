@@ -132,6 +132,9 @@ fn load_data(cli: &Cli) -> anyhow::Result<Dataset> {
 
 fn load_test_protocol(cli: &Cli) -> anyhow::Result<Dataset> {
     if let Some(path) = &cli.data {
+        if !path.exists() {
+            anyhow::bail!("--data {}: no such file or folder", path.display());
+        }
         let name = path
             .file_name()
             .map_or("data".into(), |n| n.to_string_lossy().to_string());
@@ -147,8 +150,17 @@ fn load_test_protocol(cli: &Cli) -> anyhow::Result<Dataset> {
                 name, csv.series, h, 0.2, per_day,
             )?);
         }
+        let hint = if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
+            " (a GluonTS archive: unpack it first, `tar xzf`, and pass the folder)"
+        } else if lower.ends_with(".txt") || lower.ends_with(".txt.gz") {
+            " (an LSTNet text file has no dates: the registered data sets read theirs, `--dataset`; for a file of \
+             your own, add a date column and save it as .csv)"
+        } else {
+            ""
+        };
         anyhow::bail!(
-            "--data {}: expected a GluonTS folder (with train/train.json) or a .csv/.csv.gz file with a date column",
+            "--data {}: expected a GluonTS folder (with train/train.json) or a .csv/.csv.gz file with a date \
+             column{hint}",
             path.display()
         );
     }

@@ -103,6 +103,11 @@ fn bad_flags_are_named() {
             "--warmup-frac 1.5",
         ),
         ("2", &["--stages", "0", "train"][..], "--stages 0"),
+        (
+            "2",
+            &["--data", "/no/such/series.csv", "train"][..],
+            "--data /no/such/series.csv: no such file or folder",
+        ),
         ("2", &["--validation", "0", "train"][..], "--validation 0"),
         (
             "2",
@@ -136,6 +141,17 @@ fn bad_flags_are_named() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!tmp.path().join("out").exists(), "{args:?} wrote output");
     }
+    // An archive that exists but is not unpacked is named with what to do.
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("exchange_rate.tar.gz");
+    std::fs::write(&archive, b"not unpacked").unwrap();
+    let out = in_folder(
+        tmp.path(),
+        &["--iters", "2", "--data", archive.to_str().unwrap(), "train"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unpack it first"), "{stderr}");
 }
 
 /// Running the same training twice: the second run finds the finished checkpoint, says so instead of reporting
