@@ -27,6 +27,17 @@ pub enum Error {
         index: usize,
         value: f64,
     },
+    /// Training produced a non-finite loss or gradient norm; nothing of that step was applied or saved.
+    #[error(
+        "training diverged at step {step}: the {what} is {value}. Nothing of this step was applied; the \
+         checkpoints written before it are kept: resume from the last one with a lower learning rate (or \
+         stronger gradient clipping)"
+    )]
+    Diverged {
+        step: usize,
+        what: &'static str,
+        value: f64,
+    },
     /// A covariance that is not positive definite (Cholesky failed).
     #[error("covariance at t = {t} is not positive definite: {detail}")]
     NotPositiveDefinite { t: f64, detail: String },

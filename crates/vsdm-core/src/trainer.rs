@@ -517,18 +517,18 @@ impl<M: ScoreModel> Trainer<M> {
         let loss_t = self.score_loss(&x0, cond.as_ref())?;
         let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("training loss at step {}", self.step + 1),
-                index: 0,
+            return Err(Error::Diverged {
+                step: self.step + 1,
+                what: "training loss",
                 value: loss,
             });
         }
         let grads = loss_t.backward()?;
         let grad_norm = self.opt.grad_norm(&grads)?;
         if !grad_norm.is_finite() {
-            return Err(Error::NonFinite {
-                what: format!("gradient norm at step {}", self.step + 1),
-                index: 0,
+            return Err(Error::Diverged {
+                step: self.step + 1,
+                what: "gradient norm",
                 value: grad_norm,
             });
         }

@@ -221,7 +221,7 @@ fn divergence_stops_with_an_error_and_keeps_the_last_checkpoint() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("non-finite") && err.contains("step 13"),
+        err.contains("diverged at step 13") && err.contains("lower learning rate"),
         "{err}"
     );
     let back = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2)).unwrap();

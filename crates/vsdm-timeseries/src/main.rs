@@ -29,67 +29,67 @@ use vsdm_timeseries::window::{Scaling, WindowConfig};
 )]
 struct Cli {
     /// Registered data set: electricity, solar, traffic, exchange_rate, etth1.
-    #[arg(long, conflicts_with = "data")]
+    #[arg(long, global = true, conflicts_with = "data")]
     dataset: Option<String>,
     /// A data set on disk: a GluonTS folder (train/, test/, metadata/) or a CSV with a date column.
-    #[arg(long)]
+    #[arg(long, global = true)]
     data: Option<PathBuf>,
     /// Prediction length for `--data CSV` (GluonTS folders carry theirs in metadata.json).
-    #[arg(long)]
+    #[arg(long, global = true)]
     prediction_length: Option<usize>,
     /// Diffusion method (default vsdm; with --weights, the method the weights were trained with, and an
     /// explicit --method must match it).
-    #[arg(long, value_enum)]
+    #[arg(long, global = true, value_enum)]
     method: Option<Method>,
     /// Context length (default: 3 × prediction length, the TimeGrad protocol).
-    #[arg(long)]
+    #[arg(long, global = true)]
     context: Option<usize>,
     /// Per-series, per-window normalisation from the context (default: the registry's for the data set, `last`
     /// on exchange_rate, a near random walk where it was measured to help; `std`, pytorch-ts' TimeGrad setting,
     /// elsewhere and for `--data` paths; see docs/results/timeseries.md).
-    #[arg(long, value_enum)]
+    #[arg(long, global = true, value_enum)]
     scaling: Option<Scaling>,
     /// Output folder.
-    #[arg(long, default_value = "runs/timeseries")]
+    #[arg(long, global = true, default_value = "runs/timeseries")]
     out: PathBuf,
     /// Data-set cache folder (default: $VSDM_DATASETS_DIR or ~/.cache/vsdm/datasets).
-    #[arg(long)]
+    #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
     /// Never download; fail with the path where the file is expected instead.
-    #[arg(long)]
+    #[arg(long, global = true)]
     offline: bool,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     seed: u64,
     /// Samples per forecast.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, global = true, default_value_t = 100)]
     samples: usize,
     /// Reverse-time solver: em (reverse SDE), euler or heun (probability-flow ODE).
-    #[arg(long, default_value = "em")]
+    #[arg(long, global = true, default_value = "em")]
     sampler: SamplerKind,
     /// Solver steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, global = true, default_value_t = 50)]
     steps: usize,
     /// Samples per network batch while forecasting (default: up to 100, as many as keep the largest attention
     /// map under 512 MiB: 100 on the exchange rate, 30 at electricity's 370 series).
-    #[arg(long)]
+    #[arg(long, global = true)]
     sample_batch: Option<usize>,
     /// Forecast at most this many test windows (evenly spaced, the last included).
-    #[arg(long)]
+    #[arg(long, global = true)]
     max_windows: Option<usize>,
     /// Model selection without the test set: evaluate on the last N rolling windows of the training series
     /// instead of the test windows; training loses those columns, and runs go to OUT/<dataset>-val/.
-    #[arg(long)]
+    #[arg(long, global = true)]
     validation: Option<usize>,
     /// Weights to forecast with: a folder with model.safetensors + config.json, or hf:OWNER/NAME[@REV] (read
     /// from the Hugging Face cache, $HF_HUB_CACHE or $HF_HOME/hub, downloaded there from $HF_ENDPOINT unless
     /// --offline or HF_HUB_OFFLINE=1).
-    #[arg(long)]
+    #[arg(long, global = true)]
     weights: Option<String>,
     /// Fan charts to draw (one per series of the last window).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, global = true, default_value_t = 8)]
     charts: usize,
     /// Checkpoint every N updates (0: only at the end) under OUT/<dataset>/<method>/checkpoints.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     checkpoint_every: usize,
     #[command(flatten)]
     budget: Budget,
@@ -604,6 +604,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ("--sample-batch", cli.sample_batch.unwrap_or(1)),
         ("--context", cli.context.unwrap_or(1)),
         ("--prediction-length", cli.prediction_length.unwrap_or(1)),
+        ("--max-windows", cli.max_windows.unwrap_or(1)),
     ])?;
     {
         use vsdm_timeseries::pipeline::{MAX_BATCH, MAX_STEPS};
@@ -623,6 +624,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         anyhow::bail!(
             "--prediction-length applies to --data only: the registered data sets carry theirs (GluonTS metadata)"
         );
+    }
+    if let Some(Command::Bench { methods, seeds }) = &cli.command {
+        // A repeated entry would train the same run twice and count it twice in the mean ± spread.
+        if let Some(m) = methods
+            .iter()
+            .enumerate()
+            .find_map(|(i, m)| methods[..i].contains(m).then_some(m))
+        {
+            anyhow::bail!("--methods lists {} twice", m.name());
+        }
+        if let Some(s) = seeds
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| seeds[..i].contains(s).then_some(s))
+        {
+            anyhow::bail!(
+                "--seeds lists {s} twice: each seed would be counted twice in the spread"
+            );
+        }
     }
     let data = load_data(&cli)?;
     let method = cli.method.unwrap_or_default();

@@ -60,69 +60,69 @@ impl Method {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct Budget {
     /// Network updates in total.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, global = true, default_value_t = 500)]
     pub iters: usize,
     /// Windows per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, global = true, default_value_t = 16)]
     pub batch: usize,
     /// Learning rate of the network (Adam).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, global = true, default_value_t = 1e-3)]
     pub lr: f64,
     /// Network updates before the first variational stage (fraction of --iters).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, global = true, default_value_t = 0.2)]
     pub warmup_frac: f64,
     /// Final network-only updates (fraction of --iters).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, global = true, default_value_t = 0.2)]
     pub cooldown_frac: f64,
     /// Number of variational stages between warm-up and cool-down.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, global = true, default_value_t = 4)]
     pub stages: usize,
     /// SA iterations per variational stage.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, global = true, default_value_t = 40)]
     pub a_iters: usize,
     /// Adam rate of the variational parameters.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, global = true, default_value_t = 1e-2)]
     pub a_lr: f64,
     /// Backward trajectories simulated per stage.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, global = true, default_value_t = 64)]
     pub n_traj: usize,
     /// Euler–Maruyama steps of those trajectories.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, global = true, default_value_t = 25)]
     pub traj_steps: usize,
     /// Residual channels of the network.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, global = true, default_value_t = 32)]
     pub hidden: usize,
     /// Residual blocks.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, global = true, default_value_t = 2)]
     pub layers: usize,
     /// Attention heads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, global = true, default_value_t = 2)]
     pub heads: usize,
     /// Time steps per token (0: 6 when it divides context and horizon, else 1).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     pub patch: usize,
     /// EMA decay of the network weights.
-    #[arg(long, default_value_t = 0.995)]
+    #[arg(long, global = true, default_value_t = 0.995)]
     pub ema: f64,
     /// ζ of the variational objective (ALGORITHM.md §C; default: 0.75 for VSDM as in the official code, 1 for
     /// VSMD). Below 1 it adds a constant push of A towards less contraction.
-    #[arg(long)]
+    #[arg(long, global = true)]
     #[serde(default)]
     pub zeta: Option<f64>,
     /// Peak β of the power noise schedule β_t = 0.1 + t^1.7 (β_max − 0.1) (default: this schedule with 10 for
     /// VP and VSDM, the VSDM time-series README's; VSMD's default is a constant β, see --constant-beta).
-    #[arg(long)]
+    #[arg(long, global = true)]
     #[serde(default)]
     pub beta_max: Option<f64>,
     /// A constant β instead of the power schedule (default: 3 for VSMD; the official VSMD time-series script
     /// uses 6, which forecast much worse here, see docs/results/timeseries.md).
-    #[arg(long, conflicts_with = "beta_max")]
+    #[arg(long, global = true, conflicts_with = "beta_max")]
     #[serde(default)]
     pub constant_beta: Option<f64>,
     /// Pair each variational stage's trajectories with reference trajectories from the forward marginal and
     /// subtract their gradient, which removes the Euler–Maruyama bias of the plain estimator (docs/CORE.md,
     /// "Reference trajectories"). Default: on for VSMD, off for VSDM; ignored by VP.
-    #[arg(long)]
+    #[arg(long, global = true)]
     #[serde(default)]
     pub debias: Option<bool>,
 }

@@ -103,6 +103,23 @@ fn bad_flags_are_named() {
             "--warmup-frac 1.5",
         ),
         ("2", &["--stages", "0", "train"][..], "--stages 0"),
+        // Options are read after the subcommand too.
+        ("2", &["train", "--stages", "0"][..], "--stages 0"),
+        (
+            "2",
+            &["evaluate", "--max-windows", "0"][..],
+            "--max-windows 0",
+        ),
+        (
+            "2",
+            &["bench", "--seeds", "0,1,0"][..],
+            "--seeds lists 0 twice",
+        ),
+        (
+            "2",
+            &["bench", "--methods", "vp,vp"][..],
+            "--methods lists vp twice",
+        ),
         (
             "2",
             &["--data", "/no/such/series.csv", "train"][..],

@@ -70,8 +70,8 @@ pub(crate) fn channel_first(img: &image::DynamicImage) -> std::result::Result<Ve
     Ok(out)
 }
 
-/// Reads every PNG/JPEG under `root/<class>/`. Files with other extensions are skipped; a folder without any
-/// class sub-folder holding images is an error.
+/// Reads every PNG/JPEG under `root/<class>/`. Files with other extensions are skipped; a link named like an
+/// image whose target is missing, and a folder without any class sub-folder holding images, are errors.
 pub fn load_folder(root: &Path) -> Result<ImageSet> {
     let mut set = ImageSet {
         pixels: Vec::new(),
@@ -79,10 +79,21 @@ pub fn load_folder(root: &Path) -> Result<ImageSet> {
         classes: Vec::new(),
     };
     for class_dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
-        let files: Vec<PathBuf> = sorted_entries(&class_dir)?
+        let mut files = Vec::new();
+        for p in sorted_entries(&class_dir)?
             .into_iter()
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
+            .filter(|p| is_image(p))
+        {
+            if p.is_file() {
+                files.push(p);
+            } else if p.symlink_metadata().is_ok_and(|m| m.is_symlink()) {
+                // A link whose target is gone would otherwise drop an image without a word.
+                return Err(Error::bad_file(
+                    &p,
+                    "a broken link: its target does not exist",
+                ));
+            }
+        }
         if files.is_empty() {
             continue;
         }

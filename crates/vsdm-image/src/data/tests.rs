@@ -98,6 +98,12 @@ fn corrupt_or_wrong_sized_images_are_named() {
     assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
     std::fs::write(&cut, &bytes).unwrap();
     assert_eq!(load_folder(dir.path()).unwrap().len(), 1);
+    // A link to an image that is gone is named, not skipped.
+    let link = cls.join("moved.jpg");
+    std::os::unix::fs::symlink(dir.path().join("nowhere.jpg"), &link).unwrap();
+    let e = load_folder(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("moved.jpg") && e.contains("broken link"), "{e}");
+    std::fs::remove_file(&link).unwrap();
     std::fs::remove_file(&cut).unwrap();
 
     let big = cls.join("big.png");

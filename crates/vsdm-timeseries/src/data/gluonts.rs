@@ -298,7 +298,7 @@ pub fn load_gluonts_dir(
         (None, None) => {
             return Err(DataError::file(
                 &meta_path,
-                "no `prediction_length` in the metadata and none given by the caller",
+                "no `prediction_length` in the metadata: give one (`--prediction-length N` on the command line)",
             ))
         }
     };
