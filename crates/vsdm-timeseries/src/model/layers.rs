@@ -199,9 +199,13 @@ pub fn attention_chain(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     softmax_last(&att)?.matmul(v)
 }
 
-/// The backward of [`attention`]'s op on (q, k, v), from the probabilities P its forward kept.
+/// The backward of [`attention`]'s op on (q, k, v), from the probabilities P its forward kept, one tensor per
+/// chunk of the flattened leading axes.
 struct AttentionBackward {
-    p: Tensor,
+    /// P of each chunk, `[len, S_q, S_k]`.
+    p: Vec<Tensor>,
+    /// (first row, rows) of each chunk in the flattened leading axes.
+    chunks: Vec<(usize, usize)>,
     scale: f64,
 }
 
@@ -215,18 +219,289 @@ impl vsdm_core::carried::Backward for AttentionBackward {
         v: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let p = &self.p;
-        // The gradient arriving through a transpose can be a strided view.
-        let dy = &dy.contiguous()?;
-        let dv = p.t()?.matmul(dy)?;
-        let dp = dy.matmul(&v.t()?)?;
-        let row = (&dp * p)?.sum_keepdim(D::Minus1)?;
-        let ds = (dp.broadcast_sub(&row)? * p)?;
-        let dq = (ds.matmul(k)? * self.scale)?;
-        let dk = (ds.t()?.matmul(q)? * self.scale)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        // The gradient arriving through a transpose can be a strided view: `flat` copies it once.
+        let (q3, k3, v3, dy3) = (flat(q)?, flat(k)?, flat(v)?, flat(dy)?);
+        let (mut dq, mut dk, mut dv) = (Vec::new(), Vec::new(), Vec::new());
+        for (p, &(start, len)) in self.p.iter().zip(&self.chunks) {
+            let part = |t: &Tensor| t.narrow(0, start, len);
+            let (q, k, v, dy) = (part(&q3)?, part(&k3)?, part(&v3)?, part(&dy3)?);
+            dv.push(p.t()?.matmul(&dy)?);
+            let dp = dy.matmul(&v.t()?)?;
+            let ds = softmax_backward(&dp, p)?;
+            dq.push((ds.matmul(&k)? * self.scale)?);
+            dk.push((ds.t()?.matmul(&q)? * self.scale)?);
+        }
+        let whole = |parts: Vec<Tensor>, like: &Tensor| join(parts)?.reshape(like.shape());
+        Ok((
+            Some(whole(dq, q)?),
+            Some(whole(dk, k)?),
+            Some(whole(dv, v)?),
+        ))
     }
 }
+
+/// softmax(scale · x) along the last axis, for `scale > 0`. On the CPU in f32 one fused pass per row
+/// ([`SoftmaxScaled`]: the scale folded into the exponent, exp(scale (x − max x)), with [`exp_f32`] where
+/// candle's kernel calls the C library's scalar `expf` element by element); elsewhere candle's fused kernel.
+fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous() {
+        return x.apply_op1_no_bwd(&SoftmaxScaled(scale as f32));
+    }
+    candle_nn::ops::softmax_last_dim(&(x * scale)?)
+}
+
+/// e^x in f32 for x ≤ 88 (below −87, where e^x is under f32's smallest normal number, e^−87 is returned):
+/// x = n ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in two parts, Cody–Waite), e^r by Cephes' degree-6 polynomial,
+/// times 2ⁿ built in the exponent bits. Branch-free, so a loop of it compiles to vector instructions; within
+/// 2 ulp of the true value (tested against f64's exp).
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    // n = round(x / ln 2): adding 1.5 · 2²³ rounds to the nearest integer and leaves n in the low bits of
+    // the sum (read as integers, no float-to-int conversion, which would not vectorise).
+    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
+    let n_bits = shifted.to_bits().wrapping_sub(0x4B40_0000);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(n_bits.wrapping_add(127) << 23)
+}
+
+/// softmax(scale · row) of each row of `n` in `src` into `dst`: the maximum, exp(scale (x − max)) with
+/// [`exp_f32`], and the division by their sum, each reduction in eight lanes.
+#[inline(always)]
+fn softmax_rows(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>], n: usize, scale: f32) {
+    for (x, y) in src.chunks(n).zip(dst.chunks_mut(n)) {
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        let x8 = x.chunks_exact(8);
+        let mut max = x8
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        for c in x8 {
+            for l in 0..8 {
+                lanes[l] = lanes[l].max(c[l]);
+            }
+        }
+        max = lanes.iter().fold(max, |m, v| m.max(*v));
+        let shift = scale * max;
+        let mut lanes = [0f32; 8];
+        let (y8, x8) = (y.chunks_exact_mut(8), x.chunks_exact(8));
+        let mut sum = 0f32;
+        for (y, x) in y8.into_remainder().iter_mut().zip(x8.remainder()) {
+            let e = exp_f32(scale * x - shift);
+            sum += e;
+            y.write(e);
+        }
+        for (y, x) in y.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
+            for l in 0..8 {
+                let e = exp_f32(scale * x[l] - shift);
+                lanes[l] += e;
+                y[l].write(e);
+            }
+        }
+        let inv = 1.0 / lanes.iter().fold(sum, |s, v| s + v);
+        for y in y.iter_mut() {
+            // SAFETY: every element of the row was written above.
+            let v = unsafe { y.assume_init() };
+            y.write(v * inv);
+        }
+    }
+}
+
+/// [`softmax_rows`] compiled for AVX2 and FMA (8 lanes of f32).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(
+    src: &[f32],
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    n: usize,
+    scale: f32,
+) {
+    softmax_rows(src, dst, n, scale)
+}
+
+/// [`softmax_scaled`]'s CPU kernel on a contiguous f32 tensor: rows in parallel, in tasks of about 64 Ki
+/// elements, with the AVX2 build of the row loop where the CPU has it.
+struct SoftmaxScaled(f32);
+
+impl candle_core::CustomOp1 for SoftmaxScaled {
+    fn name(&self) -> &'static str {
+        "softmax-scaled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (Some((a, b)), candle_core::CpuStorage::F32(x)) = (l.contiguous_offsets(), s) else {
+            candle_core::bail!("softmax-scaled: a contiguous f32 input only");
+        };
+        let x = &x[a..b];
+        let n = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let scale = self.0;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        let mut out: Vec<f32> = Vec::with_capacity(x.len());
+        let task = n * (65_536 / n).max(1);
+        out.spare_capacity_mut()
+            .par_chunks_mut(task)
+            .zip(x.par_chunks(task))
+            .for_each(|(y, x)| {
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: AVX2 and FMA were detected above.
+                    return unsafe { softmax_rows_avx2(x, y, n, scale) };
+                }
+                let _ = avx2;
+                softmax_rows(x, y, n, scale)
+            });
+        // SAFETY: the tasks cover all elements and `softmax_rows` writes each one.
+        unsafe { out.set_len(x.len()) };
+        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// The softmax's backward along the last axis, dS = P ⊙ (dP − rowsum(dP ⊙ P)), for the probabilities P and their
+/// gradient dP. On the CPU (f32, f64) one fused pass per row ([`SoftmaxBackward`]) instead of candle's four ops
+/// and three intermediate tensors of the scores' size; elsewhere candle's ops.
+fn softmax_backward(dp: &Tensor, p: &Tensor) -> Result<Tensor> {
+    let fused = dp.device().is_cpu()
+        && matches!(
+            dp.dtype(),
+            candle_core::DType::F32 | candle_core::DType::F64
+        )
+        && dp.dtype() == p.dtype()
+        && dp.shape() == p.shape()
+        && dp.is_contiguous()
+        && p.is_contiguous();
+    if fused {
+        return dp.apply_op2_no_bwd(p, &SoftmaxBackward);
+    }
+    let row = (dp * p)?.sum_keepdim(D::Minus1)?;
+    dp.broadcast_sub(&row)? * p
+}
+
+/// [`softmax_backward`]'s CPU kernel on contiguous (dP, P) of the same shape and dtype.
+struct SoftmaxBackward;
+
+/// dS row by row (rows of `n`): the row's ⟨dP, P⟩ summed in eight lanes, then P ⊙ (dP − ⟨dP, P⟩); rows in
+/// parallel, in tasks of about 64 Ki elements.
+fn softmax_backward_rows<T>(dp: &[T], p: &[T], n: usize) -> Vec<T>
+where
+    T: Copy
+        + Send
+        + Sync
+        + Default
+        + std::ops::Add<Output = T>
+        + std::ops::Sub<Output = T>
+        + std::ops::Mul<Output = T>,
+{
+    use rayon::prelude::*;
+    let len = dp.len();
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let task = n.max(1) * (65_536 / n.max(1)).max(1);
+    out.spare_capacity_mut()
+        .par_chunks_mut(task)
+        .zip(dp.par_chunks(task).zip(p.par_chunks(task)))
+        .for_each(|(o, (dp, p))| {
+            for ((o, dp), p) in o.chunks_mut(n).zip(dp.chunks(n)).zip(p.chunks(n)) {
+                let mut lanes = [T::default(); 8];
+                let (dp8, p8) = (dp.chunks_exact(8), p.chunks_exact(8));
+                let (dpr, pr) = (dp8.remainder(), p8.remainder());
+                for (a, b) in dp8.zip(p8) {
+                    for l in 0..8 {
+                        lanes[l] = lanes[l] + a[l] * b[l];
+                    }
+                }
+                let mut dot = T::default();
+                for (a, b) in dpr.iter().zip(pr) {
+                    dot = dot + *a * *b;
+                }
+                let dot = lanes.iter().fold(dot, |s, l| s + *l);
+                for ((o, a), b) in o.iter_mut().zip(dp).zip(p) {
+                    o.write(*b * (*a - dot));
+                }
+            }
+        });
+    // SAFETY: the tasks cover all `len` elements (dP, P and the output are cut alike) and write each one.
+    unsafe { out.set_len(len) };
+    out
+}
+
+impl candle_core::CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage as S;
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("softmax-backward: inputs not contiguous");
+        };
+        if l1.shape() != l2.shape() {
+            candle_core::bail!(
+                "softmax-backward: dP {:?} and P {:?} differ",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let n = l1.shape().dims().last().copied().unwrap_or(1);
+        let out = match (s1, s2) {
+            (S::F32(dp), S::F32(p)) => S::F32(softmax_backward_rows(&dp[a0..a1], &p[b0..b1], n)),
+            (S::F64(dp), S::F64(p)) => S::F64(softmax_backward_rows(&dp[a0..a1], &p[b0..b1], n)),
+            _ => candle_core::bail!("softmax-backward: f32 or f64 inputs of one dtype only"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// `[…, S, d]` as `[N, S, d]` with N the product of the leading axes (a copy only if not contiguous).
+fn flat(t: &Tensor) -> Result<Tensor> {
+    let r = t.rank();
+    if r < 2 {
+        candle_core::bail!("attention: expected […, S, d], got {:?}", t.shape());
+    }
+    let n = t.dims()[..r - 2].iter().product::<usize>();
+    t.contiguous()?.reshape((n, t.dim(r - 2)?, t.dim(r - 1)?))
+}
+
+/// Chunks concatenated along the first axis (the one chunk itself when there is one).
+fn join(mut parts: Vec<Tensor>) -> Result<Tensor> {
+    if parts.len() == 1 {
+        Ok(parts.remove(0))
+    } else {
+        Tensor::cat(&parts, 0)
+    }
+}
+
+/// On the CPU, the most bytes of one chunk's scores in [`attention`]: the scores and the tensors of their
+/// size made from them (probabilities, their gradient) then stay below glibc's mmap threshold (32 MiB, set by
+/// `vsdm_eval::cli::tune_allocator`), so they reuse freed heap memory instead of being mapped and zeroed by the
+/// kernel on every call (a sixth of an electricity-sized training step went to zeroing fresh pages).
+const CPU_SCORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// softmax(q kᵀ/√d) v for q, k, v `[…, S, d]` (any leading axes), recorded as one op.
 ///
@@ -239,19 +514,64 @@ impl vsdm_core::carried::Backward for AttentionBackward {
 ///
 ///   dv = Pᵀ dy,  dP = dy vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = dS k/√d,  dk = dSᵀ q/√d.
 ///
+/// On the CPU both passes run over chunks of the leading axes whose scores fit in
+/// [`CPU_SCORE_CHUNK_BYTES`] (the rows are independent, so the result is the same); on a GPU in one piece.
 /// Without a tracked input (sampling) it records nothing and keeps nothing.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
-    let probabilities = |q: &Tensor, k: &Tensor| -> Result<Tensor> {
-        candle_nn::ops::softmax_last_dim(&(q * scale)?.matmul(&k.t()?)?)
+    let max_bytes = if q.device().is_cpu() {
+        CPU_SCORE_CHUNK_BYTES
+    } else {
+        usize::MAX
     };
-    if !(q.track_op() || k.track_op() || v.track_op()) {
-        return probabilities(q, k)?.matmul(v);
+    attention_in_chunks(q, k, v, max_bytes)
+}
+
+/// [`attention`] with chunks whose scores take at most `max_bytes` (at least one row of the leading axes).
+fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, max_bytes: usize) -> Result<Tensor> {
+    let r = q.rank();
+    let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
+    let (q3, k3, v3) = (flat(&q.detach())?, flat(&k.detach())?, flat(&v.detach())?);
+    let (n, sq, _) = q3.dims3()?;
+    let (nk, sk, _) = k3.dims3()?;
+    let (nv, _, dv) = v3.dims3()?;
+    if nk != n || nv != n {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?} and v {:?} differ in their leading axes",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
     }
-    let (qd, kd, vd) = (q.detach(), k.detach(), v.detach());
-    let p = probabilities(&qd, &kd)?;
-    let y = p.matmul(&vd)?;
-    vsdm_core::carried::apply(y, q, k, v, AttentionBackward { p, scale })
+    let per_row = (sq * sk * q.dtype().size_in_bytes()).max(1);
+    let rows = (max_bytes / per_row).clamp(1, n.max(1));
+    let chunks: Vec<(usize, usize)> = (0..n).step_by(rows).map(|s| (s, rows.min(n - s))).collect();
+    let track = q.track_op() || k.track_op() || v.track_op();
+    let (mut ps, mut ys) = (Vec::new(), Vec::new());
+    for &(start, len) in &chunks {
+        let part = |t: &Tensor| t.narrow(0, start, len);
+        let p = softmax_scaled(&part(&q3)?.matmul(&part(&k3)?.t()?)?, scale)?;
+        ys.push(p.matmul(&part(&v3)?)?);
+        if track {
+            ps.push(p);
+        }
+    }
+    let mut dims = q.dims().to_vec();
+    dims[r - 1] = dv;
+    let y = join(ys)?.reshape(dims)?;
+    if !track {
+        return Ok(y);
+    }
+    vsdm_core::carried::apply(
+        y,
+        q,
+        k,
+        v,
+        AttentionBackward {
+            p: ps,
+            chunks,
+            scale,
+        },
+    )
 }
 
 /// Multi-head self-attention over the middle axis of `[N, S, C]`.
@@ -373,7 +693,8 @@ mod tests {
     /// The fused op equals candle's chain in value and in the gradients of q, k and v (f32 ≤ 1e-5, f64 ≤ 1e-12
     /// relative), for 3-D and 4-D inputs, one and several keys, and scores large enough that the softmax
     /// saturates; the gradients are of ⟨y, probe⟩ for a random probe, with the output reached through a
-    /// transpose (a strided gradient) as in [`SelfAttention`]; without tracked inputs it records nothing.
+    /// transpose (a strided gradient) as in [`SelfAttention`], in one piece and in chunks of the leading axes;
+    /// without tracked inputs it records nothing.
     #[test]
     fn attention_matches_candles_chain_and_its_gradients() {
         let dev = Device::Cpu;
@@ -383,6 +704,8 @@ mod tests {
             (vec![3, 7, 6], 1.0),
             (vec![2, 2, 1, 3], 1.0),
             (vec![1, 2, 9, 4], 8.0),
+            // Scores of 135,000 elements: the CPU softmax backward runs in several parallel tasks.
+            (vec![2, 3, 150, 4], 1.0),
         ] {
             for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
                 let draw = |rng: &mut NoiseRng| {
@@ -401,7 +724,7 @@ mod tests {
                     .contiguous()
                     .unwrap();
                 let case = format!("{shape:?} ×{gain} {dt:?}");
-                let run = |f: fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| {
+                let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| {
                     let y = f(q.as_tensor(), k.as_tensor(), v.as_tensor()).unwrap();
                     let loss = (y.transpose(r - 3, r - 2).unwrap() * &probe)
                         .unwrap()
@@ -414,11 +737,18 @@ mod tests {
                         .collect();
                     (y, grads)
                 };
-                let (y0, g0) = run(attention_chain);
-                let (y1, g1) = run(attention);
-                assert!(rel(&y1, &y0) < tol, "{case}: value {}", rel(&y1, &y0));
-                for (name, (a, b)) in ["q", "k", "v"].iter().zip(g1.iter().zip(&g0)) {
-                    assert!(rel(a, b) < tol, "{case}: gradient of {name} {}", rel(a, b));
+                let (y0, g0) = run(&attention_chain);
+                let s = shape[r - 2];
+                let row = s * s * dt.size_in_bytes();
+                // One piece, and chunks of one row, of two rows (an uneven last chunk where the leading axes
+                // hold an odd count) and of a byte budget smaller than one row (still one row).
+                for bytes in [usize::MAX, row, 2 * row, row / 2] {
+                    let (y1, g1) = run(&|q, k, v| attention_in_chunks(q, k, v, bytes));
+                    let case = format!("{case} chunks of {bytes} bytes");
+                    assert!(rel(&y1, &y0) < tol, "{case}: value {}", rel(&y1, &y0));
+                    for (name, (a, b)) in ["q", "k", "v"].iter().zip(g1.iter().zip(&g0)) {
+                        assert!(rel(a, b) < tol, "{case}: gradient of {name} {}", rel(a, b));
+                    }
                 }
                 let plain = attention(
                     &q.as_tensor().detach(),
@@ -430,6 +760,50 @@ mod tests {
                     !plain.track_op() && rel(&plain, &y0) < tol,
                     "{case}: detached"
                 );
+            }
+        }
+    }
+
+    /// [`exp_f32`] against f64's exp on a dense grid of [−87, 88] (every 1/1024, and the ends): within 2 ulp
+    /// (2.4e-7 relative).
+    #[test]
+    fn exp_f32_is_within_two_ulp() {
+        let mut worst = (0f64, 0f32);
+        for i in -87 * 1024..=88 * 1024 {
+            let x = i as f32 / 1024.0;
+            let want = (x as f64).exp();
+            let err = (exp_f32(x) as f64 - want).abs() / want;
+            if err > worst.0 {
+                worst = (err, x);
+            }
+        }
+        assert!(
+            worst.0 < 2.4e-7,
+            "worst relative error {} at {}",
+            worst.0,
+            worst.1
+        );
+        // Below the clamp the result is e^−87, not 0: negligible beside a softmax row's largest term, 1.
+        assert!(exp_f32(-1e4) < 2e-38 && exp_f32(-1e4) >= 0.0);
+    }
+
+    /// The CPU softmax equals candle's on rows of every length 1..=40 (all the lane remainders), with scales
+    /// and offsets that put the exponents far from 0, to 1e-6 relative.
+    #[test]
+    fn softmax_scaled_matches_candles() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(11);
+        for n in 1..=40 {
+            for (scale, offset) in [(0.25, 0.0), (1.0, 300.0), (3.0, -50.0)] {
+                let x = rng
+                    .randn(&[3, 5, n], &dev)
+                    .unwrap()
+                    .affine(4.0, offset)
+                    .unwrap();
+                let want = candle_nn::ops::softmax_last_dim(&(&x * scale).unwrap()).unwrap();
+                let got = softmax_scaled(&x, scale).unwrap();
+                let r = rel(&got, &want);
+                assert!(r < 1e-6, "n {n} scale {scale} offset {offset}: {r}");
             }
         }
     }
