@@ -5,6 +5,8 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
+use super::elementwise::exp_f32;
+
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
 /// dimensions are flattened first. (`candle_nn::Linear` on a rank-3 or rank-4 input broadcasts its weight over
 /// the leading dimensions and runs one small matrix product per leading index, forward and backward.)
@@ -250,31 +252,6 @@ fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&(x * scale)?)
 }
 
-/// e^x in f32 for x ≤ 88 (below −87, where e^x is under f32's smallest normal number, e^−87 is returned):
-/// x = n ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in two parts, Cody–Waite), e^r by Cephes' degree-6 polynomial,
-/// times 2ⁿ built in the exponent bits. Branch-free, so a loop of it compiles to vector instructions; within
-/// 2 ulp of the true value (tested against f64's exp).
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    // n = round(x / ln 2): adding 1.5 · 2²³ rounds to the nearest integer and leaves n in the low bits of
-    // the sum (read as integers, no float-to-int conversion, which would not vectorise).
-    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
-    let n = shifted - 12_582_912.0;
-    let n_bits = shifted.to_bits().wrapping_sub(0x4B40_0000);
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_2e-4;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    er * f32::from_bits(n_bits.wrapping_add(127) << 23)
-}
-
 /// softmax(scale · row) of each row of `n` in `src` into `dst`: the maximum, exp(scale (x − max)) with
 /// [`exp_f32`], and the division by their sum, each reduction in eight lanes.
 #[inline(always)]
@@ -353,10 +330,7 @@ impl candle_core::CustomOp1 for SoftmaxScaled {
         let x = &x[a..b];
         let n = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let scale = self.0;
-        #[cfg(target_arch = "x86_64")]
-        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx2 = false;
+        let avx2 = super::elementwise::avx2();
         let mut out: Vec<f32> = Vec::with_capacity(x.len());
         let task = n * (65_536 / n).max(1);
         out.spare_capacity_mut()
@@ -647,9 +621,9 @@ impl EncoderLayer {
 impl Module for EncoderLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let f = self
-            .ff2
-            .forward(&self.ff1.forward(&self.ln2.forward(&h)?)?.silu()?)?;
+        let f = self.ff2.forward(&super::elementwise::silu(
+            &self.ff1.forward(&self.ln2.forward(&h)?)?,
+        )?)?;
         h + f
     }
 }
@@ -762,29 +736,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// [`exp_f32`] against f64's exp on a dense grid of [−87, 88] (every 1/1024, and the ends): within 2 ulp
-    /// (2.4e-7 relative).
-    #[test]
-    fn exp_f32_is_within_two_ulp() {
-        let mut worst = (0f64, 0f32);
-        for i in -87 * 1024..=88 * 1024 {
-            let x = i as f32 / 1024.0;
-            let want = (x as f64).exp();
-            let err = (exp_f32(x) as f64 - want).abs() / want;
-            if err > worst.0 {
-                worst = (err, x);
-            }
-        }
-        assert!(
-            worst.0 < 2.4e-7,
-            "worst relative error {} at {}",
-            worst.0,
-            worst.1
-        );
-        // Below the clamp the result is e^−87, not 0: negligible beside a softmax row's largest term, 1.
-        assert!(exp_f32(-1e4) < 2e-38 && exp_f32(-1e4) >= 0.0);
     }
 
     /// The CPU softmax equals candle's on rows of every length 1..=40 (all the lane remainders), with scales

@@ -15,7 +15,8 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use vsdm_core::ScoreModel;
 
-use super::layers::{dense, sigmoid, sinusoidal, Dense, EncoderLayer};
+use super::elementwise::{gate, silu};
+use super::layers::{dense, sinusoidal, Dense, EncoderLayer};
 
 /// Width of the sinusoidal position features of a column.
 const POS_DIM: usize = 16;
@@ -263,7 +264,7 @@ impl ScoreModel for ForecastNet {
         let mut x = self.input.forward(&grid)?.broadcast_add(&side)?;
         // Diffusion time: sinusoidal features of 1000 t through a two-layer SiLU MLP.
         let temb = sinusoidal(&(t * 1000.0)?, TIME_DIM)?;
-        let temb = self.t2.forward(&self.t1.forward(&temb)?.silu()?)?.silu()?;
+        let temb = silu(&self.t2.forward(&silu(&self.t1.forward(&temb)?)?)?)?;
         let temb = temb.reshape((b, 1, 1, h))?;
         let mut skip: Option<Tensor> = None;
         for blk in &self.blocks {
@@ -283,7 +284,7 @@ impl ScoreModel for ForecastNet {
                 None => y,
             };
             let y = (blk.mid.forward(&y)? + blk.side.forward(&side)?)?;
-            let gated = (sigmoid(&y.narrow(3, 0, h)?)? * y.narrow(3, h, h)?.tanh()?)?;
+            let gated = gate(&y)?;
             let y = blk.out.forward(&gated)?;
             x = ((x + y.narrow(3, 0, h)?)? / std::f64::consts::SQRT_2)?;
             let s = y.narrow(3, h, h)?;
@@ -294,7 +295,7 @@ impl ScoreModel for ForecastNet {
         }
         let skip = skip.ok_or_else(|| candle_core::Error::Msg("network without blocks".into()))?;
         let skip = (skip / (cfg.layers as f64).sqrt())?;
-        let out = self.out2.forward(&self.out1.forward(&skip)?.silu()?)?; // [B, D, N, p]
+        let out = self.out2.forward(&silu(&self.out1.forward(&skip)?)?)?; // [B, D, N, p]
         out.reshape((b, 1, d, l))?
             .narrow(3, cfg.context, cfg.horizon)?
             .contiguous()
