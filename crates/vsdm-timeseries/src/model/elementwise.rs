@@ -224,7 +224,7 @@ pub fn gate(y: &Tensor) -> Result<Tensor> {
         candle_core::bail!("gate: the last axis of {:?} is odd", y.shape());
     }
     if on_cpu_f32(y) {
-        return y.apply_op1(Gate);
+        return y.apply_op1(Op(Kind::Gate));
     }
     let h = w / 2;
     candle_nn::ops::sigmoid(&y.narrow(D::Minus1, 0, h)?)? * y.narrow(D::Minus1, h, h)?.tanh()?
@@ -233,92 +233,71 @@ pub fn gate(y: &Tensor) -> Result<Tensor> {
 /// x σ(x), one op with its backward on the CPU in f32; candle's `silu` elsewhere.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     if on_cpu_f32(x) {
-        return x.apply_op1(Silu);
+        return x.apply_op1(Op(Kind::Silu));
     }
     x.silu()
 }
 
-struct Gate;
+/// The element-wise functions of this module, as ops.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `[…, 2h]` → `[…, h]`: σ(first half) ⊙ tanh(second half).
+    Gate,
+    /// x σ(x), shape kept.
+    Silu,
+}
 
-impl CustomOp1 for Gate {
-    fn name(&self) -> &'static str {
-        "gate"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s, l, self.name())?;
-        let mut dims = l.shape().dims().to_vec();
-        let w = dims.last().copied().unwrap_or(0);
-        let h = w / 2;
-        let rows = y.len().checked_div(w).unwrap_or(0);
-        if let Some(last) = dims.last_mut() {
-            *last = h;
+impl Kind {
+    /// (input row width, output row width) for an input whose last axis is `last`; SiLU works on rows of one.
+    fn widths(self, last: usize) -> (usize, usize) {
+        match self {
+            Kind::Gate => (last, last / 2),
+            Kind::Silu => (1, 1),
         }
-        let out = par_rows(y, w, &[], 0, h, h, rows, gate_rows_best);
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
-    }
-
-    fn bwd(&self, y: &Tensor, _z: &Tensor, dz: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&dz.contiguous()?, &GateGrad)?))
     }
 }
 
-struct GateGrad;
+/// The value of a [`Kind`], recording [`Grad`] as its backward.
+struct Op(Kind);
 
-impl CustomOp2 for GateGrad {
+impl CustomOp1 for Op {
     fn name(&self) -> &'static str {
-        "gate-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, dz) = (
-            f32_slice(s1, l1, self.name())?,
-            f32_slice(s2, l2, self.name())?,
-        );
-        let w = l1.shape().dims().last().copied().unwrap_or(0);
-        let h = w / 2;
-        let rows = y.len().checked_div(w).unwrap_or(0);
-        if dz.len() != rows * h {
-            candle_core::bail!(
-                "gate-grad: gradient {:?} does not match the gate's input {:?}",
-                l2.shape(),
-                l1.shape()
-            );
+        match self.0 {
+            Kind::Gate => "gate",
+            Kind::Silu => "silu-fast",
         }
-        let out = par_rows(y, w, dz, h, w, h, rows, gate_grad_rows_best);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
-struct Silu;
-
-impl CustomOp1 for Silu {
-    fn name(&self) -> &'static str {
-        "silu-fast"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, self.name())?;
-        let out = par_rows(x, 1, &[], 0, 1, 1, x.len(), silu_rows_best);
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        let mut dims = l.shape().dims().to_vec();
+        let (wi, wo) = self.0.widths(dims.last().copied().unwrap_or(0));
+        let rows = x.len().checked_div(wi).unwrap_or(0);
+        let kernel: RowKernel = match self.0 {
+            Kind::Gate => gate_rows_best,
+            Kind::Silu => silu_rows_best,
+        };
+        if let (Kind::Gate, Some(last)) = (self.0, dims.last_mut()) {
+            *last = wo;
+        }
+        let out = par_rows(x, wi, &[], 0, wo, wo, rows, kernel);
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
     fn bwd(&self, x: &Tensor, _z: &Tensor, dz: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dz.contiguous()?, &SiluGrad)?))
+        Ok(Some(x.apply_op2_no_bwd(&dz.contiguous()?, &Grad(self.0))?))
     }
 }
 
-struct SiluGrad;
+/// The gradient of a [`Kind`]'s input from its input and its output's gradient (both contiguous f32).
+struct Grad(Kind);
 
-impl CustomOp2 for SiluGrad {
+impl CustomOp2 for Grad {
     fn name(&self) -> &'static str {
-        "silu-fast-grad"
+        match self.0 {
+            Kind::Gate => "gate-grad",
+            Kind::Silu => "silu-fast-grad",
+        }
     }
 
     fn cpu_fwd(
@@ -328,18 +307,22 @@ impl CustomOp2 for SiluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, dz) = (
-            f32_slice(s1, l1, self.name())?,
-            f32_slice(s2, l2, self.name())?,
-        );
-        if dz.len() != x.len() {
+        let (x, dz) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let (wi, wo) = self.0.widths(l1.shape().dims().last().copied().unwrap_or(0));
+        let rows = x.len().checked_div(wi).unwrap_or(0);
+        if dz.len() != rows * wo {
             candle_core::bail!(
-                "silu-fast-grad: gradient {:?} does not match the input {:?}",
+                "{}: gradient {:?} does not match the input {:?}",
+                self.name(),
                 l2.shape(),
                 l1.shape()
             );
         }
-        let out = par_rows(x, 1, dz, 1, 1, 1, x.len(), silu_grad_rows_best);
+        let kernel: RowKernel = match self.0 {
+            Kind::Gate => gate_grad_rows_best,
+            Kind::Silu => silu_grad_rows_best,
+        };
+        let out = par_rows(x, wi, dz, wo, wi, wo, rows, kernel);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
