@@ -307,8 +307,13 @@ impl CustomOp2 for Grad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, dz) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let (wi, wo) = self.0.widths(l1.shape().dims().last().copied().unwrap_or(0));
+        let (x, dz) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+        );
+        let (wi, wo) = self
+            .0
+            .widths(l1.shape().dims().last().copied().unwrap_or(0));
         let rows = x.len().checked_div(wi).unwrap_or(0);
         if dz.len() != rows * wo {
             candle_core::bail!(
