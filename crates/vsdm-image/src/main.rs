@@ -186,8 +186,8 @@ struct TrainArgs {
     /// Sample grid every N steps (and at the end; 0: only at the end).
     #[arg(long, default_value_t = 500)]
     sample_every: usize,
-    /// Images per grid.
-    #[arg(long, default_value_t = 16)]
+    /// Images per sample grid, a count (the grids go to OUT/samples/; `sample --grid` is instead a PNG path).
+    #[arg(long, default_value_t = 16, value_name = "N")]
     grid: usize,
     /// Steps of the grid sampler (default: the method's sampler, 200 EM steps or 100 Heun steps; for the tiny
     /// network on the CPU 100 EM or 50 Heun steps).
@@ -259,7 +259,7 @@ struct SampleArgs {
     #[command(flatten)]
     sampler: SamplerArgs,
     /// PNG grid to write (a `.png` path).
-    #[arg(long, default_value = "samples.png")]
+    #[arg(long, default_value = "samples.png", value_name = "PNG")]
     grid: PathBuf,
     /// Also write every image as a PNG into this folder.
     #[arg(long)]
