@@ -165,27 +165,23 @@ row_kernel!(
 /// A row kernel's dispatcher: (a, b, out, width, AVX2 available).
 type RowKernel = fn(&[f32], &[f32], &mut [MaybeUninit<f32>], usize, bool);
 
-/// Runs a row kernel over `rows` rows in parallel, in tasks of about 64 Ki output elements: `a` has rows of
-/// `wa`, `b` rows of `wb` (or is empty, `wb` = 0), the output rows of `wo`; `w` is passed to the kernel.
-#[allow(clippy::too_many_arguments)]
-fn par_rows(
-    a: &[f32],
-    wa: usize,
-    b: &[f32],
-    wb: usize,
+/// Runs `kernel(a_rows, b_rows, out_rows)` over `rows` rows in parallel, in tasks of about 64 Ki output
+/// elements, and returns the output: `a` has rows of `wa`, `b` rows of `wb` (or is empty, `wb` = 0), the
+/// output rows of `wo`; the kernel must write every element of its output rows.
+pub(crate) fn par_rows<T: Copy + Send + Sync>(
+    (a, wa): (&[T], usize),
+    (b, wb): (&[T], usize),
     wo: usize,
-    w: usize,
     rows: usize,
-    kernel: RowKernel,
-) -> Vec<f32> {
+    kernel: impl Fn(&[T], &[T], &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
     use rayon::prelude::*;
     let len = rows * wo;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let mut out: Vec<T> = Vec::with_capacity(len);
     if len == 0 {
         return out;
     }
     let per_task = (65_536 / wo).max(1);
-    let fast = avx2();
     out.spare_capacity_mut()
         .par_chunks_mut(per_task * wo)
         .enumerate()
@@ -196,7 +192,7 @@ fn par_rows(
             } else {
                 &b[r0 * wb..(r0 + n) * wb]
             };
-            kernel(&a[r0 * wa..(r0 + n) * wa], b, o, w, fast)
+            kernel(&a[r0 * wa..(r0 + n) * wa], b, o)
         });
     // SAFETY: the tasks cover all `len` elements (whole rows of `wo`) and every kernel writes each one.
     unsafe { out.set_len(len) };
@@ -280,7 +276,10 @@ impl CustomOp1 for Op {
         if let (Kind::Gate, Some(last)) = (self.0, dims.last_mut()) {
             *last = wo;
         }
-        let out = par_rows(x, wi, &[], 0, wo, wo, rows, kernel);
+        let fast = avx2();
+        let out = par_rows((x, wi), (&[], 0), wo, rows, |a, b, o| {
+            kernel(a, b, o, wo, fast)
+        });
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
@@ -327,7 +326,10 @@ impl CustomOp2 for Grad {
             Kind::Gate => gate_grad_rows_best,
             Kind::Silu => silu_grad_rows_best,
         };
-        let out = par_rows(x, wi, dz, wo, wi, wo, rows, kernel);
+        let fast = avx2();
+        let out = par_rows((x, wi), (dz, wo), wi, rows, |a, b, o| {
+            kernel(a, b, o, wo, fast)
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use super::elementwise::exp_f32;
+use super::elementwise::{exp_f32, par_rows};
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
 /// dimensions are flattened first. (`candle_nn::Linear` on a rank-3 or rank-4 input broadcasts its weight over
@@ -309,8 +309,8 @@ unsafe fn softmax_rows_avx2(
     softmax_rows(src, dst, n, scale)
 }
 
-/// [`softmax_scaled`]'s CPU kernel on a contiguous f32 tensor: rows in parallel, in tasks of about 64 Ki
-/// elements, with the AVX2 build of the row loop where the CPU has it.
+/// [`softmax_scaled`]'s CPU kernel on a contiguous f32 tensor: rows in parallel ([`par_rows`]), with the AVX2
+/// build of the row loop where the CPU has it.
 struct SoftmaxScaled(f32);
 
 impl candle_core::CustomOp1 for SoftmaxScaled {
@@ -323,7 +323,6 @@ impl candle_core::CustomOp1 for SoftmaxScaled {
         s: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
         let (Some((a, b)), candle_core::CpuStorage::F32(x)) = (l.contiguous_offsets(), s) else {
             candle_core::bail!("softmax-scaled: a contiguous f32 input only");
         };
@@ -331,22 +330,15 @@ impl candle_core::CustomOp1 for SoftmaxScaled {
         let n = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let scale = self.0;
         let avx2 = super::elementwise::avx2();
-        let mut out: Vec<f32> = Vec::with_capacity(x.len());
-        let task = n * (65_536 / n).max(1);
-        out.spare_capacity_mut()
-            .par_chunks_mut(task)
-            .zip(x.par_chunks(task))
-            .for_each(|(y, x)| {
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    // SAFETY: AVX2 and FMA were detected above.
-                    return unsafe { softmax_rows_avx2(x, y, n, scale) };
-                }
-                let _ = avx2;
-                softmax_rows(x, y, n, scale)
-            });
-        // SAFETY: the tasks cover all elements and `softmax_rows` writes each one.
-        unsafe { out.set_len(x.len()) };
+        let out = par_rows((x, n), (&[], 0), n, x.len() / n, |x, _, y| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: AVX2 and FMA were detected above.
+                return unsafe { softmax_rows_avx2(x, y, n, scale) };
+            }
+            let _ = avx2;
+            softmax_rows(x, y, n, scale)
+        });
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }
 }
@@ -375,7 +367,7 @@ fn softmax_backward(dp: &Tensor, p: &Tensor) -> Result<Tensor> {
 struct SoftmaxBackward;
 
 /// dS row by row (rows of `n`): the row's ⟨dP, P⟩ summed in eight lanes, then P ⊙ (dP − ⟨dP, P⟩); rows in
-/// parallel, in tasks of about 64 Ki elements.
+/// parallel ([`par_rows`]).
 fn softmax_backward_rows<T>(dp: &[T], p: &[T], n: usize) -> Vec<T>
 where
     T: Copy
@@ -386,36 +378,27 @@ where
         + std::ops::Sub<Output = T>
         + std::ops::Mul<Output = T>,
 {
-    use rayon::prelude::*;
-    let len = dp.len();
-    let mut out: Vec<T> = Vec::with_capacity(len);
-    let task = n.max(1) * (65_536 / n.max(1)).max(1);
-    out.spare_capacity_mut()
-        .par_chunks_mut(task)
-        .zip(dp.par_chunks(task).zip(p.par_chunks(task)))
-        .for_each(|(o, (dp, p))| {
-            for ((o, dp), p) in o.chunks_mut(n).zip(dp.chunks(n)).zip(p.chunks(n)) {
-                let mut lanes = [T::default(); 8];
-                let (dp8, p8) = (dp.chunks_exact(8), p.chunks_exact(8));
-                let (dpr, pr) = (dp8.remainder(), p8.remainder());
-                for (a, b) in dp8.zip(p8) {
-                    for l in 0..8 {
-                        lanes[l] = lanes[l] + a[l] * b[l];
-                    }
-                }
-                let mut dot = T::default();
-                for (a, b) in dpr.iter().zip(pr) {
-                    dot = dot + *a * *b;
-                }
-                let dot = lanes.iter().fold(dot, |s, l| s + *l);
-                for ((o, a), b) in o.iter_mut().zip(dp).zip(p) {
-                    o.write(*b * (*a - dot));
+    let n = n.max(1);
+    par_rows((dp, n), (p, n), n, dp.len() / n, |dp, p, o| {
+        for ((o, dp), p) in o.chunks_mut(n).zip(dp.chunks(n)).zip(p.chunks(n)) {
+            let mut lanes = [T::default(); 8];
+            let (dp8, p8) = (dp.chunks_exact(8), p.chunks_exact(8));
+            let (dpr, pr) = (dp8.remainder(), p8.remainder());
+            for (a, b) in dp8.zip(p8) {
+                for l in 0..8 {
+                    lanes[l] = lanes[l] + a[l] * b[l];
                 }
             }
-        });
-    // SAFETY: the tasks cover all `len` elements (dP, P and the output are cut alike) and write each one.
-    unsafe { out.set_len(len) };
-    out
+            let mut dot = T::default();
+            for (a, b) in dpr.iter().zip(pr) {
+                dot = dot + *a * *b;
+            }
+            let dot = lanes.iter().fold(dot, |s, l| s + *l);
+            for ((o, a), b) in o.iter_mut().zip(dp).zip(p) {
+                o.write(*b * (*a - dot));
+            }
+        }
+    })
 }
 
 impl candle_core::CustomOp2 for SoftmaxBackward {
