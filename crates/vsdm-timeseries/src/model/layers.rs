@@ -85,12 +85,6 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// σ(x) = 1 / (1 + e^(−x)): candle's fused op, which has a backward pass (σ' = σ(1 − σ)); one pass over x
-/// (written as ½ (1 + tanh(x/2)) before, four passes and glibc's slower `tanhf`).
-pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::sigmoid(x)
-}
-
 /// Layer normalisation over the last dimension (Ba et al. 2016) with learned gain and bias.
 pub struct LayerNorm {
     gain: Tensor,
@@ -847,10 +841,8 @@ mod tests {
             let want = (k as f32 + 1.0 - 2.5) / (1.25f32 + 1e-5).sqrt();
             assert!((v - want).abs() < 1e-5, "{v} vs {want}");
         }
-        let s = sigmoid(&Tensor::new(&[0f32, 2.0, -200.0], &dev).unwrap())
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        // The network's sigmoid (inside its gate op).
+        let s = [0f32, 2.0, -200.0].map(super::super::elementwise::sigmoid_f32);
         assert!((s[0] - 0.5).abs() < 1e-7 && (s[1] - 1.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
         assert!(s[2] >= 0.0 && s[2] < 1e-30);
     }
