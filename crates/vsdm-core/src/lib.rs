@@ -8,6 +8,7 @@
 pub mod carried;
 pub mod compare;
 pub mod error;
+pub mod fastmath;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod init;

@@ -10,7 +10,9 @@
 //! (means over the group, sums over the batch and the positions of channel c). [`group_norm`] computes the value
 //! without recording a graph and hands it to a custom op on (x, γ, β) whose forward returns that value and whose
 //! backward evaluates these formulas, recomputing μ and r from x. The graph then keeps only x, γ, β and the
-//! output. Only candle's own kernels run, on the CPU and on CUDA alike.
+//! output. On CUDA (and on the CPU in f64) the value and the backward are chains of candle's own kernels; on the
+//! CPU in f32 they are direct loops over each (image, group) row ([`super::gncpu`]: 3 and 4 passes over the
+//! activation where the chains make about 10 and 20).
 //!
 //! Most normalisations of the U-Net feed a SiLU; [`group_norm`] with `silu` folds it into the same op, u = SiLU(y), so
 //! the graph keeps one activation-sized tensor where candle_nn's chain and a separate SiLU keep the norm's output
@@ -21,7 +23,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::gnkernel;
+use super::{gncpu, gnkernel};
 use vsdm_core::carried;
 
 /// How group normalisations are differentiated.
@@ -96,6 +98,11 @@ impl carried::Backward for GroupNormBackward {
                 dy,
                 self.spec,
             )?;
+            return Ok((Some(dx), Some(dgamma), Some(dbeta)));
+        }
+        if gncpu::applies(x, gamma, beta) {
+            let (dx, dgamma, dbeta) =
+                gncpu::gradients(&x.detach(), &gamma.detach(), &beta.detach(), dy, self.spec)?;
             return Ok((Some(dx), Some(dgamma), Some(dbeta)));
         }
         let (b, c) = (x.dim(0)?, x.dim(1)?);
@@ -185,6 +192,9 @@ pub fn group_norm(
         if kernel {
             return gnkernel::value(gnkernel::Backend::Cuda, x, gamma, beta, spec);
         }
+        if gncpu::applies(x, gamma, beta) {
+            return gncpu::value(x, gamma, beta, spec);
+        }
         let (xhat, _) = normalise(x, groups, eps)?;
         let y = scale_shift(&xhat.reshape(x.shape())?, &per_channel(gamma, x)?, beta)?;
         if silu {
@@ -210,35 +220,38 @@ mod tests {
     use crate::unet::testutil::rel;
 
     /// The value and the three gradients equal candle_nn's `GroupNorm` (followed by candle's SiLU for the fused
-    /// op) and their op-by-op backward (f32, ≤ 1e-5 relative), on inputs with non-zero means and unequal scales,
-    /// one group and several, 3-D and 4-D inputs.
+    /// op) and their op-by-op backward (≤ 1e-5 relative), on inputs with non-zero means and unequal scales,
+    /// one group and several, 3-D and 4-D inputs: in f32 (the CPU loops of [`super::gncpu`]) and in f64 (the
+    /// chain of candle ops that CUDA runs under `--norm fused`).
     #[test]
     fn matches_candle_nn_group_norm_and_its_gradients() {
         let dev = Device::Cpu;
         let mut rng = NoiseRng::new(5);
-        for (shape, groups, silu) in [
-            (vec![2usize, 8, 5, 5], 4usize, false),
-            (vec![3, 6, 4, 7], 1, false),
-            (vec![1, 12, 3, 3], 12, false),
-            (vec![2, 4, 9], 2, false),
-            (vec![2, 8, 5, 5], 4, true),
-            (vec![3, 6, 4, 7], 1, true),
-            (vec![2, 4, 9], 2, true),
+        for (shape, groups, silu, dtype) in [
+            (vec![2usize, 8, 5, 5], 4usize, false, DType::F32),
+            (vec![3, 6, 4, 7], 1, false, DType::F32),
+            (vec![1, 12, 3, 3], 12, false, DType::F32),
+            (vec![2, 4, 9], 2, false, DType::F32),
+            (vec![2, 8, 5, 5], 4, true, DType::F32),
+            (vec![3, 6, 4, 7], 1, true, DType::F32),
+            (vec![2, 4, 9], 2, true, DType::F32),
+            (vec![2, 8, 5, 5], 4, false, DType::F64),
+            (vec![3, 6, 4, 7], 1, true, DType::F64),
+            (vec![2, 4, 9], 2, true, DType::F64),
         ] {
             let c = shape[1];
-            let x = (rng.randn(&shape, &dev).unwrap() * 3.0).unwrap();
+            let randn = |rng: &mut NoiseRng, dims: &[usize]| {
+                rng.randn(dims, &dev).unwrap().to_dtype(dtype).unwrap()
+            };
+            let x = (randn(&mut rng, &shape) * 3.0).unwrap();
             let x = Var::from_tensor(&(x + 1.5).unwrap()).unwrap();
-            let gamma = Var::from_tensor(&(rng.randn(&[c], &dev).unwrap() + 1.0).unwrap()).unwrap();
-            let beta = Var::from_tensor(&rng.randn(&[c], &dev).unwrap()).unwrap();
-            let probe = rng.randn(&shape, &dev).unwrap();
+            let gamma = Var::from_tensor(&(randn(&mut rng, &[c]) + 1.0).unwrap()).unwrap();
+            let beta = Var::from_tensor(&randn(&mut rng, &[c])).unwrap();
+            let probe = randn(&mut rng, &shape);
             let vm = candle_nn::VarMap::new();
-            let reference = candle_nn::group_norm(
-                groups,
-                c,
-                1e-6,
-                VarBuilder::from_varmap(&vm, DType::F32, &dev),
-            )
-            .unwrap();
+            let reference =
+                candle_nn::group_norm(groups, c, 1e-6, VarBuilder::from_varmap(&vm, dtype, &dev))
+                    .unwrap();
             // Point candle_nn's parameters at the same values through its var map.
             for (name, v) in vm.data().lock().unwrap().iter() {
                 let src = if name.ends_with("weight") {
@@ -277,7 +290,7 @@ mod tests {
                 .unwrap()
                 .backward()
                 .unwrap();
-            let case = format!("{shape:?} / {groups} groups / SiLU {silu}");
+            let case = format!("{shape:?} / {groups} groups / SiLU {silu} / {dtype:?}");
             assert!(rel(&y0, &y1) < 1e-6, "{case}: value {}", rel(&y0, &y1));
             for (what, a, b) in [
                 ("x", g0.get(x.as_tensor()), g1.get(x.as_tensor())),

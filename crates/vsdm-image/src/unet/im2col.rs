@@ -21,7 +21,7 @@
 //!   step faster by the ratios in docs/benchmarks/image.md (2026-12-05).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
-use rayon::prelude::*;
+use vsdm_core::fastmath::par_rows_mut;
 
 /// The output size along an axis of `n` input pixels of a stride-1 convolution with a `k`-wide kernel and zero
 /// padding `p` (callers check that the kernel fits, [`check_fit`]).
@@ -51,28 +51,34 @@ impl Im2Col {
         let n = oh * ow;
         let mut cols = vec![T::zero(); c * k * k * b * n];
         // One task per row (channel, kernel offset): each holds the whole batch's positions.
-        cols.par_chunks_mut(b * n)
-            .enumerate()
-            .for_each(|(r, block)| {
-                let (ci, ki, kj) = (r / (k * k), (r / k) % k, r % k);
-                // Output columns whose input column x + kj − p lies inside the image.
-                let x0 = p.saturating_sub(kj);
-                let x1 = ow.min((w + p).saturating_sub(kj));
-                if x0 >= x1 {
-                    return;
-                }
-                for (bi, row) in block.chunks_mut(n).enumerate() {
-                    let plane = &x[(bi * c + ci) * h * w..][..h * w];
-                    for y in 0..oh {
-                        let iy = y + ki;
-                        if iy < p || iy - p >= h {
-                            continue;
+        par_rows_mut(
+            (&mut cols, b * n),
+            (&mut [] as &mut [u8], 0),
+            c * k * k,
+            |r0, blocks, _| {
+                for (i, block) in blocks.chunks_mut(b * n).enumerate() {
+                    let r = r0 + i;
+                    let (ci, ki, kj) = (r / (k * k), (r / k) % k, r % k);
+                    // Output columns whose input column x + kj − p lies inside the image.
+                    let x0 = p.saturating_sub(kj);
+                    let x1 = ow.min((w + p).saturating_sub(kj));
+                    if x0 >= x1 {
+                        continue;
+                    }
+                    for (bi, row) in block.chunks_mut(n).enumerate() {
+                        let plane = &x[(bi * c + ci) * h * w..][..h * w];
+                        for y in 0..oh {
+                            let iy = y + ki;
+                            if iy < p || iy - p >= h {
+                                continue;
+                            }
+                            let src = &plane[(iy - p) * w + x0 + kj - p..][..x1 - x0];
+                            row[y * ow + x0..y * ow + x1].copy_from_slice(src);
                         }
-                        let src = &plane[(iy - p) * w + x0 + kj - p..][..x1 - x0];
-                        row[y * ow + x0..y * ow + x1].copy_from_slice(src);
                     }
                 }
-            });
+            },
+        );
         cols
     }
 }
@@ -130,35 +136,40 @@ impl PatchRows {
         let len = b * oh * ow * row;
         let mut cols: Vec<T> = Vec::with_capacity(len);
         // One task per (image, output row); every element of the task's rows is written below (zeros first).
-        cols.spare_capacity_mut()[..len]
-            .par_chunks_mut(ow * row)
-            .enumerate()
-            .for_each(|(by, block)| {
-                let (bi, y) = (by / oh, by % oh);
-                let img = &xh[bi * h * w * c..][..h * w * c];
-                for (xo, r) in block.chunks_mut(row).enumerate() {
-                    for e in r.iter_mut() {
-                        e.write(T::zero());
-                    }
-                    // Kernel columns whose input column xo + j − p lies inside the image.
-                    let j0 = p.saturating_sub(xo);
-                    let j1 = k.min((w + p).saturating_sub(xo));
-                    if j0 >= j1 {
-                        continue;
-                    }
-                    let run = (j1 - j0) * c;
-                    for i in 0..k {
-                        let iy = y + i;
-                        if iy < p || iy - p >= h {
+        par_rows_mut(
+            (&mut cols.spare_capacity_mut()[..len], ow * row),
+            (&mut [] as &mut [u8], 0),
+            b * oh,
+            |r0, blocks, _| {
+                for (i, block) in blocks.chunks_mut(ow * row).enumerate() {
+                    let by = r0 + i;
+                    let (bi, y) = (by / oh, by % oh);
+                    let img = &xh[bi * h * w * c..][..h * w * c];
+                    for (xo, r) in block.chunks_mut(row).enumerate() {
+                        for e in r.iter_mut() {
+                            e.write(T::zero());
+                        }
+                        // Kernel columns whose input column xo + j − p lies inside the image.
+                        let j0 = p.saturating_sub(xo);
+                        let j1 = k.min((w + p).saturating_sub(xo));
+                        if j0 >= j1 {
                             continue;
                         }
-                        let src = &img[((iy - p) * w + xo + j0 - p) * c..][..run];
-                        for (d, v) in r[(i * k + j0) * c..][..run].iter_mut().zip(src) {
-                            d.write(*v);
+                        let run = (j1 - j0) * c;
+                        for i in 0..k {
+                            let iy = y + i;
+                            if iy < p || iy - p >= h {
+                                continue;
+                            }
+                            let src = &img[((iy - p) * w + xo + j0 - p) * c..][..run];
+                            for (d, v) in r[(i * k + j0) * c..][..run].iter_mut().zip(src) {
+                                d.write(*v);
+                            }
                         }
                     }
                 }
-            });
+            },
+        );
         // SAFETY: the tasks above cover all `len` elements (b·oh tasks of ow·row) and initialise each one.
         unsafe { cols.set_len(len) };
         cols
@@ -190,29 +201,35 @@ fn transpose_batched<T: WithDType + Copy + Send + Sync>(
 ) -> Vec<T> {
     const TILE: usize = 16;
     let mut out = vec![T::zero(); b * r * c];
-    out.par_chunks_mut(r * c)
-        .zip(x.par_chunks(r * c))
-        .for_each(|(dst, src)| {
-            for i0 in (0..r).step_by(TILE) {
-                let i1 = (i0 + TILE).min(r);
-                for j0 in (0..c).step_by(TILE) {
-                    let j1 = (j0 + TILE).min(c);
-                    if r * 8 <= c {
-                        for i in i0..i1 {
-                            for (j, v) in (j0..j1).zip(&src[i * c + j0..i * c + j1]) {
-                                dst[j * r + i] = *v;
+    par_rows_mut(
+        (&mut out, r * c),
+        (&mut [] as &mut [u8], 0),
+        b,
+        |b0, dsts, _| {
+            for (bi, dst) in dsts.chunks_mut(r * c).enumerate() {
+                let src = &x[(b0 + bi) * r * c..][..r * c];
+                for i0 in (0..r).step_by(TILE) {
+                    let i1 = (i0 + TILE).min(r);
+                    for j0 in (0..c).step_by(TILE) {
+                        let j1 = (j0 + TILE).min(c);
+                        if r * 8 <= c {
+                            for i in i0..i1 {
+                                for (j, v) in (j0..j1).zip(&src[i * c + j0..i * c + j1]) {
+                                    dst[j * r + i] = *v;
+                                }
                             }
-                        }
-                    } else {
-                        for j in j0..j1 {
-                            for (i, d) in (i0..i1).zip(&mut dst[j * r + i0..j * r + i1]) {
-                                *d = src[i * c + j];
+                        } else {
+                            for j in j0..j1 {
+                                for (i, d) in (i0..i1).zip(&mut dst[j * r + i0..j * r + i1]) {
+                                    *d = src[i * c + j];
+                                }
                             }
                         }
                     }
                 }
             }
-        });
+        },
+    );
     out
 }
 

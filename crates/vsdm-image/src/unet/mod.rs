@@ -42,6 +42,7 @@ pub mod cudnnconv;
 pub mod fastattn;
 pub mod fastconv;
 pub mod fastnorm;
+pub mod gncpu;
 pub mod gnkernel;
 pub mod im2col;
 mod layers;

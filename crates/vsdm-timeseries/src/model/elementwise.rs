@@ -1,6 +1,6 @@
 //! Element-wise pieces of the network as single CPU ops: the gated activation σ(a) ⊙ tanh(b) of each residual
-//! block and SiLU, each with its analytic backward, on vectorisable f32 transcendentals ([`exp_f32`],
-//! [`tanh_f32`]) built twice, plainly and for AVX2 + FMA, the build picked at run time.
+//! block and SiLU, each with its analytic backward, on vectorisable f32 transcendentals
+//! ([`vsdm_core::fastmath`]'s `exp_f32`, `tanh_f32`) built twice, plainly and for AVX2 + FMA, the build picked at run time.
 //!
 //! candle computes them with the C library's scalar `expf`/`tanhf` (a sixth of a forecasting run's profile on
 //! the exchange rate), reads the two halves of the gate through strided copies, and records three ops for the
@@ -8,102 +8,13 @@
 
 use std::mem::MaybeUninit;
 
+use vsdm_core::fastmath::{avx2, f32_slice, par_rows, sigmoid_f32, tanh_f32};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
-/// e^x in f32 for x ≤ 88 (below −87, where e^x is under f32's smallest normal number, e^−87 is returned):
-/// x = n ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in two parts, Cody–Waite), e^r by Cephes' degree-6 polynomial,
-/// times 2ⁿ built in the exponent bits. Branch-free, so a loop of it compiles to vector instructions; within
-/// 2 ulp of the true value (tested against f64's exp).
-#[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    // n = round(x / ln 2): adding 1.5 · 2²³ rounds to the nearest integer and leaves n in the low bits of
-    // the sum (read as integers, no float-to-int conversion, which would not vectorise).
-    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
-    let n = shifted - 12_582_912.0;
-    let n_bits = shifted.to_bits().wrapping_sub(0x4B40_0000);
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_2e-4;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let er = p * r * r + r + 1.0;
-    er * f32::from_bits(n_bits.wrapping_add(127) << 23)
-}
-
-/// tanh in f32: for |x| ≥ 0.625, 1 − 2/(e^{2|x|} + 1) with the sign of x; below, Cephes' odd polynomial
-/// x + x³ P(x²) (where the first form would cancel). Both are computed and one selected, so it vectorises.
-#[inline(always)]
-pub(crate) fn tanh_f32(x: f32) -> f32 {
-    let a = x.abs();
-    let big = (1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0)).copysign(x);
-    let z = x * x;
-    let mut p = -5.704_988_7e-3;
-    p = p * z + 2.063_909e-2;
-    p = p * z - 5.373_971_6e-2;
-    p = p * z + 1.333_144_2e-1;
-    p = p * z - 3.333_328e-1;
-    let small = p * z * x + x;
-    if a >= 0.625 {
-        big
-    } else {
-        small
-    }
-}
-
-/// The logistic function 1 / (1 + e^−x) in f32.
-#[inline(always)]
-pub(crate) fn sigmoid_f32(x: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-x))
-}
-
-/// Whether this CPU runs the AVX2 + FMA builds.
-pub(crate) fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-/// A row kernel `fn(a, b, out, width)` compiled plainly (`$plain`) and for AVX2 + FMA (`$avx`), and `$best`,
-/// which calls the AVX2 build when the CPU has it.
-macro_rules! row_kernel {
-    ($plain:ident, $avx:ident, $best:ident, |$a:ident, $b:ident, $out:ident, $w:ident| $body:block) => {
-        #[inline(always)]
-        fn $plain($a: &[f32], $b: &[f32], $out: &mut [MaybeUninit<f32>], $w: usize) $body
-
-        /// # Safety
-        /// The CPU must support AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>], w: usize) {
-            $plain(a, b, out, w)
-        }
-
-        fn $best(a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>], w: usize, avx2: bool) {
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the caller detected AVX2 and FMA.
-                return unsafe { $avx(a, b, out, w) };
-            }
-            let _ = avx2;
-            $plain(a, b, out, w)
-        }
-    };
-}
-
-// Gate: a row of y = [a | b] (2h) → σ(a) ⊙ tanh(b) (h); `w` is h, the second input unused.
-row_kernel!(
-    gate_rows,
-    gate_rows_avx2,
-    gate_rows_best,
-    |y, _unused, out, h| {
+vsdm_core::simd_fn! {
+    /// Gate: a row of y = [a | b] (2h) → σ(a) ⊙ tanh(b) (h); `w` is h, the second input unused.
+    fn gate_rows(y: &[f32], _unused: &[f32], out: &mut [MaybeUninit<f32>], h: usize) {
         for (y, o) in y.chunks_exact(2 * h).zip(out.chunks_exact_mut(h)) {
             let (a, b) = y.split_at(h);
             for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
@@ -111,15 +22,12 @@ row_kernel!(
             }
         }
     }
-);
+}
 
-// Gate backward: rows of y (2h) and dz (h) → dy (2h): dy_a = dz tanh(b) σ(a)(1 − σ(a)),
-// dy_b = dz σ(a)(1 − tanh²(b)).
-row_kernel!(
-    gate_grad_rows,
-    gate_grad_rows_avx2,
-    gate_grad_rows_best,
-    |y, dz, out, h| {
+vsdm_core::simd_fn! {
+    /// Gate backward: rows of y (2h) and dz (h) → dy (2h): dy_a = dz tanh(b) σ(a)(1 − σ(a)),
+    /// dy_b = dz σ(a)(1 − tanh²(b)).
+    fn gate_grad_rows(y: &[f32], dz: &[f32], out: &mut [MaybeUninit<f32>], h: usize) {
         for ((y, dz), o) in y
             .chunks_exact(2 * h)
             .zip(dz.chunks_exact(h))
@@ -135,77 +43,29 @@ row_kernel!(
             }
         }
     }
-);
+}
 
-// SiLU: x σ(x), element by element (`w` unused).
-row_kernel!(
-    silu_rows,
-    silu_rows_avx2,
-    silu_rows_best,
-    |x, _unused, out, _w| {
+vsdm_core::simd_fn! {
+    /// SiLU: x σ(x), element by element (`w` unused).
+    fn silu_rows(x: &[f32], _unused: &[f32], out: &mut [MaybeUninit<f32>], _w: usize) {
         for (o, x) in out.iter_mut().zip(x) {
             o.write(x * sigmoid_f32(*x));
         }
     }
-);
+}
 
-// SiLU backward: dx = dz σ(x) (1 + x (1 − σ(x))).
-row_kernel!(
-    silu_grad_rows,
-    silu_grad_rows_avx2,
-    silu_grad_rows_best,
-    |x, dz, out, _w| {
+vsdm_core::simd_fn! {
+    /// SiLU backward: dx = dz σ(x) (1 + x (1 − σ(x))).
+    fn silu_grad_rows(x: &[f32], dz: &[f32], out: &mut [MaybeUninit<f32>], _w: usize) {
         for ((o, x), g) in out.iter_mut().zip(x).zip(dz) {
             let s = sigmoid_f32(*x);
             o.write(g * s * (1.0 + x * (1.0 - s)));
         }
     }
-);
-
-/// A row kernel's dispatcher: (a, b, out, width, AVX2 available).
-type RowKernel = fn(&[f32], &[f32], &mut [MaybeUninit<f32>], usize, bool);
-
-/// Runs `kernel(a_rows, b_rows, out_rows)` over `rows` rows in parallel, in tasks of about 64 Ki output
-/// elements, and returns the output: `a` has rows of `wa`, `b` rows of `wb` (or is empty, `wb` = 0), the
-/// output rows of `wo`; the kernel must write every element of its output rows.
-pub(crate) fn par_rows<T: Copy + Send + Sync>(
-    (a, wa): (&[T], usize),
-    (b, wb): (&[T], usize),
-    wo: usize,
-    rows: usize,
-    kernel: impl Fn(&[T], &[T], &mut [MaybeUninit<T>]) + Sync,
-) -> Vec<T> {
-    use rayon::prelude::*;
-    let len = rows * wo;
-    let mut out: Vec<T> = Vec::with_capacity(len);
-    if len == 0 {
-        return out;
-    }
-    let per_task = (65_536 / wo).max(1);
-    out.spare_capacity_mut()
-        .par_chunks_mut(per_task * wo)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (r0, n) = (i * per_task, o.len() / wo);
-            let b = if wb == 0 {
-                &[][..]
-            } else {
-                &b[r0 * wb..(r0 + n) * wb]
-            };
-            kernel(&a[r0 * wa..(r0 + n) * wa], b, o)
-        });
-    // SAFETY: the tasks cover all `len` elements (whole rows of `wo`) and every kernel writes each one.
-    unsafe { out.set_len(len) };
-    out
 }
 
-/// The f32 slice of a contiguous CPU storage.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{op}: a contiguous f32 input only"),
-    }
-}
+/// A row kernel of this module: (AVX2 available, a rows, b rows, output rows, width).
+type RowKernel = fn(bool, &[f32], &[f32], &mut [MaybeUninit<f32>], usize);
 
 /// Whether `t` takes the CPU kernels here.
 fn on_cpu_f32(t: &Tensor) -> bool {
@@ -270,15 +130,15 @@ impl CustomOp1 for Op {
         let (wi, wo) = self.0.widths(dims.last().copied().unwrap_or(0));
         let rows = x.len().checked_div(wi).unwrap_or(0);
         let kernel: RowKernel = match self.0 {
-            Kind::Gate => gate_rows_best,
-            Kind::Silu => silu_rows_best,
+            Kind::Gate => gate_rows,
+            Kind::Silu => silu_rows,
         };
         if let (Kind::Gate, Some(last)) = (self.0, dims.last_mut()) {
             *last = wo;
         }
         let fast = avx2();
         let out = par_rows((x, wi), (&[], 0), wo, rows, |a, b, o| {
-            kernel(a, b, o, wo, fast)
+            kernel(fast, a, b, o, wo)
         });
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
@@ -323,12 +183,12 @@ impl CustomOp2 for Grad {
             );
         }
         let kernel: RowKernel = match self.0 {
-            Kind::Gate => gate_grad_rows_best,
-            Kind::Silu => silu_grad_rows_best,
+            Kind::Gate => gate_grad_rows,
+            Kind::Silu => silu_grad_rows,
         };
         let fast = avx2();
         let out = par_rows((x, wi), (dz, wo), wi, rows, |a, b, o| {
-            kernel(a, b, o, wo, fast)
+            kernel(fast, a, b, o, wo)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -355,73 +215,6 @@ mod tests {
                 .unwrap()
         };
         inf(&(a - b).unwrap()) / inf(b).max(1e-300)
-    }
-
-    /// [`exp_f32`] against f64's exp on a dense grid of [−87, 88] (every 1/1024, and the ends): within 2 ulp
-    /// (2.4e-7 relative).
-    #[test]
-    fn exp_f32_is_within_two_ulp() {
-        let mut worst = (0f64, 0f32);
-        for i in -87 * 1024..=88 * 1024 {
-            let x = i as f32 / 1024.0;
-            let want = (x as f64).exp();
-            let err = (exp_f32(x) as f64 - want).abs() / want;
-            if err > worst.0 {
-                worst = (err, x);
-            }
-        }
-        assert!(
-            worst.0 < 2.4e-7,
-            "worst relative error {} at {}",
-            worst.0,
-            worst.1
-        );
-        // Below the clamp the result is e^−87, not 0: negligible beside a softmax row's largest term, 1.
-        assert!(exp_f32(-1e4) < 2e-38 && exp_f32(-1e4) >= 0.0);
-    }
-
-    /// [`tanh_f32`] and [`sigmoid_f32`] against f64's on a dense grid of [−20, 20] and on tiny arguments
-    /// (where 1 − 2/(e^{2x} + 1) would cancel): tanh within 3e-7 relative, the sigmoid within 3e-7 relative
-    /// down to x = −20 and 2e-7 absolute beyond; NaN stays NaN, ±∞ give ±1 and 0 / 1.
-    #[test]
-    fn tanh_and_sigmoid_match_f64() {
-        let mut worst = (0f64, 0f32, "");
-        let mut check = |x: f32| {
-            let xd = x as f64;
-            let t = (tanh_f32(x) as f64 - xd.tanh()).abs() / xd.tanh().abs().max(1e-300);
-            let sd = 1.0 / (1.0 + (-xd).exp());
-            let s = (sigmoid_f32(x) as f64 - sd).abs() / sd;
-            for (e, name) in [(t, "tanh"), (s, "sigmoid")] {
-                if x != 0.0 && e > worst.0 {
-                    worst = (e, x, name);
-                }
-            }
-        };
-        for i in -20 * 4096..=20 * 4096 {
-            check(i as f32 / 4096.0);
-        }
-        for k in 1..40 {
-            check(0.5f32.powi(k));
-            check(-(0.5f32.powi(k)));
-        }
-        assert!(
-            worst.0 < 3e-7,
-            "{} relative error {} at {}",
-            worst.2,
-            worst.0,
-            worst.1
-        );
-        assert_eq!(tanh_f32(0.0), 0.0);
-        assert!(tanh_f32(f32::NAN).is_nan() && sigmoid_f32(f32::NAN).is_nan());
-        assert_eq!(
-            (tanh_f32(f32::INFINITY), tanh_f32(f32::NEG_INFINITY)),
-            (1.0, -1.0)
-        );
-        assert_eq!(
-            (sigmoid_f32(f32::INFINITY), sigmoid_f32(-1e5)),
-            (1.0, sigmoid_f32(-1e5))
-        );
-        assert!(sigmoid_f32(-1e5) < 1e-37);
     }
 
     /// The gate and SiLU ops equal candle's chains in value and gradient (f32, 1e-6 relative; ⟨z, probe⟩

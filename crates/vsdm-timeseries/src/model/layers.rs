@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use super::elementwise::{exp_f32, par_rows};
+use vsdm_core::fastmath::{avx2, exp_f32, par_rows};
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
 /// dimensions are flattened first. (`candle_nn::Linear` on a rank-3 or rank-4 input broadcasts its weight over
@@ -246,65 +246,51 @@ fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&(x * scale)?)
 }
 
-/// softmax(scale · row) of each row of `n` in `src` into `dst`: the maximum, exp(scale (x − max)) with
-/// [`exp_f32`], and the division by their sum, each reduction in eight lanes.
-#[inline(always)]
-fn softmax_rows(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>], n: usize, scale: f32) {
-    for (x, y) in src.chunks(n).zip(dst.chunks_mut(n)) {
-        let mut lanes = [f32::NEG_INFINITY; 8];
-        let x8 = x.chunks_exact(8);
-        let mut max = x8
-            .remainder()
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-        for c in x8 {
-            for l in 0..8 {
-                lanes[l] = lanes[l].max(c[l]);
+vsdm_core::simd_fn! {
+    /// softmax(scale · row) of each row of `n` in `src` into `dst`: the maximum, exp(scale (x − max)) with
+    /// [`exp_f32`], and the division by their sum, each reduction in eight lanes.
+    fn softmax_rows(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>], n: usize, scale: f32) {
+        for (x, y) in src.chunks(n).zip(dst.chunks_mut(n)) {
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let x8 = x.chunks_exact(8);
+            let mut max = x8
+                .remainder()
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            for c in x8 {
+                for l in 0..8 {
+                    lanes[l] = lanes[l].max(c[l]);
+                }
             }
-        }
-        max = lanes.iter().fold(max, |m, v| m.max(*v));
-        let shift = scale * max;
-        let mut lanes = [0f32; 8];
-        let (y8, x8) = (y.chunks_exact_mut(8), x.chunks_exact(8));
-        let mut sum = 0f32;
-        for (y, x) in y8.into_remainder().iter_mut().zip(x8.remainder()) {
-            let e = exp_f32(scale * x - shift);
-            sum += e;
-            y.write(e);
-        }
-        for (y, x) in y.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
-            for l in 0..8 {
-                let e = exp_f32(scale * x[l] - shift);
-                lanes[l] += e;
-                y[l].write(e);
+            max = lanes.iter().fold(max, |m, v| m.max(*v));
+            let shift = scale * max;
+            let mut lanes = [0f32; 8];
+            let (y8, x8) = (y.chunks_exact_mut(8), x.chunks_exact(8));
+            let mut sum = 0f32;
+            for (y, x) in y8.into_remainder().iter_mut().zip(x8.remainder()) {
+                let e = exp_f32(scale * x - shift);
+                sum += e;
+                y.write(e);
             }
-        }
-        let inv = 1.0 / lanes.iter().fold(sum, |s, v| s + v);
-        for y in y.iter_mut() {
-            // SAFETY: every element of the row was written above.
-            let v = unsafe { y.assume_init() };
-            y.write(v * inv);
+            for (y, x) in y.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
+                for l in 0..8 {
+                    let e = exp_f32(scale * x[l] - shift);
+                    lanes[l] += e;
+                    y[l].write(e);
+                }
+            }
+            let inv = 1.0 / lanes.iter().fold(sum, |s, v| s + v);
+            for y in y.iter_mut() {
+                // SAFETY: every element of the row was written above.
+                let v = unsafe { y.assume_init() };
+                y.write(v * inv);
+            }
         }
     }
 }
 
-/// [`softmax_rows`] compiled for AVX2 and FMA (8 lanes of f32).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(
-    src: &[f32],
-    dst: &mut [std::mem::MaybeUninit<f32>],
-    n: usize,
-    scale: f32,
-) {
-    softmax_rows(src, dst, n, scale)
-}
-
 /// [`softmax_scaled`]'s CPU kernel on a contiguous f32 tensor: rows in parallel ([`par_rows`]), with the AVX2
-/// build of the row loop where the CPU has it.
+/// build of the row loop where the CPU has it ([`vsdm_core::simd_fn!`]).
 struct SoftmaxScaled(f32);
 
 impl candle_core::CustomOp1 for SoftmaxScaled {
@@ -323,15 +309,9 @@ impl candle_core::CustomOp1 for SoftmaxScaled {
         let x = &x[a..b];
         let n = l.shape().dims().last().copied().unwrap_or(1).max(1);
         let scale = self.0;
-        let avx2 = super::elementwise::avx2();
+        let fast = avx2();
         let out = par_rows((x, n), (&[], 0), n, x.len() / n, |x, _, y| {
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: AVX2 and FMA were detected above.
-                return unsafe { softmax_rows_avx2(x, y, n, scale) };
-            }
-            let _ = avx2;
-            softmax_rows(x, y, n, scale)
+            softmax_rows(fast, x, y, n, scale)
         });
         Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
     }
@@ -842,7 +822,7 @@ mod tests {
             assert!((v - want).abs() < 1e-5, "{v} vs {want}");
         }
         // The network's sigmoid (inside its gate op).
-        let s = [0f32, 2.0, -200.0].map(super::super::elementwise::sigmoid_f32);
+        let s = [0f32, 2.0, -200.0].map(vsdm_core::fastmath::sigmoid_f32);
         assert!((s[0] - 0.5).abs() < 1e-7 && (s[1] - 1.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
         assert!(s[2] >= 0.0 && s[2] < 1e-30);
     }

@@ -1,0 +1,331 @@
+//! Vectorisable f32 transcendentals and a parallel row driver for the workspace's CPU kernels.
+//!
+//! candle's CPU backend evaluates `exp`, `tanh` and the logistic function with the C library's scalar `expf` /
+//! `tanhf`, one element at a time. The functions here are branch-free polynomials, so a loop of them compiles to
+//! vector instructions; [`simd_fn!`](crate::simd_fn) builds such a loop twice, plainly and for AVX2 + FMA, and
+//! picks the build at run time ([`avx2`]). [`par_rows`] runs a row kernel over rows in parallel (on candle's own
+//! worker pool, [`par_rows_mut`]) into an output it never zero-fills. The time-series network's gate, SiLU and softmax and the U-Net's group norm use
+//! them.
+
+use std::mem::MaybeUninit;
+
+/// e^x in f32 for x ≤ 88 (below −87, where e^x is under f32's smallest normal number, e^−87 is returned):
+/// x = n ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in two parts, Cody–Waite), e^r by Cephes' degree-6 polynomial,
+/// times 2ⁿ built in the exponent bits. Branch-free, so a loop of it compiles to vector instructions; within
+/// 2 ulp of the true value (tested against f64's exp).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    // n = round(x / ln 2): adding 1.5 · 2²³ rounds to the nearest integer and leaves n in the low bits of
+    // the sum (read as integers, no float-to-int conversion, which would not vectorise).
+    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
+    let n_bits = shifted.to_bits().wrapping_sub(0x4B40_0000);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_2e-4;
+    p = p * r + 1.398_2e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(n_bits.wrapping_add(127) << 23)
+}
+
+/// tanh in f32: for |x| ≥ 0.625, 1 − 2/(e^{2|x|} + 1) with the sign of x; below, Cephes' odd polynomial
+/// x + x³ P(x²) (where the first form would cancel). Both are computed and one selected, so it vectorises.
+#[inline(always)]
+pub fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let big = (1.0 - 2.0 / (exp_f32(2.0 * a) + 1.0)).copysign(x);
+    let z = x * x;
+    let mut p = -5.704_988_7e-3;
+    p = p * z + 2.063_909e-2;
+    p = p * z - 5.373_971_6e-2;
+    p = p * z + 1.333_144_2e-1;
+    p = p * z - 3.333_328e-1;
+    let small = p * z * x + x;
+    if a >= 0.625 {
+        big
+    } else {
+        small
+    }
+}
+
+/// The logistic function 1 / (1 + e^−x) in f32.
+#[inline(always)]
+pub fn sigmoid_f32(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+/// Whether this CPU runs the AVX2 + FMA builds.
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Defines `fn NAME(avx2: bool, ARGS…) -> RET` running BODY compiled for AVX2 + FMA when `avx2` is true (the
+/// caller's [`avx2`]`()`, read once per op, not per row) and plainly otherwise: the body is written once, as an
+/// `#[inline(always)]` function that the AVX2 build inlines, so the loops over [`exp_f32`] and the like
+/// vectorise eight lanes wide where the CPU has them.
+///
+/// ```
+/// vsdm_core::simd_fn! {
+///     /// Doubles each value.
+///     fn double(x: &[f32], out: &mut [f32]) {
+///         for (o, x) in out.iter_mut().zip(x) {
+///             *o = 2.0 * x;
+///         }
+///     }
+/// }
+/// let mut out = [0.0; 3];
+/// double(vsdm_core::fastmath::avx2(), &[1.0, 2.0, 3.0], &mut out);
+/// assert_eq!(out, [2.0, 4.0, 6.0]);
+/// ```
+#[macro_export]
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name(avx2: bool, $($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn plain($($arg: $ty),*) $(-> $ret)? $body
+            /// # Safety
+            /// The CPU must support AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                plain($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the caller passes `avx2` from `fastmath::avx2()`, which detected AVX2 and FMA.
+                return unsafe { fast($($arg),*) };
+            }
+            let _ = avx2;
+            plain($($arg),*)
+        }
+    };
+}
+
+/// A raw pointer that may cross threads: [`par_rows_mut`] hands each task a disjoint part of the memory.
+struct Shared<T>(*mut T);
+
+// SAFETY: `Shared` only carries the base pointer of a `&mut [T]` whose disjoint parts go to different tasks
+// (see `par_rows_mut`), which is sound whenever `T` itself may be sent to another thread.
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The part of `len` elements at `start` (a method, so that closures capture the whole wrapper).
+    ///
+    /// # Safety
+    /// `start + len` lies within the slice the pointer came from, and no other live reference overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+/// Runs `f(first_row, a_rows, b_rows)` over `rows` rows in parallel, each call on a contiguous run of rows: `a`
+/// holds rows of `wa` elements and `b` rows of `wb` (`wb` = 0: none), and each call gets exactly its rows of
+/// both, to write. The tasks run on candle's own CPU worker pool (`candle_core::utils::barrier_pool`, the one
+/// its element-wise ops run on), not on rayon's: candle's workers spin for a while after each of its ops, so a
+/// kernel sent to another pool in between competes with them for the cores (measured on the U-Net's group
+/// norm, docs/benchmarks/image.md). Runs of about an eighth of a thread's share.
+///
+/// # Panics
+/// When `a` or `b` is shorter than its rows.
+pub fn par_rows_mut<A: Send, B: Send>(
+    (a, wa): (&mut [A], usize),
+    (b, wb): (&mut [B], usize),
+    rows: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    assert!(
+        a.len() >= rows * wa && b.len() >= rows * wb,
+        "par_rows_mut: {rows} rows of {wa} and {wb} in slices of {} and {}",
+        a.len(),
+        b.len()
+    );
+    let (pa, pb) = (Shared(a.as_mut_ptr()), Shared(b.as_mut_ptr()));
+    candle_core::utils::barrier_pool().execute_chunked(rows, |r| {
+        // SAFETY: `execute_chunked` hands out disjoint ranges of 0..rows, so the parts do not overlap; they lie
+        // within `a` and `b` (asserted above), which stay mutably borrowed for the whole call.
+        let (ra, rb) = unsafe {
+            (
+                pa.part(r.start * wa, r.len() * wa),
+                pb.part(r.start * wb, r.len() * wb),
+            )
+        };
+        f(r.start, ra, rb)
+    });
+}
+
+/// Runs `kernel(a_rows, b_rows, out_rows)` over `rows` rows in parallel ([`par_rows_mut`]) and returns the
+/// output: `a` has rows of `wa`, `b` rows of `wb` (or is empty, `wb` = 0), the output rows of `wo`; the kernel
+/// must write every element of its output rows (the output is never zero-filled).
+pub fn par_rows<T: Copy + Send + Sync>(
+    (a, wa): (&[T], usize),
+    (b, wb): (&[T], usize),
+    wo: usize,
+    rows: usize,
+    kernel: impl Fn(&[T], &[T], &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let len = rows * wo;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    par_rows_mut(
+        (&mut out.spare_capacity_mut()[..len], wo),
+        (&mut [] as &mut [u8], 0),
+        rows,
+        |r0, o, _| {
+            let n = o.len() / wo;
+            let b = if wb == 0 {
+                &[][..]
+            } else {
+                &b[r0 * wb..(r0 + n) * wb]
+            };
+            kernel(&a[r0 * wa..(r0 + n) * wa], b, o)
+        },
+    );
+    // SAFETY: the runs cover all `rows` rows of `wo` elements and every kernel writes each one.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The f32 values of a contiguous CPU storage (a custom op's input); an error naming `what` otherwise.
+pub fn f32_slice<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    use candle_core::backend::BackendStorage;
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        (candle_core::CpuStorage::F32(_), None) => {
+            candle_core::bail!("{what}: a contiguous f32 CPU tensor only, got a strided one")
+        }
+        _ => candle_core::bail!(
+            "{what}: a contiguous f32 CPU tensor only, got {:?}",
+            s.dtype()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`exp_f32`] against f64's exp on a dense grid of [−87, 88] (every 1/1024, and the ends): within 2 ulp
+    /// (2.4e-7 relative).
+    #[test]
+    fn exp_f32_is_within_two_ulp() {
+        let mut worst = (0f64, 0f32);
+        for i in -87 * 1024..=88 * 1024 {
+            let x = i as f32 / 1024.0;
+            let want = (x as f64).exp();
+            let err = (exp_f32(x) as f64 - want).abs() / want;
+            if err > worst.0 {
+                worst = (err, x);
+            }
+        }
+        assert!(
+            worst.0 < 2.4e-7,
+            "worst relative error {} at {}",
+            worst.0,
+            worst.1
+        );
+        // Below the clamp the result is e^−87, not 0: negligible beside a softmax row's largest term, 1.
+        assert!(exp_f32(-1e4) < 2e-38 && exp_f32(-1e4) >= 0.0);
+    }
+
+    /// [`tanh_f32`] and [`sigmoid_f32`] against f64's on a dense grid of [−20, 20] and on tiny arguments
+    /// (where 1 − 2/(e^{2x} + 1) would cancel): tanh within 3e-7 relative, the sigmoid within 3e-7 relative
+    /// down to x = −20 and 2e-7 absolute beyond; NaN stays NaN, ±∞ give ±1 and 0 / 1.
+    #[test]
+    fn tanh_and_sigmoid_match_f64() {
+        let mut worst = (0f64, 0f32, "");
+        let mut check = |x: f32| {
+            let xd = x as f64;
+            let t = (tanh_f32(x) as f64 - xd.tanh()).abs() / xd.tanh().abs().max(1e-300);
+            let sd = 1.0 / (1.0 + (-xd).exp());
+            let s = (sigmoid_f32(x) as f64 - sd).abs() / sd;
+            for (e, name) in [(t, "tanh"), (s, "sigmoid")] {
+                if x != 0.0 && e > worst.0 {
+                    worst = (e, x, name);
+                }
+            }
+        };
+        for i in -20 * 4096..=20 * 4096 {
+            check(i as f32 / 4096.0);
+        }
+        for k in 1..40 {
+            check(0.5f32.powi(k));
+            check(-(0.5f32.powi(k)));
+        }
+        assert!(
+            worst.0 < 3e-7,
+            "{} relative error {} at {}",
+            worst.2,
+            worst.0,
+            worst.1
+        );
+        assert_eq!(tanh_f32(0.0), 0.0);
+        assert!(tanh_f32(f32::NAN).is_nan() && sigmoid_f32(f32::NAN).is_nan());
+        assert_eq!(
+            (tanh_f32(f32::INFINITY), tanh_f32(f32::NEG_INFINITY)),
+            (1.0, -1.0)
+        );
+        assert_eq!(
+            (sigmoid_f32(f32::INFINITY), sigmoid_f32(-1e5)),
+            (1.0, sigmoid_f32(-1e5))
+        );
+        assert!(sigmoid_f32(-1e5) < 1e-37);
+    }
+
+    /// [`par_rows`] hands each task whole rows of both inputs with the matching output rows (more rows than one
+    /// task holds, rows wider than a task, an empty second input), and [`simd_fn!`](crate::simd_fn)'s two
+    /// builds agree.
+    #[test]
+    fn par_rows_covers_every_row_once() {
+        crate::simd_fn! {
+            fn sum_rows(a: &[f64], b: &[f64], o: &mut [MaybeUninit<f64>], wa: usize, wb: usize) {
+                for (i, o) in o.iter_mut().enumerate() {
+                    let bs: f64 = if wb == 0 { 0.0 } else { b[i * wb..(i + 1) * wb].iter().sum() };
+                    o.write(a[i * wa..(i + 1) * wa].iter().sum::<f64>() + bs);
+                }
+            }
+        }
+        for (rows, wa, wb) in [
+            (0usize, 3usize, 0usize),
+            (5, 3, 2),
+            (70_000, 1, 1),
+            (3, 100_000, 0),
+        ] {
+            let a: Vec<f64> = (0..rows * wa).map(|i| (i % 97) as f64).collect();
+            let b: Vec<f64> = (0..rows * wb).map(|i| (i % 13) as f64).collect();
+            let want: Vec<f64> = (0..rows)
+                .map(|r| {
+                    a[r * wa..(r + 1) * wa].iter().sum::<f64>()
+                        + b[r * wb..(r + 1) * wb].iter().sum::<f64>()
+                })
+                .collect();
+            for fast in [false, avx2()] {
+                let got = par_rows((&a, wa), (&b, wb), 1, rows, |a, b, o| {
+                    sum_rows(fast, a, b, o, wa, wb)
+                });
+                assert_eq!(got, want, "{rows} rows of {wa} and {wb}");
+            }
+        }
+    }
+}
