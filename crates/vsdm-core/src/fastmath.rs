@@ -293,6 +293,34 @@ mod tests {
         assert!(sigmoid_f32(-1e5) < 1e-37);
     }
 
+    /// [`par_rows_mut`] gives each call its first row's index and exactly its rows of both outputs: every row of
+    /// each is written once with its own index (a shifted or overlapping run would leave a wrong index or a
+    /// count other than one), for row counts below, at and above the pool's chunking.
+    #[test]
+    fn par_rows_mut_hands_out_disjoint_rows() {
+        for rows in [0usize, 1, 7, 16, 1000] {
+            let (wa, wb) = (3usize, 2usize);
+            let mut a = vec![(usize::MAX, 0u32); rows * wa];
+            let mut b = vec![(usize::MAX, 0u32); rows * wb];
+            par_rows_mut((&mut a, wa), (&mut b, wb), rows, |r0, ra, rb| {
+                assert_eq!(ra.len() / wa, rb.len() / wb);
+                for (i, (ra, rb)) in ra.chunks_mut(wa).zip(rb.chunks_mut(wb)).enumerate() {
+                    for v in ra.iter_mut().chain(rb.iter_mut()) {
+                        *v = (r0 + i, v.1 + 1);
+                    }
+                }
+            });
+            for (x, w) in [(&a, wa), (&b, wb)] {
+                for (r, row) in x.chunks(w).enumerate() {
+                    assert!(
+                        row.iter().all(|v| *v == (r, 1)),
+                        "{rows} rows: row {r} is {row:?}"
+                    );
+                }
+            }
+        }
+    }
+
     /// [`par_rows`] hands each task whole rows of both inputs with the matching output rows (more rows than one
     /// task holds, rows wider than a task, an empty second input), and [`simd_fn!`](crate::simd_fn)'s two
     /// builds agree.
