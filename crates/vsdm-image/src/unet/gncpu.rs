@@ -293,7 +293,8 @@ impl CustomOp3 for Gradients {
         par_rows_mut(
             (&mut dx.spare_capacity_mut()[..x.len()], n.max(1)),
             (&mut partial, cg),
-            d.b * d.groups,
+            // No rows when the channels hold no positions (then ∂L/∂γ = ∂L/∂β = 0).
+            if n == 0 { 0 } else { d.b * d.groups },
             |r0, o, part| {
                 for (i, (o, part)) in o.chunks_mut(n).zip(part.chunks_mut(cg)).enumerate() {
                     let row = r0 + i;
@@ -460,6 +461,14 @@ mod tests {
             silu: true,
         };
         assert!(value(&x, &g3, &g4, spec(2)).is_err());
+        // Channels without positions: empty value and ∂L/∂x, zero ∂L/∂γ and ∂L/∂β (no panic).
+        let e = Tensor::zeros((2, 4, 0), DType::F32, &dev).unwrap();
+        assert_eq!(value(&e, &g4, &g4, spec(2)).unwrap().dims(), [2, 4, 0]);
+        let (dx, dg, db) = gradients(&e, &g4, &g4, &e, spec(2)).unwrap();
+        assert_eq!(dx.dims(), [2, 4, 0]);
+        for t in [dg, db] {
+            assert_eq!(t.to_vec1::<f32>().unwrap(), [0.0; 4]);
+        }
         assert!(value(&x, &g4, &g4, spec(3)).is_err());
         let du = Tensor::zeros((2, 4, 2), DType::F32, &dev).unwrap();
         assert!(gradients(&x, &g4, &g4, &du, spec(2)).is_err());
