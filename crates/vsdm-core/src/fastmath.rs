@@ -169,6 +169,41 @@ pub fn par_rows_mut<A: Send, B: Send>(
     });
 }
 
+/// Runs `f(first_row, rows_of_a)` over `rows` rows of `w` elements of `a`, one contiguous run per thread of
+/// candle's worker pool (where [`par_rows_mut`] makes about eight runs per thread): for kernels with a fixed
+/// cost per call, such as a matrix product that packs its right-hand side again in every call.
+pub fn par_runs_mut<A: Send>(
+    (a, w): (&mut [A], usize),
+    rows: usize,
+    f: impl Fn(usize, &mut [A]) + Sync,
+) {
+    assert!(
+        a.len() >= rows * w,
+        "par_runs_mut: {rows} rows of {w} in a slice of {}",
+        a.len()
+    );
+    if rows == 0 {
+        return;
+    }
+    let pool = candle_core::utils::barrier_pool();
+    let runs = (pool.n_workers() + 1).min(rows);
+    let per = rows.div_ceil(runs);
+    let pa = Shared(a.as_mut_ptr());
+    // One item per run (the pool hands out single items when there are this few, and runs nested calls inline).
+    pool.execute_chunked(runs, |items| {
+        for run in items {
+            let r0 = run * per;
+            if r0 >= rows {
+                continue;
+            }
+            let n = per.min(rows - r0);
+            // SAFETY: run `run` covers rows [run·per, run·per + n), disjoint between runs and within `a`
+            // (asserted above), which stays mutably borrowed for the whole call.
+            f(r0, unsafe { pa.part(r0 * w, n * w) })
+        }
+    });
+}
+
 /// Runs `kernel(a_rows, b_rows, out_rows)` over `rows` rows in parallel ([`par_rows_mut`]) and returns the
 /// output: `a` has rows of `wa`, `b` rows of `wb` (or is empty, `wb` = 0), the output rows of `wo`; the kernel
 /// must write every element of its output rows (the output is never zero-filled).
@@ -200,6 +235,76 @@ pub fn par_rows<T: Copy + Send + Sync>(
     );
     // SAFETY: the runs cover all `rows` rows of `wo` elements and every kernel writes each one.
     unsafe { out.set_len(len) };
+    out
+}
+
+/// A strided f32 matrix: its values (from the first element on), row stride and column stride.
+pub type Strided<'a> = (&'a [f32], (usize, usize));
+
+/// Whether a `rows × cols` matrix with strides `(rs, cs)` lies within `len` values.
+fn fits(len: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+}
+
+/// a · b for a `[m, k]` and b `[k, n]` given with any strides (a transposed view reads in place), into a
+/// row-major `[m, n]`: the rows of a split into runs on candle's worker pool ([`par_rows_mut`]), each run one
+/// single-threaded gemm call (the crate candle's `matmul` calls with rayon's pool; on that pool the products
+/// competed with candle's spinning workers, docs/benchmarks/image.md).
+///
+/// # Panics
+/// When a matrix does not lie within its slice.
+pub fn matmul_f32(
+    (a, (ars, acs)): Strided,
+    (b, (brs, bcs)): Strided,
+    (m, k, n): (usize, usize, usize),
+) -> Vec<f32> {
+    assert!(
+        fits(a.len(), (m, k), (ars, acs)) && fits(b.len(), (k, n), (brs, bcs)),
+        "matmul_f32: [{m}, {k}] · [{k}, {n}] outside slices of {} and {}",
+        a.len(),
+        b.len()
+    );
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    par_runs_mut(
+        (&mut out.spare_capacity_mut()[..m * n], n.max(1)),
+        if n == 0 { 0 } else { m },
+        |r0, o| {
+            let rows = o.len() / n.max(1);
+            if k == 0 {
+                for v in o.iter_mut() {
+                    v.write(0.0);
+                }
+                return;
+            }
+            // SAFETY: o is the `rows` × n row-major part of the output for rows r0..; a's rows r0.. and all of b
+            // lie within their slices (asserted above); gemm writes every element of o (read_dst false).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    k,
+                    o.as_mut_ptr() as *mut f32,
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr().add(r0 * ars),
+                    acs as isize,
+                    ars as isize,
+                    b.as_ptr(),
+                    bcs as isize,
+                    brs as isize,
+                    0.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        },
+    );
+    // SAFETY: the runs cover all m rows and gemm (or the k = 0 branch) wrote every element.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -316,6 +421,49 @@ mod tests {
                         row.iter().all(|v| *v == (r, 1)),
                         "{rows} rows: row {r} is {row:?}"
                     );
+                }
+            }
+        }
+    }
+
+    /// [`matmul_f32`] against the sum written out in f64: row-major and transposed (column-major) operands,
+    /// one row, fewer rows than threads, many rows, an empty inner dimension (zeros) and no columns.
+    #[test]
+    fn matmul_matches_the_written_out_sum() {
+        let f = |i: usize, s: usize| (((i * 7919 + s) % 101) as f32 - 50.0) / 37.0;
+        for (m, k, n) in [
+            (1usize, 1usize, 1usize),
+            (5, 3, 7),
+            (1000, 72, 33),
+            (3, 300, 2),
+            (4, 0, 3),
+            (6, 2, 0),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| f(i, 1)).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| f(i, 2)).collect();
+            // a row-major [m, k] (strides (k, 1)) or stored transposed ([k, m] row-major: strides (1, m)).
+            let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+            let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+            let want = |i: usize, j: usize| {
+                (0..k)
+                    .map(|l| a[i * k + l] as f64 * b[l * n + j] as f64)
+                    .sum::<f64>()
+            };
+            for (name, aa, bb) in [
+                ("a·b", (&a[..], (k, 1)), (&b[..], (n, 1))),
+                ("a·(bᵀ)ᵀ", (&a[..], (k, 1)), (&bt[..], (1, k))),
+                ("(aᵀ)ᵀ·b", (&at[..], (1, m)), (&b[..], (n, 1))),
+            ] {
+                let y = matmul_f32(aa, bb, (m, k, n));
+                assert_eq!(y.len(), m * n, "{name}");
+                for i in 0..m {
+                    for j in 0..n {
+                        let (got, w) = (y[i * n + j] as f64, want(i, j));
+                        assert!(
+                            (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                            "{name} ({m}, {k}, {n}) [{i}, {j}]: {got} vs {w}"
+                        );
+                    }
                 }
             }
         }

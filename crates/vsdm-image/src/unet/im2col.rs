@@ -367,6 +367,48 @@ impl CustomOp1 for Im2Col {
     }
 }
 
+/// a · b for 2-D a and b: on the CPU in f32 [`vsdm_core::fastmath::matmul_f32`] (the rows of a split over
+/// candle's worker pool; transposed views read in place), elsewhere candle's `matmul`.
+fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(f32_cpu(a) && f32_cpu(b)) {
+        return a.matmul(b);
+    }
+    a.apply_op2_no_bwd(b, &MatmulRows)
+}
+
+/// [`matmul`]'s CPU op.
+struct MatmulRows;
+
+impl candle_core::CustomOp2 for MatmulRows {
+    fn name(&self) -> &'static str {
+        "matmul-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("matmul-rows: f32 inputs only");
+        };
+        if k != k2 {
+            candle_core::bail!("matmul-rows: {:?} · {:?}", l1.dims(), l2.dims());
+        }
+        let strides = |l: &Layout| (l.stride()[0], l.stride()[1]);
+        let y = vsdm_core::fastmath::matmul_f32(
+            (&a[l1.start_offset()..], strides(l1)),
+            (&b[l2.start_offset()..], strides(l2)),
+            (m, k, n),
+        );
+        Ok((CpuStorage::F32(y), (m, n).into()))
+    }
+}
+
 /// `[B, C, H, W]` → `[C·k·k, B·H'·W']` (H' = H + 2p − k + 1): rows ordered (channel, kernel row, kernel column)
 /// as a `[C_out, C, k, k]` weight flattens, columns (image, output position). No graph is recorded (callers
 /// pass detached tensors).
@@ -434,8 +476,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
         .map(|(start, n)| {
             let x = x.narrow(0, start, n)?;
             if rows {
-                patch_rows(&x, k, p)?
-                    .matmul(&wm)?
+                matmul(&patch_rows(&x, k, p)?, &wm)?
                     .reshape((n, oh * ow, co))
                     .and_then(|y| swap_last2(&y))
             } else {
@@ -469,7 +510,7 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result
         let (x, dy) = (x.narrow(0, start, n)?, dy.narrow(0, start, n)?);
         let g = if rows {
             let dyt = swap_last2(&dy)?.reshape((n * oh * ow, co))?;
-            patch_rows(&x, k, p)?.t()?.matmul(&dyt)?
+            matmul(&patch_rows(&x, k, p)?.t()?, &dyt)?
         } else {
             let dy = dy
                 .transpose(0, 1)?
