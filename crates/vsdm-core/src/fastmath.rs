@@ -308,6 +308,52 @@ pub fn matmul_f32(
     out
 }
 
+/// a · b for 2-D a and b: on the CPU in f32 [`matmul_f32`] (the rows of a split over
+/// candle's worker pool; transposed views read in place), elsewhere candle's `matmul`.
+pub fn matmul(
+    a: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    let f32_cpu =
+        |t: &candle_core::Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(f32_cpu(a) && f32_cpu(b)) {
+        return a.matmul(b);
+    }
+    a.apply_op2_no_bwd(b, &MatmulRows)
+}
+
+/// [`matmul`]'s CPU op.
+struct MatmulRows;
+
+impl candle_core::CustomOp2 for MatmulRows {
+    fn name(&self) -> &'static str {
+        "matmul-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let (candle_core::CpuStorage::F32(a), candle_core::CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("matmul-rows: f32 inputs only");
+        };
+        if k != k2 {
+            candle_core::bail!("matmul-rows: {:?} · {:?}", l1.dims(), l2.dims());
+        }
+        let strides = |l: &candle_core::Layout| (l.stride()[0], l.stride()[1]);
+        let y = matmul_f32(
+            (&a[l1.start_offset()..], strides(l1)),
+            (&b[l2.start_offset()..], strides(l2)),
+            (m, k, n),
+        );
+        Ok((candle_core::CpuStorage::F32(y), (m, n).into()))
+    }
+}
+
 /// The f32 values of a contiguous CPU storage (a custom op's input); an error naming `what` otherwise.
 pub fn f32_slice<'a>(
     s: &'a candle_core::CpuStorage,

@@ -21,7 +21,7 @@
 //!   step faster by the ratios in docs/benchmarks/image.md (2026-12-05).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
-use vsdm_core::fastmath::par_rows_mut;
+use vsdm_core::fastmath::{matmul, par_rows_mut};
 
 /// The output size along an axis of `n` input pixels of a stride-1 convolution with a `k`-wide kernel and zero
 /// padding `p` (callers check that the kernel fits, [`check_fit`]).
@@ -364,48 +364,6 @@ impl CustomOp1 for Im2Col {
         let shape = Shape::from((c * self.k * self.k, b * oh * ow));
         let out = map_floats!(s, l, self.name(), |x| self.fill(x, (b, c, h, w), (oh, ow)));
         Ok((out, shape))
-    }
-}
-
-/// a · b for 2-D a and b: on the CPU in f32 [`vsdm_core::fastmath::matmul_f32`] (the rows of a split over
-/// candle's worker pool; transposed views read in place), elsewhere candle's `matmul`.
-fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !(f32_cpu(a) && f32_cpu(b)) {
-        return a.matmul(b);
-    }
-    a.apply_op2_no_bwd(b, &MatmulRows)
-}
-
-/// [`matmul`]'s CPU op.
-struct MatmulRows;
-
-impl candle_core::CustomOp2 for MatmulRows {
-    fn name(&self) -> &'static str {
-        "matmul-rows"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
-        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-            candle_core::bail!("matmul-rows: f32 inputs only");
-        };
-        if k != k2 {
-            candle_core::bail!("matmul-rows: {:?} · {:?}", l1.dims(), l2.dims());
-        }
-        let strides = |l: &Layout| (l.stride()[0], l.stride()[1]);
-        let y = vsdm_core::fastmath::matmul_f32(
-            (&a[l1.start_offset()..], strides(l1)),
-            (&b[l2.start_offset()..], strides(l2)),
-            (m, k, n),
-        );
-        Ok((CpuStorage::F32(y), (m, n).into()))
     }
 }
 
