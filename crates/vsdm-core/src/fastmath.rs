@@ -308,15 +308,105 @@ pub fn matmul_f32(
     out
 }
 
-/// a · b for 2-D a and b: on the CPU in f32 [`matmul_f32`] (the rows of a split over
-/// candle's worker pool; transposed views read in place), elsewhere candle's `matmul`.
+/// One single-threaded gemm call: `out` (row-major `[m, n]`, written whole) = a · b for a `[m, k]` at `a` with
+/// strides (rs, cs) and b `[k, n]` at `b` likewise.
+///
+/// # Safety
+/// Every element of a and b lies within the allocations `a` and `b` point into.
+unsafe fn gemm_one(
+    out: &mut [MaybeUninit<f32>],
+    (a, (ars, acs)): (*const f32, (usize, usize)),
+    (b, (brs, bcs)): (*const f32, (usize, usize)),
+    (m, k, n): (usize, usize, usize),
+) {
+    if k == 0 {
+        for v in out.iter_mut() {
+            v.write(0.0);
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        out.as_mut_ptr() as *mut f32,
+        1,
+        n as isize,
+        false,
+        a,
+        acs as isize,
+        ars as isize,
+        b,
+        bcs as isize,
+        brs as isize,
+        0.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// The batched product a_i · b_i of a `[batch, m, k]` and b `[batch, k, n]` with any strides (batch, row,
+/// column), into a row-major `[batch, m, n]`: the batch items split over candle's worker pool, one
+/// single-threaded gemm call each (candle's batched `matmul` calls gemm once per item with rayon's pool, which
+/// splits each small product again).
+///
+/// # Panics
+/// When a matrix does not lie within its slice.
+pub fn bmm_f32(
+    (a, (abs, ars, acs)): (&[f32], (usize, usize, usize)),
+    (b, (bbs, brs, bcs)): (&[f32], (usize, usize, usize)),
+    (batch, m, k, n): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    let last = |s: usize| batch.saturating_sub(1) * s;
+    assert!(
+        batch == 0
+            || (fits(a.len().saturating_sub(last(abs)), (m, k), (ars, acs))
+                && fits(b.len().saturating_sub(last(bbs)), (k, n), (brs, bcs))),
+        "bmm_f32: {batch} × [{m}, {k}] · [{k}, {n}] outside slices of {} and {}",
+        a.len(),
+        b.len()
+    );
+    let len = batch * m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let item = (m * n).max(1);
+    par_rows_mut(
+        (&mut out.spare_capacity_mut()[..len], item),
+        (&mut [] as &mut [u8], 0),
+        if m * n == 0 { 0 } else { batch },
+        |i0, o, _| {
+            for (i, o) in o.chunks_mut(item).enumerate() {
+                let bi = i0 + i;
+                // SAFETY: item bi's matrices lie within a and b (asserted above for the last item, and the
+                // batch strides only move forward).
+                unsafe {
+                    gemm_one(
+                        o,
+                        (a.as_ptr().add(bi * abs), (ars, acs)),
+                        (b.as_ptr().add(bi * bbs), (brs, bcs)),
+                        (m, k, n),
+                    )
+                }
+            }
+        },
+    );
+    // SAFETY: the runs cover all batch items and each gemm call wrote its item whole.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// a · b for 2-D a and b, or batched for 3-D ones: on the CPU in f32 [`matmul_f32`] / [`bmm_f32`] (rows or
+/// batch items split over candle's worker pool; transposed views read in place), elsewhere candle's `matmul`.
 pub fn matmul(
     a: &candle_core::Tensor,
     b: &candle_core::Tensor,
 ) -> candle_core::Result<candle_core::Tensor> {
     let f32_cpu =
         |t: &candle_core::Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if !(f32_cpu(a) && f32_cpu(b)) {
+    let ranks = (a.rank(), b.rank());
+    if !(f32_cpu(a) && f32_cpu(b) && (ranks == (2, 2) || ranks == (3, 3))) {
         return a.matmul(b);
     }
     a.apply_op2_no_bwd(b, &MatmulRows)
@@ -337,10 +427,22 @@ impl candle_core::CustomOp2 for MatmulRows {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
         let (candle_core::CpuStorage::F32(a), candle_core::CpuStorage::F32(b)) = (s1, s2) else {
             candle_core::bail!("matmul-rows: f32 inputs only");
         };
+        if let (Ok((ba, m, k)), Ok((bb, k2, n))) = (l1.shape().dims3(), l2.shape().dims3()) {
+            if ba != bb || k != k2 {
+                candle_core::bail!("matmul-rows: {:?} · {:?}", l1.dims(), l2.dims());
+            }
+            let strides = |l: &candle_core::Layout| (l.stride()[0], l.stride()[1], l.stride()[2]);
+            let y = bmm_f32(
+                (&a[l1.start_offset()..], strides(l1)),
+                (&b[l2.start_offset()..], strides(l2)),
+                (ba, m, k, n),
+            );
+            return Ok((candle_core::CpuStorage::F32(y), (ba, m, n).into()));
+        }
+        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
         if k != k2 {
             candle_core::bail!("matmul-rows: {:?} · {:?}", l1.dims(), l2.dims());
         }
@@ -510,6 +612,36 @@ mod tests {
                             "{name} ({m}, {k}, {n}) [{i}, {j}]: {got} vs {w}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// [`bmm_f32`] against [`matmul_f32`] item by item (to rounding: the two split gemm's work differently), with
+    /// a transposed right-hand side, a batch of one and an empty inner dimension.
+    #[test]
+    fn batched_matmul_matches_item_by_item() {
+        let f = |i: usize| (((i * 7919) % 101) as f32 - 50.0) / 37.0;
+        for (batch, m, k, n) in [
+            (1usize, 3usize, 4usize, 5usize),
+            (37, 20, 16, 20),
+            (5, 1, 7, 1),
+            (3, 4, 0, 2),
+        ] {
+            let a: Vec<f32> = (0..batch * m * k).map(f).collect();
+            let b: Vec<f32> = (0..batch * n * k).map(|i| f(i + 3)).collect();
+            // b stored as [batch, n, k] and read transposed: strides (n·k, 1, k).
+            let y = bmm_f32((&a, (m * k, k, 1)), (&b, (n * k, 1, k)), (batch, m, k, n));
+            assert_eq!(y.len(), batch * m * n);
+            for i in 0..batch {
+                let want = matmul_f32(
+                    (&a[i * m * k..], (k, 1)),
+                    (&b[i * n * k..], (1, k)),
+                    (m, k, n),
+                );
+                for (got, w) in y[i * m * n..(i + 1) * m * n].iter().zip(&want) {
+                    let tol = 1e-5 * (1.0 + w.abs());
+                    assert!((got - w).abs() <= tol, "item {i} of {batch}: {got} vs {w}");
                 }
             }
         }

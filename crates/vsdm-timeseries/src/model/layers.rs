@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use vsdm_core::fastmath::{avx2, exp_f32, par_rows};
+use vsdm_core::fastmath::{avx2, exp_f32, matmul as mm, par_rows};
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
 /// dimensions are flattened first. (`candle_nn::Linear` on a rank-3 or rank-4 input broadcasts its weight over
@@ -223,11 +223,11 @@ impl vsdm_core::carried::Backward for AttentionBackward {
         for (p, &(start, len)) in self.p.iter().zip(&self.chunks) {
             let part = |t: &Tensor| t.narrow(0, start, len);
             let (q, k, v, dy) = (part(&q3)?, part(&k3)?, part(&v3)?, part(&dy3)?);
-            dv.push(p.t()?.matmul(&dy)?);
-            let dp = dy.matmul(&v.t()?)?;
+            dv.push(mm(&p.t()?, &dy)?);
+            let dp = mm(&dy, &v.t()?)?;
             let ds = softmax_backward(&dp, p)?;
-            dq.push((ds.matmul(&k)? * self.scale)?);
-            dk.push((ds.t()?.matmul(&q)? * self.scale)?);
+            dq.push((mm(&ds, &k)? * self.scale)?);
+            dk.push((mm(&ds.t()?, &q)? * self.scale)?);
         }
         let whole = |parts: Vec<Tensor>, like: &Tensor| join(parts)?.reshape(like.shape());
         Ok((
@@ -482,8 +482,8 @@ fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, max_bytes: usize) -> 
     let (mut ps, mut ys) = (Vec::new(), Vec::new());
     for &(start, len) in &chunks {
         let part = |t: &Tensor| t.narrow(0, start, len);
-        let p = softmax_scaled(&part(&q3)?.matmul(&part(&k3)?.t()?)?, scale)?;
-        ys.push(p.matmul(&part(&v3)?)?);
+        let p = softmax_scaled(&mm(&part(&q3)?, &part(&k3)?.t()?)?, scale)?;
+        ys.push(mm(&p, &part(&v3)?)?);
         if track {
             ps.push(p);
         }
