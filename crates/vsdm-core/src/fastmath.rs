@@ -204,7 +204,33 @@ pub fn par_runs_mut<A: Send>(
     });
 }
 
-/// Runs `kernel(a_rows, b_rows, out_rows)` over `rows` rows in parallel ([`par_rows_mut`]) and returns the
+/// A vector of `rows` rows of `w` values, written in parallel by `fill(first_row, run)` on runs of whole rows
+/// ([`par_rows_mut`]) and never zero-filled.
+///
+/// # Safety
+/// `fill` writes every element of each run it is given (the vector is read as initialised afterwards).
+pub unsafe fn par_fill<T: Send>(
+    rows: usize,
+    w: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let len = rows * w;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    if len == 0 {
+        return out;
+    }
+    par_rows_mut(
+        (&mut out.spare_capacity_mut()[..len], w),
+        (&mut [] as &mut [u8], 0),
+        rows,
+        |r0, run, _| fill(r0, run),
+    );
+    // SAFETY: the runs cover all `rows` rows of `w` elements and `fill` writes each one (the caller's contract).
+    out.set_len(len);
+    out
+}
+
+/// Runs `kernel(a_rows, b_rows, out_rows)` over `rows` rows in parallel ([`par_fill`]) and returns the
 /// output: `a` has rows of `wa`, `b` rows of `wb` (or is empty, `wb` = 0), the output rows of `wo`; the kernel
 /// must write every element of its output rows (the output is never zero-filled).
 pub fn par_rows<T: Copy + Send + Sync>(
@@ -214,16 +240,9 @@ pub fn par_rows<T: Copy + Send + Sync>(
     rows: usize,
     kernel: impl Fn(&[T], &[T], &mut [MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
-    let len = rows * wo;
-    let mut out: Vec<T> = Vec::with_capacity(len);
-    if len == 0 {
-        return out;
-    }
-    par_rows_mut(
-        (&mut out.spare_capacity_mut()[..len], wo),
-        (&mut [] as &mut [u8], 0),
-        rows,
-        |r0, o, _| {
+    // SAFETY: every kernel writes each element of its output rows (this function's documented contract).
+    unsafe {
+        par_fill(rows, wo, |r0, o| {
             let n = o.len() / wo;
             let b = if wb == 0 {
                 &[][..]
@@ -231,11 +250,8 @@ pub fn par_rows<T: Copy + Send + Sync>(
                 &b[r0 * wb..(r0 + n) * wb]
             };
             kernel(&a[r0 * wa..(r0 + n) * wa], b, o)
-        },
-    );
-    // SAFETY: the runs cover all `rows` rows of `wo` elements and every kernel writes each one.
-    unsafe { out.set_len(len) };
-    out
+        })
+    }
 }
 
 /// A strided f32 matrix: its values (from the first element on), row stride and column stride.
@@ -270,40 +286,18 @@ pub fn matmul_f32(
         if n == 0 { 0 } else { m },
         |r0, o| {
             let rows = o.len() / n.max(1);
-            if k == 0 {
-                for v in o.iter_mut() {
-                    v.write(0.0);
-                }
-                return;
-            }
-            // SAFETY: o is the `rows` × n row-major part of the output for rows r0..; a's rows r0.. and all of b
-            // lie within their slices (asserted above); gemm writes every element of o (read_dst false).
+            // SAFETY: a's rows r0.. and all of b lie within their slices (asserted above).
             unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    k,
-                    o.as_mut_ptr() as *mut f32,
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr().add(r0 * ars),
-                    acs as isize,
-                    ars as isize,
-                    b.as_ptr(),
-                    bcs as isize,
-                    brs as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                gemm_one(
+                    o,
+                    (a.as_ptr().add(r0 * ars), (ars, acs)),
+                    (b.as_ptr(), (brs, bcs)),
+                    (rows, k, n),
                 )
             }
         },
     );
-    // SAFETY: the runs cover all m rows and gemm (or the k = 0 branch) wrote every element.
+    // SAFETY: the runs cover all m rows and gemm_one wrote each run whole.
     unsafe { out.set_len(m * n) };
     out
 }
@@ -369,32 +363,22 @@ pub fn bmm_f32(
         a.len(),
         b.len()
     );
-    let len = batch * m * n;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let item = (m * n).max(1);
-    par_rows_mut(
-        (&mut out.spare_capacity_mut()[..len], item),
-        (&mut [] as &mut [u8], 0),
-        if m * n == 0 { 0 } else { batch },
-        |i0, o, _| {
+    let item = m * n;
+    // SAFETY: each gemm_one call writes its item whole; item bi's matrices lie within a and b (asserted above for
+    // the last item, and the batch strides only move forward).
+    unsafe {
+        par_fill(batch, item, |i0, o| {
             for (i, o) in o.chunks_mut(item).enumerate() {
                 let bi = i0 + i;
-                // SAFETY: item bi's matrices lie within a and b (asserted above for the last item, and the
-                // batch strides only move forward).
-                unsafe {
-                    gemm_one(
-                        o,
-                        (a.as_ptr().add(bi * abs), (ars, acs)),
-                        (b.as_ptr().add(bi * bbs), (brs, bcs)),
-                        (m, k, n),
-                    )
-                }
+                gemm_one(
+                    o,
+                    (a.as_ptr().add(bi * abs), (ars, acs)),
+                    (b.as_ptr().add(bi * bbs), (brs, bcs)),
+                    (m, k, n),
+                )
             }
-        },
-    );
-    // SAFETY: the runs cover all batch items and each gemm call wrote its item whole.
-    unsafe { out.set_len(len) };
-    out
+        })
+    }
 }
 
 /// a · b for 2-D a and b, or batched for 3-D ones: on the CPU in f32 [`matmul_f32`] / [`bmm_f32`] (rows or

@@ -13,7 +13,7 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
-use vsdm_core::fastmath::{avx2, f32_slice as slice, par_rows_mut, sigmoid_f32};
+use vsdm_core::fastmath::{avx2, f32_slice as slice, par_fill, par_rows_mut, sigmoid_f32};
 
 use super::gnkernel::Spec;
 
@@ -181,30 +181,6 @@ impl Dims {
     }
 }
 
-/// A vector of `len` values every one of which `fill` writes (rows of `row` values in parallel on candle's
-/// worker pool, each with its index).
-fn filled(
-    len: usize,
-    row: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    let row = row.max(1);
-    par_rows_mut(
-        (&mut out.spare_capacity_mut()[..len], row),
-        (&mut [] as &mut [u8], 0),
-        len / row,
-        |r0, o, _| {
-            for (i, o) in o.chunks_mut(row).enumerate() {
-                fill(r0 + i, o)
-            }
-        },
-    );
-    // SAFETY: the rows cover all `len` elements and `fill` writes each (its documented contract).
-    unsafe { out.set_len(len) };
-    out
-}
-
 /// The value op on (x, γ, β).
 struct Value(Spec);
 
@@ -237,16 +213,22 @@ impl CustomOp3 for Value {
                 d.c
             );
         }
-        let fast = avx2();
-        let out = filled(x.len(), d.row(), |row, o| {
-            let xr = &x[row * d.row()..(row + 1) * d.row()];
-            let (mean, r) = row_stats(fast, xr, eps);
-            let c0 = (row % d.groups) * d.cg();
-            for (j, (xc, oc)) in xr.chunks(d.s).zip(o.chunks_mut(d.s)).enumerate() {
-                let a = gamma[c0 + j] * r;
-                scale_shift_row(fast, xc, oc, a, beta[c0 + j] - mean * a, silu);
-            }
-        });
+        let (fast, n) = (avx2(), d.row());
+        // SAFETY: scale_shift_row writes every value of its channel, so each (image, group) row is written whole.
+        let out = unsafe {
+            par_fill(x.len().checked_div(n).unwrap_or(0), n, |r0, run| {
+                for (i, o) in run.chunks_mut(n).enumerate() {
+                    let row = r0 + i;
+                    let xr = &x[row * n..(row + 1) * n];
+                    let (mean, r) = row_stats(fast, xr, eps);
+                    let c0 = (row % d.groups) * d.cg();
+                    for (j, (xc, oc)) in xr.chunks(d.s).zip(o.chunks_mut(d.s)).enumerate() {
+                        let a = gamma[c0 + j] * r;
+                        scale_shift_row(fast, xc, oc, a, beta[c0 + j] - mean * a, silu);
+                    }
+                }
+            })
+        };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

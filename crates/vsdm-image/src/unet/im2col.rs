@@ -21,7 +21,7 @@
 //!   step faster by the ratios in docs/benchmarks/image.md (2026-12-05).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
-use vsdm_core::fastmath::{matmul, par_rows_mut};
+use vsdm_core::fastmath::{matmul, par_fill, par_rows_mut};
 
 /// The output size along an axis of `n` input pixels of a stride-1 convolution with a `k`-wide kernel and zero
 /// padding `p` (callers check that the kernel fits, [`check_fit`]).
@@ -133,14 +133,10 @@ impl PatchRows {
         // The input channels last, `[B, H, W, C]`.
         let xh = transpose_batched(x, b, c, h * w);
         let row = k * k * c;
-        let len = b * oh * ow * row;
-        let mut cols: Vec<T> = Vec::with_capacity(len);
-        // One task per (image, output row); every element of the task's rows is written below (zeros first).
-        par_rows_mut(
-            (&mut cols.spare_capacity_mut()[..len], ow * row),
-            (&mut [] as &mut [u8], 0),
-            b * oh,
-            |r0, blocks, _| {
+        // One row per (image, output row); every element of it is written below (zeros first).
+        // SAFETY: each of the row's ow patch rows is zero-filled before the copies into it.
+        let cols = unsafe {
+            par_fill(b * oh, ow * row, |r0, blocks| {
                 for (i, block) in blocks.chunks_mut(ow * row).enumerate() {
                     let by = r0 + i;
                     let (bi, y) = (by / oh, by % oh);
@@ -168,10 +164,8 @@ impl PatchRows {
                         }
                     }
                 }
-            },
-        );
-        // SAFETY: the tasks above cover all `len` elements (b·oh tasks of ow·row) and initialise each one.
-        unsafe { cols.set_len(len) };
+            })
+        };
         cols
     }
 }

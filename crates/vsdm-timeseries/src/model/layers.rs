@@ -61,7 +61,7 @@ impl vsdm_core::carried::Backward for DenseBackward {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = &dy.contiguous()?;
-        let dx = vsdm_core::fastmath::matmul(dy, w)?;
+        let dx = mm(dy, w)?;
         let dw = dy.t()?.matmul(x)?;
         Ok((Some(dx), Some(dw), Some(sum_rows(dy)?)))
     }
@@ -70,9 +70,7 @@ impl vsdm_core::carried::Backward for DenseBackward {
 /// x Wᵀ + b for x `[rows, in]`, W `[out, in]`, b `[out]`, recorded as one op whose backward is
 /// dx = dy W, dW = dyᵀ x, db = Σ_rows dy. Without a tracked input it records nothing.
 pub fn dense_op(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let value = |x: &Tensor, w: &Tensor, b: &Tensor| {
-        vsdm_core::fastmath::matmul(x, &w.t()?)?.broadcast_add(b)
-    };
+    let value = |x: &Tensor, w: &Tensor, b: &Tensor| mm(x, &w.t()?)?.broadcast_add(b);
     if !(x.track_op() || w.track_op() || b.track_op()) {
         return value(x, w, b);
     }
