@@ -32,27 +32,29 @@ struct Cli {
     /// the local cache, and a missing file is an error naming the path it is expected at.
     #[arg(long, global = true)]
     offline: bool,
-    /// How the U-Net's convolutions run: gemm (im2col + GEMM forward, both gradients as conv2d forward
-    /// passes, the bias in the same op; the default), cudnn (forward and both gradients through cuDNN; CUDA, a
-    /// build with `--features cudnn`), patch (as gemm, with this crate's own CUDA patch kernel instead of
-    /// candle's im2col; the same as gemm on the CPU; not yet run on a GPU), or candle (candle's own conv2d, bias
-    /// addition and backward, for comparisons).
-    #[arg(long, global = true, default_value = "gemm")]
-    conv: vsdm_image::unet::fastconv::ConvBackward,
-    /// Group-norm backward: fused (the analytic backward, with the SiLU that follows most norms in the same op;
-    /// the default), kernel (the same formulas on the crate's own CUDA kernels for CUDA f32 tensors, else fused;
-    /// not yet run on a GPU) or candle (candle_nn's op chain and a separate SiLU), for comparisons.
-    #[arg(long, global = true, default_value = "fused")]
+    /// How the U-Net's convolutions run: patch (im2col + GEMM forward, both gradients as convolution forward
+    /// passes, the bias in the same op, the patch matrices from this crate's own CUDA kernel), gemm (the same
+    /// with candle's im2col kernel on CUDA; identical to patch on the CPU), cudnn (forward and both gradients
+    /// through cuDNN; CUDA, a build with `--features cudnn`), or candle (candle's own conv2d, bias addition and
+    /// backward, for comparisons). Default: cudnn in a `cudnn` build running on CUDA, else patch (the fastest
+    /// measured on an H100, docs/BENCHMARKS.md).
+    #[arg(long, global = true)]
+    conv: Option<vsdm_image::unet::fastconv::ConvBackward>,
+    /// Group-norm backward: kernel (the analytic backward, with the SiLU that follows most norms in the same op,
+    /// on this crate's own CUDA kernels for CUDA f32 and bf16 activations, else as fused; the default), fused
+    /// (the same formulas as chains of candle's kernels on CUDA) or candle (candle_nn's op chain and a separate
+    /// SiLU), for comparisons.
+    #[arg(long, global = true, default_value = "kernel")]
     norm: vsdm_image::unet::fastnorm::NormBackward,
     /// TF32 tensor cores for f32 matrix products and cuDNN convolutions (CUDA; PyTorch's default for
     /// convolutions). Off: exact f32 arithmetic.
     #[arg(long, global = true)]
     tf32: bool,
-    /// How `--conv cudnn` picks each convolution's algorithm: heuristic (cuDNN's first heuristic choice,
-    /// PyTorch's `cudnn.benchmark = False`; the default) or find (cuDNN's measured search at the first use of
-    /// each shape, the fastest allowed one, PyTorch's `cudnn.benchmark = True`; not yet run on a GPU).
-    #[arg(long, global = true, default_value = "heuristic")]
-    cudnn_algo: vsdm_image::unet::fastconv::CudnnAlgo,
+    /// How `--conv cudnn` picks each convolution's algorithm: find (cuDNN's measured search at the first use of
+    /// each shape, the fastest allowed one, PyTorch's `cudnn.benchmark = True`; the default) or heuristic
+    /// (cuDNN's first heuristic choice, PyTorch's `cudnn.benchmark = False`).
+    #[arg(long, global = true)]
+    cudnn_algo: Option<vsdm_image::unet::fastconv::CudnnAlgo>,
 }
 
 #[derive(Subcommand)]
@@ -888,22 +890,33 @@ fn check_convolutions(batch: usize, dev: &Device) -> Result<()> {
 /// run.
 fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
     use vsdm_image::unet::fastconv::{set_conv_backward, ConvBackward, CudnnAlgo, NO_CUDNN};
-    if cli.conv == ConvBackward::Cudnn {
+    let conv = cli
+        .conv
+        .unwrap_or(if cfg!(feature = "cudnn") && !dev.is_cpu() {
+            ConvBackward::Cudnn
+        } else {
+            ConvBackward::Patch
+        });
+    if conv == ConvBackward::Cudnn {
         if !cfg!(feature = "cudnn") {
             bail!(NO_CUDNN);
         }
         if dev.is_cpu() {
-            bail!("--conv cudnn runs on CUDA only: add --cuda, or use --conv gemm on the CPU");
+            bail!("--conv cudnn runs on CUDA only: add --cuda, or use --conv patch on the CPU");
         }
     }
     if cli.tf32 && dev.is_cpu() {
         bail!("--tf32 is a CUDA setting (tensor cores); the CPU computes in f32");
     }
-    if cli.cudnn_algo != CudnnAlgo::Heuristic && cli.conv != ConvBackward::Cudnn {
-        bail!("--cudnn-algo find chooses cuDNN's algorithms: it needs --conv cudnn");
+    if let Some(algo) = cli.cudnn_algo.filter(|_| conv != ConvBackward::Cudnn) {
+        let name = match algo {
+            CudnnAlgo::Find => "find",
+            CudnnAlgo::Heuristic => "heuristic",
+        };
+        bail!("--cudnn-algo {name} chooses cuDNN's algorithms: it needs --conv cudnn");
     }
-    set_conv_backward(cli.conv);
-    vsdm_image::unet::fastconv::set_cudnn_algo(cli.cudnn_algo);
+    set_conv_backward(conv);
+    vsdm_image::unet::fastconv::set_cudnn_algo(cli.cudnn_algo.unwrap_or(CudnnAlgo::Find));
     vsdm_image::unet::fastnorm::set_norm_backward(cli.norm);
     candle_core::cuda::set_gemm_reduced_precision_f32(cli.tf32);
     Ok(())

@@ -34,14 +34,15 @@ pub enum NormBackward {
     /// The analytic backward of this module.
     Fused,
     /// The same formulas on this crate's own CUDA kernels ([`super::gnkernel`], `gn.cu`) for CUDA tensors with
-    /// f32 or bf16 activations ([`kernel_applies`]); other tensors take [`NormBackward::Fused`]. Opt-in until the
-    /// kernels have run on a GPU.
+    /// f32 or bf16 activations ([`kernel_applies`]); other tensors take [`NormBackward::Fused`]. The default:
+    /// on an H100 (2026-12-05) within 3.4e-6 of candle_nn on the CPU in f32 (`check-device`'s norm table), and
+    /// with `--conv patch` 1.87× / 2.79× the f32 / bf16 training rate of the candle-chain defaults before it.
     Kernel,
 }
 
 backward_choice!(
     NormBackward { "candle" => Candle, "fused" => Fused, "kernel" => Kernel },
-    default Fused,
+    default Kernel,
     set_norm_backward,
     norm_backward,
     "group-norm"
