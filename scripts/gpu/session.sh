@@ -6,19 +6,20 @@
 #   scripts/gpu/pack.sh                       # here: the `cuda`/`cudnn` builds and kernprof.so into .gpuD (≈ 36 MB)
 #   scripts/gpu/pack.sh --check               # here: is .gpuD built from these sources? (exit 1 if not)
 #   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 540: 412 s on 2026-12-04 (H200);
-#                                             # since: + the crate's own kernels and cuDNN find, − time series
+#                                             # since: the new defaults, fewer variants, − time series
 #   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 270 (what 900 s leaves), at once (30 s idle and the
 #                                             # machine goes back); then give_back
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
 #                                             # (BIN_DIR: the release binaries to use, default target/release)
 #
-# core:  CUDA = CPU (the default gemm/fused ops on the tiny network; on the paper-scale one the crate's own
-#        kernels `--conv patch --norm kernel` and cuDNN with its measured algorithm search); candle's training
-#        throughput at batch 128 before (candle's own conv and norm backwards) and after each lever, per precision, with peak
-#        GPU memory; PyTorch eager on the same network (f32, TF32, bf16); a bf16 paper-scale training smoke run
-#        and sampling throughput. (The time-series steps of issue 5 ran on 2026-12-04 and are done.)
-# extra: kernel-time breakdowns (candle through kernprof.so, a CUPTI tracer: nsys is not on those machines;
-#        PyTorch through torch.profiler), then PyTorch compiled (f32, bf16).
+# core:  CUDA = CPU with both builds' defaults on the tiny network (the paper-scale checks of the crate's own
+#        kernels and of cuDNN's measured search ran on the H100 on 2026-12-05); candle's training throughput at
+#        batch 128 before (`--conv gemm --norm fused`) and after (the plain build's default `--conv patch --norm
+#        kernel`, the cudnn build's cuDNN with the measured search, and its heuristic), f32, TF32 and bf16, with
+#        peak GPU memory; PyTorch eager on the same network (f32, TF32, bf16); a bf16 paper-scale training smoke
+#        run and sampling throughput. (The time-series steps of issue 5 ran on 2026-12-04 and are done.)
+# extra: kernel-time breakdowns before and after (candle through kernprof.so, a CUPTI tracer: nsys is not on
+#        those machines; PyTorch through torch.profiler), then PyTorch compiled (f32, bf16).
 set -u -o pipefail
 part=${1:-core}
 . scripts/gpu/common.sh
@@ -30,15 +31,15 @@ if [ -n "${DRY:-}" ]; then
     ln -sf "$r/vsdm-image" "$K/bin/vsdm-image-cudnn"
     for b in net_speed synthetic_archive; do ln -sf "$r/examples/$b" "$K/bin/$b"; done
     with_mem() { "$@"; }
-    CUDNN="--conv gemm"   # a CPU build has no cuDNN: the same steps with the default convolution
-    FIND=""               # (--cudnn-algo needs --conv cudnn)
+    CUDNN="--conv gemm"   # a CPU build has no cuDNN: the same steps with another convolution
+    HEUR=""               # (--cudnn-algo needs --conv cudnn)
 else
     CUDA="--cuda"; ARCH=ddpmpp; B=128; IT=6; TSB=32; NS=370; PT=1
     for b in vsdm-image vsdm-image-cudnn vsdm-timeseries net_speed synthetic_archive; do
         xz -dc ".gpuD/$b.xz" >"$K/bin/$b" && chmod +x "$K/bin/$b"
     done
     CUDNN="--conv cudnn"
-    FIND="--cudnn-algo find"
+    HEUR="--cudnn-algo heuristic"
     echo "binaries built from sources: $(tr '\n' ' ' 2>/dev/null <.gpuD/SOURCES || echo unknown)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
@@ -48,37 +49,27 @@ fi
 exec > >(tee -a "$OUT/$part.log") 2>&1
 
 if [ "$part" = core ]; then
-    # The default ops on the paper-scale network passed on the H200 (2026-12-04, ≤ 2.1e-6) and have not
-    # changed since; the tiny network's three methods are rechecked (≈ 30 s), the ≈ 90 s of the paper-scale
-    # default check go to the crate's own kernels below.
-    log "1. CUDA vs CPU (f32 to 1e-5): default ops, tiny (three methods)"
+    # The crate's own kernels (`--conv patch --norm kernel`, the defaults since) passed on the paper-scale
+    # network on the H100 (2026-12-05, ≤ 3.4e-6), and so did cuDNN's measured search but for two f32
+    # convolution rows (Winograd, 1.6e-5); the tiny network's three methods are checked with both builds'
+    # defaults (≈ 30 s each).
+    log "1. CUDA vs CPU (f32 to 1e-5): the defaults, tiny (three methods)"
     timeout 60 vsdm-image $CUDA check-device --arch tiny --method vsdm vp vsmd --batch 4 --steps 1 \
         | tee "$OUT/check.md" && echo "check-device tiny: passed" || echo "error: check-device tiny (rc $?)"
-    log "1a. CUDA vs CPU with this crate's own kernels (--conv patch --norm kernel; first run on a GPU)"
-    timeout 150 vsdm-image $CUDA --conv patch --norm kernel check-device --arch $ARCH --method vsdm vsmd --batch 4 \
-        --steps 1 | tee "$OUT/check-patch.md" && echo "check-device patch+kernel: passed" \
-        || echo "error: check-device patch+kernel (rc $?)"
-    # cuDNN with its measured algorithm search (first run on a GPU; the heuristic's convolution table ran on
-    # 2026-12-04, f32 weight gradient 1.59e-5 on one shape).
-    log "1b. CUDA vs CPU through cuDNN (the cudnn build, --cudnn-algo find)"
-    RUST_LOG=vsdm_image=info timeout 110 vsdm-image-cudnn $CUDA $CUDNN $FIND check-device --arch $ARCH \
-        --method vsdm --batch 4 --steps 1 \
+    log "1a. CUDA vs CPU, the cudnn build's default (cuDNN with the measured search), tiny (three methods)"
+    RUST_LOG=vsdm_image=info timeout 60 vsdm-image-cudnn $CUDA $CUDNN check-device --arch tiny \
+        --method vsdm vp vsmd --batch 4 --steps 1 \
         | tee "$OUT/check-cudnn.md" && echo "check-device cuDNN: passed" || echo "error: check-device cuDNN (rc $?)"
 
-    log "2. candle training throughput, $ARCH, batch $B: before, each lever, per precision (peak GPU memory)"
+    log "2. candle training throughput, $ARCH, batch $B: before, after, per precision (peak GPU memory)"
     bench="bench --arch $ARCH --batch $B --iters $IT"
-    # (`--conv gemm --norm candle` and PyTorch without cuDNN autotuning were measured on 2026-12-04 and are
-    # left out to make room for --conv patch.)
-    for v in "vsdm-image --conv candle --norm candle" "vsdm-image" \
-        "vsdm-image --conv patch" "vsdm-image --norm kernel" "vsdm-image --conv patch --norm kernel" \
-        "vsdm-image --tf32" "vsdm-image --conv patch --norm kernel --tf32" "vsdm-image-cudnn $CUDNN" \
-        "vsdm-image-cudnn $CUDNN $FIND" "vsdm-image-cudnn $CUDNN $FIND --norm kernel" \
-        "vsdm-image-cudnn $CUDNN $FIND --norm kernel --tf32"; do
+    # (candle's own ops, and each of the crate's kernels alone, were measured on 2026-12-04/05 and are left out.)
+    for v in "vsdm-image --conv gemm --norm fused" "vsdm-image" "vsdm-image --tf32" \
+        "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN" "vsdm-image-cudnn $CUDNN --tf32"; do
         with_mem timeout 90 $v $CUDA $bench | tee -a "$OUT/bench.md"
     done
     if [ -n "$CUDA" ]; then
-        for v in "vsdm-image" "vsdm-image --conv patch --norm kernel" "vsdm-image-cudnn $CUDNN --norm kernel" \
-            "vsdm-image-cudnn $CUDNN $FIND --norm kernel"; do
+        for v in "vsdm-image --conv gemm --norm fused" "vsdm-image" "vsdm-image-cudnn $CUDNN"; do
             with_mem timeout 60 $v $CUDA $bench --precision bf16 | tee -a "$OUT/bench.md"
         done
     fi
@@ -121,11 +112,11 @@ if [ "$part" = extra ]; then
         echo "kernels-$name.csv ($*):"; head -16 "$OUT/kernels-$name.csv" 2>/dev/null
     }
     b3="bench --arch $ARCH --batch $B --iters 3"
-    kp before vsdm-image --conv candle --norm candle $CUDA $b3
+    kp before vsdm-image --conv gemm --norm fused $CUDA $b3
     kp after vsdm-image $CUDA $b3
-    kp after-patch vsdm-image --conv patch --norm kernel $CUDA $b3
-    kp after-cudnn-find vsdm-image-cudnn $CUDNN $FIND --norm kernel $CUDA $b3
+    kp after-cudnn vsdm-image-cudnn $CUDNN $CUDA $b3
     [ -n "$CUDA" ] && kp after-bf16 vsdm-image $CUDA $b3 --precision bf16
+    [ -n "$CUDA" ] && kp after-cudnn-bf16 vsdm-image-cudnn $CUDNN $CUDA $b3 --precision bf16
     # The traces grouped into image.md's categories (share of GPU busy time), one column per trace.
     python3 scripts/gpu/kernels_table.py "$OUT"/kernels-*.csv 2>&1
     if [ -n "$PT" ]; then
