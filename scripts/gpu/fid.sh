@@ -83,6 +83,11 @@ else
 fi
 exec > >(tee -a "$OUT/fid.log") 2>&1
 
+# rate <log>: the last Inception rate (images/s) a vsdm-eval log reports.
+rate() {
+    sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null | grep -a -o "images_per_second=[0-9.]*" | tail -1 | cut -d= -f2
+}
+
 progress() {
     for m in vsdm vp; do echo "$m: $(tail -c 300 "$K/train-$m.log" 2>/dev/null | tr '\r' '\n' | grep -a . | tail -1)"; done
 }
@@ -153,7 +158,7 @@ pipeline() {
     for b in vsdm-eval vsdm-eval-cudnn; do
         timeout 120 $b stats "$K/cifar/train" --device $DEV --batch-size $FB --limit $CHECKN \
             -o "$K/check-$b.npz" >"$K/check-$b.log" 2>&1
-        echo "$b on $CHECKN images: rc $? ($(grep -a -o "[0-9.]* images/s" "$K/check-$b.log" | tail -1))"
+        echo "$b on $CHECKN images: rc $? ($(rate "$K/check-$b.log") images/s)"
     done
     fid=$(vsdm-eval fid --real "$K/check-vsdm-eval.npz" --fake "$K/check-vsdm-eval-cudnn.npz" 2>&1 | tail -1)
     echo "Inception check: plain vs cuDNN build statistics on the same $CHECKN images: $fid"
@@ -187,7 +192,7 @@ report() {
         sleep 5
         if [ $(((SECONDS - t0) % 30)) -lt 5 ]; then
             echo "[$((SECONDS - t0)) s] $(grep -a "^==" "$K/pipeline.log" | tail -1)" \
-                "ref: $(tail -c 200 "$K/ref.log" 2>/dev/null | tr '\r' '\n' | grep -a -o "done=[0-9]*" | tail -1)" \
+                "ref: $(sed 's/\x1b\[[0-9;]*m//g' "$K/ref.log" 2>/dev/null | grep -a -o "done=[0-9]*" | tail -1)" \
                 "$(ls "$K"/*.npz 2>/dev/null | xargs -n1 basename 2>/dev/null | tr '\n' ' ')"
         fi
     done
@@ -198,7 +203,8 @@ report() {
         echo "$m early: checkpoints $(tr '\n' ' ' <"$K/run-$m/weights-early/checkpoints.txt" 2>/dev/null)"
     done
     grep -a -E "^Inception|on $CHECKN images" "$K/pipeline.log"
-    echo "reference: $(grep -a -E "images|rc" "$K/ref.log" 2>/dev/null | tail -2 | tr '\n' ' ')"
+    echo "reference: $(grep -a -E "images|rc" "$K/ref.log" 2>/dev/null | tail -2 | tr '\n' ' ')" \
+        "($(rate "$K/ref.log") images/s)"
     for s in end-vsdm end-vp early-vsdm early-vp; do
         echo "$s: $(grep -a -E "images with|rc" "$K/$s.log" 2>/dev/null | tail -2 | tr '\n' ' ')"
         echo "FID $s: $(tail -1 "$K/$s.fid" 2>/dev/null)"
