@@ -32,14 +32,14 @@ if [ -n "${DRY:-}" ]; then
     for b in net_speed synthetic_archive; do ln -sf "$r/examples/$b" "$K/bin/$b"; done
     with_mem() { "$@"; }
     CUDNN="--conv gemm"   # a CPU build has no cuDNN: the same steps with another convolution
-    HEUR=""               # (--cudnn-algo needs --conv cudnn)
+    HEUR=""; EXACT=""     # (--cudnn-algo needs --conv cudnn)
 else
     CUDA="--cuda"; ARCH=ddpmpp; B=128; IT=6; TSB=32; NS=370; PT=1
     for b in vsdm-image vsdm-image-cudnn vsdm-timeseries net_speed synthetic_archive; do
         xz -dc ".gpuD/$b.xz" >"$K/bin/$b" && chmod +x "$K/bin/$b"
     done
     CUDNN="--conv cudnn"
-    HEUR="--cudnn-algo heuristic"
+    HEUR="--cudnn-algo heuristic"; EXACT="--cudnn-algo find-exact"
     echo "binaries built from sources: $(tr '\n' ' ' 2>/dev/null <.gpuD/SOURCES || echo unknown)"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"
@@ -61,11 +61,17 @@ if [ "$part" = core ]; then
         --method vsdm vp vsmd --batch 4 --steps 1 \
         | tee "$OUT/check-cudnn.md" && echo "check-device cuDNN: passed" || echo "error: check-device cuDNN (rc $?)"
 
+    log "1b. CUDA vs CPU, cuDNN's measured search without Winograd and FFT in exact f32 (find-exact), $ARCH"
+    RUST_LOG=vsdm_image=info timeout 150 vsdm-image-cudnn $CUDA $CUDNN $EXACT check-device --arch $ARCH \
+        --method vsdm --batch 4 --steps 1 | tee "$OUT/check-exact.md" && echo "check-device find-exact: passed" \
+        || echo "error: check-device find-exact (rc $?)"
+
     log "2. candle training throughput, $ARCH, batch $B: before, after, per precision (peak GPU memory)"
     bench="bench --arch $ARCH --batch $B --iters $IT"
     # (candle's own ops, and each of the crate's kernels alone, were measured on 2026-12-04/05 and are left out.)
     for v in "vsdm-image --conv gemm --norm fused" "vsdm-image" "vsdm-image --tf32" \
-        "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN" "vsdm-image-cudnn $CUDNN --tf32"; do
+        "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN" "vsdm-image-cudnn $CUDNN $EXACT" \
+        "vsdm-image-cudnn $CUDNN --tf32"; do
         with_mem timeout 90 $v $CUDA $bench | tee -a "$OUT/bench.md"
     done
     if [ -n "$CUDA" ]; then

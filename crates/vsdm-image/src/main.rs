@@ -51,8 +51,9 @@ struct Cli {
     #[arg(long, global = true)]
     tf32: bool,
     /// How `--conv cudnn` picks each convolution's algorithm: find (cuDNN's measured search at the first use of
-    /// each shape, the fastest allowed one, PyTorch's `cudnn.benchmark = True`; the default) or heuristic
-    /// (cuDNN's first heuristic choice, PyTorch's `cudnn.benchmark = False`).
+    /// each shape, the fastest allowed one, PyTorch's `cudnn.benchmark = True`; the default), find-exact (the
+    /// same without Winograd and FFT algorithms in exact f32, which keeps f32 within 1e-5 of the CPU; not yet
+    /// run on a GPU) or heuristic (cuDNN's first heuristic choice, PyTorch's `cudnn.benchmark = False`).
     #[arg(long, global = true)]
     cudnn_algo: Option<vsdm_image::unet::fastconv::CudnnAlgo>,
 }
@@ -911,6 +912,7 @@ fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
     if let Some(algo) = cli.cudnn_algo.filter(|_| conv != ConvBackward::Cudnn) {
         let name = match algo {
             CudnnAlgo::Find => "find",
+            CudnnAlgo::FindExact => "find-exact",
             CudnnAlgo::Heuristic => "heuristic",
         };
         bail!("--cudnn-algo {name} chooses cuDNN's algorithms: it needs --conv cudnn");

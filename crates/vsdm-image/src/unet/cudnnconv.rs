@@ -18,11 +18,12 @@
 //!   f32), as under PyTorch's autocast.
 //!
 //! The algorithm of each pass is chosen once per shape, data type and math mode on the thread
-//! ([`super::fastconv::set_cudnn_algo`], `--cudnn-algo`): by default cuDNN's first heuristic choice
-//! (`cudnnGet…Algorithm_v7`), PyTorch's behaviour with `cudnn.benchmark = False`; with
-//! [`CudnnAlgo::Find`], cuDNN's measured search (`cudnnFind…Algorithm`: each algorithm run and timed on the
-//! shape) and the fastest allowed entry ([`super::fastconv::fastest_allowed`]: in exact f32 only FMA-math
-//! ones), run with the math type it was measured with, PyTorch's `cudnn.benchmark = True`. cudarc 0.19 keeps
+//! ([`super::fastconv::set_cudnn_algo`], `--cudnn-algo`): by default ([`CudnnAlgo::Find`]) cuDNN's measured
+//! search (`cudnnFind…Algorithm`: each algorithm run and timed on the shape) and the fastest allowed entry
+//! ([`super::fastconv::fastest_allowed`]: in exact f32 only FMA-math ones), run with the math type it was
+//! measured with, PyTorch's `cudnn.benchmark = True`; [`CudnnAlgo::FindExact`] also leaves out the Winograd
+//! and FFT algorithms in exact f32; [`CudnnAlgo::Heuristic`] takes cuDNN's first heuristic choice
+//! (`cudnnGet…Algorithm_v7`), PyTorch's behaviour with `cudnn.benchmark = False`. cudarc 0.19 keeps
 //! its wrappers' handle and descriptors private, so the search builds its own ([`SearchHandle`],
 //! [`RawDescriptors`]) on the same stream with the same settings. Handles are per thread and device (cuDNN
 //! handles are neither `Send` nor `Sync`).
@@ -51,7 +52,7 @@ use cudarc::cudnn::{
     CudnnDataType, CudnnError, FilterDescriptor, TensorDescriptor,
 };
 
-use super::fastconv::{cudnn_algo, fastest_allowed, CudnnAlgo, Measured};
+use super::fastconv::{cudnn_algo, fastest_allowed, transform_algorithm, CudnnAlgo, Measured};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 
 /// Which of the three convolution passes.
@@ -71,20 +72,25 @@ struct Problem {
     padding: i32,
     dtype: DType,
     tensor_ops: bool,
-    /// The algorithm is chosen by cuDNN's measured search ([`CudnnAlgo::Find`]), not its heuristic.
+    /// The algorithm is chosen by cuDNN's measured search ([`CudnnAlgo::Find`], [`CudnnAlgo::FindExact`]), not
+    /// its heuristic.
     measured: bool,
+    /// The search may choose transform algorithms (all but [`CudnnAlgo::FindExact`] in exact f32).
+    transforms: bool,
 }
 
 impl Problem {
     fn new(x: &Shape, w: &Shape, y: &Shape, padding: usize, dtype: DType) -> Result<Self> {
+        let tensor_ops = dtype != DType::F32 || candle_core::cuda::gemm_reduced_precision_f32();
         Ok(Self {
             x: dims4(x, "input")?,
             w: dims4(w, "weight")?,
             y: dims4(y, "output")?,
             padding: i32::try_from(padding).map_err(wrap)?,
             dtype,
-            tensor_ops: dtype != DType::F32 || candle_core::cuda::gemm_reduced_precision_f32(),
-            measured: cudnn_algo() == CudnnAlgo::Find,
+            tensor_ops,
+            measured: cudnn_algo() != CudnnAlgo::Heuristic,
+            transforms: tensor_ops || cudnn_algo() != CudnnAlgo::FindExact,
         })
     }
 
@@ -192,7 +198,7 @@ fn algorithm<A: Copy + PartialEq + std::fmt::Debug + 'static>(
             );
             Vec::new()
         });
-        chosen = fastest_allowed(&results, p.tensor_ops);
+        chosen = fastest_allowed(&results, p.tensor_ops, p.transforms);
         let time = |c: (A, MathType)| {
             results
                 .iter()
@@ -322,7 +328,7 @@ impl Drop for RawDescriptors {
 /// Runs one of cuDNN's `cudnnFind…Algorithm` calls (`find(requested, &mut returned, results)`, which runs and
 /// times every algorithm on buffers it allocates itself) and reads its `returned` entries with `entry`
 /// (algorithm, status, time, math type).
-fn measured_search<R: Copy, A: Copy>(
+fn measured_search<R: Copy, A: Copy + std::fmt::Debug>(
     requested: usize,
     find: impl FnOnce(i32, *mut i32, *mut R) -> sys::cudnnStatus_t,
     entry: impl Fn(&R) -> (A, sys::cudnnStatus_t, f32, MathType),
@@ -343,6 +349,7 @@ fn measured_search<R: Copy, A: Copy>(
                 ran: status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS,
                 time_ms,
                 tensor_ops: math != MathType::CUDNN_FMA_MATH,
+                transform: transform_algorithm(&format!("{algo:?}")),
             }
         })
         .collect())

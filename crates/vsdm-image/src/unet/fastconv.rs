@@ -318,8 +318,13 @@ pub enum CudnnAlgo {
     /// benchmark of `bench/`. The search costs a few seconds at the first step. The default: on an H100
     /// (2026-12-05), with `--norm kernel`, 3.30× the f32 training rate of `Gemm` with the fused norm (303.5
     /// against 91.9 images/s, 0.90× PyTorch eager with `cudnn.benchmark`); f32 errors against the CPU up to
-    /// 1.6e-5 on two of five convolution shapes (docs/benchmarks/image.md).
+    /// 1.6e-5 on two of five convolution shapes (docs/benchmarks/image.md): the search had chosen Winograd
+    /// algorithms there.
     Find,
+    /// As [`CudnnAlgo::Find`], but in exact f32 (no TF32) without the transform algorithms (Winograd, FFT),
+    /// whose rounding differs most from a direct sum: the candidates that keep f32 convolutions within 1e-5 of
+    /// the CPU. Not yet run on a GPU.
+    FindExact,
 }
 
 impl std::str::FromStr for CudnnAlgo {
@@ -328,8 +333,9 @@ impl std::str::FromStr for CudnnAlgo {
         match s {
             "heuristic" => Ok(Self::Heuristic),
             "find" => Ok(Self::Find),
+            "find-exact" => Ok(Self::FindExact),
             _ => Err(format!(
-                "cuDNN algorithm choice {s:?}: expected find or heuristic (default find)"
+                "cuDNN algorithm choice {s:?}: expected find, find-exact or heuristic (default find)"
             )),
         }
     }
@@ -354,6 +360,7 @@ pub fn cudnn_algo() -> CudnnAlgo {
 pub fn conv_label() -> String {
     match conv_backward() {
         ConvBackward::Cudnn if cudnn_algo() == CudnnAlgo::Find => "Cudnn (find)".into(),
+        ConvBackward::Cudnn if cudnn_algo() == CudnnAlgo::FindExact => "Cudnn (find-exact)".into(),
         c => format!("{c:?}"),
     }
 }
@@ -369,22 +376,36 @@ pub struct Measured<A> {
     pub time_ms: f32,
     /// Whether it used tensor cores (any math type but `CUDNN_FMA_MATH`), which for f32 tensors means TF32.
     pub tensor_ops: bool,
+    /// Whether it is a transform algorithm (Winograd or FFT).
+    pub transform: bool,
 }
 
 /// The fastest algorithm of a measured search that ran and, unless `tensor_ops_allowed`, used exact FMA
-/// arithmetic: PyTorch's rule, which in f32 without `allow_tf32` runs only FMA-math results. `None` when none
+/// arithmetic: PyTorch's rule, which in f32 without `allow_tf32` runs only FMA-math results; unless
+/// `transforms_allowed`, not a transform algorithm either ([`CudnnAlgo::FindExact`]). `None` when none
 /// qualifies (the caller then takes the heuristic's choice). cuDNN returns the entries sorted by time, but the
 /// order is not relied upon; on equal times the earlier entry wins.
-pub fn fastest_allowed<A: Copy>(results: &[Measured<A>], tensor_ops_allowed: bool) -> Option<A> {
+pub fn fastest_allowed<A: Copy>(
+    results: &[Measured<A>],
+    tensor_ops_allowed: bool,
+    transforms_allowed: bool,
+) -> Option<A> {
     results
         .iter()
         .filter(|m| m.ran && m.time_ms.is_finite() && m.time_ms >= 0.0)
         .filter(|m| tensor_ops_allowed || !m.tensor_ops)
+        .filter(|m| transforms_allowed || !m.transform)
         .fold(None::<&Measured<A>>, |best, m| match best {
             Some(b) if b.time_ms <= m.time_ms => Some(b),
             _ => Some(m),
         })
         .map(|m| m.algo)
+}
+
+/// Whether a cuDNN convolution algorithm, by its enum name (`CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED`, as
+/// cudarc's `Debug` prints it), is a transform algorithm: Winograd or FFT (direct and GEMM ones are not).
+pub fn transform_algorithm(name: &str) -> bool {
+    name.contains("WINOGRAD") || name.contains("FFT")
 }
 
 /// The error of `--conv cudnn` in a binary built without the `cudnn` feature.
@@ -577,33 +598,69 @@ mod tests {
         }
     }
 
-    /// The measured-search rule: fastest entry that ran; in exact f32 only FMA-math entries; failed, NaN-timed
-    /// and (in exact f32) tensor-core entries never win however fast; no qualifying entry gives `None`.
+    /// The measured-search rule: fastest entry that ran; in exact f32 only FMA-math entries, and under
+    /// find-exact no transform algorithm; failed, NaN-timed and excluded entries never win however fast; no
+    /// qualifying entry gives `None`.
     #[test]
     fn measured_search_takes_the_fastest_allowed_algorithm() {
-        let m = |algo: u8, ran: bool, time_ms: f32, tensor_ops: bool| Measured {
+        let m = |algo: u8, ran: bool, time_ms: f32, tensor_ops: bool, transform: bool| Measured {
             algo,
             ran,
             time_ms,
             tensor_ops,
+            transform,
         };
-        // Deliberately unsorted: 1 fails, 2 is TF32, 3 has no timing, 4 is the fastest exact one.
+        // Deliberately unsorted: 1 fails, 2 is TF32, 3 has no timing, 6 is the fastest FMA-math one but a
+        // Winograd algorithm, 4 the fastest direct FMA-math one.
         let results = [
-            m(0, true, 3.0, false),
-            m(1, false, 0.1, false),
-            m(2, true, 0.5, true),
-            m(3, true, f32::NAN, false),
-            m(4, true, 1.0, false),
-            m(5, true, 1.0, false),
+            m(0, true, 3.0, false, false),
+            m(1, false, 0.1, false, false),
+            m(2, true, 0.5, true, false),
+            m(3, true, f32::NAN, false, false),
+            m(4, true, 1.0, false, false),
+            m(5, true, 1.0, false, false),
+            m(6, true, 0.7, false, true),
         ];
-        assert_eq!(fastest_allowed(&results, false), Some(4));
-        assert_eq!(fastest_allowed(&results, true), Some(2));
-        assert_eq!(fastest_allowed(&results[1..4], false), None);
-        assert_eq!(fastest_allowed::<u8>(&[], true), None);
+        assert_eq!(fastest_allowed(&results, false, true), Some(6));
+        assert_eq!(fastest_allowed(&results, false, false), Some(4));
+        assert_eq!(fastest_allowed(&results, true, true), Some(2));
+        assert_eq!(fastest_allowed(&results[1..4], false, true), None);
+        assert_eq!(fastest_allowed(&results[6..], false, false), None);
+        assert_eq!(fastest_allowed::<u8>(&[], true, true), None);
         assert_eq!("find".parse::<CudnnAlgo>(), Ok(CudnnAlgo::Find));
+        assert_eq!("find-exact".parse::<CudnnAlgo>(), Ok(CudnnAlgo::FindExact));
         assert!("fastest"
             .parse::<CudnnAlgo>()
             .unwrap_err()
-            .contains("find or heuristic"));
+            .contains("find, find-exact or heuristic"));
+    }
+
+    /// Every transform algorithm among cuDNN 9's convolution algorithms (cudnn_cnn.h), and none of the others.
+    #[test]
+    fn transform_algorithms_are_winograd_and_fft() {
+        for (name, transform) in [
+            ("CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM", false),
+            ("CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM", false),
+            ("CUDNN_CONVOLUTION_FWD_ALGO_GEMM", false),
+            ("CUDNN_CONVOLUTION_FWD_ALGO_DIRECT", false),
+            ("CUDNN_CONVOLUTION_FWD_ALGO_FFT", true),
+            ("CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING", true),
+            ("CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD", true),
+            ("CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED", true),
+            ("CUDNN_CONVOLUTION_BWD_DATA_ALGO_0", false),
+            ("CUDNN_CONVOLUTION_BWD_DATA_ALGO_1", false),
+            ("CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT", true),
+            ("CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING", true),
+            ("CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD", true),
+            ("CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED", true),
+            ("CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0", false),
+            ("CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1", false),
+            ("CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT", true),
+            ("CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3", false),
+            ("CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED", true),
+            ("CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING", true),
+        ] {
+            assert_eq!(transform_algorithm(name), transform, "{name}");
+        }
     }
 }
