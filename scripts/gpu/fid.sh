@@ -26,6 +26,12 @@
 # kernels, trained the paper-scale network 3.30× as fast as the defaults of that lease), and the Inception runs
 # through cuDNN too (vsdm-eval's `cudnn` build) after a check that its statistics on 1,000 images equal the
 # plain build's (FID between the two < 0.1), else on the plain build.
+# Timeline (estimated from the H100/H200 rates of the old defaults, 1,219 training and 4,098 forward images/s
+# for the tiny network and 344 Inception images/s, so an upper bound if the cuDNN builds are faster): machine
+# start 0.5–1.5 min; `start` ≈ 25 s and `wheel2` ≈ 15 s; training (2 × 800 steps) ≈ 2.8 min; the end samples (2 × 500,000
+# network evaluations) ≈ 4 min beside the reference (50,000 Inception images, ≈ 2.5 min); then the end FIDs
+# (≈ 1 min), the early samples and FIDs (≈ 5 min): `score` returns the end FIDs within its 540 s and `collect`
+# the early ones.
 # Sizes (GPU): tiny network, batch 128, STEPS updates each (equal; a --minutes cap guards the lease), the first
 # checkpoint at STEPS/4 ("early"); 10,000 samples per FID with 50 Euler–Maruyama steps (the sampler of both
 # methods), the 50,000 training images as the reference. Everything lands in $OUT/fid.log; the figures are
@@ -77,7 +83,7 @@ if [ -n "${DRY:-}" ]; then
     ln -sf "$r/vsdm-eval" "$K/bin/vsdm-eval-cudnn"
     with_mem() { "$@"; }
 else
-    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-1000}; N=10000; SB=1000; ST=50; REF=""; CHECKN=1000; MIN=5
+    CUDA="--cuda"; DEV=cuda; STEPS=${STEPS:-800}; N=10000; SB=1000; ST=50; REF=""; CHECKN=1000; MIN=5
     FB=500; WAIT=${WAIT:-540}
     GRID="--grid 64 --grid-steps 100"
 fi
@@ -146,6 +152,11 @@ sample() {
     vsdm-eval pack "$K/$2.npz" --limit 100 --grid "$K/$2-em$ST.png" >/dev/null 2>&1
 }
 
+# fid_of <name>: the FID-10k of $K/<name>.npz against the reference, into $K/<name>.fid.
+fid_of() {
+    timeout 300 $EV fid --real "$K/ref.npz" --fake "$K/$1.npz" --device $DEV --batch-size $FB >"$K/$1.fid" 2>&1
+}
+
 # The detached part (started by `score` with setsid): Inception weights, the choice of Inception build, the
 # reference statistics beside the four sample sets (end of training first), then the four FIDs.
 pipeline() {
@@ -172,15 +183,14 @@ pipeline() {
     local refjob=$!
     for m in vsdm vp; do until [ -f "$K/$m.done" ]; do sleep 2; done; done
     log "training done"
+    # The end of training first, each FID as soon as its samples and the reference exist, so that a lease cut
+    # short still returns the end FIDs.
     for m in vsdm vp; do sample "$K/run-$m/weights" "end-$m"; done
-    for m in vsdm vp; do sample "$K/run-$m/weights-early" "early-$m"; done
-    log "samples done"
+    log "end samples done"
     wait $refjob
     log "reference done"
-    for s in end-vsdm end-vp early-vsdm early-vp; do
-        timeout 300 $EV fid --real "$K/ref.npz" --fake "$K/$s.npz" --device $DEV --batch-size $FB \
-            >"$K/$s.fid" 2>&1
-    done
+    for s in end-vsdm end-vp; do fid_of "$s"; done
+    for m in vsdm vp; do sample "$K/run-$m/weights-early" "early-$m"; fid_of "early-$m"; done
     log "pipeline done"
     touch "$K/pipeline.done"
 }
