@@ -28,10 +28,10 @@
 # plain build's (FID between the two < 0.1), else on the plain build.
 # Timeline (estimated from the H100/H200 rates of the old defaults, 1,219 training and 4,098 forward images/s
 # for the tiny network and 344 Inception images/s, so an upper bound if the cuDNN builds are faster): machine
-# start 0.5–1.5 min; `start` ≈ 25 s and `wheel2` ≈ 15 s; training (2 × 800 steps) ≈ 2.8 min; the end samples (2 × 500,000
-# network evaluations) ≈ 4 min beside the reference (50,000 Inception images, ≈ 2.5 min); then the end FIDs
-# (≈ 1 min), the early samples and FIDs (≈ 5 min): `score` returns the end FIDs within its 540 s and `collect`
-# the early ones.
+# start 0.5–1.5 min; `start` ≈ 25 s and `wheel2` ≈ 15 s; training (2 × 800 steps) ≈ 2.8 min; the end samples
+# (2 × 500,000 network evaluations) ≈ 4 min beside the reference (50,000 Inception images, ≈ 2.5 min); then the
+# end FIDs (≈ 1 min), the early samples and FIDs (≈ 5 min): `score` returns the end FIDs within its 540 s and
+# `collect` the early ones.
 # Sizes (GPU): tiny network, batch 128, STEPS updates each (equal; a --minutes cap guards the lease), the first
 # checkpoint at STEPS/4 ("early"); 10,000 samples per FID with 50 Euler–Maruyama steps (the sampler of both
 # methods), the 50,000 training images as the reference. Everything lands in $OUT/fid.log; the figures are
