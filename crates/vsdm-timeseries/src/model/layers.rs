@@ -459,6 +459,22 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 
 /// [`attention`] with chunks whose scores take at most `max_bytes` (at least one row of the leading axes).
 fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, max_bytes: usize) -> Result<Tensor> {
+    let track = q.track_op() || k.track_op() || v.track_op();
+    let (y, backward) = attention_value(q, k, v, max_bytes, track)?;
+    match backward {
+        Some(b) => vsdm_core::carried::apply(y, q, k, v, b),
+        None => Ok(y),
+    }
+}
+
+/// The value of [`attention`] on detached inputs and, when `track`, the backward that goes with it.
+fn attention_value(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    max_bytes: usize,
+    track: bool,
+) -> Result<(Tensor, Option<AttentionBackward>)> {
     let r = q.rank();
     let scale = 1.0 / (q.dim(D::Minus1)? as f64).sqrt();
     let (q3, k3, v3) = (flat(&q.detach())?, flat(&k.detach())?, flat(&v.detach())?);
@@ -476,7 +492,6 @@ fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, max_bytes: usize) -> 
     let per_row = (sq * sk * q.dtype().size_in_bytes()).max(1);
     let rows = (max_bytes / per_row).clamp(1, n.max(1));
     let chunks: Vec<(usize, usize)> = (0..n).step_by(rows).map(|s| (s, rows.min(n - s))).collect();
-    let track = q.track_op() || k.track_op() || v.track_op();
     let (mut ps, mut ys) = (Vec::new(), Vec::new());
     for &(start, len) in &chunks {
         let part = |t: &Tensor| t.narrow(0, start, len);
@@ -489,20 +504,74 @@ fn attention_in_chunks(q: &Tensor, k: &Tensor, v: &Tensor, max_bytes: usize) -> 
     let mut dims = q.dims().to_vec();
     dims[r - 1] = dv;
     let y = join(ys)?.reshape(dims)?;
-    if !track {
-        return Ok(y);
+    let backward = track.then_some(AttentionBackward {
+        p: ps,
+        chunks,
+        scale,
+    });
+    Ok((y, backward))
+}
+
+/// [`attention`] of q, k, v packed along the first axis of `qkv` `[3, …, S, d]` (any layout: a permuted view
+/// of a projection's output), recorded as one op on `qkv` whose backward returns the three gradients packed
+/// the same way. Taking q, k and v apart with candle's `get` instead records three narrowings, whose backward
+/// pads each gradient with zeros to the full packed size and adds the three (with their `contiguous` and
+/// `squeeze` steps, about 17 passes over a `qkv`-sized tensor where the packed op's backward makes one).
+pub fn attention_packed(qkv: &Tensor) -> Result<Tensor> {
+    if qkv.rank() < 3 || qkv.dim(0)? != 3 {
+        candle_core::bail!(
+            "attention: expected q, k and v packed as [3, …, S, d], got {:?}",
+            qkv.shape()
+        );
     }
-    vsdm_core::carried::apply(
-        y,
-        q,
-        k,
-        v,
-        AttentionBackward {
-            p: ps,
-            chunks,
-            scale,
-        },
-    )
+    let max_bytes = if qkv.device().is_cpu() {
+        CPU_SCORE_CHUNK_BYTES
+    } else {
+        usize::MAX
+    };
+    let d = qkv.detach();
+    let (q, k, v) = (
+        d.get(0)?.contiguous()?,
+        d.get(1)?.contiguous()?,
+        d.get(2)?.contiguous()?,
+    );
+    let (y, backward) = attention_value(&q, &k, &v, max_bytes, qkv.track_op())?;
+    match backward {
+        // qkv is passed as all three inputs of the carried op; only the first receives a gradient.
+        Some(inner) => {
+            vsdm_core::carried::apply(y, qkv, qkv, qkv, PackedAttentionBackward { inner, q, k, v })
+        }
+        None => Ok(y),
+    }
+}
+
+/// The backward of [`attention_packed`]: [`AttentionBackward`] on the unpacked q, k, v, its three gradients
+/// stacked along a new first axis.
+struct PackedAttentionBackward {
+    inner: AttentionBackward,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
+impl vsdm_core::carried::Backward for PackedAttentionBackward {
+    const NAME: &'static str = "packed-attention-backward";
+
+    fn backward(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dq, dk, dv) = self.inner.backward(&self.q, &self.k, &self.v, dy)?;
+        match (dq, dk, dv) {
+            (Some(dq), Some(dk), Some(dv)) => {
+                Ok((Some(Tensor::stack(&[dq, dk, dv], 0)?), None, None))
+            }
+            _ => candle_core::bail!("packed attention: the unpacked backward left a gradient out"),
+        }
+    }
 }
 
 /// Multi-head self-attention over the middle axis of `[N, S, C]`.
@@ -536,10 +605,7 @@ impl Module for SelfAttention {
             .forward(x)?
             .reshape((n, s, 3, self.heads, dh))?
             .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let y = attention(&q, &k, &v)?; // [N, h, S, dh]
+        let y = attention_packed(&qkv)?; // [N, h, S, dh]
         let y = y.transpose(1, 2)?.reshape((n, s, c))?;
         self.out.forward(&y)
     }
@@ -693,6 +759,74 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The packed attention on a permuted view of a projection's output, as [`SelfAttention`] calls it, equals
+    /// candle's op chain on q, k and v taken apart with `get`, in value and in the gradient of the projection
+    /// (f32 ≤ 1e-5, f64 ≤ 1e-12 relative), in one chunk and in several; detached it records nothing; a first
+    /// axis other than 3 is an error naming the shape.
+    #[test]
+    fn packed_attention_matches_the_chain_on_a_projection_view() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(5);
+        // (N, S, heads, dh): the last one's scores (2 × 3 × 150²) exceed one CPU chunk.
+        for (n, s, heads, dh) in [
+            (2usize, 5usize, 2usize, 3usize),
+            (3, 1, 1, 4),
+            (2, 150, 3, 4),
+        ] {
+            for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+                let h = Var::from_tensor(
+                    &rng.randn(&[n, s, 3 * heads * dh], &dev)
+                        .unwrap()
+                        .to_dtype(dt)
+                        .unwrap(),
+                )
+                .unwrap();
+                let probe = rng
+                    .randn(&[n, heads, s, dh], &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap();
+                let case = format!("N {n} S {s} heads {heads} dh {dh} {dt:?}");
+                let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+                    let qkv = h
+                        .as_tensor()
+                        .reshape((n, s, 3, heads, dh))
+                        .unwrap()
+                        .permute((2, 0, 3, 1, 4))
+                        .unwrap();
+                    let y = f(&qkv).unwrap();
+                    let g = (&y * &probe)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
+                    (y, g.get(h.as_tensor()).unwrap().clone())
+                };
+                let (y0, g0) = run(&|qkv| {
+                    let part = |i: usize| qkv.get(i).unwrap().contiguous().unwrap();
+                    attention_chain(&part(0), &part(1), &part(2))
+                });
+                let (y1, g1) = run(&attention_packed);
+                assert!(rel(&y1, &y0) < tol, "{case}: value {}", rel(&y1, &y0));
+                assert!(rel(&g1, &g0) < tol, "{case}: gradient {}", rel(&g1, &g0));
+                let detached = h
+                    .as_tensor()
+                    .detach()
+                    .reshape((n, s, 3, heads, dh))
+                    .unwrap();
+                let plain = attention_packed(&detached.permute((2, 0, 3, 1, 4)).unwrap()).unwrap();
+                assert!(
+                    !plain.track_op() && rel(&plain, &y0) < tol,
+                    "{case}: detached"
+                );
+            }
+        }
+        let wrong = Tensor::zeros((2, 4, 5, 3), DType::F32, &dev).unwrap();
+        let e = attention_packed(&wrong).unwrap_err().to_string();
+        assert!(e.contains("[2, 4, 5, 3]"), "{e}");
     }
 
     /// The CPU softmax equals candle's on rows of every length 1..=40 (all the lane remainders), with scales
