@@ -15,6 +15,8 @@
 #                                            # reports again (WAIT seconds at most, timeout_s WAIT + 30)
 #   run: scripts/gpu/fid.sh bench            # no carry, timeout_s 200, only if ≥ 270 s of device time are left:
 #                                            # issue 7's unmeasured rows (TF32, peak memory) on the idle GPU
+#   run: scripts/gpu/session.sh extra        # carry [".gpuD"], timeout_s 270, instead of `bench` if ≥ 330 s are
+#                                            # left: issue 7's kernel breakdowns before/after, PyTorch compiled
 #   DRY=1 K=/tmp/f scripts/gpu/fid.sh all    # here, without a GPU: every step on the CPU at toy sizes
 #
 # What the lease of 2026-12-05 taught (docs/benchmarks/image.md): everything started at once on one GPU (two
