@@ -43,9 +43,9 @@ part=${1:-}
 cd "$(dirname "$0")/../.."
 WHEEL_SHA=56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011
 # Bytes of the wheel in .gpuF1 and .gpuF2 (the rest goes in .gpuF3): each call carries the work tree too
-# (≈ 13 MiB), so each call stays under ≈ 60 MiB.
-P1=${P1:-10000000}
-P2=${P2:-48000000}
+# (≈ 13.5 MB with vendor/), so each call stays under ≈ 64 MB.
+P1=${P1:-8000000}
+P2=${P2:-50000000}
 
 # split_wheel <wheel> <part 1> <part 2> <part 3>: bytes [0, P1), [P1, P1 + P2) and the rest.
 split_wheel() {

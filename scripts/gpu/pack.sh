@@ -4,11 +4,11 @@
 # examples (`cuda`), and kernprof.so (the CUPTI kernel tracer, built against CUPTI 13.0's headers from PyPI; the
 # session rebuilds it there against the machine's own CUPTI when it can). About 25 minutes on 2 cores from cold.
 # .gpuD/SOURCES records what was built: a hash of the committed sources of the binaries (Cargo.toml, Cargo.lock,
-# crates/, kernprof.c; "dirty" if the work tree changes them), taken before the build starts. A .gpuD whose
+# crates/, vendor/, kernprof.c; "dirty" if the work tree changes them), taken before the build starts. A .gpuD whose
 # SOURCES differ from the checkout's is stale: `scripts/gpu/pack.sh --check` says so (exit 1).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-src=(Cargo.toml Cargo.lock crates scripts/gpu/kernprof.c)
+src=(Cargo.toml Cargo.lock crates vendor scripts/gpu/kernprof.c)
 stamp() {
     git ls-files -s -- "${src[@]}" | git hash-object --stdin
     if git status --porcelain --untracked-files=no -- "${src[@]}" | grep -q .; then echo dirty; fi
