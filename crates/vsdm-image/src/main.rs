@@ -684,8 +684,9 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
             r.parameters, r.batch, r.train_images_per_second, r.forward_images_per_second
         );
         graphs.push(format!(
-            "autograd graph of one loss ({arch}, batch {}): {} tensors, {:.1} MB; candle's backward zero-fills \
-             each one's gradient and adds into it (≥ {:.1} MB of traffic per step)",
+            "autograd graph of one loss ({arch}, batch {}): {} tensors, {:.1} MB (unpatched candle's backward \
+             would zero-fill each one's gradient and add into it, ≥ {:.1} MB of traffic per step; the vendored \
+             candle-core stores single contributions instead, vendor/README.md)",
             r.batch,
             r.graph_tensors,
             r.graph_bytes as f64 / 1e6,
