@@ -66,6 +66,12 @@ if [ "$part" = core ]; then
         --method vsdm --batch 4 --steps 1 | tee "$OUT/check-exact.md" && echo "check-device find-exact: passed" \
         || echo "error: check-device find-exact (rc $?)"
 
+    # The time-series network (issue 5's checks ran on 2026-12-04) has changed since: q/k/v packed through the
+    # attention and the vendored candle-core's gradient accumulation; one CUDA-vs-CPU step at electricity's shape.
+    log "1c. time series: CUDA vs CPU, one training step at electricity's shape (net_speed check)"
+    timeout 60 net_speed check 370 72 24 $([ -n "$CUDA" ] && echo 4 || echo 1) 2>&1 | tail -6 \
+        && echo "net_speed check: passed" || echo "error: net_speed check (rc $?)"
+
     log "2. candle training throughput, $ARCH, batch $B: before, after, per precision (peak GPU memory)"
     bench="bench --arch $ARCH --batch $B --iters $IT"
     # (candle's own ops, and each of the crate's kernels alone, were measured on 2026-12-04/05 and are left out.)
