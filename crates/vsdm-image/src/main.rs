@@ -911,12 +911,10 @@ fn kernels(cli: &Cli, dev: &Device) -> Result<()> {
         bail!("--tf32 is a CUDA setting (tensor cores); the CPU computes in f32");
     }
     if let Some(algo) = cli.cudnn_algo.filter(|_| conv != ConvBackward::Cudnn) {
-        let name = match algo {
-            CudnnAlgo::Find => "find",
-            CudnnAlgo::FindExact => "find-exact",
-            CudnnAlgo::Heuristic => "heuristic",
-        };
-        bail!("--cudnn-algo {name} chooses cuDNN's algorithms: it needs --conv cudnn");
+        bail!(
+            "--cudnn-algo {} chooses cuDNN's algorithms: it needs --conv cudnn",
+            algo.name()
+        );
     }
     set_conv_backward(conv);
     vsdm_image::unet::fastconv::set_cudnn_algo(cli.cudnn_algo.unwrap_or(CudnnAlgo::Find));

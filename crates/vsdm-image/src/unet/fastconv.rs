@@ -327,17 +327,26 @@ pub enum CudnnAlgo {
     FindExact,
 }
 
+impl CudnnAlgo {
+    /// The choice as `--cudnn-algo` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Heuristic => "heuristic",
+            Self::Find => "find",
+            Self::FindExact => "find-exact",
+        }
+    }
+}
+
 impl std::str::FromStr for CudnnAlgo {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "heuristic" => Ok(Self::Heuristic),
-            "find" => Ok(Self::Find),
-            "find-exact" => Ok(Self::FindExact),
-            _ => Err(format!(
-                "cuDNN algorithm choice {s:?}: expected find, find-exact or heuristic (default find)"
-            )),
-        }
+        [Self::Find, Self::FindExact, Self::Heuristic]
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                format!("cuDNN algorithm choice {s:?}: expected find, find-exact or heuristic (default find)")
+            })
     }
 }
 
@@ -359,8 +368,9 @@ pub fn cudnn_algo() -> CudnnAlgo {
 /// also how its algorithms are chosen (`Cudnn (find)`).
 pub fn conv_label() -> String {
     match conv_backward() {
-        ConvBackward::Cudnn if cudnn_algo() == CudnnAlgo::Find => "Cudnn (find)".into(),
-        ConvBackward::Cudnn if cudnn_algo() == CudnnAlgo::FindExact => "Cudnn (find-exact)".into(),
+        ConvBackward::Cudnn if cudnn_algo() != CudnnAlgo::Heuristic => {
+            format!("Cudnn ({})", cudnn_algo().name())
+        }
         c => format!("{c:?}"),
     }
 }

@@ -449,12 +449,17 @@ const CPU_SCORE_CHUNK_BYTES: usize = 8 << 20;
 /// [`CPU_SCORE_CHUNK_BYTES`] (the rows are independent, so the result is the same); on a GPU in one piece.
 /// Without a tracked input (sampling) it records nothing and keeps nothing.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let max_bytes = if q.device().is_cpu() {
+    attention_in_chunks(q, k, v, score_chunk_bytes(q))
+}
+
+/// The most bytes of one chunk's scores for inputs like `t`: [`CPU_SCORE_CHUNK_BYTES`] on the CPU, no limit
+/// on a GPU.
+fn score_chunk_bytes(t: &Tensor) -> usize {
+    if t.device().is_cpu() {
         CPU_SCORE_CHUNK_BYTES
     } else {
         usize::MAX
-    };
-    attention_in_chunks(q, k, v, max_bytes)
+    }
 }
 
 /// [`attention`] with chunks whose scores take at most `max_bytes` (at least one row of the leading axes).
@@ -524,18 +529,13 @@ pub fn attention_packed(qkv: &Tensor) -> Result<Tensor> {
             qkv.shape()
         );
     }
-    let max_bytes = if qkv.device().is_cpu() {
-        CPU_SCORE_CHUNK_BYTES
-    } else {
-        usize::MAX
-    };
     let d = qkv.detach();
     let (q, k, v) = (
         d.get(0)?.contiguous()?,
         d.get(1)?.contiguous()?,
         d.get(2)?.contiguous()?,
     );
-    let (y, backward) = attention_value(&q, &k, &v, max_bytes, qkv.track_op())?;
+    let (y, backward) = attention_value(&q, &k, &v, score_chunk_bytes(qkv), qkv.track_op())?;
     match backward {
         // qkv is passed as all three inputs of the carried op; only the first receives a gradient.
         Some(inner) => {
