@@ -91,9 +91,14 @@ else
 fi
 exec > >(tee -a "$OUT/fid.log") 2>&1
 
+# plain <log>: the log without its ANSI colours (tracing's fields read `name=value` then).
+plain() {
+    sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null
+}
+
 # rate <log>: the last Inception rate (images/s) a vsdm-eval log reports.
 rate() {
-    sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null | grep -a -o "images_per_second=[0-9.]*" | tail -1 | cut -d= -f2
+    plain "$1" | grep -a -o "images_per_second=[0-9.]*" | tail -1 | cut -d= -f2
 }
 
 progress() {
@@ -204,7 +209,7 @@ report() {
         sleep 5
         if [ $(((SECONDS - t0) % 30)) -lt 5 ]; then
             echo "[$((SECONDS - t0)) s] $(grep -a "^==" "$K/pipeline.log" | tail -1)" \
-                "ref: $(sed 's/\x1b\[[0-9;]*m//g' "$K/ref.log" 2>/dev/null | grep -a -o "done=[0-9]*" | tail -1)" \
+                "ref: $(plain "$K/ref.log" | grep -a -o "done=[0-9]*" | tail -1)" \
                 "$(ls "$K"/*.npz 2>/dev/null | xargs -n1 basename 2>/dev/null | tr '\n' ' ')"
         fi
     done
