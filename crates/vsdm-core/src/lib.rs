@@ -5,6 +5,7 @@
 //! β schedules, forward processes with closed-form marginals, denoising losses, the variational-score (A)
 //! update by stochastic approximation, samplers and the alternating trainer.
 
+pub mod adamw;
 pub mod carried;
 pub mod compare;
 pub mod error;

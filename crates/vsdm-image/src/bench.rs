@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
+use vsdm_core::optim::{AdamConfig, AdamW};
 use vsdm_core::{NoiseRng, ScoreModel};
 
 use crate::error::Result;
@@ -28,6 +29,64 @@ pub struct Throughput {
     pub graph_bytes: u64,
 }
 
+/// The optimiser of the timed steps: rate 1e-4 and weight decay 0.01 in each (PyTorch's AdamW defaults, as in
+/// `bench/unet_ddpmpp.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Adam {
+    /// vsdm-core's AdamW with its fused step (two in-place ops per parameter tensor): what training uses.
+    Fused,
+    /// vsdm-core's AdamW as a chain of candle ops (the same bits, about 17 kernels per tensor).
+    Chain,
+    /// candle_nn's AdamW (this benchmark's optimiser until the fused step, 2026-12-05: the earlier tables used it).
+    CandleNn,
+}
+
+/// The optimiser chosen by [`Adam`].
+enum Optim {
+    Core(AdamW),
+    CandleNn(candle_nn::AdamW),
+}
+
+impl Optim {
+    fn new(vm: &VarMap, adam: Adam) -> Result<Self> {
+        let (lr, weight_decay) = (1e-4, 0.01);
+        Ok(match adam {
+            Adam::CandleNn => Self::CandleNn(candle_nn::AdamW::new(
+                vm.all_vars(),
+                candle_nn::ParamsAdamW {
+                    lr,
+                    weight_decay,
+                    ..Default::default()
+                },
+            )?),
+            Adam::Fused | Adam::Chain => {
+                let vars = vm
+                    .data()
+                    .lock()
+                    .expect("the variable map's lock is not poisoned")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let cfg = AdamConfig {
+                    weight_decay,
+                    ..AdamConfig::new(lr)
+                };
+                let mut opt = AdamW::new(vars, cfg)?;
+                opt.set_fused(adam == Adam::Fused);
+                Self::Core(opt)
+            }
+        })
+    }
+
+    fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        match self {
+            Self::Core(o) => o.step(&loss.backward()?, 1.0)?,
+            Self::CandleNn(o) => o.backward_step(loss)?,
+        }
+        Ok(())
+    }
+}
+
 /// Number of scalar parameters of a network.
 pub fn parameter_count(cfg: &UNetConfig) -> Result<usize> {
     let vm = VarMap::new();
@@ -41,13 +100,14 @@ pub fn parameter_count(cfg: &UNetConfig) -> Result<usize> {
     Ok(n)
 }
 
-/// Times `iters` training steps and `iters` forward passes after one warm-up step of each, with the activations in
-/// `compute` (f32 master weights either way).
+/// Times `iters` training steps (with the optimiser `adam`) and `iters` forward passes after one warm-up step of
+/// each, with the activations in `compute` (f32 master weights either way).
 pub fn throughput(
     cfg: &UNetConfig,
     batch: usize,
     iters: usize,
     compute: DType,
+    adam: Adam,
     device: &Device,
 ) -> Result<Throughput> {
     let vm = VarMap::new();
@@ -59,7 +119,7 @@ pub fn throughput(
         .iter()
         .map(|v| v.as_tensor().elem_count())
         .sum();
-    let mut opt = candle_nn::AdamW::new_lr(vm.all_vars(), 1e-4)?;
+    let mut opt = Optim::new(&vm, adam)?;
     let mut rng = NoiseRng::new(0);
     let r = cfg.resolution;
     let x = rng.randn(&[batch, cfg.in_channels, r, r], device)?;
@@ -128,8 +188,8 @@ mod tests {
     #[test]
     fn graph_size_counts_parameters_and_grows_with_the_batch() {
         let cfg = UNetConfig::tiny();
-        let one = throughput(&cfg, 1, 1, DType::F32, &Device::Cpu).unwrap();
-        let two = throughput(&cfg, 2, 1, DType::F32, &Device::Cpu).unwrap();
+        let one = throughput(&cfg, 1, 1, DType::F32, Adam::Fused, &Device::Cpu).unwrap();
+        let two = throughput(&cfg, 2, 1, DType::F32, Adam::Fused, &Device::Cpu).unwrap();
         assert!(one.graph_bytes >= 4 * one.parameters as u64, "{one:?}");
         // At least the input-sized noise prediction and the 32×32 feature maps of one more image.
         let per_image = two.graph_bytes - one.graph_bytes;

@@ -109,6 +109,10 @@ struct BenchArgs {
     /// Activations' precision: f32, or bf16 with f32 master weights (CUDA only).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
+    /// The optimiser: fused (vsdm-core's AdamW with its two-op step, as training uses; the default), chain (the
+    /// same AdamW as a chain of candle ops) or candle-nn (candle_nn's AdamW, this benchmark's until 2026-12-05).
+    #[arg(long, value_enum, default_value_t = vsdm_image::bench::Adam::Fused)]
+    adam: vsdm_image::bench::Adam,
 }
 
 #[derive(Args, Clone)]
@@ -660,10 +664,11 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     }
     a.precision.check(dev)?;
     println!(
-        "convolutions: {}; group-norm backward: {:?}; precision: {}; TF32: {}",
+        "convolutions: {}; group-norm backward: {:?}; precision: {}; optimiser: {:?}; TF32: {}",
         conv_label(),
         norm_backward(),
         a.precision,
+        a.adam,
         // candle's CPU build answers `true` here whatever was set: TF32 exists only on CUDA.
         if dev.is_cpu() {
             "n/a (CPU)"
@@ -678,7 +683,14 @@ fn bench(a: BenchArgs, dev: &Device) -> Result<()> {
     let mut graphs = Vec::new();
     for arch in &a.arch {
         let cfg = a.method.unet(UNetConfig::preset(arch)?);
-        let r = vsdm_image::bench::throughput(&cfg, a.batch, a.iters, a.precision.dtype(), dev)?;
+        let r = vsdm_image::bench::throughput(
+            &cfg,
+            a.batch,
+            a.iters,
+            a.precision.dtype(),
+            a.adam,
+            dev,
+        )?;
         println!(
             "| {arch} | {} | {} | {:.2} | {:.2} |",
             r.parameters, r.batch, r.train_images_per_second, r.forward_images_per_second

@@ -140,7 +140,7 @@ impl UNetBlock {
         let h = self.conv0.forward_shifted(&h, &self.affine.forward(emb)?)?;
         let h = self.norm1.forward_silu(&h)?;
         let drop = if train {
-            dropout_mask(h.shape(), self.dropout, h.device())?
+            dropout_mask(self.dropout)
         } else {
             None
         };

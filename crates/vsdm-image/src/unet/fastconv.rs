@@ -181,28 +181,14 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result
     )
 }
 
-/// Inverted dropout applied through a mask drawn ahead: `keep` (U8, 1 = kept, the input's shape) and the drop
-/// probability `p`; kept values are scaled by 1/(1 − p).
-#[derive(Debug, Clone)]
-pub struct DropMask {
-    pub keep: Tensor,
-    pub p: f64,
-}
+pub use super::dropout::DropMask;
 
-impl DropMask {
-    /// The mask as factors 0 or 1/(1 − p) in `dtype`.
-    pub fn factors(&self, dtype: candle_core::DType) -> Result<Tensor> {
-        self.keep
-            .to_dtype(candle_core::DType::F32)?
-            .affine(1.0 / (1.0 - self.p), 0.0)?
-            .to_dtype(dtype)
-    }
-}
-
-/// `h` with the dropout of `drop` applied (h itself without a mask).
+/// `h` with the dropout of `drop` applied (h itself without a mask): candle's product with the factors when `h`
+/// is tracked (the reference chain), else the mask's single pass.
 fn dropped(h: &Tensor, drop: Option<&DropMask>) -> Result<Tensor> {
     match drop {
-        Some(d) => h * d.factors(h.dtype())?,
+        Some(d) if h.track_op() => h * d.factors(h)?,
+        Some(d) => d.apply(h),
         None => Ok(h.clone()),
     }
 }
@@ -228,18 +214,14 @@ impl carried::Backward for ResidualBackward {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let w = unpack_weight(wb, self.w_dims)?;
         let dy = dy.affine(self.scale, 0.0)?;
-        // The convolution's input, recomputed from the kept mask rather than stored.
-        let factors = match &self.drop {
-            Some(d) => Some(d.factors(h.dtype())?),
-            None => None,
-        };
-        let x = match &factors {
-            Some(f) => (h * f)?,
+        // The convolution's input, recomputed from the mask's seed rather than stored.
+        let x = match &self.drop {
+            Some(d) => d.apply(h)?,
             None => h.clone(),
         };
         let (dx, dw) = gradients(&x, &w, &dy, self.padding, self.cudnn)?;
-        let dh = match &factors {
-            Some(f) => (dx * f)?,
+        let dh = match &self.drop {
+            Some(d) => d.apply(&dx)?,
             None => dx,
         };
         Ok((Some(dh), Some(packed_gradient(&dw, &dy)?), Some(dy)))
@@ -269,8 +251,8 @@ pub(crate) fn packed_gradient(dw: &Tensor, dy: &Tensor) -> Result<Tensor> {
 /// [`conv_backward`] selects.
 ///
 /// Under this crate's backwards it is one op on (h, [W | b], skip) whose backward recomputes the dropped input
-/// from the U8 mask: the graph keeps the output and a byte per element instead of the scaled mask, the dropped
-/// input, the convolution's output and the sum (four activation-sized f32 tensors). The weight and bias travel
+/// from the mask's seed: the graph keeps the output instead of the scaled mask, the dropped input, the
+/// convolution's output and the sum (four activation-sized tensors). The weight and bias travel
 /// as one concatenated parameter-sized tensor, whose gradient candle splits back. Under
 /// [`ConvBackward::Candle`] it is candle's op chain, the reference.
 pub fn residual(
@@ -568,7 +550,7 @@ mod tests {
             let w = Var::from_tensor(&rng.randn(&[co, ci, k, k], &dev).unwrap()).unwrap();
             let bias = Var::from_tensor(&rng.randn(&[co], &dev).unwrap()).unwrap();
             let skip = Var::from_tensor(&rng.randn(&[b, co, h, h], &dev).unwrap()).unwrap();
-            let mask = super::super::layers::dropout_mask(x.shape(), drop, &dev).unwrap();
+            let mask = super::super::layers::dropout_mask(drop);
             let probe = rng.randn(&[b, co, h, h], &dev).unwrap();
             let s = std::f64::consts::FRAC_1_SQRT_2;
             let run = |mode| {

@@ -137,3 +137,31 @@ GN_DEVICE float gn_silu_grad(float y, float du, int silu) {
 
 GN_KERNELS(f32, float, GN_F32_LOAD, GN_F32_STORE)
 GN_KERNELS(bf16, gn_bf16, GN_BF16_LOAD, GN_BF16_STORE)
+
+/* Inverted dropout, y = x·f with f = 1/(1 − p) where the element is kept and 0 where it is dropped (a product,
+ * so a NaN input stays NaN), for the residual blocks (`dropout.rs`). Here for this file's launch and host-build
+ * machinery, not for the group norm. Whether element i (of the contiguous tensor) is kept is a function of the
+ * 64-bit seed and i alone: splitmix64's output function of seed + (i + 1)·γ (its own state sequence, γ the
+ * golden-ratio increment), whose upper 32 bits u keep the element when u ≥ `threshold` = round(p·2³²). So the
+ * mask needs no random tensor and no storage: the backward recomputes it from the seed. `scale` holds f in f32;
+ * the seed arrives as two 32-bit halves; n < 2³¹ (checked by the caller); `flag` is unused. */
+GN_DEVICE unsigned long long gn_mix64(unsigned long long z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+#define GN_DROPOUT(SUFFIX, T, LOAD, STORE)                                                                     \
+  GN_KERNEL(dropout_##SUFFIX)(const T *x, const float *scale, T *y, unsigned n, unsigned seed_lo,             \
+                              unsigned seed_hi, unsigned threshold, int flag) {                               \
+    const unsigned long long seed = ((unsigned long long)seed_hi << 32) | seed_lo;                            \
+    const float f = scale[0];                                                                                 \
+    (void)flag;                                                                                               \
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {            \
+      const unsigned u = (unsigned)(gn_mix64(seed + (i + 1ull) * 0x9E3779B97F4A7C15ull) >> 32);               \
+      y[i] = STORE(LOAD(x[i]) * (u >= threshold ? f : 0.0f));                                                 \
+    }                                                                                                         \
+  }
+
+GN_DROPOUT(f32, float, GN_F32_LOAD, GN_F32_STORE)
+GN_DROPOUT(bf16, gn_bf16, GN_BF16_LOAD, GN_BF16_STORE)

@@ -7,25 +7,8 @@
 #include <math.h>
 #include <string.h>
 
-struct vsdm_dim3 {
-  unsigned x;
-};
-static _Thread_local struct vsdm_dim3 blockIdx, threadIdx, blockDim, gridDim;
-
-#define VSDM_CPU_EMULATION
+#include "vsdm_emulate.h"
 #include "gn.cu"
-
-#define EMULATE(call)                                  \
-  do {                                                 \
-    gridDim.x = grid;                                  \
-    blockDim.x = block;                                \
-    for (unsigned bx = 0; bx < grid; bx++)             \
-      for (unsigned tx = 0; tx < block; tx++) {        \
-        blockIdx.x = bx;                               \
-        threadIdx.x = tx;                              \
-        call;                                          \
-      }                                                \
-  } while (0)
 
 /* The kernels of one activation type; `in`/`out` hold the pointers in the kernels' parameter order. */
 #define GN_DISPATCH(SUFFIX, T)                                                                                 \
@@ -50,6 +33,10 @@ static _Thread_local struct vsdm_dim3 blockIdx, threadIdx, blockDim, gridDim;
                                    (const float *)in[3], (const float *)in[4], (const float *)in[5],         \
                                    (const float *)in[6], (const float *)in[7], (T *)out[0], u[0], u[1], u[2], \
                                    u[3], flag));                                                             \
+    return 0;                                                                                                \
+  }                                                                                                          \
+  if (strcmp(kernel, "dropout_" #SUFFIX) == 0) {                                                             \
+    EMULATE(dropout_##SUFFIX((const T *)in[0], (const float *)in[1], (T *)out[0], u[0], u[1], u[2], u[3], flag)); \
     return 0;                                                                                                \
   }
 

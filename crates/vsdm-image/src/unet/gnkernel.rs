@@ -50,7 +50,7 @@ fn grid(rows: usize) -> u32 {
 /// else f32), outputs of the given lengths and types, the unsigned scalars and the flag, pushed in that order —
 /// the parameter order of every kernel in `gn.cu`.
 #[allow(clippy::too_many_arguments)]
-fn launch(
+pub(super) fn launch(
     backend: Backend,
     kernel: &str,
     act: DType,

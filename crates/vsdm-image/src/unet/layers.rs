@@ -134,18 +134,9 @@ pub fn softmax_wide(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// A dropout mask with drop probability `p` for a tensor of `shape` (U8, 1 = kept), drawn from the device's
-/// random generator (in f32, which every backend's generator supports); None when `p` is 0.
-pub fn dropout_mask(
-    shape: &candle_core::Shape,
-    p: f64,
-    device: &candle_core::Device,
-) -> Result<Option<DropMask>> {
-    if p <= 0.0 {
-        return Ok(None);
-    }
-    let keep = Tensor::rand(0f32, 1f32, shape, device)?.ge(p)?;
-    Ok(Some(DropMask { keep, p }))
+/// A dropout mask with drop probability `p` and a fresh seed; None when `p` is 0.
+pub fn dropout_mask(p: f64) -> Option<DropMask> {
+    DropMask::draw(p)
 }
 
 /// SiLU, x·σ(x).

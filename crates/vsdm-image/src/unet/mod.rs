@@ -39,6 +39,7 @@ macro_rules! backward_choice {
 mod block;
 #[cfg(feature = "cudnn")]
 pub mod cudnnconv;
+pub mod dropout;
 pub mod fastattn;
 pub mod fastconv;
 pub mod fastnorm;
