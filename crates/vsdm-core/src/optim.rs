@@ -454,6 +454,35 @@ mod tests {
             .unwrap()
     }
 
+    /// The fused EMA update gives candle's chain (two products, a sum) to the last bit, and the CUDA source on
+    /// the host gives the loop's bits, over several updates of a moving parameter.
+    #[test]
+    fn fused_ema_equals_the_chain_and_the_cuda_source() {
+        use crate::adamw::{ema, Backend};
+        let dev = Device::Cpu;
+        let mut rng = crate::NoiseRng::new(11);
+        let n = 4096 * 256 + 5;
+        let start = rng.randn(&[n], &dev).unwrap();
+        let (a, b, c) = (
+            start.copy().unwrap(),
+            start.copy().unwrap(),
+            start.copy().unwrap(),
+        );
+        let mut chain = start.copy().unwrap();
+        for (k, d) in [0.9999f64, 0.5, 0.1].into_iter().enumerate() {
+            let theta = rng_grad(n, k);
+            ema(&a, &theta, d, Backend::Native).unwrap();
+            ema(&b, &theta, d, Backend::Emulated).unwrap();
+            let cv = Var::from_tensor(&c).unwrap();
+            cv.set(&((&c * d).unwrap() + (&theta * (1.0 - d)).unwrap()).unwrap())
+                .unwrap();
+            chain = ((&chain * d).unwrap() + (&theta * (1.0 - d)).unwrap()).unwrap();
+        }
+        let bits = |t: &Tensor| t.to_vec1::<f32>().unwrap();
+        assert_eq!(bits(&a), bits(&chain));
+        assert_eq!(bits(&b), bits(&chain));
+    }
+
     /// Saving the moments and restoring them into a fresh optimiser continues the run exactly.
     #[test]
     fn restored_moments_continue_the_run_exactly() {

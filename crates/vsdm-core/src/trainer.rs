@@ -561,7 +561,13 @@ impl<M: ScoreModel> Trainer<M> {
         }
         for (k, v) in sorted_vars(&self.varmap) {
             let e = &self.ema_vars[&k];
-            e.set(&((e.as_tensor() * d)? + (v.as_tensor() * (1.0 - d))?)?)?;
+            let (et, vt) = (e.as_tensor(), v.as_tensor());
+            // One in-place op (the chain's bits, `adamw::ema`) where it applies, else candle's chain.
+            if crate::adamw::applies(et) && crate::adamw::applies(vt) {
+                crate::adamw::ema(et, vt, d, crate::adamw::Backend::Native)?;
+            } else {
+                e.set(&((et * d)? + (vt * (1.0 - d))?)?)?;
+            }
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Times one AdamW step over the paper-scale U-Net's parameters (55.7M values in its tensors, f32) on the CPU:
 //! vsdm-core's fused step (two in-place ops per tensor) against the same optimiser as a chain of candle ops and
-//! against candle_nn's AdamW, alternated in rounds. The gradients are fixed random tensors of the parameters'
+//! against candle_nn's AdamW, and the trainer's EMA update of the same parameters fused and as candle's chain,
+//! alternated in rounds. The gradients are fixed random tensors of the parameters'
 //! shapes (the optimiser alone, no network); the three update the same variables in turn (timing only). `cargo run --release -p vsdm-image --example adam_probe [ROUNDS]`
 
 use std::collections::BTreeMap;
@@ -61,8 +62,31 @@ fn main() -> anyhow::Result<()> {
         f()?;
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
-    let mut rows: [(&str, Vec<f64>); 3] =
-        [("fused", vec![]), ("chain", vec![]), ("candle_nn", vec![])];
+    // The EMA's own copies of the parameters, as the trainer keeps them.
+    let ema: Vec<(Var, Var)> = vars
+        .values()
+        .map(|v| Ok((Var::from_tensor(&v.as_tensor().copy()?)?, v.clone())))
+        .collect::<Result<_>>()?;
+    let ema_fused = || -> Result<()> {
+        for (e, v) in &ema {
+            let native = vsdm_core::adamw::Backend::Native;
+            vsdm_core::adamw::ema(e.as_tensor(), v.as_tensor(), 0.9999, native)?;
+        }
+        Ok(())
+    };
+    let ema_chain = || -> Result<()> {
+        for (e, v) in &ema {
+            e.set(&((e.as_tensor() * 0.9999)? + (v.as_tensor() * (1.0 - 0.9999))?)?)?;
+        }
+        Ok(())
+    };
+    let mut rows: [(&str, Vec<f64>); 5] = [
+        ("fused", vec![]),
+        ("chain", vec![]),
+        ("candle_nn", vec![]),
+        ("ema fused", vec![]),
+        ("ema chain", vec![]),
+    ];
     for round in 0..=rounds {
         let t = [
             time(&mut || {
@@ -76,6 +100,8 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))
             })?,
             time(&mut || nn.step(&grads))?,
+            time(&mut || ema_fused())?,
+            time(&mut || ema_chain())?,
         ];
         if round > 0 {
             for (row, t) in rows.iter_mut().zip(t) {
@@ -88,10 +114,10 @@ fn main() -> anyhow::Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let base = median(&rows[1].1);
-    for (name, t) in &rows {
+    for (i, (name, t)) in rows.iter().enumerate() {
+        let base = median(&rows[if i < 3 { 1 } else { 4 }].1);
         println!(
-            "{name:>10}: median {:8.1} ms ({:.2}× the chain)",
+            "{name:>10}: median {:8.1} ms ({:.2}× its chain)",
             median(t),
             median(t) / base
         );

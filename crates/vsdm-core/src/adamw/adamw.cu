@@ -56,3 +56,11 @@ AW_KERNEL(adamw_apply)(const float *mv, float *theta, unsigned n, float lr, floa
     theta[i] = AW_SUB(p, AW_AFFINE(m_hat / den, lr, 0.0f));
   }
 }
+
+/* The exponential moving average of the parameters, e ← e·d + θ·(1 − d), the trainer's companion of the step
+ * (one launch per tensor where the chain took four: two products, a sum and the copy into the variable). */
+AW_KERNEL(ema_update)(const float *theta, float *ema, unsigned n, float decay, float one_minus_decay) {
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    ema[i] = AW_ADD(AW_AFFINE(ema[i], decay, 0.0f), AW_AFFINE(theta[i], one_minus_decay, 0.0f));
+  }
+}

@@ -16,3 +16,8 @@ void vsdm_adamw_apply_emu(unsigned grid, unsigned block, const float *mv, float 
                           float decay, int decayed, float inv_bc1, float inv_bc2, float eps) {
   EMULATE(adamw_apply(mv, theta, n, lr, decay, decayed, inv_bc1, inv_bc2, eps));
 }
+
+void vsdm_ema_update_emu(unsigned grid, unsigned block, const float *theta, float *ema, unsigned n, float decay,
+                         float one_minus_decay) {
+  EMULATE(ema_update(theta, ema, n, decay, one_minus_decay));
+}

@@ -8,6 +8,8 @@
 //! operations in its order, each rounded on its own, with the factors rounded to f32 as candle's affine rounds
 //! them ([`Factors`]): the result is the chain's to the last bit (`optim.rs`'s tests), and the CUDA source,
 //! compiled for the host by `adamw_emu.c`, gives the same bits as the loop here ([`Backend::Emulated`]).
+//!
+//! [`ema`] does the same for the trainer's moving average of the parameters (one op where the chain took four).
 
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor};
 
@@ -144,6 +146,102 @@ extern "C" {
         inv_bc2: f32,
         eps: f32,
     );
+}
+
+/// One EMA update in place, `ema` ← ema·decay + theta·(1 − decay) (contiguous f32 tensors of one shape), with
+/// the chain's f32 roundings.
+pub fn ema(ema: &Tensor, theta: &Tensor, decay: f64, backend: Backend) -> Result<()> {
+    if ema.dims() != theta.dims() {
+        candle_core::bail!(
+            "ema: average {:?}, parameter {:?}",
+            ema.dims(),
+            theta.dims()
+        );
+    }
+    let op = Ema {
+        decay: decay as f32,
+        one_minus_decay: (1.0 - decay) as f32,
+        backend,
+    };
+    ema.inplace_op2(&theta.contiguous()?, &op)
+}
+
+/// The moving average: dst the average, source the parameter (n values each).
+struct Ema {
+    decay: f32,
+    one_minus_decay: f32,
+    backend: Backend,
+}
+
+extern "C" {
+    fn vsdm_ema_update_emu(
+        grid: u32,
+        block: u32,
+        theta: *const f32,
+        ema: *mut f32,
+        n: u32,
+        decay: f32,
+        one_minus_decay: f32,
+    );
+}
+
+impl InplaceOp2 for Ema {
+    fn name(&self) -> &'static str {
+        "ema-update"
+    }
+
+    fn cpu_fwd(&self, e: &mut CpuStorage, el: &Layout, t: &CpuStorage, tl: &Layout) -> Result<()> {
+        let n = tl.shape().elem_count();
+        let t = contiguous_f32(self.name(), t, tl, n)?;
+        let e = contiguous_f32_mut(self.name(), e, el, n)?;
+        if self.backend == Backend::Emulated {
+            let (grid, block) = launch_dims(n);
+            // SAFETY: theta and the average hold n values each, the lengths the kernel touches for count n.
+            unsafe {
+                vsdm_ema_update_emu(
+                    grid,
+                    block,
+                    t.as_ptr(),
+                    e.as_mut_ptr(),
+                    count(self.name(), n)?,
+                    self.decay,
+                    self.one_minus_decay,
+                )
+            };
+            return Ok(());
+        }
+        for (e, t) in e.iter_mut().zip(t) {
+            *e = affine(*e, self.decay, 0.0) + affine(*t, self.one_minus_decay, 0.0);
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        e: &mut candle_core::CudaStorage,
+        el: &Layout,
+        t: &candle_core::CudaStorage,
+        tl: &Layout,
+    ) -> Result<()> {
+        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+        let n = tl.shape().elem_count();
+        let (to, eo) = cuda_offsets(self.name(), (tl, n), (el, n))?;
+        let dev = candle_core::backend::BackendStorage::device(t).clone();
+        let t = t.as_cuda_slice::<f32>()?.slice(to..to + n);
+        let mut e = e.as_cuda_slice_mut::<f32>()?.slice_mut(eo..eo + n);
+        let func = dev.get_or_load_custom_func("ema_update", "vsdm_core_adamw", PTX)?;
+        let nn = count(self.name(), n)?;
+        let mut b = func.builder();
+        b.arg(&t);
+        b.arg(&mut e);
+        b.arg(&nn);
+        b.arg(&self.decay);
+        b.arg(&self.one_minus_decay);
+        // SAFETY: the arguments follow `ema_update`'s parameters; both tensors have n values.
+        unsafe { b.launch(cuda_config(n)) }.map_err(candle_core::Error::wrap)?;
+        Ok(())
+    }
 }
 
 /// Threads per block and blocks of a launch over n values: 256 threads, at most 4096 blocks (the loop strides).
