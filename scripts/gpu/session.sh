@@ -12,10 +12,12 @@
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
 #                                             # (BIN_DIR: the release binaries to use, default target/release)
 #
-# core:  CUDA = CPU with both builds' defaults on the tiny network (the paper-scale checks of the crate's own
+# core:  CUDA = CPU with both builds' defaults on the tiny network (with the element-wise kernels' table: dropout,
+#        fused AdamW and EMA against their CPU loops) (the paper-scale checks of the crate's own
 #        kernels and of cuDNN's measured search ran on the H100 on 2026-12-05); candle's training throughput at
 #        batch 128 before (`--conv gemm --norm fused`) and after (the plain build's default `--conv patch --norm
-#        kernel`, the cudnn build's cuDNN with the measured search, and its heuristic), f32, TF32 and bf16, with
+#        kernel`, the cudnn build's cuDNN with the measured search, and its heuristic; candle_nn's AdamW against
+#        the fused one), f32, TF32 and bf16, with
 #        peak GPU memory; PyTorch eager on the same network (f32, TF32, bf16); a bf16 paper-scale training smoke
 #        run and sampling throughput. (The time-series steps of issue 5 ran on 2026-12-04 and are done.)
 # extra: kernel-time breakdowns before and after (candle through kernprof.so, a CUPTI tracer: nsys is not on
@@ -75,13 +77,17 @@ if [ "$part" = core ]; then
     log "2. candle training throughput, $ARCH, batch $B: before, after, per precision (peak GPU memory)"
     bench="bench --arch $ARCH --batch $B --iters $IT"
     # (candle's own ops, and each of the crate's kernels alone, were measured on 2026-12-04/05 and are left out.)
-    for v in "vsdm-image --conv gemm --norm fused" "vsdm-image" "vsdm-image --tf32" \
-        "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN" "vsdm-image-cudnn $CUDNN $EXACT" \
-        "vsdm-image-cudnn $CUDNN --tf32"; do
+    # `bench --adam candle-nn`: candle_nn's AdamW, the optimiser of every table before the fused AdamW
+    # (2026-12-05, late); the default `--adam fused` is vsdm-core's, as training uses. The cudnn build's default
+    # with both isolates the optimiser's share.
+    for v in "vsdm-image --conv gemm --norm fused --adam candle-nn" "vsdm-image" "vsdm-image --tf32" \
+        "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN --adam candle-nn" "vsdm-image-cudnn $CUDNN" \
+        "vsdm-image-cudnn $CUDNN $EXACT" "vsdm-image-cudnn $CUDNN --tf32"; do
         with_mem timeout 90 $v $CUDA $bench | tee -a "$OUT/bench.md"
     done
     if [ -n "$CUDA" ]; then
-        for v in "vsdm-image --conv gemm --norm fused" "vsdm-image" "vsdm-image-cudnn $CUDNN"; do
+        for v in "vsdm-image --conv gemm --norm fused --adam candle-nn" "vsdm-image" \
+            "vsdm-image-cudnn $CUDNN --adam candle-nn" "vsdm-image-cudnn $CUDNN"; do
             with_mem timeout 60 $v $CUDA $bench --precision bf16 | tee -a "$OUT/bench.md"
         done
     fi
@@ -124,7 +130,7 @@ if [ "$part" = extra ]; then
         echo "kernels-$name.csv ($*):"; head -16 "$OUT/kernels-$name.csv" 2>/dev/null
     }
     b3="bench --arch $ARCH --batch $B --iters 3"
-    kp before vsdm-image --conv gemm --norm fused $CUDA $b3
+    kp before vsdm-image --conv gemm --norm fused --adam candle-nn $CUDA $b3
     kp after vsdm-image $CUDA $b3
     kp after-cudnn vsdm-image-cudnn $CUDNN $CUDA $b3
     [ -n "$CUDA" ] && kp after-bf16 vsdm-image $CUDA $b3 --precision bf16
@@ -147,6 +153,6 @@ fi
 # The figures to transcribe, last, so that they are inside the call's 12,000-character output tail (the whole
 # log comes back as $OUT/<part>.log).
 log "summary"
-grep -a -E "^error|passed$|^convolutions:|^\| (tiny|ddpmpp) \| [0-9]|peak GPU memory used|steps this session|images with|train step| vs CPU \(f32|trained |^# GPU busy|^kernels-" \
+grep -a -E "^error|passed$|^convolutions:|^\| (dropout|AdamW|EMA)|^\| (tiny|ddpmpp) \| [0-9]|peak GPU memory used|steps this session|images with|train step| vs CPU \(f32|trained |^# GPU busy|^kernels-" \
     "$OUT/$part.log" | grep -v -E "^\| (tiny|ddpmpp) \| (vsdm|vp|vsmd) " | cut -c1-200 | tail -60
 log done

@@ -731,10 +731,14 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
     // A convolution or group norm above its tolerance is reported at the end, after the network comparisons (on
     // a GPU lease the network's figures are worth having even then: cuDNN's f32 weight gradient missed 1e-5 once
     // on an H200 and stopped the check before them).
-    let op_failures: Vec<_> = [check_convolutions(a.batch, dev), check_norms(dev)]
-        .into_iter()
-        .filter_map(|r| r.err())
-        .collect();
+    let op_failures: Vec<_> = [
+        check_convolutions(a.batch, dev),
+        check_norms(dev),
+        check_elementwise(dev),
+    ]
+    .into_iter()
+    .filter_map(|r| r.err())
+    .collect();
     println!("relative errors ‖{which} − CPU‖∞ / ‖CPU‖∞, f32, worst tensor");
     println!(
         "| network | method | parameters | batch | init | forward | loss | gradient (worst tensor) | weights after | update after | EMA after | A/c after | steps (stages) |"
@@ -848,6 +852,30 @@ fn check_norms(dev: &Device) -> Result<()> {
     println!();
     if !failed.is_empty() {
         bail!("group-norm errors above tolerance: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The element-wise kernels whose CPU loops do the same f32 operations (dropout, the AdamW step, the EMA) on
+/// this device against the CPU: the same bits expected; a relative error above 1e-6 fails.
+fn check_elementwise(dev: &Device) -> Result<()> {
+    let which = if dev.is_cpu() { "CPU" } else { "CUDA" };
+    println!("element-wise kernels on {which} vs their CPU loops (the same bits expected)");
+    println!("| kernel | values | differing values | relative error ‖·‖∞ |");
+    println!("|---|---:|---:|---:|");
+    let mut failed = Vec::new();
+    for r in vsdm_image::devcheck::kernel_agreement(dev)? {
+        println!(
+            "| {} | {} | {} | {:.1e} |",
+            r.kernel, r.values, r.differing, r.error
+        );
+        if r.error.is_nan() || r.error > 1e-6 {
+            failed.push(format!("{}: {:.2e}", r.kernel, r.error));
+        }
+    }
+    println!();
+    if !failed.is_empty() {
+        bail!("element-wise kernels above 1e-6: {}", failed.join("; "));
     }
     Ok(())
 }
