@@ -15,4 +15,10 @@ use candle_core::{Result, Tensor};
 /// s_v = −ε_v / l_vv (VSMD).
 pub trait ScoreModel {
     fn forward(&self, x_t: &Tensor, t: &Tensor, cond: Option<&Tensor>) -> Result<Tensor>;
+
+    /// Seeds the network's own randomness (dropout) for the forward passes that follow, until the next call.
+    /// The trainer calls it before each training forward with a seed derived from the run's seed and the
+    /// update's number, so a run draws the same masks every time it is run, and a resumed run the masks of the
+    /// uninterrupted one. Networks without randomness ignore it (the default).
+    fn set_noise_seed(&self, _seed: u64) {}
 }

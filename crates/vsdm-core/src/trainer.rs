@@ -500,6 +500,12 @@ impl<M: ScoreModel> Trainer<M> {
         let (zt, target) = self.marginals.perturb(x0, &idx, &eps)?;
         let times: Vec<f32> = Self::grid_of(&self.cfg).iter().map(|&t| t as f32).collect();
         let t = Tensor::from_vec(times, self.cfg.grid, &self.device)?.index_select(&idx, 0)?;
+        // The network's dropout masks from a seed derived from the run's seed and this update's number (without
+        // drawing from the seeded generator, whose data and noise streams are unchanged): a resumed run draws
+        // the masks the uninterrupted run drew.
+        let noise =
+            crate::rng::derive_seed(crate::rng::derive_seed(self.cfg.seed, 2), self.step as u64);
+        self.model.set_noise_seed(noise);
         let pred = self.model.forward(&zt, &t, cond)?;
         if pred.dims() != target.dims() {
             return Err(Error::Shape {

@@ -2,8 +2,9 @@
 //!
 //! Both trainers are built from the same seed, so their initial weights, batches and noise come from the
 //! project's own seeded RNG and are identical on both devices; the comparison then isolates the arithmetic
-//! of the devices' kernels. Dropout is switched off (each mask's seed is drawn afresh per block and call, so the
-//! two runs' masks differ; the dropout kernel itself is compared on a fixed seed by [`kernel_agreement`]). Errors are relative in the max norm: ‖b − a‖∞ / ‖a‖∞, per tensor, the worst tensor
+//! of the devices' kernels. Dropout stays on: its masks are a function of a seed that both trainers derive from
+//! the run's seed and the update's number (`unet::dropout`), so both devices drop the same elements (the dropout
+//! kernel alone is also compared on a fixed seed by [`kernel_agreement`]). Errors are relative in the max norm: ‖b − a‖∞ / ‖a‖∞, per tensor, the worst tensor
 //! reported.
 
 use candle_core::{DType, Device, Tensor};
@@ -58,7 +59,8 @@ fn rel_err_vec(a: &[f64], b: &[f64]) -> f64 {
 
 /// Runs the same seeded computation on devices `a` and `b` and returns how far `b` is from `a`.
 ///
-/// `spec`'s dropout is set to 0. The training steps use a variational stage after every `block` network
+/// With `spec`'s dropout (the same masks on both devices: the forward pass below is seeded explicitly, the
+/// loss and the steps by the trainers). The training steps use a variational stage after every `block` network
 /// updates (`block = 1`: after each), so the backward simulation and the A (or c) update are compared too.
 pub fn compare(
     spec: &RunSpec,
@@ -68,8 +70,7 @@ pub fn compare(
     a: &Device,
     b: &Device,
 ) -> Result<DeviceAgreement> {
-    let mut spec = spec.clone();
-    spec.unet.dropout = 0.0;
+    let spec = spec.clone();
     let mut budget = Budget::cpu();
     budget.batch = batch;
     budget.block = block.max(1);
@@ -114,6 +115,8 @@ pub fn compare(
     let images = (rng.randn(&[4 * batch, 3, r, r], &Device::Cpu)? * 0.5)?.clamp(-1f32, 1f32)?;
     let on = |d: &Device, t: &Tensor| t.to_device(d);
 
+    ta.model().set_noise_seed(1);
+    tb.model().set_noise_seed(1);
     let fa = ta.model().forward(
         &on(a, &x)?,
         &on(a, &t)?,
@@ -647,6 +650,51 @@ mod tests {
         for r in conv_agreement(&cases, DType::F16, &Device::Cpu).unwrap() {
             assert!(r.worst() > 1e-5 && r.worst() < CONV_TOL[2].1, "f16: {r:?}");
         }
+    }
+
+    /// The network comparison with dropout on, CPU against CPU: the two trainers draw the same masks (the
+    /// forward pass, the loss, the gradients and the weights after two steps agree exactly), which is what lets
+    /// `check-device` keep dropout on; and dropout does act (a differently seeded forward pass differs).
+    #[test]
+    fn compare_with_dropout_on_the_cpu() {
+        use crate::method::Method;
+        let cpu = Device::Cpu;
+        let unet = UNetConfig {
+            model_channels: 8,
+            dropout: 0.3,
+            ..UNetConfig::tiny()
+        };
+        let spec = RunSpec {
+            method: Method::Vsdm,
+            unet: unet.clone(),
+            precision: Default::default(),
+        };
+        let r = compare(&spec, 2, 2, 1, &cpu, &cpu).unwrap();
+        assert_eq!(
+            [r.forward, r.loss, r.gradient, r.weights_after, r.ema_after],
+            [0.0; 5],
+            "{r:?}"
+        );
+        let vm = candle_nn::VarMap::new();
+        let net = UNet::new_train(
+            candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &cpu),
+            &unet,
+        )
+        .unwrap();
+        // Random weights: the initial second convolution of each block is (near) zero, which would hide the mask.
+        let mut rng = NoiseRng::new(2);
+        for v in vm.all_vars() {
+            v.set(&(rng.randn(v.dims(), &cpu).unwrap() * 0.2).unwrap())
+                .unwrap();
+        }
+        let x = rng.randn(&[2, 3, 32, 32], &cpu).unwrap();
+        let t = Tensor::new(&[0.3f32, 0.7], &cpu).unwrap();
+        let run = |seed| {
+            net.set_noise_seed(seed);
+            net.forward(&x, &t, None).unwrap()
+        };
+        assert_eq!(rel_err(&run(5), &run(5)).unwrap(), 0.0);
+        assert!(rel_err(&run(5), &run(6)).unwrap() > 1e-3);
     }
 
     /// The harness of `check-device`'s element-wise table, on the CPU against itself: every row compares the

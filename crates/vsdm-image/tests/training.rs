@@ -131,13 +131,19 @@ fn overfits_a_fixed_batch_of_16_images() {
 }
 
 /// Training through the CLI's loop with the core trainer: a run interrupted after 1 step and resumed gives
-/// bit-identical weights to an uninterrupted 4-step run (VSDM, with a variational stage every 2 steps).
+/// bit-identical weights to an uninterrupted 4-step run (VSDM, with a variational stage every 2 steps), without
+/// dropout and with it (the masks derive from the run's seed and the update's number).
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    resumed_run_equals_uninterrupted_run_with(0.0);
+    resumed_run_equals_uninterrupted_run_with(0.3);
+}
+
+fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
     let dev = Device::Cpu;
     let spec = RunSpec {
         method: Method::Vsdm,
-        unet: micro(),
+        unet: UNetConfig { dropout, ..micro() },
         precision: Default::default(),
     };
     let opts = |out: &Path| LoopOptions {
@@ -182,7 +188,7 @@ fn resumed_run_equals_uninterrupted_run() {
     for (k, ta) in &tensors_a {
         let tc = &tensors_c[k];
         let d = vsdm_core::compare::max_abs_diff(ta, tc).unwrap();
-        assert_eq!(d, 0.0, "{k} differs by {d}");
+        assert_eq!(d, 0.0, "dropout {dropout}: {k} differs by {d}");
     }
 }
 

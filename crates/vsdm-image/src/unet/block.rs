@@ -132,15 +132,22 @@ impl UNetBlock {
         self.cout
     }
 
-    /// `x` `[B, cin, H, W]`, `emb` `[B, emb]`; dropout only when `train`.
-    pub fn forward(&self, x: &Tensor, emb: &Tensor, train: bool) -> Result<Tensor> {
+    /// `x` `[B, cin, H, W]`, `emb` `[B, emb]`; dropout only when `train`, with the mask of `seed` (a fresh
+    /// random one without).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        train: bool,
+        seed: Option<u64>,
+    ) -> Result<Tensor> {
         let _e = self.span.enter();
         let h = self.resample.apply(&self.norm0.forward_silu(x)?)?;
         // The embedding's per-channel shift joins conv0's bias (one op; cast to the activations' precision).
         let h = self.conv0.forward_shifted(&h, &self.affine.forward(emb)?)?;
         let h = self.norm1.forward_silu(&h)?;
         let drop = if train {
-            dropout_mask(self.dropout)
+            dropout_mask(self.dropout, seed)
         } else {
             None
         };

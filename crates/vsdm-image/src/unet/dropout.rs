@@ -16,16 +16,9 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use vsdm_core::rng::derive_seed;
+
 use super::gnkernel::{self, Backend};
-
-const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// splitmix64's output function.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Inverted dropout with drop probability `p` and the mask of `seed`: kept values are scaled by 1/(1 − p).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,10 +28,10 @@ pub struct DropMask {
 }
 
 impl DropMask {
-    /// A mask with a fresh random seed, or None when `p` is 0.
-    pub fn draw(p: f64) -> Option<Self> {
+    /// A mask with the given seed, or a fresh random one; None when `p` is 0.
+    pub fn draw(p: f64, seed: Option<u64>) -> Option<Self> {
         (p > 0.0).then(|| Self {
-            seed: rand::random(),
+            seed: seed.unwrap_or_else(rand::random),
             p,
         })
     }
@@ -55,7 +48,7 @@ impl DropMask {
 
     /// Whether element `i` is kept.
     pub fn keeps(&self, i: usize) -> bool {
-        let u = (mix64(self.seed.wrapping_add((i as u64 + 1).wrapping_mul(GAMMA))) >> 32) as u32;
+        let u = (derive_seed(self.seed, i as u64) >> 32) as u32;
         u >= self.threshold()
     }
 
@@ -181,11 +174,12 @@ mod tests {
             );
             assert_eq!(kept(&m, 1000), kept(&DropMask { seed, p }, 1000));
         }
-        assert!(DropMask::draw(0.0).is_none());
+        assert!(DropMask::draw(0.0, None).is_none());
         assert_ne!(
-            DropMask::draw(0.1).unwrap().seed,
-            DropMask::draw(0.1).unwrap().seed
+            DropMask::draw(0.1, None).unwrap().seed,
+            DropMask::draw(0.1, None).unwrap().seed
         );
+        assert_eq!(DropMask::draw(0.1, Some(9)).unwrap().seed, 9);
     }
 
     /// Neighbouring elements, elements a row apart, and the same element under consecutive seeds are

@@ -550,7 +550,7 @@ mod tests {
             let w = Var::from_tensor(&rng.randn(&[co, ci, k, k], &dev).unwrap()).unwrap();
             let bias = Var::from_tensor(&rng.randn(&[co], &dev).unwrap()).unwrap();
             let skip = Var::from_tensor(&rng.randn(&[b, co, h, h], &dev).unwrap()).unwrap();
-            let mask = super::super::layers::dropout_mask(drop);
+            let mask = super::super::layers::dropout_mask(drop, None);
             let probe = rng.randn(&[b, co, h, h], &dev).unwrap();
             let s = std::f64::consts::FRAC_1_SQRT_2;
             let run = |mode| {

@@ -134,9 +134,9 @@ pub fn softmax_wide(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// A dropout mask with drop probability `p` and a fresh seed; None when `p` is 0.
-pub fn dropout_mask(p: f64) -> Option<DropMask> {
-    DropMask::draw(p)
+/// A dropout mask with drop probability `p` and the given seed (a fresh random one without); None when `p` is 0.
+pub fn dropout_mask(p: f64, seed: Option<u64>) -> Option<DropMask> {
+    DropMask::draw(p, seed)
 }
 
 /// SiLU, x·σ(x).

@@ -228,6 +228,9 @@ pub struct UNet {
     aux_norm: layers::Norm,
     aux_conv: Conv,
     train: bool,
+    /// The dropout seed set by [`vsdm_core::ScoreModel::set_noise_seed`] and the training forward passes run
+    /// since: each such pass derives its blocks' mask seeds from the two (random masks while none is set).
+    noise: std::sync::Mutex<Option<(u64, u64)>>,
     /// Precision of the activations (`F32`, or `BF16` for mixed-precision training); see
     /// [`UNet::set_compute_dtype`].
     compute: candle_core::DType,
@@ -346,6 +349,7 @@ impl UNet {
             aux_norm,
             aux_conv,
             train: false,
+            noise: std::sync::Mutex::new(None),
             compute: candle_core::DType::F32,
             span: tracing::span!(tracing::Level::TRACE, "unet"),
         })
@@ -416,13 +420,31 @@ impl vsdm_core::ScoreModel for UNet {
             candle_core::bail!("time input has shape {:?}, expected [{b}]", t.dims());
         }
         let emb = self.embedding(t, cond)?;
+        // This pass's dropout seed (training only): derived from the set seed and the passes run since.
+        let pass_seed = if self.train {
+            let mut noise = self
+                .noise
+                .lock()
+                .map_err(|e| candle_core::Error::Msg(format!("U-Net noise seed: {e}")))?;
+            noise.as_mut().map(|(seed, passes)| {
+                *passes += 1;
+                vsdm_core::rng::derive_seed(*seed, *passes - 1)
+            })
+        } else {
+            None
+        };
+        let mut block = 0u64;
+        let mut block_seed = || {
+            block += 1;
+            pass_seed.map(|s| vsdm_core::rng::derive_seed(s, block - 1))
+        };
         let mut skips = Vec::with_capacity(self.enc.len());
         let in_dtype = x.dtype();
         let mut x = x.to_dtype(self.compute)?;
         for e in &self.enc {
             x = match e {
                 Enc::Conv(c) => c.forward(&x)?,
-                Enc::Block(bl) => bl.forward(&x, &emb, self.train)?,
+                Enc::Block(bl) => bl.forward(&x, &emb, self.train, block_seed())?,
             };
             skips.push(x.clone());
         }
@@ -433,11 +455,18 @@ impl vsdm_core::ScoreModel for UNet {
                     .ok_or_else(|| candle_core::Error::Msg("skip stack underflow".into()))?;
                 x = Tensor::cat(&[&x, &s], 1)?;
             }
-            x = bl.forward(&x, &emb, self.train)?;
+            x = bl.forward(&x, &emb, self.train, block_seed())?;
         }
         self.aux_conv
             .forward(&self.aux_norm.forward_silu(&x)?)?
             .to_dtype(in_dtype)
+    }
+
+    fn set_noise_seed(&self, seed: u64) {
+        // A poisoned lock (a panic during a pass) leaves the masks random; training reports that panic itself.
+        if let Ok(mut noise) = self.noise.lock() {
+            *noise = Some((seed, 0));
+        }
     }
 }
 

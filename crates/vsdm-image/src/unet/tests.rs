@@ -259,8 +259,8 @@ fn dropout_zeroes_a_fraction_and_rescales_the_rest() {
     let dev = Device::Cpu;
     let p = 0.25;
     let n = 40_000;
-    let mask = layers::dropout_mask(p).unwrap();
-    assert!(layers::dropout_mask(0.0).is_none());
+    let mask = layers::dropout_mask(p, None).unwrap();
+    assert!(layers::dropout_mask(0.0, None).is_none());
     // Through a 1×1 identity convolution with no skip: y = dropout(x).
     let x = candle_core::Var::from_tensor(
         &(Tensor::ones((1, 1, 200, 200), DType::F32, &dev).unwrap() * 2.0).unwrap(),
