@@ -13,14 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 
 /// splitmix64's output function: a bijective mix of 64 bits, each output bit depending on every input bit.
-pub fn mix64(mut z: u64) -> u64 {
+fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
 
 /// splitmix64's increment (2⁶⁴/φ, odd): element i of the stream of `seed` is mix64(seed + (i + 1)·γ).
-pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Element `i` of splitmix64's stream from `seed`: a seed derived from another without drawing from any
 /// generator (so deriving one changes no other random stream).

@@ -224,23 +224,16 @@ impl InplaceOp2 for Ema {
         t: &candle_core::CudaStorage,
         tl: &Layout,
     ) -> Result<()> {
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         let n = tl.shape().elem_count();
-        let (to, eo) = cuda_offsets(self.name(), (tl, n), (el, n))?;
-        let dev = candle_core::backend::BackendStorage::device(t).clone();
-        let t = t.as_cuda_slice::<f32>()?.slice(to..to + n);
-        let mut e = e.as_cuda_slice_mut::<f32>()?.slice_mut(eo..eo + n);
-        let func = dev.get_or_load_custom_func("ema_update", "vsdm_core_adamw", PTX)?;
-        let nn = count(self.name(), n)?;
-        let mut b = func.builder();
-        b.arg(&t);
-        b.arg(&mut e);
-        b.arg(&nn);
-        b.arg(&self.decay);
-        b.arg(&self.one_minus_decay);
-        // SAFETY: the arguments follow `ema_update`'s parameters; both tensors have n values.
-        unsafe { b.launch(cuda_config(n)) }.map_err(candle_core::Error::wrap)?;
-        Ok(())
+        let scalars = [Scalar::F32(self.decay), Scalar::F32(self.one_minus_decay)];
+        cuda_launch(
+            self.name(),
+            "ema_update",
+            (t, tl, n),
+            (e, el, n),
+            n,
+            &scalars,
+        )
     }
 }
 
@@ -309,27 +302,23 @@ impl InplaceOp2 for Moments {
         g: &candle_core::CudaStorage,
         gl: &Layout,
     ) -> Result<()> {
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         let n = gl.shape().elem_count();
-        let (go, mo) = cuda_offsets(self.name(), (gl, n), (ml, 2 * n))?;
-        let dev = candle_core::backend::BackendStorage::device(g).clone();
-        let g = g.as_cuda_slice::<f32>()?.slice(go..go + n);
-        let mut mv = mv.as_cuda_slice_mut::<f32>()?.slice_mut(mo..mo + 2 * n);
-        let func = dev.get_or_load_custom_func("adamw_moments", "vsdm_core_adamw", PTX)?;
-        let nn = count(self.name(), n)?;
         let f = self.f;
-        let mut b = func.builder();
-        b.arg(&g);
-        b.arg(&mut mv);
-        b.arg(&nn);
-        b.arg(&f.scale);
-        b.arg(&f.beta1);
-        b.arg(&f.one_minus_beta1);
-        b.arg(&f.beta2);
-        b.arg(&f.one_minus_beta2);
-        // SAFETY: the arguments follow `adamw_moments`' parameters; g has n values and mv 2n.
-        unsafe { b.launch(cuda_config(n)) }.map_err(candle_core::Error::wrap)?;
-        Ok(())
+        let scalars = [
+            Scalar::F32(f.scale),
+            Scalar::F32(f.beta1),
+            Scalar::F32(f.one_minus_beta1),
+            Scalar::F32(f.beta2),
+            Scalar::F32(f.one_minus_beta2),
+        ];
+        cuda_launch(
+            self.name(),
+            "adamw_moments",
+            (g, gl, n),
+            (mv, ml, 2 * n),
+            n,
+            &scalars,
+        )
     }
 }
 
@@ -397,50 +386,81 @@ impl InplaceOp2 for Apply {
         mv: &candle_core::CudaStorage,
         ml: &Layout,
     ) -> Result<()> {
-        use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
         let n = tl.shape().elem_count();
-        let (to, mo) = cuda_offsets(self.name(), (tl, n), (ml, 2 * n))?;
-        let dev = candle_core::backend::BackendStorage::device(mv).clone();
-        let mv = mv.as_cuda_slice::<f32>()?.slice(mo..mo + 2 * n);
-        let mut th = th.as_cuda_slice_mut::<f32>()?.slice_mut(to..to + n);
-        let func = dev.get_or_load_custom_func("adamw_apply", "vsdm_core_adamw", PTX)?;
-        let nn = count(self.name(), n)?;
         let f = self.f;
-        let decayed = i32::from(f.decayed);
-        let mut b = func.builder();
-        b.arg(&mv);
-        b.arg(&mut th);
-        b.arg(&nn);
-        b.arg(&f.lr);
-        b.arg(&f.decay);
-        b.arg(&decayed);
-        b.arg(&f.inv_bc1);
-        b.arg(&f.inv_bc2);
-        b.arg(&f.eps);
-        // SAFETY: the arguments follow `adamw_apply`'s parameters; mv has 2n values and theta n.
-        unsafe { b.launch(cuda_config(n)) }.map_err(candle_core::Error::wrap)?;
-        Ok(())
+        let scalars = [
+            Scalar::F32(f.lr),
+            Scalar::F32(f.decay),
+            Scalar::I32(i32::from(f.decayed)),
+            Scalar::F32(f.inv_bc1),
+            Scalar::F32(f.inv_bc2),
+            Scalar::F32(f.eps),
+        ];
+        cuda_launch(
+            self.name(),
+            "adamw_apply",
+            (mv, ml, 2 * n),
+            (th, tl, n),
+            n,
+            &scalars,
+        )
     }
 }
 
 #[cfg(feature = "cuda")]
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adamw.ptx"));
 
+/// A scalar argument of the kernels in `adamw.cu`.
 #[cfg(feature = "cuda")]
-fn cuda_config(n: usize) -> candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+enum Scalar {
+    F32(f32),
+    I32(i32),
+}
+
+/// Launches `kernel` of `adamw.cu` over `n` values: every kernel there takes its source, its destination
+/// (updated in place), the count n and then its scalars, in that order. `src` and `dst` must be contiguous f32
+/// runs of the given lengths.
+#[cfg(feature = "cuda")]
+fn cuda_launch(
+    op: &str,
+    kernel: &str,
+    (src, sl, src_len): (&candle_core::CudaStorage, &Layout, usize),
+    (dst, dl, dst_len): (&mut candle_core::CudaStorage, &Layout, usize),
+    n: usize,
+    scalars: &[Scalar],
+) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    let offset = |l: &Layout, len: usize| match l.contiguous_offsets() {
+        Some((a, b)) if b - a == len => Ok(a),
+        _ => candle_core::bail!("{op}: expects contiguous f32 tensors"),
+    };
+    let (so, d_o) = (offset(sl, src_len)?, offset(dl, dst_len)?);
+    let dev = candle_core::backend::BackendStorage::device(src).clone();
+    let src = src.as_cuda_slice::<f32>()?.slice(so..so + src_len);
+    let mut dst = dst
+        .as_cuda_slice_mut::<f32>()?
+        .slice_mut(d_o..d_o + dst_len);
+    let func = dev.get_or_load_custom_func(kernel, "vsdm_core_adamw", PTX)?;
+    let count = count(op, n)?;
+    let mut b = func.builder();
+    b.arg(&src);
+    b.arg(&mut dst);
+    b.arg(&count);
+    for s in scalars {
+        match s {
+            Scalar::F32(v) => b.arg(v),
+            Scalar::I32(v) => b.arg(v),
+        };
+    }
     let (grid, block) = launch_dims(n);
-    candle_core::cuda_backend::cudarc::driver::LaunchConfig {
+    let cfg = LaunchConfig {
         grid_dim: (grid, 1, 1),
         block_dim: (block, 1, 1),
         shared_mem_bytes: 0,
-    }
-}
-
-/// The start offsets of two contiguous CUDA operands of the given lengths, or an error naming the op.
-#[cfg(feature = "cuda")]
-fn cuda_offsets(op: &str, a: (&Layout, usize), b: (&Layout, usize)) -> Result<(usize, usize)> {
-    match (a.0.contiguous_offsets(), b.0.contiguous_offsets()) {
-        (Some((a0, a1)), Some((b0, b1))) if a1 - a0 == a.1 && b1 - b0 == b.1 => Ok((a0, b0)),
-        _ => candle_core::bail!("{op}: expects contiguous f32 tensors"),
-    }
+    };
+    // SAFETY: the arguments follow the kernel's parameters (source, destination, count, the scalars in the
+    // kernel's order and types, which each caller lists), and the two runs hold the lengths the kernel
+    // touches for count n.
+    unsafe { b.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
 }

@@ -20,6 +20,11 @@ use vsdm_core::rng::derive_seed;
 
 use super::gnkernel::{self, Backend};
 
+/// Whether element `i` is kept under `seed` with `threshold` ([`DropMask::threshold`]).
+fn kept(seed: u64, threshold: u32, i: usize) -> bool {
+    (derive_seed(seed, i as u64) >> 32) as u32 >= threshold
+}
+
 /// Inverted dropout with drop probability `p` and the mask of `seed`: kept values are scaled by 1/(1 − p).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DropMask {
@@ -48,8 +53,7 @@ impl DropMask {
 
     /// Whether element `i` is kept.
     pub fn keeps(&self, i: usize) -> bool {
-        let u = (derive_seed(self.seed, i as u64) >> 32) as u32;
-        u >= self.threshold()
+        kept(self.seed, self.threshold(), i)
     }
 
     /// `x` with the mask applied, in x's type (f32 and bf16 through the f32 product, f16 and f64 in their own
@@ -104,7 +108,10 @@ impl DropMask {
             );
         }
         let f = self.scale();
-        let factor = |i: usize| if self.keeps(i) { f } else { 0.0 };
+        // The threshold once, not per element.
+        let (seed, thr) = (self.seed, self.threshold());
+        let keeps = |i: usize| kept(seed, thr, i);
+        let factor = |i: usize| if keeps(i) { f } else { 0.0 };
         let y = match x.dtype() {
             DType::F32 => {
                 let v = x.flatten_all()?.to_vec1::<f32>()?;
@@ -127,7 +134,7 @@ impl DropMask {
                 let it = v
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| *x * if self.keeps(i) { fh } else { half::f16::ZERO });
+                    .map(|(i, x)| *x * if keeps(i) { fh } else { half::f16::ZERO });
                 Tensor::from_iter(it, &Device::Cpu)?
             }
             DType::F64 => {
@@ -136,7 +143,7 @@ impl DropMask {
                 let it = v
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| x * if self.keeps(i) { f64s } else { 0.0 });
+                    .map(|(i, x)| x * if keeps(i) { f64s } else { 0.0 });
                 Tensor::from_iter(it, &Device::Cpu)?
             }
             other => candle_core::bail!("dropout: {other:?} tensors (expected a float type)"),
