@@ -303,11 +303,12 @@ pub fn matmul_f32(
 }
 
 /// One single-threaded gemm call: `out` (row-major `[m, n]`, written whole) = a · b for a `[m, k]` at `a` with
-/// strides (rs, cs) and b `[k, n]` at `b` likewise.
+/// strides (rs, cs) and b `[k, n]` at `b` likewise. For kernels that run their own products inside a task of
+/// candle's worker pool (the time-series attention's blocks of query rows).
 ///
 /// # Safety
-/// Every element of a and b lies within the allocations `a` and `b` point into.
-unsafe fn gemm_one(
+/// Every element of a and b lies within the allocations `a` and `b` point into; `out` holds `m · n` values.
+pub unsafe fn gemm_one(
     out: &mut [MaybeUninit<f32>],
     (a, (ars, acs)): (*const f32, (usize, usize)),
     (b, (brs, bcs)): (*const f32, (usize, usize)),

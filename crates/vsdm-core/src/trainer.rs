@@ -365,8 +365,8 @@ struct CheckpointMeta {
 }
 
 impl<M: ScoreModel> Trainer<M> {
-    /// A fresh run. `build` constructs the network from a `VarBuilder` (it is called twice: for the trained
-    /// weights and their EMA). The initial weights follow the layers' own initialisers, drawn from the run's
+    /// A fresh run. `build` constructs the network from a `VarBuilder` (it is called three times: for the
+    /// trained weights, for their EMA's variables, and for the EMA network on untracked views of those). The initial weights follow the layers' own initialisers, drawn from the run's
     /// seed ([`crate::init::seeded_var_builder`]).
     pub fn new<B>(cfg: TrainConfig, device: &Device, build: B) -> Result<Self>
     where
@@ -381,7 +381,8 @@ impl<M: ScoreModel> Trainer<M> {
         let model = build(seeded_var_builder(&varmap, init_rng, DType::F32, device))?;
         let vars = sorted_vars(&varmap);
         let ema_map = VarMap::new();
-        let ema_model = build(VarBuilder::from_varmap(&ema_map, DType::F32, device))?;
+        // This build only creates the EMA's variables (its network is built below, on views of them).
+        build(VarBuilder::from_varmap(&ema_map, DType::F32, device))?;
         let ema_vars = sorted_vars(&ema_map);
         if ema_vars.len() != vars.len() {
             return Err(Error::invalid(
@@ -400,6 +401,17 @@ impl<M: ScoreModel> Trainer<M> {
             })?;
             e.set(v.as_tensor())?;
         }
+        // The EMA network runs only forward passes (trajectory simulation, sampling, forecasting). Built on
+        // the variables themselves, every one of them recorded a graph: each fused layer's value copied into
+        // its carried op, every intermediate kept until the output was dropped, and the attention of the
+        // time-series network keeping its probabilities. It is rebuilt here on untracked views of the same
+        // variables (`detach` shares their storage, so the in-place EMA updates and checkpoint restores reach
+        // it), whose forward passes record nothing; the values are the same.
+        let views: HashMap<String, Tensor> = ema_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let ema_model = build(VarBuilder::from_tensors(views, DType::F32, device))?;
         let opt = AdamW::new(vars, cfg.adam)?;
         let params = cfg.init.clone();
         let process = params.process(cfg.schedule, &cfg.data_shape, device)?;

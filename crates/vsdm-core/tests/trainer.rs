@@ -426,6 +426,54 @@ fn ema_warmup_follows_the_trained_weights_in_a_short_run() {
     );
 }
 
+/// The EMA network records no graph (its output is untracked) and reads its variables' current values: after
+/// updates (the EMA's in-place steps) and after a resume (restored in place), its output equals that of a
+/// network built on copies of `ema_weights()`, bit for bit, and differs from the initial EMA network's.
+#[test]
+fn ema_network_is_untracked_and_follows_its_variables() {
+    let data = gaussian_data(256, 5);
+    let x = NoiseRng::new(9).randn(&[8, 2], &DEV).unwrap();
+    let t = Tensor::full(0.5f32, 8, &DEV).unwrap();
+    let on_copies = |tr: &Trainer<Mlp>| {
+        let copies = tr
+            .ema_weights()
+            .into_iter()
+            .map(|(k, v)| (k, v.copy().unwrap()))
+            .collect();
+        let net = Mlp::build(2, 2)(VarBuilder::from_tensors(copies, DType::F32, &DEV)).unwrap();
+        net.forward(&x, &t, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let ema_out = |tr: &Trainer<Mlp>| {
+        let y = tr.ema_model().forward(&x, &t, None).unwrap();
+        assert!(!y.track_op(), "the EMA network recorded a graph");
+        y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    let mut c = config(VarParams::None, 12);
+    c.ema_decay = 0.5;
+    let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+    let before = ema_out(&tr);
+    let mut src = InMemory::new(data).unwrap();
+    for _ in 0..6 {
+        tr.step(&mut src).unwrap();
+    }
+    let after = ema_out(&tr);
+    assert_ne!(
+        after, before,
+        "the EMA network did not change with its variables"
+    );
+    assert_eq!(after, on_copies(&tr), "after updates");
+    let dir = tempfile::tempdir().unwrap();
+    tr.save_checkpoint(dir.path()).unwrap();
+    let resumed = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2)).unwrap();
+    assert_eq!(ema_out(&resumed), after, "after a resume");
+    assert_eq!(on_copies(&resumed), after, "the resumed EMA variables");
+}
+
 /// The variational stage's settings are checked with the rest: no SA iterations, a learning rate of A that is
 /// not positive, or ζ outside [0, 2] (or NaN) are refused by `Trainer::new`, naming the field.
 #[test]

@@ -121,7 +121,7 @@ fn main() -> anyhow::Result<()> {
         return check(cfg, b, &dev);
     }
     let vm = VarMap::new();
-    let mut net = ForecastNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg)?;
+    let net = ForecastNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg)?;
     let mut rng = NoiseRng::new(0);
     let x = rng.randn(&[b, 1, d, h], &dev)?;
     let cond = rng.randn(&[b, 5, d, c + h], &dev)?;
@@ -148,11 +148,21 @@ fn main() -> anyhow::Result<()> {
             train.push(e);
         }
     }
-    net.set_inference(true);
+    // Sampling runs the EMA network, which the trainer builds on untracked views of its variables (and a
+    // network loaded from disk has plain tensors): the same here, so that no graph is recorded.
+    let views: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let mut sampler = ForecastNet::new(VarBuilder::from_tensors(views, DType::F32, &dev), cfg)?;
+    sampler.set_inference(true);
     let mut sample = Vec::new();
     for i in 0..=steps {
         let s = std::time::Instant::now();
-        net.forward(&x, &t, Some(&cond))?;
+        sampler.forward(&x, &t, Some(&cond))?;
         dev.synchronize()?;
         if i > 0 {
             sample.push(s.elapsed().as_secs_f64());

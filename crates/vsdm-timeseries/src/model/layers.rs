@@ -5,7 +5,9 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
-use vsdm_core::fastmath::{avx2, exp_f32, matmul as mm, par_rows};
+use vsdm_core::fastmath::{
+    avx2, exp_f32, f32_slice, gemm_one, matmul as mm, par_rows, par_rows_mut,
+};
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
 /// dimensions are flattened first. (`candle_nn::Linear` on a rank-3 or rank-4 input broadcasts its weight over
@@ -236,21 +238,18 @@ impl vsdm_core::carried::Backward for AttentionBackward {
     }
 }
 
-/// softmax(scale · x) along the last axis, for `scale > 0`. On the CPU in f32 one fused pass per row
-/// ([`SoftmaxScaled`]: the scale folded into the exponent, exp(scale (x − max x)), with [`exp_f32`] where
-/// candle's kernel calls the C library's scalar `expf` element by element); elsewhere candle's fused kernel.
+/// softmax(scale · x) along the last axis, for `scale > 0`, as candle's ops: the attention's path off the CPU
+/// or in f64 (on the CPU in f32 the attention runs as one fused kernel, [`FusedAttention`]).
 fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 && x.is_contiguous() {
-        return x.apply_op1_no_bwd(&SoftmaxScaled(scale as f32));
-    }
     candle_nn::ops::softmax_last_dim(&(x * scale)?)
 }
 
 vsdm_core::simd_fn! {
-    /// softmax(scale · row) of each row of `n` in `src` into `dst`: the maximum, exp(scale (x − max)) with
-    /// [`exp_f32`], and the division by their sum, each reduction in eight lanes.
-    fn softmax_rows(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>], n: usize, scale: f32) {
-        for (x, y) in src.chunks(n).zip(dst.chunks_mut(n)) {
+    /// softmax(scale · row) of each row of `n` in `rows`, in place: the maximum, exp(scale (x − max)) with
+    /// [`exp_f32`] (where candle's kernel calls the C library's scalar `expf` element by element), and the
+    /// division by their sum, each reduction in eight lanes.
+    fn softmax_rows(rows: &mut [f32], n: usize, scale: f32) {
+        for x in rows.chunks_mut(n) {
             let mut lanes = [f32::NEG_INFINITY; 8];
             let x8 = x.chunks_exact(8);
             let mut max = x8
@@ -265,56 +264,201 @@ vsdm_core::simd_fn! {
             max = lanes.iter().fold(max, |m, v| m.max(*v));
             let shift = scale * max;
             let mut lanes = [0f32; 8];
-            let (y8, x8) = (y.chunks_exact_mut(8), x.chunks_exact(8));
-            let mut sum = 0f32;
-            for (y, x) in y8.into_remainder().iter_mut().zip(x8.remainder()) {
-                let e = exp_f32(scale * x - shift);
-                sum += e;
-                y.write(e);
-            }
-            for (y, x) in y.chunks_exact_mut(8).zip(x.chunks_exact(8)) {
+            let mut x8 = x.chunks_exact_mut(8);
+            for c in &mut x8 {
                 for l in 0..8 {
-                    let e = exp_f32(scale * x[l] - shift);
+                    let e = exp_f32(scale * c[l] - shift);
                     lanes[l] += e;
-                    y[l].write(e);
+                    c[l] = e;
                 }
             }
+            let mut sum = 0f32;
+            for v in x8.into_remainder() {
+                let e = exp_f32(scale * *v - shift);
+                sum += e;
+                *v = e;
+            }
             let inv = 1.0 / lanes.iter().fold(sum, |s, v| s + v);
-            for y in y.iter_mut() {
-                // SAFETY: every element of the row was written above.
-                let v = unsafe { y.assume_init() };
-                y.write(v * inv);
+            for v in x.iter_mut() {
+                *v *= inv;
             }
         }
     }
 }
 
-/// [`softmax_scaled`]'s CPU kernel on a contiguous f32 tensor: rows in parallel ([`par_rows`]), with the AVX2
-/// build of the row loop where the CPU has it ([`vsdm_core::simd_fn!`]).
-struct SoftmaxScaled(f32);
+/// The most bytes of one block's scores in [`attention_rows`]: the block stays in the core's cache between
+/// its product with kᵀ, its softmax and its product with v.
+const BLOCK_SCORE_BYTES: usize = 64 << 10;
 
-impl candle_core::CustomOp1 for SoftmaxScaled {
+/// softmax(scale · q_i k_iᵀ) v_i for each item i of row-major q `[n, sq, d]`, k `[n, sk, d]` and v
+/// `[n, sk, dv]` (`sk` ≥ 1), into y `[n, sq, dv]`, and the probabilities P `[n, sq, sk]` too when `keep`.
+///
+/// The query rows go in blocks whose scores take at most [`BLOCK_SCORE_BYTES`], each block one task step:
+/// the scores q kᵀ by one single-threaded gemm call ([`gemm_one`], kᵀ read in place), the softmax in place,
+/// then the block's rows of y by a second call, so that the scores are written once and read back from
+/// cache, where the chain of ops (batched product, softmax, batched product) makes three passes over a map of
+/// `[n, sq, sk]` through memory. Blocks are written into P when it is kept, else into a scratch buffer of one
+/// block per task. Runs of rows go to candle's worker pool ([`par_rows_mut`]).
+fn attention_rows(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (n, sq, sk, d, dv): (usize, usize, usize, usize, usize),
+    scale: f32,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    assert!(
+        sk >= 1 && q.len() >= n * sq * d && k.len() >= n * sk * d && v.len() >= n * sk * dv,
+        "attention_rows: q {}, k {}, v {} values for {n} × ({sq}, {sk}, {d}, {dv})",
+        q.len(),
+        k.len(),
+        v.len()
+    );
+    let rows = n * sq;
+    let block = (BLOCK_SCORE_BYTES / (4 * sk)).max(1);
+    let (mut y, mut p) = (Vec::<f32>::with_capacity(rows * dv), Vec::<f32>::new());
+    if keep {
+        p.reserve_exact(rows * sk);
+    }
+    let pw = if keep { sk } else { 0 };
+    let fast = avx2();
+    par_rows_mut(
+        (&mut y.spare_capacity_mut()[..rows * dv], dv),
+        (&mut p.spare_capacity_mut()[..rows * pw], pw),
+        rows,
+        |r0, yr, pr| {
+            let len = yr.len().checked_div(dv).unwrap_or(pr.len() / sk);
+            let mut scratch = Vec::new();
+            if !keep {
+                scratch.resize(block.min(len) * sk, 0f32);
+            }
+            let mut r = 0;
+            while r < len {
+                let (i, a) = ((r0 + r) / sq, (r0 + r) % sq);
+                let m = block.min(sq - a).min(len - r);
+                let s: &mut [f32] = if keep {
+                    let part = &mut pr[r * sk..(r + m) * sk];
+                    // SAFETY: f32 and MaybeUninit<f32> share their layout; gemm_one writes all m · sk values
+                    // below before anything reads them.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(part.as_mut_ptr() as *mut f32, part.len())
+                    }
+                } else {
+                    &mut scratch[..m * sk]
+                };
+                // SAFETY: rows a..a + m of item i of q, all of item i of k (as kᵀ: row stride 1, column stride
+                // d) and of v lie within their slices (asserted above); `s` and the rows of y hold m · sk and
+                // m · dv values.
+                unsafe {
+                    gemm_one(
+                        std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut _, s.len()),
+                        (q.as_ptr().add((i * sq + a) * d), (d, 1)),
+                        (k.as_ptr().add(i * sk * d), (1, d)),
+                        (m, d, sk),
+                    );
+                    softmax_rows(fast, s, sk, scale);
+                    gemm_one(
+                        &mut yr[r * dv..(r + m) * dv],
+                        (s.as_ptr(), (sk, 1)),
+                        (v.as_ptr().add(i * sk * dv), (dv, 1)),
+                        (m, sk, dv),
+                    );
+                }
+                r += m;
+            }
+        },
+    );
+    // SAFETY: the runs cover all rows, and each block wrote its rows of y (and of P when kept) whole.
+    unsafe {
+        y.set_len(rows * dv);
+        p.set_len(rows * pw);
+    }
+    (y, keep.then_some(p))
+}
+
+/// [`attention_rows`] as a candle op on contiguous f32 CPU tensors q `[n, sq, d]`, k `[n, sk, d]`, v
+/// `[n, sk, dv]`, its value y; the probabilities, when asked for (`keep`), are left in `p` for the caller to
+/// take (an op has one output).
+struct FusedAttention {
+    scale: f32,
+    keep: bool,
+    p: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl candle_core::CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
-        "softmax-scaled"
+        "fused-attention"
     }
 
     fn cpu_fwd(
         &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (Some((a, b)), candle_core::CpuStorage::F32(x)) = (l.contiguous_offsets(), s) else {
-            candle_core::bail!("softmax-scaled: a contiguous f32 input only");
-        };
-        let x = &x[a..b];
-        let n = l.shape().dims().last().copied().unwrap_or(1).max(1);
-        let scale = self.0;
-        let fast = avx2();
-        let out = par_rows((x, n), (&[], 0), n, x.len() / n, |x, _, y| {
-            softmax_rows(fast, x, y, n, scale)
-        });
-        Ok((candle_core::CpuStorage::F32(out), l.shape().clone()))
+        let (q, k, v) = (
+            f32_slice(s1, l1, self.name())?,
+            f32_slice(s2, l2, self.name())?,
+            f32_slice(s3, l3, self.name())?,
+        );
+        let ((n, sq, d), (nk, sk, dk), (nv, sv, dv)) = (
+            l1.shape().dims3()?,
+            l2.shape().dims3()?,
+            l3.shape().dims3()?,
+        );
+        if nk != n || nv != n || dk != d || sv != sk || sk == 0 {
+            candle_core::bail!(
+                "fused-attention: q {:?}, k {:?}, v {:?} do not make an attention with at least one key",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let (y, p) = attention_rows((q, k, v), (n, sq, sk, d, dv), self.scale, self.keep);
+        *self
+            .p
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused-attention: poisoned".into()))? = p;
+        Ok((candle_core::CpuStorage::F32(y), (n, sq, dv).into()))
     }
+}
+
+/// softmax(scale · q kᵀ) v for q `[n, sq, d]`, k `[n, sk, d]`, v `[n, sk, dv]` without a graph, and P
+/// `[n, sq, sk]` when `keep`: one [`FusedAttention`] op for contiguous f32 CPU tensors with at least one key,
+/// else candle's products and softmax.
+fn attention_parts(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    keep: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && k.dim(1)? > 0 {
+        let op = FusedAttention {
+            scale: scale as f32,
+            keep,
+            p: std::sync::Mutex::new(None),
+        };
+        let y = q
+            .contiguous()?
+            .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?;
+        let p =
+            op.p.into_inner()
+                .map_err(|_| candle_core::Error::Msg("fused-attention: poisoned".into()))?;
+        let p = match p {
+            Some(p) => {
+                let (n, sq, _) = q.dims3()?;
+                Some(Tensor::from_vec(p, (n, sq, k.dim(1)?), q.device())?)
+            }
+            None => None,
+        };
+        return Ok((y, p));
+    }
+    let p = softmax_scaled(&mm(q, &k.t()?)?, scale)?;
+    let y = mm(&p, v)?;
+    Ok((y, keep.then_some(p)))
 }
 
 /// The softmax's backward along the last axis, dS = P ⊙ (dP − rowsum(dP ⊙ P)), for the probabilities P and their
@@ -494,17 +638,22 @@ fn attention_value(
             v.shape()
         );
     }
+    // Without a backward nothing of the scores' size is kept: one piece (the fused CPU kernel holds one block
+    // of scores per task; elsewhere the chunks bound the scores as they do with a backward).
     let per_row = (sq * sk * q.dtype().size_in_bytes()).max(1);
-    let rows = (max_bytes / per_row).clamp(1, n.max(1));
+    let fused_whole = !track && q.device().is_cpu() && q.dtype() == candle_core::DType::F32;
+    let rows = if fused_whole {
+        n.max(1)
+    } else {
+        (max_bytes / per_row).clamp(1, n.max(1))
+    };
     let chunks: Vec<(usize, usize)> = (0..n).step_by(rows).map(|s| (s, rows.min(n - s))).collect();
     let (mut ps, mut ys) = (Vec::new(), Vec::new());
     for &(start, len) in &chunks {
         let part = |t: &Tensor| t.narrow(0, start, len);
-        let p = softmax_scaled(&mm(&part(&q3)?, &part(&k3)?.t()?)?, scale)?;
-        ys.push(mm(&p, &part(&v3)?)?);
-        if track {
-            ps.push(p);
-        }
+        let (y, p) = attention_parts(&part(&q3)?, &part(&k3)?, &part(&v3)?, scale, track)?;
+        ys.push(y);
+        ps.extend(p);
     }
     let mut dims = q.dims().to_vec();
     dims[r - 1] = dv;
@@ -829,10 +978,10 @@ mod tests {
         assert!(e.contains("[2, 4, 5, 3]"), "{e}");
     }
 
-    /// The CPU softmax equals candle's on rows of every length 1..=40 (all the lane remainders), with scales
-    /// and offsets that put the exponents far from 0, to 1e-6 relative.
+    /// The CPU softmax (in place, plain and AVX2 builds) equals candle's on rows of every length 1..=40 (all the
+    /// lane remainders), with scales and offsets that put the exponents far from 0, to 1e-6 relative.
     #[test]
-    fn softmax_scaled_matches_candles() {
+    fn softmax_rows_match_candles() {
         let dev = Device::Cpu;
         let mut rng = NoiseRng::new(11);
         for n in 1..=40 {
@@ -843,9 +992,50 @@ mod tests {
                     .affine(4.0, offset)
                     .unwrap();
                 let want = candle_nn::ops::softmax_last_dim(&(&x * scale).unwrap()).unwrap();
-                let got = softmax_scaled(&x, scale).unwrap();
-                let r = rel(&got, &want);
-                assert!(r < 1e-6, "n {n} scale {scale} offset {offset}: {r}");
+                for fast in [false, avx2()] {
+                    let mut rows = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    softmax_rows(fast, &mut rows, n, scale as f32);
+                    let got = Tensor::from_vec(rows, x.shape(), &dev).unwrap();
+                    let r = rel(&got, &want);
+                    assert!(
+                        r < 1e-6,
+                        "n {n} scale {scale} offset {offset} avx2 {fast}: {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The fused CPU kernel against candle's chain on items whose query rows span several blocks of scores
+    /// (an uneven last one) and runs of the worker pool that start inside an item: value and kept
+    /// probabilities to 1e-5 relative, with and without P, for as many values as keys and fewer.
+    #[test]
+    fn fused_attention_blocks_match_the_chain() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(17);
+        // (n, sq, sk, d, dv): 700 keys make blocks of 23 rows, so 61 query rows take three.
+        for (n, sq, sk, d, dv) in [
+            (3usize, 61usize, 700usize, 5usize, 5usize),
+            (5, 7, 1, 3, 2),
+            (2, 33, 40, 4, 1),
+        ] {
+            let q = rng.randn(&[n, sq, d], &dev).unwrap();
+            let k = rng.randn(&[n, sk, d], &dev).unwrap();
+            let v = rng.randn(&[n, sk, dv], &dev).unwrap();
+            let scale = 0.7;
+            let p0 = candle_nn::ops::softmax_last_dim(
+                &(q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap(),
+            )
+            .unwrap();
+            let y0 = p0.matmul(&v).unwrap();
+            for keep in [false, true] {
+                let (y, p) = attention_parts(&q, &k, &v, scale, keep).unwrap();
+                let case = format!("{:?} keep {keep}", (n, sq, sk, d, dv));
+                assert!(rel(&y, &y0) < 1e-5, "{case}: value {}", rel(&y, &y0));
+                match p {
+                    Some(p) => assert!(keep && rel(&p, &p0) < 1e-5, "{case}: P {}", rel(&p, &p0)),
+                    None => assert!(!keep, "{case}: P missing"),
+                }
             }
         }
     }
