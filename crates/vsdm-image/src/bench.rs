@@ -155,8 +155,25 @@ pub fn throughput(
     }
     device.synchronize()?;
     let train = (iters * batch) as f64 / t0.elapsed().as_secs_f64();
+    // The forward passes run, as sampling does, on a network that records no graph: the same variables as
+    // untracked views (as the trainer's EMA network; a network loaded from a file has plain tensors), with
+    // dropout on, as PyTorch's `no_grad` forward of its training-mode module in `bench/unet_ddpmpp.py`. (Until
+    // 2026-12-06 they ran on the training network itself, whose variables make every pass record its graph.)
+    let views = vm
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("bench: poisoned variable map".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    let mut plain = UNet::new_train(
+        candle_nn::VarBuilder::from_tensors(views, DType::F32, device),
+        cfg,
+    )?;
+    plain.set_compute_dtype(compute)?;
     let fwd = || -> Result<()> {
-        net.forward(&x, &t, cond.as_ref())?
+        plain
+            .forward(&x, &t, cond.as_ref())?
             .sum_all()?
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?;
