@@ -260,15 +260,18 @@ bench() {
     local exact="--cudnn-algo find-exact"
     [ -z "$CUDA" ] && exact="--conv patch"   # a CPU build has no cuDNN
     # `--adam candle-nn`: the optimiser of every earlier table, against the default fused AdamW (f32, bf16).
-    for v in "vsdm-image" "vsdm-image --adam candle-nn" "vsdm-image $exact" "vsdm-image --conv patch"; do
+    # Each variant is "GLOBAL-FLAGS|BENCH-FLAGS": `--adam` belongs to the bench subcommand, after it.
+    for v in "" "|--adam candle-nn" "$exact" "--conv patch"; do
+        local g=${v%%|*} a=""
+        [ "${v#*|}" != "$v" ] && a=${v#*|}
         for p in "" "--tf32" "--precision bf16"; do
             [ -z "$CUDA" ] && [ -n "$p" ] && continue
-            [ "$v" = "vsdm-image $exact" ] && [ -n "$p" ] && continue   # find-exact: f32 only
-            [ "$v" = "vsdm-image --adam candle-nn" ] && [ "$p" = "--tf32" ] && continue
+            [ "$v" = "$exact" ] && [ -n "$p" ] && continue   # find-exact: f32 only
+            [ -n "$a" ] && [ "$p" = "--tf32" ] && continue
             if [ "$p" = "--tf32" ]; then
-                with_mem timeout 40 $v --tf32 $CUDA $b
+                with_mem timeout 40 vsdm-image $g --tf32 $CUDA $b
             else
-                with_mem timeout 40 $v $CUDA $b $p
+                with_mem timeout 40 vsdm-image $g $CUDA $b $p $a
             fi | grep -a -E "^convolutions|^\| (tiny|ddpmpp) \| [0-9]|^peak"
         done
     done

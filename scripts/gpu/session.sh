@@ -80,15 +80,18 @@ if [ "$part" = core ]; then
     # `bench --adam candle-nn`: candle_nn's AdamW, the optimiser of every table before the fused AdamW
     # (2026-12-05, late); the default `--adam fused` is vsdm-core's, as training uses. The cudnn build's default
     # with both isolates the optimiser's share.
-    for v in "vsdm-image --conv gemm --norm fused --adam candle-nn" "vsdm-image" "vsdm-image --tf32" \
-        "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN --adam candle-nn" "vsdm-image-cudnn $CUDNN" \
+    # Each variant is "BINARY GLOBAL-FLAGS|BENCH-FLAGS": `--adam` belongs to the bench subcommand, after it.
+    for v in "vsdm-image --conv gemm --norm fused|--adam candle-nn" "vsdm-image" "vsdm-image --tf32" \
+        "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN|--adam candle-nn" "vsdm-image-cudnn $CUDNN" \
         "vsdm-image-cudnn $CUDNN $EXACT" "vsdm-image-cudnn $CUDNN --tf32"; do
-        with_mem timeout 90 $v $CUDA $bench | tee -a "$OUT/bench.md"
+        with_mem timeout 90 ${v%%|*} $CUDA $bench $([ "${v#*|}" != "$v" ] && echo "${v#*|}") \
+            | tee -a "$OUT/bench.md"
     done
     if [ -n "$CUDA" ]; then
-        for v in "vsdm-image --conv gemm --norm fused --adam candle-nn" "vsdm-image" \
-            "vsdm-image-cudnn $CUDNN --adam candle-nn" "vsdm-image-cudnn $CUDNN"; do
-            with_mem timeout 60 $v $CUDA $bench --precision bf16 | tee -a "$OUT/bench.md"
+        for v in "vsdm-image --conv gemm --norm fused|--adam candle-nn" "vsdm-image" \
+            "vsdm-image-cudnn $CUDNN|--adam candle-nn" "vsdm-image-cudnn $CUDNN"; do
+            with_mem timeout 60 ${v%%|*} $CUDA $bench --precision bf16 \
+                $([ "${v#*|}" != "$v" ] && echo "${v#*|}") | tee -a "$OUT/bench.md"
         done
     fi
 
@@ -105,7 +108,7 @@ if [ "$part" = core ]; then
     prec=""; [ -n "$CUDA" ] && prec="--precision bf16"
     timeout 120 vsdm-image $CUDA train --arch $ARCH $prec --data assets/image/cifar10-train-1000.bin \
         --batch $((B / 4 > 2 ? B / 4 : 2)) --iters 3 --block 2 --n-traj 8 --traj-steps 10 --a-iters 5 \
-        --ckpt-every 0 --sample-every 0 --grid 4 --grid-steps 5 --out "$K/smoke" 2>&1 | grep -v " INFO " | tail -8
+        --ckpt-every 0 --sample-every 0 --grid 4 --grid-steps 5 --overwrite --out "$K/smoke" 2>&1 | grep -v " INFO " | tail -8
     with_mem timeout 90 vsdm-image $CUDA sample --weights "$K/smoke/weights" --n $((B * 4)) --batch $((B * 4)) \
         --steps 20 --grid "$OUT/smoke-grid.png" 2>&1 | grep -v " INFO " | tail -4
 
@@ -130,7 +133,7 @@ if [ "$part" = extra ]; then
         echo "kernels-$name.csv ($*):"; head -16 "$OUT/kernels-$name.csv" 2>/dev/null
     }
     b3="bench --arch $ARCH --batch $B --iters 3"
-    kp before vsdm-image --conv gemm --norm fused --adam candle-nn $CUDA $b3
+    kp before vsdm-image --conv gemm --norm fused $CUDA $b3 --adam candle-nn
     kp after vsdm-image $CUDA $b3
     kp after-cudnn vsdm-image-cudnn $CUDNN $CUDA $b3
     [ -n "$CUDA" ] && kp after-bf16 vsdm-image $CUDA $b3 --precision bf16
