@@ -238,7 +238,7 @@ impl TrainConfig {
             && !matches!(self.init, VarParams::None)
             && step > self.warmup
             && step + self.cooldown <= self.iters
-            && (step - self.warmup) % self.block == 0
+            && (step - self.warmup).is_multiple_of(self.block)
     }
 }
 

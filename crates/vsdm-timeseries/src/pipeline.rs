@@ -184,7 +184,7 @@ impl Budget {
         for m in [Method::Vp, Method::Vsmd] {
             self.schedule(m)?;
         }
-        if self.heads == 0 || self.hidden == 0 || self.hidden % self.heads != 0 {
+        if self.heads == 0 || self.hidden == 0 || !self.hidden.is_multiple_of(self.heads) {
             anyhow::bail!(
                 "--hidden {} --heads {}: the width must be a positive multiple of the number of heads",
                 self.hidden,

@@ -200,7 +200,7 @@ pub fn fan_charts<X: SampleValue>(
             ),
         });
     }
-    if context.len() % d != 0 {
+    if !context.len().is_multiple_of(d) {
         return Err(ExportError::Input {
             what: "fan chart context".into(),
             reason: format!("{} values are not a multiple of {d} series", context.len()),

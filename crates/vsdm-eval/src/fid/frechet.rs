@@ -59,7 +59,7 @@ impl StatsAccumulator {
 
     /// Adds `rows` samples given row-major as f32 (`rows × D`).
     pub fn update(&mut self, feats: &[f32]) -> Result<()> {
-        if feats.len() % self.dim != 0 {
+        if !feats.len().is_multiple_of(self.dim) {
             return Err(FidError::DimensionMismatch {
                 a: self.dim,
                 b: feats.len(),

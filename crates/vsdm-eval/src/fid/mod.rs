@@ -72,7 +72,7 @@ pub fn for_each_feature_batch(
         let f = features_u8(net, &x)?.to_device(&Device::Cpu)?;
         sink(&f.flatten_all()?.to_vec1::<f32>()?)?;
         bar.set_position(end as u64);
-        if bar.is_hidden() && end.div_ceil(bs) % 10 == 0 {
+        if bar.is_hidden() && end.div_ceil(bs).is_multiple_of(10) {
             // No terminal (a log file, CI): a line every 10 batches instead of the bar.
             tracing::info!(
                 done = end,

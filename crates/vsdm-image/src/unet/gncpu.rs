@@ -159,7 +159,7 @@ struct Dims {
 impl Dims {
     fn of(shape: &Shape, groups: usize) -> Result<Self> {
         let d = shape.dims();
-        if d.len() < 2 || groups == 0 || d[1] % groups != 0 {
+        if d.len() < 2 || groups == 0 || !d[1].is_multiple_of(groups) {
             candle_core::bail!("group norm: input {d:?} with {groups} groups");
         }
         Ok(Self {

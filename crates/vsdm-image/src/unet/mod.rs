@@ -160,7 +160,7 @@ impl UNetConfig {
                 "needs at least one level",
             ));
         }
-        if self.resolution == 0 || self.resolution % (1 << (levels - 1)) != 0 {
+        if self.resolution == 0 || !self.resolution.is_multiple_of(1 << (levels - 1)) {
             return Err(crate::Error::invalid(
                 "resolution",
                 self.resolution,
@@ -177,7 +177,7 @@ impl UNetConfig {
                 return Err(crate::Error::invalid(name, v, "must be at least 1"));
             }
         }
-        if self.model_channels % 4 != 0 || self.model_channels < 4 {
+        if !self.model_channels.is_multiple_of(4) || self.model_channels < 4 {
             return Err(crate::Error::invalid(
                 "model_channels",
                 self.model_channels,

@@ -88,7 +88,7 @@ impl Freq {
     pub fn misalignment(&self, t: NaiveDateTime) -> Option<String> {
         let midnight = t.hour() == 0 && t.minute() == 0 && t.second() == 0;
         match *self {
-            Freq::Minutes(n) => (t.second() != 0 || t.minute() % n != 0)
+            Freq::Minutes(n) => (t.second() != 0 || !t.minute().is_multiple_of(n))
                 .then(|| format!("{t} is not on a {n}-minute boundary")),
             Freq::Hours(_) => {
                 (t.minute() != 0 || t.second() != 0).then(|| format!("{t} is not on the hour"))

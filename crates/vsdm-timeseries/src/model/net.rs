@@ -80,7 +80,7 @@ impl NetConfig {
             heads: 2,
             layers: 2,
             ff: 64,
-            patch: if context % 6 == 0 && horizon % 6 == 0 {
+            patch: if context.is_multiple_of(6) && horizon.is_multiple_of(6) {
                 6
             } else {
                 1
@@ -131,7 +131,7 @@ impl ForecastNet {
             );
         }
         let p = cfg.patch;
-        if p == 0 || cfg.context % p != 0 || cfg.horizon % p != 0 {
+        if p == 0 || !cfg.context.is_multiple_of(p) || !cfg.horizon.is_multiple_of(p) {
             candle_core::bail!(
                 "patch length {p} must divide the context {} and the horizon {}",
                 cfg.context,
