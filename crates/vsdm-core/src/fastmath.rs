@@ -343,6 +343,48 @@ pub unsafe fn gemm_one(
     )
 }
 
+/// One single-threaded gemm call that scales and accumulates: `out` (row-major `[m, n]`, initialised) =
+/// `out` + `scale` · a · b when `accumulate`, else `scale` · a · b, with a and b as in [`gemm_one`].
+///
+/// # Safety
+/// As [`gemm_one`]; `out` holds `m · n` values.
+pub unsafe fn gemm_scaled(
+    out: &mut [f32],
+    (a, (ars, acs)): (*const f32, (usize, usize)),
+    (b, (brs, bcs)): (*const f32, (usize, usize)),
+    (m, k, n): (usize, usize, usize),
+    scale: f32,
+    accumulate: bool,
+) {
+    if k == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        out.as_mut_ptr(),
+        1,
+        n as isize,
+        accumulate,
+        a,
+        acs as isize,
+        ars as isize,
+        b,
+        bcs as isize,
+        brs as isize,
+        if accumulate { 1.0f32 } else { 0.0 },
+        scale,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
 /// The batched product a_i · b_i of a `[batch, m, k]` and b `[batch, k, n]` with any strides (batch, row,
 /// column), into a row-major `[batch, m, n]`: the batch items split over candle's worker pool, one
 /// single-threaded gemm call each (candle's batched `matmul` calls gemm once per item with rayon's pool, which

@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
-    avx2, exp_f32, f32_slice, gemm_one, matmul as mm, par_rows, par_rows_mut,
+    avx2, exp_f32, f32_slice, gemm_one, gemm_scaled, matmul as mm, par_rows, par_rows_mut,
 };
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
@@ -223,6 +223,12 @@ impl vsdm_core::carried::Backward for AttentionBackward {
         for (p, &(start, len)) in self.p.iter().zip(&self.chunks) {
             let part = |t: &Tensor| t.narrow(0, start, len);
             let (q, k, v, dy) = (part(&q3)?, part(&k3)?, part(&v3)?, part(&dy3)?);
+            if let Some((gq, gk, gv)) = attention_grads_fused(&q, &k, &v, &dy, p, self.scale)? {
+                dq.push(gq);
+                dk.push(gk);
+                dv.push(gv);
+                continue;
+            }
             dv.push(mm(&p.t()?, &dy)?);
             let dp = mm(&dy, &v.t()?)?;
             let ds = softmax_backward(&dp, p)?;
@@ -372,6 +378,164 @@ fn attention_rows(
         p.set_len(rows * pw);
     }
     (y, keep.then_some(p))
+}
+
+vsdm_core::simd_fn! {
+    /// The softmax's backward in place, row by row (rows of `n`): dP becomes dS = P ⊙ (dP − ⟨dP, P⟩), the row's
+    /// ⟨dP, P⟩ summed in eight lanes.
+    fn softmax_grad_rows(dp: &mut [f32], p: &[f32], n: usize) {
+        for (g, p) in dp.chunks_mut(n).zip(p.chunks(n)) {
+            let mut lanes = [0f32; 8];
+            let (g8, p8) = (g.chunks_exact(8), p.chunks_exact(8));
+            let mut dot = g8
+                .remainder()
+                .iter()
+                .zip(p8.remainder())
+                .fold(0f32, |s, (a, b)| s + a * b);
+            for (a, b) in g8.zip(p8) {
+                for l in 0..8 {
+                    lanes[l] += a[l] * b[l];
+                }
+            }
+            dot = lanes.iter().fold(dot, |s, l| s + l);
+            for (g, p) in g.iter_mut().zip(p) {
+                *g = p * (*g - dot);
+            }
+        }
+    }
+}
+
+/// The gradients of [`attention_rows`]'s value for its output gradient dy `[n, sq, dv]`, from the kept
+/// probabilities P `[n, sq, sk]` (all row-major, given as [q, k, v, P, dy]): dq `[n, sq, d]`, and each item's dk `[sk, d]` followed by its dv
+/// `[sk, dv]` (`[n, sk·d + sk·dv]`).
+///
+/// Items go to candle's worker pool ([`par_rows_mut`]); within an item, blocks of query rows as in the forward:
+/// dP = dy vᵀ into a scratch block, dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place ([`softmax_grad_rows`]), the block's
+/// rows of dq = scale · dS k, and its contributions dk += scale · dSᵀ q and dv += Pᵀ dy, accumulated over the
+/// item's blocks ([`gemm_scaled`]). dP and dS never leave the block, where the chain of ops writes both whole
+/// (two tensors of P's size) and reads P three times.
+fn attention_backward_rows(
+    [q, k, v, p, dy]: [&[f32]; 5],
+    (n, sq, sk, d, dv): (usize, usize, usize, usize, usize),
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        sk >= 1
+            && q.len() >= n * sq * d
+            && k.len() >= n * sk * d
+            && v.len() >= n * sk * dv
+            && p.len() >= n * sq * sk
+            && dy.len() >= n * sq * dv,
+        "attention_backward_rows: inputs shorter than {n} × ({sq}, {sk}, {d}, {dv})"
+    );
+    let block = (BLOCK_SCORE_BYTES / (4 * sk)).max(1);
+    let (wq, wkv) = (sq * d, sk * (d + dv));
+    let (mut gq, mut gkv) = (vec![0f32; n * wq], vec![0f32; n * wkv]);
+    let fast = avx2();
+    par_rows_mut((&mut gq, wq), (&mut gkv, wkv), n, |i0, gq, gkv| {
+        let items = gkv.len().checked_div(wkv).unwrap_or(0);
+        let mut s = vec![0f32; block.min(sq) * sk];
+        for j in 0..items {
+            let i = i0 + j;
+            let gq = &mut gq[j * wq..(j + 1) * wq];
+            let (gk, gv) = gkv[j * wkv..(j + 1) * wkv].split_at_mut(sk * d);
+            let (qi, ki, vi) = (&q[i * sq * d..], &k[i * sk * d..], &v[i * sk * dv..]);
+            let (pi, dyi) = (&p[i * sq * sk..(i + 1) * sq * sk], &dy[i * sq * dv..]);
+            let mut a = 0;
+            while a < sq {
+                let m = block.min(sq - a);
+                let s = &mut s[..m * sk];
+                let pb = &pi[a * sk..(a + m) * sk];
+                // SAFETY: rows a..a + m of this item's dy, q and P, and all of its k and v (v as vᵀ: row stride
+                // 1, column stride dv), lie within their slices (asserted above); the outputs hold m · sk, m · d,
+                // sk · d and sk · dv values.
+                unsafe {
+                    gemm_scaled(
+                        s,
+                        (dyi[a * dv..].as_ptr(), (dv, 1)),
+                        (vi.as_ptr(), (1, dv)),
+                        (m, dv, sk),
+                        1.0,
+                        false,
+                    );
+                    softmax_grad_rows(fast, s, pb, sk);
+                    gemm_scaled(
+                        &mut gq[a * d..(a + m) * d],
+                        (s.as_ptr(), (sk, 1)),
+                        (ki.as_ptr(), (d, 1)),
+                        (m, sk, d),
+                        scale,
+                        false,
+                    );
+                    gemm_scaled(
+                        gk,
+                        (s.as_ptr(), (1, sk)),
+                        (qi[a * d..].as_ptr(), (d, 1)),
+                        (sk, m, d),
+                        scale,
+                        a > 0,
+                    );
+                    gemm_scaled(
+                        gv,
+                        (pb.as_ptr(), (1, sk)),
+                        (dyi[a * dv..].as_ptr(), (dv, 1)),
+                        (sk, m, dv),
+                        1.0,
+                        a > 0,
+                    );
+                }
+                a += m;
+            }
+        }
+    });
+    (gq, gkv)
+}
+
+/// dq, dk, dv of one chunk by [`attention_backward_rows`] when q, k, v, dy and P are f32 on the CPU with at
+/// least one key; `None` otherwise (the caller's chain of ops).
+fn attention_grads_fused(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dy: &Tensor,
+    p: &Tensor,
+    scale: f64,
+) -> Result<Option<(Tensor, Tensor, Tensor)>> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if ![q, k, v, dy, p].iter().all(|t| cpu_f32(t)) || k.dim(1)? == 0 {
+        return Ok(None);
+    }
+    let ((n, sq, d), (_, sk, _), (_, _, dv)) = (q.dims3()?, k.dims3()?, v.dims3()?);
+    let (q, k, v, dy, p) = (
+        q.contiguous()?,
+        k.contiguous()?,
+        v.contiguous()?,
+        dy.contiguous()?,
+        p.contiguous()?,
+    );
+    let guards = [&q, &k, &v, &dy, &p].map(|t| t.storage_and_layout());
+    let mut parts = Vec::with_capacity(5);
+    for (st, l) in &guards {
+        match (&**st, l.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(c), Some(_)) => {
+                parts.push(f32_slice(c, l, "attention backward")?)
+            }
+            _ => candle_core::bail!("attention backward: an input is not a contiguous CPU tensor"),
+        }
+    }
+    let (gq, gkv) = attention_backward_rows(
+        [parts[0], parts[1], parts[2], parts[4], parts[3]],
+        (n, sq, sk, d, dv),
+        scale as f32,
+    );
+    drop(parts);
+    drop(guards);
+    let dev = q.device();
+    let gq = Tensor::from_vec(gq, (n, sq, d), dev)?;
+    let gkv = Tensor::from_vec(gkv, (n, sk * (d + dv)), dev)?;
+    let gk = gkv.narrow(1, 0, sk * d)?.reshape((n, sk, d))?;
+    let gv = gkv.narrow(1, sk * d, sk * dv)?.reshape((n, sk, dv))?;
+    Ok(Some((gq, gk, gv)))
 }
 
 /// [`attention_rows`] as a candle op on contiguous f32 CPU tensors q `[n, sq, d]`, k `[n, sk, d]`, v
