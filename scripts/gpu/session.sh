@@ -5,9 +5,10 @@
 #
 #   scripts/gpu/pack.sh                       # here: the `cuda`/`cudnn` builds and kernprof.so into .gpuD (≈ 36 MB)
 #   scripts/gpu/pack.sh --check               # here: is .gpuD built from these sources? (exit 1 if not)
-#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 540: 412 s on 2026-12-04 (H200);
+#   run: scripts/gpu/session.sh core          # carry [".gpuD"], timeout_s 480 (15 min of device time, the start included:
+#                                             # 480 + 240 + a 1.5-min start leaves a margin); 412 s on 2026-12-04 (H200);
 #                                             # since: the new defaults, fewer variants, − time series
-#   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 270 (what 900 s leaves), at once (30 s idle and the
+#   run: scripts/gpu/session.sh extra         # carry [".gpuD"], timeout_s 240 (what 900 s leaves), at once (30 s idle and the
 #                                             # machine goes back); then give_back
 #   DRY=1 scripts/gpu/session.sh core         # here, without a GPU: the same steps on the CPU at toy sizes
 #                                             # (BIN_DIR: the release binaries to use, default target/release)
