@@ -133,32 +133,36 @@ impl PatchRows {
         // The input channels last, `[B, H, W, C]`.
         let xh = transpose_batched(x, b, c, h * w);
         let row = k * k * c;
-        // One row per (image, output row); every element of it is written below (zeros first).
-        // SAFETY: each of the row's ow patch rows is zero-filled before the copies into it.
+        // One row per (image, output row); every element of it is written below: each kernel row's segment
+        // of k·c values is the input's run where it lies inside the image and zeros around it (the padding).
+        // SAFETY: every segment is written whole, zeros where no input value lands.
         let cols = unsafe {
             par_fill(b * oh, ow * row, |r0, blocks| {
+                let zero = |d: &mut [std::mem::MaybeUninit<T>]| {
+                    for e in d {
+                        e.write(T::zero());
+                    }
+                };
                 for (i, block) in blocks.chunks_mut(ow * row).enumerate() {
                     let by = r0 + i;
                     let (bi, y) = (by / oh, by % oh);
                     let img = &xh[bi * h * w * c..][..h * w * c];
                     for (xo, r) in block.chunks_mut(row).enumerate() {
-                        for e in r.iter_mut() {
-                            e.write(T::zero());
-                        }
                         // Kernel columns whose input column xo + j − p lies inside the image.
-                        let j0 = p.saturating_sub(xo);
-                        let j1 = k.min((w + p).saturating_sub(xo));
-                        if j0 >= j1 {
-                            continue;
-                        }
-                        let run = (j1 - j0) * c;
-                        for i in 0..k {
+                        let j0 = p.saturating_sub(xo).min(k);
+                        let j1 = k.min((w + p).saturating_sub(xo)).max(j0);
+                        for (i, seg) in r.chunks_mut(k * c).enumerate() {
                             let iy = y + i;
-                            if iy < p || iy - p >= h {
+                            if iy < p || iy - p >= h || j0 == j1 {
+                                zero(seg);
                                 continue;
                             }
-                            let src = &img[((iy - p) * w + xo + j0 - p) * c..][..run];
-                            for (d, v) in r[(i * k + j0) * c..][..run].iter_mut().zip(src) {
+                            let (head, rest) = seg.split_at_mut(j0 * c);
+                            let (mid, tail) = rest.split_at_mut((j1 - j0) * c);
+                            zero(head);
+                            zero(tail);
+                            let src = &img[((iy - p) * w + xo + j0 - p) * c..][..mid.len()];
+                            for (d, v) in mid.iter_mut().zip(src) {
                                 d.write(*v);
                             }
                         }
@@ -194,12 +198,9 @@ fn transpose_batched<T: WithDType + Copy + Send + Sync>(
     c: usize,
 ) -> Vec<T> {
     const TILE: usize = 16;
-    let mut out = vec![T::zero(); b * r * c];
-    par_rows_mut(
-        (&mut out, r * c),
-        (&mut [] as &mut [u8], 0),
-        b,
-        |b0, dsts, _| {
+    // SAFETY: the tiles cover every (i, j) of each image, so each output element is written once.
+    unsafe {
+        par_fill(b, r * c, |b0, dsts| {
             for (bi, dst) in dsts.chunks_mut(r * c).enumerate() {
                 let src = &x[(b0 + bi) * r * c..][..r * c];
                 for i0 in (0..r).step_by(TILE) {
@@ -209,22 +210,21 @@ fn transpose_batched<T: WithDType + Copy + Send + Sync>(
                         if r * 8 <= c {
                             for i in i0..i1 {
                                 for (j, v) in (j0..j1).zip(&src[i * c + j0..i * c + j1]) {
-                                    dst[j * r + i] = *v;
+                                    dst[j * r + i].write(*v);
                                 }
                             }
                         } else {
                             for j in j0..j1 {
                                 for (i, d) in (i0..i1).zip(&mut dst[j * r + i0..j * r + i1]) {
-                                    *d = src[i * c + j];
+                                    d.write(src[i * c + j]);
                                 }
                             }
                         }
                     }
                 }
             }
-        },
-    );
-    out
+        })
+    }
 }
 
 /// [`transpose_batched`] as an op on a contiguous CPU tensor `[B, R, C]`, no graph recorded.
