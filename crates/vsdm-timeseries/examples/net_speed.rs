@@ -1,5 +1,6 @@
 //! Time and peak memory of one training step (forward + backward) and one sampling-mode forward pass (on a
-//! network that records no graph, as the trainer's EMA network and loaded weights are) of the forecasting network on a grid of the given size:
+//! network that records no graph, as the trainer's EMA network and loaded weights are) of the forecasting
+//! network on a grid of the given size:
 //! `cargo run --release -p vsdm-timeseries --example net_speed -- SERIES CONTEXT HORIZON BATCH [HEADS PATCH]`
 //! (electricity: `370 72 24 4`). Runs on the first CUDA device when built with `--features cuda` and one is
 //! present, else on the CPU; peak memory is the process's resident memory (on a GPU, measure the device's with
