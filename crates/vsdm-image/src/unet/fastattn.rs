@@ -19,6 +19,7 @@ use candle_core::{Result, Tensor};
 use super::fastconv::{self, conv_backward, ConvBackward};
 use super::layers::softmax_wide;
 use vsdm_core::carried;
+use vsdm_core::fastmath::matmul as mm;
 
 /// q, k, v `[B, C, N]` (contiguous) out of qkv `[B, C, 3, N]`.
 fn split(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
@@ -40,7 +41,43 @@ struct Attended {
     a: Tensor,
 }
 
+/// Whether [`attend`] and the backward run their products as this crate's CPU products on strided views
+/// (`vsdm_core::fastmath::matmul`, f32 on the CPU, nothing recorded): q, k and v read in place out of qkv and
+/// the transposes read in place, where candle's `matmul` gets contiguous copies of each (≈ 3.5% of the tiny
+/// network's CPU step went to those copies).
+fn views_on_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op()
+}
+
+/// `x` transposed in its last two axes: a view where [`views_on_cpu`] holds (the CPU products read it in
+/// place), else a contiguous copy (for candle's `matmul`).
+fn transposed(x: &Tensor, views: bool) -> Result<Tensor> {
+    let t = x.transpose(1, 2)?;
+    if views {
+        Ok(t)
+    } else {
+        t.contiguous()
+    }
+}
+
 fn attend(qkv: &Tensor) -> Result<Attended> {
+    if views_on_cpu(qkv) {
+        let part = |i| qkv.narrow(2, i, 1)?.squeeze(2);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let c = q.dim(1)?;
+        let scores = mm(&q.transpose(1, 2)?, &(&k / (c as f64).sqrt())?)?; // [B, N_q, N_k]
+        let p = softmax_wide(&scores)?;
+        let p_act = p.clone();
+        let a = mm(&v, &p_act.transpose(1, 2)?)?; // [B, C, N_q]
+        return Ok(Attended {
+            q,
+            k,
+            v,
+            p,
+            p_act,
+            a,
+        });
+    }
     let (q, k, v) = split(qkv)?;
     let c = q.dim(1)?;
     let scores = q
@@ -80,6 +117,9 @@ impl carried::Backward for AttentionBackward {
         let dt = qkv.dtype();
         let (b, c, _, n) = qkv.dims4()?;
         let dy = dy.affine(self.scale, 0.0)?;
+        // Recomputed from qkv's value (nothing of it recorded).
+        let qkv = qkv.detach();
+        let views = views_on_cpu(&qkv);
         let Attended {
             q,
             k,
@@ -87,7 +127,7 @@ impl carried::Backward for AttentionBackward {
             p,
             p_act,
             a,
-        } = attend(qkv)?;
+        } = attend(&qkv)?;
         let root = (c as f64).sqrt();
         // The projection (1×1 convolution) and its bias.
         let w = fastconv::unpack_weight(wb, self.w_dims)?;
@@ -95,16 +135,12 @@ impl carried::Backward for AttentionBackward {
         let dwb = fastconv::packed_gradient(&dw, &dy)?;
         let da = da.reshape((b, c, n))?;
         // The attention.
-        let dv = da.matmul(&p_act)?;
-        let dp = da
-            .transpose(1, 2)?
-            .contiguous()?
-            .matmul(&v)?
-            .to_dtype(p.dtype())?;
+        let dv = mm(&da, &p_act)?;
+        let dp = mm(&transposed(&da, views)?, &v)?.to_dtype(p.dtype())?;
         let row = (&dp * &p)?.sum_keepdim(2)?;
         let ds = (p * dp.broadcast_sub(&row)?)?.to_dtype(dt)?;
-        let dq = (k.matmul(&ds.transpose(1, 2)?.contiguous()?)? / root)?;
-        let dk = (q.matmul(&ds)? / root)?;
+        let dq = (mm(&k, &transposed(&ds, views)?)? / root)?;
+        let dk = (mm(&q, &ds)? / root)?;
         let dqkv = Tensor::stack(&[dq, dk, dv], 2)?;
         Ok((Some(dqkv), Some(dwb), Some(dy)))
     }
