@@ -747,15 +747,16 @@ const CPU_SCORE_CHUNK_BYTES: usize = 8 << 20;
 /// At electricity's 370 series the series attention's scores are the largest tensors of a training step
 /// (`[B·tokens, heads, 370, 370]`, 70 MB at batch 4), and [`attention_chain`] makes five of them in the forward
 /// pass (the scores, their scaling, the shifted scores, the exponentials, the probabilities), all kept for the
-/// backward pass, and about as many again there. Here the value is computed on detached inputs (the scale
-/// applied to q, candle's fused `softmax_last_dim`), only the probabilities P are kept, and the backward is
-/// the analytic one, with dy the output's gradient:
+/// backward pass, and about as many again there. Here the value is computed on detached inputs, only the
+/// probabilities P are kept, and the backward is the analytic one, with dy the output's gradient:
 ///
 ///   dv = Pᵀ dy,  dP = dy vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = dS k/√d,  dk = dSᵀ q/√d.
 ///
-/// On the CPU both passes run over chunks of the leading axes whose scores fit in
-/// [`CPU_SCORE_CHUNK_BYTES`] (the rows are independent, so the result is the same); on a GPU in one piece.
-/// Without a tracked input (sampling) it records nothing and keeps nothing.
+/// On the CPU in f32 both passes are kernels of their own over blocks of query rows (`attention_rows`,
+/// `attention_backward_rows`), run over chunks of the leading axes whose scores fit in
+/// `CPU_SCORE_CHUNK_BYTES` (the rows are independent, so the result is the same); elsewhere (a GPU, f64)
+/// candle's products and fused softmax, on a GPU in one piece. Without a tracked input (sampling) it records
+/// nothing and keeps nothing (on the CPU in f32 one call for the whole batch).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     attention_in_chunks(q, k, v, score_chunk_bytes(q))
 }
