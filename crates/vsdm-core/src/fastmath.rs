@@ -310,37 +310,11 @@ pub fn matmul_f32(
 /// Every element of a and b lies within the allocations `a` and `b` point into; `out` holds `m · n` values.
 pub unsafe fn gemm_one(
     out: &mut [MaybeUninit<f32>],
-    (a, (ars, acs)): (*const f32, (usize, usize)),
-    (b, (brs, bcs)): (*const f32, (usize, usize)),
-    (m, k, n): (usize, usize, usize),
+    a: (*const f32, (usize, usize)),
+    b: (*const f32, (usize, usize)),
+    dims: (usize, usize, usize),
 ) {
-    if k == 0 {
-        for v in out.iter_mut() {
-            v.write(0.0);
-        }
-        return;
-    }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        out.as_mut_ptr() as *mut f32,
-        1,
-        n as isize,
-        false,
-        a,
-        acs as isize,
-        ars as isize,
-        b,
-        bcs as isize,
-        brs as isize,
-        0.0f32,
-        1.0f32,
-        false,
-        false,
-        false,
-        gemm::Parallelism::None,
-    )
+    gemm_raw(out.as_mut_ptr() as *mut f32, a, b, dims, 1.0, false)
 }
 
 /// One single-threaded gemm call that scales and accumulates: `out` (row-major `[m, n]`, initialised) =
@@ -350,6 +324,22 @@ pub unsafe fn gemm_one(
 /// As [`gemm_one`]; `out` holds `m · n` values.
 pub unsafe fn gemm_scaled(
     out: &mut [f32],
+    a: (*const f32, (usize, usize)),
+    b: (*const f32, (usize, usize)),
+    dims: (usize, usize, usize),
+    scale: f32,
+    accumulate: bool,
+) {
+    gemm_raw(out.as_mut_ptr(), a, b, dims, scale, accumulate)
+}
+
+/// The gemm call of [`gemm_one`] and [`gemm_scaled`]: `out` = (`out` +) `scale` · a · b, row-major `[m, n]`
+/// (read only when `accumulate`; written whole, zeros when k = 0 and not accumulating).
+///
+/// # Safety
+/// As [`gemm_one`]; `out` points to `m · n` values, initialised when `accumulate`.
+unsafe fn gemm_raw(
+    out: *mut f32,
     (a, (ars, acs)): (*const f32, (usize, usize)),
     (b, (brs, bcs)): (*const f32, (usize, usize)),
     (m, k, n): (usize, usize, usize),
@@ -358,7 +348,7 @@ pub unsafe fn gemm_scaled(
 ) {
     if k == 0 {
         if !accumulate {
-            out.fill(0.0);
+            std::ptr::write_bytes(out, 0, m * n);
         }
         return;
     }
@@ -366,7 +356,7 @@ pub unsafe fn gemm_scaled(
         m,
         n,
         k,
-        out.as_mut_ptr(),
+        out,
         1,
         n as isize,
         accumulate,

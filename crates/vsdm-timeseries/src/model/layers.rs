@@ -245,7 +245,7 @@ impl vsdm_core::carried::Backward for AttentionBackward {
 }
 
 /// softmax(scale · x) along the last axis, for `scale > 0`, as candle's ops: the attention's path off the CPU
-/// or in f64 (on the CPU in f32 the attention runs as one fused kernel, [`FusedAttention`]).
+/// or in f64 (on the CPU in f32 the attention runs as one kernel of its own, [`attention_rows`]).
 fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&(x * scale)?)
 }
@@ -306,7 +306,7 @@ const BLOCK_SCORE_BYTES: usize = 64 << 10;
 /// `[n, sq, sk]` through memory. Blocks are written into P when it is kept, else into a scratch buffer of one
 /// block per task. Runs of rows go to candle's worker pool ([`par_rows_mut`]).
 fn attention_rows(
-    (q, k, v): (&[f32], &[f32], &[f32]),
+    [q, k, v]: [&[f32]; 3],
     (n, sq, sk, d, dv): (usize, usize, usize, usize, usize),
     scale: f32,
     keep: bool,
@@ -380,27 +380,41 @@ fn attention_rows(
     (y, keep.then_some(p))
 }
 
+/// The softmax's backward for one row, in place: dP in `g` becomes dS = P ⊙ (dP − ⟨dP, P⟩), ⟨dP, P⟩ summed
+/// in eight lanes. The one implementation of [`softmax_grad_rows`] (f32, AVX2 build where the CPU has it) and
+/// [`softmax_backward_rows`] (f32 and f64).
+#[inline(always)]
+fn softmax_grad_row<T>(g: &mut [T], p: &[T])
+where
+    T: Copy
+        + Default
+        + std::ops::Add<Output = T>
+        + std::ops::Sub<Output = T>
+        + std::ops::Mul<Output = T>,
+{
+    let mut lanes = [T::default(); 8];
+    let (g8, p8) = (g.chunks_exact(8), p.chunks_exact(8));
+    let mut dot = g8
+        .remainder()
+        .iter()
+        .zip(p8.remainder())
+        .fold(T::default(), |s, (a, b)| s + *a * *b);
+    for (a, b) in g8.zip(p8) {
+        for l in 0..8 {
+            lanes[l] = lanes[l] + a[l] * b[l];
+        }
+    }
+    dot = lanes.iter().fold(dot, |s, l| s + *l);
+    for (g, p) in g.iter_mut().zip(p) {
+        *g = *p * (*g - dot);
+    }
+}
+
 vsdm_core::simd_fn! {
-    /// The softmax's backward in place, row by row (rows of `n`): dP becomes dS = P ⊙ (dP − ⟨dP, P⟩), the row's
-    /// ⟨dP, P⟩ summed in eight lanes.
+    /// [`softmax_grad_row`] on each row of `n`.
     fn softmax_grad_rows(dp: &mut [f32], p: &[f32], n: usize) {
         for (g, p) in dp.chunks_mut(n).zip(p.chunks(n)) {
-            let mut lanes = [0f32; 8];
-            let (g8, p8) = (g.chunks_exact(8), p.chunks_exact(8));
-            let mut dot = g8
-                .remainder()
-                .iter()
-                .zip(p8.remainder())
-                .fold(0f32, |s, (a, b)| s + a * b);
-            for (a, b) in g8.zip(p8) {
-                for l in 0..8 {
-                    lanes[l] += a[l] * b[l];
-                }
-            }
-            dot = lanes.iter().fold(dot, |s, l| s + l);
-            for (g, p) in g.iter_mut().zip(p) {
-                *g = p * (*g - dot);
-            }
+            softmax_grad_row(g, p);
         }
     }
 }
@@ -501,35 +515,20 @@ fn attention_grads_fused(
     p: &Tensor,
     scale: f64,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if ![q, k, v, dy, p].iter().all(|t| cpu_f32(t)) || k.dim(1)? == 0 {
+    if ![q, k, v, dy, p].into_iter().all(cpu_f32) || k.dim(1)? == 0 {
         return Ok(None);
     }
     let ((n, sq, d), (_, sk, _), (_, _, dv)) = (q.dims3()?, k.dims3()?, v.dims3()?);
-    let (q, k, v, dy, p) = (
+    let (q, k, v, p, dy) = (
         q.contiguous()?,
         k.contiguous()?,
         v.contiguous()?,
-        dy.contiguous()?,
         p.contiguous()?,
+        dy.contiguous()?,
     );
-    let guards = [&q, &k, &v, &dy, &p].map(|t| t.storage_and_layout());
-    let mut parts = Vec::with_capacity(5);
-    for (st, l) in &guards {
-        match (&**st, l.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(c), Some(_)) => {
-                parts.push(f32_slice(c, l, "attention backward")?)
-            }
-            _ => candle_core::bail!("attention backward: an input is not a contiguous CPU tensor"),
-        }
-    }
-    let (gq, gkv) = attention_backward_rows(
-        [parts[0], parts[1], parts[2], parts[4], parts[3]],
-        (n, sq, sk, d, dv),
-        scale as f32,
-    );
-    drop(parts);
-    drop(guards);
+    let (gq, gkv) = with_cpu_f32("attention backward", [&q, &k, &v, &p, &dy], |parts| {
+        attention_backward_rows(parts, (n, sq, sk, d, dv), scale as f32)
+    })?;
     let dev = q.device();
     let gq = Tensor::from_vec(gq, (n, sq, d), dev)?;
     let gkv = Tensor::from_vec(gkv, (n, sk * (d + dv)), dev)?;
@@ -538,59 +537,32 @@ fn attention_grads_fused(
     Ok(Some((gq, gk, gv)))
 }
 
-/// [`attention_rows`] as a candle op on contiguous f32 CPU tensors q `[n, sq, d]`, k `[n, sk, d]`, v
-/// `[n, sk, dv]`, its value y; the probabilities, when asked for (`keep`), are left in `p` for the caller to
-/// take (an op has one output).
-struct FusedAttention {
-    scale: f32,
-    keep: bool,
-    p: std::sync::Mutex<Option<Vec<f32>>>,
+/// Whether `t` is f32 on the CPU: what the attention kernels take.
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
 
-impl candle_core::CustomOp3 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
+/// `f` on the values of contiguous f32 CPU tensors, read in place, in the order given (the attention kernels'
+/// inputs); an error naming `what` for a tensor that is not one.
+fn with_cpu_f32<R, const N: usize>(
+    what: &str,
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Result<R> {
+    let guards = ts.map(|t| t.storage_and_layout());
+    let mut parts: [&[f32]; N] = [&[]; N];
+    for (part, (st, l)) in parts.iter_mut().zip(&guards) {
+        *part = match &**st {
+            candle_core::Storage::Cpu(c) => f32_slice(c, l, what)?,
+            _ => candle_core::bail!("{what}: a tensor not on the CPU"),
+        };
     }
-
-    fn cpu_fwd(
-        &self,
-        s1: &candle_core::CpuStorage,
-        l1: &candle_core::Layout,
-        s2: &candle_core::CpuStorage,
-        l2: &candle_core::Layout,
-        s3: &candle_core::CpuStorage,
-        l3: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (q, k, v) = (
-            f32_slice(s1, l1, self.name())?,
-            f32_slice(s2, l2, self.name())?,
-            f32_slice(s3, l3, self.name())?,
-        );
-        let ((n, sq, d), (nk, sk, dk), (nv, sv, dv)) = (
-            l1.shape().dims3()?,
-            l2.shape().dims3()?,
-            l3.shape().dims3()?,
-        );
-        if nk != n || nv != n || dk != d || sv != sk || sk == 0 {
-            candle_core::bail!(
-                "fused-attention: q {:?}, k {:?}, v {:?} do not make an attention with at least one key",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
-        }
-        let (y, p) = attention_rows((q, k, v), (n, sq, sk, d, dv), self.scale, self.keep);
-        *self
-            .p
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("fused-attention: poisoned".into()))? = p;
-        Ok((candle_core::CpuStorage::F32(y), (n, sq, dv).into()))
-    }
+    Ok(f(parts))
 }
 
 /// softmax(scale · q kᵀ) v for q `[n, sq, d]`, k `[n, sk, d]`, v `[n, sk, dv]` without a graph, and P
-/// `[n, sq, sk]` when `keep`: one [`FusedAttention`] op for contiguous f32 CPU tensors with at least one key,
-/// else candle's products and softmax.
+/// `[n, sq, sk]` when `keep`: [`attention_rows`] for f32 CPU tensors with at least one key, else candle's
+/// products and softmax.
 fn attention_parts(
     q: &Tensor,
     k: &Tensor,
@@ -598,27 +570,25 @@ fn attention_parts(
     scale: f64,
     keep: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
     if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && k.dim(1)? > 0 {
-        let op = FusedAttention {
-            scale: scale as f32,
-            keep,
-            p: std::sync::Mutex::new(None),
-        };
-        let y = q
-            .contiguous()?
-            .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?;
-        let p =
-            op.p.into_inner()
-                .map_err(|_| candle_core::Error::Msg("fused-attention: poisoned".into()))?;
-        let p = match p {
-            Some(p) => {
-                let (n, sq, _) = q.dims3()?;
-                Some(Tensor::from_vec(p, (n, sq, k.dim(1)?), q.device())?)
-            }
-            None => None,
-        };
-        return Ok((y, p));
+        let ((n, sq, d), (nk, sk, dk), (nv, sv, dv)) = (q.dims3()?, k.dims3()?, v.dims3()?);
+        if nk != n || nv != n || dk != d || sv != sk {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?} and v {:?} do not make an attention",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            );
+        }
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (y, p) = with_cpu_f32("attention", [&q, &k, &v], |qkv| {
+            attention_rows(qkv, (n, sq, sk, d, dv), scale as f32, keep)
+        })?;
+        let dev = q.device();
+        let p = p
+            .map(|p| Tensor::from_vec(p, (n, sq, sk), dev))
+            .transpose()?;
+        return Ok((Tensor::from_vec(y, (n, sq, dv), dev)?, p));
     }
     let p = softmax_scaled(&mm(q, &k.t()?)?, scale)?;
     let y = mm(&p, v)?;
@@ -648,8 +618,8 @@ fn softmax_backward(dp: &Tensor, p: &Tensor) -> Result<Tensor> {
 /// [`softmax_backward`]'s CPU kernel on contiguous (dP, P) of the same shape and dtype.
 struct SoftmaxBackward;
 
-/// dS row by row (rows of `n`): the row's ⟨dP, P⟩ summed in eight lanes, then P ⊙ (dP − ⟨dP, P⟩); rows in
-/// parallel ([`par_rows`]).
+/// dS row by row (rows of `n`) into a new vector: each row of dP copied, then [`softmax_grad_row`] in place;
+/// rows in parallel ([`par_rows`]).
 fn softmax_backward_rows<T>(dp: &[T], p: &[T], n: usize) -> Vec<T>
 where
     T: Copy
@@ -663,22 +633,12 @@ where
     let n = n.max(1);
     par_rows((dp, n), (p, n), n, dp.len() / n, |dp, p, o| {
         for ((o, dp), p) in o.chunks_mut(n).zip(dp.chunks(n)).zip(p.chunks(n)) {
-            let mut lanes = [T::default(); 8];
-            let (dp8, p8) = (dp.chunks_exact(8), p.chunks_exact(8));
-            let (dpr, pr) = (dp8.remainder(), p8.remainder());
-            for (a, b) in dp8.zip(p8) {
-                for l in 0..8 {
-                    lanes[l] = lanes[l] + a[l] * b[l];
-                }
+            for (o, v) in o.iter_mut().zip(dp) {
+                o.write(*v);
             }
-            let mut dot = T::default();
-            for (a, b) in dpr.iter().zip(pr) {
-                dot = dot + *a * *b;
-            }
-            let dot = lanes.iter().fold(dot, |s, l| s + *l);
-            for ((o, a), b) in o.iter_mut().zip(dp).zip(p) {
-                o.write(*b * (*a - dot));
-            }
+            // SAFETY: every element of the row was written just above; MaybeUninit<T> has T's layout.
+            let g = unsafe { &mut *(o as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
+            softmax_grad_row(g, p);
         }
     })
 }
@@ -806,7 +766,7 @@ fn attention_value(
     // Without a backward nothing of the scores' size is kept: one piece (the fused CPU kernel holds one block
     // of scores per task; elsewhere the chunks bound the scores as they do with a backward).
     let per_row = (sq * sk * q.dtype().size_in_bytes()).max(1);
-    let fused_whole = !track && q.device().is_cpu() && q.dtype() == candle_core::DType::F32;
+    let fused_whole = !track && cpu_f32(q);
     let rows = if fused_whole {
         n.max(1)
     } else {
