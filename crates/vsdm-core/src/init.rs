@@ -110,6 +110,20 @@ pub fn seeded_var_builder(
     )
 }
 
+/// A `VarBuilder` over untracked views of `map`'s variables (`Tensor::detach`: the same storage, so in-place
+/// updates of the variables reach a network built from it): a network for forward passes only, which records no
+/// graph — the trainer's EMA network, and the forward rates of `vsdm-image bench` and `net_speed`.
+pub fn untracked_var_builder(map: &VarMap, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    let views = map
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
+    VarBuilder::from_tensors(views, dtype, device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

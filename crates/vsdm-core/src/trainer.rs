@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::error::{Error, Result};
-use crate::init::seeded_var_builder;
+use crate::init::{seeded_var_builder, untracked_var_builder};
 use crate::model::ScoreModel;
 use crate::optim::{AdamConfig, AdamF64, AdamW};
 use crate::process::{AnyMarginals, ForwardProcess, Marginals, Process};
@@ -407,11 +407,7 @@ impl<M: ScoreModel> Trainer<M> {
         // time-series network keeping its probabilities. It is rebuilt here on untracked views of the same
         // variables (`detach` shares their storage, so the in-place EMA updates and checkpoint restores reach
         // it), whose forward passes record nothing; the values are the same.
-        let views: HashMap<String, Tensor> = ema_vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect();
-        let ema_model = build(VarBuilder::from_tensors(views, DType::F32, device))?;
+        let ema_model = build(untracked_var_builder(&ema_map, DType::F32, device))?;
         let opt = AdamW::new(vars, cfg.adam)?;
         let params = cfg.init.clone();
         let process = params.process(cfg.schedule, &cfg.data_shape, device)?;

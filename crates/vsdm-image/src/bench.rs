@@ -159,15 +159,8 @@ pub fn throughput(
     // untracked views (as the trainer's EMA network; a network loaded from a file has plain tensors), with
     // dropout on, as PyTorch's `no_grad` forward of its training-mode module in `bench/unet_ddpmpp.py`. (Until
     // 2026-12-06 they ran on the training network itself, whose variables make every pass record its graph.)
-    let views = vm
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("bench: poisoned variable map".into()))?
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
     let mut plain = UNet::new_train(
-        candle_nn::VarBuilder::from_tensors(views, DType::F32, device),
+        vsdm_core::init::untracked_var_builder(&vm, DType::F32, device),
         cfg,
     )?;
     plain.set_compute_dtype(compute)?;

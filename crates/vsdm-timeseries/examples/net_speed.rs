@@ -151,14 +151,10 @@ fn main() -> anyhow::Result<()> {
     }
     // Sampling runs the EMA network, which the trainer builds on untracked views of its variables (and a
     // network loaded from disk has plain tensors): the same here, so that no graph is recorded.
-    let views: std::collections::HashMap<String, Tensor> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect();
-    let mut sampler = ForecastNet::new(VarBuilder::from_tensors(views, DType::F32, &dev), cfg)?;
+    let mut sampler = ForecastNet::new(
+        vsdm_core::init::untracked_var_builder(&vm, DType::F32, &dev),
+        cfg,
+    )?;
     sampler.set_inference(true);
     let mut sample = Vec::new();
     for i in 0..=steps {
