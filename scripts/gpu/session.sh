@@ -82,17 +82,21 @@ if [ "$part" = core ]; then
     # (2026-12-05, late); the default `--adam fused` is vsdm-core's, as training uses. The cudnn build's default
     # with both isolates the optimiser's share.
     # Each variant is "BINARY GLOBAL-FLAGS|BENCH-FLAGS": `--adam` belongs to the bench subcommand, after it.
+    # run_variant LIMIT VARIANT [MORE-BENCH-FLAGS…]
+    run_variant() {
+        local limit=$1 v=$2 tail=""; shift 2
+        [ "${v#*|}" != "$v" ] && tail=${v#*|}
+        with_mem timeout "$limit" ${v%%|*} $CUDA $bench "$@" $tail | tee -a "$OUT/bench.md"
+    }
     for v in "vsdm-image --conv gemm --norm fused|--adam candle-nn" "vsdm-image" "vsdm-image --tf32" \
         "vsdm-image-cudnn $CUDNN $HEUR" "vsdm-image-cudnn $CUDNN|--adam candle-nn" "vsdm-image-cudnn $CUDNN" \
         "vsdm-image-cudnn $CUDNN $EXACT" "vsdm-image-cudnn $CUDNN --tf32"; do
-        with_mem timeout 90 ${v%%|*} $CUDA $bench $([ "${v#*|}" != "$v" ] && echo "${v#*|}") \
-            | tee -a "$OUT/bench.md"
+        run_variant 90 "$v"
     done
     if [ -n "$CUDA" ]; then
         for v in "vsdm-image --conv gemm --norm fused|--adam candle-nn" "vsdm-image" \
             "vsdm-image-cudnn $CUDNN|--adam candle-nn" "vsdm-image-cudnn $CUDNN"; do
-            with_mem timeout 60 ${v%%|*} $CUDA $bench --precision bf16 \
-                $([ "${v#*|}" != "$v" ] && echo "${v#*|}") | tee -a "$OUT/bench.md"
+            run_variant 60 "$v" --precision bf16
         done
     fi
 
