@@ -333,17 +333,48 @@ pub unsafe fn gemm_scaled(
     gemm_raw(out.as_mut_ptr(), a, b, dims, scale, accumulate)
 }
 
-/// The gemm call of [`gemm_one`] and [`gemm_scaled`]: `out` = (`out` +) `scale` · a · b, row-major `[m, n]`
-/// (read only when `accumulate`; written whole, zeros when k = 0 and not accumulating).
+/// The float types gemm has kernels for that this workspace multiplies in: f32 and f64.
+pub trait GemmFloat: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl GemmFloat for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl GemmFloat for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// One single-threaded gemm call in f32 or f64: `out` (row-major `[m, n]`) = `out` + a · b when `accumulate`,
+/// else a · b (`out` then written whole, never read: it may be uninitialised), a and b as in [`gemm_one`].
 ///
 /// # Safety
 /// As [`gemm_one`]; `out` points to `m · n` values, initialised when `accumulate`.
-unsafe fn gemm_raw(
-    out: *mut f32,
-    (a, (ars, acs)): (*const f32, (usize, usize)),
-    (b, (brs, bcs)): (*const f32, (usize, usize)),
+pub unsafe fn gemm_into<T: GemmFloat>(
+    out: *mut T,
+    a: (*const T, (usize, usize)),
+    b: (*const T, (usize, usize)),
+    dims: (usize, usize, usize),
+    accumulate: bool,
+) {
+    gemm_raw(out, a, b, dims, T::ONE, accumulate)
+}
+
+/// The gemm call of [`gemm_one`], [`gemm_scaled`] and [`gemm_into`]: `out` = (`out` +) `scale` · a · b,
+/// row-major `[m, n]` (read only when `accumulate`; written whole, zeros when k = 0 and not accumulating).
+///
+/// # Safety
+/// As [`gemm_one`]; `out` points to `m · n` values, initialised when `accumulate`.
+unsafe fn gemm_raw<T: GemmFloat>(
+    out: *mut T,
+    (a, (ars, acs)): (*const T, (usize, usize)),
+    (b, (brs, bcs)): (*const T, (usize, usize)),
     (m, k, n): (usize, usize, usize),
-    scale: f32,
+    scale: T,
     accumulate: bool,
 ) {
     if k == 0 {
@@ -366,7 +397,7 @@ unsafe fn gemm_raw(
         b,
         bcs as isize,
         brs as isize,
-        if accumulate { 1.0f32 } else { 0.0 },
+        if accumulate { T::ONE } else { T::ZERO },
         scale,
         false,
         false,
