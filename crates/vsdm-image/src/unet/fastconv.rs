@@ -117,20 +117,11 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
     if p >= kh {
         candle_core::bail!("conv2d backward: padding {p} must be below the kernel size {kh}");
     }
-    // W̃: swap in/out channels and flip both spatial axes.
-    let rev = Tensor::arange_step(kh as i64 - 1, -1, -1, w.device())?
-        .to_dtype(candle_core::DType::U32)?;
-    let wt = w
-        .transpose(0, 1)?
-        .contiguous()?
-        .index_select(&rev, 2)?
-        .index_select(&rev, 3)?
-        .contiguous()?;
     if own_patches(x) {
-        let dx = im2col::conv2d(dy, &wt, kh - 1 - p)?;
+        let dx = im2col::conv2d_input_grad(dy, w, p)?;
         return Ok((dx, im2col::conv2d_weight_grad(x, dy, kh, p)?));
     }
-    let dx = dy.conv2d(&wt, kh - 1 - p, 1, 1, 1)?;
+    let dx = dy.conv2d(&im2col::flipped(w)?, kh - 1 - p, 1, 1, 1)?;
     let dw = x
         .transpose(0, 1)?
         .conv2d(&dy.transpose(0, 1)?, p, 1, 1, 1)?

@@ -347,20 +347,36 @@ fn shifted_weight_grad<T: WithDType + GemmFloat>(
 /// W's gradient `[C_out, C, k, k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShiftedOp {
-    Conv { p: usize },
-    WeightGrad { k: usize, p: usize },
+    Conv {
+        p: usize,
+    },
+    /// [`conv2d_input_grad`] on (dy, W): the convolution of dy with W's channels swapped and kernel flipped,
+    /// padding k − 1 − p, the flip made while the weight is laid out for the products.
+    InputGrad {
+        p: usize,
+    },
+    WeightGrad {
+        k: usize,
+        p: usize,
+    },
 }
 
 impl ShiftedOp {
     fn run<T: WithDType + GemmFloat>(self, x: &[T], y: &[T], g: Shifted, co: usize) -> Vec<T> {
         let (k, c) = (g.k, g.c);
         match self {
-            Self::Conv { .. } => {
-                // W `[co, c, k, k]` → `[k, k, c, co]`.
+            Self::Conv { .. } | Self::InputGrad { .. } => {
+                // `[k·k·c, co]`, rows ordered (kernel row, kernel column, input channel): from W `[co, c, k, k]`
+                // for the value; for the input gradient from W `[c, co, k, k]` (its output channels are this
+                // convolution's input), kernel offsets reversed.
+                let flip = matches!(self, Self::InputGrad { .. });
                 let mut wm = vec![T::zero(); y.len()];
-                for (o, filt) in y.chunks(c * k * k).enumerate() {
-                    for (ch, kern) in filt.chunks(k * k).enumerate() {
+                let (outer, inner) = if flip { (c, co) } else { (co, c) };
+                for (a, filt) in y.chunks(inner * k * k).take(outer).enumerate() {
+                    for (b, kern) in filt.chunks(k * k).enumerate() {
+                        let (ch, o) = if flip { (a, b) } else { (b, a) };
                         for (ij, v) in kern.iter().enumerate() {
+                            let ij = if flip { k * k - 1 - ij } else { ij };
                             wm[(ij * c + ch) * co + o] = *v;
                         }
                     }
@@ -390,6 +406,7 @@ impl CustomOp2 for ShiftedOp {
     fn name(&self) -> &'static str {
         match self {
             Self::Conv { .. } => "shifted-conv",
+            Self::InputGrad { .. } => "shifted-input-grad",
             Self::WeightGrad { .. } => "shifted-weight-grad",
         }
     }
@@ -403,9 +420,17 @@ impl CustomOp2 for ShiftedOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = l1.shape().dims4()?;
         let (_, d1, d2, _) = l2.shape().dims4()?;
-        // The weight's `[C_out, C, k, k]` or the output gradient's `[B, C_out, H', W']`.
+        // The weight's `[C_out, C, k, k]` (its `[C, C_out, k, k]` for the input gradient, whose output has
+        // the weight's input channels) or the output gradient's `[B, C_out, H', W']`.
         let (co, k, p) = match *self {
             Self::Conv { p } => (l2.shape().dims()[0], d2, p),
+            Self::InputGrad { p } if p < d2 => (d1, d2, d2 - 1 - p),
+            Self::InputGrad { p } => {
+                candle_core::bail!(
+                    "{}: padding {p} must be below the kernel size {d2}",
+                    self.name()
+                )
+            }
             Self::WeightGrad { k, p } => (d1, k, p),
         };
         let g = Shifted { b, c, h, w, k, p };
@@ -419,7 +444,7 @@ impl CustomOp2 for ShiftedOp {
             _ => candle_core::bail!("{}: f32 or f64 inputs of one type only", self.name()),
         };
         let shape = match self {
-            Self::Conv { .. } => Shape::from((b, co, g.oh(), g.ow())),
+            Self::Conv { .. } | Self::InputGrad { .. } => Shape::from((b, co, g.oh(), g.ow())),
             Self::WeightGrad { .. } => Shape::from((co, c, k, k)),
         };
         Ok((out, shape))
@@ -627,6 +652,42 @@ fn conv2d_patches(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     y.reshape((b, co, oh, ow))
 }
 
+/// The input gradient of [`conv2d`]`(x, w, p)` for the output gradient `dy` `[B, C_out, H', W']`: the
+/// convolution of dy with W's channels swapped and its kernel flipped, padding k − 1 − p (p < k). In the
+/// shifted-rows scheme the flip is made while the weight is laid out for the products
+/// ([`ShiftedOp::InputGrad`]); elsewhere W̃ is made first and convolved by [`conv2d`].
+pub fn conv2d_input_grad(dy: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
+    let (co, _, kh, kw) = w.dims4()?;
+    if kh != kw || dy.dims4()?.1 != co {
+        candle_core::bail!(
+            "conv2d input gradient: weight {:?} does not fit output gradient {:?} (square kernels)",
+            w.dims(),
+            dy.dims()
+        );
+    }
+    if p >= kh {
+        candle_core::bail!("conv2d backward: padding {p} must be below the kernel size {kh}");
+    }
+    check_fit(dy, kh, kh - 1 - p)?;
+    if shifted_rows(dy) {
+        return dy
+            .contiguous()?
+            .apply_op2_no_bwd(&w.contiguous()?, &ShiftedOp::InputGrad { p });
+    }
+    conv2d(dy, &flipped(w)?, kh - 1 - p)
+}
+
+/// W̃ `[C, C_out, k, k]` of W `[C_out, C, k, k]`: channels swapped, both kernel axes reversed.
+pub fn flipped(w: &Tensor) -> Result<Tensor> {
+    let k = w.dim(2)?;
+    let rev = Tensor::arange_step(k as i64 - 1, -1, -1, w.device())?.to_dtype(DType::U32)?;
+    w.transpose(0, 1)?
+        .contiguous()?
+        .index_select(&rev, 2)?
+        .index_select(&rev, 3)?
+        .contiguous()
+}
+
 /// The weight gradient of [`conv2d`] for the output gradient `dy` `[B, C_out, H', W']`: in the shifted-rows
 /// scheme ([`ShiftedOp::WeightGrad`]) where [`conv2d`] takes it, else dy `[C_out, B·H'·W']` · colsᵀ.
 pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result<Tensor> {
@@ -704,8 +765,9 @@ mod tests {
     }
 
     /// Equal to candle's conv2d and to its weight gradient (candle's correlation of the batch-transposed
-    /// tensors), for odd kernels, "same", smaller and larger padding, non-square inputs and f64: the CPU's
-    /// shifted rows and the channel-major patches (CUDA's layout).
+    /// tensors) and the input gradient to candle's transposed convolution, for odd kernels, "same", smaller and
+    /// larger padding, non-square inputs and f64: the CPU's shifted rows and the channel-major patches (CUDA's
+    /// layout).
     #[test]
     fn matches_candles_conv2d() {
         let dev = Device::Cpu;
@@ -755,6 +817,22 @@ mod tests {
                     .unwrap()
                     .transpose(0, 1)
                     .unwrap();
+                if p < k {
+                    // The input gradient against candle's transposed convolution.
+                    let d0 = dy.conv_transpose2d(&wt, p, 0, 1, 1).unwrap();
+                    let flipped = flipped(&wt).unwrap();
+                    for d1 in [
+                        conv2d_input_grad(&dy, &wt, p).unwrap(),
+                        conv2d_patches(&dy, &flipped, k - 1 - p).unwrap(),
+                    ] {
+                        assert_eq!(d0.dims(), d1.dims(), "{case}");
+                        assert!(
+                            rel(&d0, &d1) < 1e-5,
+                            "{case}: input gradient {}",
+                            rel(&d0, &d1)
+                        );
+                    }
+                }
                 for g1 in [
                     conv2d_weight_grad(&x, &dy, k, p).unwrap(),
                     weight_grad_patches(&x, &dy, k, p).unwrap(),
