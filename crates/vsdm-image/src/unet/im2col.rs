@@ -34,7 +34,7 @@ use std::mem::MaybeUninit;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
 };
-use vsdm_core::fastmath::{gemm_into, par_fill, par_rows_mut, par_runs_mut, GemmFloat};
+use vsdm_core::fastmath::{gemm_into, par_fill, par_rows_mut, par_runs_mut, transpose, GemmFloat};
 
 /// The output size along an axis of `n` input pixels of a stride-1 convolution with a `k`-wide kernel and zero
 /// padding `p` (callers check that the kernel fits, [`check_fit`]).
@@ -169,8 +169,8 @@ impl Shifted {
 }
 
 /// `[B, C, H, W]` → channels last with zeros around, `[B, top + H + bottom, left + W + right, C]`, plus `slack`
-/// rows of zeros at the end (each of `(left + W + right)·C` values). In parallel over rows; within a row,
-/// 16 channels at a time, so the reads of one pass stay in 16 cache lines.
+/// rows of zeros at the end (each of `(left + W + right)·C` values). In parallel over rows; each input row a
+/// `[C, W]` → `[W, C]` transposition ([`transpose`]: 8×8 register blocks in f32).
 fn channels_last_padded<T: WithDType>(
     x: &[T],
     (b, c, h, w): (usize, usize, usize, usize),
@@ -178,7 +178,6 @@ fn channels_last_padded<T: WithDType>(
     (left, right): (usize, usize),
     slack: usize,
 ) -> Vec<T> {
-    const GROUP: usize = 16;
     let (hp, wp) = (top + h + bottom, left + w + right);
     let zero = |d: &mut [MaybeUninit<T>]| {
         for e in d {
@@ -199,28 +198,20 @@ fn channels_last_padded<T: WithDType>(
                 zero(head);
                 zero(tail);
                 let src = &x[bi * c * h * w + (yy - top) * w..];
-                for c0 in (0..c).step_by(GROUP) {
-                    let c1 = (c0 + GROUP).min(c);
-                    for (xo, px) in mid.chunks_mut(c).enumerate() {
-                        for (ch, d) in (c0..c1).zip(&mut px[c0..c1]) {
-                            d.write(src[ch * h * w + xo]);
-                        }
-                    }
-                }
+                transpose((src, h * w), (mid, c), (c, w));
             }
         })
     }
 }
 
 /// `[B, oh·wp, C]` (rows over a padded width `wp`) → `[B, C, oh, ow]`, the columns from `ow` on dropped. In
-/// parallel over (image, channel) planes, 16 channels at a time: each position's 16 values are one
-/// contiguous read.
+/// parallel over (image, channel) planes; for each output row, the planes of a run that belong to one image
+/// take an `[ow, channels]` → `[channels, ow]` transposition ([`transpose`]).
 fn channels_first_cropped<T: WithDType>(
     y: &[T],
     (b, c): (usize, usize),
     (oh, ow, wp): (usize, usize, usize),
 ) -> Vec<T> {
-    const GROUP: usize = 16;
     let plane = oh * ow;
     // SAFETY: each run's planes are written whole, every (row, column) < (oh, ow) of each.
     unsafe {
@@ -229,16 +220,15 @@ fn channels_first_cropped<T: WithDType>(
             let mut i = 0;
             while i < n {
                 let (bi, c0) = ((r0 + i) / c, (r0 + i) % c);
-                let g = GROUP.min(c - c0).min(n - i);
+                let g = (c - c0).min(n - i);
                 let src = &y[bi * oh * wp * c..][..oh * wp * c];
                 let dst = &mut planes[i * plane..(i + g) * plane];
                 for yy in 0..oh {
-                    for xo in 0..ow {
-                        let pos = yy * ow + xo;
-                        for (j, v) in src[(yy * wp + xo) * c + c0..][..g].iter().enumerate() {
-                            dst[j * plane + pos].write(*v);
-                        }
-                    }
+                    transpose(
+                        (&src[yy * wp * c + c0..], c),
+                        (&mut dst[yy * ow..], plane),
+                        (ow, g),
+                    );
                 }
                 i += g;
             }
