@@ -236,6 +236,19 @@ fn channels_first_cropped<T: WithDType>(
     }
 }
 
+/// The `[cols, rows]` transposition of the `[rows, cols]` matrix at `src` with row stride `srs`, on this thread.
+fn transposed<T: WithDType>((src, srs): (&[T], usize), (rows, cols): (usize, usize)) -> Vec<T> {
+    let mut v: Vec<T> = Vec::with_capacity(rows * cols);
+    transpose(
+        (src, srs),
+        (&mut v.spare_capacity_mut()[..rows * cols], rows),
+        (rows, cols),
+    );
+    // SAFETY: the transposition wrote every value of the `[cols, rows]` block.
+    unsafe { v.set_len(rows * cols) };
+    v
+}
+
 /// A new vector of `rows` rows of `w` values, one run of rows per thread of candle's pool, each run cut where
 /// a unit of `per_unit` rows ends: `f(dst, unit, first, m)` writes the `m` rows at `dst`, rows `first..first
 /// + m` of unit `unit`, whole.
@@ -359,16 +372,24 @@ impl ShiftedOp {
                 // `[k·k·c, co]`, rows ordered (kernel row, kernel column, input channel): from W `[co, c, k, k]`
                 // for the value; for the input gradient from W `[c, co, k, k]` (its output channels are this
                 // convolution's input), kernel offsets reversed.
-                let flip = matches!(self, Self::InputGrad { .. });
+                let kk = k * k;
                 let mut wm = vec![T::zero(); y.len()];
-                let (outer, inner) = if flip { (c, co) } else { (co, c) };
-                for (a, filt) in y.chunks(inner * k * k).take(outer).enumerate() {
-                    for (b, kern) in filt.chunks(k * k).enumerate() {
-                        let (ch, o) = if flip { (a, b) } else { (b, a) };
-                        for (ij, v) in kern.iter().enumerate() {
-                            let ij = if flip { k * k - 1 - ij } else { ij };
-                            wm[(ij * c + ch) * co + o] = *v;
+                let mut row = |ij: usize, ch: usize, v: &[T]| {
+                    wm[(ij * c + ch) * co..][..co].copy_from_slice(v);
+                };
+                if matches!(self, Self::InputGrad { .. }) {
+                    for ch in 0..c {
+                        // This input channel's `[co, kk]` → `[kk, co]`.
+                        let t = transposed((&y[ch * co * kk..], kk), (co, kk));
+                        for (ij, v) in t.chunks(co).enumerate() {
+                            row(kk - 1 - ij, ch, v);
                         }
+                    }
+                } else {
+                    // `[co, c·kk]` → `[c·kk, co]`, rows (channel, kernel offset).
+                    let t = transposed((y, c * kk), (co, c * kk));
+                    for (r, v) in t.chunks(co).enumerate() {
+                        row(r % kk, r / kk, v);
                     }
                 }
                 let out = shifted_forward(&g.pad(x), &wm, g, co);
@@ -378,14 +399,18 @@ impl ShiftedOp {
                 let (oh, ow, wp) = (g.oh(), g.ow(), g.wp());
                 let dyp = channels_last_padded(y, (g.b, co, oh, ow), (0, 0), (0, wp - ow), 0);
                 let gm = shifted_weight_grad(&g.pad(x), &dyp, g, co);
-                // `[k, k, c, co]` → `[co, c, k, k]`.
-                let mut dw = vec![T::zero(); gm.len()];
-                for (r, row) in gm.chunks(co).enumerate() {
-                    let (ij, ch) = (r / c, r % c);
-                    for (o, v) in row.iter().enumerate() {
-                        dw[(o * c + ch) * k * k + ij] = *v;
-                    }
+                // `[k·k·c, co]` → `[co, k·k·c]`, then each output channel's `[k·k, c]` → `[c, k·k]`.
+                let kk = k * k;
+                let t = transposed((&gm, co), (kk * c, co));
+                let mut dw: Vec<T> = Vec::with_capacity(gm.len());
+                for (o, dst) in dw.spare_capacity_mut()[..gm.len()]
+                    .chunks_mut(c * kk)
+                    .enumerate()
+                {
+                    transpose((&t[o * kk * c..], c), (dst, kk), (kk, c));
                 }
+                // SAFETY: each output channel's c·k·k values were written by its transposition.
+                unsafe { dw.set_len(gm.len()) };
                 dw
             }
         }
