@@ -147,6 +147,11 @@ pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, padding: usize) -> Result
         _ => candle_core::bail!("convolution bias must be [C] or [B, C], got {:?}", b.dims()),
     };
     let value = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+        if mode != ConvBackward::Candle && im2col::shifted_rows(x) {
+            // The CPU's shifted rows with the bias added on the way out (no graph: x, w and b are detached or
+            // untracked here).
+            return im2col::conv2d_fused(x, w, b, None, None, padding);
+        }
         let y = if mode == ConvBackward::Candle {
             // candle's differentiable conv2d: the reference records its own graph.
             x.conv2d(w, padding, 1, 1, 1)?
@@ -258,6 +263,12 @@ pub fn residual(
     let mode = conv_backward();
     // candle's ops on the inputs given: the reference's graph, or the fused op's value on detached inputs.
     let chain = |h: &Tensor, w: &Tensor, b: &Tensor, skip: &Tensor| -> Result<Tensor> {
+        if mode != ConvBackward::Candle && im2col::shifted_rows(h) {
+            // The CPU's shifted rows with bias, skip and scale applied on the way out, as the chain below
+            // rounds them (h, w, b and skip are detached or untracked here).
+            let x = dropped(h, drop)?;
+            return im2col::conv2d_fused(&x, w, b, Some(skip), Some(scale), padding);
+        }
         (conv2d_bias(&dropped(h, drop)?, w, b, padding)? + skip)? * scale
     };
     let tracked = h.track_op() || w.track_op() || b.track_op() || skip.track_op();

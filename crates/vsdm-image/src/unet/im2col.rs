@@ -204,16 +204,32 @@ fn channels_last_padded<T: WithDType>(
     }
 }
 
-/// `[B, oh·wp, C]` (rows over a padded width `wp`) → `[B, C, oh, ow]`, the columns from `ow` on dropped. In
-/// parallel over (image, channel) planes; for each output row, the planes of a run that belong to one image
-/// take an `[ow, channels]` → `[channels, ow]` transposition ([`transpose`]).
+/// What a convolution's value gets on the way out of the shifted-row products, (y + bias + skip) · scale: a
+/// layer's bias (per output channel, or per image and output channel) and a residual block's skip connection
+/// and rescaling, added in the same order and with the same roundings as candle's ops would
+/// (`broadcast_add`, `+`, `* scale`), in the pass that moves the output back to channels first.
+#[derive(Debug, Clone, Copy)]
+struct Epilogue<'a, T> {
+    /// `[C_out]` or `[B, C_out]`.
+    bias: &'a [T],
+    /// `[B, C_out, H', W']`.
+    skip: Option<&'a [T]>,
+    scale: Option<T>,
+}
+
+/// `[B, oh·wp, C]` (rows over a padded width `wp`) → `[B, C, oh, ow]`, the columns from `ow` on dropped, and
+/// the epilogue applied. In parallel over (image, channel) planes; for each output row, the planes of a run
+/// that belong to one image take an `[ow, channels]` → `[channels, ow]` transposition ([`transpose`]), then
+/// the epilogue while the row is in cache.
 fn channels_first_cropped<T: WithDType>(
     y: &[T],
     (b, c): (usize, usize),
     (oh, ow, wp): (usize, usize, usize),
+    epi: Option<Epilogue<T>>,
 ) -> Vec<T> {
     let plane = oh * ow;
-    // SAFETY: each run's planes are written whole, every (row, column) < (oh, ow) of each.
+    // SAFETY: each run's planes are written whole, every (row, column) < (oh, ow) of each, before the epilogue
+    // reads them.
     unsafe {
         par_fill(b * c, plane, |r0, planes| {
             let n = planes.len() / plane.max(1);
@@ -229,6 +245,23 @@ fn channels_first_cropped<T: WithDType>(
                         (&mut dst[yy * ow..], plane),
                         (ow, g),
                     );
+                    let Some(e) = epi else { continue };
+                    for j in 0..g {
+                        let ch = bi * c + c0 + j;
+                        let bias = e.bias[if e.bias.len() == c { c0 + j } else { ch }];
+                        let row = &mut dst[j * plane + yy * ow..][..ow];
+                        let skip = e.skip.map(|s| &s[ch * plane + yy * ow..][..ow]);
+                        for (x, v) in row.iter_mut().enumerate() {
+                            let mut t = v.assume_init() + bias;
+                            if let Some(s) = skip {
+                                t += s[x];
+                            }
+                            if let Some(k) = e.scale {
+                                t *= k;
+                            }
+                            v.write(t);
+                        }
+                    }
                 }
                 i += g;
             }
@@ -365,7 +398,14 @@ enum ShiftedOp {
 }
 
 impl ShiftedOp {
-    fn run<T: WithDType + GemmFloat>(self, x: &[T], y: &[T], g: Shifted, co: usize) -> Vec<T> {
+    fn run<T: WithDType + GemmFloat>(
+        self,
+        x: &[T],
+        y: &[T],
+        g: Shifted,
+        co: usize,
+        epi: Option<Epilogue<T>>,
+    ) -> Vec<T> {
         let (k, c) = (g.k, g.c);
         match self {
             Self::Conv { .. } | Self::InputGrad { .. } => {
@@ -393,7 +433,7 @@ impl ShiftedOp {
                     }
                 }
                 let out = shifted_forward(&g.pad(x), &wm, g, co);
-                channels_first_cropped(&out, (g.b, co), (g.oh(), g.ow(), g.wp()))
+                channels_first_cropped(&out, (g.b, co), (g.oh(), g.ow(), g.wp()), epi)
             }
             Self::WeightGrad { .. } => {
                 let (oh, ow, wp) = (g.oh(), g.ow(), g.wp());
@@ -451,10 +491,10 @@ impl CustomOp2 for ShiftedOp {
         let g = Shifted { b, c, h, w, k, p };
         let out = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                CpuStorage::F32(self.run(contiguous(x, l1)?, contiguous(y, l2)?, g, co))
+                CpuStorage::F32(self.run(contiguous(x, l1)?, contiguous(y, l2)?, g, co, None))
             }
             (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                CpuStorage::F64(self.run(contiguous(x, l1)?, contiguous(y, l2)?, g, co))
+                CpuStorage::F64(self.run(contiguous(x, l1)?, contiguous(y, l2)?, g, co, None))
             }
             _ => candle_core::bail!("{}: f32 or f64 inputs of one type only", self.name()),
         };
@@ -595,7 +635,7 @@ pub fn im2col(x: &Tensor, k: usize, p: usize) -> Result<Tensor> {
 /// training 1.11× and its forward 1.12× faster than the channel-major patches at its 128–256 channels
 /// (docs/benchmarks/image.md), and they are level with them at 4×4, where the dropped columns are a third of
 /// the product's rows.
-fn shifted_rows(x: &Tensor) -> bool {
+pub(crate) fn shifted_rows(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
@@ -641,6 +681,119 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
             .apply_op2_no_bwd(&w.contiguous()?, &ShiftedOp::Conv { p });
     }
     conv2d_patches(x, w, p)
+}
+
+/// (conv2d(x, W) + b + skip) · scale for a convolution that takes the shifted rows ([`shifted_rows`]: CPU,
+/// f32 or f64), with the bias (`[C_out]` or `[B, C_out]`), the skip connection (`[B, C_out, H', W']`, when
+/// given) and the scale (when given) applied in the pass that moves the output back to channels first
+/// ([`Epilogue`]) instead of one candle op each — the value of `fastconv`'s layer and residual ops, with the
+/// same roundings as the chain `conv2d(x, W).broadcast_add(b) + skip) * scale`. Records no graph.
+pub fn conv2d_fused(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    skip: Option<&Tensor>,
+    scale: Option<f64>,
+    p: usize,
+) -> Result<Tensor> {
+    let (bsz, c, h, wd) = x.dims4()?;
+    let (co, ci, k, kw) = w.dims4()?;
+    if !shifted_rows(x) || w.dtype() != x.dtype() || b.dtype() != x.dtype() {
+        candle_core::bail!(
+            "conv2d_fused: CPU f32 or f64 tensors of one type only, got {:?} on {:?}, weight {:?}, bias {:?}",
+            x.dtype(),
+            x.device(),
+            w.dtype(),
+            b.dtype()
+        );
+    }
+    if k != kw || c != ci || co == 0 {
+        candle_core::bail!(
+            "conv2d: weight {:?} does not fit input {:?} (square kernels over the input's channels)",
+            w.dims(),
+            x.dims()
+        );
+    }
+    check_fit(x, k, p)?;
+    let g = Shifted {
+        b: bsz,
+        c,
+        h,
+        w: wd,
+        k,
+        p,
+    };
+    let out_dims = [bsz, co, g.oh(), g.ow()];
+    if b.dims() != [co] && b.dims() != [bsz, co] {
+        candle_core::bail!(
+            "convolution bias must be [{co}] or [{bsz}, {co}], got {:?}",
+            b.dims()
+        );
+    }
+    if let Some(s) = skip {
+        if s.dims() != out_dims || s.dtype() != x.dtype() {
+            candle_core::bail!(
+                "conv2d_fused: skip {:?} ({:?}) does not match the output {out_dims:?} ({:?})",
+                s.dims(),
+                s.dtype(),
+                x.dtype()
+            );
+        }
+    }
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    let skip = skip.map(|s| s.contiguous()).transpose()?;
+    let (skip, dims) = (skip.as_ref(), (bsz, co, g.oh(), g.ow()));
+    match x.dtype() {
+        DType::F32 => Tensor::from_vec(
+            fused_values::<f32>(&x, &w, &b, skip, scale, g, co)?,
+            dims,
+            x.device(),
+        ),
+        _ => Tensor::from_vec(
+            fused_values::<f64>(&x, &w, &b, skip, scale, g, co)?,
+            dims,
+            x.device(),
+        ),
+    }
+}
+
+/// [`conv2d_fused`]'s values, read from the contiguous CPU tensors in place.
+fn fused_values<T: WithDType + GemmFloat>(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    skip: Option<&Tensor>,
+    scale: Option<f64>,
+    g: Shifted,
+    co: usize,
+) -> Result<Vec<T>> {
+    fn values<'a, T: WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
+        match s {
+            candle_core::Storage::Cpu(c) => contiguous(c.as_slice::<T>()?, l),
+            _ => candle_core::bail!("conv2d_fused: CPU tensors only"),
+        }
+    }
+    let ((xs, xl), (ws, wl), (bs, bl)) = (
+        x.storage_and_layout(),
+        w.storage_and_layout(),
+        b.storage_and_layout(),
+    );
+    let sk = skip.map(|s| s.storage_and_layout());
+    let epi = Epilogue {
+        bias: values::<T>(&bs, bl)?,
+        skip: match &sk {
+            Some((s, l)) => Some(values::<T>(s, l)?),
+            None => None,
+        },
+        scale: scale.map(T::from_f64),
+    };
+    Ok(ShiftedOp::Conv { p: g.p }.run(
+        values::<T>(&xs, xl)?,
+        values::<T>(&ws, wl)?,
+        g,
+        co,
+        Some(epi),
+    ))
 }
 
 /// [`conv2d`] through channel-major patch matrices, whatever the device and type (arguments checked by the
