@@ -32,9 +32,10 @@ struct Cli {
     /// the local cache, and a missing file is an error naming the path it is expected at.
     #[arg(long, global = true)]
     offline: bool,
-    /// How the U-Net's convolutions run: patch (im2col + GEMM forward, both gradients as convolution forward
-    /// passes, the bias in the same op, the patch matrices from this crate's own CUDA kernel), gemm (the same
-    /// with candle's im2col kernel on CUDA; identical to patch on the CPU), cudnn (forward and both gradients
+    /// How the U-Net's convolutions run: patch (matrix products, both gradients as convolution forward
+    /// passes, the bias in the same op; on CUDA patch matrices from this crate's own kernel, on the CPU
+    /// products on shifted views of the padded input, no patch matrix), gemm (the same with candle's im2col
+    /// kernel on CUDA; identical to patch on the CPU), cudnn (forward and both gradients
     /// through cuDNN; CUDA, a build with `--features cudnn`), or candle (candle's own conv2d, bias addition and
     /// backward, for comparisons). Default: cudnn in a `cudnn` build running on CUDA, else patch (the fastest
     /// measured on an H100, docs/BENCHMARKS.md).
