@@ -116,6 +116,49 @@ macro_rules! simd_fn {
     };
 }
 
+crate::simd_fn! {
+    /// softmax(scale · row) of each row of `n` in `rows`, in place: the maximum, exp(scale (x − max)) with
+    /// [`exp_f32`] (where candle's kernel calls the C library's scalar `expf` element by element), and the
+    /// division by their sum, each reduction in eight lanes. The attention softmax of the time-series network
+    /// and of the U-Net on the CPU.
+    pub fn softmax_rows(rows: &mut [f32], n: usize, scale: f32) {
+        for x in rows.chunks_mut(n) {
+            let mut lanes = [f32::NEG_INFINITY; 8];
+            let x8 = x.chunks_exact(8);
+            let mut max = x8
+                .remainder()
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            for c in x8 {
+                for l in 0..8 {
+                    lanes[l] = lanes[l].max(c[l]);
+                }
+            }
+            max = lanes.iter().fold(max, |m, v| m.max(*v));
+            let shift = scale * max;
+            let mut lanes = [0f32; 8];
+            let mut x8 = x.chunks_exact_mut(8);
+            for c in &mut x8 {
+                for l in 0..8 {
+                    let e = exp_f32(scale * c[l] - shift);
+                    lanes[l] += e;
+                    c[l] = e;
+                }
+            }
+            let mut sum = 0f32;
+            for v in x8.into_remainder() {
+                let e = exp_f32(scale * *v - shift);
+                sum += e;
+                *v = e;
+            }
+            let inv = 1.0 / lanes.iter().fold(sum, |s, v| s + v);
+            for v in x.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
 /// A raw pointer that may cross threads: [`par_rows_mut`] hands each task a disjoint part of the memory.
 struct Shared<T>(*mut T);
 

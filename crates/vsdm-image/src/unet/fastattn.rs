@@ -60,13 +60,44 @@ fn transposed(x: &Tensor, views: bool) -> Result<Tensor> {
     }
 }
 
+/// Softmax along the last axis of a contiguous CPU f32 tensor, in place ([`vsdm_core::fastmath::softmax_rows`],
+/// the time-series attention's kernel): the CPU attention's probabilities, where candle's softmax makes four
+/// passes and calls the C library's scalar `expf`.
+struct SoftmaxRows;
+
+impl candle_core::InplaceOp1 for SoftmaxRows {
+    fn name(&self) -> &'static str {
+        "softmax-rows"
+    }
+
+    fn cpu_fwd(&self, s: &mut candle_core::CpuStorage, l: &candle_core::Layout) -> Result<()> {
+        let n = l.dims().last().copied().unwrap_or(0);
+        let (candle_core::CpuStorage::F32(v), Some((start, end))) = (s, l.contiguous_offsets())
+        else {
+            candle_core::bail!("softmax-rows: a contiguous f32 tensor only");
+        };
+        if let Some(rows) = (end - start).checked_div(n) {
+            let avx2 = vsdm_core::fastmath::avx2();
+            vsdm_core::fastmath::par_rows_mut(
+                (&mut v[start..end], n),
+                (&mut [] as &mut [u8], 0),
+                rows,
+                |_, r, _| vsdm_core::fastmath::softmax_rows(avx2, r, n, 1.0),
+            );
+        }
+        Ok(())
+    }
+}
+
 fn attend(qkv: &Tensor) -> Result<Attended> {
     if views_on_cpu(qkv) {
         let part = |i| qkv.narrow(2, i, 1)?.squeeze(2);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let c = q.dim(1)?;
         let scores = mm(&q.transpose(1, 2)?, &(&k / (c as f64).sqrt())?)?; // [B, N_q, N_k]
-        let p = softmax_wide(&scores)?;
+                                                                           // The softmax in place on the new scores (one pass per row, vectorised exp).
+        scores.inplace_op1(&SoftmaxRows)?;
+        let p = scores;
         let p_act = p.clone();
         let a = mm(&v, &p_act.transpose(1, 2)?)?; // [B, C, N_q]
         return Ok(Attended {

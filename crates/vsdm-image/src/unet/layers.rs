@@ -95,9 +95,48 @@ pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
 /// accumulates correctly; candle's `upsample_nearest2d` backward overwrites rather than accumulates.
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
+        // Nothing to differentiate (sampling, the EMA network): each output row written once, in parallel,
+        // where the broadcast's reshape copies element by element on one thread.
+        return x.contiguous()?.apply_op1_no_bwd(&Upsample2Cpu);
+    }
     x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, 2, w, 2))?
         .reshape((b, c, 2 * h, 2 * w))
+}
+
+/// [`upsample2`] of a contiguous CPU f32 tensor, no graph recorded.
+struct Upsample2Cpu;
+
+impl candle_core::CustomOp1 for Upsample2Cpu {
+    fn name(&self) -> &'static str {
+        "upsample2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (b, c, h, w) = l.shape().dims4()?;
+        let x = vsdm_core::fastmath::f32_slice(s, l, self.name())?;
+        // SAFETY: every output row of 2w values is written whole, from input row r / 2 of its plane.
+        let y = unsafe {
+            vsdm_core::fastmath::par_fill(b * c * 2 * h, 2 * w, |r0, rows| {
+                for (i, row) in rows.chunks_mut(2 * w).enumerate() {
+                    let src = &x[(r0 + i) / 2 * w..][..w];
+                    for (pair, v) in row.chunks_mut(2).zip(src) {
+                        pair[0].write(*v);
+                        pair[1].write(*v);
+                    }
+                }
+            })
+        };
+        Ok((
+            candle_core::CpuStorage::F32(y),
+            candle_core::Shape::from((b, c, 2 * h, 2 * w)),
+        ))
+    }
 }
 
 /// 2×2 average pooling with stride 2 (EDM's `[1, 1]` resample filter downsampling).

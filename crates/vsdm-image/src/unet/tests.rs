@@ -168,6 +168,19 @@ fn resampling_matches_its_definition() {
         up.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         want_up.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
+    // Several images and planes, odd sizes: the CPU kernel (untracked) and the broadcast (tracked) alike.
+    let y = randn(&mut NoiseRng::new(3), &[2, 3, 5, 3]);
+    let want = y.upsample_nearest2d(10, 6).unwrap();
+    let tracked = candle_core::Var::from_tensor(&y).unwrap();
+    for got in [
+        upsample2(&y).unwrap(),
+        upsample2(tracked.as_tensor()).unwrap(),
+    ] {
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
     let down = downsample2(&up).unwrap();
     assert_eq!(
         down.flatten_all().unwrap().to_vec1::<f32>().unwrap(),

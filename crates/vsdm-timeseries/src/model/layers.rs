@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
-    avx2, exp_f32, f32_slice, gemm_one, gemm_scaled, matmul as mm, par_rows, par_rows_mut,
+    avx2, f32_slice, gemm_one, gemm_scaled, matmul as mm, par_rows, par_rows_mut, softmax_rows,
 };
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
@@ -248,48 +248,6 @@ impl vsdm_core::carried::Backward for AttentionBackward {
 /// or in f64 (on the CPU in f32 the attention runs as one kernel of its own, [`attention_rows`]).
 fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&(x * scale)?)
-}
-
-vsdm_core::simd_fn! {
-    /// softmax(scale · row) of each row of `n` in `rows`, in place: the maximum, exp(scale (x − max)) with
-    /// [`exp_f32`] (where candle's kernel calls the C library's scalar `expf` element by element), and the
-    /// division by their sum, each reduction in eight lanes.
-    fn softmax_rows(rows: &mut [f32], n: usize, scale: f32) {
-        for x in rows.chunks_mut(n) {
-            let mut lanes = [f32::NEG_INFINITY; 8];
-            let x8 = x.chunks_exact(8);
-            let mut max = x8
-                .remainder()
-                .iter()
-                .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-            for c in x8 {
-                for l in 0..8 {
-                    lanes[l] = lanes[l].max(c[l]);
-                }
-            }
-            max = lanes.iter().fold(max, |m, v| m.max(*v));
-            let shift = scale * max;
-            let mut lanes = [0f32; 8];
-            let mut x8 = x.chunks_exact_mut(8);
-            for c in &mut x8 {
-                for l in 0..8 {
-                    let e = exp_f32(scale * c[l] - shift);
-                    lanes[l] += e;
-                    c[l] = e;
-                }
-            }
-            let mut sum = 0f32;
-            for v in x8.into_remainder() {
-                let e = exp_f32(scale * *v - shift);
-                sum += e;
-                *v = e;
-            }
-            let inv = 1.0 / lanes.iter().fold(sum, |s, v| s + v);
-            for v in x.iter_mut() {
-                *v *= inv;
-            }
-        }
-    }
 }
 
 /// The most bytes of one block's scores in [`attention_rows`]: the block stays in the core's cache between
