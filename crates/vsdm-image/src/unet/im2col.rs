@@ -31,9 +31,7 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
 use vsdm_core::fastmath::{gemm_into, par_fill, par_rows_mut, par_runs_mut, transpose, GemmFloat};
 
 /// The output size along an axis of `n` input pixels of a stride-1 convolution with a `k`-wide kernel and zero
@@ -378,9 +376,9 @@ fn shifted_weight_grad<T: WithDType + GemmFloat>(
     }
 }
 
-/// The shifted-rows scheme's passes as ops on CPU f32 or f64 tensors, no graph recorded: [`conv2d`]'s value
-/// on (x `[B, C, H, W]`, W `[C_out, C, k, k]`) and [`conv2d_weight_grad`] on (x, dy `[B, C_out, H', W']`),
-/// W's gradient `[C_out, C, k, k]`.
+/// The shifted-rows scheme's three passes on CPU f32 or f64 tensors, no graph recorded ([`ShiftedOp::apply`]):
+/// [`conv2d`]'s value on (x `[B, C, H, W]`, W `[C_out, C, k, k]`), [`conv2d_input_grad`] on (dy, W) and
+/// [`conv2d_weight_grad`] on (x, dy `[B, C_out, H', W']`), W's gradient `[C_out, C, k, k]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ShiftedOp {
     Conv {
@@ -455,10 +453,8 @@ impl ShiftedOp {
             }
         }
     }
-}
 
-impl CustomOp2 for ShiftedOp {
-    fn name(&self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Conv { .. } => "shifted-conv",
             Self::InputGrad { .. } => "shifted-input-grad",
@@ -466,19 +462,20 @@ impl CustomOp2 for ShiftedOp {
         }
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h, w) = l1.shape().dims4()?;
-        let (_, d1, d2, _) = l2.shape().dims4()?;
-        // The weight's `[C_out, C, k, k]` (its `[C, C_out, k, k]` for the input gradient, whose output has
-        // the weight's input channels) or the output gradient's `[B, C_out, H', W']`.
-        let (co, k, p) = match *self {
-            Self::Conv { p } => (l2.shape().dims()[0], d2, p),
+    /// The pass on CPU f32 or f64 tensors of one type, no graph recorded: x `[B, C, H, W]` (dy for the input
+    /// gradient) and y, the weight (`[C_out, C, k, k]`; `[C, C_out, k, k]` for the input gradient, whose
+    /// output has the weight's input channels) or the output gradient `[B, C_out, H', W']`; for the value, the
+    /// epilogue's bias, skip and scale ([`Epilogue`], checked by the caller).
+    fn apply(
+        self,
+        x: &Tensor,
+        y: &Tensor,
+        epi: Option<(&Tensor, Option<&Tensor>, Option<f64>)>,
+    ) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (d0, d1, d2, _) = y.dims4()?;
+        let (co, k, p) = match self {
+            Self::Conv { p } => (d0, d2, p),
             Self::InputGrad { p } if p < d2 => (d1, d2, d2 - 1 - p),
             Self::InputGrad { p } => {
                 candle_core::bail!(
@@ -489,29 +486,73 @@ impl CustomOp2 for ShiftedOp {
             Self::WeightGrad { k, p } => (d1, k, p),
         };
         let g = Shifted { b, c, h, w, k, p };
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-                CpuStorage::F32(self.run(contiguous(x, l1)?, contiguous(y, l2)?, g, co, None))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-                CpuStorage::F64(self.run(contiguous(x, l1)?, contiguous(y, l2)?, g, co, None))
-            }
-            _ => candle_core::bail!("{}: f32 or f64 inputs of one type only", self.name()),
-        };
         let shape = match self {
             Self::Conv { .. } | Self::InputGrad { .. } => Shape::from((b, co, g.oh(), g.ow())),
             Self::WeightGrad { .. } => Shape::from((co, c, k, k)),
         };
-        Ok((out, shape))
+        let (x, y) = (x.contiguous()?, y.contiguous()?);
+        let epi = match epi {
+            Some((bias, skip, scale)) => Some((
+                bias.contiguous()?,
+                skip.map(|s| s.contiguous()).transpose()?,
+                scale,
+            )),
+            None => None,
+        };
+        let epi = epi.as_ref().map(|(b, s, k)| (b, s.as_ref(), *k));
+        match x.dtype() {
+            DType::F32 => {
+                Tensor::from_vec(self.values::<f32>(&x, &y, epi, g, co)?, shape, x.device())
+            }
+            DType::F64 => {
+                Tensor::from_vec(self.values::<f64>(&x, &y, epi, g, co)?, shape, x.device())
+            }
+            dt => candle_core::bail!("{}: f32 or f64 inputs only, got {dt:?}", self.name()),
+        }
+    }
+
+    /// [`ShiftedOp::run`] on the contiguous CPU tensors' values, read in place (a tensor of another type is an
+    /// error).
+    fn values<T: WithDType + GemmFloat>(
+        self,
+        x: &Tensor,
+        y: &Tensor,
+        epi: Option<(&Tensor, Option<&Tensor>, Option<f64>)>,
+        g: Shifted,
+        co: usize,
+    ) -> Result<Vec<T>> {
+        let slice = |s, l| cpu_values::<T>(s, l, self.name());
+        let ((xs, xl), (ys, yl)) = (x.storage_and_layout(), y.storage_and_layout());
+        let guards =
+            epi.map(|(b, s, k)| (b.storage_and_layout(), s.map(|s| s.storage_and_layout()), k));
+        let epi = match &guards {
+            Some(((bs, bl), skip, scale)) => Some(Epilogue {
+                bias: slice(bs, bl)?,
+                skip: match skip {
+                    Some((s, l)) => Some(slice(s, l)?),
+                    None => None,
+                },
+                scale: scale.map(T::from_f64),
+            }),
+            None => None,
+        };
+        Ok(self.run(slice(&xs, xl)?, slice(&ys, yl)?, g, co, epi))
     }
 }
 
-/// The contiguous values of a CPU storage's layout.
-fn contiguous<'a, T>(v: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    let (start, end) = l.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("shifted convolution: input not contiguous".into())
-    })?;
-    Ok(&v[start..end])
+/// The values of a contiguous CPU tensor's storage, in `T` (another type is an error naming `what`).
+fn cpu_values<'a, T: WithDType>(
+    s: &'a candle_core::Storage,
+    l: &Layout,
+    what: &str,
+) -> Result<&'a [T]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: input not contiguous")))?;
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(&c.as_slice::<T>()?[start..end]),
+        _ => candle_core::bail!("{what}: CPU tensors only"),
+    }
 }
 
 fn check_fit(x: &Tensor, k: usize, p: usize) -> Result<()> {
@@ -659,9 +700,9 @@ fn image_chunks(x: &Tensor, per_image: usize) -> impl Iterator<Item = (usize, us
         .map(move |start| (start, chunk.min(b - start)))
 }
 
-/// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on `x`'s device: in the
-/// shifted-rows scheme on the CPU in f32 and f64 ([`ShiftedOp::Conv`]), else one channel-major product (W `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in front).
-pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
+/// That W `[C_out, C, k, k]` (square, at least one output channel) convolves `x` `[B, C, H, W]` with
+/// padding `p` ([`check_fit`]).
+fn check_conv(x: &Tensor, w: &Tensor, p: usize) -> Result<()> {
     let c = x.dims4()?.1;
     let (co, ci, k, kw) = w.dims4()?;
     if k != kw || c != ci {
@@ -675,10 +716,16 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     if co == 0 {
         candle_core::bail!("conv2d: weight {:?} has no output channels", w.dims());
     }
+    Ok(())
+}
+
+/// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on `x`'s device: in the
+/// shifted-rows scheme on the CPU in f32 and f64 ([`ShiftedOp::Conv`]), else one channel-major product (W
+/// `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in front).
+pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
+    check_conv(x, w, p)?;
     if shifted_rows(x) {
-        return x
-            .contiguous()?
-            .apply_op2_no_bwd(&w.contiguous()?, &ShiftedOp::Conv { p });
+        return ShiftedOp::Conv { p }.apply(x, w, None);
     }
     conv2d_patches(x, w, p)
 }
@@ -696,8 +743,6 @@ pub fn conv2d_fused(
     scale: Option<f64>,
     p: usize,
 ) -> Result<Tensor> {
-    let (bsz, c, h, wd) = x.dims4()?;
-    let (co, ci, k, kw) = w.dims4()?;
     if !shifted_rows(x) || w.dtype() != x.dtype() || b.dtype() != x.dtype() {
         candle_core::bail!(
             "conv2d_fused: CPU f32 or f64 tensors of one type only, got {:?} on {:?}, weight {:?}, bias {:?}",
@@ -707,23 +752,10 @@ pub fn conv2d_fused(
             b.dtype()
         );
     }
-    if k != kw || c != ci || co == 0 {
-        candle_core::bail!(
-            "conv2d: weight {:?} does not fit input {:?} (square kernels over the input's channels)",
-            w.dims(),
-            x.dims()
-        );
-    }
-    check_fit(x, k, p)?;
-    let g = Shifted {
-        b: bsz,
-        c,
-        h,
-        w: wd,
-        k,
-        p,
-    };
-    let out_dims = [bsz, co, g.oh(), g.ow()];
+    check_conv(x, w, p)?;
+    let (bsz, _, h, wd) = x.dims4()?;
+    let (co, _, k, _) = w.dims4()?;
+    let out_dims = [bsz, co, out_size(h, k, p), out_size(wd, k, p)];
     if b.dims() != [co] && b.dims() != [bsz, co] {
         candle_core::bail!(
             "convolution bias must be [{co}] or [{bsz}, {co}], got {:?}",
@@ -740,60 +772,7 @@ pub fn conv2d_fused(
             );
         }
     }
-    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
-    let skip = skip.map(|s| s.contiguous()).transpose()?;
-    let (skip, dims) = (skip.as_ref(), (bsz, co, g.oh(), g.ow()));
-    match x.dtype() {
-        DType::F32 => Tensor::from_vec(
-            fused_values::<f32>(&x, &w, &b, skip, scale, g, co)?,
-            dims,
-            x.device(),
-        ),
-        _ => Tensor::from_vec(
-            fused_values::<f64>(&x, &w, &b, skip, scale, g, co)?,
-            dims,
-            x.device(),
-        ),
-    }
-}
-
-/// [`conv2d_fused`]'s values, read from the contiguous CPU tensors in place.
-fn fused_values<T: WithDType + GemmFloat>(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    skip: Option<&Tensor>,
-    scale: Option<f64>,
-    g: Shifted,
-    co: usize,
-) -> Result<Vec<T>> {
-    fn values<'a, T: WithDType>(s: &'a candle_core::Storage, l: &Layout) -> Result<&'a [T]> {
-        match s {
-            candle_core::Storage::Cpu(c) => contiguous(c.as_slice::<T>()?, l),
-            _ => candle_core::bail!("conv2d_fused: CPU tensors only"),
-        }
-    }
-    let ((xs, xl), (ws, wl), (bs, bl)) = (
-        x.storage_and_layout(),
-        w.storage_and_layout(),
-        b.storage_and_layout(),
-    );
-    let sk = skip.map(|s| s.storage_and_layout());
-    let epi = Epilogue {
-        bias: values::<T>(&bs, bl)?,
-        skip: match &sk {
-            Some((s, l)) => Some(values::<T>(s, l)?),
-            None => None,
-        },
-        scale: scale.map(T::from_f64),
-    };
-    Ok(ShiftedOp::Conv { p: g.p }.run(
-        values::<T>(&xs, xl)?,
-        values::<T>(&ws, wl)?,
-        g,
-        co,
-        Some(epi),
-    ))
+    ShiftedOp::Conv { p }.apply(x, w, Some((b, skip, scale)))
 }
 
 /// [`conv2d`] through channel-major patch matrices, whatever the device and type (arguments checked by the
@@ -838,9 +817,7 @@ pub fn conv2d_input_grad(dy: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     }
     check_fit(dy, kh, kh - 1 - p)?;
     if shifted_rows(dy) {
-        return dy
-            .contiguous()?
-            .apply_op2_no_bwd(&w.contiguous()?, &ShiftedOp::InputGrad { p });
+        return ShiftedOp::InputGrad { p }.apply(dy, w, None);
     }
     conv2d(dy, &flipped(w)?, kh - 1 - p)
 }
@@ -875,9 +852,7 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result
         );
     }
     if shifted_rows(x) {
-        return x
-            .contiguous()?
-            .apply_op2_no_bwd(&dy.contiguous()?, &ShiftedOp::WeightGrad { k, p });
+        return ShiftedOp::WeightGrad { k, p }.apply(x, dy, None);
     }
     weight_grad_patches(x, dy, k, p)
 }
