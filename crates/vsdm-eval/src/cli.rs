@@ -14,21 +14,26 @@ pub fn init_logging(default: &str) {
 /// Keeps freed tensor memory in the process for the next step instead of handing it back to the kernel.
 ///
 /// glibc's malloc serves blocks above its mmap threshold with fresh mappings that are unmapped again on free,
-/// and returns the heap's free top to the kernel above 128 KiB; a training step frees and re-allocates
-/// activation-sized buffers by the hundred, so each one was a new mapping, page-faulted and zeroed by the kernel
-/// (in a `perf` profile of the tiny network's CPU training, about a tenth of the time went to page faults, the
-/// kernel's zeroing of fresh pages and their accounting). Raising the mmap threshold to its maximum (32 MiB)
-/// and the trim threshold to 512 MiB lets the heap reuse those blocks: 0.84× the wall time of a whole
-/// tiny-network bench for 1.11× its peak resident memory, 0.62× for exchange-rate training
-/// (docs/benchmarks/image.md and timeseries.md, "Allocator settings"). `GLIBC_TUNABLES` set by the user wins.
-/// No effect on other C libraries.
+/// and returns the heap's free top to the kernel once it exceeds the trim threshold (128 KiB by default); a
+/// training step frees and re-allocates activation-sized buffers by the hundred, so each one was a new mapping,
+/// page-faulted and zeroed by the kernel (in a `perf` profile of the tiny network's CPU training, about a tenth
+/// of the time went to page faults, the kernel's zeroing of fresh pages and their accounting). This raises the
+/// mmap threshold to its maximum (32 MiB) and turns trimming off: 0.84× the wall time of a whole tiny-network
+/// bench for 1.11× its peak resident memory, 0.62× for exchange-rate training (docs/benchmarks/image.md and
+/// timeseries.md, "Allocator settings"). Trimming used to stay on above 512 MiB; a step whose working set
+/// exceeds that (the time-series network at electricity's shape, 735 MiB) then handed most of it back at the
+/// end of some steps and faulted it in again at the next, depending on where the step's last small blocks
+/// landed: a train step of 0.50 instead of 0.35 s in about half the runs ("Allocator trimming off",
+/// docs/benchmarks/timeseries.md). A process's resident memory now stays at its peak, which it reached
+/// anyway. `GLIBC_TUNABLES` set by the user wins. No effect on other C libraries.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("GLIBC_TUNABLES").is_none() {
         // SAFETY: mallopt only changes malloc's parameters; it is called before any other thread exists.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+            // -1: never trim (mallopt(3)).
+            libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         }
     }
 }
