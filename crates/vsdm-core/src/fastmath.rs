@@ -422,9 +422,20 @@ fn fits(len: usize, (rows, cols): (usize, usize), (rs, cs): (usize, usize)) -> b
 ///
 /// # Panics
 /// When a matrix does not lie within its slice.
-pub fn matmul_f32(
+pub fn matmul_f32(a: Strided, b: Strided, dims: (usize, usize, usize)) -> Vec<f32> {
+    matmul_bias_f32(a, b, None, dims)
+}
+
+/// [`matmul_f32`] plus `bias` `[n]` added to every row (a dense layer's x Wᵀ + b): each run's rows start as
+/// copies of the bias and the product accumulates into them, in the same pass (no second pass over the
+/// output, as `broadcast_add` after the product makes).
+///
+/// # Panics
+/// When a matrix does not lie within its slice, or the bias is not `n` long.
+pub fn matmul_bias_f32(
     (a, (ars, acs)): Strided,
     (b, (brs, bcs)): Strided,
+    bias: Option<&[f32]>,
     (m, k, n): (usize, usize, usize),
 ) -> Vec<f32> {
     assert!(
@@ -433,26 +444,102 @@ pub fn matmul_f32(
         a.len(),
         b.len()
     );
+    assert!(
+        bias.is_none_or(|c| c.len() == n),
+        "matmul_bias_f32: a bias of {} for {n} columns",
+        bias.map_or(0, <[f32]>::len)
+    );
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     par_runs_mut(
         (&mut out.spare_capacity_mut()[..m * n], n.max(1)),
         if n == 0 { 0 } else { m },
         |r0, o| {
             let rows = o.len() / n.max(1);
-            // SAFETY: a's rows r0.. and all of b lie within their slices (asserted above).
+            if let Some(c) = bias {
+                for row in o.chunks_exact_mut(n) {
+                    for (d, v) in row.iter_mut().zip(c) {
+                        d.write(*v);
+                    }
+                }
+            }
+            // SAFETY: a's rows r0.. and all of b lie within their slices (asserted above); with a bias, every
+            // element of the run was just written, so it may be read.
             unsafe {
-                gemm_one(
-                    o,
+                gemm_raw(
+                    o.as_mut_ptr() as *mut f32,
                     (a.as_ptr().add(r0 * ars), (ars, acs)),
                     (b.as_ptr(), (brs, bcs)),
                     (rows, k, n),
+                    1.0,
+                    bias.is_some(),
                 )
             }
         },
     );
-    // SAFETY: the runs cover all m rows and gemm_one wrote each run whole.
+    // SAFETY: the runs cover all m rows and gemm wrote each run whole.
     unsafe { out.set_len(m * n) };
     out
+}
+
+/// aᵀ · b `[m, n]` and the column sums of a `[m]`, for row-major a `[rows, m]` and b `[rows, n]`: a dense
+/// layer's weight and bias gradients (dyᵀ x, Σ_rows dy), in one pass over a. The rows are cut into runs of
+/// `run_rows` (the last one shorter) whose partial products and sums are computed on candle's worker pool,
+/// one single-threaded gemm call each, then added in the runs' order: the result depends on `run_rows` but
+/// not on the number of threads. (candle's `matmul` of a transposed view splits such a product, with its few
+/// output rows, over rayon's pool, whose spinning workers then compete with candle's own; a sum over the rows
+/// as a product with a row of ones is a second pass.)
+///
+/// # Panics
+/// When a or b is shorter than its rows, or `run_rows` is 0.
+pub fn gram_and_sums_f32(
+    a: &[f32],
+    b: &[f32],
+    (rows, m, n): (usize, usize, usize),
+    run_rows: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(
+        a.len() >= rows * m && b.len() >= rows * n && run_rows > 0,
+        "gram_and_sums_f32: {rows} rows of {m} and {n} in slices of {} and {}, runs of {run_rows}",
+        a.len(),
+        b.len()
+    );
+    let runs = rows.div_ceil(run_rows);
+    let w = m * n + m;
+    // SAFETY: each run writes its whole partial: the product (gemm, not accumulating) and the m sums.
+    let partials = unsafe {
+        par_fill(runs, w, |run0, o| {
+            for (i, part) in o.chunks_exact_mut(w).enumerate() {
+                let r0 = (run0 + i) * run_rows;
+                let nr = run_rows.min(rows - r0);
+                let (prod, sums) = part.split_at_mut(m * n);
+                gemm_raw(
+                    prod.as_mut_ptr() as *mut f32,
+                    (a.as_ptr().add(r0 * m), (1, m)),
+                    (b.as_ptr().add(r0 * n), (n, 1)),
+                    (m, nr, n),
+                    1.0,
+                    false,
+                );
+                for v in sums.iter_mut() {
+                    v.write(0.0);
+                }
+                let sums = std::slice::from_raw_parts_mut(sums.as_mut_ptr() as *mut f32, m);
+                for row in a[r0 * m..(r0 + nr) * m].chunks_exact(m.max(1)) {
+                    for (s, v) in sums.iter_mut().zip(row) {
+                        *s += v;
+                    }
+                }
+            }
+        })
+    };
+    let mut total = vec![0f32; w];
+    for part in partials.chunks_exact(w) {
+        for (t, v) in total.iter_mut().zip(part) {
+            *t += v;
+        }
+    }
+    let sums = total.split_off(m * n);
+    (total, sums)
 }
 
 /// One single-threaded gemm call: `out` (row-major `[m, n]`, written whole) = a · b for a `[m, k]` at `a` with
@@ -613,7 +700,31 @@ pub fn matmul(
     a.apply_op2_no_bwd(b, &MatmulRows)
 }
 
-/// [`matmul`]'s CPU op.
+/// a · b + bias for a `[m, k]`, b `[k, n]` and bias `[n]`: on the CPU in f32 [`matmul_bias_f32`] (the bias
+/// written into the output rows before the product accumulates into them), elsewhere candle's `matmul` and
+/// `broadcast_add`. Records no op.
+pub fn matmul_bias(
+    a: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+    bias: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    let f32_cpu =
+        |t: &candle_core::Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
+    if !(f32_cpu(a) && f32_cpu(b) && f32_cpu(bias) && a.rank() == 2 && b.rank() == 2) {
+        return a.matmul(b)?.broadcast_add(bias);
+    }
+    let (n, c) = (b.dim(1)?, bias.dims1()?);
+    if c != n {
+        candle_core::bail!(
+            "matmul-bias: a bias of {c} for {:?} · {:?}",
+            a.dims(),
+            b.dims()
+        );
+    }
+    a.apply_op3_no_bwd(b, &bias.contiguous()?, &MatmulRows)
+}
+
+/// [`matmul`]'s and [`matmul_bias`]'s CPU op.
 struct MatmulRows;
 
 impl candle_core::CustomOp2 for MatmulRows {
@@ -643,18 +754,54 @@ impl candle_core::CustomOp2 for MatmulRows {
             );
             return Ok((candle_core::CpuStorage::F32(y), (ba, m, n).into()));
         }
-        let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
-        if k != k2 {
-            candle_core::bail!("matmul-rows: {:?} · {:?}", l1.dims(), l2.dims());
-        }
-        let strides = |l: &candle_core::Layout| (l.stride()[0], l.stride()[1]);
-        let y = matmul_f32(
-            (&a[l1.start_offset()..], strides(l1)),
-            (&b[l2.start_offset()..], strides(l2)),
-            (m, k, n),
-        );
-        Ok((candle_core::CpuStorage::F32(y), (m, n).into()))
+        matmul_2d((a, l1), (b, l2), None)
     }
+}
+
+impl candle_core::CustomOp3 for MatmulRows {
+    fn name(&self) -> &'static str {
+        "matmul-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(a), candle_core::CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("matmul-bias: f32 inputs only");
+        };
+        matmul_2d((a, l1), (b, l2), Some(f32_slice(s3, l3, "matmul-bias")?))
+    }
+}
+
+/// [`MatmulRows`] on 2-D operands read in place through their layouts, with an optional bias `[n]`.
+fn matmul_2d(
+    (a, l1): (&[f32], &candle_core::Layout),
+    (b, l2): (&[f32], &candle_core::Layout),
+    bias: Option<&[f32]>,
+) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+    let ((m, k), (k2, n)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+    if k != k2 || bias.is_some_and(|c| c.len() != n) {
+        candle_core::bail!(
+            "matmul-rows: {:?} · {:?} with a bias of {:?}",
+            l1.dims(),
+            l2.dims(),
+            bias.map(<[f32]>::len)
+        );
+    }
+    let strides = |l: &candle_core::Layout| (l.stride()[0], l.stride()[1]);
+    let y = matmul_bias_f32(
+        (&a[l1.start_offset()..], strides(l1)),
+        (&b[l2.start_offset()..], strides(l2)),
+        bias,
+        (m, k, n),
+    );
+    Ok((candle_core::CpuStorage::F32(y), (m, n).into()))
 }
 
 /// The f32 values of a contiguous CPU storage (a custom op's input); an error naming `what` otherwise.
@@ -803,14 +950,83 @@ mod tests {
                 ("a·(bᵀ)ᵀ", (&a[..], (k, 1)), (&bt[..], (1, k))),
                 ("(aᵀ)ᵀ·b", (&at[..], (1, m)), (&b[..], (n, 1))),
             ] {
-                let y = matmul_f32(aa, bb, (m, k, n));
-                assert_eq!(y.len(), m * n, "{name}");
+                // Without a bias, and with one added to every row (matmul_bias_f32).
+                let c: Vec<f32> = (0..n).map(|j| f(j, 3) * 4.0).collect();
+                for bias in [None, Some(&c[..])] {
+                    let y = match bias {
+                        None => matmul_f32(aa, bb, (m, k, n)),
+                        Some(c) => matmul_bias_f32(aa, bb, Some(c), (m, k, n)),
+                    };
+                    assert_eq!(y.len(), m * n, "{name}");
+                    for i in 0..m {
+                        for j in 0..n {
+                            let w = want(i, j) + bias.map_or(0.0, |c| c[j] as f64);
+                            let got = y[i * n + j] as f64;
+                            assert!(
+                                (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                "{name} bias {} ({m}, {k}, {n}) [{i}, {j}]: {got} vs {w}",
+                                bias.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`matmul_bias`] (the op, a transposed right-hand side read in place) against candle's product and
+    /// broadcast addition; a bias of the wrong length is an error naming the shapes.
+    #[test]
+    fn matmul_bias_matches_candles_chain() {
+        let dev = candle_core::Device::Cpu;
+        let a = candle_core::Tensor::randn(0f32, 1.0, (37, 11), &dev).unwrap();
+        let w = candle_core::Tensor::randn(0f32, 1.0, (5, 11), &dev).unwrap();
+        let c = candle_core::Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let want = a
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&c)
+            .unwrap();
+        let got = matmul_bias(&a, &w.t().unwrap(), &c).unwrap();
+        let err = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(err.to_scalar::<f32>().unwrap() < 1e-5);
+        let bad = candle_core::Tensor::zeros(4, candle_core::DType::F32, &dev).unwrap();
+        let e = matmul_bias(&a, &w.t().unwrap(), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a bias of 4"), "{e}");
+    }
+
+    /// [`gram_and_sums_f32`] against the written-out sums in f64, with runs of one row, runs that end inside
+    /// the rows, one run, and no rows at all.
+    #[test]
+    fn gram_and_sums_match_the_written_out_sums() {
+        let f = |i: usize, s: usize| (((i * 7919 + s) % 101) as f32 - 50.0) / 37.0;
+        for (rows, m, n) in [
+            (1usize, 1usize, 1usize),
+            (50, 4, 6),
+            (1000, 33, 17),
+            (0, 3, 2),
+        ] {
+            let a: Vec<f32> = (0..rows * m).map(|i| f(i, 1)).collect();
+            let b: Vec<f32> = (0..rows * n).map(|i| f(i, 2)).collect();
+            for run_rows in [1usize, 7, 256, rows.max(1), rows + 5] {
+                let (g, s) = gram_and_sums_f32(&a, &b, (rows, m, n), run_rows);
+                assert_eq!((g.len(), s.len()), (m * n, m));
                 for i in 0..m {
+                    let ws: f64 = (0..rows).map(|r| a[r * m + i] as f64).sum();
+                    assert!(
+                        (s[i] as f64 - ws).abs() <= 1e-4 * (1.0 + ws.abs()),
+                        "sum {i}"
+                    );
                     for j in 0..n {
-                        let (got, w) = (y[i * n + j] as f64, want(i, j));
+                        let w: f64 = (0..rows)
+                            .map(|r| a[r * m + i] as f64 * b[r * n + j] as f64)
+                            .sum();
+                        let got = g[i * n + j] as f64;
                         assert!(
-                            (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                            "{name} ({m}, {k}, {n}) [{i}, {j}]: {got} vs {w}"
+                            (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "({rows}, {m}, {n}) runs of {run_rows} [{i}, {j}]: {got} vs {w}"
                         );
                     }
                 }

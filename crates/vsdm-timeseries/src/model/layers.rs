@@ -6,7 +6,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
-    avx2, f32_slice, gemm_one, gemm_scaled, matmul as mm, par_rows, par_rows_mut, softmax_rows,
+    avx2, f32_slice, gemm_one, gemm_scaled, gram_and_sums_f32, matmul as mm, matmul_bias, par_rows,
+    par_rows_mut, softmax_rows,
 };
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
@@ -49,6 +50,10 @@ pub fn sum_rows(t: &Tensor) -> Result<Tensor> {
     ones.matmul(&t.contiguous()?)?.reshape(n)
 }
 
+/// Rows per partial sum of the CPU reductions over rows (a dense layer's dW and db, a layer norm's dγ and dβ):
+/// the runs' partial sums are added in order, so the gradients do not depend on the number of threads.
+const RUN_ROWS: usize = 1024;
+
 /// The backward of [`dense_op`].
 struct DenseBackward;
 
@@ -64,15 +69,30 @@ impl vsdm_core::carried::Backward for DenseBackward {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = &dy.contiguous()?;
         let dx = mm(dy, w)?;
+        if cpu_f32(x) && cpu_f32(dy) {
+            // dW = dyᵀ x and db = Σ_rows dy in one pass over dy (`gram_and_sums_f32`).
+            let x = x.contiguous()?;
+            let ((rows, out), inp) = (dy.dims2()?, x.dim(1)?);
+            let (dw, db) = with_cpu_f32("dense backward", [dy, &x], |[dy, x]| {
+                gram_and_sums_f32(dy, x, (rows, out, inp), RUN_ROWS)
+            })?;
+            let dw = Tensor::from_vec(dw, (out, inp), x.device())?;
+            return Ok((
+                Some(dx),
+                Some(dw),
+                Some(Tensor::from_vec(db, out, x.device())?),
+            ));
+        }
         let dw = dy.t()?.matmul(x)?;
         Ok((Some(dx), Some(dw), Some(sum_rows(dy)?)))
     }
 }
 
 /// x Wᵀ + b for x `[rows, in]`, W `[out, in]`, b `[out]`, recorded as one op whose backward is
-/// dx = dy W, dW = dyᵀ x, db = Σ_rows dy. Without a tracked input it records nothing.
+/// dx = dy W, dW = dyᵀ x, db = Σ_rows dy. Without a tracked input it records nothing. On the CPU in f32 the
+/// bias is written into the output rows and the product accumulated onto it (`fastmath::matmul_bias`).
 pub fn dense_op(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let value = |x: &Tensor, w: &Tensor, b: &Tensor| mm(x, &w.t()?)?.broadcast_add(b);
+    let value = |x: &Tensor, w: &Tensor, b: &Tensor| matmul_bias(x, &w.t()?, b);
     if !(x.track_op() || w.track_op() || b.track_op()) {
         return value(x, w, b);
     }
@@ -150,6 +170,19 @@ impl vsdm_core::carried::Backward for LayerNormBackward {
         let n = x.dim(D::Minus1)?;
         let rows = x.elem_count() / n.max(1);
         let shape = x.shape().clone();
+        if cpu_f32(x) && cpu_f32(gain) && cpu_f32(dy) && rows > 0 && n > 0 {
+            let (x, gain, dy) = (x.contiguous()?, gain.contiguous()?, dy.contiguous()?);
+            let (dx, dgain, dbias) =
+                with_cpu_f32("layer norm backward", [&x, &gain, &dy], |[x, g, dy]| {
+                    layer_norm_backward_f32([x, g, dy], (rows, n), self.eps as f32, RUN_ROWS)
+                })?;
+            let dev = x.device();
+            return Ok((
+                Some(Tensor::from_vec(dx, shape, dev)?),
+                Some(Tensor::from_vec(dgain, n, dev)?),
+                Some(Tensor::from_vec(dbias, n, dev)?),
+            ));
+        }
         let (x, dy) = (x.reshape((rows, n))?, dy.contiguous()?.reshape((rows, n))?);
         let xc = x.broadcast_sub(&x.mean_keepdim(1)?)?;
         let r = (xc.sqr()?.mean_keepdim(1)? + self.eps)?.sqrt()?.recip()?;
@@ -165,6 +198,94 @@ impl vsdm_core::carried::Backward for LayerNormBackward {
         let dbias = sum_rows(&dy)?;
         Ok((Some(dx.reshape(shape)?), Some(dgain), Some(dbias)))
     }
+}
+
+vsdm_core::simd_fn! {
+    /// [`LayerNormBackward`]'s formulas for the rows of one run: dx written, dγ and dβ (`sums`, `[2n]`)
+    /// accumulated.
+    fn layer_norm_backward_run(
+        x: &[f32],
+        gain: &[f32],
+        dy: &[f32],
+        dx: &mut [std::mem::MaybeUninit<f32>],
+        sums: &mut [f32],
+        n: usize,
+        eps: f32,
+    ) {
+        let inv_n = 1.0 / n as f32;
+        let (dgain, dbias) = sums.split_at_mut(n);
+        for ((x, dy), dx) in x.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
+            let mean = x.iter().sum::<f32>() * inv_n;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_n;
+            let r = 1.0 / (var + eps).sqrt();
+            let (mut m1, mut m2) = (0f32, 0f32);
+            for ((x, dy), g) in x.iter().zip(dy).zip(gain) {
+                let gdy = dy * g;
+                m1 += gdy;
+                m2 += gdy * (x - mean) * r;
+            }
+            let (m1, m2) = (m1 * inv_n, m2 * inv_n);
+            for i in 0..n {
+                let xh = (x[i] - mean) * r;
+                dx[i].write(r * (dy[i] * gain[i] - m1 - xh * m2));
+                dgain[i] += dy[i] * xh;
+                dbias[i] += dy[i];
+            }
+        }
+    }
+}
+
+/// The layer norm's gradients dx `[rows, n]`, dγ and dβ `[n]` from x, γ and dy (row-major f32) in one pass per
+/// row on candle's worker pool, where the op chain makes about fifteen passes over `[rows, n]` tensors. The rows
+/// go in runs of `run_rows`, each accumulating its own partial dγ and dβ, which are added in the runs' order.
+fn layer_norm_backward_f32(
+    [x, gain, dy]: [&[f32]; 3],
+    (rows, n): (usize, usize),
+    eps: f32,
+    run_rows: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    assert!(
+        n > 0 && run_rows > 0 && x.len() == rows * n && dy.len() == rows * n && gain.len() == n,
+        "layer_norm_backward_f32: {rows} rows of {n}, slices of {}, {} and {}",
+        x.len(),
+        dy.len(),
+        gain.len()
+    );
+    let runs = rows.div_ceil(run_rows);
+    let avx = avx2();
+    // Room for whole runs; only the first `rows` rows are written and kept.
+    let mut dx: Vec<f32> = Vec::with_capacity(runs * run_rows * n);
+    let mut sums = vec![0f32; runs * 2 * n];
+    par_rows_mut(
+        (
+            &mut dx.spare_capacity_mut()[..runs * run_rows * n],
+            run_rows * n,
+        ),
+        (&mut sums, 2 * n),
+        runs,
+        |run0, dx, sums| {
+            for (i, (dx, sums)) in dx
+                .chunks_mut(run_rows * n)
+                .zip(sums.chunks_mut(2 * n))
+                .enumerate()
+            {
+                let r0 = (run0 + i) * run_rows;
+                let nr = run_rows.min(rows - r0);
+                let (x, dy) = (&x[r0 * n..(r0 + nr) * n], &dy[r0 * n..(r0 + nr) * n]);
+                layer_norm_backward_run(avx, x, gain, dy, &mut dx[..nr * n], sums, n, eps);
+            }
+        },
+    );
+    // SAFETY: the runs cover the `rows` rows and each run wrote every element of its rows.
+    unsafe { dx.set_len(rows * n) };
+    let mut total = vec![0f32; 2 * n];
+    for part in sums.chunks_exact(2 * n) {
+        for (t, v) in total.iter_mut().zip(part) {
+            *t += v;
+        }
+    }
+    let dbias = total.split_off(n);
+    (dx, total, dbias)
 }
 
 /// Layer normalisation over the last dimension, y = γ (x − μ)/√(σ² + ε) + β, recorded as one op: the value
@@ -1102,7 +1223,13 @@ mod tests {
     fn layer_norm_and_dense_match_candles_chains_and_their_gradients() {
         let dev = Device::Cpu;
         let mut rng = NoiseRng::new(5);
-        for shape in [vec![7usize, 6], vec![3, 4, 6], vec![2, 3, 5, 6]] {
+        // [3, 700, 6]: 2,100 rows, three runs of the CPU reductions (RUN_ROWS), the last one short.
+        for shape in [
+            vec![7usize, 6],
+            vec![3, 4, 6],
+            vec![2, 3, 5, 6],
+            vec![3, 700, 6],
+        ] {
             for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
                 let mut draw = |dims: &[usize], shift: f64| {
                     let t = (rng.randn(dims, &dev).unwrap() + shift).unwrap();
