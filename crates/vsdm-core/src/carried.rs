@@ -2,9 +2,9 @@
 //!
 //! A fused layer (vsdm-image's convolutions, group norms and attention; vsdm-timeseries' attention) computes
 //! its value with candle's own ops (or cuDNN) on detached inputs, so no graph is recorded for it, and needs an
-//! op on the layer's three inputs whose result is that value and whose backward is its own: [`apply`]. The op's forward copies the value's storage (one pass
-//! over the output, like the addition of a zero-valued carrier would cost, without keeping a second output-sized
-//! tensor in the graph).
+//! op on the layer's three inputs whose result is that value and whose backward is its own: [`apply`]. The
+//! op's forward moves the value's storage into its result when nothing else holds it (`Tensor::into_storage`,
+//! added in the vendored candle-core, vendor/README.md), and copies it otherwise (one pass over the output).
 
 use std::sync::Mutex;
 
@@ -49,9 +49,12 @@ struct CarriedOp<B> {
 }
 
 impl<B: Backward> CarriedOp<B> {
-    /// The value's storage on the op's backend, picked out of the tensor's storage by `pick`; handed out once.
+    /// The value's storage on the op's backend, handed out once: moved out of the value tensor when it holds
+    /// the only reference to its storage (the usual case: a layer's freshly computed output, given away to
+    /// [`apply`]), picked out by `take`; otherwise a copy, picked out by `pick`.
     fn storage<S: BackendStorage>(
         &self,
+        take: impl Fn(Storage) -> Option<S>,
         pick: impl Fn(&Storage) -> Option<&S>,
     ) -> Result<(S, Shape)> {
         let op = B::NAME;
@@ -61,14 +64,20 @@ impl<B: Backward> CarriedOp<B> {
             .map_err(|e| candle_core::Error::Msg(format!("{op}: {e}")))?
             .take()
             .ok_or_else(|| candle_core::Error::Msg(format!("{op}: applied twice")))?;
-        let (st, l) = v.storage_and_layout();
-        match pick(&st) {
-            Some(s) if l.is_contiguous() && l.start_offset() == 0 => {
-                Ok((s.try_clone(l)?, l.shape().clone()))
+        let whole = |l: &Layout| l.is_contiguous() && l.start_offset() == 0;
+        if !whole(v.layout()) {
+            candle_core::bail!("{op}: the carried value is not a contiguous tensor");
+        }
+        let bad = || {
+            candle_core::Error::Msg(format!("{op}: the carried value is not on the op's device"))
+        };
+        match v.into_storage() {
+            // A whole contiguous layout: the storage holds exactly the value, in order.
+            Ok((st, l)) => Ok((take(st).ok_or_else(bad)?, l.shape().clone())),
+            Err(v) => {
+                let (st, l) = v.storage_and_layout();
+                Ok((pick(&st).ok_or_else(bad)?.try_clone(l)?, l.shape().clone()))
             }
-            _ => candle_core::bail!(
-                "{op}: the carried value is not a contiguous tensor on the op's device"
-            ),
         }
     }
 }
@@ -87,10 +96,16 @@ impl<B: Backward> CustomOp3 for CarriedOp<B> {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.storage(|s| match s {
-            Storage::Cpu(c) => Some(c),
-            _ => None,
-        })
+        self.storage(
+            |s| match s {
+                Storage::Cpu(c) => Some(c),
+                _ => None,
+            },
+            |s| match s {
+                Storage::Cpu(c) => Some(c),
+                _ => None,
+            },
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -103,10 +118,16 @@ impl<B: Backward> CustomOp3 for CarriedOp<B> {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.storage(|s| match s {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
-        })
+        self.storage(
+            |s| match s {
+                Storage::Cuda(c) => Some(c),
+                _ => None,
+            },
+            |s| match s {
+                Storage::Cuda(c) => Some(c),
+                _ => None,
+            },
+        )
     }
 
     fn bwd(
@@ -118,5 +139,90 @@ impl<B: Backward> CustomOp3 for CarriedOp<B> {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         self.backward.backward(a, b, c, dy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// A backward that hands `dy` to `a` and nothing to the others.
+    struct PassToA;
+
+    impl Backward for PassToA {
+        const NAME: &'static str = "pass-to-a";
+
+        fn backward(
+            &self,
+            _: &Tensor,
+            _: &Tensor,
+            _: &Tensor,
+            dy: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            Ok((Some(dy.clone()), None, None))
+        }
+    }
+
+    fn cpu_ptr(t: &Tensor) -> *const f32 {
+        match &*t.storage_and_layout().0 {
+            Storage::Cpu(CpuStorage::F32(v)) => v.as_ptr(),
+            _ => panic!("not an f32 CPU tensor"),
+        }
+    }
+
+    /// The op's result holds the value, and its backward is the caller's; a value nothing else holds is moved
+    /// into the result (same allocation), a value still held elsewhere is copied and the other holder keeps
+    /// its own; a strided value is refused with the op's name.
+    #[test]
+    fn carried_value_is_moved_when_unshared_and_copied_otherwise() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[1f32, 2.0, 3.0], &dev).unwrap();
+        let value = Tensor::new(&[10f32, 20.0, 30.0], &dev).unwrap();
+        let before = cpu_ptr(&value);
+        let y = apply(value, a.as_tensor(), a.as_tensor(), a.as_tensor(), PassToA).unwrap();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), [10.0, 20.0, 30.0]);
+        assert_eq!(
+            cpu_ptr(&y),
+            before,
+            "an unshared value should be moved, not copied"
+        );
+        let probe = Tensor::new(&[1f32, -1.0, 2.0], &dev).unwrap();
+        let g = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            g.get(a.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+            [1.0, -1.0, 2.0]
+        );
+
+        let kept = Tensor::new(&[4f32, 5.0, 6.0], &dev).unwrap();
+        let y = apply(
+            kept.clone(),
+            a.as_tensor(),
+            a.as_tensor(),
+            a.as_tensor(),
+            PassToA,
+        )
+        .unwrap();
+        assert_ne!(cpu_ptr(&y), cpu_ptr(&kept), "a shared value must be copied");
+        assert_eq!(y.to_vec1::<f32>().unwrap(), kept.to_vec1::<f32>().unwrap());
+
+        let strided = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &dev)
+            .unwrap()
+            .t()
+            .unwrap();
+        let e = apply(
+            strided,
+            a.as_tensor(),
+            a.as_tensor(),
+            a.as_tensor(),
+            PassToA,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("pass-to-a"), "{e}");
     }
 }

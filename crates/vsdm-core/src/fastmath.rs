@@ -457,9 +457,10 @@ pub fn matmul_bias_f32(
             let rows = o.len() / n.max(1);
             if let Some(c) = bias {
                 for row in o.chunks_exact_mut(n) {
-                    for (d, v) in row.iter_mut().zip(c) {
-                        d.write(*v);
-                    }
+                    // SAFETY: `row` and `c` both hold n values (the bias's length is asserted above).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(c.as_ptr(), row.as_mut_ptr() as *mut f32, n)
+                    };
                 }
             }
             // SAFETY: a's rows r0.. and all of b lie within their slices (asserted above); with a bias, every

@@ -2781,6 +2781,19 @@ impl Tensor {
         (storage, &self.layout)
     }
 
+    /// The storage and layout of a tensor that holds the only reference to its storage, moved out without a
+    /// copy (the tensor is consumed); the tensor itself back when another handle to it, or another tensor
+    /// (a view), shares the storage. (Added in this vendored copy for `vsdm_core::carried`: vendor/README.md.)
+    pub fn into_storage(self) -> std::result::Result<(Storage, Layout), Tensor> {
+        match Arc::try_unwrap(self.0) {
+            Ok(inner) => match Arc::try_unwrap(inner.storage) {
+                Ok(lock) => Ok((lock.into_inner(), inner.layout)),
+                Err(storage) => Err(Tensor(Arc::new(Tensor_ { storage, ..inner }))),
+            },
+            Err(shared) => Err(Tensor(shared)),
+        }
+    }
+
     /// Unique key for this tensor's storage. Equal keys mean the tensors share the same allocation.
     #[inline]
     pub(crate) fn storage_key(&self) -> usize {
