@@ -4,7 +4,9 @@
 //! - caching the full-A closed form (d = 370, the electricity series count) on a 100-point grid, against one
 //!   matrix exponential of the same size;
 //! - one variational SA iteration (1000 trajectories × 100 grid times summarised) for diagonal A on CIFAR's 3072
-//!   dimensions, against simply reading the statistics once.
+//!   dimensions, against simply reading the statistics once;
+//! - the attention softmax on 64 rows of 370 (electricity's series), in place, against candle's
+//!   `softmax_last_dim` on the same rows.
 //!
 //! Run: `cargo bench -p vsdm-core --bench core`.
 
@@ -96,5 +98,21 @@ fn sa_step(c: &mut Criterion) {
     let _ = Tensor::zeros(1, candle_core::DType::F32, &dev);
 }
 
-criterion_group!(benches, draw, full_cache, sa_step);
+fn softmax(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let x = NoiseRng::new(3).randn(&[64, 370], &dev).unwrap();
+    let mut rows = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let fast = vsdm_core::fastmath::avx2();
+    let mut g = c.benchmark_group("softmax 64x370");
+    g.bench_function("baseline: candle softmax_last_dim", |b| {
+        b.iter(|| candle_nn::ops::softmax_last_dim(&x).unwrap())
+    });
+    // In place, again and again: the cost does not depend on the values (no branches).
+    g.bench_function("fastmath::softmax_rows in place", |b| {
+        b.iter(|| vsdm_core::fastmath::softmax_rows(fast, &mut rows, 370, 0.25))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, draw, full_cache, sa_step, softmax);
 criterion_main!(benches);
