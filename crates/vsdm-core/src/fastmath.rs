@@ -613,6 +613,24 @@ pub unsafe fn gemm_scaled(
     gemm_raw(out.as_mut_ptr(), a, b, dims, scale, accumulate)
 }
 
+/// One single-threaded gemm call into rows `out_rs` apart: `out` `[m, n]` (row i at `out + i·out_rs`) =
+/// (`out` +) `scale` · a · b, with a and b as in [`gemm_one`]: for products whose rows land inside a wider
+/// matrix (one attention head's columns of a row that holds them all).
+///
+/// # Safety
+/// As [`gemm_one`]; rows `out_rs` ≥ n apart from `out` hold n values each, initialised when `accumulate`.
+pub unsafe fn gemm_rows(
+    out: *mut f32,
+    out_rs: usize,
+    a: (*const f32, (usize, usize)),
+    b: (*const f32, (usize, usize)),
+    dims: (usize, usize, usize),
+    scale: f32,
+    accumulate: bool,
+) {
+    gemm_raw_rs(out, out_rs, a, b, dims, scale, accumulate)
+}
+
 /// The float types gemm has kernels for that this workspace multiplies in: f32 and f64.
 pub trait GemmFloat: Copy + Send + Sync + 'static {
     const ZERO: Self;
@@ -651,6 +669,22 @@ pub unsafe fn gemm_into<T: GemmFloat>(
 /// As [`gemm_one`]; `out` points to `m · n` values, initialised when `accumulate`.
 unsafe fn gemm_raw<T: GemmFloat>(
     out: *mut T,
+    a: (*const T, (usize, usize)),
+    b: (*const T, (usize, usize)),
+    (m, k, n): (usize, usize, usize),
+    scale: T,
+    accumulate: bool,
+) {
+    gemm_raw_rs(out, n, a, b, (m, k, n), scale, accumulate)
+}
+
+/// [`gemm_raw`] with the output's rows `out_rs` apart.
+///
+/// # Safety
+/// As [`gemm_rows`].
+unsafe fn gemm_raw_rs<T: GemmFloat>(
+    out: *mut T,
+    out_rs: usize,
     (a, (ars, acs)): (*const T, (usize, usize)),
     (b, (brs, bcs)): (*const T, (usize, usize)),
     (m, k, n): (usize, usize, usize),
@@ -659,7 +693,9 @@ unsafe fn gemm_raw<T: GemmFloat>(
 ) {
     if k == 0 {
         if !accumulate {
-            std::ptr::write_bytes(out, 0, m * n);
+            for i in 0..m {
+                std::ptr::write_bytes(out.add(i * out_rs), 0, n);
+            }
         }
         return;
     }
@@ -669,7 +705,7 @@ unsafe fn gemm_raw<T: GemmFloat>(
         k,
         out,
         1,
-        n as isize,
+        out_rs as isize,
         accumulate,
         a,
         acs as isize,

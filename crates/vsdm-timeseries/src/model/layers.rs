@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
-    avx2, f32_slice, gemm_one, gemm_scaled, gram_and_sums_f32, matmul as mm, matmul_bias, par_rows,
+    avx2, f32_slice, gemm_rows, gram_and_sums_f32, matmul as mm, matmul_bias, par_rows,
     par_rows_mut, softmax_rows,
 };
 
@@ -375,88 +375,150 @@ fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
 /// its product with kᵀ, its softmax and its product with v.
 const BLOCK_SCORE_BYTES: usize = 64 << 10;
 
-/// softmax(scale · q_i k_iᵀ) v_i for each item i of row-major q `[n, sq, d]`, k `[n, sk, d]` and v
-/// `[n, sk, dv]` (`sk` ≥ 1), into y `[n, sq, dv]`, and the probabilities P `[n, sq, sk]` too when `keep`.
+/// Where each item's matrix lies in a buffer: item i = b · `heads` + h starts at `offset` + b · `item` +
+/// h · `head` and its rows are `row` apart (columns adjacent). A contiguous `[n, rows, cols]` tensor is
+/// [`Rows::packed`]; one head's q, k or v inside a dense layer's `[N, S, 3, heads, dh]` output is a column
+/// block of every row ([`attention_heads`]).
+#[derive(Clone, Copy, Debug)]
+struct Rows {
+    offset: usize,
+    heads: usize,
+    item: usize,
+    head: usize,
+    row: usize,
+}
+
+impl Rows {
+    /// Items of `rows × cols` one after the other.
+    fn packed(rows: usize, cols: usize) -> Self {
+        Rows {
+            offset: 0,
+            heads: 1,
+            item: rows * cols,
+            head: 0,
+            row: cols,
+        }
+    }
+
+    /// The offset of item `i`'s first row.
+    fn at(&self, i: usize) -> usize {
+        self.offset + i / self.heads * self.item + i % self.heads * self.head
+    }
+
+    /// Whether items 0..n of `rows × cols` lie within `len` values.
+    fn fits(&self, len: usize, n: usize, rows: usize, cols: usize) -> bool {
+        n == 0 || rows == 0 || cols == 0 || self.at(n - 1) + (rows - 1) * self.row + cols <= len
+    }
+}
+
+/// A pointer the tasks of [`par_rows_mut`] share to write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: the kernels below write disjoint elements through it from different tasks (each item's rows, or a
+// block of them, belong to one task), and the buffer outlives the parallel call.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The element `off` values in (a method, so that closures capture the whole wrapper).
+    ///
+    /// # Safety
+    /// `off` lies within the buffer.
+    unsafe fn at(&self, off: usize) -> *mut f32 {
+        self.0.add(off)
+    }
+}
+
+/// softmax(scale · q_i k_iᵀ) v_i for items i = i0 .. i0 + n of q `[sq, d]`, k `[sk, d]` and v `[sk, dv]`
+/// (`sk` ≥ 1) laid out as their [`Rows`] say, into y `[sq, dv]` per item at `y`'s layout, and the
+/// probabilities P `[n, sq, sk]` (row-major, these items only) too when `p` is given.
 ///
 /// The query rows go in blocks whose scores take at most [`BLOCK_SCORE_BYTES`], each block one task step:
-/// the scores q kᵀ by one single-threaded gemm call ([`gemm_one`], kᵀ read in place), the softmax in place,
-/// then the block's rows of y by a second call, so that the scores are written once and read back from
-/// cache, where the chain of ops (batched product, softmax, batched product) makes three passes over a map of
+/// the scores q kᵀ by one single-threaded gemm call (kᵀ read in place), the softmax in place, then the
+/// block's rows of y by a second call, so that the scores are written once and read back from cache, where
+/// the chain of ops (batched product, softmax, batched product) makes three passes over a map of
 /// `[n, sq, sk]` through memory. Blocks are written into P when it is kept, else into a scratch buffer of one
 /// block per task. Runs of rows go to candle's worker pool ([`par_rows_mut`]).
+///
+/// # Panics
+/// When a matrix does not lie within its buffer.
+#[allow(clippy::type_complexity)]
 fn attention_rows(
-    [q, k, v]: [&[f32]; 3],
-    (n, sq, sk, d, dv): (usize, usize, usize, usize, usize),
+    [(q, lq), (k, lk), (v, lv)]: [(&[f32], Rows); 3],
+    (y, ly): (&mut [std::mem::MaybeUninit<f32>], Rows),
+    p: Option<&mut [std::mem::MaybeUninit<f32>]>,
+    (i0, n, sq, sk, d, dv): (usize, usize, usize, usize, usize, usize),
     scale: f32,
-    keep: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) {
+    let (end, keep) = (i0 + n, p.is_some());
     assert!(
-        sk >= 1 && q.len() >= n * sq * d && k.len() >= n * sk * d && v.len() >= n * sk * dv,
-        "attention_rows: q {}, k {}, v {} values for {n} × ({sq}, {sk}, {d}, {dv})",
+        sk >= 1
+            && lq.fits(q.len(), end, sq, d)
+            && lk.fits(k.len(), end, sk, d)
+            && lv.fits(v.len(), end, sk, dv)
+            && ly.fits(y.len(), end, sq, dv)
+            && p.as_ref().is_none_or(|p| p.len() >= n * sq * sk),
+        "attention_rows: q {}, k {}, v {}, y {} values for items {i0}..{end} of ({sq}, {sk}, {d}, {dv})",
         q.len(),
         k.len(),
-        v.len()
+        v.len(),
+        y.len()
     );
     let rows = n * sq;
     let block = (BLOCK_SCORE_BYTES / (4 * sk)).max(1);
-    let (mut y, mut p) = (Vec::<f32>::with_capacity(rows * dv), Vec::<f32>::new());
-    if keep {
-        p.reserve_exact(rows * sk);
-    }
     let pw = if keep { sk } else { 0 };
+    let mut none = [];
+    let p = p.unwrap_or(&mut none);
+    let yp = Out(y.as_mut_ptr() as *mut f32);
     let fast = avx2();
-    par_rows_mut(
-        (&mut y.spare_capacity_mut()[..rows * dv], dv),
-        (&mut p.spare_capacity_mut()[..rows * pw], pw),
-        rows,
-        |r0, yr, pr| {
-            let len = yr.len().checked_div(dv).unwrap_or(pr.len() / sk);
-            let mut scratch = Vec::new();
-            if !keep {
-                scratch.resize(block.min(len) * sk, 0f32);
+    // One unit per row: what tells each task how many rows it has.
+    let mut units = vec![(); rows];
+    par_rows_mut((&mut units, 1), (p, pw), rows, |r0, u, pr| {
+        let len = u.len();
+        let mut scratch = Vec::new();
+        if !keep {
+            scratch.resize(block.min(len) * sk, 0f32);
+        }
+        let mut r = 0;
+        while r < len {
+            let (i, a) = (i0 + (r0 + r) / sq, (r0 + r) % sq);
+            let m = block.min(sq - a).min(len - r);
+            let s: &mut [f32] = if keep {
+                let part = &mut pr[r * sk..(r + m) * sk];
+                // SAFETY: f32 and MaybeUninit<f32> share their layout; the first gemm call below writes all
+                // m · sk values before anything reads them.
+                unsafe { std::slice::from_raw_parts_mut(part.as_mut_ptr() as *mut f32, part.len()) }
+            } else {
+                &mut scratch[..m * sk]
+            };
+            // SAFETY: rows a..a + m of item i of q and y, and all of item i of k (as kᵀ: row stride 1, column
+            // stride its row) and of v lie within their buffers (asserted above); this task alone writes
+            // those rows of y (rows go to one task each), and `s` holds m · sk values.
+            unsafe {
+                gemm_rows(
+                    s.as_mut_ptr(),
+                    sk,
+                    (q.as_ptr().add(lq.at(i) + a * lq.row), (lq.row, 1)),
+                    (k.as_ptr().add(lk.at(i)), (1, lk.row)),
+                    (m, d, sk),
+                    1.0,
+                    false,
+                );
+                softmax_rows(fast, s, sk, scale);
+                gemm_rows(
+                    yp.at(ly.at(i) + a * ly.row),
+                    ly.row,
+                    (s.as_ptr(), (sk, 1)),
+                    (v.as_ptr().add(lv.at(i)), (lv.row, 1)),
+                    (m, sk, dv),
+                    1.0,
+                    false,
+                );
             }
-            let mut r = 0;
-            while r < len {
-                let (i, a) = ((r0 + r) / sq, (r0 + r) % sq);
-                let m = block.min(sq - a).min(len - r);
-                let s: &mut [f32] = if keep {
-                    let part = &mut pr[r * sk..(r + m) * sk];
-                    // SAFETY: f32 and MaybeUninit<f32> share their layout; gemm_one writes all m · sk values
-                    // below before anything reads them.
-                    unsafe {
-                        std::slice::from_raw_parts_mut(part.as_mut_ptr() as *mut f32, part.len())
-                    }
-                } else {
-                    &mut scratch[..m * sk]
-                };
-                // SAFETY: rows a..a + m of item i of q, all of item i of k (as kᵀ: row stride 1, column stride
-                // d) and of v lie within their slices (asserted above); `s` and the rows of y hold m · sk and
-                // m · dv values.
-                unsafe {
-                    gemm_one(
-                        std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut _, s.len()),
-                        (q.as_ptr().add((i * sq + a) * d), (d, 1)),
-                        (k.as_ptr().add(i * sk * d), (1, d)),
-                        (m, d, sk),
-                    );
-                    softmax_rows(fast, s, sk, scale);
-                    gemm_one(
-                        &mut yr[r * dv..(r + m) * dv],
-                        (s.as_ptr(), (sk, 1)),
-                        (v.as_ptr().add(i * sk * dv), (dv, 1)),
-                        (m, sk, dv),
-                    );
-                }
-                r += m;
-            }
-        },
-    );
-    // SAFETY: the runs cover all rows, and each block wrote its rows of y (and of P when kept) whole.
-    unsafe {
-        y.set_len(rows * dv);
-        p.set_len(rows * pw);
-    }
-    (y, keep.then_some(p))
+            r += m;
+        }
+    });
 }
 
 /// The softmax's backward for one row, in place: dP in `g` becomes dS = P ⊙ (dP − ⟨dP, P⟩), ⟨dP, P⟩ summed
@@ -498,90 +560,107 @@ vsdm_core::simd_fn! {
     }
 }
 
-/// The gradients of [`attention_rows`]'s value for its output gradient dy `[n, sq, dv]`, from the kept
-/// probabilities P `[n, sq, sk]` (all row-major, given as [q, k, v, P, dy]): dq `[n, sq, d]`, and each item's dk `[sk, d]` followed by its dv
-/// `[sk, dv]` (`[n, sk·d + sk·dv]`).
+/// The gradients of [`attention_rows`]'s value for items i0 .. i0 + n from their output gradient dy and the
+/// kept probabilities P `[n, sq, sk]` (row-major, these items only): dq, dk and dv written at their layouts
+/// in `out` (every element of these items' matrices is written; the buffer may start uninitialised).
 ///
 /// Items go to candle's worker pool ([`par_rows_mut`]); within an item, blocks of query rows as in the forward:
 /// dP = dy vᵀ into a scratch block, dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place ([`softmax_grad_rows`]), the block's
 /// rows of dq = scale · dS k, and its contributions dk += scale · dSᵀ q and dv += Pᵀ dy, accumulated over the
-/// item's blocks ([`gemm_scaled`]). dP and dS never leave the block, where the chain of ops writes both whole
-/// (two tensors of P's size) and reads P three times.
+/// item's blocks (the first block writes them). dP and dS never leave the block, where the chain of ops writes
+/// both whole (two tensors of P's size) and reads P three times.
+///
+/// # Panics
+/// When a matrix does not lie within its buffer.
+#[allow(clippy::type_complexity)]
 fn attention_backward_rows(
-    [q, k, v, p, dy]: [&[f32]; 5],
-    (n, sq, sk, d, dv): (usize, usize, usize, usize, usize),
+    [(q, lq), (k, lk), (v, lv), (dy, ldy)]: [(&[f32], Rows); 4],
+    p: &[f32],
+    (out, [lgq, lgk, lgv]): (&mut [std::mem::MaybeUninit<f32>], [Rows; 3]),
+    (i0, n, sq, sk, d, dv): (usize, usize, usize, usize, usize, usize),
     scale: f32,
-) -> (Vec<f32>, Vec<f32>) {
+) {
+    let end = i0 + n;
     assert!(
         sk >= 1
-            && q.len() >= n * sq * d
-            && k.len() >= n * sk * d
-            && v.len() >= n * sk * dv
+            && lq.fits(q.len(), end, sq, d)
+            && lk.fits(k.len(), end, sk, d)
+            && lv.fits(v.len(), end, sk, dv)
+            && ldy.fits(dy.len(), end, sq, dv)
             && p.len() >= n * sq * sk
-            && dy.len() >= n * sq * dv,
-        "attention_backward_rows: inputs shorter than {n} × ({sq}, {sk}, {d}, {dv})"
+            && lgq.fits(out.len(), end, sq, d)
+            && lgk.fits(out.len(), end, sk, d)
+            && lgv.fits(out.len(), end, sk, dv),
+        "attention_backward_rows: buffers too short for items {i0}..{end} of ({sq}, {sk}, {d}, {dv})"
     );
     let block = (BLOCK_SCORE_BYTES / (4 * sk)).max(1);
-    let (wq, wkv) = (sq * d, sk * (d + dv));
-    let (mut gq, mut gkv) = (vec![0f32; n * wq], vec![0f32; n * wkv]);
+    let op = Out(out.as_mut_ptr() as *mut f32);
     let fast = avx2();
-    par_rows_mut((&mut gq, wq), (&mut gkv, wkv), n, |i0, gq, gkv| {
-        let items = gkv.len().checked_div(wkv).unwrap_or(0);
-        let mut s = vec![0f32; block.min(sq) * sk];
-        for j in 0..items {
-            let i = i0 + j;
-            let gq = &mut gq[j * wq..(j + 1) * wq];
-            let (gk, gv) = gkv[j * wkv..(j + 1) * wkv].split_at_mut(sk * d);
-            let (qi, ki, vi) = (&q[i * sq * d..], &k[i * sk * d..], &v[i * sk * dv..]);
-            let (pi, dyi) = (&p[i * sq * sk..(i + 1) * sq * sk], &dy[i * sq * dv..]);
-            let mut a = 0;
-            while a < sq {
-                let m = block.min(sq - a);
-                let s = &mut s[..m * sk];
-                let pb = &pi[a * sk..(a + m) * sk];
-                // SAFETY: rows a..a + m of this item's dy, q and P, and all of its k and v (v as vᵀ: row stride
-                // 1, column stride dv), lie within their slices (asserted above); the outputs hold m · sk, m · d,
-                // sk · d and sk · dv values.
-                unsafe {
-                    gemm_scaled(
-                        s,
-                        (dyi[a * dv..].as_ptr(), (dv, 1)),
-                        (vi.as_ptr(), (1, dv)),
-                        (m, dv, sk),
-                        1.0,
-                        false,
-                    );
-                    softmax_grad_rows(fast, s, pb, sk);
-                    gemm_scaled(
-                        &mut gq[a * d..(a + m) * d],
-                        (s.as_ptr(), (sk, 1)),
-                        (ki.as_ptr(), (d, 1)),
-                        (m, sk, d),
-                        scale,
-                        false,
-                    );
-                    gemm_scaled(
-                        gk,
-                        (s.as_ptr(), (1, sk)),
-                        (qi[a * d..].as_ptr(), (d, 1)),
-                        (sk, m, d),
-                        scale,
-                        a > 0,
-                    );
-                    gemm_scaled(
-                        gv,
-                        (pb.as_ptr(), (1, sk)),
-                        (dyi[a * dv..].as_ptr(), (dv, 1)),
-                        (sk, m, dv),
-                        1.0,
-                        a > 0,
-                    );
+    let mut units = vec![(); n];
+    par_rows_mut(
+        (&mut units, 1),
+        (&mut [] as &mut [f32], 0),
+        n,
+        |j0, u, _| {
+            let mut s = vec![0f32; block.min(sq) * sk];
+            for j in j0..j0 + u.len() {
+                let i = i0 + j;
+                let (qi, ki, vi, dyi) = (lq.at(i), lk.at(i), lv.at(i), ldy.at(i));
+                let pi = &p[j * sq * sk..(j + 1) * sq * sk];
+                let (gq, gk, gv) = (lgq.at(i), lgk.at(i), lgv.at(i));
+                let mut a = 0;
+                while a < sq {
+                    let m = block.min(sq - a);
+                    let s = &mut s[..m * sk];
+                    let pb = &pi[a * sk..(a + m) * sk];
+                    // SAFETY: rows a..a + m of this item's dy, q and P, and all of its k and v (v as vᵀ: row stride
+                    // 1, column stride its row), lie within their buffers, and so do its dq, dk and dv (asserted
+                    // above); this task alone writes this item's gradients (items go to one task each), and dk,
+                    // dv are written by the first block before later ones accumulate into them.
+                    unsafe {
+                        gemm_rows(
+                            s.as_mut_ptr(),
+                            sk,
+                            (dy.as_ptr().add(dyi + a * ldy.row), (ldy.row, 1)),
+                            (v.as_ptr().add(vi), (1, lv.row)),
+                            (m, dv, sk),
+                            1.0,
+                            false,
+                        );
+                        softmax_grad_rows(fast, s, pb, sk);
+                        gemm_rows(
+                            op.at(gq + a * lgq.row),
+                            lgq.row,
+                            (s.as_ptr(), (sk, 1)),
+                            (k.as_ptr().add(ki), (lk.row, 1)),
+                            (m, sk, d),
+                            scale,
+                            false,
+                        );
+                        gemm_rows(
+                            op.at(gk),
+                            lgk.row,
+                            (s.as_ptr(), (1, sk)),
+                            (q.as_ptr().add(qi + a * lq.row), (lq.row, 1)),
+                            (sk, m, d),
+                            scale,
+                            a > 0,
+                        );
+                        gemm_rows(
+                            op.at(gv),
+                            lgv.row,
+                            (pb.as_ptr(), (1, sk)),
+                            (dy.as_ptr().add(dyi + a * ldy.row), (ldy.row, 1)),
+                            (sk, m, dv),
+                            1.0,
+                            a > 0,
+                        );
+                    }
+                    a += m;
                 }
-                a += m;
             }
-        }
-    });
-    (gq, gkv)
+        },
+    );
 }
 
 /// dq, dk, dv of one chunk by [`attention_backward_rows`] when q, k, v, dy and P are f32 on the CPU with at
@@ -605,12 +684,47 @@ fn attention_grads_fused(
         p.contiguous()?,
         dy.contiguous()?,
     );
-    let (gq, gkv) = with_cpu_f32("attention backward", [&q, &k, &v, &p, &dy], |parts| {
-        attention_backward_rows(parts, (n, sq, sk, d, dv), scale as f32)
-    })?;
+    // dq `[n, sq, d]`, then per item its dk `[sk, d]` followed by its dv `[sk, dv]`.
+    let (wq, wkv) = (sq * d, sk * (d + dv));
+    let len = n * (wq + wkv);
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let lgk = Rows {
+        offset: n * wq,
+        item: wkv,
+        ..Rows::packed(sk, d)
+    };
+    let lgv = Rows {
+        offset: n * wq + sk * d,
+        item: wkv,
+        ..Rows::packed(sk, dv)
+    };
+    with_cpu_f32(
+        "attention backward",
+        [&q, &k, &v, &p, &dy],
+        |[q, k, v, p, dy]| {
+            attention_backward_rows(
+                [
+                    (q, Rows::packed(sq, d)),
+                    (k, Rows::packed(sk, d)),
+                    (v, Rows::packed(sk, dv)),
+                    (dy, Rows::packed(sq, dv)),
+                ],
+                p,
+                (
+                    &mut out.spare_capacity_mut()[..len],
+                    [Rows::packed(sq, d), lgk, lgv],
+                ),
+                (0, n, sq, sk, d, dv),
+                scale as f32,
+            )
+        },
+    )?;
+    // SAFETY: attention_backward_rows wrote every element of the n items' dq, dk and dv, which tile `out`.
+    unsafe { out.set_len(len) };
     let dev = q.device();
-    let gq = Tensor::from_vec(gq, (n, sq, d), dev)?;
-    let gkv = Tensor::from_vec(gkv, (n, sk * (d + dv)), dev)?;
+    let out = Tensor::from_vec(out, len, dev)?;
+    let gq = out.narrow(0, 0, n * wq)?.reshape((n, sq, d))?;
+    let gkv = out.narrow(0, n * wq, n * wkv)?.reshape((n, wkv))?;
     let gk = gkv.narrow(1, 0, sk * d)?.reshape((n, sk, d))?;
     let gv = gkv.narrow(1, sk * d, sk * dv)?.reshape((n, sk, dv))?;
     Ok(Some((gq, gk, gv)))
@@ -660,12 +774,32 @@ fn attention_parts(
             );
         }
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        let (y, p) = with_cpu_f32("attention", [&q, &k, &v], |qkv| {
-            attention_rows(qkv, (n, sq, sk, d, dv), scale as f32, keep)
+        let mut y: Vec<f32> = Vec::with_capacity(n * sq * dv);
+        let mut p: Vec<f32> = Vec::with_capacity(if keep { n * sq * sk } else { 0 });
+        with_cpu_f32("attention", [&q, &k, &v], |[q, k, v]| {
+            attention_rows(
+                [
+                    (q, Rows::packed(sq, d)),
+                    (k, Rows::packed(sk, d)),
+                    (v, Rows::packed(sk, dv)),
+                ],
+                (
+                    &mut y.spare_capacity_mut()[..n * sq * dv],
+                    Rows::packed(sq, dv),
+                ),
+                keep.then(|| &mut p.spare_capacity_mut()[..n * sq * sk]),
+                (0, n, sq, sk, d, dv),
+                scale as f32,
+            )
         })?;
+        // SAFETY: attention_rows wrote every row of y, and of P when kept.
+        unsafe {
+            y.set_len(n * sq * dv);
+            p.set_len(if keep { n * sq * sk } else { 0 });
+        }
         let dev = q.device();
-        let p = p
-            .map(|p| Tensor::from_vec(p, (n, sq, sk), dev))
+        let p = keep
+            .then(|| Tensor::from_vec(p, (n, sq, sk), dev))
             .transpose()?;
         return Ok((Tensor::from_vec(y, (n, sq, dv), dev)?, p));
     }
@@ -927,6 +1061,163 @@ impl vsdm_core::carried::Backward for PackedAttentionBackward {
     }
 }
 
+/// Multi-head self-attention on q, k and v as a dense layer writes them: `qkv` `[n, s, 3·c]`, whose last axis
+/// holds q, k and v one after the other, each `heads` heads of c / heads values side by side; the result
+/// `[n, s, c]` with the heads side by side, as the output projection takes it. The same as [`attention_packed`]
+/// on `qkv` reshaped to `[n, s, 3, heads, dh]` and permuted to `[3, n, heads, s, dh]`, with the result transposed
+/// back. On the CPU in f32 the kernels read each head's q, k and v in place, write its output columns in place,
+/// and the backward writes the gradient straight in `qkv`'s layout, none of the copies of that path (q, k and
+/// v made contiguous, the output transposed back, the three gradients stacked and permuted back, the output's
+/// gradient made contiguous); P is kept in chunks of items of at most [`CPU_SCORE_CHUNK_BYTES`] as there.
+/// Elsewhere, that path.
+pub fn attention_heads(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, s, c3) = qkv.dims3()?;
+    if heads == 0 || c3 % (3 * heads) != 0 {
+        candle_core::bail!(
+            "attention: {c3} channels of q, k and v cannot be split into {heads} heads"
+        );
+    }
+    let (c, dh) = (c3 / 3, c3 / 3 / heads);
+    if !cpu_f32(qkv) || s == 0 {
+        let packed = qkv
+            .reshape((n, s, 3, heads, dh))?
+            .permute((2, 0, 3, 1, 4))?;
+        return attention_packed(&packed)?
+            .transpose(1, 2)?
+            .reshape((n, s, c));
+    }
+    let track = qkv.track_op();
+    let x = qkv.detach().contiguous()?;
+    let items = n * heads;
+    let chunk = if track {
+        (CPU_SCORE_CHUNK_BYTES / (s * s * 4)).clamp(1, items.max(1))
+    } else {
+        items.max(1)
+    };
+    let heads_at = HeadsLayout { heads, s, c, dh };
+    let scale = 1.0 / (dh as f32).sqrt();
+    let len = n * s * c;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let mut ps: Vec<Vec<f32>> = Vec::new();
+    with_cpu_f32("attention", [&x], |[xs]| {
+        for i0 in (0..items).step_by(chunk) {
+            let m = chunk.min(items - i0);
+            let mut p: Vec<f32> = Vec::with_capacity(if track { m * s * s } else { 0 });
+            attention_rows(
+                [0, 1, 2].map(|part| (xs, heads_at.qkv(part))),
+                (&mut y.spare_capacity_mut()[..len], heads_at.y()),
+                track.then(|| &mut p.spare_capacity_mut()[..m * s * s]),
+                (i0, m, s, s, dh, dh),
+                scale,
+            );
+            if track {
+                // SAFETY: attention_rows wrote every row of these items' P.
+                unsafe { p.set_len(m * s * s) };
+                ps.push(p);
+            }
+        }
+    })?;
+    // SAFETY: the chunks cover every item, and attention_rows wrote each item's rows of y.
+    unsafe { y.set_len(len) };
+    let y = Tensor::from_vec(y, (n, s, c), qkv.device())?;
+    if !track {
+        return Ok(y);
+    }
+    // qkv is passed as all three inputs of the carried op; only the first receives a gradient.
+    let backward = HeadsAttentionBackward {
+        x,
+        ps,
+        chunk,
+        at: heads_at,
+        n,
+        scale,
+    };
+    vsdm_core::carried::apply(y, qkv, qkv, qkv, backward)
+}
+
+/// Where one head's matrices lie in [`attention_heads`]' buffers.
+#[derive(Clone, Copy)]
+struct HeadsLayout {
+    heads: usize,
+    s: usize,
+    c: usize,
+    dh: usize,
+}
+
+impl HeadsLayout {
+    /// q (`part` 0), k (1) or v (2) of each (row, head) item in `[n, s, 3·c]`.
+    fn qkv(&self, part: usize) -> Rows {
+        Rows {
+            offset: part * self.c,
+            heads: self.heads,
+            item: self.s * 3 * self.c,
+            head: self.dh,
+            row: 3 * self.c,
+        }
+    }
+
+    /// The output (and its gradient) of each item in `[n, s, c]`.
+    fn y(&self) -> Rows {
+        Rows {
+            offset: 0,
+            heads: self.heads,
+            item: self.s * self.c,
+            head: self.dh,
+            row: self.c,
+        }
+    }
+}
+
+/// The backward of [`attention_heads`] on the CPU: [`attention_backward_rows`] per chunk of items, the
+/// gradient written in `qkv`'s layout.
+struct HeadsAttentionBackward {
+    /// qkv, detached and contiguous.
+    x: Tensor,
+    /// P of each chunk of items, `[items, s, s]`.
+    ps: Vec<Vec<f32>>,
+    chunk: usize,
+    at: HeadsLayout,
+    n: usize,
+    scale: f32,
+}
+
+impl vsdm_core::carried::Backward for HeadsAttentionBackward {
+    const NAME: &'static str = "heads-attention-backward";
+
+    fn backward(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let HeadsLayout { s, c, dh, .. } = self.at;
+        let dy = dy.contiguous()?;
+        let len = self.n * s * 3 * c;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        with_cpu_f32("attention backward", [&self.x, &dy], |[xs, dys]| {
+            let inputs = [0, 1, 2].map(|part| (xs, self.at.qkv(part)));
+            for (ci, p) in self.ps.iter().enumerate() {
+                attention_backward_rows(
+                    [inputs[0], inputs[1], inputs[2], (dys, self.at.y())],
+                    p,
+                    (
+                        &mut out.spare_capacity_mut()[..len],
+                        [0, 1, 2].map(|part| self.at.qkv(part)),
+                    ),
+                    (ci * self.chunk, p.len() / (s * s), s, s, dh, dh),
+                    self.scale,
+                )
+            }
+        })?;
+        // SAFETY: the chunks cover every item, and attention_backward_rows wrote each one's dq, dk and dv,
+        // which together tile the gradient.
+        unsafe { out.set_len(len) };
+        let g = Tensor::from_vec(out, (self.n, s, 3 * c), dy.device())?;
+        Ok((Some(g), None, None))
+    }
+}
+
 /// Multi-head self-attention over the middle axis of `[N, S, C]`.
 pub struct SelfAttention {
     qkv: Dense,
@@ -950,16 +1241,8 @@ impl SelfAttention {
 impl Module for SelfAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("attention").entered();
-        let (n, s, c) = x.dims3()?;
-        let dh = c / self.heads;
-        // [N, S, 3, h, dh] → [3, N, h, S, dh]
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((n, s, 3, self.heads, dh))?
-            .permute((2, 0, 3, 1, 4))?;
-        let y = attention_packed(&qkv)?; // [N, h, S, dh]
-        let y = y.transpose(1, 2)?.reshape((n, s, c))?;
+        // [N, S, 3·C] → [N, S, C]
+        let y = attention_heads(&self.qkv.forward(x)?, self.heads)?;
         self.out.forward(&y)
     }
 }
@@ -1114,19 +1397,23 @@ mod tests {
         }
     }
 
-    /// The packed attention on a permuted view of a projection's output, as [`SelfAttention`] calls it, equals
-    /// candle's op chain on q, k and v taken apart with `get`, in value and in the gradient of the projection
-    /// (f32 ≤ 1e-5, f64 ≤ 1e-12 relative), in one chunk and in several; detached it records nothing; a first
-    /// axis other than 3 is an error naming the shape.
+    /// The packed attention on a permuted view of a projection's output, and [`attention_heads`] (what
+    /// [`SelfAttention`] calls) on the output itself, equal candle's op chain on q, k and v taken apart with
+    /// `get`, in value and in the gradient of the projection (f32 ≤ 1e-5, f64 ≤ 1e-12 relative), in one chunk
+    /// and in several; detached they record nothing; a first axis other than 3, or channels that do not split
+    /// into the heads, is an error naming the shape. (Fails when the heads' backward misplaces its second
+    /// chunk of items, or reads every head's columns at the first's — both checked.)
     #[test]
-    fn packed_attention_matches_the_chain_on_a_projection_view() {
+    fn packed_and_head_attention_match_the_chain_on_a_projection_view() {
         let dev = Device::Cpu;
         let mut rng = NoiseRng::new(5);
-        // (N, S, heads, dh): the last one's scores (2 × 3 × 150²) exceed one CPU chunk.
+        // (N, S, heads, dh): the last two's scores (2 × 3 × 150², 40 × 3 × 150²) exceed one CPU chunk, and
+        // their query rows make two blocks per item.
         for (n, s, heads, dh) in [
             (2usize, 5usize, 2usize, 3usize),
             (3, 1, 1, 4),
             (2, 150, 3, 4),
+            (40, 150, 3, 2),
         ] {
             for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
                 let h = Var::from_tensor(
@@ -1165,6 +1452,30 @@ mod tests {
                 let (y1, g1) = run(&attention_packed);
                 assert!(rel(&y1, &y0) < tol, "{case}: value {}", rel(&y1, &y0));
                 assert!(rel(&g1, &g0) < tol, "{case}: gradient {}", rel(&g1, &g0));
+                // attention_heads on the unpermuted [N, S, 3·C] (in place on the CPU in f32): its output is
+                // y0 with the heads side by side, the same loss with the probe laid out alike, so the same
+                // gradient.
+                let c = heads * dh;
+                let y2 = attention_heads(h.as_tensor(), heads).unwrap();
+                let side = |t: &Tensor| t.transpose(1, 2).unwrap().reshape((n, s, c)).unwrap();
+                let g = (&y2 * side(&probe))
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let g2 = g.get(h.as_tensor()).unwrap();
+                assert!(rel(&y2, &side(&y0)) < tol, "{case}: heads value");
+                assert!(
+                    rel(g2, &g0) < tol,
+                    "{case}: heads gradient {}",
+                    rel(g2, &g0)
+                );
+                let plain = attention_heads(&h.as_tensor().detach(), heads).unwrap();
+                assert!(
+                    !plain.track_op() && rel(&plain, &side(&y0)) < tol,
+                    "{case}: heads detached"
+                );
                 let detached = h
                     .as_tensor()
                     .detach()
@@ -1180,6 +1491,9 @@ mod tests {
         let wrong = Tensor::zeros((2, 4, 5, 3), DType::F32, &dev).unwrap();
         let e = attention_packed(&wrong).unwrap_err().to_string();
         assert!(e.contains("[2, 4, 5, 3]"), "{e}");
+        let wrong = Tensor::zeros((2, 4, 10), DType::F32, &dev).unwrap();
+        let e = attention_heads(&wrong, 3).unwrap_err().to_string();
+        assert!(e.contains("10 channels") && e.contains("3 heads"), "{e}");
     }
 
     /// The fused CPU kernel against candle's chain on items whose query rows span several blocks of scores
