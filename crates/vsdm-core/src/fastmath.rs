@@ -582,43 +582,15 @@ pub fn gram_and_sums_f32(
     (total, sums)
 }
 
-/// One single-threaded gemm call: `out` (row-major `[m, n]`, written whole) = a · b for a `[m, k]` at `a` with
-/// strides (rs, cs) and b `[k, n]` at `b` likewise. For kernels that run their own products inside a task of
-/// candle's worker pool (the time-series attention's blocks of query rows).
-///
-/// # Safety
-/// Every element of a and b lies within the allocations `a` and `b` point into; `out` holds `m · n` values.
-pub unsafe fn gemm_one(
-    out: &mut [MaybeUninit<f32>],
-    a: (*const f32, (usize, usize)),
-    b: (*const f32, (usize, usize)),
-    dims: (usize, usize, usize),
-) {
-    gemm_raw(out.as_mut_ptr() as *mut f32, a, b, dims, 1.0, false)
-}
-
-/// One single-threaded gemm call that scales and accumulates: `out` (row-major `[m, n]`, initialised) =
-/// `out` + `scale` · a · b when `accumulate`, else `scale` · a · b, with a and b as in [`gemm_one`].
-///
-/// # Safety
-/// As [`gemm_one`]; `out` holds `m · n` values.
-pub unsafe fn gemm_scaled(
-    out: &mut [f32],
-    a: (*const f32, (usize, usize)),
-    b: (*const f32, (usize, usize)),
-    dims: (usize, usize, usize),
-    scale: f32,
-    accumulate: bool,
-) {
-    gemm_raw(out.as_mut_ptr(), a, b, dims, scale, accumulate)
-}
-
 /// One single-threaded gemm call into rows `out_rs` apart: `out` `[m, n]` (row i at `out + i·out_rs`) =
-/// (`out` +) `scale` · a · b, with a and b as in [`gemm_one`]: for products whose rows land inside a wider
-/// matrix (one attention head's columns of a row that holds them all).
+/// `out` + `scale` · a · b when `accumulate`, else `scale` · a · b (then written whole, never read: it may be
+/// uninitialised), for a `[m, k]` at `a` with strides (rs, cs) and b `[k, n]` at `b` likewise. For kernels
+/// that run their own products inside a task of candle's worker pool (the time-series attention's blocks of
+/// query rows, whose output rows may lie inside a wider matrix: one head's columns of rows that hold them all).
 ///
 /// # Safety
-/// As [`gemm_one`]; rows `out_rs` ≥ n apart from `out` hold n values each, initialised when `accumulate`.
+/// Every element of a and b lies within the allocations `a` and `b` point into; rows `out_rs` ≥ n apart from
+/// `out` hold n values each, initialised when `accumulate`.
 pub unsafe fn gemm_rows(
     out: *mut f32,
     out_rs: usize,
@@ -648,10 +620,10 @@ impl GemmFloat for f64 {
 }
 
 /// One single-threaded gemm call in f32 or f64: `out` (row-major `[m, n]`) = `out` + a · b when `accumulate`,
-/// else a · b (`out` then written whole, never read: it may be uninitialised), a and b as in [`gemm_one`].
+/// else a · b (`out` then written whole, never read: it may be uninitialised), a and b as in [`gemm_rows`].
 ///
 /// # Safety
-/// As [`gemm_one`]; `out` points to `m · n` values, initialised when `accumulate`.
+/// As [`gemm_rows`] with `out_rs` = n.
 pub unsafe fn gemm_into<T: GemmFloat>(
     out: *mut T,
     a: (*const T, (usize, usize)),
@@ -662,11 +634,11 @@ pub unsafe fn gemm_into<T: GemmFloat>(
     gemm_raw(out, a, b, dims, T::ONE, accumulate)
 }
 
-/// The gemm call of [`gemm_one`], [`gemm_scaled`] and [`gemm_into`]: `out` = (`out` +) `scale` · a · b,
+/// The gemm call of [`gemm_into`] and the products here: `out` = (`out` +) `scale` · a · b,
 /// row-major `[m, n]` (read only when `accumulate`; written whole, zeros when k = 0 and not accumulating).
 ///
 /// # Safety
-/// As [`gemm_one`]; `out` points to `m · n` values, initialised when `accumulate`.
+/// As [`gemm_rows`] with `out_rs` = n.
 unsafe fn gemm_raw<T: GemmFloat>(
     out: *mut T,
     a: (*const T, (usize, usize)),
@@ -744,17 +716,20 @@ pub fn bmm_f32(
         b.len()
     );
     let item = m * n;
-    // SAFETY: each gemm_one call writes its item whole; item bi's matrices lie within a and b (asserted above for
+    // SAFETY: each gemm call writes its item whole; item bi's matrices lie within a and b (asserted above for
     // the last item, and the batch strides only move forward).
     unsafe {
         par_fill(batch, item, |i0, o| {
             for (i, o) in o.chunks_mut(item).enumerate() {
                 let bi = i0 + i;
-                gemm_one(
-                    o,
+                gemm_rows(
+                    o.as_mut_ptr() as *mut f32,
+                    n,
                     (a.as_ptr().add(bi * abs), (ars, acs)),
                     (b.as_ptr().add(bi * bbs), (brs, bcs)),
                     (m, k, n),
+                    1.0,
+                    false,
                 )
             }
         })

@@ -11,7 +11,7 @@
 use std::mem::MaybeUninit;
 use std::time::Instant;
 
-use vsdm_core::fastmath::{gemm_one, gemm_scaled};
+use vsdm_core::fastmath::gemm_rows;
 
 fn best(mut f: impl FnMut()) -> f64 {
     f();
@@ -67,11 +67,14 @@ fn main() {
         let mut out = vec![MaybeUninit::<f32>::uninit(); hp * wp * co];
         let t_fill = best(|| fill_rows(&mut rows));
         let t_mm = best(|| unsafe {
-            gemm_one(
-                &mut out[..h * w * co],
+            gemm_rows(
+                out.as_mut_ptr() as *mut f32,
+                co,
                 (rows.as_ptr(), (row, 1)),
                 (wt.as_ptr(), (co, 1)),
                 (h * w, row, co),
+                1.0,
+                false,
             )
         });
         // shifted: padded image with slack for the last row's overlapping reads.
@@ -85,8 +88,9 @@ fn main() {
         let t_pad = best(|| fill_pad(&mut xp));
         let t_sh = best(|| unsafe {
             for i in 0..3 {
-                gemm_scaled(
-                    &mut acc,
+                gemm_rows(
+                    acc.as_mut_ptr(),
+                    co,
                     (xp.as_ptr().add(i * wp * c), (c, 1)),
                     (wt.as_ptr().add(i * 3 * c * co), (co, 1)),
                     (h * wp, 3 * c, co),
@@ -120,18 +124,22 @@ fn main() {
         }
         let mut gw = vec![MaybeUninit::<f32>::uninit(); 9 * c * co];
         let t_gw = best(|| unsafe {
-            gemm_one(
-                &mut gw,
+            gemm_rows(
+                gw.as_mut_ptr() as *mut f32,
+                co,
                 (rows.as_ptr(), (1, row)),
                 (dy.as_ptr(), (co, 1)),
                 (row, h * w, co),
+                1.0,
+                false,
             )
         });
         let mut gs = vec![0f32; 9 * c * co];
         let t_gs = best(|| unsafe {
             for i in 0..3 {
-                gemm_scaled(
-                    &mut gs[i * 3 * c * co..][..3 * c * co],
+                gemm_rows(
+                    gs[i * 3 * c * co..][..3 * c * co].as_mut_ptr(),
+                    co,
                     (xp.as_ptr().add(i * wp * c), (1, c)),
                     (dyp.as_ptr(), (co, 1)),
                     (3 * c, h * wp, co),
