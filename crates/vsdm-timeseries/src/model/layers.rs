@@ -27,6 +27,18 @@ pub fn dense(inp: usize, out: usize, vb: VarBuilder) -> Result<Dense> {
 
 impl Module for Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // All outputs: the weight and bias themselves (a narrow to the whole length is the tensor).
+        self.forward_outputs(x, 0, self.0.weight().dim(0)?)
+    }
+}
+
+impl Dense {
+    /// Outputs `start .. start + len` of the layer alone: the same values as those columns of
+    /// [`Module::forward`]'s result, from views of the weight's rows and the bias (their gradients land in the
+    /// full parameters). Two such halves of one layer give contiguous outputs, where narrowing the full output
+    /// reads it strided and each narrow's backward zero-pads its gradient to the full width before the two are
+    /// added.
+    pub fn forward_outputs(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         let dims = x.dims();
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last.max(1);
@@ -34,10 +46,11 @@ impl Module for Dense {
             .0
             .bias()
             .ok_or_else(|| candle_core::Error::Msg("dense layer without a bias".into()))?;
-        let y = dense_op(&x.reshape((rows, last))?, self.0.weight(), bias)?;
+        let w = self.0.weight().narrow(0, start, len)?;
+        let y = dense_op(&x.reshape((rows, last))?, &w, &bias.narrow(0, start, len)?)?;
         let mut out = dims.to_vec();
         let n = out.len();
-        out[n - 1] = y.dim(1)?;
+        out[n - 1] = len;
         y.reshape(out)
     }
 }
@@ -1527,6 +1540,48 @@ mod tests {
                     None => assert!(!keep, "{case}: P missing"),
                 }
             }
+        }
+    }
+
+    /// [`Dense::forward_outputs`] on two halves equals the full layer's output split in two, in value and in the
+    /// gradients of the input, the weight and the bias (f32, 1e-6 relative).
+    #[test]
+    fn dense_halves_match_the_whole_layer() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let layer = dense(6, 8, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let mut rng = NoiseRng::new(12);
+        let x = Var::from_tensor(&rng.randn(&[2, 5, 6], &dev).unwrap()).unwrap();
+        let probe = rng.randn(&[2, 5, 8], &dev).unwrap();
+        let params: Vec<Var> = {
+            let data = vm.data().lock().unwrap();
+            vec![data["weight"].clone(), data["bias"].clone()]
+        };
+        let grads = |y: &Tensor| {
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let mut all = vec![g.get(x.as_tensor()).unwrap().clone()];
+            all.extend(params.iter().map(|p| g.get(p.as_tensor()).unwrap().clone()));
+            all
+        };
+        let whole = layer.forward(x.as_tensor()).unwrap();
+        let halves = Tensor::cat(
+            &[
+                layer.forward_outputs(x.as_tensor(), 0, 3).unwrap(),
+                layer.forward_outputs(x.as_tensor(), 3, 5).unwrap(),
+            ],
+            2,
+        )
+        .unwrap();
+        assert!(
+            rel(&halves, &whole) < 1e-6,
+            "value {}",
+            rel(&halves, &whole)
+        );
+        for (name, (a, b)) in ["x", "weight", "bias"]
+            .iter()
+            .zip(grads(&halves).iter().zip(&grads(&whole)))
+        {
+            assert!(rel(a, b) < 1e-6, "d{name} {}", rel(a, b));
         }
     }
 

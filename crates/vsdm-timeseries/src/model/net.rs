@@ -285,9 +285,10 @@ impl ScoreModel for ForecastNet {
             };
             let y = (blk.mid.forward(&y)? + blk.side.forward(&side)?)?;
             let gated = gate(&y)?;
-            let y = blk.out.forward(&gated)?;
-            x = ((x + y.narrow(3, 0, h)?)? / std::f64::consts::SQRT_2)?;
-            let s = y.narrow(3, h, h)?;
+            // The residual and skip halves of the output layer, each contiguous (`Dense::forward_outputs`).
+            let res = blk.out.forward_outputs(&gated, 0, h)?;
+            x = ((x + res)? / std::f64::consts::SQRT_2)?;
+            let s = blk.out.forward_outputs(&gated, h, h)?;
             skip = Some(match skip {
                 Some(acc) => (acc + s)?,
                 None => s,
