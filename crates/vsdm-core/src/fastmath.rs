@@ -2,7 +2,7 @@
 //!
 //! candle's CPU backend evaluates `exp`, `tanh` and the logistic function with the C library's scalar `expf` /
 //! `tanhf`, one element at a time. The functions here are branch-free polynomials, so a loop of them compiles to
-//! vector instructions; [`simd_fn!`](crate::simd_fn) builds such a loop twice, plainly and for AVX2 + FMA, and
+//! vector instructions; [`crate::simd_fn!`](crate::simd_fn) builds such a loop twice, plainly and for AVX2 + FMA, and
 //! picks the build at run time ([`avx2`]). [`par_rows`] runs a row kernel over rows in parallel (on candle's own
 //! worker pool, [`par_rows_mut`]) into an output it never zero-fills. The time-series network's gate, SiLU and softmax and the U-Net's group norm use
 //! them.
@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 /// x = n ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in two parts, Cody–Waite), e^r by Cephes' degree-6 polynomial,
 /// times 2ⁿ built in the exponent bits. Branch-free, so a loop of it compiles to vector instructions; within
 /// 2 ulp of the true value (tested against f64's exp). Written with fused multiply-adds (`mul_add`), single
-/// instructions in the [`simd_fn!`] builds (AVX2 + FMA, AVX-512) and on aarch64; elsewhere calls to the C
+/// instructions in the [`crate::simd_fn!`] builds (AVX2 + FMA, AVX-512) and on aarch64; elsewhere calls to the C
 /// library's `fmaf` (correct, slower). The softmax rows ran 1.35× faster in cache than with separate
 /// multiplications and additions (docs/benchmarks/timeseries.md, "exp with FMA, AVX-512 builds").
 #[inline(always)]
@@ -73,7 +73,7 @@ pub fn avx2() -> bool {
     false
 }
 
-/// Whether this CPU has AVX-512F (the [`simd_fn!`] builds' widest), detected once.
+/// Whether this CPU has AVX-512F (the [`crate::simd_fn!`] builds' widest), detected once.
 pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -1116,7 +1116,7 @@ mod tests {
     }
 
     /// [`par_rows`] hands each task whole rows of both inputs with the matching output rows (more rows than one
-    /// task holds, rows wider than a task, an empty second input), and [`simd_fn!`](crate::simd_fn)'s two
+    /// task holds, rows wider than a task, an empty second input), and [`crate::simd_fn!`](crate::simd_fn)'s two
     /// builds agree.
     /// [`transpose`] moves every value to its place and writes nothing outside the block: f32 (register
     /// blocks and edges) and f64 (one value at a time), sizes below, at and across multiples of 8, row

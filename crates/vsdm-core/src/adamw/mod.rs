@@ -3,8 +3,8 @@
 //!
 //! The chain of candle ops it replaces ran about 17 kernels per parameter tensor (each a pass over the tensor
 //! and, on CUDA, a launch): several thousand per step of the paper-scale U-Net's ≈ 300 tensors. Here the two
-//! moments of a tensor of n values share one buffer `mv` of 2n (m, then v) and a step is [`Moments`] (the
-//! gradient into the moments) then [`Apply`] (the moments into the parameters). Both compute the chain's f32
+//! moments of a tensor of n values share one buffer `mv` of 2n (m, then v) and a step is `Moments` (the
+//! gradient into the moments) then `Apply` (the moments into the parameters). Both compute the chain's f32
 //! operations in its order, each rounded on its own, with the factors rounded to f32 as candle's affine rounds
 //! them ([`Factors`]): the result is the chain's to the last bit (`optim.rs`'s tests), and the CUDA source,
 //! compiled for the host by `adamw_emu.c`, gives the same bits as the loop here ([`Backend::Emulated`]).

@@ -1081,7 +1081,7 @@ impl vsdm_core::carried::Backward for PackedAttentionBackward {
 /// back. On the CPU in f32 the kernels read each head's q, k and v in place, write its output columns in place,
 /// and the backward writes the gradient straight in `qkv`'s layout, none of the copies of that path (q, k and
 /// v made contiguous, the output transposed back, the three gradients stacked and permuted back, the output's
-/// gradient made contiguous); P is kept in chunks of items of at most [`CPU_SCORE_CHUNK_BYTES`] as there.
+/// gradient made contiguous); P is kept in chunks of items of at most 8 MiB as there.
 /// Elsewhere, that path.
 pub fn attention_heads(qkv: &Tensor, heads: usize) -> Result<Tensor> {
     let (n, s, c3) = qkv.dims3()?;
