@@ -49,13 +49,12 @@ struct CarriedOp<B> {
 }
 
 impl<B: Backward> CarriedOp<B> {
-    /// The value's storage on the op's backend, handed out once: moved out of the value tensor when it holds
-    /// the only reference to its storage (the usual case: a layer's freshly computed output, given away to
-    /// [`apply`]), picked out by `take`; otherwise a copy, picked out by `pick`.
+    /// The value's storage on the op's backend, picked out by `take`, handed out once: moved out of the value
+    /// tensor when it holds the only reference to its storage (the usual case: a layer's freshly computed
+    /// output, given away to [`apply`]), otherwise a copy.
     fn storage<S: BackendStorage>(
         &self,
         take: impl Fn(Storage) -> Option<S>,
-        pick: impl Fn(&Storage) -> Option<&S>,
     ) -> Result<(S, Shape)> {
         let op = B::NAME;
         let v = self
@@ -71,14 +70,15 @@ impl<B: Backward> CarriedOp<B> {
         let bad = || {
             candle_core::Error::Msg(format!("{op}: the carried value is not on the op's device"))
         };
-        match v.into_storage() {
-            // A whole contiguous layout: the storage holds exactly the value, in order.
-            Ok((st, l)) => Ok((take(st).ok_or_else(bad)?, l.shape().clone())),
+        // A whole contiguous layout: the storage holds exactly the value, in order.
+        let (st, shape) = match v.into_storage() {
+            Ok((st, l)) => (st, l.shape().clone()),
             Err(v) => {
                 let (st, l) = v.storage_and_layout();
-                Ok((pick(&st).ok_or_else(bad)?.try_clone(l)?, l.shape().clone()))
+                (st.try_clone(l)?, l.shape().clone())
             }
-        }
+        };
+        Ok((take(st).ok_or_else(bad)?, shape))
     }
 }
 
@@ -96,16 +96,10 @@ impl<B: Backward> CustomOp3 for CarriedOp<B> {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.storage(
-            |s| match s {
-                Storage::Cpu(c) => Some(c),
-                _ => None,
-            },
-            |s| match s {
-                Storage::Cpu(c) => Some(c),
-                _ => None,
-            },
-        )
+        self.storage(|s| match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
     }
 
     #[cfg(feature = "cuda")]
@@ -118,16 +112,10 @@ impl<B: Backward> CustomOp3 for CarriedOp<B> {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.storage(
-            |s| match s {
-                Storage::Cuda(c) => Some(c),
-                _ => None,
-            },
-            |s| match s {
-                Storage::Cuda(c) => Some(c),
-                _ => None,
-            },
-        )
+        self.storage(|s| match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
     }
 
     fn bwd(

@@ -198,8 +198,10 @@ crate::simd_fn! {
     }
 }
 
-/// A raw pointer that may cross threads: [`par_rows_mut`] hands each task a disjoint part of the memory.
-struct Shared<T>(*mut T);
+/// A raw pointer that may cross threads: [`par_rows_mut`] hands each task a disjoint part of the memory, and
+/// kernels that write disjoint strided parts of one buffer from their tasks (the time-series attention's heads,
+/// each a column block of shared rows) share their output through it.
+pub struct Shared<T>(pub *mut T);
 
 // SAFETY: `Shared` only carries the base pointer of a `&mut [T]` whose disjoint parts go to different tasks
 // (see `par_rows_mut`), which is sound whenever `T` itself may be sent to another thread.
@@ -213,6 +215,14 @@ impl<T> Shared<T> {
     #[allow(clippy::mut_from_ref)]
     unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+
+    /// The element `off` values in (a method, so that closures capture the whole wrapper).
+    ///
+    /// # Safety
+    /// `off` lies within the buffer the pointer came from.
+    pub unsafe fn at(&self, off: usize) -> *mut T {
+        self.0.add(off)
     }
 }
 
@@ -572,14 +582,21 @@ pub fn gram_and_sums_f32(
             }
         })
     };
+    let mut total = sum_parts(&partials, w);
+    let sums = total.split_off(m * n);
+    (total, sums)
+}
+
+/// The element-wise sum of the rows of `w` values in `parts`, added in their order (runs' partial results,
+/// so that a reduction split over candle's pool does not depend on the number of threads).
+pub fn sum_parts(parts: &[f32], w: usize) -> Vec<f32> {
     let mut total = vec![0f32; w];
-    for part in partials.chunks_exact(w) {
+    for part in parts.chunks_exact(w.max(1)) {
         for (t, v) in total.iter_mut().zip(part) {
             *t += v;
         }
     }
-    let sums = total.split_off(m * n);
-    (total, sums)
+    total
 }
 
 /// One single-threaded gemm call into rows `out_rs` apart: `out` `[m, n]` (row i at `out + i·out_rs`) =

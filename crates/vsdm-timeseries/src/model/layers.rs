@@ -7,7 +7,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
     avx2, f32_slice, gemm_rows, gram_and_sums_f32, matmul as mm, matmul_bias, par_rows,
-    par_rows_mut, softmax_rows,
+    par_rows_mut, softmax_rows, sum_parts, Shared,
 };
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
@@ -291,12 +291,7 @@ fn layer_norm_backward_f32(
     );
     // SAFETY: the runs cover the `rows` rows and each run wrote every element of its rows.
     unsafe { dx.set_len(rows * n) };
-    let mut total = vec![0f32; 2 * n];
-    for part in sums.chunks_exact(2 * n) {
-        for (t, v) in total.iter_mut().zip(part) {
-            *t += v;
-        }
-    }
+    let mut total = sum_parts(&sums, 2 * n);
     let dbias = total.split_off(n);
     (dx, total, dbias)
 }
@@ -424,25 +419,6 @@ impl Rows {
     }
 }
 
-/// A pointer the tasks of [`par_rows_mut`] share to write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-// SAFETY: the kernels below write disjoint elements through it from different tasks (each item's rows, or a
-// block of them, belong to one task), and the buffer outlives the parallel call.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The element `off` values in (a method, so that closures capture the whole wrapper).
-    ///
-    /// # Safety
-    /// `off` lies within the buffer.
-    unsafe fn at(&self, off: usize) -> *mut f32 {
-        self.0.add(off)
-    }
-}
-
 /// softmax(scale · q_i k_iᵀ) v_i for items i = i0 .. i0 + n of q `[sq, d]`, k `[sk, d]` and v `[sk, dv]`
 /// (`sk` ≥ 1) laid out as their [`Rows`] say, into y `[sq, dv]` per item at `y`'s layout, and the
 /// probabilities P `[n, sq, sk]` (row-major, these items only) too when `p` is given.
@@ -483,7 +459,7 @@ fn attention_rows(
     let pw = if keep { sk } else { 0 };
     let mut none = [];
     let p = p.unwrap_or(&mut none);
-    let yp = Out(y.as_mut_ptr() as *mut f32);
+    let yp = Shared(y.as_mut_ptr() as *mut f32);
     let fast = avx2();
     // One unit per row: what tells each task how many rows it has.
     let mut units = vec![(); rows];
@@ -607,7 +583,7 @@ fn attention_backward_rows(
         "attention_backward_rows: buffers too short for items {i0}..{end} of ({sq}, {sk}, {d}, {dv})"
     );
     let block = (BLOCK_SCORE_BYTES / (4 * sk)).max(1);
-    let op = Out(out.as_mut_ptr() as *mut f32);
+    let op = Shared(out.as_mut_ptr() as *mut f32);
     let fast = avx2();
     let mut units = vec![(); n];
     par_rows_mut(
