@@ -5,7 +5,8 @@
 //! (electricity: `370 72 24 4`). Runs on the first CUDA device when built with `--features cuda` and one is
 //! present, else on the CPU; peak memory is the process's resident memory (on a GPU, measure the device's with
 //! `nvidia-smi`, as `scripts/gpu/session.sh core` does). Each is called once to warm up, then `STEPS` times
-//! (environment, default 3); the last line has the medians. The network has 4 time features (electricity's
+//! (environment, default 3); the last line has the medians. `ONLY=sample` (or `train`) times only that one,
+//! for profiling. The network has 4 time features (electricity's
 //! hourly set). `python bench/forecast_net.py bench --features 4 …` times PyTorch's twin of it the same way.
 //!
 //! `net_speed check SERIES CONTEXT HORIZON BATCH` instead compares that device with the CPU: the same weights
@@ -134,8 +135,18 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let (train_steps, sample_steps) = match only.as_str() {
+        "sample" => (0, steps),
+        "train" => (steps, 0),
+        "" => (steps, steps),
+        o => anyhow::bail!("ONLY={o}: expected sample or train"),
+    };
     let mut train = Vec::new();
-    for i in 0..=steps {
+    for i in 0..=train_steps {
+        if train_steps == 0 {
+            break;
+        }
         let s = std::time::Instant::now();
         let loss = net.forward(&x, &t, Some(&cond))?.sqr()?.mean_all()?;
         let _g = loss.backward()?;
@@ -157,7 +168,10 @@ fn main() -> anyhow::Result<()> {
     )?;
     sampler.set_inference(true);
     let mut sample = Vec::new();
-    for i in 0..=steps {
+    for i in 0..=sample_steps {
+        if sample_steps == 0 {
+            break;
+        }
         let s = std::time::Instant::now();
         sampler.forward(&x, &t, Some(&cond))?;
         dev.synchronize()?;
@@ -167,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!(
         "medians of {steps} after a warm-up: train step {:.4} s, sampling forward {:.4} s",
