@@ -599,6 +599,59 @@ pub fn sum_parts(parts: &[f32], w: usize) -> Vec<f32> {
     total
 }
 
+crate::simd_fn! {
+    /// acc += row, element by element.
+    fn add_into(acc: &mut [f32], row: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+}
+
+/// Σ over the middle axis of `x` `[o, r, i]` (row-major f32) → `[o, i]`, on candle's worker pool: each item's
+/// `r` rows go in runs of `run_rows` (and columns in blocks of 4,096), each run summing its rows in order into
+/// its own partial row, and the runs' partials are added in their order ([`sum_parts`]), so the result does
+/// not depend on the number of threads. The reduction behind a broadcast's gradient, where candle's
+/// `sum_keepdim` over a middle axis is a strided single-threaded loop.
+///
+/// # Panics
+/// When `x` does not hold `o · r · i` values or `run_rows` is 0.
+pub fn sum_middle_f32(x: &[f32], (o, r, i): (usize, usize, usize), run_rows: usize) -> Vec<f32> {
+    const COLS: usize = 4096;
+    assert!(
+        x.len() == o * r * i && run_rows > 0,
+        "sum_middle_f32: {} values for [{o}, {r}, {i}], runs of {run_rows}",
+        x.len()
+    );
+    if o * i == 0 {
+        return Vec::new();
+    }
+    let runs = r.div_ceil(run_rows).max(1);
+    let chunks = i.div_ceil(COLS);
+    let mut partial = vec![0f32; o * runs * i];
+    let tasks = o * runs * chunks;
+    let p = Shared(partial.as_mut_ptr());
+    let avx = avx2();
+    candle_core::utils::barrier_pool().execute_chunked(tasks, |ts| {
+        for t in ts {
+            let (item, rest) = (t / (runs * chunks), t % (runs * chunks));
+            let (run, chunk) = (rest / chunks, rest % chunks);
+            let (c0, r0) = (chunk * COLS, run * run_rows);
+            let (cw, nr) = (COLS.min(i - c0), run_rows.min(r - r0));
+            // SAFETY: task t alone writes columns c0..c0 + cw of partial row (item, run), which lie within
+            // `partial` (o · runs rows of i); `partial` outlives the call.
+            let acc = unsafe { p.part((item * runs + run) * i + c0, cw) };
+            for row in r0..r0 + nr {
+                add_into(avx, acc, &x[(item * r + row) * i + c0..][..cw]);
+            }
+        }
+    });
+    partial
+        .chunks_exact(runs * i)
+        .flat_map(|parts| sum_parts(parts, i))
+        .collect()
+}
+
 /// One single-threaded gemm call into rows `out_rs` apart: `out` `[m, n]` (row i at `out + i·out_rs`) =
 /// `out` + `scale` · a · b when `accumulate`, else `scale` · a · b (then written whole, never read: it may be
 /// uninitialised), for a `[m, k]` at `a` with strides (rs, cs) and b `[k, n]` at `b` likewise. For kernels
@@ -1203,6 +1256,36 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// [`sum_middle_f32`] against f64 sums of small integers (exact in f32 too, whatever the order): one run,
+    /// several with a short last one, more columns than a block, no rows, no items, one column.
+    #[test]
+    fn sum_middle_matches_exact_sums() {
+        for (o, r, i, run) in [
+            (1usize, 5usize, 3usize, 8usize),
+            (4, 2500, 32, 1024),
+            (3, 7, 5000, 2),
+            (1, 4, 9000, 1024),
+            (2, 0, 3, 4),
+            (0, 3, 3, 4),
+            (5, 3, 1, 1),
+        ] {
+            let x: Vec<f32> = (0..o * r * i)
+                .map(|k| ((k * 7919) % 61) as f32 - 30.0)
+                .collect();
+            let want: Vec<f32> = (0..o * i)
+                .map(|k| {
+                    let (a, c) = (k / i, k % i);
+                    (0..r).map(|b| x[(a * r + b) * i + c] as f64).sum::<f64>() as f32
+                })
+                .collect();
+            assert_eq!(
+                sum_middle_f32(&x, (o, r, i), run),
+                want,
+                "[{o}, {r}, {i}] runs of {run}"
+            );
         }
     }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use vsdm_core::ScoreModel;
 
 use super::elementwise::{gate, silu};
-use super::layers::{dense, sinusoidal, Dense, EncoderLayer};
+use super::layers::{add_broadcast, dense, sinusoidal, Dense, EncoderLayer};
 
 /// Width of the sinusoidal position features of a column.
 const POS_DIM: usize = 16;
@@ -214,7 +214,7 @@ impl ForecastNet {
         let feats = Tensor::cat(&[tf, pos.contiguous()?], 2)?;
         let side = self.side_proj.forward(&feats)?.unsqueeze(1)?; // [B, 1, N, h]
         let emb = self.series_emb.reshape((1, d, 1, self.cfg.hidden))?;
-        side.broadcast_add(&emb)
+        add_broadcast(&side, &emb)
     }
 }
 
@@ -268,7 +268,7 @@ impl ScoreModel for ForecastNet {
         let temb = temb.reshape((b, 1, 1, h))?;
         let mut skip: Option<Tensor> = None;
         for blk in &self.blocks {
-            let y = x.broadcast_add(&blk.time_in.forward(&temb)?)?;
+            let y = add_broadcast(&x, &blk.time_in.forward(&temb)?)?;
             let y = blk
                 .time_attn
                 .forward(&y.reshape((b * d, n, h))?)?
