@@ -322,21 +322,33 @@ vsdm_core::simd_fn! {
         let inv_n = 1.0 / n as f32;
         let (dgain, dbias) = sums.split_at_mut(n);
         for ((x, dy), dx) in x.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
-            let mean = x.iter().sum::<f32>() * inv_n;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_n;
+            let mean = lane_sum(x, |v| v) * inv_n;
+            let var = lane_sum(x, |v| (v - mean) * (v - mean)) * inv_n;
             let r = 1.0 / (var + eps).sqrt();
+            // Σ γ dy and Σ γ dy x̂, in eight lanes each (as `lane_sum`).
+            let (mut l1, mut l2) = ([0f32; 8], [0f32; 8]);
+            let (xc, dc, gc) = (x.chunks_exact(8), dy.chunks_exact(8), gain.chunks_exact(8));
             let (mut m1, mut m2) = (0f32, 0f32);
-            for ((x, dy), g) in x.iter().zip(dy).zip(gain) {
+            for ((x, dy), g) in xc.remainder().iter().zip(dc.remainder()).zip(gc.remainder()) {
                 let gdy = dy * g;
                 m1 += gdy;
                 m2 += gdy * (x - mean) * r;
             }
-            let (m1, m2) = (m1 * inv_n, m2 * inv_n);
-            for i in 0..n {
-                let xh = (x[i] - mean) * r;
-                dx[i].write(r * (dy[i] * gain[i] - m1 - xh * m2));
-                dgain[i] += dy[i] * xh;
-                dbias[i] += dy[i];
+            for ((x, dy), g) in xc.zip(dc).zip(gc) {
+                for l in 0..8 {
+                    let gdy = dy[l] * g[l];
+                    l1[l] += gdy;
+                    l2[l] += gdy * (x[l] - mean) * r;
+                }
+            }
+            let m1 = (l1.iter().sum::<f32>() + m1) * inv_n;
+            let m2 = (l2.iter().sum::<f32>() + m2) * inv_n;
+            let (dg, db) = (&mut dgain[..n], &mut dbias[..n]);
+            for (((((x, dy), g), dx), dg), db) in x.iter().zip(dy).zip(gain).zip(dx).zip(dg).zip(db) {
+                let xh = (x - mean) * r;
+                dx.write(r * (dy * g - m1 - xh * m2));
+                *dg += dy * xh;
+                *db += dy;
             }
         }
     }
@@ -390,6 +402,21 @@ fn layer_norm_backward_f32(
     (dx, total, dbias)
 }
 
+/// Σ f(x) in eight lanes (one AVX2 register: the chains of dependent additions of a plain loop are what
+/// limit a short row), the lanes added in a fixed order.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += f(c[l]);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 vsdm_core::simd_fn! {
     /// y = γ (x − μ)/√(σ² + ε) + β for the rows of one run (μ and σ² of each row in two passes).
     fn layer_norm_run(
@@ -402,8 +429,8 @@ vsdm_core::simd_fn! {
     ) {
         let inv_n = 1.0 / n as f32;
         for (x, y) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-            let mean = x.iter().sum::<f32>() * inv_n;
-            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv_n;
+            let mean = lane_sum(x, |v| v) * inv_n;
+            let var = lane_sum(x, |v| (v - mean) * (v - mean)) * inv_n;
             let r = 1.0 / (var + eps).sqrt();
             for (((y, x), g), b) in y.iter_mut().zip(x).zip(gain).zip(bias) {
                 y.write((x - mean) * r * g + b);
@@ -1768,12 +1795,16 @@ mod tests {
     fn layer_norm_and_dense_match_candles_chains_and_their_gradients() {
         let dev = Device::Cpu;
         let mut rng = NoiseRng::new(5);
-        // [3, 700, 6]: 2,100 rows, three runs of the CPU reductions (RUN_ROWS), the last one short.
+        // [3, 700, 20]: 2,100 rows, three runs of the CPU reductions (RUN_ROWS), the last one short; rows of
+        // 6 (shorter than the eight lanes of the row sums), 32 (four whole lane blocks), 20 and 37 (with
+        // remainders).
         for shape in [
             vec![7usize, 6],
             vec![3, 4, 6],
             vec![2, 3, 5, 6],
-            vec![3, 700, 6],
+            vec![5, 32],
+            vec![2, 3, 37],
+            vec![3, 700, 20],
         ] {
             for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
                 let mut draw = |dims: &[usize], shift: f64| {
