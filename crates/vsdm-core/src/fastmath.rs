@@ -821,6 +821,44 @@ pub fn matmul(
     a.apply_op2_no_bwd(b, &MatmulRows)
 }
 
+/// `t` · `s` as a new tensor, recording no op: for a contiguous f32 CPU tensor on candle's worker pool
+/// ([`par_rows`]; candle's `affine` runs single-threaded on the CPU), elsewhere candle's `affine`. For
+/// gradients scaled inside a backward pass.
+pub fn scaled(t: &candle_core::Tensor, s: f64) -> candle_core::Result<candle_core::Tensor> {
+    if !(t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous()) {
+        return t.affine(s, 0.0);
+    }
+    t.apply_op1_no_bwd(&Scaled(s as f32))
+}
+
+/// The CPU op of [`scaled`].
+struct Scaled(f32);
+
+impl candle_core::CustomOp1 for Scaled {
+    fn name(&self) -> &'static str {
+        "scaled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        st: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        const ROW: usize = 4096;
+        let x = f32_slice(st, l, self.name())?;
+        let s = self.0;
+        // Rows of 4,096 values and a short last one: par_rows wants whole rows, so the tail goes apart.
+        let whole = x.len() / ROW * ROW;
+        let mut y = par_rows((&x[..whole], ROW), (&[], 0), ROW, whole / ROW, |x, _, y| {
+            for (y, x) in y.iter_mut().zip(x) {
+                y.write(x * s);
+            }
+        });
+        y.extend(x[whole..].iter().map(|v| v * s));
+        Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
+    }
+}
+
 /// a · b + bias for a `[m, k]`, b `[k, n]` and bias `[n]`: on the CPU in f32 [`matmul_bias_f32`] (the bias
 /// written into the output rows before the product accumulates into them), elsewhere candle's `matmul` and
 /// `broadcast_add`. Records no op.
@@ -1287,6 +1325,26 @@ mod tests {
                 "[{o}, {r}, {i}] runs of {run}"
             );
         }
+    }
+
+    /// [`scaled`] against candle's `affine`: bit-identical (one product per value) for lengths below, at and
+    /// above whole rows of 4,096, on a contiguous tensor and (candle's own path) a transposed view.
+    #[test]
+    fn scaled_equals_candles_affine() {
+        let dev = candle_core::Device::Cpu;
+        let mut rng = crate::NoiseRng::new(4);
+        for n in [0usize, 1, 4095, 4096, 3 * 4096 + 17] {
+            let t = rng.randn(&[n], &dev).unwrap();
+            let (a, b) = (scaled(&t, 0.7).unwrap(), t.affine(0.7, 0.0).unwrap());
+            assert_eq!(
+                a.to_vec1::<f32>().unwrap(),
+                b.to_vec1::<f32>().unwrap(),
+                "{n}"
+            );
+        }
+        let t = rng.randn(&[70, 90], &dev).unwrap().t().unwrap();
+        let (a, b) = (scaled(&t, -1.5).unwrap(), t.affine(-1.5, 0.0).unwrap());
+        assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
     }
 
     #[test]

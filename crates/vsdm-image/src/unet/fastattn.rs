@@ -19,7 +19,7 @@ use candle_core::{Result, Tensor};
 use super::fastconv::{self, conv_backward, ConvBackward};
 use super::layers::softmax_wide;
 use vsdm_core::carried;
-use vsdm_core::fastmath::matmul as mm;
+use vsdm_core::fastmath::{matmul as mm, scaled};
 
 /// q, k, v `[B, C, N]` (contiguous) out of qkv `[B, C, 3, N]`.
 fn split(qkv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
@@ -60,10 +60,10 @@ fn transposed(x: &Tensor, views: bool) -> Result<Tensor> {
     }
 }
 
-/// Softmax along the last axis of a contiguous CPU f32 tensor, in place ([`vsdm_core::fastmath::softmax_rows`],
+/// Softmax of the given multiple of each row along the last axis of a contiguous CPU f32 tensor, in place ([`vsdm_core::fastmath::softmax_rows`],
 /// the time-series attention's kernel): the CPU attention's probabilities, where candle's softmax makes four
 /// passes and calls the C library's scalar `expf`.
-struct SoftmaxRows;
+struct SoftmaxRows(f32);
 
 impl candle_core::InplaceOp1 for SoftmaxRows {
     fn name(&self) -> &'static str {
@@ -82,7 +82,7 @@ impl candle_core::InplaceOp1 for SoftmaxRows {
                 (&mut v[start..end], n),
                 (&mut [] as &mut [u8], 0),
                 rows,
-                |_, r, _| vsdm_core::fastmath::softmax_rows(avx2, r, n, 1.0),
+                |_, r, _| vsdm_core::fastmath::softmax_rows(avx2, r, n, self.0),
             );
         }
         Ok(())
@@ -94,9 +94,10 @@ fn attend(qkv: &Tensor) -> Result<Attended> {
         let part = |i| qkv.narrow(2, i, 1)?.squeeze(2);
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let c = q.dim(1)?;
-        let scores = mm(&q.transpose(1, 2)?, &(&k / (c as f64).sqrt())?)?; // [B, N_q, N_k]
-                                                                           // The softmax in place on the new scores (one pass per row, vectorised exp).
-        scores.inplace_op1(&SoftmaxRows)?;
+        // qᵀk [B, N_q, N_k], then softmax(qᵀk/√C) in place on the new scores (one pass per row, vectorised
+        // exp, the 1/√C inside it: scaling k first was a single-threaded pass over a strided view).
+        let scores = mm(&q.transpose(1, 2)?, &k)?;
+        scores.inplace_op1(&SoftmaxRows(1.0 / (c as f32).sqrt()))?;
         let p = scores;
         let p_act = p.clone();
         let a = mm(&v, &p_act.transpose(1, 2)?)?; // [B, C, N_q]
@@ -147,7 +148,7 @@ impl carried::Backward for AttentionBackward {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dt = qkv.dtype();
         let (b, c, _, n) = qkv.dims4()?;
-        let dy = dy.affine(self.scale, 0.0)?;
+        let dy = scaled(dy, self.scale)?;
         // Recomputed from qkv's value (nothing of it recorded).
         let qkv = qkv.detach();
         let views = views_on_cpu(&qkv);
@@ -170,8 +171,8 @@ impl carried::Backward for AttentionBackward {
         let dp = mm(&transposed(&da, views)?, &v)?.to_dtype(p.dtype())?;
         let row = (&dp * &p)?.sum_keepdim(2)?;
         let ds = (p * dp.broadcast_sub(&row)?)?.to_dtype(dt)?;
-        let dq = (mm(&k, &transposed(&ds, views)?)? / root)?;
-        let dk = (mm(&q, &ds)? / root)?;
+        let dq = scaled(&mm(&k, &transposed(&ds, views)?)?, 1.0 / root)?;
+        let dk = scaled(&mm(&q, &ds)?, 1.0 / root)?;
         let dqkv = Tensor::stack(&[dq, dk, dv], 2)?;
         Ok((Some(dqkv), Some(dwb), Some(dy)))
     }

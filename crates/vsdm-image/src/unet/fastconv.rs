@@ -209,7 +209,7 @@ impl carried::Backward for ResidualBackward {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let w = unpack_weight(wb, self.w_dims)?;
-        let dy = dy.affine(self.scale, 0.0)?;
+        let dy = vsdm_core::fastmath::scaled(dy, self.scale)?;
         // The convolution's input, recomputed from the mask's seed rather than stored.
         let x = match &self.drop {
             Some(d) => d.apply(h)?,

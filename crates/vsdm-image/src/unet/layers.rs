@@ -90,27 +90,91 @@ pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
     })
 }
 
-/// Nearest-neighbour ×2 upsampling by broadcasting (EDM's `[1, 1]` resample filter through a transposed
-/// convolution is exactly this). Its gradient (a 2×2 sum) comes from the broadcast's backward, which
-/// accumulates correctly; candle's `upsample_nearest2d` backward overwrites rather than accumulates.
+/// Nearest-neighbour ×2 upsampling (EDM's `[1, 1]` resample filter through a transposed convolution is exactly
+/// this). For f32 on the CPU one kernel writes each output row once, in parallel, and the gradient (each 2×2
+/// block's sum) is its own op ([`Resample2`]); elsewhere a broadcast, whose backward sums correctly (candle's
+/// `upsample_nearest2d` backward overwrites rather than accumulates).
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    if x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op() {
-        // Nothing to differentiate (sampling, the EMA network): each output row written once, in parallel,
-        // where the broadcast's reshape copies element by element on one thread.
-        return x.contiguous()?.apply_op1_no_bwd(&Upsample2Cpu);
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return Resample2::Up.apply(x, 1.0);
     }
     x.reshape((b, c, h, 1, w, 1))?
         .broadcast_as((b, c, h, 2, w, 2))?
         .reshape((b, c, 2 * h, 2 * w))
 }
 
-/// [`upsample2`] of a contiguous CPU f32 tensor, no graph recorded.
-struct Upsample2Cpu;
+/// 2×2 average pooling with stride 2 (EDM's `[1, 1]` resample filter downsampling). For f32 on the CPU with
+/// even sides one kernel ([`Resample2`]; its gradient, a quarter of each value spread over its 2×2 block, too),
+/// where candle's chain of two sums over middle axes and a scaling ran single-threaded.
+pub fn downsample2(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 && h % 2 == 0 && w % 2 == 0 {
+        return Resample2::Down.apply(x, 0.25);
+    }
+    x.reshape((b, c, h / 2, 2, w / 2, 2))?
+        .sum(5)?
+        .sum(3)?
+        .affine(0.25, 0.0)
+}
 
-impl candle_core::CustomOp1 for Upsample2Cpu {
+/// The CPU f32 resampling kernels of a contiguous `[B, C, H, W]` tensor, scaled by a factor: `Up` repeats each
+/// value over a 2×2 block, `Down` sums each 2×2 block (even sides). Each is the other's gradient (up to the
+/// factor), so both ops record themselves with the other as their backward.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Resample2 {
+    Up,
+    Down,
+}
+
+/// [`Resample2`] as an op with a factor.
+struct Resample2Op(Resample2, f32);
+
+impl Resample2 {
+    /// `self`'s kernel times `scale` on x, recorded (when x is tracked) as one op whose backward is the other
+    /// kernel with the same factor.
+    fn apply(self, x: &Tensor, scale: f32) -> Result<Tensor> {
+        let y = x
+            .contiguous()?
+            .apply_op1_no_bwd(&Resample2Op(self, scale))?;
+        if !x.track_op() {
+            return Ok(y);
+        }
+        // The op's other two inputs are placeholders (no gradient).
+        vsdm_core::carried::apply(y, x, x, x, Resample2Backward(self, scale))
+    }
+}
+
+/// The backward of [`Resample2::apply`]: the other kernel, same factor.
+struct Resample2Backward(Resample2, f32);
+
+impl vsdm_core::carried::Backward for Resample2Backward {
+    const NAME: &'static str = "resample2-backward";
+
+    fn backward(
+        &self,
+        _: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let other = match self.0 {
+            Resample2::Up => Resample2::Down,
+            Resample2::Down => Resample2::Up,
+        };
+        let dx = dy
+            .contiguous()?
+            .apply_op1_no_bwd(&Resample2Op(other, self.1))?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+impl candle_core::CustomOp1 for Resample2Op {
     fn name(&self) -> &'static str {
-        "upsample2"
+        match self.0 {
+            Resample2::Up => "upsample2",
+            Resample2::Down => "downsample2",
+        }
     }
 
     fn cpu_fwd(
@@ -120,32 +184,49 @@ impl candle_core::CustomOp1 for Upsample2Cpu {
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let (b, c, h, w) = l.shape().dims4()?;
         let x = vsdm_core::fastmath::f32_slice(s, l, self.name())?;
-        // SAFETY: every output row of 2w values is written whole, from input row r / 2 of its plane.
+        let scale = self.1;
+        let (rows, shape) = match self.0 {
+            Resample2::Up => (b * c * 2 * h, (b, c, 2 * h, 2 * w)),
+            Resample2::Down => {
+                if h % 2 != 0 || w % 2 != 0 {
+                    candle_core::bail!("downsample2: sides {h}×{w} are not even");
+                }
+                (b * c * h / 2, (b, c, h / 2, w / 2))
+            }
+        };
+        let wo = shape.3;
+        // SAFETY: every output row is written whole: from input row r / 2 of its plane (up), or from input
+        // rows 2r and 2r + 1 (down).
         let y = unsafe {
-            vsdm_core::fastmath::par_fill(b * c * 2 * h, 2 * w, |r0, rows| {
-                for (i, row) in rows.chunks_mut(2 * w).enumerate() {
-                    let src = &x[(r0 + i) / 2 * w..][..w];
-                    for (pair, v) in row.chunks_mut(2).zip(src) {
-                        pair[0].write(*v);
-                        pair[1].write(*v);
+            vsdm_core::fastmath::par_fill(rows, wo, |r0, out| {
+                for (i, row) in out.chunks_mut(wo).enumerate() {
+                    let r = r0 + i;
+                    match self.0 {
+                        Resample2::Up => {
+                            for (pair, v) in row.chunks_mut(2).zip(&x[r / 2 * w..][..w]) {
+                                pair[0].write(v * scale);
+                                pair[1].write(v * scale);
+                            }
+                        }
+                        Resample2::Down => {
+                            let (top, bottom) = (&x[2 * r * w..][..w], &x[(2 * r + 1) * w..][..w]);
+                            // Each pair along the row first, then the two rows: the order of the chain of
+                            // sums it replaces.
+                            for ((o, t), u) in
+                                row.iter_mut().zip(top.chunks(2)).zip(bottom.chunks(2))
+                            {
+                                o.write(((t[0] + t[1]) + (u[0] + u[1])) * scale);
+                            }
+                        }
                     }
                 }
             })
         };
         Ok((
             candle_core::CpuStorage::F32(y),
-            candle_core::Shape::from((b, c, 2 * h, 2 * w)),
+            candle_core::Shape::from(shape),
         ))
     }
-}
-
-/// 2×2 average pooling with stride 2 (EDM's `[1, 1]` resample filter downsampling).
-pub fn downsample2(x: &Tensor) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h / 2, 2, w / 2, 2))?
-        .sum(5)?
-        .sum(3)?
-        .affine(0.25, 0.0)
 }
 
 /// The sinusoidal embedding of EDM's `PositionalEmbedding` (endpoint = true, max_positions = 10⁴), in the order

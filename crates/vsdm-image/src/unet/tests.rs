@@ -198,6 +198,57 @@ fn resampling_matches_its_definition() {
     );
 }
 
+/// The CPU resampling ops' gradients against candle's chains (a broadcast, whose backward sums each 2×2 block;
+/// two sums over middle axes and a scaling, whose backward spreads a quarter): random values, several images
+/// and planes, sides up to 10, a gradient probe read through a transpose; odd sides upsample, and downsample
+/// as before (an error from the chain's reshape).
+#[test]
+fn resampling_gradients_match_candles_chains() {
+    let mut rng = NoiseRng::new(21);
+    for dims in [[2usize, 3, 4, 6], [1, 2, 10, 2], [3, 1, 5, 3]] {
+        let x = candle_core::Var::from_tensor(&randn(&mut rng, &dims)).unwrap();
+        let (b, c, h, w) = (dims[0], dims[1], dims[2], dims[3]);
+        let up_chain = x
+            .as_tensor()
+            .reshape((b, c, h, 1, w, 1))
+            .unwrap()
+            .broadcast_as((b, c, h, 2, w, 2))
+            .unwrap()
+            .reshape((b, c, 2 * h, 2 * w))
+            .unwrap();
+        let mut pairs = vec![(upsample2(x.as_tensor()).unwrap(), up_chain, "up")];
+        if h % 2 == 0 && w % 2 == 0 {
+            let down_chain = x
+                .as_tensor()
+                .reshape((b, c, h / 2, 2, w / 2, 2))
+                .unwrap()
+                .sum(5)
+                .unwrap()
+                .sum(3)
+                .unwrap()
+                .affine(0.25, 0.0)
+                .unwrap();
+            pairs.push((downsample2(x.as_tensor()).unwrap(), down_chain, "down"));
+        } else {
+            assert!(downsample2(x.as_tensor()).is_err(), "{dims:?}: odd sides");
+        }
+        for (got, want, what) in pairs {
+            let probe = randn(&mut rng, want.dims());
+            let grad = |y: &Tensor| {
+                let loss = (y.transpose(2, 3).unwrap() * probe.transpose(2, 3).unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                loss.backward().unwrap().get(x.as_tensor()).unwrap().clone()
+            };
+            let d = vsdm_core::compare::max_abs_diff(&got, &want).unwrap();
+            assert!(d == 0.0, "{dims:?} {what}: value {d}");
+            let d = vsdm_core::compare::max_abs_diff(&grad(&got), &grad(&want)).unwrap();
+            assert!(d < 1e-6, "{dims:?} {what}: gradient {d}");
+        }
+    }
+}
+
 #[test]
 fn softmax_matches_the_fused_kernel() {
     let mut rng = NoiseRng::new(9);
