@@ -37,6 +37,21 @@ pub fn exp_f32(x: f32) -> f32 {
     er * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
+/// Σ f(x) in eight lanes (one AVX2 register: the chains of dependent additions of a plain loop are what limit
+/// a short row), the lanes added in a fixed order. For the bodies of [`crate::simd_fn!`] kernels.
+#[inline(always)]
+pub fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for l in 0..8 {
+            lanes[l] += f(c[l]);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// tanh in f32: for |x| ≥ 0.625, 1 − 2/(e^{2|x|} + 1) with the sign of x; below, Cephes' odd polynomial
 /// x + x³ P(x²) (where the first form would cancel). Both are computed and one selected, so it vectorises.
 #[inline(always)]

@@ -67,8 +67,7 @@ impl carried::Backward for ConvBiasBackward {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Per channel, or per sample and channel (a bias of shape [B, C]).
-        let db = dy.sum(3)?.sum(2)?;
-        let db = if b.rank() == 1 { db.sum(0)? } else { db };
+        let db = plane_sums(dy, b.rank() == 1)?;
         let (dx, dw) = gradients(x, w, dy, self.padding, self.cudnn)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -239,7 +238,44 @@ pub(crate) fn unpack_weight(wb: &Tensor, dims: (usize, usize, usize, usize)) -> 
 /// The gradient of [`pack`]'s `[W | b]`: the weight gradient `dw` and the bias gradient (the output gradient
 /// `dy` `[B, C, H, W]` summed over batch and positions).
 pub(crate) fn packed_gradient(dw: &Tensor, dy: &Tensor) -> Result<Tensor> {
-    Tensor::cat(&[dw.flatten_all()?, dy.sum(3)?.sum(2)?.sum(0)?], 0)
+    Tensor::cat(&[dw.flatten_all()?, plane_sums(dy, true)?], 0)
+}
+
+vsdm_core::simd_fn! {
+    /// The sum of each row of `n` values in `rows` into `out`.
+    fn row_sums(rows: &[f32], n: usize, out: &mut [std::mem::MaybeUninit<f32>]) {
+        for (row, o) in rows.chunks_exact(n).zip(out) {
+            o.write(vsdm_core::fastmath::lane_sum(row, |v| v));
+        }
+    }
+}
+
+/// Σ over each plane of dy `[B, C, H, W]` → `[B, C]`, and over the batch too when `batch` → `[C]` (a
+/// convolution bias's gradient). For f32 on the CPU each plane is summed in lanes on candle's worker pool and
+/// the batch added in order; elsewhere candle's sums (on the CPU single-threaded: one pass over rows of W and
+/// one strided over H).
+pub(crate) fn plane_sums(dy: &Tensor, batch: bool) -> Result<Tensor> {
+    let (b, c, h, w) = dy.dims4()?;
+    if !(dy.device().is_cpu() && dy.dtype() == candle_core::DType::F32) || h * w == 0 {
+        let s = dy.sum(3)?.sum(2)?;
+        return if batch { s.sum(0) } else { Ok(s) };
+    }
+    let dy = dy.contiguous()?;
+    let n = h * w;
+    let sums = {
+        let (st, l) = dy.storage_and_layout();
+        let candle_core::Storage::Cpu(cs) = &*st else {
+            candle_core::bail!("plane sums: a CPU tensor stored off the CPU");
+        };
+        let x = vsdm_core::fastmath::f32_slice(cs, l, "plane sums")?;
+        let avx = vsdm_core::fastmath::avx2();
+        vsdm_core::fastmath::par_rows((x, n), (&[], 0), 1, b * c, |x, _, o| row_sums(avx, x, n, o))
+    };
+    if !batch {
+        return Tensor::from_vec(sums, (b, c), dy.device());
+    }
+    let total = vsdm_core::fastmath::sum_parts(&sums, c);
+    Tensor::from_vec(total, c, dy.device())
 }
 
 /// A residual block's tail, (conv2d(dropout(h), W) + b + skip) · `scale` (EDM's `conv1`, its skip connection
@@ -486,6 +522,55 @@ mod tests {
     use crate::unet::testutil::{probe_gradients, rel};
     use candle_core::{Device, Var};
     use vsdm_core::NoiseRng;
+
+    /// [`plane_sums`] against candle's sums (f64 reference of the same f32 values): per sample and channel and
+    /// over the batch, planes shorter and longer than the eight lanes and with a remainder, a transposed
+    /// (non-contiguous) input, an empty batch.
+    #[test]
+    fn plane_sums_match_candles_sums() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(17);
+        for (b, c, h, w) in [
+            (2usize, 3usize, 1usize, 3usize),
+            (3, 5, 8, 8),
+            (1, 2, 7, 9),
+            (0, 4, 2, 2),
+        ] {
+            let x = rng.randn(&[b, c, h, w], &dev).unwrap();
+            for t in [x.clone(), x.transpose(2, 3).unwrap()] {
+                let exact = t
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .sum(3)
+                    .unwrap()
+                    .sum(2)
+                    .unwrap();
+                for batch in [false, true] {
+                    let want = if batch {
+                        exact.sum(0).unwrap()
+                    } else {
+                        exact.clone()
+                    };
+                    let got = plane_sums(&t, batch)
+                        .unwrap()
+                        .to_dtype(candle_core::DType::F64)
+                        .unwrap();
+                    assert_eq!(
+                        got.dims(),
+                        want.dims(),
+                        "[{b}, {c}, {h}, {w}] batch {batch}"
+                    );
+                    let d = (got - &want).unwrap().abs().unwrap().flatten_all().unwrap();
+                    let d = if d.elem_count() == 0 {
+                        0.0
+                    } else {
+                        d.max(0).unwrap().to_scalar::<f64>().unwrap()
+                    };
+                    assert!(d < 1e-5, "[{b}, {c}, {h}, {w}] batch {batch}: {d}");
+                }
+            }
+        }
+    }
 
     /// The value and the three gradients equal candle's conv2d plus a broadcast bias and their own backward
     /// (f32, ≤ 1e-5 relative), for 1×1, 3×3 and 5×5 kernels, "same" and smaller padding, channel counts that

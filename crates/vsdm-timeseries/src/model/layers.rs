@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
-    avx2, f32_slice, gemm_rows, gram_and_sums_f32, matmul as mm, matmul_bias, par_rows,
+    avx2, f32_slice, gemm_rows, gram_and_sums_f32, lane_sum, matmul as mm, matmul_bias, par_rows,
     par_rows_mut, softmax_rows, sum_middle_f32, sum_parts, Shared,
 };
 
@@ -400,21 +400,6 @@ fn layer_norm_backward_f32(
     let mut total = sum_parts(&sums, 2 * n);
     let dbias = total.split_off(n);
     (dx, total, dbias)
-}
-
-/// Σ f(x) in eight lanes (one AVX2 register: the chains of dependent additions of a plain loop are what
-/// limit a short row), the lanes added in a fixed order.
-#[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for c in chunks {
-        for l in 0..8 {
-            lanes[l] += f(c[l]);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 vsdm_core::simd_fn! {
