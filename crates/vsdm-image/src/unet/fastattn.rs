@@ -11,7 +11,7 @@
 //!   dv = da P,  dP = daᵀ v,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = k dSᵀ/√C,  dk = q dS/√C,
 //!
 //! so the graph keeps only qkv and the output. The softmax and its gradient run in f32 (f64 for f64
-//! activations) whatever the activations' precision, ([`softmax_wide`]). Under [`ConvBackward::Candle`] (`--conv candle`) the chain is
+//! activations) whatever the activations' precision, (`layers::softmax_wide`). Under [`ConvBackward::Candle`] (`--conv candle`) the chain is
 //! candle's own, the reference.
 
 use candle_core::{Result, Tensor};
@@ -33,7 +33,7 @@ struct Attended {
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    /// P = softmax(qᵀk/√C) `[B, N_q, N_k]` in the softmax's precision ([`softmax_wide`]).
+    /// P = softmax(qᵀk/√C) `[B, N_q, N_k]` in the softmax's precision (`layers::softmax_wide`).
     p: Tensor,
     /// P in the activations' precision.
     p_act: Tensor,

@@ -341,7 +341,7 @@ fn stats(backend: Backend, x: &Tensor, d: &Dims, eps: f64) -> Result<(Tensor, Te
     Ok((mean, rstd))
 }
 
-/// [SiLU](group norm of `x` with scale `gamma` and shift `beta`) in `x`'s type (f32 or bf16; computed in f32),
+/// SiLU(group norm of `x` with scale `gamma` and shift `beta`) in `x`'s type (f32 or bf16; computed in f32),
 /// no graph recorded.
 pub fn value(
     backend: Backend,

@@ -14,8 +14,8 @@
 //!   f32) and is the default since; its index arithmetic is tested on the CPU (`tests/im2col_kernel.rs` compiles
 //!   the same source as C++ and runs every block and thread against a direct definition), and `vsdm-image --cuda
 //!   --conv patch check-device` compares it with the CPU.
-//! - Shifted rows, no patch matrix ([`ShiftedOp`]; on the CPU in f32 and f64,
-//!   [`shifted_rows`]): the input is copied once, zero-padded and channels last
+//! - Shifted rows, no patch matrix (`ShiftedOp`; on the CPU in f32 and f64,
+//!   `shifted_rows`): the input is copied once, zero-padded and channels last
 //!   `[B, H+2p, W+2p, C]`. Read as a matrix with row stride C, its row q holds the k·C values of k horizontally
 //!   adjacent pixels from padded position q on, which is the part of a receptive field in one kernel row; so
 //!   the output over the padded width (`oh` rows of `W+2p` positions, the last k − 1 of each row dropped
@@ -720,7 +720,7 @@ fn check_conv(x: &Tensor, w: &Tensor, p: usize) -> Result<()> {
 }
 
 /// conv2d(x, W) with stride 1 and zero padding `p` (W `[C_out, C, k, k]`, square), on `x`'s device: in the
-/// shifted-rows scheme on the CPU in f32 and f64 ([`ShiftedOp::Conv`]), else one channel-major product (W
+/// shifted-rows scheme on the CPU in f32 and f64 (`ShiftedOp::Conv`), else one channel-major product (W
 /// `[C_out, C·k·k]` · cols `[C·k·k, B·H'·W']`, then the batch moved in front).
 pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     check_conv(x, w, p)?;
@@ -730,10 +730,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     conv2d_patches(x, w, p)
 }
 
-/// (conv2d(x, W) + b + skip) · scale for a convolution that takes the shifted rows ([`shifted_rows`]: CPU,
+/// (conv2d(x, W) + b + skip) · scale for a convolution that takes the shifted rows (`shifted_rows`: CPU,
 /// f32 or f64), with the bias (`[C_out]` or `[B, C_out]`), the skip connection (`[B, C_out, H', W']`, when
 /// given) and the scale (when given) applied in the pass that moves the output back to channels first
-/// ([`Epilogue`]) instead of one candle op each — the value of `fastconv`'s layer and residual ops, with the
+/// (`Epilogue`) instead of one candle op each — the value of `fastconv`'s layer and residual ops, with the
 /// same roundings as the chain `conv2d(x, W).broadcast_add(b) + skip) * scale`. Records no graph.
 pub fn conv2d_fused(
     x: &Tensor,
@@ -802,7 +802,7 @@ fn conv2d_patches(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
 /// The input gradient of [`conv2d`]`(x, w, p)` for the output gradient `dy` `[B, C_out, H', W']`: the
 /// convolution of dy with W's channels swapped and its kernel flipped, padding k − 1 − p (p < k). In the
 /// shifted-rows scheme the flip is made while the weight is laid out for the products
-/// ([`ShiftedOp::InputGrad`]); elsewhere W̃ is made first and convolved by [`conv2d`].
+/// (`ShiftedOp::InputGrad`); elsewhere W̃ is made first and convolved by [`conv2d`].
 pub fn conv2d_input_grad(dy: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
     let (co, _, kh, kw) = w.dims4()?;
     if kh != kw || dy.dims4()?.1 != co {
@@ -834,7 +834,7 @@ pub fn flipped(w: &Tensor) -> Result<Tensor> {
 }
 
 /// The weight gradient of [`conv2d`] for the output gradient `dy` `[B, C_out, H', W']`: in the shifted-rows
-/// scheme ([`ShiftedOp::WeightGrad`]) where [`conv2d`] takes it, else dy `[C_out, B·H'·W']` · colsᵀ.
+/// scheme (`ShiftedOp::WeightGrad`) where [`conv2d`] takes it, else dy `[C_out, B·H'·W']` · colsᵀ.
 pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     let (b, co, oh, ow) = dy.dims4()?;
     check_fit(x, k, p)?;

@@ -92,7 +92,7 @@ pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
 
 /// Nearest-neighbour ×2 upsampling (EDM's `[1, 1]` resample filter through a transposed convolution is exactly
 /// this). For f32 on the CPU one kernel writes each output row once, in parallel, and the gradient (each 2×2
-/// block's sum) is its own op ([`Resample2`]); elsewhere a broadcast, whose backward sums correctly (candle's
+/// block's sum) is its own op (`Resample2`); elsewhere a broadcast, whose backward sums correctly (candle's
 /// `upsample_nearest2d` backward overwrites rather than accumulates).
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
@@ -105,7 +105,7 @@ pub fn upsample2(x: &Tensor) -> Result<Tensor> {
 }
 
 /// 2×2 average pooling with stride 2 (EDM's `[1, 1]` resample filter downsampling). For f32 on the CPU with
-/// even sides one kernel ([`Resample2`]; its gradient, a quarter of each value spread over its 2×2 block, too),
+/// even sides one kernel (`Resample2`; its gradient, a quarter of each value spread over its 2×2 block, too),
 /// where candle's chain of two sums over middle axes and a scaling ran single-threaded.
 pub fn downsample2(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;

@@ -442,7 +442,7 @@ fn layer_norm_f32([x, gain, bias]: [&[f32]; 3], (rows, n): (usize, usize), eps: 
 }
 
 /// Layer normalisation over the last dimension, y = γ (x − μ)/√(σ² + ε) + β, recorded as one op: the value
-/// from one pass per row ([`layer_norm_f32`] for f32 on the CPU, candle's fused kernel otherwise), the
+/// from one pass per row (`layer_norm_f32` for f32 on the CPU, candle's fused kernel otherwise), the
 /// backward analytic, with x̂ = (x − μ) r,
 /// r = 1/√(σ² + ε) and dy the output's gradient:
 ///
