@@ -570,6 +570,7 @@ pub fn gram_and_sums_f32(
     );
     let runs = rows.div_ceil(run_rows);
     let w = m * n + m;
+    let avx = avx2();
     // SAFETY: each run writes its whole partial: the product (gemm, not accumulating) and the m sums.
     let partials = unsafe {
         par_fill(runs, w, |run0, o| {
@@ -590,9 +591,7 @@ pub fn gram_and_sums_f32(
                 }
                 let sums = std::slice::from_raw_parts_mut(sums.as_mut_ptr() as *mut f32, m);
                 for row in a[r0 * m..(r0 + nr) * m].chunks_exact(m.max(1)) {
-                    for (s, v) in sums.iter_mut().zip(row) {
-                        *s += v;
-                    }
+                    add_into(avx, sums, row);
                 }
             }
         })
@@ -606,10 +605,9 @@ pub fn gram_and_sums_f32(
 /// so that a reduction split over candle's pool does not depend on the number of threads).
 pub fn sum_parts(parts: &[f32], w: usize) -> Vec<f32> {
     let mut total = vec![0f32; w];
+    let avx = avx2();
     for part in parts.chunks_exact(w.max(1)) {
-        for (t, v) in total.iter_mut().zip(part) {
-            *t += v;
-        }
+        add_into(avx, &mut total, part);
     }
     total
 }
@@ -859,17 +857,14 @@ impl candle_core::CustomOp1 for Scaled {
         st: &candle_core::CpuStorage,
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        const ROW: usize = 4096;
         let x = f32_slice(st, l, self.name())?;
         let s = self.0;
-        // Rows of 4,096 values and a short last one: par_rows wants whole rows, so the tail goes apart.
-        let whole = x.len() / ROW * ROW;
-        let mut y = par_rows((&x[..whole], ROW), (&[], 0), ROW, whole / ROW, |x, _, y| {
+        // One value per row: par_rows hands each task a run of them.
+        let y = par_rows((x, 1), (&[], 0), 1, x.len(), |x, _, y| {
             for (y, x) in y.iter_mut().zip(x) {
                 y.write(x * s);
             }
         });
-        y.extend(x[whole..].iter().map(|v| v * s));
         Ok((candle_core::CpuStorage::F32(y), l.shape().clone()))
     }
 }
@@ -976,6 +971,24 @@ fn matmul_2d(
         (m, k, n),
     );
     Ok((candle_core::CpuStorage::F32(y), (m, n).into()))
+}
+
+/// `f` on the values of contiguous f32 CPU tensors, read in place, in the order given; an error naming `what`
+/// for a tensor that is not one (strided, another type, off the CPU).
+pub fn with_cpu_f32<R, const N: usize>(
+    what: &str,
+    ts: [&candle_core::Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> candle_core::Result<R> {
+    let guards = ts.map(|t| t.storage_and_layout());
+    let mut parts: [&[f32]; N] = [&[]; N];
+    for (part, (st, l)) in parts.iter_mut().zip(&guards) {
+        *part = match &**st {
+            candle_core::Storage::Cpu(c) => f32_slice(c, l, what)?,
+            _ => candle_core::bail!("{what}: a tensor not on the CPU"),
+        };
+    }
+    Ok(f(parts))
 }
 
 /// The f32 values of a contiguous CPU storage (a custom op's input); an error naming `what` otherwise.

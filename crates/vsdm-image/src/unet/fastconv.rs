@@ -262,15 +262,10 @@ pub(crate) fn plane_sums(dy: &Tensor, batch: bool) -> Result<Tensor> {
     }
     let dy = dy.contiguous()?;
     let n = h * w;
-    let sums = {
-        let (st, l) = dy.storage_and_layout();
-        let candle_core::Storage::Cpu(cs) = &*st else {
-            candle_core::bail!("plane sums: a CPU tensor stored off the CPU");
-        };
-        let x = vsdm_core::fastmath::f32_slice(cs, l, "plane sums")?;
-        let avx = vsdm_core::fastmath::avx2();
+    let avx = vsdm_core::fastmath::avx2();
+    let sums = vsdm_core::fastmath::with_cpu_f32("plane sums", [&dy], |[x]| {
         vsdm_core::fastmath::par_rows((x, n), (&[], 0), 1, b * c, |x, _, o| row_sums(avx, x, n, o))
-    };
+    })?;
     if !batch {
         return Tensor::from_vec(sums, (b, c), dy.device());
     }

@@ -6,8 +6,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
-    avx2, f32_slice, gemm_rows, gram_and_sums_f32, lane_sum, matmul as mm, matmul_bias, par_rows,
-    par_rows_mut, softmax_rows, sum_middle_f32, sum_parts, Shared,
+    avx2, gemm_rows, gram_and_sums_f32, lane_sum, matmul as mm, matmul_bias, par_rows,
+    par_rows_mut, softmax_rows, sum_middle_f32, sum_parts, with_cpu_f32, Shared,
 };
 
 /// A linear layer applied to the last dimension of a tensor of any rank as ONE matrix product: the leading
@@ -104,19 +104,20 @@ impl vsdm_core::carried::Backward for AddBroadcastBackward {
 /// elsewhere candle's `sum_keepdim`.
 pub fn sum_to(t: &Tensor, dims: &[usize]) -> Result<Tensor> {
     let full = t.dims();
-    let lead = full.len().checked_sub(dims.len());
-    let broadcast = |lead: usize| {
-        (0..full.len())
-            .map(|k| k < lead || (dims[k - lead] == 1 && full[k] != 1))
-            .collect::<Vec<bool>>()
+    let lead = match full.len().checked_sub(dims.len()) {
+        Some(lead)
+            if dims
+                .iter()
+                .zip(&full[lead..])
+                .all(|(&d, &f)| d == f || d == 1) =>
+        {
+            lead
+        }
+        _ => candle_core::bail!("sum_to: {full:?} is not a broadcast of {dims:?}"),
     };
-    let ok = lead.is_some_and(|lead| {
-        (lead..full.len()).all(|k| dims[k - lead] == full[k] || dims[k - lead] == 1)
-    });
-    let Some(lead) = lead.filter(|_| ok) else {
-        candle_core::bail!("sum_to: {full:?} is not a broadcast of {dims:?}");
-    };
-    let summed = broadcast(lead);
+    let summed: Vec<bool> = (0..full.len())
+        .map(|k| k < lead || (dims[k - lead] == 1 && full[k] != 1))
+        .collect();
     if !summed.contains(&true) {
         return t.reshape(dims);
     }
@@ -452,27 +453,28 @@ fn layer_norm_f32([x, gain, bias]: [&[f32]; 3], (rows, n): (usize, usize), eps: 
 /// rows with strided single-threaded reductions.) Without a tracked input it records nothing.
 pub fn layer_norm(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     // candle's kernel takes f32, f16 and bf16; f64 (the tests' exact reference) goes through the chain.
+    // Contiguous once: the value's kernels and the backward both read it so.
+    let x = &x.contiguous()?;
     let value = |x: &Tensor, gain: &Tensor, bias: &Tensor| {
         let n = x.dim(D::Minus1)?;
         let rows = x.elem_count() / n.max(1);
         if cpu_f32(x) && cpu_f32(gain) && cpu_f32(bias) && rows > 0 && n > 0 {
-            let (xc, gain, bias) = (x.contiguous()?, gain.contiguous()?, bias.contiguous()?);
-            let y = with_cpu_f32("layer norm", [&xc, &gain, &bias], |[x, g, b]| {
+            let (gain, bias) = (gain.contiguous()?, bias.contiguous()?);
+            let y = with_cpu_f32("layer norm", [x, &gain, &bias], |[x, g, b]| {
                 layer_norm_f32([x, g, b], (rows, n), eps as f32)
             })?;
             return Tensor::from_vec(y, x.shape(), x.device());
         }
         match x.dtype() {
             candle_core::DType::F64 => layer_norm_chain(x, gain, bias, eps),
-            _ => candle_nn::ops::layer_norm(&x.contiguous()?, gain, bias, eps as f32),
+            _ => candle_nn::ops::layer_norm(x, gain, bias, eps as f32),
         }
     };
     if !(x.track_op() || gain.track_op() || bias.track_op()) {
         return value(x, gain, bias);
     }
     let y = value(&x.detach(), &gain.detach(), &bias.detach())?;
-    let x = x.contiguous()?;
-    vsdm_core::carried::apply(y, &x, gain, bias, LayerNormBackward { eps })
+    vsdm_core::carried::apply(y, x, gain, bias, LayerNormBackward { eps })
 }
 
 /// softmax(q kᵀ/√d) v for q, k, v `[…, S, d]` (any leading axes), candle's op chain with [`softmax_last`]: the
@@ -879,24 +881,6 @@ fn attention_grads_fused(
 /// Whether `t` is f32 on the CPU: what the attention kernels take.
 fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
-}
-
-/// `f` on the values of contiguous f32 CPU tensors, read in place, in the order given (the attention kernels'
-/// inputs); an error naming `what` for a tensor that is not one.
-fn with_cpu_f32<R, const N: usize>(
-    what: &str,
-    ts: [&Tensor; N],
-    f: impl FnOnce([&[f32]; N]) -> R,
-) -> Result<R> {
-    let guards = ts.map(|t| t.storage_and_layout());
-    let mut parts: [&[f32]; N] = [&[]; N];
-    for (part, (st, l)) in parts.iter_mut().zip(&guards) {
-        *part = match &**st {
-            candle_core::Storage::Cpu(c) => f32_slice(c, l, what)?,
-            _ => candle_core::bail!("{what}: a tensor not on the CPU"),
-        };
-    }
-    Ok(f(parts))
 }
 
 /// softmax(scale · q kᵀ) v for q `[n, sq, d]`, k `[n, sk, d]`, v `[n, sk, dv]` without a graph, and P
