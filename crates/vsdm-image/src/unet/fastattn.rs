@@ -11,8 +11,8 @@
 //!   dv = da P,  dP = daᵀ v,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dq = k dSᵀ/√C,  dk = q dS/√C,
 //!
 //! so the graph keeps only qkv and the output. The softmax and its gradient run in f32 (f64 for f64
-//! activations) whatever the activations' precision, (`layers::softmax_wide`). Under [`ConvBackward::Candle`] (`--conv candle`) the chain is
-//! candle's own, the reference.
+//! activations) whatever the activations' precision (`layers::softmax_wide`). Under [`ConvBackward::Candle`]
+//! (`--conv candle`) the chain is candle's own, the reference.
 
 use candle_core::{Result, Tensor};
 
@@ -60,9 +60,9 @@ fn transposed(x: &Tensor, views: bool) -> Result<Tensor> {
     }
 }
 
-/// Softmax of the given multiple of each row along the last axis of a contiguous CPU f32 tensor, in place ([`vsdm_core::fastmath::softmax_rows`],
-/// the time-series attention's kernel): the CPU attention's probabilities, where candle's softmax makes four
-/// passes and calls the C library's scalar `expf`.
+/// Softmax of the given multiple of each row along the last axis of a contiguous CPU f32 tensor, in place
+/// ([`vsdm_core::fastmath::softmax_rows`], the time-series attention's kernel): the CPU attention's
+/// probabilities, where candle's softmax makes four passes and calls the C library's scalar `expf`.
 struct SoftmaxRows(f32);
 
 impl candle_core::InplaceOp1 for SoftmaxRows {
