@@ -18,25 +18,35 @@ pub fn init_logging(default: &str) {
 /// training step frees and re-allocates activation-sized buffers by the hundred, so each one was a new mapping,
 /// page-faulted and zeroed by the kernel (in a `perf` profile of the tiny network's CPU training, about a tenth
 /// of the time went to page faults, the kernel's zeroing of fresh pages and their accounting). This raises the
-/// mmap threshold to its maximum (32 MiB) and turns trimming off: 0.84× the wall time of a whole tiny-network
+/// mmap threshold to [`MMAP_THRESHOLD`] and turns trimming off: 0.84× the wall time of a whole tiny-network
 /// bench for 1.11× its peak resident memory, 0.62× for exchange-rate training (docs/benchmarks/image.md and
 /// timeseries.md, "Allocator settings"). Trimming used to stay on above 512 MiB; a step whose working set
 /// exceeds that (the time-series network at electricity's shape, 735 MiB) then handed most of it back at the
 /// end of some steps and faulted it in again at the next, depending on where the step's last small blocks
 /// landed: a train step of 0.50 instead of 0.35 s in about half the runs ("Allocator trimming off",
-/// docs/benchmarks/timeseries.md). A process's resident memory now stays at its peak, which it reached
-/// anyway. `GLIBC_TUNABLES` set by the user wins. No effect on other C libraries.
+/// docs/benchmarks/timeseries.md). The threshold was 32 MiB until 2026-12-06 (the largest value mallopt(3)
+/// documents, which glibc's of the last years accept beyond): the time-series sampling forward at
+/// electricity's width (batch 30) allocates 45 MiB blocks, each a fresh mapping, about 87,000 page faults per
+/// forward ("Blocks above 32 MiB from the heap", docs/benchmarks/timeseries.md). Where this glibc refuses
+/// [`MMAP_THRESHOLD`], 32 MiB. A process's resident memory now stays at its peak, which it reached anyway.
+/// `GLIBC_TUNABLES` set by the user wins. No effect on other C libraries.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("GLIBC_TUNABLES").is_none() {
         // SAFETY: mallopt only changes malloc's parameters; it is called before any other thread exists.
         unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            }
             // -1: never trim (mallopt(3)).
             libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         }
     }
 }
+
+/// The mmap threshold [`tune_allocator`] asks glibc for: blocks below it come from the heap and are reused
+/// after they are freed.
+pub const MMAP_THRESHOLD: i32 = 1 << 30;
 
 /// Refuses a count of 0 for any of the command-line `flags` (name, value), naming the first such flag; an
 /// optional flag that was not given can be passed as 1.

@@ -23,8 +23,8 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 
 /// The most elements the patch matrices of one product may hold (6 Mi f32 = 24 MiB); a batch is split into
-/// chunks of images that fit (at least one image). Below glibc's largest mmap threshold (32 MiB, which
-/// `crate::cli::tune_allocator` sets) the buffer is reused from the heap instead of being mapped and
+/// chunks of images that fit (at least one image). Below glibc's mmap threshold (which
+/// `crate::cli::tune_allocator` raises to 1 GiB, or to 32 MiB where glibc refuses that) the buffer is reused from the heap instead of being mapped and
 /// page-faulted afresh for every layer: 1 << 26 (256 MiB) ran 1.12× slower.
 pub const PATCH_BUDGET: usize = 6 << 20;
 

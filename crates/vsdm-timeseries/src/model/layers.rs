@@ -1040,8 +1040,8 @@ fn join(mut parts: Vec<Tensor>) -> Result<Tensor> {
 }
 
 /// On the CPU, the most bytes of one chunk's scores in [`attention`]: the scores and the tensors of their
-/// size made from them (probabilities, their gradient) then stay below glibc's mmap threshold (32 MiB, set by
-/// `vsdm_eval::cli::tune_allocator`), so they reuse freed heap memory instead of being mapped and zeroed by the
+/// size made from them (probabilities, their gradient) then stay below glibc's mmap threshold (at least 32 MiB, set
+/// by `vsdm_eval::cli::tune_allocator`), so they reuse freed heap memory instead of being mapped and zeroed by the
 /// kernel on every call (a sixth of an electricity-sized training step went to zeroing fresh pages).
 const CPU_SCORE_CHUNK_BYTES: usize = 8 << 20;
 
