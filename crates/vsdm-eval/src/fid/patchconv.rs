@@ -22,11 +22,13 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// The most elements the patch matrices of one product may hold (6 Mi f32 = 24 MiB); a batch is split into
+/// The most elements the patch matrices of one product may hold (64 Mi f32 = 256 MiB); a batch is split into
 /// chunks of images that fit (at least one image). Below glibc's mmap threshold (which
-/// `crate::cli::tune_allocator` raises to 1 GiB, or to 32 MiB where glibc refuses that) the buffer is reused from the heap instead of being mapped and
-/// page-faulted afresh for every layer: 1 << 26 (256 MiB) ran 1.12× slower.
-pub const PATCH_BUDGET: usize = 6 << 20;
+/// `crate::cli::tune_allocator` raises to 1 GiB) the buffer is reused from the heap instead of being mapped and
+/// page-faulted afresh for every layer. With the 32 MiB threshold of before 2026-12-06 (stop 33) this budget
+/// ran 1.12× slower than 6 Mi elements (24 MiB); with the 1 GiB threshold it runs 1.07× faster (median
+/// images/s of 7 alternated runs, 1.04× the peak memory; docs/benchmarks/eval-fid.md).
+pub const PATCH_BUDGET: usize = 1 << 26;
 
 /// Geometry of a convolution: kernel height and width, stride (both axes) and zero padding (rows, columns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +139,11 @@ impl CustomOp1 for Patches {
 /// — the same values as candle's `conv2d` after padding the input, computed as described in the module doc on
 /// the CPU in f32, and by candle's `conv2d` otherwise.
 pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Geometry) -> Result<Tensor> {
+    conv2d_within(x, weight, geometry, PATCH_BUDGET)
+}
+
+/// [`conv2d`] with patch matrices of at most `budget` elements per product (one image at least).
+fn conv2d_within(x: &Tensor, weight: &Tensor, geometry: Geometry, budget: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (cout, cin, kh, kw) = weight.dims4()?;
     if cin != c || (kh, kw) != (geometry.kh, geometry.kw) {
@@ -156,7 +163,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Geometry) -> Result<Tensor>
     let w2 = weight.reshape((1, cout, k))?;
     let pointwise = kh == 1 && kw == 1 && geometry.stride == 1 && geometry.padding == (0, 0);
     let x = x.contiguous()?;
-    let chunk = (PATCH_BUDGET / (k * n).max(1)).clamp(1, b.max(1));
+    let chunk = (budget / (k * n).max(1)).clamp(1, b.max(1));
     let mut outs = Vec::with_capacity(b.div_ceil(chunk));
     for start in (0..b).step_by(chunk) {
         let len = chunk.min(b - start);
@@ -249,13 +256,20 @@ mod tests {
     fn chunked_and_strided_inputs_give_the_same_values() {
         let dev = Device::Cpu;
         let g = geom(3, 3, 1, (1, 1));
-        // 64 channels × 9 × 48² positions per image = 1.3M elements: 8 images need chunks of 4.
+        // 64 channels × 9 × 48² positions per image, a budget of 4 images: 8 images in 2 chunks, 7 in 2
+        // (the second shorter), 1 in 1.
         let x = Tensor::randn(0f32, 1.0, (8, 70, 48, 48), &dev).unwrap();
         let xs = x.narrow(1, 3, 64).unwrap();
         assert!(!xs.is_contiguous());
         let wt = Tensor::randn(0f32, 0.1, (4, 64, 3, 3), &dev).unwrap();
         let k = 64 * 9 * 48 * 48;
-        assert!(8 * k > PATCH_BUDGET && k <= PATCH_BUDGET);
+        for b in [8, 7, 1] {
+            let xs = xs.narrow(0, 0, b).unwrap();
+            let got = conv2d_within(&xs, &wt, g, 4 * k + 1).unwrap();
+            let want = candle_conv2d(&xs.contiguous().unwrap(), &wt, g).unwrap();
+            let e = max_rel_err(&got, &want);
+            assert!(e < 1e-5, "batch {b}: relative error {e}");
+        }
         let got = conv2d(&xs, &wt, g).unwrap();
         let want = candle_conv2d(&xs.contiguous().unwrap(), &wt, g).unwrap();
         let e = max_rel_err(&got, &want);
