@@ -1,5 +1,6 @@
 //! Time and peak memory of one training step (forward + backward) and one sampling-mode forward pass (on a
-//! network that records no graph, as the trainer's EMA network and loaded weights are) of the forecasting
+//! network that records no graph, as the trainer's EMA network and loaded weights are, with the batch sharing
+//! one window's conditioning as a forecast's samples do) of the forecasting
 //! network on a grid of the given size:
 //! `cargo run --release -p vsdm-timeseries --example net_speed -- SERIES CONTEXT HORIZON BATCH [HEADS PATCH]`
 //! (electricity: `370 72 24 4`). Runs on the first CUDA device when built with `--features cuda` and one is
@@ -167,13 +168,15 @@ fn main() -> anyhow::Result<()> {
         cfg,
     )?;
     sampler.set_inference(true);
+    // A forecast's samples share one window's conditioning (`forecast::repeat_batch`, a broadcast view).
+    let sample_cond = vsdm_timeseries::forecast::repeat_batch(&cond.narrow(0, 0, 1)?, b)?;
     let mut sample = Vec::new();
     for i in 0..=sample_steps {
         if sample_steps == 0 {
             break;
         }
         let s = std::time::Instant::now();
-        sampler.forward(&x, &t, Some(&cond))?;
+        sampler.forward(&x, &t, Some(&sample_cond))?;
         dev.synchronize()?;
         if i > 0 {
             sample.push(s.elapsed().as_secs_f64());

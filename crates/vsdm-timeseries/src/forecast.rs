@@ -256,11 +256,13 @@ pub fn export(
     Ok(written)
 }
 
-/// A `[1, …]` tensor repeated `b` times along the batch axis.
+/// A `[1, …]` tensor repeated `b` times along the batch axis, as a broadcast view (batch stride 0, no copy):
+/// the forecasting network recognises a conditioning batch shared this way and computes its side
+/// information once ([`crate::model::ForecastNet`]'s forward).
 pub fn repeat_batch(t: &Tensor, b: usize) -> candle_core::Result<Tensor> {
     let mut dims = t.dims().to_vec();
     dims[0] = b;
-    t.broadcast_as(dims)?.contiguous()
+    t.broadcast_as(dims)
 }
 
 #[cfg(test)]

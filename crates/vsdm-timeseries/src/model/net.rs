@@ -260,8 +260,21 @@ impl ScoreModel for ForecastNet {
             .permute((0, 2, 3, 1))?
             .contiguous()?
             .reshape((b, d, n, p * (1 + k)))?; // [B, D, N, p·(1+k)]
-        let side = self.side_info(cond)?;
-        let mut x = self.input.forward(&grid)?.broadcast_add(&side)?;
+                                               // The samples of one forecast share their window's context and time features: `repeat_batch` hands
+                                               // them over as one item broadcast along the batch (stride 0), and the side information and each
+                                               // block's projection of it are then computed for that item alone and added to every sample (the
+                                               // same values: each row of those layers depends on its own item only).
+        let shared = b > 1 && cond.stride()[0] == 0;
+        let side = if shared {
+            self.side_info(&cond.narrow(0, 0, 1)?)? // [1, D, N, h]
+        } else {
+            self.side_info(cond)? // [B, D, N, h]
+        };
+        let mut x = if shared {
+            add_broadcast(&self.input.forward(&grid)?, &side)?
+        } else {
+            self.input.forward(&grid)?.broadcast_add(&side)?
+        };
         // Diffusion time: sinusoidal features of 1000 t through a two-layer SiLU MLP.
         let temb = sinusoidal(&(t * 1000.0)?, TIME_DIM)?;
         let temb = silu(&self.t2.forward(&silu(&self.t1.forward(&temb)?)?)?)?;
@@ -283,7 +296,11 @@ impl ScoreModel for ForecastNet {
                 }
                 None => y,
             };
-            let y = (blk.mid.forward(&y)? + blk.side.forward(&side)?)?;
+            let y = if shared {
+                add_broadcast(&blk.mid.forward(&y)?, &blk.side.forward(&side)?)?
+            } else {
+                (blk.mid.forward(&y)? + blk.side.forward(&side)?)?
+            };
             let gated = gate(&y)?;
             // The residual and skip halves of the output layer, each contiguous (`Dense::forward_outputs`).
             let res = blk.out.forward_outputs(&gated, 0, h)?;
@@ -365,6 +382,61 @@ mod tests {
                     "{name}: gradient norm {norm}"
                 );
             }
+        }
+    }
+
+    /// A conditioning batch broadcast from one window (the forecaster's `repeat_batch`, batch stride 0) gives
+    /// the outputs and parameter gradients of its contiguous copy, where the side information runs once; and
+    /// with items that differ each item's output is that of the item alone.
+    #[test]
+    fn shared_conditioning_matches_the_copied_batch() {
+        let dev = Device::Cpu;
+        let cfg = NetConfig {
+            hidden: 8,
+            heads: 2,
+            layers: 2,
+            ff: 16,
+            patch: 2,
+            ..NetConfig::small(5, 6, 2, 2, 1)
+        };
+        let vm = VarMap::new();
+        let net = ForecastNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg).unwrap();
+        let mut rng = NoiseRng::new(5);
+        let x = rng.randn(&[4, 1, 5, 2], &dev).unwrap();
+        let t = Tensor::new(&[0.1f32, 0.4, 0.7, 1.0], &dev).unwrap();
+        let one = rng.randn(&[1, 3, 5, 8], &dev).unwrap();
+        let shared = crate::forecast::repeat_batch(&one, 4).unwrap();
+        assert_eq!(shared.stride()[0], 0);
+        let copied = shared.contiguous().unwrap();
+        let target = rng.randn(&[4, 1, 5, 2], &dev).unwrap();
+        let run = |cond: &Tensor| {
+            let out = net.forward(&x, &t, Some(cond)).unwrap();
+            let loss = (&out - &target).unwrap().sqr().unwrap().mean_all().unwrap();
+            (out, loss.backward().unwrap())
+        };
+        let (a, ga) = run(&shared);
+        let (b, gb) = run(&copied);
+        let scale = vsdm_core::compare::max_abs(&b).unwrap();
+        let diff = vsdm_core::compare::max_abs_diff(&a, &b).unwrap();
+        assert!(diff <= 1e-6 * scale, "output: {diff} (scale {scale})");
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            let (ga, gb) = (
+                ga.get(v.as_tensor()).unwrap(),
+                gb.get(v.as_tensor()).unwrap(),
+            );
+            let scale = vsdm_core::compare::max_abs(gb).unwrap();
+            let diff = vsdm_core::compare::max_abs_diff(ga, gb).unwrap();
+            assert!(diff <= 1e-5 * scale, "{name}: {diff} (scale {scale})");
+        }
+        let cond = rng.randn(&[4, 3, 5, 8], &dev).unwrap();
+        let all = net.forward(&x, &t, Some(&cond)).unwrap();
+        for i in 0..4 {
+            let item = |v: &Tensor| v.narrow(0, i, 1).unwrap();
+            let alone = net
+                .forward(&item(&x), &item(&t), Some(&item(&cond)))
+                .unwrap();
+            let diff = vsdm_core::compare::max_abs_diff(&item(&all), &alone).unwrap();
+            assert!(diff <= 1e-5, "item {i}: {diff}");
         }
     }
 
