@@ -338,20 +338,25 @@ mod tests {
         assert_eq!(electricity.sample_batch_within(1, 100), 1);
     }
 
+    /// A network of 8 channels over `series` series, context 6, horizon 2, 2 time features, patches of 2.
+    fn tiny(series: usize, state_channels: usize) -> NetConfig {
+        NetConfig {
+            hidden: 8,
+            heads: 2,
+            layers: 2,
+            ff: 16,
+            patch: 2,
+            ..NetConfig::small(series, 6, 2, 2, state_channels)
+        }
+    }
+
     /// Every parameter must receive a non-zero gradient from the denoising loss (the fused candle ops without
     /// a backward pass would leave some at zero or fail).
     #[test]
     fn every_parameter_gets_a_gradient() {
         let dev = Device::Cpu;
         for state_channels in [1, 2] {
-            let cfg = NetConfig {
-                hidden: 8,
-                heads: 2,
-                layers: 2,
-                ff: 16,
-                patch: 2,
-                ..NetConfig::small(3, 6, 2, 2, state_channels)
-            };
+            let cfg = tiny(3, state_channels);
             let vm = VarMap::new();
             let net =
                 ForecastNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg).unwrap();
@@ -391,14 +396,7 @@ mod tests {
     #[test]
     fn shared_conditioning_matches_the_copied_batch() {
         let dev = Device::Cpu;
-        let cfg = NetConfig {
-            hidden: 8,
-            heads: 2,
-            layers: 2,
-            ff: 16,
-            patch: 2,
-            ..NetConfig::small(5, 6, 2, 2, 1)
-        };
+        let cfg = tiny(5, 1);
         let vm = VarMap::new();
         let net = ForecastNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg).unwrap();
         let mut rng = NoiseRng::new(5);
