@@ -680,10 +680,10 @@ pub(crate) fn shifted_rows(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
-/// The largest patch matrix made at once on the CPU, in bytes: below glibc's mmap threshold
-/// (at least 32 MiB, which `vsdm_eval::cli::tune_allocator` sets), so the matrix reuses freed heap memory instead of a
-/// fresh mapping that the kernel page-faults and zeroes on every call (at batch 16 the tiny network's 32×32
-/// decoder blocks would make 38 and 57 MB). On the CPU only f16 and bf16 convolutions make patch matrices now.
+/// The largest patch matrix made at once on the CPU, in bytes: below glibc's mmap threshold (at least 32 MiB,
+/// which `vsdm_eval::cli::tune_allocator` sets), so the matrix reuses freed heap memory instead of a fresh
+/// mapping that the kernel page-faults and zeroes on every call (at batch 16 the tiny network's 32×32 decoder
+/// blocks would make 38 and 57 MB). On the CPU only f16 and bf16 convolutions make patch matrices now.
 const PATCH_BUDGET: usize = 24 << 20;
 
 /// `(first image, images)` of consecutive chunks of `x`'s batch whose patch matrices of `per_image` elements
