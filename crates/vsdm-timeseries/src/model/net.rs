@@ -53,7 +53,10 @@ impl NetConfig {
     /// scores of the attention along series, `[tokens, heads, D, D]` per sample, or along time,
     /// `[D, heads, tokens, tokens]`) stays within `budget` bytes; at least 1. With 512 MiB and at most 100: 100 on
     /// the exchange rate, 30 at electricity's 370 series (a batch of 100 there held 1.75 GB of scores per map and
-    /// was slower as well as four times larger: docs/results/timeseries.md).
+    /// was slower as well as four times larger: docs/results/timeseries.md). Since the forward without a graph
+    /// keeps no attention map (one block of scores per task), the budget only bounds the batch's activations:
+    /// the time per sample is flat in the batch (about 14 ms at electricity's width for batches of 4 to 30 on
+    /// 2 cores, docs/benchmarks/timeseries.md, "A forecast's side information once per window").
     pub fn sample_batch_within(&self, budget: usize, max: usize) -> usize {
         let tokens = (self.context + self.horizon) / self.patch.max(1);
         let d = self.num_series;
