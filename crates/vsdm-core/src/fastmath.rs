@@ -497,9 +497,60 @@ pub fn matmul_f32(a: Strided, b: Strided, dims: (usize, usize, usize)) -> Vec<f3
 /// # Panics
 /// When a matrix does not lie within its slice, or the bias is not `n` long.
 pub fn matmul_bias_f32(
+    a: Strided,
+    b: Strided,
+    bias: Option<&[f32]>,
+    dims: (usize, usize, usize),
+) -> Vec<f32> {
+    matmul_start_f32(a, b, bias.map_or(Start::Zeros, Start::Bias), dims)
+}
+
+/// `scale` · (`base` + a · b + `bias`) for a `[m, k]` and b `[k, n]` with any strides, `base` row-major
+/// `[m, n]` and `bias` `[n]`: a dense layer's output added onto a residual and scaled (the time-series
+/// network's residual connections without a graph) in the product's pass. Each run's rows start as
+/// `scale` · (base + bias) and the product, scaled, accumulates onto them; where the chain adds a second pass
+/// that reads the product and the base and writes their sum (and a third for the scaling). The rounding differs
+/// from the chain's (the terms are summed in another order).
+///
+/// # Panics
+/// When a matrix does not lie within its slice, or the bias is not `n` or the base not `m · n` long.
+pub fn matmul_bias_onto_f32(
+    a: Strided,
+    b: Strided,
+    bias: &[f32],
+    (base, scale): (&[f32], f32),
+    dims: (usize, usize, usize),
+) -> Vec<f32> {
+    let (m, _, n) = dims;
+    assert!(
+        base.len() == m * n,
+        "matmul_bias_onto_f32: a base of {} for [{m}, {n}]",
+        base.len()
+    );
+    matmul_start_f32(a, b, Start::Onto { base, bias, scale }, dims)
+}
+
+/// How the output rows of [`matmul_start_f32`] start before the product is added.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// Not read: the product is written.
+    Zeros,
+    /// Each row a copy of the bias.
+    Bias(&'a [f32]),
+    /// Row i is `scale` · (base row i + bias), and the product is added times `scale`.
+    Onto {
+        base: &'a [f32],
+        bias: &'a [f32],
+        scale: f32,
+    },
+}
+
+/// [`matmul_bias_f32`] and [`matmul_bias_onto_f32`]: the runs of rows on candle's worker pool, each started as
+/// `start` says, then one gemm call accumulating onto it.
+fn matmul_start_f32(
     (a, (ars, acs)): Strided,
     (b, (brs, bcs)): Strided,
-    bias: Option<&[f32]>,
+    start: Start,
     (m, k, n): (usize, usize, usize),
 ) -> Vec<f32> {
     assert!(
@@ -508,35 +559,57 @@ pub fn matmul_bias_f32(
         a.len(),
         b.len()
     );
+    let bias_len = match start {
+        Start::Zeros => n,
+        Start::Bias(c) | Start::Onto { bias: c, .. } => c.len(),
+    };
     assert!(
-        bias.is_none_or(|c| c.len() == n),
-        "matmul_bias_f32: a bias of {} for {n} columns",
-        bias.map_or(0, <[f32]>::len)
+        bias_len == n,
+        "matmul_bias_f32: a bias of {bias_len} for {n} columns"
     );
+    let scale = match start {
+        Start::Onto { scale, .. } => scale,
+        _ => 1.0,
+    };
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     par_runs_mut(
         (&mut out.spare_capacity_mut()[..m * n], n.max(1)),
         if n == 0 { 0 } else { m },
         |r0, o| {
             let rows = o.len() / n.max(1);
-            if let Some(c) = bias {
-                for row in o.chunks_exact_mut(n) {
-                    // SAFETY: `row` and `c` both hold n values (the bias's length is asserted above).
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(c.as_ptr(), row.as_mut_ptr() as *mut f32, n)
-                    };
+            match start {
+                Start::Zeros => {}
+                Start::Bias(c) => {
+                    for row in o.chunks_exact_mut(n) {
+                        // SAFETY: `row` and `c` both hold n values (the bias's length is asserted above).
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                c.as_ptr(),
+                                row.as_mut_ptr() as *mut f32,
+                                n,
+                            )
+                        };
+                    }
+                }
+                Start::Onto { base, bias, scale } => {
+                    let base = &base[r0 * n..(r0 + rows) * n];
+                    for (row, br) in o.chunks_exact_mut(n).zip(base.chunks_exact(n)) {
+                        for ((o, &x), &c) in row.iter_mut().zip(br).zip(bias) {
+                            o.write(scale * (x + c));
+                        }
+                    }
                 }
             }
-            // SAFETY: a's rows r0.. and all of b lie within their slices (asserted above); with a bias, every
-            // element of the run was just written, so it may be read.
+            // SAFETY: a's rows r0.. and all of b lie within their slices (asserted above); unless the start is
+            // zeros, every element of the run was just written, so it may be read.
             unsafe {
                 gemm_raw(
                     o.as_mut_ptr() as *mut f32,
                     (a.as_ptr().add(r0 * ars), (ars, acs)),
                     (b.as_ptr(), (brs, bcs)),
                     (rows, k, n),
-                    1.0,
-                    bias.is_some(),
+                    scale,
+                    !matches!(start, Start::Zeros),
                 )
             }
         },
@@ -1109,8 +1182,9 @@ mod tests {
         }
     }
 
-    /// [`matmul_f32`] against the sum written out in f64: row-major and transposed (column-major) operands,
-    /// one row, fewer rows than threads, many rows, an empty inner dimension (zeros) and no columns.
+    /// [`matmul_f32`], [`matmul_bias_f32`] and [`matmul_bias_onto_f32`] against the sums written out in f64:
+    /// row-major and transposed (column-major) operands, one row, fewer rows than threads, many rows, an empty
+    /// inner dimension (zeros, or the bias and base) and no columns.
     #[test]
     fn matmul_matches_the_written_out_sum() {
         let f = |i: usize, s: usize| (((i * 7919 + s) % 101) as f32 - 50.0) / 37.0;
@@ -1137,21 +1211,34 @@ mod tests {
                 ("a·(bᵀ)ᵀ", (&a[..], (k, 1)), (&bt[..], (1, k))),
                 ("(aᵀ)ᵀ·b", (&at[..], (1, m)), (&b[..], (n, 1))),
             ] {
-                // Without a bias, and with one added to every row (matmul_bias_f32).
+                // Without a bias, with one added to every row (matmul_bias_f32), and onto a base, scaled
+                // (matmul_bias_onto_f32).
                 let c: Vec<f32> = (0..n).map(|j| f(j, 3) * 4.0).collect();
-                for bias in [None, Some(&c[..])] {
-                    let y = match bias {
-                        None => matmul_f32(aa, bb, (m, k, n)),
-                        Some(c) => matmul_bias_f32(aa, bb, Some(c), (m, k, n)),
+                let base: Vec<f32> = (0..m * n).map(|i| f(i, 4) * 3.0).collect();
+                for (bias, onto) in [
+                    (None, None),
+                    (Some(&c[..]), None),
+                    (Some(&c[..]), Some(1.0f32)),
+                    (Some(&c[..]), Some(std::f32::consts::FRAC_1_SQRT_2)),
+                ] {
+                    let y = match (bias, onto) {
+                        (None, _) => matmul_f32(aa, bb, (m, k, n)),
+                        (Some(c), None) => matmul_bias_f32(aa, bb, Some(c), (m, k, n)),
+                        (Some(c), Some(s)) => {
+                            matmul_bias_onto_f32(aa, bb, c, (&base, s), (m, k, n))
+                        }
                     };
                     assert_eq!(y.len(), m * n, "{name}");
                     for i in 0..m {
                         for j in 0..n {
-                            let w = want(i, j) + bias.map_or(0.0, |c| c[j] as f64);
+                            let mut w = want(i, j) + bias.map_or(0.0, |c| c[j] as f64);
+                            if let Some(s) = onto {
+                                w = s as f64 * (w + base[i * n + j] as f64);
+                            }
                             let got = y[i * n + j] as f64;
                             assert!(
                                 (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                                "{name} bias {} ({m}, {k}, {n}) [{i}, {j}]: {got} vs {w}",
+                                "{name} bias {} onto {onto:?} ({m}, {k}, {n}) [{i}, {j}]: {got} vs {w}",
                                 bias.is_some()
                             );
                         }

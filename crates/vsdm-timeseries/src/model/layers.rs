@@ -55,6 +55,68 @@ impl Dense {
     }
 }
 
+impl Dense {
+    /// The number of outputs.
+    pub fn outputs(&self) -> usize {
+        self.0.weight().dims()[0]
+    }
+
+    /// `scale` · (`base` + outputs `start .. start + len` of the layer on `x`) — a residual connection, with
+    /// `base` the residual stream. Without a tracked input, on the CPU in f32, one product onto the base
+    /// ([`vsdm_core::fastmath::matmul_bias_onto_f32`]: no separate passes for the addition and the scaling;
+    /// the rounding differs from the chain's); otherwise candle's addition and `affine` after
+    /// [`Dense::forward_outputs`], the value the chain has always computed.
+    pub fn forward_onto(
+        &self,
+        x: &Tensor,
+        base: &Tensor,
+        scale: f64,
+        (start, len): (usize, usize),
+    ) -> Result<Tensor> {
+        let w = self.0.weight().narrow(0, start, len)?;
+        let b = self
+            .0
+            .bias()
+            .ok_or_else(|| candle_core::Error::Msg("dense layer without a bias".into()))?
+            .narrow(0, start, len)?;
+        let tracked = [x, base, &w, &b].iter().any(|t| t.track_op());
+        let dims = x.dims();
+        let last = dims[dims.len() - 1];
+        let rows = x.elem_count() / last.max(1);
+        let mut out = dims.to_vec();
+        let r = out.len();
+        out[r - 1] = len;
+        if tracked
+            || ![x, base, &w, &b].iter().all(|t| cpu_f32(t))
+            || base.dims() != out.as_slice()
+            || w.dim(1)? != last
+        {
+            let y = (base + self.forward_outputs(x, start, len)?)?;
+            return if scale == 1.0 {
+                Ok(y)
+            } else {
+                y.affine(scale, 0.0)
+            };
+        }
+        let (x, w, base) = (x.contiguous()?, w.contiguous()?, base.contiguous()?);
+        let y = with_cpu_f32(
+            "dense onto a base",
+            [&x, &w, &b, &base],
+            |[x, w, b, base]| {
+                // W [len, in] read as Wᵀ [in, len]: row stride 1, column stride `last`.
+                vsdm_core::fastmath::matmul_bias_onto_f32(
+                    (x, (last, 1)),
+                    (w, (1, last)),
+                    b,
+                    (base, scale as f32),
+                    (rows, last, len),
+                )
+            },
+        )?;
+        Tensor::from_vec(y, out, x.device())
+    }
+}
+
 /// Σ over the rows of `t` `[rows, n]` → `[n]`, as the product ones`[1, rows]` · t (a GEMM, where candle's
 /// `sum(0)` is a strided single-threaded loop).
 pub fn sum_rows(t: &Tensor) -> Result<Tensor> {
@@ -1377,6 +1439,17 @@ impl Module for SelfAttention {
     }
 }
 
+impl SelfAttention {
+    /// `base` + the attention of `x`: the output projection added onto the residual stream in its product
+    /// ([`Dense::forward_onto`]).
+    pub fn forward_onto(&self, x: &Tensor, base: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("attention").entered();
+        let y = attention_heads(&self.qkv.forward(x)?, self.heads)?;
+        self.out
+            .forward_onto(&y, base, 1.0, (0, self.out.outputs()))
+    }
+}
+
 /// A pre-norm transformer encoder layer: x + MHA(LN x), then + FFN(LN ·) with a SiLU feed-forward.
 pub struct EncoderLayer {
     ln1: LayerNorm,
@@ -1409,11 +1482,10 @@ impl EncoderLayer {
 
 impl Module for EncoderLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let f = self.ff2.forward(&super::elementwise::silu(
-            &self.ff1.forward(&self.ln2.forward(&h)?)?,
-        )?)?;
-        h + f
+        // The residual additions inside the output products (`forward_onto`).
+        let h = self.attn.forward_onto(&self.ln1.forward(x)?, x)?;
+        let f = super::elementwise::silu(&self.ff1.forward(&self.ln2.forward(&h)?)?)?;
+        self.ff2.forward_onto(&f, &h, 1.0, (0, self.ff2.outputs()))
     }
 }
 
@@ -1458,6 +1530,49 @@ mod tests {
     /// saturates; the gradients are of ⟨y, probe⟩ for a random probe, with the output reached through a
     /// transpose (a strided gradient) as in [`SelfAttention`], in one piece and in chunks of the leading axes;
     /// without tracked inputs it records nothing.
+    /// `Dense::forward_onto` without a graph (one product onto the base) equals candle's chain
+    /// scale · (base + layer output) to rounding, for the whole layer and for each half, scale 1 and 1/√2, a
+    /// rank-4 input, 1 and 700 rows; with tracked weights it is the chain itself (the same bits) and records
+    /// the gradients.
+    #[test]
+    fn dense_onto_a_base_matches_the_chain() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let tracked = dense(12, 8, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let plain = dense(
+            12,
+            8,
+            vsdm_core::init::untracked_var_builder(&vm, DType::F32, &dev),
+        )
+        .unwrap();
+        let mut rng = NoiseRng::new(9);
+        for lead in [vec![1usize], vec![7, 4, 25]] {
+            let mut xd = lead.clone();
+            xd.push(12);
+            let x = rng.randn(&xd, &dev).unwrap();
+            for (start, len) in [(0, 8), (0, 4), (4, 4)] {
+                let mut bd = lead.clone();
+                bd.push(len);
+                let base = rng.randn(&bd, &dev).unwrap();
+                for scale in [1.0, 1.0 / std::f64::consts::SQRT_2] {
+                    let chain = (&base + tracked.forward_outputs(&x, start, len).unwrap())
+                        .unwrap()
+                        .affine(scale, 0.0)
+                        .unwrap();
+                    let fast = plain.forward_onto(&x, &base, scale, (start, len)).unwrap();
+                    assert!(!fast.track_op());
+                    let e = rel(&fast, &chain);
+                    assert!(e < 1e-6, "{lead:?} ({start}, {len}) scale {scale}: {e}");
+                    let slow = tracked
+                        .forward_onto(&x, &base, scale, (start, len))
+                        .unwrap();
+                    assert!(slow.track_op());
+                    assert_eq!(rel(&slow, &chain), 0.0);
+                }
+            }
+        }
+    }
+
     #[test]
     fn attention_matches_candles_chain_and_its_gradients() {
         let dev = Device::Cpu;

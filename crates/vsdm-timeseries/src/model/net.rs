@@ -305,13 +305,14 @@ impl ScoreModel for ForecastNet {
                 (blk.mid.forward(&y)? + blk.side.forward(&side)?)?
             };
             let gated = gate(&y)?;
-            // The residual and skip halves of the output layer, each contiguous (`Dense::forward_outputs`).
-            let res = blk.out.forward_outputs(&gated, 0, h)?;
-            x = ((x + res)? / std::f64::consts::SQRT_2)?;
-            let s = blk.out.forward_outputs(&gated, h, h)?;
+            // The residual and skip halves of the output layer, each contiguous, (x + res) / √2 and the skip
+            // sum each added in the half's product (`Dense::forward_onto`).
+            x = blk
+                .out
+                .forward_onto(&gated, &x, 1.0 / std::f64::consts::SQRT_2, (0, h))?;
             skip = Some(match skip {
-                Some(acc) => (acc + s)?,
-                None => s,
+                Some(acc) => blk.out.forward_onto(&gated, &acc, 1.0, (h, h))?,
+                None => blk.out.forward_outputs(&gated, h, h)?,
             });
         }
         let skip = skip.ok_or_else(|| candle_core::Error::Msg("network without blocks".into()))?;
