@@ -32,27 +32,14 @@ impl Module for Dense {
     }
 }
 
-impl Dense {
-    /// Outputs `start .. start + len` of the layer alone: the same values as those columns of
-    /// [`Module::forward`]'s result, from views of the weight's rows and the bias (their gradients land in the
-    /// full parameters). Two such halves of one layer give contiguous outputs, where narrowing the full output
-    /// reads it strided and each narrow's backward zero-pads its gradient to the full width before the two are
-    /// added.
-    pub fn forward_outputs(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
-        let dims = x.dims();
-        let last = dims[dims.len() - 1];
-        let rows = x.elem_count() / last.max(1);
-        let bias = self
-            .0
-            .bias()
-            .ok_or_else(|| candle_core::Error::Msg("dense layer without a bias".into()))?;
-        let w = self.0.weight().narrow(0, start, len)?;
-        let y = dense_op(&x.reshape((rows, last))?, &w, &bias.narrow(0, start, len)?)?;
-        let mut out = dims.to_vec();
-        let n = out.len();
-        out[n - 1] = len;
-        y.reshape(out)
-    }
+/// A [`Dense`] layer's outputs `start .. start + len` for an input: weight rows `w` `[len, last]` and bias
+/// entries `b` (views), the input as `rows × last`, and the output's shape `out`.
+struct Part {
+    w: Tensor,
+    b: Tensor,
+    rows: usize,
+    last: usize,
+    out: Vec<usize>,
 }
 
 impl Dense {
@@ -61,37 +48,69 @@ impl Dense {
         self.0.weight().dims()[0]
     }
 
+    /// Views of the weight's rows and the bias's entries for outputs `start .. start + len`, and the shapes
+    /// of the product for an input `x`.
+    fn part(&self, x: &Tensor, (start, len): (usize, usize)) -> Result<Part> {
+        let bias = self
+            .0
+            .bias()
+            .ok_or_else(|| candle_core::Error::Msg("dense layer without a bias".into()))?;
+        let dims = x.dims();
+        let last = dims[dims.len() - 1];
+        let mut out = dims.to_vec();
+        let n = out.len();
+        out[n - 1] = len;
+        Ok(Part {
+            w: self.0.weight().narrow(0, start, len)?,
+            b: bias.narrow(0, start, len)?,
+            rows: x.elem_count() / last.max(1),
+            last,
+            out,
+        })
+    }
+
+    /// Outputs `start .. start + len` of the layer alone: the same values as those columns of
+    /// [`Module::forward`]'s result, from views of the weight's rows and the bias (their gradients land in the
+    /// full parameters). Two such halves of one layer give contiguous outputs, where narrowing the full output
+    /// reads it strided and each narrow's backward zero-pads its gradient to the full width before the two are
+    /// added.
+    pub fn forward_outputs(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let Part {
+            w,
+            b,
+            rows,
+            last,
+            out,
+        } = self.part(x, (start, len))?;
+        dense_op(&x.reshape((rows, last))?, &w, &b)?.reshape(out)
+    }
+
     /// `scale` · (`base` + outputs `start .. start + len` of the layer on `x`) — a residual connection, with
     /// `base` the residual stream. Without a tracked input, on the CPU in f32, one product onto the base
     /// ([`vsdm_core::fastmath::matmul_bias_onto_f32`]: no separate passes for the addition and the scaling;
-    /// the rounding differs from the chain's); otherwise candle's addition and `affine` after
-    /// [`Dense::forward_outputs`], the value the chain has always computed.
+    /// the rounding differs from the chain's); otherwise candle's addition and `affine` after the layer's
+    /// outputs ([`Dense::forward_outputs`]), the value the chain has always computed.
     pub fn forward_onto(
         &self,
         x: &Tensor,
         base: &Tensor,
         scale: f64,
-        (start, len): (usize, usize),
+        part: (usize, usize),
     ) -> Result<Tensor> {
-        let w = self.0.weight().narrow(0, start, len)?;
-        let b = self
-            .0
-            .bias()
-            .ok_or_else(|| candle_core::Error::Msg("dense layer without a bias".into()))?
-            .narrow(0, start, len)?;
-        let tracked = [x, base, &w, &b].iter().any(|t| t.track_op());
-        let dims = x.dims();
-        let last = dims[dims.len() - 1];
-        let rows = x.elem_count() / last.max(1);
-        let mut out = dims.to_vec();
-        let r = out.len();
-        out[r - 1] = len;
-        if tracked
-            || ![x, base, &w, &b].iter().all(|t| cpu_f32(t))
+        let Part {
+            w,
+            b,
+            rows,
+            last,
+            out,
+        } = self.part(x, part)?;
+        if [x, base, &w, &b]
+            .iter()
+            .any(|t| t.track_op() || !cpu_f32(t))
             || base.dims() != out.as_slice()
             || w.dim(1)? != last
         {
-            let y = (base + self.forward_outputs(x, start, len)?)?;
+            let y = (base + dense_op(&x.reshape((rows, last))?, &w, &b)?.reshape(out)?)?;
             return if scale == 1.0 {
                 Ok(y)
             } else {
@@ -109,7 +128,7 @@ impl Dense {
                     (w, (1, last)),
                     b,
                     (base, scale as f32),
-                    (rows, last, len),
+                    (rows, last, part.1),
                 )
             },
         )?;
@@ -1433,18 +1452,21 @@ impl SelfAttention {
 impl Module for SelfAttention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("attention").entered();
-        // [N, S, 3·C] → [N, S, C]
-        let y = attention_heads(&self.qkv.forward(x)?, self.heads)?;
-        self.out.forward(&y)
+        self.out.forward(&self.heads_of(x)?)
     }
 }
 
 impl SelfAttention {
+    /// The heads' outputs before the output projection: `[N, S, 3·C]` → `[N, S, C]`.
+    fn heads_of(&self, x: &Tensor) -> Result<Tensor> {
+        attention_heads(&self.qkv.forward(x)?, self.heads)
+    }
+
     /// `base` + the attention of `x`: the output projection added onto the residual stream in its product
     /// ([`Dense::forward_onto`]).
     pub fn forward_onto(&self, x: &Tensor, base: &Tensor) -> Result<Tensor> {
         let _span = tracing::trace_span!("attention").entered();
-        let y = attention_heads(&self.qkv.forward(x)?, self.heads)?;
+        let y = self.heads_of(x)?;
         self.out
             .forward_onto(&y, base, 1.0, (0, self.out.outputs()))
     }
