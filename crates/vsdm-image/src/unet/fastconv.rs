@@ -117,8 +117,7 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
         candle_core::bail!("conv2d backward: padding {p} must be below the kernel size {kh}");
     }
     if own_patches(x) {
-        let dx = im2col::conv2d_input_grad(dy, w, p)?;
-        return Ok((dx, im2col::conv2d_weight_grad(x, dy, kh, p)?));
+        return im2col::conv2d_gradients(x, w, dy, p);
     }
     let dx = dy.conv2d(&im2col::flipped(w)?, kh - 1 - p, 1, 1, 1)?;
     let dw = x

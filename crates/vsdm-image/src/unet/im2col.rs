@@ -344,18 +344,23 @@ fn shifted_forward<T: WithDType + GemmFloat>(xp: &[T], wm: &[T], g: Shifted, co:
 
 /// The weight gradient in the shifted-rows scheme, `[k·k·C, C_out]` (rows ordered as [`shifted_forward`]'s
 /// weight): for kernel row i, the transposed shifted view of the padded input times the output gradient over
-/// the padded width `dyp` `[B·oh·wp, C_out]` (zeros in the dropped columns), summed over the images by
-/// gemm's accumulation: B gemm calls per kernel row and run of rows.
+/// the padded width (`[oh·wp, C_out]` per image, zeros in the dropped columns: image bi's rows start at
+/// `dyp[base + bi·stride]`), summed over the images by gemm's accumulation: B gemm calls per kernel row and
+/// run of rows.
 fn shifted_weight_grad<T: WithDType + GemmFloat>(
     xp: &[T],
-    dyp: &[T],
+    (dyp, base, stride): (&[T], usize, usize),
     g: Shifted,
     co: usize,
 ) -> Vec<T> {
     let (ext, img, kc, wp) = (g.ext(), g.image(), g.k * g.c, g.wp());
     assert!(
-        g.b > 0 && xp.len() >= g.b * img + (g.k - 1) * g.c && dyp.len() == g.b * ext * co,
-        "shifted weight gradient: padded input of {} values or gradient of {} for {g:?}, {co} output channels",
+        g.b > 0
+            && xp.len() >= g.b * img + (g.k - 1) * g.c
+            && stride >= ext * co
+            && dyp.len() >= base + (g.b - 1) * stride + ext * co,
+        "shifted weight gradient: padded input of {} values or gradient of {} (from {base}, images {stride} \
+         apart) for {g:?}, {co} output channels",
         xp.len(),
         dyp.len()
     );
@@ -367,13 +372,85 @@ fn shifted_weight_grad<T: WithDType + GemmFloat>(
                 gemm_into(
                     dst,
                     (xp.as_ptr().add(bi * img + i * wp * g.c + j0), (1, g.c)),
-                    (dyp.as_ptr().add(bi * ext * co), (co, 1)),
+                    (dyp.as_ptr().add(base + bi * stride), (co, 1)),
                     (m, ext, co),
                     bi > 0,
                 )
             }
         })
     }
+}
+
+/// The weight `[co, c, k, k]` (for the input gradient, `[c, co, k, k]` with its kernel offsets reversed) as
+/// the shifted-rows products take it, `[k·k·c, co]`, rows ordered (kernel row, kernel column, input channel).
+fn weight_rows<T: WithDType>(y: &[T], (c, co, k): (usize, usize, usize), flip: bool) -> Vec<T> {
+    let kk = k * k;
+    let mut wm = vec![T::zero(); y.len()];
+    let mut row = |ij: usize, ch: usize, v: &[T]| {
+        wm[(ij * c + ch) * co..][..co].copy_from_slice(v);
+    };
+    if flip {
+        for ch in 0..c {
+            // This input channel's `[co, kk]` → `[kk, co]`.
+            let t = transposed((&y[ch * co * kk..], kk), (co, kk));
+            for (ij, v) in t.chunks(co).enumerate() {
+                row(kk - 1 - ij, ch, v);
+            }
+        }
+    } else {
+        // `[co, c·kk]` → `[c·kk, co]`, rows (channel, kernel offset).
+        let t = transposed((y, c * kk), (co, c * kk));
+        for (r, v) in t.chunks(co).enumerate() {
+            row(r % kk, r / kk, v);
+        }
+    }
+    wm
+}
+
+/// [`shifted_weight_grad`]'s `[k·k·c, co]` as a weight gradient `[co, c, k, k]`.
+fn weight_grad_layout<T: WithDType>(gm: &[T], (c, co, k): (usize, usize, usize)) -> Vec<T> {
+    // `[k·k·c, co]` → `[co, k·k·c]`, then each output channel's `[k·k, c]` → `[c, k·k]`.
+    let kk = k * k;
+    let t = transposed((gm, co), (kk * c, co));
+    let mut dw: Vec<T> = Vec::with_capacity(gm.len());
+    for (o, dst) in dw.spare_capacity_mut()[..gm.len()]
+        .chunks_mut(c * kk)
+        .enumerate()
+    {
+        transpose((&t[o * kk * c..], c), (dst, kk), (kk, c));
+    }
+    // SAFETY: each output channel's c·k·k values were written by its transposition.
+    unsafe { dw.set_len(gm.len()) };
+    dw
+}
+
+/// Both gradients of a "same" convolution (2p = k − 1) in the shifted-rows scheme from one channels-last
+/// copy of dy: padded by k − 1 − p = p for the input gradient's products, its rows are `W + 2p` positions
+/// wide, the padded input's width, so read from its p-th row and column on, each image's `oh` rows of
+/// `W + 2p` values are dy over the padded width with zeros in the dropped columns (a row's right padding and
+/// the next row's left), the weight gradient's operand — which [`ShiftedOp::WeightGrad`] would otherwise make
+/// as a second copy of dy. The same products on the same values as the two passes apart, so the same bits.
+/// x `[B, C, H, W]`, dy `[B, C_out, H, W]`, w `[C_out, C, k, k]`; returns (dx, dW).
+fn shifted_gradients<T: WithDType + GemmFloat>(
+    x: &[T],
+    dy: &[T],
+    w: &[T],
+    g: Shifted,
+    co: usize,
+) -> (Vec<T>, Vec<T>) {
+    let (k, p, c) = (g.k, g.p, g.c);
+    assert!(
+        2 * p + 1 == k,
+        "shared gradient copy: padding {p} with a {k}×{k} kernel"
+    );
+    // The input gradient: dy convolved with W's channels swapped and kernel flipped, padding k − 1 − p = p.
+    let gi = Shifted { c: co, ..g };
+    let dyp = gi.pad(dy);
+    let dx = shifted_forward(&dyp, &weight_rows(w, (co, c, k), true), gi, c);
+    let dx = channels_first_cropped(&dx, (g.b, c), (gi.oh(), gi.ow(), gi.wp()), None);
+    let base = (p * gi.wp() + p) * co;
+    let gm = shifted_weight_grad(&g.pad(x), (&dyp, base, gi.image()), g, co);
+    (dx, weight_grad_layout(&gm, (c, co, k)))
 }
 
 /// The shifted-rows scheme's three passes on CPU f32 or f64 tensors, no graph recorded ([`ShiftedOp::apply`]):
@@ -407,49 +484,15 @@ impl ShiftedOp {
         let (k, c) = (g.k, g.c);
         match self {
             Self::Conv { .. } | Self::InputGrad { .. } => {
-                // `[k·k·c, co]`, rows ordered (kernel row, kernel column, input channel): from W `[co, c, k, k]`
-                // for the value; for the input gradient from W `[c, co, k, k]` (its output channels are this
-                // convolution's input), kernel offsets reversed.
-                let kk = k * k;
-                let mut wm = vec![T::zero(); y.len()];
-                let mut row = |ij: usize, ch: usize, v: &[T]| {
-                    wm[(ij * c + ch) * co..][..co].copy_from_slice(v);
-                };
-                if matches!(self, Self::InputGrad { .. }) {
-                    for ch in 0..c {
-                        // This input channel's `[co, kk]` → `[kk, co]`.
-                        let t = transposed((&y[ch * co * kk..], kk), (co, kk));
-                        for (ij, v) in t.chunks(co).enumerate() {
-                            row(kk - 1 - ij, ch, v);
-                        }
-                    }
-                } else {
-                    // `[co, c·kk]` → `[c·kk, co]`, rows (channel, kernel offset).
-                    let t = transposed((y, c * kk), (co, c * kk));
-                    for (r, v) in t.chunks(co).enumerate() {
-                        row(r % kk, r / kk, v);
-                    }
-                }
-                let out = shifted_forward(&g.pad(x), &wm, g, co);
+                let flip = matches!(self, Self::InputGrad { .. });
+                let out = shifted_forward(&g.pad(x), &weight_rows(y, (c, co, k), flip), g, co);
                 channels_first_cropped(&out, (g.b, co), (g.oh(), g.ow(), g.wp()), epi)
             }
             Self::WeightGrad { .. } => {
                 let (oh, ow, wp) = (g.oh(), g.ow(), g.wp());
                 let dyp = channels_last_padded(y, (g.b, co, oh, ow), (0, 0), (0, wp - ow), 0);
-                let gm = shifted_weight_grad(&g.pad(x), &dyp, g, co);
-                // `[k·k·c, co]` → `[co, k·k·c]`, then each output channel's `[k·k, c]` → `[c, k·k]`.
-                let kk = k * k;
-                let t = transposed((&gm, co), (kk * c, co));
-                let mut dw: Vec<T> = Vec::with_capacity(gm.len());
-                for (o, dst) in dw.spare_capacity_mut()[..gm.len()]
-                    .chunks_mut(c * kk)
-                    .enumerate()
-                {
-                    transpose((&t[o * kk * c..], c), (dst, kk), (kk, c));
-                }
-                // SAFETY: each output channel's c·k·k values were written by its transposition.
-                unsafe { dw.set_len(gm.len()) };
-                dw
+                let gm = shifted_weight_grad(&g.pad(x), (&dyp, 0, g.ext() * co), g, co);
+                weight_grad_layout(&gm, (c, co, k))
             }
         }
     }
@@ -857,6 +900,64 @@ pub fn conv2d_weight_grad(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result
     weight_grad_patches(x, dy, k, p)
 }
 
+/// Both gradients of [`conv2d`]`(x, w, p)` for the output gradient `dy`: ([`conv2d_input_grad`],
+/// [`conv2d_weight_grad`]). A "same" convolution (2p = k − 1, the U-Net's 3×3 and 1×1 layers) in the
+/// shifted-rows scheme takes one channels-last copy of dy for both (`shifted_gradients`) instead of one
+/// each, with the same bits; otherwise the two passes apart.
+pub fn conv2d_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tensor, Tensor)> {
+    let same = match (x.dims4(), dy.dims4(), w.dims4()) {
+        (Ok((b, c, h, wd)), Ok((db, co, dh, dw)), Ok((wo, wi, k, kw))) => {
+            let fits = (db, dh, dw, wo, wi, kw) == (b, h, wd, co, c, k);
+            let types = dy.dtype() == x.dtype() && w.dtype() == x.dtype();
+            let some = b * c * h * wd * co > 0;
+            (fits && types && some && 2 * p + 1 == k && shifted_rows(x))
+                .then_some((b, c, h, wd, co, k))
+        }
+        _ => None,
+    };
+    let Some((b, c, h, wd, co, k)) = same else {
+        let k = w.dim(2)?;
+        let dx = conv2d_input_grad(dy, w, p)?;
+        return Ok((dx, conv2d_weight_grad(x, dy, k, p)?));
+    };
+    let g = Shifted {
+        b,
+        c,
+        h,
+        w: wd,
+        k,
+        p,
+    };
+    let (x, dy, w) = (x.contiguous()?, dy.contiguous()?, w.contiguous()?);
+    let dev = x.device().clone();
+    macro_rules! both {
+        ($t:ty) => {{
+            let name = "shifted-gradients";
+            let ((xs, xl), (ds, dl), (ws, wl)) = (
+                x.storage_and_layout(),
+                dy.storage_and_layout(),
+                w.storage_and_layout(),
+            );
+            let (dx, dw) = shifted_gradients::<$t>(
+                cpu_values(&xs, xl, name)?,
+                cpu_values(&ds, dl, name)?,
+                cpu_values(&ws, wl, name)?,
+                g,
+                co,
+            );
+            (
+                Tensor::from_vec(dx, (b, c, h, wd), &dev)?,
+                Tensor::from_vec(dw, (co, c, k, k), &dev)?,
+            )
+        }};
+    }
+    Ok(match x.dtype() {
+        DType::F32 => both!(f32),
+        DType::F64 => both!(f64),
+        dt => candle_core::bail!("shifted-gradients: f32 or f64 inputs only, got {dt:?}"),
+    })
+}
+
 /// [`conv2d_weight_grad`] through channel-major patch matrices (arguments checked by the caller).
 fn weight_grad_patches(x: &Tensor, dy: &Tensor, k: usize, p: usize) -> Result<Tensor> {
     let (b, co, oh, ow) = dy.dims4()?;
@@ -964,8 +1065,31 @@ mod tests {
                     // The input gradient against candle's transposed convolution.
                     let d0 = dy.conv_transpose2d(&wt, p, 0, 1, 1).unwrap();
                     let flipped = flipped(&wt).unwrap();
+                    // Both gradients at once ("same" convolutions share dy's channels-last copy): the
+                    // same bits as the two passes apart.
+                    let (dx, dw) = conv2d_gradients(&x, &wt, &dy, p).unwrap();
+                    let apart = conv2d_weight_grad(&x, &dy, k, p).unwrap();
+                    for (a, b, what) in [(&dx, &d0, "input"), (&dw, &g0, "weight")] {
+                        assert!(
+                            rel(a, b) < 1e-5,
+                            "{case}: shared {what} gradient {}",
+                            rel(a, b)
+                        );
+                    }
+                    let bits = |t: &Tensor| {
+                        t.flatten_all()
+                            .unwrap()
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .to_vec1::<f64>()
+                            .unwrap()
+                    };
+                    assert_eq!(bits(&dw), bits(&apart), "{case}: shared weight gradient");
+                    let dx_apart = conv2d_input_grad(&dy, &wt, p).unwrap();
+                    assert_eq!(bits(&dx), bits(&dx_apart), "{case}: shared input gradient");
                     for d1 in [
-                        conv2d_input_grad(&dy, &wt, p).unwrap(),
+                        dx,
+                        dx_apart,
                         conv2d_patches(&dy, &flipped, k - 1 - p).unwrap(),
                     ] {
                         assert_eq!(d0.dims(), d1.dims(), "{case}");
