@@ -111,6 +111,12 @@ fn softmax(c: &mut Criterion) {
     g.bench_function("fastmath::softmax_rows in place", |b| {
         b.iter(|| vsdm_core::fastmath::softmax_rows(fast, &mut rows, 370, 0.25))
     });
+    // Unnormalised, with each row's inverse sum (the time-series attention when its probabilities are not
+    // kept).
+    let mut inv = vec![0f32; 64];
+    g.bench_function("fastmath::exp_rows in place", |b| {
+        b.iter(|| vsdm_core::fastmath::exp_rows(fast, &mut rows, 370, 0.25, &mut inv))
+    });
     g.finish();
 }
 

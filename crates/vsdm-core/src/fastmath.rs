@@ -159,21 +159,26 @@ macro_rules! simd_fn {
 }
 
 /// softmax(scale · x) of one row in place, its maximum and sum reduced in `L` lanes (the loop over
-/// [`exp_f32`] vectorises `L` wide).
+/// [`exp_f32`] vectorises `L` wide); without `NORM` the exponentials are left unnormalised. Returns the
+/// inverse of their sum.
 #[inline(always)]
-fn softmax_row<const L: usize>(x: &mut [f32], scale: f32) {
+fn softmax_row<const L: usize, const NORM: bool>(x: &mut [f32], scale: f32) -> f32 {
+    // The larger of two by a plain comparison, one `maxps`: `f32::max`'s rule for a NaN (return the other)
+    // costs a compare and a blend per vector, and the running maximum is never NaN here either way (it
+    // starts at −∞ and only takes a value greater than itself), so the maximum is the same.
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
     let mut lanes = [f32::NEG_INFINITY; L];
     let xl = x.chunks_exact(L);
     let mut max = xl
         .remainder()
         .iter()
-        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        .fold(f32::NEG_INFINITY, |m, v| larger(m, *v));
     for c in xl {
         for l in 0..L {
-            lanes[l] = lanes[l].max(c[l]);
+            lanes[l] = larger(lanes[l], c[l]);
         }
     }
-    max = lanes.iter().fold(max, |m, v| m.max(*v));
+    max = lanes.iter().fold(max, |m, v| larger(m, *v));
     let shift = scale * max;
     let mut lanes = [0f32; L];
     let mut xl = x.chunks_exact_mut(L);
@@ -191,9 +196,12 @@ fn softmax_row<const L: usize>(x: &mut [f32], scale: f32) {
         *v = e;
     }
     let inv = 1.0 / lanes.iter().fold(sum, |s, v| s + v);
-    for v in x.iter_mut() {
-        *v *= inv;
+    if NORM {
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
     }
+    inv
 }
 
 crate::simd_fn! {
@@ -205,10 +213,33 @@ crate::simd_fn! {
     pub fn softmax_rows(rows: &mut [f32], n: usize, scale: f32) {
         for x in rows.chunks_mut(n) {
             if n >= 32 {
-                softmax_row::<16>(x, scale)
+                softmax_row::<16, true>(x, scale);
             } else {
-                softmax_row::<8>(x, scale)
+                softmax_row::<8, true>(x, scale);
             }
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// [`softmax_rows`] without its last pass: each row of `n` in `rows` becomes exp(scale (x − max)), and
+    /// `inv` (one per row) the inverse of its sum, for a caller that applies it to something smaller than
+    /// the row — the attention's output row (`dv` values) instead of its probabilities (`n`), where the
+    /// probabilities are not kept. The normalising pass was a fifth of the softmax's time at 96–370 columns
+    /// (docs/benchmarks/timeseries.md, "The softmax's maximum in one instruction").
+    pub fn exp_rows(rows: &mut [f32], n: usize, scale: f32, inv: &mut [f32]) {
+        assert!(
+            n > 0 && rows.len().is_multiple_of(n) && inv.len() == rows.len() / n,
+            "exp_rows: {} values in rows of {n}, {} inverse sums",
+            rows.len(),
+            inv.len()
+        );
+        for (x, i) in rows.chunks_mut(n).zip(inv) {
+            *i = if n >= 32 {
+                softmax_row::<16, false>(x, scale)
+            } else {
+                softmax_row::<8, false>(x, scale)
+            };
         }
     }
 }
@@ -1380,7 +1411,8 @@ mod tests {
 
     /// The CPU softmax (in place, plain and vector builds: AVX-512 where the CPU has it, else AVX2) equals
     /// candle's on rows of every length 1..=70 (both lane widths and all their remainders), with scales and
-    /// offsets that put the exponents far from 0, to 1e-6 relative.
+    /// offsets that put the exponents far from 0, to 1e-6 relative; so do [`exp_rows`]' exponentials times their
+    /// inverse sums.
     #[test]
     fn softmax_rows_match_candles() {
         let dev = candle_core::Device::Cpu;
@@ -1393,9 +1425,23 @@ mod tests {
                     .affine(4.0, offset)
                     .unwrap();
                 let want = candle_nn::ops::softmax_last_dim(&(&x * scale).unwrap()).unwrap();
-                for fast in [false, avx2()] {
+                for (fast, unnormalised) in [
+                    (false, false),
+                    (avx2(), false),
+                    (false, true),
+                    (avx2(), true),
+                ] {
                     let mut rows = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    softmax_rows(fast, &mut rows, n, scale as f32);
+                    if unnormalised {
+                        // exp_rows and its inverse sums, applied here.
+                        let mut inv = vec![0f32; 15];
+                        exp_rows(fast, &mut rows, n, scale as f32, &mut inv);
+                        for (r, f) in rows.chunks_mut(n).zip(&inv) {
+                            r.iter_mut().for_each(|v| *v *= f);
+                        }
+                    } else {
+                        softmax_rows(fast, &mut rows, n, scale as f32);
+                    }
                     let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                     let r = rows
                         .iter()
@@ -1405,7 +1451,7 @@ mod tests {
                         / want.iter().fold(0f32, |m, v| m.max(v.abs()));
                     assert!(
                         r < 1e-6,
-                        "n {n} scale {scale} offset {offset} avx2 {fast}: {r}"
+                        "n {n} scale {scale} offset {offset} avx2 {fast} unnormalised {unnormalised}: {r}"
                     );
                 }
             }

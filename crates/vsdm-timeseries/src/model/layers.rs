@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use vsdm_core::fastmath::{
-    avx2, gemm_rows, gram_and_sums_f32, lane_sum, matmul as mm, matmul_bias, par_rows,
+    avx2, exp_rows, gemm_rows, gram_and_sums_f32, lane_sum, matmul as mm, matmul_bias, par_rows,
     par_rows_mut, softmax_rows, sum_middle_f32, sum_parts, with_cpu_f32, Shared,
 };
 
@@ -668,7 +668,8 @@ impl Rows {
 /// block's rows of y by a second call, so that the scores are written once and read back from cache, where
 /// the chain of ops (batched product, softmax, batched product) makes three passes over a map of
 /// `[n, sq, sk]` through memory. Blocks are written into P when it is kept, else into a scratch buffer of one
-/// block per task. Runs of rows go to candle's worker pool ([`par_rows_mut`]).
+/// block per task, unnormalised ([`exp_rows`]): each row of y is then divided by its row's sum instead,
+/// `dv` values where the probabilities had `sk` (the same value up to rounding, within an ulp or two). Runs of rows go to candle's worker pool ([`par_rows_mut`]).
 ///
 /// # Panics
 /// When a matrix does not lie within its buffer.
@@ -705,9 +706,10 @@ fn attention_rows(
     let mut units = vec![(); rows];
     par_rows_mut((&mut units, 1), (p, pw), rows, |r0, u, pr| {
         let len = u.len();
-        let mut scratch = Vec::new();
+        let (mut scratch, mut inv) = (Vec::new(), Vec::new());
         if !keep {
             scratch.resize(block.min(len) * sk, 0f32);
+            inv.resize(block.min(len), 0f32);
         }
         let mut r = 0;
         while r < len {
@@ -723,7 +725,8 @@ fn attention_rows(
             };
             // SAFETY: rows a..a + m of item i of q and y, and all of item i of k (as kᵀ: row stride 1, column
             // stride its row) and of v lie within their buffers (asserted above); this task alone writes
-            // those rows of y (rows go to one task each), and `s` holds m · sk values.
+            // those rows of y (rows go to one task each), which the gemm call has written before they are
+            // rescaled, and `s` holds m · sk values.
             unsafe {
                 gemm_rows(
                     s.as_mut_ptr(),
@@ -734,7 +737,11 @@ fn attention_rows(
                     1.0,
                     false,
                 );
-                softmax_rows(fast, s, sk, scale);
+                if keep {
+                    softmax_rows(fast, s, sk, scale);
+                } else {
+                    exp_rows(fast, s, sk, scale, &mut inv[..m]);
+                }
                 gemm_rows(
                     yp.at(ly.at(i) + a * ly.row),
                     ly.row,
@@ -744,6 +751,16 @@ fn attention_rows(
                     1.0,
                     false,
                 );
+                if !keep {
+                    // Unkept probabilities stay unnormalised: each output row takes its row's 1/Σ instead.
+                    for (j, f) in inv[..m].iter().enumerate() {
+                        let row =
+                            std::slice::from_raw_parts_mut(yp.at(ly.at(i) + (a + j) * ly.row), dv);
+                        for e in row {
+                            *e *= f;
+                        }
+                    }
+                }
             }
             r += m;
         }
