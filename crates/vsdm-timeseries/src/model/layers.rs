@@ -344,6 +344,9 @@ pub fn layer_norm_chain(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> R
 /// The backward of [`layer_norm`].
 struct LayerNormBackward {
     eps: f64,
+    /// (μ, r) of each row as the forward's CPU f32 kernel computed them (`layer_norm_f32`), so that the
+    /// backward need not compute them again: the same values, and two of its four passes over each row.
+    stats: Option<Vec<f32>>,
 }
 
 impl vsdm_core::carried::Backward for LayerNormBackward {
@@ -361,9 +364,14 @@ impl vsdm_core::carried::Backward for LayerNormBackward {
         let shape = x.shape().clone();
         if cpu_f32(x) && cpu_f32(gain) && cpu_f32(dy) && rows > 0 && n > 0 {
             let (x, gain, dy) = (x.contiguous()?, gain.contiguous()?, dy.contiguous()?);
+            let eps = self.eps as f32;
             let (dx, dgain, dbias) =
                 with_cpu_f32("layer norm backward", [&x, &gain, &dy], |[x, g, dy]| {
-                    layer_norm_backward_f32([x, g, dy], (rows, n), self.eps as f32, RUN_ROWS)
+                    let stats = match &self.stats {
+                        Some(s) if s.len() == 2 * rows => std::borrow::Cow::Borrowed(&s[..]),
+                        _ => std::borrow::Cow::Owned(layer_norm_stats_f32(x, (rows, n), eps)),
+                    };
+                    layer_norm_backward_f32([x, g, dy], &stats, (rows, n), RUN_ROWS)
                 })?;
             let dev = x.device();
             return Ok((
@@ -396,17 +404,16 @@ vsdm_core::simd_fn! {
         x: &[f32],
         gain: &[f32],
         dy: &[f32],
+        stats: &[f32],
         dx: &mut [std::mem::MaybeUninit<f32>],
         sums: &mut [f32],
         n: usize,
-        eps: f32,
     ) {
         let inv_n = 1.0 / n as f32;
         let (dgain, dbias) = sums.split_at_mut(n);
-        for ((x, dy), dx) in x.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
-            let mean = lane_sum(x, |v| v) * inv_n;
-            let var = lane_sum(x, |v| (v - mean) * (v - mean)) * inv_n;
-            let r = 1.0 / (var + eps).sqrt();
+        let rows = x.chunks_exact(n).zip(dy.chunks_exact(n)).zip(dx.chunks_exact_mut(n));
+        for (((x, dy), dx), st) in rows.zip(stats.chunks_exact(2)) {
+            let (mean, r) = (st[0], st[1]);
             // Σ γ dy and Σ γ dy x̂, in eight lanes each (as `lane_sum`).
             let (mut l1, mut l2) = ([0f32; 8], [0f32; 8]);
             let (xc, dc, gc) = (x.chunks_exact(8), dy.chunks_exact(8), gain.chunks_exact(8));
@@ -436,21 +443,28 @@ vsdm_core::simd_fn! {
     }
 }
 
-/// The layer norm's gradients dx `[rows, n]`, dγ and dβ `[n]` from x, γ and dy (row-major f32) in one pass per
-/// row on candle's worker pool, where the op chain makes about fifteen passes over `[rows, n]` tensors. The rows
-/// go in runs of `run_rows`, each accumulating its own partial dγ and dβ, which are added in the runs' order.
+/// The layer norm's gradients dx `[rows, n]`, dγ and dβ `[n]` from x, γ, dy (row-major f32) and each row's
+/// (μ, r) ([`layer_norm_stats_f32`], or as the forward kept them) in one pass per row on candle's worker
+/// pool, where the op chain makes about fifteen passes over `[rows, n]` tensors. The rows go in runs of
+/// `run_rows`, each accumulating its own partial dγ and dβ, which are added in the runs' order.
 fn layer_norm_backward_f32(
     [x, gain, dy]: [&[f32]; 3],
+    stats: &[f32],
     (rows, n): (usize, usize),
-    eps: f32,
     run_rows: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert!(
-        n > 0 && run_rows > 0 && x.len() == rows * n && dy.len() == rows * n && gain.len() == n,
-        "layer_norm_backward_f32: {rows} rows of {n}, slices of {}, {} and {}",
+        n > 0
+            && run_rows > 0
+            && x.len() == rows * n
+            && dy.len() == rows * n
+            && gain.len() == n
+            && stats.len() == 2 * rows,
+        "layer_norm_backward_f32: {rows} rows of {n}, slices of {}, {}, {} and {}",
         x.len(),
         dy.len(),
-        gain.len()
+        gain.len(),
+        stats.len()
     );
     let runs = rows.div_ceil(run_rows);
     let avx = avx2();
@@ -473,7 +487,8 @@ fn layer_norm_backward_f32(
                 let r0 = (run0 + i) * run_rows;
                 let nr = run_rows.min(rows - r0);
                 let (x, dy) = (&x[r0 * n..(r0 + nr) * n], &dy[r0 * n..(r0 + nr) * n]);
-                layer_norm_backward_run(avx, x, gain, dy, &mut dx[..nr * n], sums, n, eps);
+                let st = &stats[2 * r0..2 * (r0 + nr)];
+                layer_norm_backward_run(avx, x, gain, dy, st, &mut dx[..nr * n], sums, n);
             }
         },
     );
@@ -484,21 +499,35 @@ fn layer_norm_backward_f32(
     (dx, total, dbias)
 }
 
+/// (μ, r = 1/√(σ² + ε)) of one row, μ and σ² in two passes: the one computation of the forward's and the
+/// backward's statistics, so that kept and recomputed ones are the same values.
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let inv_n = 1.0 / x.len() as f32;
+    let mean = lane_sum(x, |v| v) * inv_n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) * inv_n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 vsdm_core::simd_fn! {
-    /// y = γ (x − μ)/√(σ² + ε) + β for the rows of one run (μ and σ² of each row in two passes).
+    /// y = γ (x − μ)/√(σ² + ε) + β for the rows of one run, and each row's (μ, r) into `stats` unless it is
+    /// empty.
     fn layer_norm_run(
         x: &[f32],
         gain: &[f32],
         bias: &[f32],
         y: &mut [std::mem::MaybeUninit<f32>],
+        stats: &mut [std::mem::MaybeUninit<f32>],
         n: usize,
         eps: f32,
     ) {
-        let inv_n = 1.0 / n as f32;
-        for (x, y) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-            let mean = lane_sum(x, |v| v) * inv_n;
-            let var = lane_sum(x, |v| (v - mean) * (v - mean)) * inv_n;
-            let r = 1.0 / (var + eps).sqrt();
+        let keep = !stats.is_empty();
+        for (i, (x, y)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)).enumerate() {
+            let (mean, r) = row_stats(x, eps);
+            if keep {
+                stats[2 * i].write(mean);
+                stats[2 * i + 1].write(r);
+            }
             for (((y, x), g), b) in y.iter_mut().zip(x).zip(gain).zip(bias) {
                 y.write((x - mean) * r * g + b);
             }
@@ -506,10 +535,35 @@ vsdm_core::simd_fn! {
     }
 }
 
+vsdm_core::simd_fn! {
+    /// Each row's (μ, r) into `stats`.
+    fn layer_norm_stats_run(x: &[f32], stats: &mut [std::mem::MaybeUninit<f32>], n: usize, eps: f32) {
+        for (x, st) in x.chunks_exact(n).zip(stats.chunks_exact_mut(2)) {
+            let (mean, r) = row_stats(x, eps);
+            st[0].write(mean);
+            st[1].write(r);
+        }
+    }
+}
+
+/// Each row's (μ, r) `[rows, 2]` of row-major f32 x `[rows, n]` (a backward whose forward kept none).
+fn layer_norm_stats_f32(x: &[f32], (rows, n): (usize, usize), eps: f32) -> Vec<f32> {
+    let avx = avx2();
+    par_rows((x, n), (&[], 0), 2, rows, |x, _, st| {
+        layer_norm_stats_run(avx, x, st, n, eps)
+    })
+}
+
 /// The layer norm's value `[rows, n]` from row-major f32 x, γ and β, on candle's worker pool ([`par_rows`]).
 /// (candle_nn's CPU kernel runs its rows on rayon's pool, whose threads then compete for the cores with
 /// candle's own spinning workers: 5% of an electricity-shaped sampling forward, `perf`.)
-fn layer_norm_f32([x, gain, bias]: [&[f32]; 3], (rows, n): (usize, usize), eps: f32) -> Vec<f32> {
+/// With `keep`, each row's (μ, r) too (`[rows, 2]`, for the backward).
+fn layer_norm_f32(
+    [x, gain, bias]: [&[f32]; 3],
+    (rows, n): (usize, usize),
+    eps: f32,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     assert!(
         n > 0 && x.len() == rows * n && gain.len() == n && bias.len() == n,
         "layer_norm_f32: {rows} rows of {n}, slices of {}, {} and {}",
@@ -518,9 +572,25 @@ fn layer_norm_f32([x, gain, bias]: [&[f32]; 3], (rows, n): (usize, usize), eps: 
         bias.len()
     );
     let avx = avx2();
-    par_rows((x, n), (&[], 0), n, rows, |x, _, y| {
-        layer_norm_run(avx, x, gain, bias, y, n, eps)
-    })
+    let w = if keep { 2 } else { 0 };
+    let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+    let mut stats: Vec<f32> = Vec::with_capacity(rows * w);
+    par_rows_mut(
+        (&mut y.spare_capacity_mut()[..rows * n], n),
+        (&mut stats.spare_capacity_mut()[..rows * w], w),
+        rows,
+        |r0, y, st| {
+            let m = y.len() / n;
+            layer_norm_run(avx, &x[r0 * n..(r0 + m) * n], gain, bias, y, st, n, eps)
+        },
+    );
+    // SAFETY: the runs cover all rows, and layer_norm_run wrote each row's n values (and 2 statistics when
+    // kept).
+    unsafe {
+        y.set_len(rows * n);
+        stats.set_len(rows * w);
+    }
+    (y, keep.then_some(stats))
 }
 
 /// Layer normalisation over the last dimension, y = γ (x − μ)/√(σ² + ε) + β, recorded as one op: the value
@@ -536,26 +606,32 @@ pub fn layer_norm(x: &Tensor, gain: &Tensor, bias: &Tensor, eps: f64) -> Result<
     // candle's kernel takes f32, f16 and bf16; f64 (the tests' exact reference) goes through the chain.
     // Contiguous once: the value's kernels and the backward both read it so.
     let x = &x.contiguous()?;
-    let value = |x: &Tensor, gain: &Tensor, bias: &Tensor| {
+    // The value, and each row's (μ, r) from the CPU kernel when `keep`.
+    let value = |x: &Tensor,
+                 gain: &Tensor,
+                 bias: &Tensor,
+                 keep: bool|
+     -> Result<(Tensor, Option<Vec<f32>>)> {
         let n = x.dim(D::Minus1)?;
         let rows = x.elem_count() / n.max(1);
         if cpu_f32(x) && cpu_f32(gain) && cpu_f32(bias) && rows > 0 && n > 0 {
             let (gain, bias) = (gain.contiguous()?, bias.contiguous()?);
-            let y = with_cpu_f32("layer norm", [x, &gain, &bias], |[x, g, b]| {
-                layer_norm_f32([x, g, b], (rows, n), eps as f32)
+            let (y, stats) = with_cpu_f32("layer norm", [x, &gain, &bias], |[x, g, b]| {
+                layer_norm_f32([x, g, b], (rows, n), eps as f32, keep)
             })?;
-            return Tensor::from_vec(y, x.shape(), x.device());
+            return Ok((Tensor::from_vec(y, x.shape(), x.device())?, stats));
         }
-        match x.dtype() {
+        let y = match x.dtype() {
             candle_core::DType::F64 => layer_norm_chain(x, gain, bias, eps),
             _ => candle_nn::ops::layer_norm(x, gain, bias, eps as f32),
-        }
+        }?;
+        Ok((y, None))
     };
     if !(x.track_op() || gain.track_op() || bias.track_op()) {
-        return value(x, gain, bias);
+        return Ok(value(x, gain, bias, false)?.0);
     }
-    let y = value(&x.detach(), &gain.detach(), &bias.detach())?;
-    vsdm_core::carried::apply(y, x, gain, bias, LayerNormBackward { eps })
+    let (y, stats) = value(&x.detach(), &gain.detach(), &bias.detach(), true)?;
+    vsdm_core::carried::apply(y, x, gain, bias, LayerNormBackward { eps, stats })
 }
 
 /// softmax(q kᵀ/√d) v for q, k, v `[…, S, d]` (any leading axes), candle's op chain with [`softmax_last`]: the
@@ -669,7 +745,8 @@ impl Rows {
 /// the chain of ops (batched product, softmax, batched product) makes three passes over a map of
 /// `[n, sq, sk]` through memory. Blocks are written into P when it is kept, else into a scratch buffer of one
 /// block per task, unnormalised ([`exp_rows`]): each row of y is then divided by its row's sum instead,
-/// `dv` values where the probabilities had `sk` (the same value up to rounding, within an ulp or two). Runs of rows go to candle's worker pool ([`par_rows_mut`]).
+/// `dv` values where the probabilities had `sk` (the same value up to rounding, within an ulp or two). Runs
+/// of rows go to candle's worker pool ([`par_rows_mut`]).
 ///
 /// # Panics
 /// When a matrix does not lie within its buffer.
@@ -1961,6 +2038,26 @@ mod tests {
                 let g1 = grads(&y1, probe_ln.as_tensor(), [&x, &gain, &bias]);
                 for (name, (a, b)) in ["x", "gain", "bias"].iter().zip(g1.iter().zip(&g0)) {
                     assert!(rel(a, b) < tol, "{case}: layer norm d{name} {}", rel(a, b));
+                }
+                // The backward with the statistics the forward kept (above) and with them recomputed: the
+                // same bits.
+                let again = vsdm_core::carried::Backward::backward(
+                    &LayerNormBackward { eps, stats: None },
+                    x.as_tensor(),
+                    gain.as_tensor(),
+                    bias.as_tensor(),
+                    probe_ln.as_tensor(),
+                )
+                .unwrap();
+                let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (name, (a, b)) in ["x", "gain", "bias"]
+                    .iter()
+                    .zip([again.0, again.1, again.2].iter().zip(&g1))
+                {
+                    if dt == DType::F32 {
+                        let a = a.as_ref().expect("a gradient");
+                        assert_eq!(bits(a), bits(b), "{case}: recomputed statistics, d{name}");
+                    }
                 }
                 let x2 = x.as_tensor().reshape((rows, n)).unwrap();
                 let y0 = x2
