@@ -1654,7 +1654,8 @@ mod tests {
     fn dense_onto_a_base_matches_the_chain() {
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let tracked = dense(12, 8, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(8), DType::F32, &dev);
+        let tracked = dense(12, 8, vb).unwrap();
         let plain = dense(
             12,
             8,
@@ -1897,7 +1898,8 @@ mod tests {
     fn dense_halves_match_the_whole_layer() {
         let dev = Device::Cpu;
         let vm = VarMap::new();
-        let layer = dense(6, 8, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(13), DType::F32, &dev);
+        let layer = dense(6, 8, vb).unwrap();
         let mut rng = NoiseRng::new(12);
         let x = Var::from_tensor(&rng.randn(&[2, 5, 6], &dev).unwrap()).unwrap();
         let probe = rng.randn(&[2, 5, 8], &dev).unwrap();

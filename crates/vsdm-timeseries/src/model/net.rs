@@ -396,13 +396,18 @@ mod tests {
 
     /// A conditioning batch broadcast from one window (the forecaster's `repeat_batch`, batch stride 0) gives
     /// the outputs and parameter gradients of its contiguous copy, where the side information runs once; and
-    /// with items that differ each item's output is that of the item alone.
+    /// with items that differ each item's output is that of the item alone. The two paths add the side
+    /// information in another order, so they agree to rounding: 1e-5 of the largest value, outputs and
+    /// gradients alike (with weights drawn afresh in every run, candle's unseeded initialisation, the outputs
+    /// differed by 0.1–1.1e-6 of it over six runs — too close to the 1e-6 this test once asked; the weights
+    /// are seeded now).
     #[test]
     fn shared_conditioning_matches_the_copied_batch() {
         let dev = Device::Cpu;
         let cfg = tiny(5, 1);
         let vm = VarMap::new();
-        let net = ForecastNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg).unwrap();
+        let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(17), DType::F32, &dev);
+        let net = ForecastNet::new(vb, cfg).unwrap();
         let mut rng = NoiseRng::new(5);
         let x = rng.randn(&[4, 1, 5, 2], &dev).unwrap();
         let t = Tensor::new(&[0.1f32, 0.4, 0.7, 1.0], &dev).unwrap();
@@ -420,7 +425,7 @@ mod tests {
         let (b, gb) = run(&copied);
         let scale = vsdm_core::compare::max_abs(&b).unwrap();
         let diff = vsdm_core::compare::max_abs_diff(&a, &b).unwrap();
-        assert!(diff <= 1e-6 * scale, "output: {diff} (scale {scale})");
+        assert!(diff <= 1e-5 * scale, "output: {diff} (scale {scale})");
         for (name, v) in vm.data().lock().unwrap().iter() {
             let (ga, gb) = (
                 ga.get(v.as_tensor()).unwrap(),
