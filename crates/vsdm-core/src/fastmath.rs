@@ -204,19 +204,25 @@ fn softmax_row<const L: usize, const NORM: bool>(x: &mut [f32], scale: f32) -> f
     inv
 }
 
+/// [`softmax_row`] on a row of a matrix with `n` columns: in sixteen lanes (one AVX-512 register), or eight
+/// for rows under 32, which would otherwise run mostly in the scalar remainder.
+#[inline(always)]
+fn softmax_row_of<const NORM: bool>(x: &mut [f32], n: usize, scale: f32) -> f32 {
+    if n >= 32 {
+        softmax_row::<16, NORM>(x, scale)
+    } else {
+        softmax_row::<8, NORM>(x, scale)
+    }
+}
+
 crate::simd_fn! {
     /// softmax(scale · row) of each row of `n` in `rows`, in place: the maximum, exp(scale (x − max)) with
     /// [`exp_f32`] (where candle's kernel calls the C library's scalar `expf` element by element), and the
-    /// division by their sum, each reduction in sixteen lanes (one AVX-512 register; eight for rows under 32,
-    /// which would otherwise run mostly in the scalar remainder). The attention softmax of the time-series
-    /// network and of the U-Net on the CPU.
+    /// division by their sum, each reduction in sixteen lanes (eight for rows under 32). The attention softmax
+    /// of the time-series network and of the U-Net on the CPU.
     pub fn softmax_rows(rows: &mut [f32], n: usize, scale: f32) {
         for x in rows.chunks_mut(n) {
-            if n >= 32 {
-                softmax_row::<16, true>(x, scale);
-            } else {
-                softmax_row::<8, true>(x, scale);
-            }
+            softmax_row_of::<true>(x, n, scale);
         }
     }
 }
@@ -235,11 +241,7 @@ crate::simd_fn! {
             inv.len()
         );
         for (x, i) in rows.chunks_mut(n).zip(inv) {
-            *i = if n >= 32 {
-                softmax_row::<16, false>(x, scale)
-            } else {
-                softmax_row::<8, false>(x, scale)
-            };
+            *i = softmax_row_of::<false>(x, n, scale);
         }
     }
 }

@@ -929,33 +929,47 @@ pub fn conv2d_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result
         p,
     };
     let (x, dy, w) = (x.contiguous()?, dy.contiguous()?, w.contiguous()?);
-    let dev = x.device().clone();
-    macro_rules! both {
-        ($t:ty) => {{
-            let name = "shifted-gradients";
-            let ((xs, xl), (ds, dl), (ws, wl)) = (
-                x.storage_and_layout(),
-                dy.storage_and_layout(),
-                w.storage_and_layout(),
-            );
-            let (dx, dw) = shifted_gradients::<$t>(
-                cpu_values(&xs, xl, name)?,
-                cpu_values(&ds, dl, name)?,
-                cpu_values(&ws, wl, name)?,
-                g,
-                co,
-            );
+    let (dx, dw) = match x.dtype() {
+        DType::F32 => {
+            let (dx, dw) = gradient_values::<f32>(&x, &dy, &w, g, co)?;
             (
-                Tensor::from_vec(dx, (b, c, h, wd), &dev)?,
-                Tensor::from_vec(dw, (co, c, k, k), &dev)?,
+                Tensor::from_vec(dx, x.shape(), x.device())?,
+                Tensor::from_vec(dw, w.shape(), w.device())?,
             )
-        }};
-    }
-    Ok(match x.dtype() {
-        DType::F32 => both!(f32),
-        DType::F64 => both!(f64),
+        }
+        DType::F64 => {
+            let (dx, dw) = gradient_values::<f64>(&x, &dy, &w, g, co)?;
+            (
+                Tensor::from_vec(dx, x.shape(), x.device())?,
+                Tensor::from_vec(dw, w.shape(), w.device())?,
+            )
+        }
         dt => candle_core::bail!("shifted-gradients: f32 or f64 inputs only, got {dt:?}"),
-    })
+    };
+    Ok((dx, dw))
+}
+
+/// [`shifted_gradients`] on the contiguous CPU tensors' values, read in place (as [`ShiftedOp::values`]).
+fn gradient_values<T: WithDType + GemmFloat>(
+    x: &Tensor,
+    dy: &Tensor,
+    w: &Tensor,
+    g: Shifted,
+    co: usize,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let slice = |s, l| cpu_values::<T>(s, l, "shifted-gradients");
+    let ((xs, xl), (ds, dl), (ws, wl)) = (
+        x.storage_and_layout(),
+        dy.storage_and_layout(),
+        w.storage_and_layout(),
+    );
+    Ok(shifted_gradients(
+        slice(&xs, xl)?,
+        slice(&ds, dl)?,
+        slice(&ws, wl)?,
+        g,
+        co,
+    ))
 }
 
 /// [`conv2d_weight_grad`] through channel-major patch matrices (arguments checked by the caller).

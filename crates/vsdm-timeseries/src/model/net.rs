@@ -263,21 +263,26 @@ impl ScoreModel for ForecastNet {
             .permute((0, 2, 3, 1))?
             .contiguous()?
             .reshape((b, d, n, p * (1 + k)))?; // [B, D, N, p·(1+k)]
-                                               // The samples of one forecast share their window's context and time features: `repeat_batch` hands
-                                               // them over as one item broadcast along the batch (stride 0), and the side information and each
-                                               // block's projection of it are then computed for that item alone and added to every sample (the
-                                               // same values: each row of those layers depends on its own item only).
+
+        // The samples of one forecast share their window's context and time features: `repeat_batch` hands
+        // them over as one item broadcast along the batch (stride 0), and the side information and each
+        // block's projection of it are then computed for that item alone and added to every sample (the same
+        // values: each row of those layers depends on its own item only). Otherwise (training batches) the
+        // side information is per item, of the activations' shape, and added by candle's addition.
         let shared = b > 1 && cond.stride()[0] == 0;
         let side = if shared {
             self.side_info(&cond.narrow(0, 0, 1)?)? // [1, D, N, h]
         } else {
             self.side_info(cond)? // [B, D, N, h]
         };
-        let mut x = if shared {
-            add_broadcast(&self.input.forward(&grid)?, &side)?
-        } else {
-            self.input.forward(&grid)?.broadcast_add(&side)?
+        let add_side = |a: &Tensor, s: &Tensor| {
+            if shared {
+                add_broadcast(a, s)
+            } else {
+                a + s
+            }
         };
+        let mut x = add_side(&self.input.forward(&grid)?, &side)?;
         // Diffusion time: sinusoidal features of 1000 t through a two-layer SiLU MLP.
         let temb = sinusoidal(&(t * 1000.0)?, TIME_DIM)?;
         let temb = silu(&self.t2.forward(&silu(&self.t1.forward(&temb)?)?)?)?;
@@ -299,11 +304,7 @@ impl ScoreModel for ForecastNet {
                 }
                 None => y,
             };
-            let y = if shared {
-                add_broadcast(&blk.mid.forward(&y)?, &blk.side.forward(&side)?)?
-            } else {
-                (blk.mid.forward(&y)? + blk.side.forward(&side)?)?
-            };
+            let y = add_side(&blk.mid.forward(&y)?, &blk.side.forward(&side)?)?;
             let gated = gate(&y)?;
             // The residual and skip halves of the output layer, each contiguous, (x + res) / √2 and the skip
             // sum each added in the half's product (`Dense::forward_onto`).
