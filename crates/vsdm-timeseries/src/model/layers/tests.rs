@@ -1,0 +1,514 @@
+//! The layers against candle's op chains, closed forms and f64 sums.
+
+use super::attention::{attention_in_chunks, attention_parts};
+use super::norm::LayerNormBackward;
+use super::*;
+use candle_core::{DType, Device, Var};
+use candle_nn::VarMap;
+use vsdm_core::NoiseRng;
+
+/// ‖a − b‖∞ / ‖b‖∞ (‖a − b‖∞ where b = 0: one key makes the softmax constant, the gradients of q and k
+/// zero).
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let n = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let f = |t: Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let n = f(n);
+    f(d) / if n > 0.0 { n } else { 1.0 }
+}
+
+/// `Dense::forward_onto` without a graph (one product onto the base) equals candle's chain
+/// scale · (base + layer output) to rounding, for the whole layer and for each half, scale 1 and 1/√2, a
+/// rank-4 input, 1 and 700 rows; with tracked weights it is the chain itself (the same bits) and records
+/// the gradients.
+#[test]
+fn dense_onto_a_base_matches_the_chain() {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(8), DType::F32, &dev);
+    let tracked = dense(12, 8, vb).unwrap();
+    let plain = dense(
+        12,
+        8,
+        vsdm_core::init::untracked_var_builder(&vm, DType::F32, &dev),
+    )
+    .unwrap();
+    let mut rng = NoiseRng::new(9);
+    for lead in [vec![1usize], vec![7, 4, 25]] {
+        let mut xd = lead.clone();
+        xd.push(12);
+        let x = rng.randn(&xd, &dev).unwrap();
+        for (start, len) in [(0, 8), (0, 4), (4, 4)] {
+            let mut bd = lead.clone();
+            bd.push(len);
+            let base = rng.randn(&bd, &dev).unwrap();
+            for scale in [1.0, 1.0 / std::f64::consts::SQRT_2] {
+                let chain = (&base + tracked.forward_outputs(&x, start, len).unwrap())
+                    .unwrap()
+                    .affine(scale, 0.0)
+                    .unwrap();
+                let fast = plain.forward_onto(&x, &base, scale, (start, len)).unwrap();
+                assert!(!fast.track_op());
+                let e = rel(&fast, &chain);
+                assert!(e < 1e-6, "{lead:?} ({start}, {len}) scale {scale}: {e}");
+                let slow = tracked
+                    .forward_onto(&x, &base, scale, (start, len))
+                    .unwrap();
+                assert!(slow.track_op());
+                assert_eq!(rel(&slow, &chain), 0.0);
+            }
+        }
+    }
+}
+
+/// The fused op equals candle's chain in value and in the gradients of q, k and v (f32 ≤ 1e-5, f64 ≤ 1e-12
+/// relative), for 3-D and 4-D inputs, one and several keys, and scores large enough that the softmax
+/// saturates; the gradients are of ⟨y, probe⟩ for a random probe, with the output reached through a
+/// transpose (a strided gradient) as in [`SelfAttention`], in one piece and in chunks of the leading axes;
+/// without tracked inputs it records nothing.
+#[test]
+fn attention_matches_candles_chain_and_its_gradients() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(3);
+    for (shape, gain) in [
+        (vec![2usize, 3, 5, 4], 1.0f64),
+        (vec![3, 7, 6], 1.0),
+        (vec![2, 2, 1, 3], 1.0),
+        (vec![1, 2, 9, 4], 8.0),
+        // Scores of 135,000 elements: the CPU softmax backward runs in several parallel tasks.
+        (vec![2, 3, 150, 4], 1.0),
+    ] {
+        for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+            let draw = |rng: &mut NoiseRng| {
+                let t = (rng.randn(&shape, &dev).unwrap() * gain).unwrap();
+                Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap()
+            };
+            let (q, k, v) = (draw(&mut rng), draw(&mut rng), draw(&mut rng));
+            let r = shape.len();
+            let probe = rng
+                .randn(&shape, &dev)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap()
+                .transpose(r - 3, r - 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let case = format!("{shape:?} ×{gain} {dt:?}");
+            let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| {
+                let y = f(q.as_tensor(), k.as_tensor(), v.as_tensor()).unwrap();
+                let loss = (y.transpose(r - 3, r - 2).unwrap() * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let g = loss.backward().unwrap();
+                let grads: Vec<Tensor> = [&q, &k, &v]
+                    .iter()
+                    .map(|x| g.get(x.as_tensor()).unwrap().clone())
+                    .collect();
+                (y, grads)
+            };
+            let (y0, g0) = run(&attention_chain);
+            let s = shape[r - 2];
+            let row = s * s * dt.size_in_bytes();
+            // One piece, and chunks of one row, of two rows (an uneven last chunk where the leading axes
+            // hold an odd count) and of a byte budget smaller than one row (still one row).
+            for bytes in [usize::MAX, row, 2 * row, row / 2] {
+                let (y1, g1) = run(&|q, k, v| attention_in_chunks(q, k, v, bytes));
+                let case = format!("{case} chunks of {bytes} bytes");
+                assert!(rel(&y1, &y0) < tol, "{case}: value {}", rel(&y1, &y0));
+                for (name, (a, b)) in ["q", "k", "v"].iter().zip(g1.iter().zip(&g0)) {
+                    assert!(rel(a, b) < tol, "{case}: gradient of {name} {}", rel(a, b));
+                }
+            }
+            let plain = attention(
+                &q.as_tensor().detach(),
+                &k.as_tensor().detach(),
+                &v.as_tensor().detach(),
+            )
+            .unwrap();
+            assert!(
+                !plain.track_op() && rel(&plain, &y0) < tol,
+                "{case}: detached"
+            );
+        }
+    }
+}
+
+/// The packed attention on a permuted view of a projection's output, and [`attention_heads`] (what
+/// [`SelfAttention`] calls) on the output itself, equal candle's op chain on q, k and v taken apart with
+/// `get`, in value and in the gradient of the projection (f32 ≤ 1e-5, f64 ≤ 1e-12 relative), in one chunk
+/// and in several; detached they record nothing; a first axis other than 3, or channels that do not split
+/// into the heads, is an error naming the shape. (Fails when the heads' backward misplaces its second
+/// chunk of items, or reads every head's columns at the first's — both checked.)
+#[test]
+fn packed_and_head_attention_match_the_chain_on_a_projection_view() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(5);
+    // (N, S, heads, dh): the last two's scores (2 × 3 × 150², 40 × 3 × 150²) exceed one CPU chunk, and
+    // their query rows make two blocks per item.
+    for (n, s, heads, dh) in [
+        (2usize, 5usize, 2usize, 3usize),
+        (3, 1, 1, 4),
+        (2, 150, 3, 4),
+        (40, 150, 3, 2),
+    ] {
+        for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+            let h = Var::from_tensor(
+                &rng.randn(&[n, s, 3 * heads * dh], &dev)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap(),
+            )
+            .unwrap();
+            let probe = rng
+                .randn(&[n, heads, s, dh], &dev)
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap();
+            let case = format!("N {n} S {s} heads {heads} dh {dh} {dt:?}");
+            let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+                let qkv = h
+                    .as_tensor()
+                    .reshape((n, s, 3, heads, dh))
+                    .unwrap()
+                    .permute((2, 0, 3, 1, 4))
+                    .unwrap();
+                let y = f(&qkv).unwrap();
+                let g = (&y * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                (y, g.get(h.as_tensor()).unwrap().clone())
+            };
+            let (y0, g0) = run(&|qkv| {
+                let part = |i: usize| qkv.get(i).unwrap().contiguous().unwrap();
+                attention_chain(&part(0), &part(1), &part(2))
+            });
+            let (y1, g1) = run(&attention_packed);
+            assert!(rel(&y1, &y0) < tol, "{case}: value {}", rel(&y1, &y0));
+            assert!(rel(&g1, &g0) < tol, "{case}: gradient {}", rel(&g1, &g0));
+            // attention_heads on the unpermuted [N, S, 3·C] (in place on the CPU in f32): its output is
+            // y0 with the heads side by side, the same loss with the probe laid out alike, so the same
+            // gradient.
+            let c = heads * dh;
+            let y2 = attention_heads(h.as_tensor(), heads).unwrap();
+            let side = |t: &Tensor| t.transpose(1, 2).unwrap().reshape((n, s, c)).unwrap();
+            let g = (&y2 * side(&probe))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = g.get(h.as_tensor()).unwrap();
+            assert!(rel(&y2, &side(&y0)) < tol, "{case}: heads value");
+            assert!(
+                rel(g2, &g0) < tol,
+                "{case}: heads gradient {}",
+                rel(g2, &g0)
+            );
+            let plain = attention_heads(&h.as_tensor().detach(), heads).unwrap();
+            assert!(
+                !plain.track_op() && rel(&plain, &side(&y0)) < tol,
+                "{case}: heads detached"
+            );
+            let detached = h
+                .as_tensor()
+                .detach()
+                .reshape((n, s, 3, heads, dh))
+                .unwrap();
+            let plain = attention_packed(&detached.permute((2, 0, 3, 1, 4)).unwrap()).unwrap();
+            assert!(
+                !plain.track_op() && rel(&plain, &y0) < tol,
+                "{case}: detached"
+            );
+        }
+    }
+    let wrong = Tensor::zeros((2, 4, 5, 3), DType::F32, &dev).unwrap();
+    let e = attention_packed(&wrong).unwrap_err().to_string();
+    assert!(e.contains("[2, 4, 5, 3]"), "{e}");
+    let wrong = Tensor::zeros((2, 4, 10), DType::F32, &dev).unwrap();
+    let e = attention_heads(&wrong, 3).unwrap_err().to_string();
+    assert!(e.contains("10 channels") && e.contains("3 heads"), "{e}");
+}
+
+/// The fused CPU kernel against candle's chain on items whose query rows span several blocks of scores
+/// (an uneven last one) and runs of the worker pool that start inside an item: value and kept
+/// probabilities to 1e-5 relative, with and without P, for as many values as keys and fewer.
+#[test]
+fn fused_attention_blocks_match_the_chain() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(17);
+    // (n, sq, sk, d, dv): 700 keys make blocks of 23 rows, so 61 query rows take three.
+    for (n, sq, sk, d, dv) in [
+        (3usize, 61usize, 700usize, 5usize, 5usize),
+        (5, 7, 1, 3, 2),
+        (2, 33, 40, 4, 1),
+    ] {
+        let q = rng.randn(&[n, sq, d], &dev).unwrap();
+        let k = rng.randn(&[n, sk, d], &dev).unwrap();
+        let v = rng.randn(&[n, sk, dv], &dev).unwrap();
+        let scale = 0.7;
+        let p0 = candle_nn::ops::softmax_last_dim(
+            &(q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap(),
+        )
+        .unwrap();
+        let y0 = p0.matmul(&v).unwrap();
+        for keep in [false, true] {
+            let (y, p) = attention_parts(&q, &k, &v, scale, keep).unwrap();
+            let case = format!("{:?} keep {keep}", (n, sq, sk, d, dv));
+            assert!(rel(&y, &y0) < 1e-5, "{case}: value {}", rel(&y, &y0));
+            match p {
+                Some(p) => assert!(keep && rel(&p, &p0) < 1e-5, "{case}: P {}", rel(&p, &p0)),
+                None => assert!(!keep, "{case}: P missing"),
+            }
+        }
+    }
+}
+
+/// [`Dense::forward_outputs`] on two halves equals the full layer's output split in two, in value and in the
+/// gradients of the input, the weight and the bias (f32, 1e-6 relative).
+#[test]
+fn dense_halves_match_the_whole_layer() {
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(13), DType::F32, &dev);
+    let layer = dense(6, 8, vb).unwrap();
+    let mut rng = NoiseRng::new(12);
+    let x = Var::from_tensor(&rng.randn(&[2, 5, 6], &dev).unwrap()).unwrap();
+    let probe = rng.randn(&[2, 5, 8], &dev).unwrap();
+    let params: Vec<Var> = {
+        let data = vm.data().lock().unwrap();
+        vec![data["weight"].clone(), data["bias"].clone()]
+    };
+    let grads = |y: &Tensor| {
+        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut all = vec![g.get(x.as_tensor()).unwrap().clone()];
+        all.extend(params.iter().map(|p| g.get(p.as_tensor()).unwrap().clone()));
+        all
+    };
+    let whole = layer.forward(x.as_tensor()).unwrap();
+    let halves = Tensor::cat(
+        &[
+            layer.forward_outputs(x.as_tensor(), 0, 3).unwrap(),
+            layer.forward_outputs(x.as_tensor(), 3, 5).unwrap(),
+        ],
+        2,
+    )
+    .unwrap();
+    assert!(
+        rel(&halves, &whole) < 1e-6,
+        "value {}",
+        rel(&halves, &whole)
+    );
+    for (name, (a, b)) in ["x", "weight", "bias"]
+        .iter()
+        .zip(grads(&halves).iter().zip(&grads(&whole)))
+    {
+        assert!(rel(a, b) < 1e-6, "d{name} {}", rel(a, b));
+    }
+}
+
+/// The fused layer norm and dense ops equal candle's chains in value and in every input's gradient
+/// (f32 ≤ 1e-5, f64 ≤ 1e-12 relative), for 2-D, 3-D and 4-D inputs, the gradients of ⟨y, probe⟩ for a
+/// random probe reached through a transpose (a strided gradient).
+/// [`add_broadcast`] against candle's `broadcast_add`: value and both inputs' gradients (of ⟨y, probe⟩,
+/// read through a transpose, so the incoming gradient is not contiguous), in f32 (the CPU reduction) and
+/// f64 (candle's), for one input broadcast, both, a missing leading axis on either side, none, and a
+/// summed axis of three runs; [`sum_to`] refuses a shape that does not broadcast.
+#[test]
+fn add_broadcast_matches_candles_broadcast_add_and_its_gradients() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(9);
+    let pairs: [(&[usize], &[usize]); 7] = [
+        (&[2, 3, 4, 5], &[2, 1, 1, 5]),
+        (&[2, 1, 4, 5], &[1, 3, 1, 5]),
+        (&[3, 4], &[4]),
+        (&[4, 1], &[2, 3, 4, 6]),
+        (&[2, 3], &[2, 3]),
+        (&[2, 2100, 3], &[2, 1, 3]),
+        (&[1, 2100, 2], &[3, 1, 1]),
+    ];
+    for (da, db) in pairs {
+        for (dt, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
+            let draw = |rng: &mut NoiseRng, dims: &[usize]| {
+                Var::from_tensor(&rng.randn(dims, &dev).unwrap().to_dtype(dt).unwrap()).unwrap()
+            };
+            let (a, b) = (draw(&mut rng, da), draw(&mut rng, db));
+            let y0 = a.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+            let y1 = add_broadcast(a.as_tensor(), b.as_tensor()).unwrap();
+            let case = format!("{da:?} + {db:?} {dt:?}");
+            assert_eq!(y1.dims(), y0.dims(), "{case}");
+            assert!(rel(&y1, &y0) < tol, "{case}: value {}", rel(&y1, &y0));
+            let probe = rng.randn(y0.dims(), &dev).unwrap().to_dtype(dt).unwrap();
+            let grads = |y: &Tensor| {
+                let (r, probe) = (y.rank(), probe.clone());
+                let loss = if r >= 2 {
+                    (y.transpose(0, r - 1).unwrap() * probe.transpose(0, r - 1).unwrap())
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                } else {
+                    (y * probe).unwrap().sum_all().unwrap()
+                };
+                let g = loss.backward().unwrap();
+                [&a, &b].map(|v| g.get(v.as_tensor()).unwrap().clone())
+            };
+            let (g0, g1) = (grads(&y0), grads(&y1));
+            for (name, (x, y)) in ["a", "b"].iter().zip(g1.iter().zip(&g0)) {
+                assert_eq!(x.dims(), y.dims(), "{case}: d{name}");
+                assert!(rel(x, y) < tol, "{case}: d{name} {}", rel(x, y));
+            }
+        }
+    }
+    let t = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+    let e = sum_to(&t, &[2, 2]).unwrap_err().to_string();
+    assert!(e.contains("not a broadcast of [2, 2]"), "{e}");
+    assert!(sum_to(&t, &[4, 2, 3]).is_err());
+}
+
+#[test]
+fn layer_norm_and_dense_match_candles_chains_and_their_gradients() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(5);
+    // [3, 700, 20]: 2,100 rows, three runs of the CPU reductions (RUN_ROWS), the last one short; rows of
+    // 6 (shorter than the eight lanes of the row sums), 32 (four whole lane blocks), 20 and 37 (with
+    // remainders).
+    for shape in [
+        vec![7usize, 6],
+        vec![3, 4, 6],
+        vec![2, 3, 5, 6],
+        vec![5, 32],
+        vec![2, 3, 37],
+        vec![3, 700, 20],
+    ] {
+        for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12)] {
+            let mut draw = |dims: &[usize], shift: f64| {
+                let t = (rng.randn(dims, &dev).unwrap() + shift).unwrap();
+                Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap()
+            };
+            let n = shape[shape.len() - 1];
+            let x = draw(&shape, 0.7);
+            let (gain, bias) = (draw(&[n], 1.0), draw(&[n], 0.0));
+            let (w, b) = (draw(&[4, n], 0.0), draw(&[4], 0.0));
+            let rows = x.elem_count() / n;
+            let probe_ln = draw(&shape, 0.0);
+            let probe_dense = draw(&[rows, 4], 0.0);
+            let case = format!("{shape:?} {dt:?}");
+            // ⟨y, probe⟩ with y read through a transpose of its first two axes.
+            let grads = |y: &Tensor, probe: &Tensor, of: [&Var; 3]| {
+                let loss = (y.transpose(0, 1).unwrap() * probe.transpose(0, 1).unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let g = loss.backward().unwrap();
+                of.map(|v| g.get(v.as_tensor()).unwrap().clone())
+            };
+            let eps = 1e-5;
+            let y0 =
+                layer_norm_chain(x.as_tensor(), gain.as_tensor(), bias.as_tensor(), eps).unwrap();
+            let y1 = layer_norm(x.as_tensor(), gain.as_tensor(), bias.as_tensor(), eps).unwrap();
+            assert!(rel(&y1, &y0) < tol, "{case}: layer norm {}", rel(&y1, &y0));
+            let g0 = grads(&y0, probe_ln.as_tensor(), [&x, &gain, &bias]);
+            let g1 = grads(&y1, probe_ln.as_tensor(), [&x, &gain, &bias]);
+            for (name, (a, b)) in ["x", "gain", "bias"].iter().zip(g1.iter().zip(&g0)) {
+                assert!(rel(a, b) < tol, "{case}: layer norm d{name} {}", rel(a, b));
+            }
+            // The backward with the statistics the forward kept (above) and with them recomputed: the
+            // same bits.
+            let again = vsdm_core::carried::Backward::backward(
+                &LayerNormBackward { eps, stats: None },
+                x.as_tensor(),
+                gain.as_tensor(),
+                bias.as_tensor(),
+                probe_ln.as_tensor(),
+            )
+            .unwrap();
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (name, (a, b)) in ["x", "gain", "bias"]
+                .iter()
+                .zip([again.0, again.1, again.2].iter().zip(&g1))
+            {
+                if dt == DType::F32 {
+                    let a = a.as_ref().expect("a gradient");
+                    assert_eq!(bits(a), bits(b), "{case}: recomputed statistics, d{name}");
+                }
+            }
+            let x2 = x.as_tensor().reshape((rows, n)).unwrap();
+            let y0 = x2
+                .matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(b.as_tensor())
+                .unwrap();
+            let y1 = dense_op(&x2, w.as_tensor(), b.as_tensor()).unwrap();
+            assert!(rel(&y1, &y0) < tol, "{case}: dense {}", rel(&y1, &y0));
+            let g0 = grads(&y0, probe_dense.as_tensor(), [&x, &w, &b]);
+            let g1 = grads(&y1, probe_dense.as_tensor(), [&x, &w, &b]);
+            for (name, (a, b)) in ["x", "w", "bias"].iter().zip(g1.iter().zip(&g0)) {
+                assert!(rel(a, b) < tol, "{case}: dense d{name} {}", rel(a, b));
+            }
+            // Without tracked inputs: nothing recorded, the same value.
+            let plain = layer_norm(
+                &x.as_tensor().detach(),
+                &gain.as_tensor().detach(),
+                &bias.as_tensor().detach(),
+                eps,
+            )
+            .unwrap();
+            assert!(!plain.track_op(), "{case}");
+        }
+    }
+}
+
+#[test]
+fn softmax_and_layer_norm_match_closed_forms_and_have_gradients() {
+    let dev = Device::Cpu;
+    let x = Var::from_vec(vec![1f32, 2.0, 3.0, 1000.0, 1000.0, 1000.0], (2, 3), &dev).unwrap();
+    let p = softmax_last(x.as_tensor())
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // softmax(1,2,3) = e^k / (e + e² + e³); a huge constant row is uniform.
+    let z: f32 = (1..=3).map(|k| (k as f32).exp()).sum();
+    for (k, (a, b)) in p[0].iter().zip(&p[1]).enumerate() {
+        assert!((a - ((k + 1) as f32).exp() / z).abs() < 1e-6);
+        assert!((b - 1.0 / 3.0).abs() < 1e-6);
+    }
+    // d softmax_0 / d x_0 = p0 (1 − p0).
+    let g = softmax_last(x.as_tensor())
+        .unwrap()
+        .narrow(1, 0, 1)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gx = g.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+    assert!((gx[0][0] - p[0][0] * (1.0 - p[0][0])).abs() < 1e-6);
+
+    let vm = VarMap::new();
+    let ln = LayerNorm::new(4, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let y = ln
+        .forward(&Tensor::new(&[[1f32, 2.0, 3.0, 4.0]], &dev).unwrap())
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // (x − 2.5) / sqrt(1.25 + 1e-5)
+    for (k, v) in y[0].iter().enumerate() {
+        let want = (k as f32 + 1.0 - 2.5) / (1.25f32 + 1e-5).sqrt();
+        assert!((v - want).abs() < 1e-5, "{v} vs {want}");
+    }
+    // The network's sigmoid (inside its gate op).
+    let s = [0f32, 2.0, -200.0].map(vsdm_core::fastmath::sigmoid_f32);
+    assert!((s[0] - 0.5).abs() < 1e-7 && (s[1] - 1.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
+    assert!(s[2] >= 0.0 && s[2] < 1e-30);
+}
