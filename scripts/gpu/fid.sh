@@ -209,7 +209,7 @@ report() {
         sleep 5
         if [ $(((SECONDS - t0) % 30)) -lt 5 ]; then
             echo "[$((SECONDS - t0)) s] $(grep -a "^==" "$K/pipeline.log" | tail -1)" \
-                "ref: $(plain "$K/ref.log" | grep -a -o "done=[0-9]*" | tail -1)" \
+                "ref: $(plain "$K/ref.log" | grep -a -o "[0-9]*/[0-9]* images" | tail -1)" \
                 "$(ls "$K"/*.npz 2>/dev/null | xargs -n1 basename 2>/dev/null | tr '\n' ' ')"
         fi
     done

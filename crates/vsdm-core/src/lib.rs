@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod model;
 pub mod optim;
 pub mod process;
+pub mod progress;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;

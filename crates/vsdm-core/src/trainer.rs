@@ -708,14 +708,8 @@ impl<M: ScoreModel> Trainer<M> {
         log_every: usize,
     ) -> Result<Vec<StepReport>> {
         let total = self.cfg.iters;
-        let pb = indicatif::ProgressBar::new(total as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .expect("static template"),
-        );
-        pb.set_position(self.step as u64);
+        let pb = crate::progress::Progress::new("training", total as u64, "steps");
+        pb.start_at(self.step as u64);
         let mut reports = Vec::new();
         let start = std::time::Instant::now();
         let mut done_here = 0usize;
@@ -725,7 +719,7 @@ impl<M: ScoreModel> Trainer<M> {
             let rate = done_here as f64 * self.cfg.batch_size as f64
                 / start.elapsed().as_secs_f64().max(1e-9);
             pb.set_message(format!("loss {:.4} · {:.0} samples/s", r.loss, rate));
-            pb.inc(1);
+            pb.set_position(r.step as u64);
             if let Some((a, b)) = r.stage {
                 tracing::info!(step = r.step, before = a, after = b, "variational stage");
             }
@@ -744,7 +738,7 @@ impl<M: ScoreModel> Trainer<M> {
             }
             reports.push(r);
         }
-        pb.finish_and_clear();
+        pb.finish();
         Ok(reports)
     }
 

@@ -549,7 +549,7 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
     let classes = (w.spec.unet.label_dim > 0).then_some(w.spec.unet.label_dim);
     let mut rng = NoiseRng::new(a.seed);
     let t0 = std::time::Instant::now();
-    let pb = indicatif::ProgressBar::new(n as u64);
+    let pb = vsdm_core::progress::Progress::new("sampling", n as u64, "images");
     let mut parts = Vec::new();
     let (mut done, mut nfe) = (0, 0);
     while done < n {
@@ -560,7 +560,7 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
         done += b;
         pb.set_position(done as u64);
     }
-    pb.finish_and_clear();
+    pb.finish();
     eprintln!(
         "{n} images with {:?}, {} steps, NFE {nfe} per image, in {:.1} s",
         sampler.kind,

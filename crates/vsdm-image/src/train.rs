@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
+use vsdm_core::progress::Progress;
 use vsdm_core::{DataSource, NoiseRng, SamplerConfig, TrainConfig, Trainer};
 
 use crate::error::{Error, Result};
@@ -131,17 +132,11 @@ pub fn run_loop<D: DataSource>(
     let total = tr.config().iters;
     let batch = tr.config().batch_size;
     let pb = if opts.progress {
-        indicatif::ProgressBar::new(total as u64)
+        Progress::new("training", total as u64, "steps")
     } else {
-        indicatif::ProgressBar::hidden()
+        Progress::hidden()
     };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
-        )
-        .map_err(|e| Error::invalid("progress template", "", e.to_string()))?,
-    );
-    pb.set_position(tr.step_count() as u64);
+    pb.start_at(tr.step_count() as u64);
     let start = Instant::now();
     let mut losses = Vec::new();
     let mut last_grid = None;
@@ -178,7 +173,7 @@ pub fn run_loop<D: DataSource>(
             break;
         }
     }
-    pb.finish_and_clear();
+    pb.finish();
     let n = losses.len();
     let tail = &losses[n - n.div_ceil(10).min(n)..];
     Ok(LoopSummary {

@@ -69,6 +69,10 @@ fn train_resume_sample() {
     .concat());
     assert!(ok, "{text}");
     assert!(text.contains("1 steps this session (now at 1/1)"), "{text}");
+    // Its output is a pipe, not a terminal: progress comes as plain lines (no bar is drawn there), and the
+    // lines printed above the bar are not lost.
+    assert!(text.contains("training: 1/1 steps · loss "), "{text}");
+    assert!(text.contains("step 1: sample grid"), "{text}");
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run_dir.join("ckpt/ckpt-000000001/state.json")).unwrap(),
     )
@@ -103,6 +107,7 @@ fn train_resume_sample() {
         text.contains("resumed") && text.contains("1 steps this session (now at 2/2)"),
         "{text}"
     );
+    assert!(text.contains("training: 2/2 steps"), "{text}");
     let (ok, text) = run(&resume);
     assert!(ok && text.contains("already at 2/2 updates"), "{text}");
 
@@ -131,6 +136,7 @@ fn train_resume_sample() {
     assert!(ok, "{text}");
     // VSMD samples with Heun on the probability flow by default: 2 steps cost 3 evaluations.
     assert!(text.contains("NFE 3"), "{text}");
+    assert!(text.contains("sampling: 3/3 images"), "{text}");
     assert_eq!(png_size(&grid), (70, 70));
     assert_eq!(png_size(&folder.join("000002.png")), (32, 32));
     assert!(npz.exists());

@@ -160,12 +160,10 @@ impl ModelForecaster<'_> {
         let tf = test.series.time_features();
         let cfg = &self.window;
         let (d, h) = (test.series.num_series, cfg.horizon);
-        let pb = indicatif::ProgressBar::new((ends.len() * num_samples) as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "forecast {bar:30} {pos}/{len} samples [{elapsed_precise}<{eta_precise}]",
-            )
-            .expect("static template"),
+        let pb = vsdm_core::progress::Progress::new(
+            "forecast",
+            (ends.len() * num_samples) as u64,
+            "samples",
         );
         let mut out = Vec::with_capacity(ends.len());
         for &end in ends {
@@ -211,7 +209,7 @@ impl ModelForecaster<'_> {
                 context,
             });
         }
-        pb.finish_and_clear();
+        pb.finish();
         Ok(out)
     }
 }

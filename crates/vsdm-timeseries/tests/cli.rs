@@ -60,6 +60,8 @@ fn weights_name_the_method_and_a_contradicting_flag_is_refused() {
     );
     // Without --method the row and the output folder take the weights' method (vsmd), not the default (vsdm).
     assert!(stdout.contains("| vsmd |"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("forecast: 4/4 samples"), "{stderr}");
     assert!(tmp
         .path()
         .join("out/exchange_rate/vsmd/forecast/metrics.json")
@@ -190,6 +192,8 @@ fn a_finished_run_is_reported_and_its_weights_kept() {
         .join("out/exchange_rate/vsdm/weights/model.safetensors");
     let first = train();
     assert!(first.contains("trained vsdm on exchange_rate"), "{first}");
+    // stderr is a pipe here, not a terminal: the progress comes as plain lines.
+    assert!(first.contains("training: 2/2 steps · loss "), "{first}");
     let written = std::fs::read(&weights).unwrap();
     let modified = std::fs::metadata(&weights).unwrap().modified().unwrap();
     let second = train();

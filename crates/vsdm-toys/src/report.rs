@@ -151,10 +151,7 @@ pub fn run_all(s: &Settings, out: Option<&Path>) -> Result<Vec<RunResult>> {
     let total = work.len();
     let queue = Mutex::new(work.into_iter());
     let results = Mutex::new(Vec::new());
-    let pb = indicatif::ProgressBar::new(total as u64);
-    pb.set_style(indicatif::ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} runs {msg} [{elapsed_precise}<{eta_precise}]",
-    )?);
+    let pb = vsdm_core::progress::Progress::new("shapes", total as u64, "runs");
     let first_error = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..s.jobs.max(1) {
@@ -182,7 +179,7 @@ pub fn run_all(s: &Settings, out: Option<&Path>) -> Result<Vec<RunResult>> {
             });
         }
     });
-    pb.finish_and_clear();
+    pb.finish();
     if let Some(e) = first_error.into_inner().expect("error") {
         return Err(e);
     }

@@ -31,7 +31,6 @@ pub mod preprocess;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 
 pub use convert::{convert, default_weights_path};
 pub use error::{FidError, Result};
@@ -49,7 +48,8 @@ pub fn features_u8(net: &InceptionV3, images: &Tensor) -> Result<Tensor> {
 }
 
 /// Runs the set through the network batch by batch, handing each batch's features (row-major `rows × 2048`
-/// f32) to `sink`, with a progress bar on stderr (hidden when stderr is not a terminal) and a closing log line.
+/// f32) to `sink`, with a progress bar on stderr (plain lines every 30 s when stderr is not a terminal,
+/// `vsdm_core::progress`) and a closing log line.
 pub fn for_each_feature_batch(
     net: &InceptionV3,
     set: &ImageSet,
@@ -57,13 +57,11 @@ pub fn for_each_feature_batch(
     mut sink: impl FnMut(&[f32]) -> Result<()>,
 ) -> Result<()> {
     let bs = batch_size.max(1);
-    let bar = ProgressBar::new(set.len() as u64).with_style(
-        ProgressStyle::with_template(
-            "{msg} {bar:30} {pos}/{len} images [{elapsed_precise}<{eta_precise}] {per_sec}",
-        )
-        .expect("valid template"),
+    let bar = vsdm_core::progress::Progress::new(
+        &format!("Inception {}", set.origin().display()),
+        set.len() as u64,
+        "images",
     );
-    bar.set_message(format!("Inception {}", set.origin().display()));
     let t0 = std::time::Instant::now();
     let mut start = 0;
     while start < set.len() {
@@ -72,18 +70,9 @@ pub fn for_each_feature_batch(
         let f = features_u8(net, &x)?.to_device(&Device::Cpu)?;
         sink(&f.flatten_all()?.to_vec1::<f32>()?)?;
         bar.set_position(end as u64);
-        if bar.is_hidden() && end.div_ceil(bs).is_multiple_of(10) {
-            // No terminal (a log file, CI): a line every 10 batches instead of the bar.
-            tracing::info!(
-                done = end,
-                of = set.len(),
-                elapsed_s = t0.elapsed().as_secs_f64(),
-                "inception"
-            );
-        }
         start = end;
     }
-    bar.finish_and_clear();
+    bar.finish();
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(
         set = %set.origin().display(),
