@@ -39,6 +39,20 @@ struct Lines {
 }
 
 impl Lines {
+    fn new(what: &str, total: u64, unit: &str) -> Self {
+        Self {
+            what: what.to_string(),
+            unit: unit.to_string(),
+            total,
+            first: 0,
+            pos: 0,
+            msg: String::new(),
+            start: Instant::now(),
+            last: None,
+            every: LINE_EVERY,
+        }
+    }
+
     /// The line to print for position `pos` at `now`, if one is due: the first update, the last position,
     /// or `every` after the previous line.
     fn due(&mut self, pos: u64, now: Instant) -> Option<String> {
@@ -114,19 +128,7 @@ impl Progress {
         if let Ok(style) = ProgressStyle::with_template(&template) {
             bar.set_style(style);
         }
-        let lines = lines.then(|| {
-            Mutex::new(Lines {
-                what: what.to_string(),
-                unit: unit.to_string(),
-                total,
-                first: 0,
-                pos: 0,
-                msg: String::new(),
-                start: Instant::now(),
-                last: None,
-                every: LINE_EVERY,
-            })
-        });
+        let lines = lines.then(|| Mutex::new(Lines::new(what, total, unit)));
         Self { bar, lines }
     }
 
@@ -203,17 +205,7 @@ mod tests {
     use super::*;
 
     fn lines(total: u64) -> Lines {
-        Lines {
-            what: "training".into(),
-            unit: "steps".into(),
-            total,
-            first: 0,
-            pos: 0,
-            msg: String::new(),
-            start: Instant::now(),
-            last: None,
-            every: Duration::from_secs(30),
-        }
+        Lines::new("training", total, "steps")
     }
 
     /// The first update prints; later ones only 30 s after the previous line, or at the last position;
