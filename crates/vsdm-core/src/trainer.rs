@@ -23,6 +23,7 @@ use crate::init::{seeded_var_builder, untracked_var_builder};
 use crate::model::ScoreModel;
 use crate::optim::{AdamConfig, AdamF64, AdamW};
 use crate::process::{AnyMarginals, ForwardProcess, Marginals, Process};
+use crate::progress::Progress;
 use crate::rng::{NoiseRng, RngState};
 use crate::sampler::{integrate, sample_model, SamplerConfig, SamplerKind};
 use crate::schedule::{linspace, BetaSchedule};
@@ -698,8 +699,8 @@ impl<M: ScoreModel> Trainer<M> {
         Ok(())
     }
 
-    /// Runs until `iters` network updates, with a progress bar, logging every `log_every` steps and a checkpoint
-    /// every `ckpt_every` steps (and at the end) when `ckpt_dir` is given.
+    /// Runs until `iters` network updates, with a progress bar ([`crate::progress`]), logging every `log_every`
+    /// steps and a checkpoint every `ckpt_every` steps (and at the end) when `ckpt_dir` is given.
     pub fn run<D: DataSource + ?Sized>(
         &mut self,
         data: &mut D,
@@ -707,8 +708,31 @@ impl<M: ScoreModel> Trainer<M> {
         ckpt_every: usize,
         log_every: usize,
     ) -> Result<Vec<StepReport>> {
+        let pb = Progress::new("training", self.cfg.iters as u64, "steps");
+        self.run_with(pb, data, ckpt_dir, ckpt_every, log_every)
+    }
+
+    /// [`Trainer::run`] without a progress bar or lines: for runs inside a larger job that reports its own
+    /// progress (the shapes experiment's many short runs).
+    pub fn run_quiet<D: DataSource + ?Sized>(
+        &mut self,
+        data: &mut D,
+        ckpt_dir: Option<&Path>,
+        ckpt_every: usize,
+        log_every: usize,
+    ) -> Result<Vec<StepReport>> {
+        self.run_with(Progress::hidden(), data, ckpt_dir, ckpt_every, log_every)
+    }
+
+    fn run_with<D: DataSource + ?Sized>(
+        &mut self,
+        pb: Progress,
+        data: &mut D,
+        ckpt_dir: Option<&Path>,
+        ckpt_every: usize,
+        log_every: usize,
+    ) -> Result<Vec<StepReport>> {
         let total = self.cfg.iters;
-        let pb = crate::progress::Progress::new("training", total as u64, "steps");
         pb.start_at(self.step as u64);
         let mut reports = Vec::new();
         let start = std::time::Instant::now();

@@ -189,7 +189,7 @@ pub fn train(
     let mut trainer = Trainer::new(cfg, device, move |vb| ToyNet::new(vb, input, 2, hidden))?;
     let mut source = InMemory::new(data.clone())?;
     let start = std::time::Instant::now();
-    trainer.run(&mut source, None, 0, 0)?;
+    trainer.run_quiet(&mut source, None, 0, 0)?;
     Ok(Trained {
         method,
         trainer,
