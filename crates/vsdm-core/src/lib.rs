@@ -30,5 +30,7 @@ pub use process::{ForwardProcess, LinearDrift, Marginals, Process, Vp, Vsdm, Vsm
 pub use rng::NoiseRng;
 pub use sampler::{SampleRun, SamplerConfig, SamplerKind};
 pub use schedule::BetaSchedule;
-pub use trainer::{DataSource, ExportedConfig, InMemory, StepReport, TrainConfig, Trainer};
+pub use trainer::{
+    weights_folder, DataSource, ExportedConfig, InMemory, StepReport, TrainConfig, Trainer,
+};
 pub use variational::{VarParams, VariationalConfig};

@@ -978,6 +978,26 @@ impl<M: ScoreModel> Trainer<M> {
     }
 }
 
+/// The weights folder a `--weights` path means: the folder itself, or, when the path is one of the folder's
+/// files (`files`, e.g. `model.safetensors` or `config.json`: a path copied from a listing), the folder
+/// holding it.
+pub fn weights_folder(path: &Path, files: &[&str]) -> PathBuf {
+    let named = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| files.contains(&n));
+    match path.parent() {
+        Some(parent) if named && path.is_file() => {
+            if parent.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                parent.to_path_buf()
+            }
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 /// The `config.json` next to exported weights.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ExportedConfig {

@@ -85,8 +85,15 @@ pub fn load(source: &str, hub: &Hub, device: &Device) -> Result<Loaded> {
     load_dir(&dir, device)
 }
 
-/// Loads a weights folder.
+/// Loads a weights folder (given as the folder or as one of its files).
 pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
+    let dir = &vsdm_core::weights_folder(dir, &FILES);
+    if dir.is_file() {
+        return Err(Error::bad_file(
+            dir,
+            "a file, not a weights folder (the folder that holds model.safetensors, config.json and run.json)",
+        ));
+    }
     for f in FILES {
         if !dir.join(f).is_file() {
             return Err(Error::bad_file(

@@ -137,6 +137,19 @@ fn train_resume_sample() {
     // VSMD samples with Heun on the probability flow by default: 2 steps cost 3 evaluations.
     assert!(text.contains("NFE 3"), "{text}");
     assert!(text.contains("sampling: 3/3 images"), "{text}");
+    // The weights' own file for the folder (a path copied from a listing) means the folder.
+    let (ok, text) = run(&[
+        "sample",
+        "--weights",
+        w.join("model.safetensors").to_str().unwrap(),
+        "--n",
+        "1",
+        "--steps",
+        "1",
+        "--grid",
+        dir.path().join("one.png").to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
     assert_eq!(png_size(&grid), (70, 70));
     assert_eq!(png_size(&folder.join("000002.png")), (32, 32));
     assert!(npz.exists());
@@ -390,6 +403,11 @@ fn bad_input_is_named() {
     assert!(!ok && text.contains("huge"), "{text}");
     let (ok, text) = run(&["sample", "--weights", dir.path().to_str().unwrap()]);
     assert!(!ok && text.contains("model.safetensors"), "{text}");
+    let (ok, text) = run(&["sample", "--weights", bad.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("data_batch_1.bin: a file, not a weights folder"),
+        "{text}"
+    );
     // bf16 training needs a GPU: said before any work starts, naming the flag.
     let (ok, text) = run(&[
         "train",

@@ -78,8 +78,16 @@ impl Loaded {
     }
 }
 
-/// Loads `model.safetensors` + `config.json` from `dir`, naming the file at fault on error.
+/// Loads `model.safetensors` + `config.json` from `dir` (the folder, or one of those two files in it), naming
+/// the file at fault on error.
 pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Loaded> {
+    let dir = &vsdm_core::weights_folder(dir, &["model.safetensors", "config.json"]);
+    if dir.is_file() {
+        anyhow::bail!(
+            "{}: a file, not a weights folder (the folder that holds model.safetensors and config.json)",
+            dir.display()
+        );
+    }
     let cfg_path = dir.join("config.json");
     if !cfg_path.is_file() {
         anyhow::bail!(

@@ -68,6 +68,45 @@ fn weights_name_the_method_and_a_contradicting_flag_is_refused() {
         .is_file());
     assert!(!tmp.path().join("out/exchange_rate/vsdm").exists());
 
+    // The weights' config.json for their folder (a path copied from a listing) means the folder; another
+    // file is named as not a weights folder.
+    let assets = default_assets_dir().unwrap();
+    let file = assets.join("timeseries-weights/exchange_rate-vsmd/config.json");
+    let eval = [
+        "--steps",
+        "2",
+        "--samples",
+        "4",
+        "--max-windows",
+        "1",
+        "--charts",
+        "0",
+    ];
+    let out = in_folder(
+        tmp.path(),
+        &[
+            &["--weights", file.to_str().unwrap()][..],
+            &eval,
+            &["evaluate"],
+        ]
+        .concat(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("| vsmd |"),
+        "{out:?}"
+    );
+    let other = assets.join("exchange_rate_nips.tar.gz");
+    let out = in_folder(
+        tmp.path(),
+        &["--weights", other.to_str().unwrap(), "evaluate"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("a file, not a weights folder"),
+        "{stderr}"
+    );
+
     let (out, _tmp) = run(&["--method", "vp", "--steps", "2", "evaluate"]).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
