@@ -44,6 +44,9 @@ pub enum Error {
     /// A checkpoint that cannot be read or does not match the run.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: String, reason: String },
+    /// Another file the trainer reads that is damaged or not what it should be (e.g. its metrics log).
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
     /// File-system errors, with the path.
     #[error("{path}: {source}")]
     Io {

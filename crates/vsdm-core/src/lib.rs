@@ -14,6 +14,7 @@ pub mod fastmath;
 pub mod hub;
 pub mod init;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod process;

@@ -20,6 +20,7 @@ use candle_nn::{VarBuilder, VarMap};
 
 use crate::error::{Error, Result};
 use crate::init::{seeded_var_builder, untracked_var_builder};
+use crate::metrics::MetricsLog;
 use crate::model::ScoreModel;
 use crate::optim::{AdamConfig, AdamF64, AdamW};
 use crate::process::{AnyMarginals, ForwardProcess, Marginals, Process};
@@ -269,6 +270,9 @@ pub struct Trainer<M: ScoreModel> {
     marginals: AnyMarginals,
     rng: NoiseRng,
     step: usize,
+    /// The run's metrics file, when one is kept ([`Trainer::log_metrics`]), and this session's training time.
+    metrics: Option<MetricsLog>,
+    seconds: f64,
 }
 
 /// One chunk of backward Euler–Maruyama trajectories with the EMA network, reduced to their statistics.
@@ -429,6 +433,8 @@ impl<M: ScoreModel> Trainer<M> {
             rng,
             step: 0,
             cfg,
+            metrics: None,
+            seconds: 0.0,
         })
     }
 
@@ -438,6 +444,13 @@ impl<M: ScoreModel> Trainer<M> {
 
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
+    }
+
+    /// Keeps the run's metrics in the CSV file `path` from now on, one row per update ([`crate::metrics`]):
+    /// a new file, or, for a resumed run, the file it left with the rows after this checkpoint's step dropped.
+    pub fn log_metrics(&mut self, path: &Path) -> Result<()> {
+        self.metrics = Some(MetricsLog::open(path, self.step)?);
+        Ok(())
     }
 
     /// Moves the end of the run to `iters` network updates (e.g. to continue a resumed run past its planned
@@ -528,6 +541,7 @@ impl<M: ScoreModel> Trainer<M> {
 
     /// One network update, then a variational stage if one is due.
     pub fn step<D: DataSource + ?Sized>(&mut self, data: &mut D) -> Result<StepReport> {
+        let t0 = std::time::Instant::now();
         let (x0, cond) = data.next_batch(self.cfg.batch_size, &mut self.rng, &self.device)?;
         let loss_t = self.score_loss(&x0, cond.as_ref())?;
         let loss = loss_t.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -559,12 +573,17 @@ impl<M: ScoreModel> Trainer<M> {
         } else {
             None
         };
-        Ok(StepReport {
+        let report = StepReport {
             step: self.step,
             loss,
             grad_norm,
             stage,
-        })
+        };
+        self.seconds += t0.elapsed().as_secs_f64();
+        if let Some(m) = &mut self.metrics {
+            m.record(&report, self.seconds)?;
+        }
+        Ok(report)
     }
 
     fn update_ema(&mut self) -> Result<()> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
+use vsdm_core::metrics::MetricsLog;
 use vsdm_core::progress::Progress;
 use vsdm_core::{DataSource, NoiseRng, SamplerConfig, TrainConfig, Trainer};
 
@@ -129,6 +130,7 @@ pub fn run_loop<D: DataSource>(
     device: &Device,
 ) -> Result<LoopSummary> {
     spec.save(&opts.out)?;
+    tr.log_metrics(&opts.out.join(MetricsLog::FILE))?;
     let total = tr.config().iters;
     let batch = tr.config().batch_size;
     let pb = if opts.progress {

@@ -108,6 +108,14 @@ fn train_resume_sample() {
         "{text}"
     );
     assert!(text.contains("training: 2/2 steps"), "{text}");
+    // The metrics log has one row per update, across the two sessions.
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let steps: Vec<&str> = metrics
+        .lines()
+        .skip(1)
+        .map(|l| &l[..l.find(',').unwrap()])
+        .collect();
+    assert_eq!(steps, ["1", "2"], "{metrics}");
     let (ok, text) = run(&resume);
     assert!(ok && text.contains("already at 2/2 updates"), "{text}");
 

@@ -477,6 +477,11 @@ pub fn train_with(
             tr
         }
     };
+    if let Some(dir) = ckpt_dir {
+        // The run's folder, beside its checkpoints.
+        let run = dir.parent().unwrap_or(dir);
+        trainer.log_metrics(&run.join(vsdm_core::metrics::MetricsLog::FILE))?;
+    }
     tracing::info!(
         method = method.name(),
         series = d,

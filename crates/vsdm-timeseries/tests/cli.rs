@@ -233,6 +233,13 @@ fn a_finished_run_is_reported_and_its_weights_kept() {
     assert!(first.contains("trained vsdm on exchange_rate"), "{first}");
     // stderr is a pipe here, not a terminal: the progress comes as plain lines.
     assert!(first.contains("training: 2/2 steps · loss "), "{first}");
+    let metrics =
+        std::fs::read_to_string(tmp.path().join("out/exchange_rate/vsdm/metrics.csv")).unwrap();
+    assert_eq!(
+        metrics.lines().count(),
+        3,
+        "a header and two updates: {metrics}"
+    );
     let written = std::fs::read(&weights).unwrap();
     let modified = std::fs::metadata(&weights).unwrap().modified().unwrap();
     let second = train();
