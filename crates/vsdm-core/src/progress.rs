@@ -36,6 +36,8 @@ struct Lines {
     start: Instant,
     last: Option<Instant>,
     every: Duration,
+    /// A time limit from the start, which ends the work sooner than its total when it comes first.
+    deadline: Option<Duration>,
 }
 
 impl Lines {
@@ -50,6 +52,7 @@ impl Lines {
             start: Instant::now(),
             last: None,
             every: LINE_EVERY,
+            deadline: None,
         }
     }
 
@@ -78,7 +81,10 @@ impl Lines {
         if self.pos > self.first && self.pos < self.total {
             let done = (self.pos - self.first) as f64;
             let left = elapsed.mul_f64((self.total - self.pos) as f64 / done);
-            s += &format!(", ~{} left", clock(left));
+            match self.deadline.map(|d| d.saturating_sub(elapsed)) {
+                Some(rest) if rest < left => s += &format!(", ~{} left (time limit)", clock(rest)),
+                _ => s += &format!(", ~{} left", clock(left)),
+            }
         }
         s
     }
@@ -138,6 +144,15 @@ impl Progress {
             l.lock().expect("progress lines").every = every;
         }
         self
+    }
+
+    /// A time limit (from now) that stops the work before its total when it comes first: the lines' time
+    /// left is then the lesser of the two.
+    pub fn set_deadline(&self, limit: Duration) {
+        if let Some(l) = &self.lines {
+            let mut l = l.lock().expect("progress lines");
+            l.deadline = Some(l.start.elapsed() + limit);
+        }
     }
 
     /// Whether progress goes out as plain lines (stderr is not a terminal).
@@ -232,6 +247,25 @@ mod tests {
             "training: 800/800 steps · loss 0.0712 · 52.3 img/s · 7m 51s elapsed"
         );
         assert_eq!(clock(Duration::from_secs(3723)), "1h 02m 03s");
+    }
+
+    /// Under a time limit that comes before the total, the time left is the limit's.
+    #[test]
+    fn a_time_limit_shortens_the_time_left() {
+        let mut l = lines(2000);
+        l.deadline = Some(Duration::from_secs(180));
+        let t0 = l.start;
+        let line = l.due(100, t0 + Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            line,
+            "training: 100/2000 steps · 30s elapsed, ~2m 30s left (time limit)"
+        );
+        l.deadline = Some(Duration::from_secs(3600));
+        let line = l.due(200, t0 + Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            line,
+            "training: 200/2000 steps · 1m 00s elapsed, ~9m 00s left"
+        );
     }
 
     /// A run resumed at step 600 of 800 estimates the time left from the steps done since.

@@ -139,6 +139,13 @@ pub fn run_loop<D: DataSource>(
         Progress::hidden()
     };
     pb.start_at(tr.step_count() as u64);
+    // A limit too large for a Duration (--minutes 1e300) is no limit for the estimate.
+    if let Some(d) = opts
+        .max_seconds
+        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+    {
+        pb.set_deadline(d);
+    }
     let start = Instant::now();
     let mut losses = Vec::new();
     let mut last_grid = None;
