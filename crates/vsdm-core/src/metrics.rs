@@ -124,11 +124,6 @@ impl MetricsLog {
             .map_err(|e| bad(&self.path, e))?;
         self.out.flush().map_err(io(&self.path))
     }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 #[cfg(test)]

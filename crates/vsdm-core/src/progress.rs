@@ -35,7 +35,6 @@ struct Lines {
     msg: String,
     start: Instant,
     last: Option<Instant>,
-    every: Duration,
     /// A time limit from the start, which ends the work sooner than its total when it comes first.
     deadline: Option<Duration>,
 }
@@ -51,18 +50,17 @@ impl Lines {
             msg: String::new(),
             start: Instant::now(),
             last: None,
-            every: LINE_EVERY,
             deadline: None,
         }
     }
 
     /// The line to print for position `pos` at `now`, if one is due: the first update, the last position,
-    /// or `every` after the previous line.
+    /// or [`LINE_EVERY`] after the previous line.
     fn due(&mut self, pos: u64, now: Instant) -> Option<String> {
         self.pos = pos;
         let due = match self.last {
             None => true,
-            Some(t) => pos >= self.total || now.duration_since(t) >= self.every,
+            Some(t) => pos >= self.total || now.duration_since(t) >= LINE_EVERY,
         };
         if !due {
             return None;
@@ -116,17 +114,6 @@ impl Progress {
         }
     }
 
-    /// As [`Progress::new`], with the plain lines forced on or off (for tests; `new` decides by whether
-    /// indicatif can draw on stderr).
-    pub fn with_lines(what: &str, total: u64, unit: &str, lines: bool) -> Self {
-        let bar = if lines {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(total)
-        };
-        Self::with_target(bar, lines, what, total, unit)
-    }
-
     fn with_target(bar: ProgressBar, lines: bool, what: &str, total: u64, unit: &str) -> Self {
         let template = format!(
             "{what} {{bar:30}} {{pos}}/{{len}} {unit} {{msg}} [{{elapsed_precise}}<{{eta_precise}}]"
@@ -138,14 +125,6 @@ impl Progress {
         Self { bar, lines }
     }
 
-    /// The interval between plain lines ([`LINE_EVERY`] unless set).
-    pub fn line_every(self, every: Duration) -> Self {
-        if let Some(l) = &self.lines {
-            l.lock().expect("progress lines").every = every;
-        }
-        self
-    }
-
     /// A time limit (from now) that stops the work before its total when it comes first: the lines' time
     /// left is then the lesser of the two.
     pub fn set_deadline(&self, limit: Duration) {
@@ -153,11 +132,6 @@ impl Progress {
             let mut l = l.lock().expect("progress lines");
             l.deadline = Some(l.start.elapsed() + limit);
         }
-    }
-
-    /// Whether progress goes out as plain lines (stderr is not a terminal).
-    pub fn is_lines(&self) -> bool {
-        self.lines.is_some()
     }
 
     /// Starts at `pos` (a resumed run's step) without printing a line: the time left is then estimated from
@@ -280,12 +254,12 @@ mod tests {
         assert_eq!(line, "training: 700/800 steps · 50s elapsed, ~50s left");
     }
 
-    /// With lines forced on, updates go through the fallback (and do not panic without a terminal); with
-    /// them off, through the bar.
+    /// With plain lines, updates go through the fallback (and do not panic without a terminal); without
+    /// them, through the bar.
     #[test]
     fn lines_mode_is_chosen_by_the_target() {
-        let p = Progress::with_lines("sampling", 3, "images", true);
-        assert!(p.is_lines());
+        let p = Progress::with_target(ProgressBar::hidden(), true, "sampling", 3, "images");
+        assert!(p.lines.is_some());
         p.set_message("batch 1");
         p.inc(1);
         p.set_position(3);
@@ -293,8 +267,8 @@ mod tests {
         p.finish();
         let last = p.lines.as_ref().unwrap().lock().unwrap().last;
         assert!(last.is_some(), "a line was printed");
-        let q = Progress::with_lines("sampling", 3, "images", false);
-        assert!(!q.is_lines());
+        let q = Progress::with_target(ProgressBar::new(3), false, "sampling", 3, "images");
+        assert!(q.lines.is_none());
         q.inc(2);
         assert_eq!(q.bar.position(), 2);
     }

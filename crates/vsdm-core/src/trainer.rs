@@ -270,7 +270,8 @@ pub struct Trainer<M: ScoreModel> {
     marginals: AnyMarginals,
     rng: NoiseRng,
     step: usize,
-    /// The run's metrics file, when one is kept ([`Trainer::log_metrics`]), and this session's training time.
+    /// The run's metrics file, when one is kept ([`Trainer::log_metrics`]), and this session's training time
+    /// ([`Trainer::training_seconds`]).
     metrics: Option<MetricsLog>,
     seconds: f64,
 }
@@ -444,6 +445,12 @@ impl<M: ScoreModel> Trainer<M> {
 
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
+    }
+
+    /// Seconds this trainer has spent in [`Trainer::step`] since it was built or resumed (each update's time
+    /// from its batch to the end of its variational stage).
+    pub fn training_seconds(&self) -> f64 {
+        self.seconds
     }
 
     /// Keeps the run's metrics in the CSV file `path` from now on, one row per update ([`crate::metrics`]):

@@ -149,13 +149,13 @@ pub fn run_loop<D: DataSource>(
     let start = Instant::now();
     let mut losses = Vec::new();
     let mut last_grid = None;
-    let mut train_secs = 0.0;
+    // Time in the trainer's updates during this loop (it sums each update's).
+    let secs0 = tr.training_seconds();
+    let train_secs = |tr: &Trainer<UNet>| tr.training_seconds() - secs0;
     while tr.step_count() < total {
-        let t0 = Instant::now();
         let r = tr.step(data)?;
-        train_secs += t0.elapsed().as_secs_f64();
         losses.push(r.loss);
-        let rate = losses.len() as f64 * batch as f64 / train_secs.max(1e-9);
+        let rate = losses.len() as f64 * batch as f64 / train_secs(tr).max(1e-9);
         pb.set_message(format!("loss {:.4} · {:.1} img/s", r.loss, rate));
         pb.set_position(r.step as u64);
         if let Some((a, b)) = r.stage {
@@ -190,7 +190,7 @@ pub fn run_loop<D: DataSource>(
         first_loss: losses.first().copied().unwrap_or(f64::NAN),
         last_loss: losses.last().copied().unwrap_or(f64::NAN),
         tail_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
-        images_per_second: n as f64 * batch as f64 / train_secs.max(1e-9),
+        images_per_second: n as f64 * batch as f64 / train_secs(tr).max(1e-9),
         last_grid,
     })
 }
