@@ -38,6 +38,14 @@ pub enum Error {
         what: &'static str,
         value: f64,
     },
+    /// An update left non-finite values in the weights although the loss and gradient before it were finite
+    /// (a learning rate far too large); found before a checkpoint or the weights are written.
+    #[error(
+        "training diverged by step {step}: the weights hold non-finite values (`{name}`). No checkpoint of \
+         them was written; the checkpoints written before are kept: resume from the last one with a lower \
+         learning rate (or stronger gradient clipping)"
+    )]
+    DivergedWeights { step: usize, name: String },
     /// A covariance that is not positive definite (Cholesky failed).
     #[error("covariance at t = {t} is not positive definite: {detail}")]
     NotPositiveDefinite { t: f64, detail: String },
@@ -87,6 +95,25 @@ pub fn ensure_finite(what: &str, values: &[f64]) -> Result<()> {
             value: values[index],
         }),
     }
+}
+
+/// The name of the first tensor (in the iteration's order) that holds a NaN or an infinity (its sum is then
+/// not finite; so is the sum of finite values beyond f32's range, which are as useless as weights).
+pub fn first_non_finite<'a, I, S>(named: I) -> Result<Option<String>>
+where
+    I: IntoIterator<Item = (S, &'a candle_core::Tensor)>,
+    S: AsRef<str>,
+{
+    for (name, t) in named {
+        let s = t
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if !s.is_finite() {
+            return Ok(Some(name.as_ref().to_string()));
+        }
+    }
+    Ok(None)
 }
 
 /// Fails with [`Error::NonFinite`] if the tensor holds a NaN or an infinity (its sum is then not finite);

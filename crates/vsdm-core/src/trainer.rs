@@ -222,8 +222,10 @@ impl TrainConfig {
             ("lr", self.adam.lr),
             ("variational.adam.lr", self.variational.adam.lr),
         ] {
-            if !(lr > 0.0 && lr.is_finite()) {
-                return Err(Error::invalid(name, lr, "must be finite and > 0"));
+            // Adam moves every parameter by about lr per update: beyond 1 a single update swamps any
+            // trained value, and a rate like 1e30 overflows the next forward pass.
+            if !(lr > 0.0 && lr <= 1.0) {
+                return Err(Error::invalid(name, lr, "must lie in (0, 1]"));
             }
         }
         if let Some(c) = self.grad_clip {
@@ -832,9 +834,32 @@ impl<M: ScoreModel> Trainer<M> {
         Ok(out)
     }
 
+    /// Fails with [`Error::DivergedWeights`] when the network's or its EMA's weights hold a NaN or an infinity:
+    /// the loss and the gradient norm are checked before every update, but an update with a finite gradient
+    /// can still overflow the weights (a learning rate far too large), and the next loss would only tell after
+    /// a checkpoint of them had been written. [`Trainer::save_checkpoint`] and [`Trainer::export`] call it.
+    pub fn ensure_finite_weights(&self) -> Result<()> {
+        let vars = sorted_vars(&self.varmap);
+        let model = vars
+            .iter()
+            .map(|(k, v)| (format!("model.{k}"), v.as_tensor()));
+        let ema = self
+            .ema_vars
+            .iter()
+            .map(|(k, v)| (format!("ema.{k}"), v.as_tensor()));
+        match crate::error::first_non_finite(model.chain(ema))? {
+            None => Ok(()),
+            Some(name) => Err(Error::DivergedWeights {
+                step: self.step,
+                name,
+            }),
+        }
+    }
+
     /// Writes a checkpoint under `dir` (atomically: a temporary directory renamed into place, then the `latest`
     /// pointer replaced by rename) and keeps the previous one. Returns its directory.
     pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf> {
+        self.ensure_finite_weights()?;
         let io = |p: &Path| {
             let p = p.display().to_string();
             move |source| Error::Io { path: p, source }
@@ -914,6 +939,17 @@ impl<M: ScoreModel> Trainer<M> {
         let st_path = ck.join("state.safetensors");
         let tensors = candle_core::safetensors::load(&st_path, device)
             .map_err(|e| ckpt_err(&st_path, format!("unreadable: {e}")))?;
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        if let Some(bad) = crate::error::first_non_finite(names.iter().map(|k| (k, &tensors[*k])))?
+        {
+            return Err(ckpt_err(
+                &st_path,
+                format!(
+                    "tensor {bad} holds NaN or infinite values: resume from an earlier checkpoint"
+                ),
+            ));
+        }
         let get = |k: &str| -> Result<&Tensor> {
             tensors
                 .get(k)
@@ -979,6 +1015,7 @@ impl<M: ScoreModel> Trainer<M> {
     /// Writes the EMA network as `model.safetensors` and `config.json` (the training config and the EMA
     /// variational parameters): the layout of the published weights (`--weights PATH` or `hf:OWNER/NAME`).
     pub fn export(&self, dir: &Path) -> Result<()> {
+        self.ensure_finite_weights()?;
         let io = |p: &Path| {
             let p = p.display().to_string();
             move |source| Error::Io { path: p, source }
@@ -1042,9 +1079,18 @@ impl ExportedConfig {
         c.config
             .validate()
             .map_err(|e| ckpt_err(path, e.to_string()))?;
-        if c.params.values().len() != c.config.init.values().len() {
-            return Err(ckpt_err(path, "params do not match the configured method"));
+        let (got, want) = (c.params.values().len(), c.config.init.values().len());
+        if got != want {
+            return Err(ckpt_err(
+                path,
+                format!(
+                    "`params` holds {got} values, but the configured method (`config.init`) has {want}"
+                ),
+            ));
         }
+        c.params
+            .validate()
+            .map_err(|e| ckpt_err(path, format!("`params`: {e}")))?;
         Ok(c)
     }
 

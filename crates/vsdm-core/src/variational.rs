@@ -39,6 +39,13 @@ use crate::rng::NoiseRng;
 use crate::sampler::SampleRun;
 use crate::schedule::BetaSchedule;
 
+/// The largest magnitude a variational parameter (an entry of A, or c) may take. A sanity bound, not a
+/// modelling choice: a diagonal a = −10 already makes the forward process contract at d = 1 − 2a = 21 times VP's
+/// rate, a = +10 expand by e^{9.5 B} (B = ∫β), and c = 10 turns VSMD's damping into anti-damping; every run
+/// measured here kept its values within about ±1 (docs/results/), and a hand-edited or runaway value beyond the
+/// bound would sample nothing but overflow or numerical noise.
+pub const PARAM_LIMIT: f64 = 10.0;
+
 /// The variational parameters of a method.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum VarParams {
@@ -80,6 +87,22 @@ impl VarParams {
         out
     }
 
+    /// Checks that every value is finite and within ±[`PARAM_LIMIT`], naming the first that is not.
+    pub fn validate(&self) -> Result<()> {
+        ensure_finite("variational parameters", self.values())?;
+        match self.values().iter().position(|v| v.abs() > PARAM_LIMIT) {
+            None => Ok(()),
+            Some(i) => Err(Error::invalid(
+                "variational parameter",
+                format!("{} (index {i})", self.values()[i]),
+                format!(
+                    "must lie within ±{PARAM_LIMIT}: beyond it the forward process contracts or expands by \
+                     factors no sampler resolves (trained values stay within about ±1)"
+                ),
+            )),
+        }
+    }
+
     /// The forward process these parameters define.
     pub fn process(
         &self,
@@ -87,7 +110,7 @@ impl VarParams {
         shape: &[usize],
         device: &Device,
     ) -> Result<Process> {
-        ensure_finite("variational parameters", self.values())?;
+        self.validate()?;
         Ok(match self {
             VarParams::None => Process::Vp(Vp::new(schedule, shape)?),
             VarParams::Diagonal(a) => Process::Vsdm(Vsdm::new(

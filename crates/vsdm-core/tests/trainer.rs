@@ -304,6 +304,66 @@ fn bad_checkpoints_are_named() {
     assert!(err.contains("grid"), "{err}");
 }
 
+/// Weights an update overflowed (a finite loss and gradient, a rate far too large) are refused before a
+/// checkpoint or an export is written, naming the tensor, and the checkpoint before stays the folder's newest;
+/// a checkpoint holding such weights (written by other means) is refused on resume, naming the tensor; and a
+/// learning rate above 1 is refused before anything runs.
+#[test]
+fn non_finite_weights_are_never_saved_or_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tr = Trainer::new(
+        config(VarParams::Diagonal(vec![0.0; 2]), 5),
+        &DEV,
+        Mlp::build(2, 2),
+    )
+    .unwrap();
+    let mut data = InMemory::new(gaussian_data(256, 2)).unwrap();
+    tr.run(&mut data, Some(dir.path()), 5, 0).unwrap();
+    let before = vsdm_core::trainer::latest_checkpoint(dir.path()).unwrap();
+    let var = tr.varmap().data().lock().unwrap()["l2.weight"].clone();
+    var.set(&(var.as_tensor() * f64::INFINITY).unwrap())
+        .unwrap();
+    let err = tr.save_checkpoint(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("diverged")
+            && err.contains("model.l2.weight")
+            && err.contains("lower learning rate"),
+        "{err}"
+    );
+    assert_eq!(
+        vsdm_core::trainer::latest_checkpoint(dir.path()).unwrap(),
+        before
+    );
+    let out = tempfile::tempdir().unwrap();
+    let err = tr.export(out.path()).unwrap_err().to_string();
+    assert!(err.contains("model.l2.weight"), "{err}");
+    assert!(!out.path().join("model.safetensors").exists());
+    // The same weights in a checkpoint file.
+    let ck = dir.path().join(before.unwrap()).join("state.safetensors");
+    let mut tensors = candle_core::safetensors::load(&ck, &DEV).unwrap();
+    let t = tensors["ema.l1.bias"].clone();
+    tensors.insert("ema.l1.bias".into(), (t * f64::NAN).unwrap());
+    candle_core::safetensors::save(&tensors, &ck).unwrap();
+    let err = Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("state.safetensors") && err.contains("ema.l1.bias") && err.contains("NaN"),
+        "{err}"
+    );
+    for (lr, a_lr) in [(1e30, 1e-2), (1e-3, 2.0)] {
+        let mut c = config(VarParams::Diagonal(vec![0.0; 2]), 5);
+        c.adam.lr = lr;
+        c.variational.adam.lr = a_lr;
+        let err = Trainer::new(c, &DEV, Mlp::build(2, 2))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("lr") && err.contains("(0, 1]"), "{err}");
+    }
+}
+
 /// Training on Gaussian data lowers the denoising loss and the samples approach the data law.
 #[test]
 fn training_learns_a_gaussian() {

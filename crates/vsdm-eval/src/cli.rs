@@ -80,6 +80,35 @@ fn without_backtrace(text: &str) -> String {
     kept.join("\n").trim_end().to_string()
 }
 
+/// Refuses an output folder (`flag`, e.g. `--out`) that exists as something other than a folder, naming it,
+/// before any work is done (the first write into it would otherwise fail at the end with a bare
+/// "Not a directory").
+pub fn out_folder(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() && !path.is_dir() {
+        anyhow::bail!(
+            "{flag} {}: a file, not a folder (the output folder is created when missing)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Refuses a PNG output (`flag`, e.g. `--grid`) whose name does not end in `.png`: the file would hold PNG
+/// data under another type's name.
+pub fn png_path(flag: &str, path: &std::path::Path) -> anyhow::Result<()> {
+    let png = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if !png {
+        anyhow::bail!(
+            "{flag} {}: the grid is written as PNG; give a .png path",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Creates the folder an output file will be written into (nothing for a bare file name) and checks that the
 /// file can be written there, so that a long job does not fail at its end on a missing folder or a read-only
 /// place; the error names the folder or the file. An existing file is opened for appending (and left as it

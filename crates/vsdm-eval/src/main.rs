@@ -214,6 +214,9 @@ fn run(cli: Cli) -> Result<()> {
             if npz.is_none() && grid.is_none() {
                 bail!("pack: give --npz and/or --grid");
             }
+            if let Some(p) = &grid {
+                vsdm_eval::cli::png_path("--grid", p)?;
+            }
             let set = open_images(&input, &subset)?;
             let (data, height, width) = set.batch_nhwc(0, set.len())?;
             let images = U8Images {

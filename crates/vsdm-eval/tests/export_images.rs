@@ -184,6 +184,16 @@ fn cli_pack_turns_a_png_folder_into_a_sample_archive() {
     let out = run(&["pack".as_ref(), pngs.as_os_str()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--npz and/or --grid"));
+    // A grid under another type's name.
+    let jpg = dir.path().join("grid.jpg");
+    let out = run(&[
+        "pack".as_ref(),
+        pngs.as_os_str(),
+        "--grid".as_ref(),
+        jpg.as_os_str(),
+    ]);
+    assert!(!out.status.success() && !jpg.exists());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give a .png path"));
     // An empty selection is refused rather than written as an empty archive.
     let empty = dir.path().join("empty.npz");
     let out = run(&[

@@ -357,6 +357,13 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
             bail!("invalid --minutes {m}: must be a positive number of minutes");
         }
     }
+    if let Some(lr) = a.lr.filter(|lr| !(*lr > 0.0 && *lr <= 1.0)) {
+        // AdamW moves every weight by about the rate per update (vsdm_core's TrainConfig::validate).
+        bail!("--lr {lr}: a learning rate must lie in (0, 1]");
+    }
+    if let Some(e) = a.ema.filter(|e| !(0.0..1.0).contains(e)) {
+        bail!("--ema {e}: the EMA decay must lie in [0, 1)");
+    }
     let given = |v: Option<usize>| v.unwrap_or(1);
     vsdm_eval::cli::at_least_one(&[
         ("--iters", given(a.iters)),
@@ -365,6 +372,9 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         ("--grid", a.grid),
         ("--grid-steps", given(a.grid_steps)),
         ("--traj-steps", given(a.traj_steps)),
+        ("--n-traj", given(a.n_traj)),
+        ("--a-iters", given(a.a_iters)),
+        ("--block", given(a.block)),
     ])?;
     vsdm_eval::cli::at_most(&[
         ("--iters", given(a.iters), MAX_ITERS),
@@ -381,6 +391,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/image-{}", a.method())));
+    vsdm_eval::cli::out_folder("--out", &out)?;
     let held = if a.resume { None } else { run_held(&out) };
     if let (Some(held), false) = (&held, a.overwrite) {
         bail!(
@@ -583,12 +594,7 @@ fn sample(a: SampleArgs, hub: &Hub, dev: &Device) -> Result<()> {
     vsdm_eval::cli::at_least_one(&[("--n", a.n)])?;
     vsdm_eval::cli::at_most(&[("--n", a.n, MAX_IMAGES)])?;
     check_sampler(&a.sampler)?;
-    if a.grid.extension().and_then(|e| e.to_str()) != Some("png") {
-        bail!(
-            "--grid {}: the grid is written as PNG; give a .png path",
-            a.grid.display()
-        );
-    }
+    vsdm_eval::cli::png_path("--grid", &a.grid)?;
     // Every output is checked before the sampling: a path that cannot be written fails now, not after it.
     for p in std::iter::once(&a.grid).chain(&a.npz) {
         vsdm_eval::cli::create_parent(p)?;

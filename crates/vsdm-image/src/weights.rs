@@ -133,7 +133,14 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     let st = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&st, device)
         .map_err(|e| Error::bad_file(&st, format!("unreadable safetensors: {e}")))?;
-    let names: Vec<String> = tensors.keys().cloned().collect();
+    let mut names: Vec<String> = tensors.keys().cloned().collect();
+    names.sort();
+    if let Some(bad) = vsdm_core::error::first_non_finite(names.iter().map(|k| (k, &tensors[k])))? {
+        return Err(Error::bad_file(
+            &st,
+            format!("tensor {bad} holds NaN or infinite values"),
+        ));
+    }
     let used = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     let vb = VarBuilder::from_backend(
         Box::new(Recording {

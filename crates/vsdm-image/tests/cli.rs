@@ -273,6 +273,37 @@ fn train_resume_sample() {
         assert!(!ok && text.contains(want), "{text}");
     }
 
+    // A variational parameter far outside any trained value (a hand edit), and weights holding NaN: refused
+    // at loading, naming the file and the entry, not sampled into overflowing or NaN images.
+    let copy = dir.path().join("edited-values");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["model.safetensors", "config.json", "run.json"] {
+        std::fs::copy(wdir.join(f), copy.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(wdir.join("config.json")).unwrap()).unwrap();
+    cfg["params"]["Diagonal"][3] = serde_json::json!(-1e6);
+    std::fs::write(copy.join("config.json"), cfg.to_string()).unwrap();
+    let (ok, text) = run(&["sample", "--weights", copy.to_str().unwrap(), "--n", "1"]);
+    assert!(
+        !ok && text.contains("config.json")
+            && text.contains("`params`")
+            && text.contains("(index 3)"),
+        "{text}"
+    );
+    std::fs::copy(wdir.join("config.json"), copy.join("config.json")).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let mut tensors = candle_core::safetensors::load(copy.join("model.safetensors"), &dev).unwrap();
+    let name = tensors.keys().min().unwrap().clone();
+    let t = (&tensors[&name] * f64::NAN).unwrap();
+    tensors.insert(name.clone(), t);
+    candle_core::safetensors::save(&tensors, copy.join("model.safetensors")).unwrap();
+    let (ok, text) = run(&["sample", "--weights", copy.to_str().unwrap(), "--n", "1"]);
+    assert!(
+        !ok && text.contains("model.safetensors") && text.contains(&name) && text.contains("NaN"),
+        "{text}"
+    );
+
     // Outputs that cannot be written and values that would overflow are refused before any sampling.
     for (args, want) in [
         (
@@ -432,7 +463,7 @@ fn bad_input_is_named() {
     assert!(!ok && text.contains("f8"), "{text}");
     let o = out.to_str().unwrap();
     let (ok, text) = run(&["train", "--n-traj", "0", "--out", o]);
-    assert!(!ok && text.contains("variational.n_trajectories"), "{text}");
+    assert!(!ok && text.contains("--n-traj 0"), "{text}");
     let wd = dir.path().to_str().unwrap();
     for args in [
         &["sample", "--weights", wd, "--n", "0"][..],
@@ -457,7 +488,21 @@ fn bad_input_is_named() {
     let (ok, text) = run(&["--cudnn-algo", "fastest", "bench"]);
     assert!(!ok && text.contains("fastest"), "{text}");
     let (ok, text) = run(&["train", "--a-iters", "0", "--out", o]);
-    assert!(!ok && text.contains("variational.iters"), "{text}");
+    assert!(!ok && text.contains("--a-iters 0"), "{text}");
+    for (flag, v) in [("--lr", "5"), ("--lr", "0"), ("--ema", "1")] {
+        let (ok, text) = run(&["train", flag, v, "--out", o]);
+        assert!(
+            !ok && text.contains(&format!("{flag} {v}")),
+            "{flag} {v}: {text}"
+        );
+    }
+    // An output folder that is a file: named before any data is read.
+    let (ok, text) = run(&["train", "--out", bad.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("--out") && text.contains("a file, not a folder"),
+        "{text}"
+    );
+
     for m in ["nan", "0", "-2"] {
         let (ok, text) = run(&["train", &format!("--minutes={m}"), "--out", o]);
         assert!(!ok && text.contains("--minutes"), "{m}: {text}");

@@ -146,9 +146,8 @@ fn load_test_protocol(cli: &Cli) -> anyhow::Result<Dataset> {
             let h = cli.prediction_length.unwrap_or(24);
             let csv = load_date_csv(path, None)?;
             let per_day = csv.series.freq.periods_per_day();
-            return Ok(Dataset::from_full_series(
-                name, csv.series, h, 0.2, per_day,
-            )?);
+            return Dataset::from_full_series(name, csv.series, h, 0.2, per_day)
+                .with_context(|| format!("{} with --prediction-length {h}", path.display()));
         }
         let hint = if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
             " (a GluonTS archive: unpack it first, `tar xzf`, and pass the folder)"
@@ -387,6 +386,39 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// A run folder whose checkpoints cannot be resumed (no `latest` pointer) but which still holds an earlier
+/// run's files — checkpoint folders, `run.json`, weights — is refused: training afresh there would replace that
+/// run's weights and checkpoints without a word.
+fn refuse_orphaned_run(dir: &Path, ckpt: &Path) -> anyhow::Result<()> {
+    if vsdm_core::trainer::latest_checkpoint(ckpt)?.is_some() {
+        return Ok(());
+    }
+    let mut held: Vec<String> = match std::fs::read_dir(ckpt) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| format!("checkpoints/{}", e.file_name().to_string_lossy()))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    held.sort();
+    let weights = dir.join("weights").join("model.safetensors");
+    if weights.is_file() {
+        held.push("weights/model.safetensors".into());
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} holds an earlier run ({}) but no checkpoint to resume ({} is missing): remove {} (or pass another \
+         --out) to train afresh, or write the name of a ckpt-* folder into {} to resume it",
+        dir.display(),
+        held.join(", "),
+        ckpt.join("latest").display(),
+        dir.display(),
+        ckpt.join("latest").display()
+    )
+}
+
 fn train_and_save(
     cli: &Cli,
     data: &Dataset,
@@ -396,6 +428,7 @@ fn train_and_save(
     dir: &Path,
 ) -> anyhow::Result<()> {
     let ckpt = dir.join("checkpoints");
+    refuse_orphaned_run(dir, &ckpt)?;
     let every = if cli.checkpoint_every > 0 {
         cli.checkpoint_every
     } else {
@@ -597,6 +630,7 @@ fn bench(
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    vsdm_eval::cli::out_folder("--out", &cli.out)?;
     let device = candle_core::Device::cuda_if_available(0)?;
     vsdm_eval::cli::at_least_one(&[
         ("--samples", cli.samples),
@@ -605,6 +639,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ("--context", cli.context.unwrap_or(1)),
         ("--prediction-length", cli.prediction_length.unwrap_or(1)),
         ("--max-windows", cli.max_windows.unwrap_or(1)),
+        ("--validation", cli.validation.unwrap_or(1)),
     ])?;
     {
         use vsdm_timeseries::pipeline::{MAX_BATCH, MAX_STEPS};
@@ -662,9 +697,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = run_dir(&cli, &data, method);
             let files = forecast::export(&dir.join("forecast"), &f, cli.charts)?;
             eprintln!(
-                "forecast {} windows × {} samples in {fs:.1} s; wrote {} files under {}",
+                "forecast {} windows × {} samples in {fs:.1} s with the weights in {}; wrote {} files under {}",
                 f.len(),
                 cli.samples,
+                wdir.display(),
                 files.len(),
                 dir.join("forecast").display()
             );

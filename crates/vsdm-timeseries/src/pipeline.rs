@@ -138,6 +138,21 @@ impl Budget {
                 self.batch
             );
         }
+        vsdm_eval::cli::at_least_one(&[
+            ("--a-iters", self.a_iters),
+            ("--n-traj", self.n_traj),
+            ("--traj-steps", self.traj_steps),
+            ("--layers", self.layers),
+        ])?;
+        for (flag, lr) in [("--lr", self.lr), ("--a-lr", self.a_lr)] {
+            // Adam moves every weight by about the rate per update (vsdm_core's TrainConfig::validate).
+            if !(lr > 0.0 && lr <= 1.0) {
+                anyhow::bail!("{flag} {lr}: a learning rate must lie in (0, 1]");
+            }
+        }
+        if !(0.0..1.0).contains(&self.ema) {
+            anyhow::bail!("--ema {}: the EMA decay must lie in [0, 1)", self.ema);
+        }
         // Bounds far above any real use: a mistyped count is an error naming it, not an allocation that
         // overflows or aborts.
         vsdm_eval::cli::at_most(&[

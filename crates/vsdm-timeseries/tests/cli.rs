@@ -172,7 +172,11 @@ fn bad_flags_are_named() {
             &["--validation", "300", "train"][..],
             "--validation 300",
         ),
-        ("2", &["--a-iters", "0", "train"][..], "variational.iters"),
+        ("2", &["--a-iters", "0", "train"][..], "--a-iters 0"),
+        ("2", &["--n-traj", "0", "train"][..], "--n-traj 0"),
+        ("2", &["--layers", "0", "train"][..], "--layers 0"),
+        ("2", &["--lr", "5", "train"][..], "--lr 5"),
+        ("2", &["--ema", "1", "train"][..], "--ema 1"),
         (
             "2",
             &["--traj-steps", "18446744073709551615", "train"][..],
@@ -183,7 +187,7 @@ fn bad_flags_are_named() {
             &["--steps", "18446744073709551615", "evaluate"][..],
             "--steps 18446744073709551615: must be at most",
         ),
-        ("2", &["--a-lr=-1", "train"][..], "variational.adam.lr"),
+        ("2", &["--a-lr=-1", "train"][..], "--a-lr -1"),
         ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),
         (
             "2",
@@ -199,6 +203,41 @@ fn bad_flags_are_named() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!tmp.path().join("out").exists(), "{args:?} wrote output");
     }
+    // An output folder that is a file: named before any work.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("out"), b"a file").unwrap();
+    let out = in_folder(tmp.path(), &["--iters", "2", "train"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--out") && stderr.contains("a file, not a folder"),
+        "{stderr}"
+    );
+    // A series too short for its test windows: the file and the flag are named.
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("short.csv");
+    let rows: String = (0..100)
+        .map(|h| format!("2020-01-{:02} {:02}:00:00,{h}\n", 1 + h / 24, h % 24))
+        .collect();
+    std::fs::write(&csv, format!("date,a\n{rows}")).unwrap();
+    let out = in_folder(
+        tmp.path(),
+        &[
+            "--iters",
+            "2",
+            "--data",
+            csv.to_str().unwrap(),
+            "--prediction-length",
+            "30",
+            "train",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("short.csv with --prediction-length 30") && stderr.contains("no room"),
+        "{stderr}"
+    );
     // An archive that exists but is not unpacked is named with what to do.
     let tmp = tempfile::tempdir().unwrap();
     let archive = tmp.path().join("exchange_rate.tar.gz");
@@ -254,7 +293,8 @@ fn a_finished_run_is_reported_and_its_weights_kept() {
 
 /// A checkpointed run refuses to go on under another window (the context and the scaling change no weight's
 /// shape), naming what changed; weights refuse to be scored on windows they were not trained for; a damaged
-/// checkpoint pointer is an error naming it, and the checkpoints stay.
+/// checkpoint pointer is an error naming it, and the checkpoints stay; without a pointer, a fresh run in the
+/// folder is refused and the earlier run's files stay.
 #[test]
 fn changed_settings_and_a_damaged_pointer_are_refused() {
     if default_assets_dir().is_none() {
@@ -294,4 +334,24 @@ fn changed_settings_and_a_damaged_pointer_are_refused() {
         "{err}"
     );
     assert_eq!(count(), before);
+    // Without the pointer the run cannot be resumed, and training afresh in its place (here with another
+    // seed) would replace its checkpoints and weights: refused, naming what the folder holds.
+    let weights = tmp
+        .path()
+        .join("out/exchange_rate/vsdm/weights/model.safetensors");
+    let kept = std::fs::read(&weights).unwrap();
+    std::fs::remove_file(ckpt.join("latest")).unwrap();
+    let (ok, err) = run(&["--iters", "2", "--seed", "7", "train"]);
+    assert!(
+        !ok && err.contains("holds an earlier run")
+            && err.contains("checkpoints/ckpt-")
+            && err.contains("weights/model.safetensors"),
+        "{err}"
+    );
+    assert_eq!(count(), before);
+    assert_eq!(std::fs::read(&weights).unwrap(), kept);
+    // Removing the run is the way to train afresh there.
+    std::fs::remove_dir_all(tmp.path().join("out/exchange_rate/vsdm")).unwrap();
+    let (ok, err) = run(&["--iters", "2", "--seed", "7", "train"]);
+    assert!(ok, "{err}");
 }

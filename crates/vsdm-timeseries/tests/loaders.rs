@@ -178,4 +178,23 @@ fn ragged_and_nan_rows_are_named() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("bad.csv") && e.contains('3'), "{e}");
+    // A cell that is missing, or a number beyond f32, is quoted with what is wrong with it.
+    for (cell, want) in [
+        ("", "empty cell"),
+        ("1e39", "`1e39` is beyond the range of f32"),
+        ("NaN", "`NaN` is NaN or infinite"),
+    ] {
+        std::fs::write(
+            &c,
+            format!("date,a,b\n2020-01-01 00:00:00,1,2\n2020-01-01 01:00:00,3,{cell}\n"),
+        )
+        .unwrap();
+        let e = load_date_csv(&c, Some(Freq::Hours(1)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bad.csv:3") && e.contains('b') && e.contains(want),
+            "{cell}: {e}"
+        );
+    }
 }

@@ -208,6 +208,39 @@ fn bad_weights_name_the_file() {
             && err.contains("`window` (context 10, horizon 30) and `network` (context 90"),
         "{err}"
     );
+    // A variational parameter far beyond any trained value (a hand edit), and a `params` of the wrong length.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["params"]["Diagonal"][5] = (-1e6).into();
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("`params`") && err.contains("(index 5)"),
+        "{err}"
+    );
+    let n = cfg["params"]["Diagonal"].as_array().unwrap().len();
+    cfg["params"]["Diagonal"] = serde_json::json!(vec![0.0; 10]);
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
+    assert!(
+        err.contains(&format!(
+            "`params` holds 10 values, but the configured method (`config.init`) has {n}"
+        )),
+        "{err}"
+    );
+    // Weights holding NaN: named at loading, not sampled into NaN forecasts.
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let st = tmp.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&st, &dev).unwrap();
+    let name = tensors.keys().max().unwrap().clone();
+    let t = (&tensors[&name] * f64::NAN).unwrap();
+    tensors.insert(name.clone(), t);
+    candle_core::safetensors::save(&tensors, &st).unwrap();
+    let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains(&name) && err.contains("NaN"),
+        "{err}"
+    );
 }
 
 /// A ζ outside [0, 2] (or not a number), and other bad budgets (β schedules among them), are refused before any training, naming the

@@ -89,6 +89,7 @@ fn run() -> Result<()> {
             debias,
             gaussian_lr,
         } => {
+            vsdm_eval::cli::out_folder("--out", &out)?;
             vsdm_eval::cli::at_least_one(&[
                 ("--seeds", seeds.try_into().unwrap_or(usize::MAX)),
                 ("--jobs", jobs),
@@ -103,8 +104,8 @@ fn run() -> Result<()> {
                 ("--hidden", hidden.unwrap_or(1), 65_536),
             ])?;
             for (flag, lr) in [("--a-lr", a_lr), ("--gaussian-lr", Some(gaussian_lr))] {
-                if let Some(lr) = lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
-                    bail!("{flag} {lr}: a learning rate must be finite and > 0");
+                if let Some(lr) = lr.filter(|lr| !(*lr > 0.0 && *lr <= 1.0)) {
+                    bail!("{flag} {lr}: a learning rate must lie in (0, 1]");
                 }
             }
             if let Some(z) = zeta.filter(|z| !vsdm_core::variational::ZETA_RANGE.contains(z)) {
@@ -140,7 +141,16 @@ fn run() -> Result<()> {
                     )
                 })?)
                     .collect(),
-                shapes: if shape.is_empty() {
+                shapes: if let Some(twice) = shape
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, s)| shape[..i].contains(s).then_some(s))
+                {
+                    bail!(
+                        "--shape {}: given twice",
+                        format!("{twice:?}").to_lowercase()
+                    )
+                } else if shape.is_empty() {
                     vec![Shape::Spiral, Shape::Checkerboard]
                 } else {
                     shape
@@ -150,6 +160,9 @@ fn run() -> Result<()> {
                     let mut chosen = Vec::new();
                     for m in &method {
                         match all.iter().find(|x| x.slug() == *m) {
+                            Some(x) if chosen.contains(x) => {
+                                bail!("--method {m}: given twice (each method runs once per shape and seed)")
+                            }
                             Some(x) => chosen.push(*x),
                             None => bail!(
                                 "--method {m}: unknown; choose from {}",

@@ -67,6 +67,15 @@ fn bad_flags_are_named() {
         ("--hidden=0", "--hidden 0"),
         ("--a-lr=-1", "--a-lr -1"),
         ("--gaussian-lr=NaN", "--gaussian-lr NaN"),
+        (
+            "--gaussian-lr=1e30",
+            "--gaussian-lr 1000000000000000000000000000000",
+        ),
+        ("--method vp10 vp10", "--method vp10: given twice"),
+        (
+            "--shape gaussian spiral gaussian",
+            "--shape gaussian: given twice",
+        ),
         ("--zeta=3", "--zeta 3"),
         (
             "--hidden=18446744073709551612",
@@ -75,8 +84,12 @@ fn bad_flags_are_named() {
         ("--first-seed=18446744073709551615", "past the largest seed"),
     ] {
         let dir = tempfile::tempdir().unwrap();
+        let mut words = flag.split(' ');
         let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
-            .args(["shapes", "--smoke", flag, "--out"])
+            .args(["shapes", "--smoke"])
+            .args(words.next())
+            .args(words)
+            .arg("--out")
             .arg(dir.path())
             .output()
             .unwrap();
@@ -90,4 +103,20 @@ fn bad_flags_are_named() {
             "{flag}: work was started"
         );
     }
+    // An output folder that is a file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("report");
+    std::fs::write(&file, b"a file").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vsdm-toys"))
+        .args(["shapes", "--smoke", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("--out")
+            && stderr.contains("a file, not a folder"),
+        "{stderr}"
+    );
 }

@@ -124,7 +124,7 @@ pub fn load_date_csv(path: &Path, freq: Option<Freq>) -> Result<DateCsv> {
                     path,
                     line_no,
                     &columns[j],
-                    "NaN or infinite value",
+                    super::series::non_finite_cell(cell),
                 ));
             }
             col.push(v);

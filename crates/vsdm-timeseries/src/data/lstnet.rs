@@ -36,7 +36,7 @@ pub fn load_lstnet(path: &Path, start: NaiveDateTime, freq: Freq) -> Result<Seri
                     path,
                     line_no,
                     format!("column {}", j + 1),
-                    "NaN or infinite value",
+                    super::series::non_finite_cell(cell),
                 ));
             }
             row.push(v);

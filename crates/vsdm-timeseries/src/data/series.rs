@@ -211,6 +211,18 @@ pub fn parse_number(s: &str) -> Option<f32> {
     }
 }
 
+/// What is wrong with a cell that [`parse_number`] read as NaN or infinite, quoting it.
+pub fn non_finite_cell(cell: &str) -> String {
+    let c = cell.trim();
+    if c.is_empty() {
+        "empty cell (a missing value; the series must be complete)".into()
+    } else if c.parse::<f64>().is_ok_and(f64::is_finite) {
+        format!("`{c}` is beyond the range of f32 (±3.4e38)")
+    } else {
+        format!("`{c}` is NaN or infinite (a missing value; the series must be complete)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
