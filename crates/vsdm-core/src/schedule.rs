@@ -18,6 +18,23 @@ pub enum BetaSchedule {
     Constant { beta: f64, t_max: f64 },
 }
 
+/// The largest β a schedule may reach. A sanity bound far above the papers' (β_max 4–20): at β = 1,000 a
+/// 200-step sampler already moves by βh = 5 per step, and a value like 1e30 (a mistyped flag) would overflow
+/// every sampler step into NaN instead of being refused.
+pub const BETA_LIMIT: f64 = 1000.0;
+
+fn check_beta(name: &'static str, beta: f64) -> Result<()> {
+    if beta > 0.0 && beta <= BETA_LIMIT {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            name,
+            beta,
+            format!("β must lie in (0, {BETA_LIMIT}]"),
+        ))
+    }
+}
+
 impl BetaSchedule {
     /// VSDM's default: β_min = 0.1, β_max = 10, r = 1.7, T = 1.
     pub fn vsdm_default() -> Self {
@@ -48,7 +65,7 @@ impl BetaSchedule {
         Ok(s)
     }
 
-    /// Checks β > 0 everywhere, T > 0, r ≥ 0 and finiteness; the error names the value.
+    /// Checks 0 < β ≤ [`BETA_LIMIT`] everywhere, T > 0, r ≥ 0 and finiteness; the error names the value.
     pub fn validate(&self) -> Result<()> {
         let t_max = self.t_max();
         if !(t_max.is_finite() && t_max > 0.0) {
@@ -65,28 +82,14 @@ impl BetaSchedule {
                 r,
                 ..
             } => {
-                if !(beta_min.is_finite() && beta_min > 0.0) {
-                    return Err(Error::invalid(
-                        "beta_min",
-                        beta_min,
-                        "β must be finite and > 0",
-                    ));
-                }
-                if !(beta_max.is_finite() && beta_max > 0.0) {
-                    return Err(Error::invalid(
-                        "beta_max",
-                        beta_max,
-                        "β must be finite and > 0",
-                    ));
-                }
+                check_beta("beta_min", beta_min)?;
+                check_beta("beta_max", beta_max)?;
                 if !(r.is_finite() && r >= 0.0) {
                     return Err(Error::invalid("r", r, "the power must be finite and ≥ 0"));
                 }
             }
             Self::Constant { beta, .. } => {
-                if !(beta.is_finite() && beta > 0.0) {
-                    return Err(Error::invalid("beta", beta, "β must be finite and > 0"));
-                }
+                check_beta("beta", beta)?;
             }
         }
         Ok(())
@@ -193,6 +196,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("beta = NaN"), "{e}");
+        let e = BetaSchedule::power(0.1, 1e30, 1.7, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("beta_max = 1000000") && e.contains("(0, 1000]"),
+            "{e}"
+        );
+        assert!(BetaSchedule::constant(BETA_LIMIT, 1.0).is_ok());
         let e = BetaSchedule::constant(1.0, 0.0).unwrap_err().to_string();
         assert!(e.contains("T = 0"), "{e}");
         let s = BetaSchedule::vsdm_default();

@@ -359,7 +359,7 @@ pub fn take_array(
         path: path.to_path_buf(),
         key: key.to_string(),
         available: if arrays.is_empty() {
-            "no other array".into()
+            "none".into()
         } else {
             arrays.keys().cloned().collect::<Vec<_>>().join(", ")
         },

@@ -184,12 +184,15 @@ impl FidStats {
             actual,
         };
         if let Some(i) = (0..dim).find(|&i| s[(i, i)] < -1e-6 * scale) {
-            return Err(bad(format!("diagonal element {i} is {}", s[(i, i)])));
+            return Err(bad(format!(
+                "a matrix whose diagonal element {i} is {}",
+                s[(i, i)]
+            )));
         }
         let asym = (&s - s.transpose()).amax();
         if asym > 1e-4 * scale {
             return Err(bad(format!(
-                "not symmetric: largest |sigma − sigmaᵀ| {asym:.3e} against largest |sigma| {scale:.3e}"
+                "a matrix that is not symmetric: largest |sigma − sigmaᵀ| {asym:.3e} against largest |sigma| {scale:.3e}"
             )));
         }
         Ok(Self {

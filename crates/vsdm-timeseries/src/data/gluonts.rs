@@ -65,7 +65,7 @@ pub fn read_metadata(path: &Path) -> Result<GluonTsMetadata> {
                 path,
                 line_of("prediction_length"),
                 "prediction_length",
-                "not a positive integer",
+                format!("{p} is not a positive integer"),
             )
         })?),
     };
