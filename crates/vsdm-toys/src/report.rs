@@ -370,14 +370,19 @@ pub fn markdown(
         }
     }
     let _ = write!(md, "{}", VSMD_CONTEXT);
-    let _ = writeln!(md, "\n## Gaussian-bridge check\n\nData N((−8, 2), [[1, 1], [1, 5]]), β ≡ {}, ζ = 1, full A, A learning rate {}, {} stages of {} network updates and {} SA iterations. ‖Σ_T(A) − I‖_F: {:.4} at A = 0 → {:.4} after training (A = [{}], Σ_T(A) = [{}]). Verdict: {}. The quantity the variational stage actually lowers is the mismatch between the data's exact time-T marginal and the N(0, I) its trajectories start from: KL(ρ_T ‖ N(0, I)) = {:.4} at A = 0 → {:.4} after training.\n",
+    let _ = writeln!(md, "\n## Gaussian-bridge check\n\nData N((−8, 2), [[1, 1], [1, 5]]), β ≡ {}, ζ = 1, full A, A learning rate {}, {} stages of {} network updates and {} SA iterations. ‖Σ_T(A) − I‖_F: {:.4} at A = 0 → {:.4} after training (A = [{}], Σ_T(A) = [{}]). Verdict: {}. The quantity the variational stage actually lowers is the mismatch between the data's exact time-T marginal and the N(0, I) its trajectories start from: KL(ρ_T ‖ N(0, I)) = {:.4} at A = 0 → {:.4} after training. {}\n",
         gaussian.beta, gaussian.a_lr, gaussian.stages, gaussian.block, gaussian.a_iters, gaussian.dist_start, gaussian.dist_end,
         gaussian.a.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", "),
         gaussian.sigma.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", "),
         if gaussian.dist_end < gaussian.dist_start { "Σ_T(A) moved towards the identity" } else { "Σ_T(A) did not move towards the identity" },
-        gaussian.kl_start, gaussian.kl_end);
+        gaussian.kl_start, gaussian.kl_end, GAUSSIAN_FIXED_POINT);
     md
 }
+
+/// Where the Gaussian-bridge check's stages are heading: the root of the continuous-time expected A-gradient for
+/// this data and schedule, computed by ODEs in `vsdm-core/tests/gaussian_bridge.rs` (a property of the problem,
+/// not of a run).
+const GAUSSIAN_FIXED_POINT: &str = "With the exact score instead of a network, the stages converge to the root of the continuous-time expected A-gradient, A* = [−0.3398, 0.0684, 0.0797, −0.0502] with KL 0.0968, computed by ODEs in `crates/vsdm-core/tests/gaussian_bridge.rs` (docs/CORE.md, \"The Gaussian bridge check\"): a linear drift cannot carry the data's mean to 0, so the fixed point is not Σ_T(A) = I.";
 
 /// A fixed note after the claims table: what the official code reports for the same comparison.
 const VSMD_CONTEXT: &str = "\nContext for the VSMD rows: the official VSMD development notebook's spiral run reports W2 19.49 for CLD and 18.16 for VSMD (at its own data scale and budget); neither paper reports straightness for CLD vs VSMD on these shapes. Until 2026-11-29 CLD and VSMD ran VSDM's power schedule here (W2 ≈ 16 on the spiral); that table and what was tried for the straightness claim then: `shapes-investigation.md`.\n";
