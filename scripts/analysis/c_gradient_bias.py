@@ -11,6 +11,8 @@ The stochastic approximation moves c against the sign; a root where the gradient
 point. Usage: python3 scripts/analysis/c_gradient_bias.py [steps]   (needs numpy; docs/results/shapes-budget.md)
        python3 scripts/analysis/c_gradient_bias.py roots   (VSDM's fixed points at 25/50/100 steps,
        docs/results/timeseries.md)
+       python3 scripts/analysis/c_gradient_bias.py image   (the image VSDM's per-pixel fixed points at ζ = 1 and
+       0.75, docs/results/image.md)
 """
 import sys
 
@@ -110,9 +112,27 @@ def vsdm_roots():
             print(f"  {steps:3d} steps, data variance {s2}: plain {plain:+.4f}  paired {paired:+.4f}  exact {exact:+.4f}")
 
 
+def image_roots():
+    """Per-pixel a of the image VSDM (power schedule 0.1 → 10, r = 1.7) at ζ = 1 and the image default 0.75,
+    for the CPU default's 20 trajectory steps and the paper scale's 100; pixels taken as independent centred
+    Gaussians (CIFAR-10's per-pixel variance in [−1, 1] is 0.19–0.40, mean 0.24). ζ adds (ζ − 1) to the
+    gradient / W."""
+    print("## image VSDM a per pixel: root of the gradient (plain, paired, exact = 3,000 steps)")
+    for zeta in [1.0, 0.75]:
+        for steps in [20, 100]:
+            for s2 in [0.25, 1.0]:
+                push = zeta - 1
+                plain = root(lambda a: vsdm_grad(a, s2, steps, "I") + push, -2, 0.49)
+                paired = root(lambda a: vsdm_grad(a, s2, steps, "I") - vsdm_grad(a, s2, steps, "model") + push, -2, 0.49)
+                exact = root(lambda a: vsdm_grad(a, s2, 3000, "I") + push, -2, 0.49)
+                print(f"  zeta {zeta}, {steps:3d} steps, data variance {s2}: plain {plain:+.4f}  paired {paired:+.4f}  exact {exact:+.4f}")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["roots"]:
         vsdm_roots()
+    elif sys.argv[1:] == ["image"]:
+        image_roots()
         sys.exit()
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     table("VSMD c", momentum_grad, [-0.6, -0.3, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2], [1.0, 4.4, 348.0], steps)

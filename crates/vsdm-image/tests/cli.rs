@@ -489,13 +489,51 @@ fn bad_input_is_named() {
     assert!(!ok && text.contains("fastest"), "{text}");
     let (ok, text) = run(&["train", "--a-iters", "0", "--out", o]);
     assert!(!ok && text.contains("--a-iters 0"), "{text}");
-    for (flag, v) in [("--lr", "5"), ("--lr", "0"), ("--ema", "1")] {
+    for (flag, v) in [
+        ("--lr", "5"),
+        ("--lr", "0"),
+        ("--ema", "1"),
+        ("--zeta", "3"),
+    ] {
         let (ok, text) = run(&["train", flag, v, "--out", o]);
         assert!(
             !ok && text.contains(&format!("{flag} {v}")),
             "{flag} {v}: {text}"
         );
     }
+    // The variational stage's estimator and ζ, as in the time-series and shapes programs: kept in the
+    // weights' configuration; a resumed run refuses to be given them again.
+    let v = dir.path().join("debiased");
+    let vs = v.to_str().unwrap();
+    let tiny = [
+        "--iters",
+        "2",
+        "--block",
+        "1",
+        "--n-traj",
+        "2",
+        "--traj-steps",
+        "2",
+        "--a-iters",
+        "1",
+        "--sample-every",
+        "0",
+        "--grid",
+        "1",
+        "--grid-steps",
+        "1",
+        "--out",
+        vs,
+    ];
+    let (ok, text) = run(&[&["train", "--debias", "true", "--zeta", "1"][..], &tiny[..]].concat());
+    assert!(ok, "{text}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(v.join("weights/config.json")).unwrap())
+            .unwrap();
+    let var = &cfg["config"]["variational"];
+    assert!(var["debias"] == true && var["zeta"] == 1.0, "{var}");
+    let (ok, text) = run(&["train", "--resume", "--debias", "false", "--out", vs]);
+    assert!(!ok && text.contains("drop --debias"), "{text}");
     // An output folder that is a file: named before any data is read.
     let (ok, text) = run(&["train", "--out", bad.to_str().unwrap()]);
     assert!(
