@@ -387,8 +387,8 @@ fn print_table(rows: &[Row]) {
 }
 
 /// A run folder whose checkpoints cannot be resumed (no `latest` pointer) but which still holds an earlier
-/// run's files — checkpoint folders, `run.json`, weights — is refused: training afresh there would replace that
-/// run's weights and checkpoints without a word.
+/// run's checkpoints or weights is refused: training afresh there would replace them without a word. A folder
+/// with neither (a run stopped before its first checkpoint, which leaves only `run.json`) starts over as before.
 fn refuse_orphaned_run(dir: &Path, ckpt: &Path) -> anyhow::Result<()> {
     if vsdm_core::trainer::latest_checkpoint(ckpt)?.is_some() {
         return Ok(());
@@ -396,7 +396,9 @@ fn refuse_orphaned_run(dir: &Path, ckpt: &Path) -> anyhow::Result<()> {
     let mut held: Vec<String> = match std::fs::read_dir(ckpt) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
-            .map(|e| format!("checkpoints/{}", e.file_name().to_string_lossy()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("ckpt-"))
+            .map(|name| format!("checkpoints/{name}"))
             .collect(),
         Err(_) => Vec::new(),
     };

@@ -350,8 +350,11 @@ fn changed_settings_and_a_damaged_pointer_are_refused() {
     );
     assert_eq!(count(), before);
     assert_eq!(std::fs::read(&weights).unwrap(), kept);
-    // Removing the run is the way to train afresh there.
+    // Removing the run is the way to train afresh there; a run stopped before its first checkpoint (only
+    // its run.json written) starts over without being asked.
     std::fs::remove_dir_all(tmp.path().join("out/exchange_rate/vsdm")).unwrap();
+    std::fs::create_dir_all(&ckpt).unwrap();
+    std::fs::write(ckpt.join("run.json"), "{}").unwrap();
     let (ok, err) = run(&["--iters", "2", "--seed", "7", "train"]);
     assert!(ok, "{err}");
 }
