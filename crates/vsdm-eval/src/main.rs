@@ -236,6 +236,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Fid { real, fake, net } => {
+            // Checked even when both inputs are statistics and the network is not loaded: a bad flag is an
+            // error wherever it would matter.
+            vsdm_eval::cli::at_least_one(&[("--batch-size", net.batch_size)])?;
             let (real_in, fake_in) = (FidInput::open(&real)?, FidInput::open(&fake)?);
             let needs_net = [&real_in, &fake_in]
                 .iter()

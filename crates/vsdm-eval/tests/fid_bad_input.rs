@@ -205,4 +205,20 @@ fn cli_reports_bad_input_and_exits_nonzero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--device tpu"), "{err}");
+    // A zero batch size is refused even where the network would not be loaded (statistics on both sides).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vsdm-eval"))
+        .args([
+            "fid",
+            "--real",
+            "a.npz",
+            "--fake",
+            "b.npz",
+            "--batch-size",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--batch-size 0"), "{err}");
 }
