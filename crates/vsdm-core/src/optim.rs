@@ -237,7 +237,17 @@ impl AdamF64 {
     }
 
     /// One step on `theta` with gradient `grad`.
+    ///
+    /// # Panics
+    /// If `theta` or `grad` do not hold as many values as the optimiser was made for.
     pub fn step(&mut self, theta: &mut [f64], grad: &[f64]) {
+        assert!(
+            theta.len() == self.m.len() && grad.len() == self.m.len(),
+            "AdamF64::step: {} parameters and {} gradients for an optimiser of {}",
+            theta.len(),
+            grad.len(),
+            self.m.len()
+        );
         let c = self.cfg;
         let lr = c.lr_at(self.step);
         self.step += 1;

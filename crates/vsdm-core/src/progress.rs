@@ -130,7 +130,8 @@ impl Progress {
     pub fn set_deadline(&self, limit: Duration) {
         if let Some(l) = &self.lines {
             let mut l = l.lock().expect("progress lines");
-            l.deadline = Some(l.start.elapsed() + limit);
+            // A limit too far away to be an Instant offset is no limit.
+            l.deadline = l.start.elapsed().checked_add(limit);
         }
     }
 
@@ -271,5 +272,11 @@ mod tests {
         assert!(q.lines.is_none());
         q.inc(2);
         assert_eq!(q.bar.position(), 2);
+        // A limit too far away to add to an Instant is no limit (it overflowed before).
+        let r = Progress::with_target(ProgressBar::hidden(), true, "training", 3, "steps");
+        r.set_deadline(Duration::MAX);
+        assert!(r.lines.as_ref().unwrap().lock().unwrap().deadline.is_none());
+        r.set_deadline(Duration::from_secs(60));
+        assert!(r.lines.as_ref().unwrap().lock().unwrap().deadline.is_some());
     }
 }

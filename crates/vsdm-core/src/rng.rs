@@ -83,8 +83,14 @@ impl NoiseRng {
         Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_device(device)?)
     }
 
-    /// `n` uniform indices in 0..upper as a u32 tensor.
+    /// `n` uniform indices in 0..upper as a u32 tensor; `upper` must lie in 1..=u32::MAX.
     pub fn indices(&mut self, n: usize, upper: usize, device: &Device) -> Result<Tensor> {
+        let upper = u32::try_from(upper)
+            .ok()
+            .filter(|&u| u > 0)
+            .ok_or_else(|| {
+                crate::error::Error::invalid("index range", upper, "must lie in 1..=u32::MAX")
+            })? as usize;
         let v: Vec<u32> = (0..n)
             .map(|_| self.rng.random_range(0..upper as u32))
             .collect();
@@ -97,6 +103,9 @@ impl NoiseRng {
     }
 
     /// A uniform index in 0..upper.
+    ///
+    /// # Panics
+    /// If `upper` is 0 (an empty range).
     pub fn index(&mut self, upper: usize) -> usize {
         self.rng.random_range(0..upper)
     }

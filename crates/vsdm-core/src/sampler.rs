@@ -61,7 +61,7 @@ impl SamplerConfig {
     /// The number of network evaluations this configuration costs.
     pub fn nfe(&self) -> usize {
         match self.kind {
-            SamplerKind::Heun => 2 * self.steps - 1,
+            SamplerKind::Heun => (2 * self.steps).saturating_sub(1),
             _ => self.steps,
         }
     }
@@ -123,6 +123,13 @@ where
     F: FnMut(&Tensor, f64, usize) -> Result<Tensor>,
     O: FnMut(usize, &Tensor, &Tensor) -> Result<()>,
 {
+    if times.len() != cfg.steps + 1 {
+        return Err(Error::Shape {
+            what: "sampler time grid".into(),
+            expected: format!("{} times (steps + 1)", cfg.steps + 1),
+            got: format!("{} times", times.len()),
+        });
+    }
     let mut z = z_t;
     let mut nfe = 0;
     let pf = cfg.kind != SamplerKind::EulerMaruyama;

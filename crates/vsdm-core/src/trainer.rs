@@ -241,7 +241,9 @@ impl TrainConfig {
         self.adaptive
             && !matches!(self.init, VarParams::None)
             && step > self.warmup
-            && step + self.cooldown <= self.iters
+            && step
+                .checked_add(self.cooldown)
+                .is_some_and(|end| end <= self.iters)
             && (step - self.warmup).is_multiple_of(self.block)
     }
 }
@@ -1079,6 +1081,19 @@ impl ExportedConfig {
         c.config
             .validate()
             .map_err(|e| ckpt_err(path, e.to_string()))?;
+        let same_kind = match (&c.params, &c.config.init) {
+            (VarParams::None, VarParams::None)
+            | (VarParams::Diagonal(_), VarParams::Diagonal(_))
+            | (VarParams::Momentum { .. }, VarParams::Momentum { .. }) => true,
+            (VarParams::Full { d, .. }, VarParams::Full { d: d0, .. }) => d == d0,
+            _ => false,
+        };
+        if !same_kind {
+            return Err(ckpt_err(
+                path,
+                "`params` are not of the kind (and size) of the configured method's (`config.init`)",
+            ));
+        }
         let (got, want) = (c.params.values().len(), c.config.init.values().len());
         if got != want {
             return Err(ckpt_err(

@@ -82,14 +82,27 @@ impl VarParams {
     }
 
     /// The same kind of parameters with other values.
+    ///
+    /// # Panics
+    /// If `v` does not hold as many values as `self`.
     pub fn with_values(&self, v: &[f64]) -> Self {
         let mut out = self.clone();
         out.values_mut().copy_from_slice(v);
         out
     }
 
-    /// Checks that every value is finite and within ±[`PARAM_LIMIT`], naming the first that is not.
+    /// Checks that a full A holds d × d values and that every value is finite and within ±[`PARAM_LIMIT`],
+    /// naming the first that is not.
     pub fn validate(&self) -> Result<()> {
+        if let VarParams::Full { d, a } = self {
+            if d.checked_mul(*d) != Some(a.len()) {
+                return Err(Error::invalid(
+                    "full A",
+                    format!("d = {d} with {} values", a.len()),
+                    "needs d × d values (row-major)",
+                ));
+            }
+        }
         ensure_finite("variational parameters", self.values())?;
         match self.values().iter().position(|v| v.abs() > PARAM_LIMIT) {
             None => Ok(()),
@@ -309,6 +322,24 @@ impl StatsAccumulator {
     }
 }
 
+/// Checks that a recorded run holds a state and a time for every score (its fields are public, so a run can
+/// be put together by hand).
+fn check_run(run: &SampleRun) -> Result<()> {
+    let n = run.scores.len();
+    if n == 0 || run.trajectory.len() < n || run.times.len() < n + 1 {
+        return Err(Error::invalid(
+            "trajectory",
+            format!(
+                "{n} scores, {} states, {} times",
+                run.trajectory.len(),
+                run.times.len()
+            ),
+            "the run was not recorded, or its parts disagree (a state per score and one time more)",
+        ));
+    }
+    Ok(())
+}
+
 impl TrajectoryStats {
     /// The statistics of a recorded run (`run.trajectory` and `run.scores` from
     /// [`crate::sampler::sample_with_eps`] with recording on). `k_params` are the parameters of the process
@@ -319,14 +350,8 @@ impl TrajectoryStats {
         schedule: &BetaSchedule,
         gamma: f64,
     ) -> Result<Self> {
+        check_run(run)?;
         let n_steps = run.scores.len();
-        if n_steps == 0 || run.trajectory.len() < n_steps {
-            return Err(Error::invalid(
-                "trajectory",
-                n_steps,
-                "the run was not recorded",
-            ));
-        }
         let mut acc = StatsAccumulator::new(k_params, gamma);
         for n in 0..n_steps {
             let h = run.times[n] - run.times[n + 1];
@@ -393,6 +418,11 @@ impl TrajectoryStats {
     /// The loss L and its gradient with respect to the free values, averaged over the trajectories `batch`
     /// (less the reference's gradient, when paired with one by [`TrajectoryStats::with_reference`]; the
     /// loss then drops the matching linear term, so that the gradient stays the loss's).
+    ///
+    /// # Panics
+    /// If an index in `batch` is not below [`TrajectoryStats::len`], or `params` are not of the kind and size
+    /// of the parameters that generated the trajectories (draw the batch with [`draw_batch`]; the trainer
+    /// passes its own parameters).
     pub fn loss_and_grad(&self, params: &VarParams, zeta: f64, batch: &[usize]) -> (f64, Vec<f64>) {
         let (mut loss, mut grad) = self.plain_loss_and_grad(params, zeta, batch);
         if let Some(bias) = &self.bias {
@@ -557,6 +587,7 @@ pub fn direct_loss(
     run: &SampleRun,
     zeta: f64,
 ) -> Result<f64> {
+    check_run(run)?;
     let mut total = 0.0;
     for n in 0..run.scores.len() {
         let t = run.times[n];

@@ -22,12 +22,28 @@ pub struct FullKernel {
     pub chol_inv_t: DMatrix<f64>,
 }
 
+/// An error naming `what` unless `m` is square.
+fn square(what: &str, m: &DMatrix<f64>) -> Result<()> {
+    if m.nrows() == m.ncols() {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Shape {
+            what: what.into(),
+            expected: "a square matrix".into(),
+            got: format!("{}×{}", m.nrows(), m.ncols()),
+        })
+    }
+}
+
 /// D = I − 2A.
 pub fn drift_matrix(a: &DMatrix<f64>) -> DMatrix<f64> {
     DMatrix::identity(a.nrows(), a.ncols()) - a * 2.0
 }
 
 /// M_t and Σ_t for integrated schedule `b` (matrix fraction decomposition).
+///
+/// # Panics
+/// If `d_mat` is not square ([`kernel`] checks it and returns an error instead).
 pub fn mean_cov(d_mat: &DMatrix<f64>, b: f64) -> (DMatrix<f64>, DMatrix<f64>) {
     let n = d_mat.nrows();
     let mut g = DMatrix::<f64>::zeros(2 * n, 2 * n);
@@ -47,6 +63,7 @@ pub fn mean_cov(d_mat: &DMatrix<f64>, b: f64) -> (DMatrix<f64>, DMatrix<f64>) {
 
 /// Lower Cholesky factor and its inverse transpose; `t` only names the time in the error.
 pub fn chol_pair(cov: &DMatrix<f64>, t: f64) -> Result<(DMatrix<f64>, DMatrix<f64>)> {
+    square("covariance", cov)?;
     let ch = cov
         .clone()
         .cholesky()
@@ -71,6 +88,7 @@ pub fn chol_pair(cov: &DMatrix<f64>, t: f64) -> Result<(DMatrix<f64>, DMatrix<f6
 
 /// All kernel quantities at integrated schedule `b` (time `t` for error messages).
 pub fn kernel(d_mat: &DMatrix<f64>, b: f64, t: f64) -> Result<FullKernel> {
+    square("drift matrix D", d_mat)?;
     let (mean, cov) = mean_cov(d_mat, b);
     crate::error::ensure_finite("Σ_t", cov.as_slice())?;
     let (chol, chol_inv_t) = chol_pair(&cov, t)?;

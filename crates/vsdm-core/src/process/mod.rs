@@ -97,17 +97,32 @@ pub trait Marginals {
     fn score_at(&self, eps_hat: &Tensor, n: usize) -> Result<Tensor>;
 }
 
+/// Checks a process's data shape (one element, without the batch dimension): at least one dimension, none 0.
+pub(crate) fn check_data_shape(shape: &[usize]) -> Result<()> {
+    if shape.is_empty() || shape.contains(&0) {
+        return Err(Error::invalid(
+            "data shape",
+            format!("{shape:?}"),
+            "needs at least one dimension and no zero dimension (a batch of scalars is data shape [1])",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a batch's per-element shape against the process's data shape.
 pub(crate) fn check_shape(what: &str, x: &Tensor, expected: &[usize], factor: usize) -> Result<()> {
     let dims = x.dims();
-    let ok = dims.len() == expected.len() + 1
+    let ok = !expected.is_empty()
+        && dims.len() == expected.len() + 1
         && dims[1] == expected[0] * factor
         && dims[2..] == expected[1..];
     if ok {
         Ok(())
     } else {
         let mut e = expected.to_vec();
-        e[0] *= factor;
+        if let Some(first) = e.first_mut() {
+            *first *= factor;
+        }
         Err(Error::Shape {
             what: what.to_string(),
             expected: format!(

@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor};
 
 use super::{check_shape, check_times, per_sample, ForwardProcess, Marginals};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernel::diag::mean_std;
 use crate::schedule::BetaSchedule;
 
@@ -18,6 +18,7 @@ impl Vp {
     /// VP on data elements of shape `shape` (e.g. `[3, 32, 32]` or `[2]`).
     pub fn new(schedule: BetaSchedule, shape: &[usize]) -> Result<Self> {
         schedule.validate()?;
+        super::check_data_shape(shape)?;
         Ok(Self {
             schedule,
             shape: shape.to_vec(),
@@ -110,6 +111,13 @@ impl Marginals for VpMarginals {
     }
 
     fn perturb(&self, x0: &Tensor, idx: &Tensor, eps: &Tensor) -> Result<(Tensor, Tensor)> {
+        if x0.rank() < 2 {
+            return Err(Error::Shape {
+                what: "x0".into(),
+                expected: "[batch, data dimensions…] (a batch of scalars is [batch, 1])".into(),
+                got: format!("{:?}", x0.dims()),
+            });
+        }
         let shape: Vec<usize> = x0.dims()[1..].to_vec();
         check_shape("eps", eps, &shape, 1)?;
         let r = x0.rank();
@@ -120,6 +128,13 @@ impl Marginals for VpMarginals {
     }
 
     fn score_at(&self, eps_hat: &Tensor, n: usize) -> Result<Tensor> {
-        Ok((eps_hat * (-1.0 / self.std_host[n]))?)
+        let std = self.std_host.get(n).ok_or_else(|| {
+            Error::invalid(
+                "grid index",
+                n,
+                format!("the marginals hold {} times", self.std_host.len()),
+            )
+        })?;
+        Ok((eps_hat * (-1.0 / std))?)
     }
 }

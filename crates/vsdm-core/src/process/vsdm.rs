@@ -64,6 +64,7 @@ impl Vsdm {
         device: &Device,
     ) -> Result<Self> {
         schedule.validate()?;
+        super::check_data_shape(shape)?;
         let numel: usize = shape.iter().product();
         let d_tensor = match &a {
             LinearDrift::Diagonal(v) => {

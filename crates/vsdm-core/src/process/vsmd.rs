@@ -98,6 +98,7 @@ impl Vsmd {
         device: &Device,
     ) -> Result<Self> {
         schedule.validate()?;
+        super::check_data_shape(shape)?;
         if !(params.gamma.is_finite() && params.gamma > 0.0) {
             return Err(Error::invalid(
                 "gamma",
@@ -157,6 +158,9 @@ impl Vsmd {
     }
 
     /// The oscillator of element `i`.
+    ///
+    /// # Panics
+    /// If `i` is not an element index (at least the number of data elements).
     pub fn oscillator(&self, i: usize) -> Oscillator {
         Oscillator::from_ac(self.a[i], self.c[i], self.params.gamma)
     }

@@ -1,0 +1,157 @@
+//! Public functions given inputs a caller could plausibly pass by mistake (found by an audit of the API):
+//! each returns an error naming what is wrong instead of panicking on an index, a slice length or an overflow.
+
+use candle_core::{Device, Tensor};
+use nalgebra::DMatrix;
+use vsdm_core::kernel::full;
+use vsdm_core::sampler::{integrate, sample_with_score, SamplerConfig, SamplerKind};
+use vsdm_core::trainer::ExportedConfig;
+use vsdm_core::variational::{direct_loss, TrajectoryStats};
+use vsdm_core::{
+    BetaSchedule, ForwardProcess, LinearDrift, Marginals, NoiseRng, Process, VarParams, Vp, Vsdm,
+    Vsmd, VsmdParams,
+};
+
+const DEV: Device = Device::Cpu;
+
+fn err<T>(r: vsdm_core::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_empty_data_shape_is_refused_by_every_process() {
+    let s = BetaSchedule::vsdm_default();
+    let e = err(Vp::new(s, &[]));
+    assert!(e.contains("data shape"), "{e}");
+    let e = err(Vsdm::new(s, &[], LinearDrift::Diagonal(vec![0.1]), &DEV));
+    assert!(e.contains("data shape"), "{e}");
+    let e = err(Vsmd::cld(s, &[], VsmdParams::default(), &DEV));
+    assert!(e.contains("data shape"), "{e}");
+    let e = err(Vp::new(s, &[3, 0]));
+    assert!(e.contains("[3, 0]"), "{e}");
+    let e = err(VarParams::None.process(s, &[], &DEV));
+    assert!(e.contains("data shape"), "{e}");
+}
+
+#[test]
+fn vp_marginals_name_a_scalar_batch_and_a_grid_index() {
+    let vp = Vp::new(BetaSchedule::vsdm_default(), &[1]).unwrap();
+    let m = vp.marginals(&[0.5, 1.0], &DEV).unwrap();
+    let idx = Tensor::new(&[0u32, 1, 0, 1], &DEV).unwrap();
+    let x0 = Tensor::zeros(4, candle_core::DType::F32, &DEV).unwrap();
+    let e = err(m.perturb(&x0, &idx, &x0));
+    assert!(e.contains("x0") && e.contains("[batch, 1]"), "{e}");
+    let eps = Tensor::zeros((4, 1), candle_core::DType::F32, &DEV).unwrap();
+    assert!(m.score_at(&eps, 1).is_ok());
+    let e = err(m.score_at(&eps, 2));
+    assert!(e.contains("grid index = 2") && e.contains("2 times"), "{e}");
+}
+
+#[test]
+fn a_sampler_grid_of_the_wrong_length_is_named() {
+    let vp = Vp::new(BetaSchedule::vsdm_default(), &[1]).unwrap();
+    let cfg = SamplerConfig::new(SamplerKind::EulerMaruyama, 10);
+    let z = Tensor::zeros((2, 1), candle_core::DType::F32, &DEV).unwrap();
+    let mut rng = NoiseRng::new(0);
+    let e = err(integrate(
+        &vp,
+        &cfg,
+        &[1.0, 0.5],
+        z,
+        |z, _, _| Ok(z.clone()),
+        &mut rng,
+        |_, _, _| Ok(()),
+    ));
+    assert!(e.contains("11 times") && e.contains("2 times"), "{e}");
+    assert_eq!(SamplerConfig::new(SamplerKind::Heun, 0).nfe(), 0);
+}
+
+#[test]
+fn index_ranges_that_do_not_fit_are_named() {
+    let mut rng = NoiseRng::new(0);
+    for upper in [0, 1usize << 32] {
+        let e = err(rng.indices(3, upper, &DEV));
+        assert!(e.contains("index range"), "{upper}: {e}");
+    }
+    let t = rng.indices(3, u32::MAX as usize, &DEV).unwrap();
+    assert_eq!(t.dims(), [3]);
+}
+
+#[test]
+fn a_full_a_of_the_wrong_size_is_named_in_memory_and_in_a_config_file() {
+    let s = BetaSchedule::vsdm_default();
+    let bad = VarParams::Full {
+        d: 2,
+        a: vec![0.0; 3],
+    };
+    let e = err(bad.validate());
+    assert!(e.contains("d = 2 with 3 values"), "{e}");
+    assert!(bad.process(s, &[2], &DEV).is_err());
+    // A config.json whose `params` are a 3×3 A for a run configured with a 2×2 one (the same 4 values would
+    // not do: 3 × 3 needs 9).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = vsdm_core::TrainConfig::new(
+        s,
+        &[2],
+        VarParams::Full {
+            d: 2,
+            a: vec![0.0; 4],
+        },
+        true,
+    );
+    let exported = ExportedConfig {
+        config: cfg,
+        params: VarParams::Full {
+            d: 3,
+            a: vec![0.0; 4],
+        },
+        step: 1,
+    };
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, serde_json::to_string(&exported).unwrap()).unwrap();
+    let e = err(ExportedConfig::read(&path));
+    assert!(e.contains("config.json") && e.contains("`params`"), "{e}");
+}
+
+#[test]
+fn recorded_runs_whose_parts_disagree_are_named() {
+    let s = BetaSchedule::vsdm_default();
+    let vp = Vp::new(s, &[1]).unwrap();
+    let cfg = SamplerConfig::new(SamplerKind::EulerMaruyama, 3);
+    let z = Tensor::zeros((2, 1), candle_core::DType::F32, &DEV).unwrap();
+    let mut rng = NoiseRng::new(0);
+    let mut run = sample_with_score(&vp, &cfg, z, |z, _, _| Ok(z.neg()?), &mut rng, true).unwrap();
+    assert!(TrajectoryStats::from_run(&run, &VarParams::None, &s, 1.0).is_ok());
+    run.times.truncate(2);
+    let e = err(TrajectoryStats::from_run(&run, &VarParams::None, &s, 1.0));
+    assert!(e.contains("3 scores, 4 states, 2 times"), "{e}");
+    let p = Process::Vp(vp);
+    assert!(direct_loss(&p, &p, &run, 1.0).is_err());
+}
+
+#[test]
+fn non_square_matrices_are_named_by_the_full_kernel() {
+    let e = err(full::kernel(&DMatrix::identity(3, 2), 1.0, 0.5));
+    assert!(e.contains("drift matrix") && e.contains("3×2"), "{e}");
+    let e = err(full::chol_pair(&DMatrix::identity(2, 3), 0.5));
+    assert!(e.contains("covariance") && e.contains("2×3"), "{e}");
+}
+
+#[test]
+fn a_huge_cooldown_does_not_overflow_the_stage_schedule() {
+    let mut c = vsdm_core::TrainConfig::new(
+        BetaSchedule::vsdm_default(),
+        &[2],
+        VarParams::Diagonal(vec![0.0; 2]),
+        true,
+    );
+    c.iters = 10;
+    c.block = 1;
+    c.cooldown = usize::MAX;
+    assert!(!c.stage_after(2));
+    c.cooldown = 0;
+    assert!(c.stage_after(2));
+}
