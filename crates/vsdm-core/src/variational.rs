@@ -229,6 +229,22 @@ impl StatsAccumulator {
         self.n_traj = z.dim(0)?;
         let z = z.flatten_from(1)?.to_dtype(DType::F32)?;
         let s = s.flatten_from(1)?.to_dtype(DType::F32)?;
+        // The state's and the score's widths must be the parameters' (a state of another process would give
+        // statistics that `loss_and_grad` indexes past).
+        let n = self.k_params.values().len();
+        let (want_z, want_s) = match &self.k_params {
+            VarParams::None => (z.dim(1)?, z.dim(1)?),
+            VarParams::Diagonal(_) => (n, n),
+            VarParams::Full { d, .. } => (*d, *d),
+            VarParams::Momentum { .. } => (2 * n, n),
+        };
+        if z.dim(1)? != want_z || s.dim(1)? != want_s || s.dim(0)? != self.n_traj {
+            return Err(Error::Shape {
+                what: "trajectory state and score".into(),
+                expected: format!("[batch, {want_z}] and [batch, {want_s}] for these parameters"),
+                got: format!("{:?} and {:?}", z.dims(), s.dims()),
+            });
+        }
         let terms: Vec<Tensor> = match &self.k_params {
             VarParams::None => vec![],
             VarParams::Diagonal(_) => vec![z.sqr()?, (&s * &z)?],

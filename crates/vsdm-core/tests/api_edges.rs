@@ -155,3 +155,22 @@ fn a_huge_cooldown_does_not_overflow_the_stage_schedule() {
     c.cooldown = 0;
     assert!(c.stage_after(2));
 }
+
+#[test]
+fn trajectory_statistics_refuse_states_of_another_process() {
+    use vsdm_core::variational::StatsAccumulator;
+    let c = VarParams::Momentum {
+        c: vec![0.0; 2],
+        params: VsmdParams::default(),
+    };
+    let mut acc = StatsAccumulator::new(&c, 2.0);
+    let z = Tensor::zeros((4, 3), candle_core::DType::F32, &DEV).unwrap();
+    let s = Tensor::zeros((4, 2), candle_core::DType::F32, &DEV).unwrap();
+    let e = err(acc.add(&z, &s, 0.1, 1.0));
+    assert!(
+        e.contains("[batch, 4] and [batch, 2]") && e.contains("[4, 3]"),
+        "{e}"
+    );
+    let z = Tensor::zeros((4, 4), candle_core::DType::F32, &DEV).unwrap();
+    assert!(acc.add(&z, &s, 0.1, 1.0).is_ok());
+}
