@@ -97,32 +97,42 @@ pub fn ensure_finite(what: &str, values: &[f64]) -> Result<()> {
     }
 }
 
-/// The name of the first tensor (in the iteration's order) that holds a NaN or an infinity (its sum is then
-/// not finite; so is the sum of finite values beyond f32's range, which are as useless as weights).
+/// The sum of a tensor's elements in f32: not finite when one of them is a NaN or an infinity (or when finite
+/// values add up beyond f32's range, which are as useless as weights or states).
+fn sum_f32(t: &candle_core::Tensor) -> Result<f32> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?)
+}
+
+/// The name of the first tensor (in the iteration's order) that holds a NaN or an infinity.
 pub fn first_non_finite<'a, I, S>(named: I) -> Result<Option<String>>
 where
     I: IntoIterator<Item = (S, &'a candle_core::Tensor)>,
     S: AsRef<str>,
 {
     for (name, t) in named {
-        let s = t
-            .to_dtype(candle_core::DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()?;
-        if !s.is_finite() {
+        if !sum_f32(t)?.is_finite() {
             return Ok(Some(name.as_ref().to_string()));
         }
     }
     Ok(None)
 }
 
+/// [`first_non_finite`] over a file's tensors (as `candle_core::safetensors::load` returns them), in name
+/// order, so that the one named is the same on every load.
+pub fn first_non_finite_in(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<Option<String>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    first_non_finite(names.into_iter().map(|k| (k, &tensors[k])))
+}
+
 /// Fails with [`Error::NonFinite`] if the tensor holds a NaN or an infinity (its sum is then not finite);
 /// `t` names the diffusion time.
 pub fn ensure_finite_tensor(what: &str, x: &candle_core::Tensor, t: f64) -> Result<()> {
-    let s = x
-        .to_dtype(candle_core::DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
+    let s = sum_f32(x)?;
     if s.is_finite() {
         Ok(())
     } else {

@@ -941,10 +941,7 @@ impl<M: ScoreModel> Trainer<M> {
         let st_path = ck.join("state.safetensors");
         let tensors = candle_core::safetensors::load(&st_path, device)
             .map_err(|e| ckpt_err(&st_path, format!("unreadable: {e}")))?;
-        let mut names: Vec<&String> = tensors.keys().collect();
-        names.sort();
-        if let Some(bad) = crate::error::first_non_finite(names.iter().map(|k| (k, &tensors[*k])))?
-        {
+        if let Some(bad) = crate::error::first_non_finite_in(&tensors)? {
             return Err(ckpt_err(
                 &st_path,
                 format!(

@@ -299,6 +299,47 @@ fn data(n: usize) -> Tensor {
     e.matmul(&lt).unwrap().broadcast_add(&m).unwrap()
 }
 
+/// The parameters after `stages` variational stages of the trainer configured by `cfg`, with this file's stage
+/// settings (2,000 trajectories of `steps` Euler–Maruyama steps per stage, 100 SA iterations of Adam at `lr`,
+/// decayed by 0.7 every 500, parameter EMA 0.95) and, as the network, the exact score `model` builds on the
+/// shared parameters, which are set to the trainer's EMA parameters before each stage; `data` feeds the paired
+/// reference trajectories.
+fn run_stages<M: ScoreModel>(
+    mut cfg: TrainConfig,
+    debias: bool,
+    steps: usize,
+    lr: f64,
+    stages: usize,
+    data: Tensor,
+    model: impl Fn(Arc<Mutex<Vec<f64>>>) -> M,
+) -> Vec<f64> {
+    cfg.t_eps = T_EPS;
+    let v = &mut cfg.variational;
+    v.debias = debias;
+    v.n_trajectories = 2000;
+    v.batch = 500;
+    v.steps = steps;
+    v.iters = 100;
+    v.adam.lr = lr;
+    v.adam.lr_step = 500;
+    v.adam.lr_gamma = 0.7;
+    v.ema_decay = 0.95;
+    let shared = Arc::new(Mutex::new(cfg.init.values().to_vec()));
+    let held = shared.clone();
+    let mut trainer = Trainer::new(cfg, &DEV, move |vb: VarBuilder| {
+        // One unused variable: the trainer's optimiser wants something to hold.
+        vb.get(1, "unused")?;
+        Ok(model(held.clone()))
+    })
+    .unwrap();
+    let mut source = InMemory::new(data).unwrap();
+    for _ in 0..stages {
+        *shared.lock().unwrap() = trainer.params_ema().values().to_vec();
+        trainer.variational_stage(&mut source).unwrap();
+    }
+    trainer.params_ema().values().to_vec()
+}
+
 /// A learned by `stages` variational stages of the trainer (ζ, debias, Euler–Maruyama steps of the
 /// trajectories as given), from A = 0.
 fn learn(zeta: f64, debias: bool, stages: usize, steps: usize) -> Vec<f64> {
@@ -311,33 +352,11 @@ fn learn(zeta: f64, debias: bool, stages: usize, steps: usize) -> Vec<f64> {
         },
         true,
     );
-    cfg.t_eps = T_EPS;
     cfg.seed = 11;
-    let v = &mut cfg.variational;
-    v.zeta = zeta;
-    v.debias = debias;
-    v.n_trajectories = 2000;
-    v.batch = 500;
-    v.steps = steps;
-    v.iters = 100;
-    v.adam.lr = 1e-2;
-    v.adam.lr_step = 500;
-    v.adam.lr_gamma = 0.7;
-    v.ema_decay = 0.95;
-    let shared = Arc::new(Mutex::new(vec![0.0; 4]));
-    let model_a = shared.clone();
-    let mut trainer = Trainer::new(cfg, &DEV, move |vb: VarBuilder| {
-        // One unused variable: the trainer's optimiser wants something to hold.
-        vb.get(1, "unused")?;
-        Ok(ExactScore { a: model_a.clone() })
+    cfg.variational.zeta = zeta;
+    run_stages(cfg, debias, steps, 1e-2, stages, data(4096), |a| {
+        ExactScore { a }
     })
-    .unwrap();
-    let mut source = InMemory::new(data(4096)).unwrap();
-    for _ in 0..stages {
-        *shared.lock().unwrap() = trainer.params_ema().values().to_vec();
-        trainer.variational_stage(&mut source).unwrap();
-    }
-    trainer.params_ema().values().to_vec()
 }
 
 /// c learned by `stages` VSMD variational stages (ζ = 1, paired or plain, `steps` Euler–Maruyama steps, the
@@ -357,38 +376,18 @@ fn learn_momentum(debias: bool, stages: usize, steps: usize, seed: u64) -> Vec<f
         },
         true,
     );
-    cfg.t_eps = T_EPS;
     cfg.seed = seed;
-    let v = &mut cfg.variational;
-    assert_eq!(v.zeta, 1.0, "VSMD's default ζ");
-    v.debias = debias;
-    v.n_trajectories = 2000;
-    v.batch = 500;
-    v.steps = steps;
-    v.iters = 100;
-    v.adam.lr = 5e-3;
-    v.adam.lr_step = 500;
-    v.adam.lr_gamma = 0.7;
-    v.ema_decay = 0.95;
-    let shared = Arc::new(Mutex::new(vec![0.0; 2]));
-    let model_c = shared.clone();
-    let mut trainer = Trainer::new(cfg, &DEV, move |vb: VarBuilder| {
-        vb.get(1, "unused")?;
-        Ok(MomentumScore { c: model_c.clone() })
-    })
-    .unwrap();
+    assert_eq!(cfg.variational.zeta, 1.0, "VSMD's default ζ");
     let e = NoiseRng::new(4).randn(&[4096, 2], &DEV).unwrap();
     let sd = Tensor::new(
         &[VSMD_VARS[0].sqrt() as f32, VSMD_VARS[1].sqrt() as f32],
         &DEV,
     )
     .unwrap();
-    let mut source = InMemory::new(e.broadcast_mul(&sd).unwrap()).unwrap();
-    for _ in 0..stages {
-        *shared.lock().unwrap() = trainer.params_ema().values().to_vec();
-        trainer.variational_stage(&mut source).unwrap();
-    }
-    trainer.params_ema().values().to_vec()
+    let data = e.broadcast_mul(&sd).unwrap();
+    run_stages(cfg, debias, steps, 5e-3, stages, data, |c| MomentumScore {
+        c,
+    })
 }
 
 fn fmt(a: &[f64]) -> String {

@@ -80,6 +80,34 @@ fn without_backtrace(text: &str) -> String {
     kept.join("\n").trim_end().to_string()
 }
 
+/// Refuses a learning rate outside (0, 1], naming its flag: Adam moves every weight by about the rate per
+/// update (the bound of vsdm_core's `TrainConfig::validate`, checked here to name the flag rather than the
+/// configuration field).
+pub fn learning_rate(flag: &str, lr: f64) -> anyhow::Result<()> {
+    if !(lr > 0.0 && lr <= 1.0) {
+        anyhow::bail!("{flag} {lr}: a learning rate must lie in (0, 1]");
+    }
+    Ok(())
+}
+
+/// Refuses an EMA decay outside [0, 1), naming its flag.
+pub fn ema_decay(flag: &str, decay: f64) -> anyhow::Result<()> {
+    if !(0.0..1.0).contains(&decay) {
+        anyhow::bail!("{flag} {decay}: the EMA decay must lie in [0, 1)");
+    }
+    Ok(())
+}
+
+/// Refuses a `--zeta` outside [`vsdm_core::variational::ZETA_RANGE`].
+pub fn zeta(z: f64) -> anyhow::Result<()> {
+    if !vsdm_core::variational::ZETA_RANGE.contains(&z) {
+        anyhow::bail!(
+            "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"
+        );
+    }
+    Ok(())
+}
+
 /// Refuses an output folder (`flag`, e.g. `--out`) that exists as something other than a folder, naming it,
 /// before any work is done (the first write into it would otherwise fail at the end with a bare
 /// "Not a directory").

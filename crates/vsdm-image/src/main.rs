@@ -369,18 +369,14 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
             bail!("invalid --minutes {m}: must be a positive number of minutes");
         }
     }
-    if let Some(lr) = a.lr.filter(|lr| !(*lr > 0.0 && *lr <= 1.0)) {
-        // AdamW moves every weight by about the rate per update (vsdm_core's TrainConfig::validate).
-        bail!("--lr {lr}: a learning rate must lie in (0, 1]");
+    if let Some(lr) = a.lr {
+        vsdm_eval::cli::learning_rate("--lr", lr)?;
     }
-    if let Some(z) = a
-        .zeta
-        .filter(|z| !vsdm_core::variational::ZETA_RANGE.contains(z))
-    {
-        bail!("--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)");
+    if let Some(z) = a.zeta {
+        vsdm_eval::cli::zeta(z)?;
     }
-    if let Some(e) = a.ema.filter(|e| !(0.0..1.0).contains(e)) {
-        bail!("--ema {e}: the EMA decay must lie in [0, 1)");
+    if let Some(e) = a.ema {
+        vsdm_eval::cli::ema_decay("--ema", e)?;
     }
     let given = |v: Option<usize>| v.unwrap_or(1);
     vsdm_eval::cli::at_least_one(&[

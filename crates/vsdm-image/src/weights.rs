@@ -133,9 +133,8 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     let st = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&st, device)
         .map_err(|e| Error::bad_file(&st, format!("unreadable safetensors: {e}")))?;
-    let mut names: Vec<String> = tensors.keys().cloned().collect();
-    names.sort();
-    if let Some(bad) = vsdm_core::error::first_non_finite(names.iter().map(|k| (k, &tensors[k])))? {
+    let names: Vec<String> = tensors.keys().cloned().collect();
+    if let Some(bad) = vsdm_core::error::first_non_finite_in(&tensors)? {
         return Err(Error::bad_file(
             &st,
             format!("tensor {bad} holds NaN or infinite values"),

@@ -144,15 +144,9 @@ impl Budget {
             ("--traj-steps", self.traj_steps),
             ("--layers", self.layers),
         ])?;
-        for (flag, lr) in [("--lr", self.lr), ("--a-lr", self.a_lr)] {
-            // Adam moves every weight by about the rate per update (vsdm_core's TrainConfig::validate).
-            if !(lr > 0.0 && lr <= 1.0) {
-                anyhow::bail!("{flag} {lr}: a learning rate must lie in (0, 1]");
-            }
-        }
-        if !(0.0..1.0).contains(&self.ema) {
-            anyhow::bail!("--ema {}: the EMA decay must lie in [0, 1)", self.ema);
-        }
+        vsdm_eval::cli::learning_rate("--lr", self.lr)?;
+        vsdm_eval::cli::learning_rate("--a-lr", self.a_lr)?;
+        vsdm_eval::cli::ema_decay("--ema", self.ema)?;
         // Bounds far above any real use: a mistyped count is an error naming it, not an allocation that
         // overflows or aborts.
         vsdm_eval::cli::at_most(&[
@@ -167,13 +161,8 @@ impl Budget {
             ("--heads", self.heads, MAX_WIDTH),
             ("--patch", self.patch, MAX_STEPS),
         ])?;
-        if let Some(z) = self
-            .zeta
-            .filter(|z| !vsdm_core::variational::ZETA_RANGE.contains(z))
-        {
-            anyhow::bail!(
-                "--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)"
-            );
+        if let Some(z) = self.zeta {
+            vsdm_eval::cli::zeta(z)?;
         }
         for (flag, f) in [
             ("--warmup-frac", self.warmup_frac),

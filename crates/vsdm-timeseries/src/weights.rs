@@ -132,10 +132,7 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Loaded> {
     let st = dir.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&st, device)
         .map_err(|e| anyhow::anyhow!("{}: unreadable weights: {e}", st.display()))?;
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    if let Some(bad) = vsdm_core::error::first_non_finite(names.iter().map(|k| (k, &tensors[*k])))?
-    {
+    if let Some(bad) = vsdm_core::error::first_non_finite_in(&tensors)? {
         anyhow::bail!(
             "{}: tensor {bad} holds NaN or infinite values",
             st.display()

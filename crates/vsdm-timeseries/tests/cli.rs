@@ -19,6 +19,12 @@ fn in_folder(tmp: &std::path::Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The error output of a run that must have failed.
+fn refused(out: &Output) -> String {
+    assert!(!out.status.success(), "accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn run(args: &[&str]) -> Option<(Output, tempfile::TempDir)> {
     let assets = default_assets_dir()?;
     let tmp = tempfile::tempdir().unwrap();
@@ -108,8 +114,7 @@ fn weights_name_the_method_and_a_contradicting_flag_is_refused() {
     );
 
     let (out, _tmp) = run(&["--method", "vp", "--steps", "2", "evaluate"]).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&out);
     assert!(
         stderr.contains("--method vp") && stderr.contains("trained with vsmd"),
         "{stderr}"
@@ -207,8 +212,7 @@ fn bad_flags_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("out"), b"a file").unwrap();
     let out = in_folder(tmp.path(), &["--iters", "2", "train"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&out);
     assert!(
         stderr.contains("--out") && stderr.contains("a file, not a folder"),
         "{stderr}"
@@ -232,8 +236,7 @@ fn bad_flags_are_named() {
             "train",
         ],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&out);
     assert!(
         stderr.contains("short.csv with --prediction-length 30") && stderr.contains("no room"),
         "{stderr}"
@@ -246,8 +249,7 @@ fn bad_flags_are_named() {
         tmp.path(),
         &["--iters", "2", "--data", archive.to_str().unwrap(), "train"],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = refused(&out);
     assert!(stderr.contains("unpack it first"), "{stderr}");
 }
 

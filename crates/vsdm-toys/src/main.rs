@@ -103,13 +103,12 @@ fn run() -> Result<()> {
                 ("--iters", iters.unwrap_or(1), 1_000_000_000),
                 ("--hidden", hidden.unwrap_or(1), 65_536),
             ])?;
-            for (flag, lr) in [("--a-lr", a_lr), ("--gaussian-lr", Some(gaussian_lr))] {
-                if let Some(lr) = lr.filter(|lr| !(*lr > 0.0 && *lr <= 1.0)) {
-                    bail!("{flag} {lr}: a learning rate must lie in (0, 1]");
-                }
+            if let Some(lr) = a_lr {
+                vsdm_eval::cli::learning_rate("--a-lr", lr)?;
             }
-            if let Some(z) = zeta.filter(|z| !vsdm_core::variational::ZETA_RANGE.contains(z)) {
-                bail!("--zeta {z}: expected a number between 0 and 2 (the official codes use 0.75 and 1)");
+            vsdm_eval::cli::learning_rate("--gaussian-lr", gaussian_lr)?;
+            if let Some(z) = zeta {
+                vsdm_eval::cli::zeta(z)?;
             }
             if jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
                 // Whole runs in parallel, each on one core: faster than splitting small matrices.
