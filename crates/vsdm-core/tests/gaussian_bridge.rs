@@ -155,20 +155,36 @@ fn expected_gradient(a: &[f64], zeta: f64, n: usize) -> Vector4<f64> {
     Vector4::new(g[(0, 0)], g[(0, 1)], g[(1, 0)], g[(1, 1)])
 }
 
-/// VSMD's constant β (the time-series default), its γ (critical CLD) and initial velocity variance.
-const VSMD_BETA: f64 = 3.0;
+/// VSMD's γ (critical CLD) and initial velocity variance.
 const GAMMA: f64 = 2.0;
 const V0_VAR: f64 = 1.0;
-/// Variances of the two independent, centred data coordinates of the VSMD check: wide and narrow.
-const VSMD_VARS: [f64; 2] = [4.4, 0.25];
+
+/// A VSMD check's setting: its constant β and the variances of its two independent, centred data coordinates.
+#[derive(Clone, Copy)]
+struct Momentum {
+    beta: f64,
+    vars: [f64; 2],
+}
+
+/// The time series' constant β = 3 on a wide and a narrow coordinate.
+const TIME_SERIES: Momentum = Momentum {
+    beta: 3.0,
+    vars: [4.4, 0.25],
+};
+
+/// A weak constant β = 0.5 on two narrow coordinates, whose roots lie far from c = 0.
+const WEAK: Momentum = Momentum {
+    beta: 0.5,
+    vars: [0.05, 0.01],
+};
 
 /// One VSMD coordinate z = (x, v) at c with the critical-damping transform (κ = 1), written out from the
 /// paper's SDE: dx = ½β v dt, dv = −½β(k x + Γ v) dt + √(γβ) dw, Γ = γ(1 − 2c), k = Γ²/4; v_0 ~ N(0, V0_VAR).
-fn vsmd(c: f64, var: f64) -> Linear {
+fn vsmd(c: f64, var: f64, beta: f64) -> Linear {
     let g = GAMMA * (1.0 - 2.0 * c);
     Linear {
-        f: Matrix2::new(0.0, 0.5, -0.125 * g * g, -0.5 * g) * VSMD_BETA,
-        q: Matrix2::new(0.0, 0.0, 0.0, GAMMA * VSMD_BETA),
+        f: Matrix2::new(0.0, 0.5, -0.125 * g * g, -0.5 * g) * beta,
+        q: Matrix2::new(0.0, 0.0, 0.0, GAMMA * beta),
         start: Forward {
             m: Vector2::zeros(),
             s: Matrix2::new(var, 0.0, 0.0, V0_VAR),
@@ -179,11 +195,11 @@ fn vsmd(c: f64, var: f64) -> Linear {
 
 /// dL/dc at c (ζ = 1) for one coordinate: ∫ γβ (E_q[s_v x] a'(c) + E_q[s_v v] + 1) dt, with
 /// a(c) = (1 − Γ²/4)/(2γ) so a'(c) = Γ/2 (the policy √(γβ)(a x + c v) on v).
-fn momentum_gradient(c: f64, var: f64, n: usize) -> f64 {
+fn momentum_gradient(c: f64, var: f64, beta: f64, n: usize) -> f64 {
     let da = GAMMA * (1.0 - 2.0 * c) / 2.0;
-    let g = vsmd(c, var).reverse_integral(n, |es| {
+    let g = vsmd(c, var, beta).reverse_integral(n, |es| {
         Matrix2::new(
-            GAMMA * VSMD_BETA * (es[(1, 0)] * da + es[(1, 1)] + 1.0),
+            GAMMA * beta * (es[(1, 0)] * da + es[(1, 1)] + 1.0),
             0.0,
             0.0,
             0.0,
@@ -193,17 +209,36 @@ fn momentum_gradient(c: f64, var: f64, n: usize) -> f64 {
 }
 
 /// The root of `momentum_gradient` in c by Newton's method.
-fn momentum_root(var: f64, n: usize) -> f64 {
+fn momentum_root(var: f64, beta: f64, n: usize) -> f64 {
     let mut c = 0.0;
     for _ in 0..30 {
-        let g = momentum_gradient(c, var, n);
+        let g = momentum_gradient(c, var, beta, n);
         if g.abs() < 1e-10 {
             return c;
         }
-        let d = (momentum_gradient(c + 1e-5, var, n) - momentum_gradient(c - 1e-5, var, n)) / 2e-5;
+        let d = (momentum_gradient(c + 1e-5, var, beta, n)
+            - momentum_gradient(c - 1e-5, var, beta, n))
+            / 2e-5;
         c -= g / d;
     }
     panic!("Newton's method did not converge from c = 0");
+}
+
+/// The setting's two roots (400 reference steps), checked against 1,600 steps.
+fn converged_roots(setting: Momentum) -> Vec<f64> {
+    let roots: Vec<f64> = setting
+        .vars
+        .iter()
+        .map(|&v| momentum_root(v, setting.beta, 400))
+        .collect();
+    for (&v, &r) in setting.vars.iter().zip(&roots) {
+        let fine = momentum_root(v, setting.beta, 1600);
+        assert!(
+            (fine - r).abs() < 1e-6,
+            "root {r} with 400 steps, {fine} with 1600"
+        );
+    }
+    roots
 }
 
 /// The root of G by Newton's method with a central-difference Jacobian.
@@ -260,6 +295,7 @@ impl ScoreModel for ExactScore {
 /// entry of chol(Σ_{t|x_0}), with s_v the v-part of the marginal's score −S_t^{-1} z (centred data).
 struct MomentumScore {
     c: Arc<Mutex<Vec<f64>>>,
+    setting: Momentum,
 }
 
 impl ScoreModel for MomentumScore {
@@ -267,8 +303,8 @@ impl ScoreModel for MomentumScore {
         let t = t.to_vec1::<f32>()?[0] as f64;
         let c = self.c.lock().unwrap().clone();
         let (mut wx, mut wv) = (Vec::new(), Vec::new());
-        for (ci, var) in c.iter().zip(VSMD_VARS) {
-            let fw = vsmd(*ci, var).at(t);
+        for (ci, var) in c.iter().zip(self.setting.vars) {
+            let fw = vsmd(*ci, var, self.setting.beta).at(t);
             let p = fw.s.try_inverse().expect("positive definite");
             let lvv = fw.sc.cholesky().expect("positive definite").l()[(1, 1)];
             wx.push((lvv * p[(1, 0)]) as f32);
@@ -361,14 +397,20 @@ fn learn(zeta: f64, debias: bool, stages: usize, steps: usize) -> Vec<f64> {
 
 /// c learned by `stages` VSMD variational stages (ζ = 1, paired or plain, `steps` Euler–Maruyama steps, the
 /// run's seed), from 0.
-fn learn_momentum(debias: bool, stages: usize, steps: usize, seed: u64) -> Vec<f64> {
+fn learn_momentum(
+    setting: Momentum,
+    debias: bool,
+    stages: usize,
+    steps: usize,
+    seed: u64,
+) -> Vec<f64> {
     let params = VsmdParams {
         gamma: GAMMA,
         kappa: Some(1.0),
         v0_var: V0_VAR,
     };
     let mut cfg = TrainConfig::new(
-        BetaSchedule::constant(VSMD_BETA, T_MAX).unwrap(),
+        BetaSchedule::constant(setting.beta, T_MAX).unwrap(),
         &[2],
         VarParams::Momentum {
             c: vec![0.0; 2],
@@ -380,13 +422,14 @@ fn learn_momentum(debias: bool, stages: usize, steps: usize, seed: u64) -> Vec<f
     assert_eq!(cfg.variational.zeta, 1.0, "VSMD's default ζ");
     let e = NoiseRng::new(4).randn(&[4096, 2], &DEV).unwrap();
     let sd = Tensor::new(
-        &[VSMD_VARS[0].sqrt() as f32, VSMD_VARS[1].sqrt() as f32],
+        &[setting.vars[0].sqrt() as f32, setting.vars[1].sqrt() as f32],
         &DEV,
     )
     .unwrap();
     let data = e.broadcast_mul(&sd).unwrap();
     run_stages(cfg, debias, steps, 5e-3, stages, data, |c| MomentumScore {
         c,
+        setting,
     })
 }
 
@@ -495,22 +538,45 @@ fn sweep() {
             prior_kl(&learned)
         );
     }
-    let roots: Vec<f64> = VSMD_VARS.iter().map(|&v| momentum_root(v, 400)).collect();
-    eprintln!("VSMD roots {}", fmt(&roots));
-    for (debias, stages, steps, seed) in [
-        (true, 30, 25, 1),
-        (true, 30, 25, 2),
-        (true, 30, 25, 3),
-        (true, 30, 100, 1),
-        (true, 30, 100, 2),
-        (true, 30, 100, 3),
-        (false, 30, 100, 5),
+    for (setting, runs) in [
+        (
+            TIME_SERIES,
+            &[
+                (true, 30, 25, 1),
+                (true, 30, 25, 2),
+                (true, 30, 25, 3),
+                (true, 30, 100, 1),
+                (true, 30, 100, 2),
+                (true, 30, 100, 3),
+                (false, 30, 100, 5),
+            ][..],
+        ),
+        (
+            WEAK,
+            &[
+                (true, 30, 25, 1),
+                (true, 30, 25, 2),
+                (true, 30, 25, 3),
+                (true, 60, 25, 5),
+                (true, 30, 100, 5),
+                (false, 30, 25, 5),
+            ][..],
+        ),
     ] {
-        let c = learn_momentum(debias, stages, steps, seed);
-        eprintln!(
-            "VSMD, paired {debias}, {stages} stages of {steps} steps, seed {seed}: {}",
-            fmt(&c)
-        );
+        let roots: Vec<f64> = setting
+            .vars
+            .iter()
+            .map(|&v| momentum_root(v, setting.beta, 400))
+            .collect();
+        eprintln!("VSMD, β = {}: roots {}", setting.beta, fmt(&roots));
+        for &(debias, stages, steps, seed) in runs {
+            let c = learn_momentum(setting, debias, stages, steps, seed);
+            eprintln!(
+                "VSMD, β = {}, paired {debias}, {stages} stages of {steps} steps, seed {seed}: {}",
+                setting.beta,
+                fmt(&c)
+            );
+        }
     }
 }
 
@@ -520,16 +586,9 @@ fn sweep() {
 /// coordinate's c to more than twice its root.
 #[test]
 fn vsmd_stages_reach_the_momentum_fixed_point() {
-    let roots: Vec<f64> = VSMD_VARS.iter().map(|&v| momentum_root(v, 400)).collect();
-    for (&v, &r) in VSMD_VARS.iter().zip(&roots) {
-        let fine = momentum_root(v, 1600);
-        assert!(
-            (fine - r).abs() < 1e-6,
-            "root {r} with 400 steps, {fine} with 1600"
-        );
-    }
-    let paired = learn_momentum(true, 30, 25, 5);
-    let plain = learn_momentum(false, 30, 25, 5);
+    let roots = converged_roots(TIME_SERIES);
+    let paired = learn_momentum(TIME_SERIES, true, 30, 25, 5);
+    let plain = learn_momentum(TIME_SERIES, false, 30, 25, 5);
     eprintln!(
         "VSMD, 30 stages of 25 steps: roots {}, paired {}, plain {}",
         fmt(&roots),
@@ -550,4 +609,25 @@ fn vsmd_stages_reach_the_momentum_fixed_point() {
         plain[1] - roots[1] > 0.04,
         "plain {plain:?}, roots {roots:?}"
     );
+}
+
+/// A weak schedule (constant β = 0.5) on two narrow coordinates (variances 0.05 and 0.01): roots far from 0
+/// (c* ≈ −0.30 and −0.50, where the transform's a(c) is −0.40 and −0.74), so that the terms of the c-gradient
+/// that vanish near c = 0 — the frozen policy's −a_k x − c_k v and a'(c) — move the fixed point: with either
+/// dropped or doubled the stages land 0.08 or more from a root. The paired stages land within 0.03 of both
+/// (slightly beyond them on every seed: 0.008–0.025 at 25 steps, 0.005–0.011 at 100).
+#[test]
+fn vsmd_stages_reach_a_far_momentum_fixed_point() {
+    let roots = converged_roots(WEAK);
+    let paired = learn_momentum(WEAK, true, 30, 25, 5);
+    eprintln!(
+        "VSMD, β = {}, 30 stages of 25 steps: roots {}, paired {}",
+        WEAK.beta,
+        fmt(&roots),
+        fmt(&paired)
+    );
+    assert!(roots[0] < -0.25 && roots[1] < -0.45, "roots {roots:?}");
+    for (c, r) in paired.iter().zip(&roots) {
+        assert!((c - r).abs() < 0.04, "paired {paired:?}, roots {roots:?}");
+    }
 }
