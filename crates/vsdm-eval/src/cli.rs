@@ -108,6 +108,22 @@ pub fn zeta(z: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The damping ratios κ of VSMD's critical-damping transform the programs accept: the official runs use 0.85,
+/// 0.9 and 1; far from 1 the oscillator's stiffness Γ²/(4κ) (κ → 0) or its damping (κ → ∞) make the
+/// dynamics stiff enough to need far more sampler steps.
+pub const KAPPA_RANGE: std::ops::RangeInclusive<f64> = 0.25..=4.0;
+
+/// Refuses a `--kappa` outside [`KAPPA_RANGE`].
+pub fn kappa(k: f64) -> anyhow::Result<()> {
+    if !KAPPA_RANGE.contains(&k) {
+        anyhow::bail!(
+            "--kappa {k}: expected a damping ratio between 0.25 and 4 (1 is critical damping, below 1 \
+             under-damped; the official runs use 0.85, 0.9 and 1)"
+        );
+    }
+    Ok(())
+}
+
 /// Refuses an output folder (`flag`, e.g. `--out`) that exists as something other than a folder, naming it,
 /// before any work is done (the first write into it would otherwise fail at the end with a bare
 /// "Not a directory").
@@ -232,5 +248,14 @@ mod report_tests {
         assert!(at_most(&[("--steps", 1000, 1000)]).is_ok());
         let err = at_most(&[("--batch", 3, 10), ("--steps", 1001, 1000)]).unwrap_err();
         assert_eq!(err.to_string(), "--steps 1001: must be at most 1000");
+    }
+
+    #[test]
+    fn kappa_names_the_flag() {
+        assert!(kappa(0.9).is_ok() && kappa(1.0).is_ok());
+        for k in [0.0, -1.0, 0.1, 5.0, f64::NAN, f64::INFINITY] {
+            let err = kappa(k).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--kappa {k}:")), "{err}");
+        }
     }
 }

@@ -109,8 +109,13 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The paper's scale: batch 256, EMA 0.9999, clipping at 1, lr 2e-4 (VSMD's dev runs used 3e-4, VSDM's
-    /// EDM code 1e-5 on top of a pre-trained model).
+    /// The paper's scale: batch 256, EMA 0.9999, clipping at 1, lr 2e-4 (VSMD's `training.py` default and dev
+    /// runs use 3e-4, VSDM's EDM code 1e-5 on top of a pre-trained model).
+    ///
+    /// The clipping threshold is VSMD's, but this crate's loss is a mean over the image's 3,072 elements
+    /// (docs/CORE.md) where VSMD's sums over them, so its gradient norm is 1/3,072 of VSMD's for the same
+    /// network: VSMD's clipping at 1 acts on nearly every update, this one on the large ones only (the tiny
+    /// network's first updates have norms of 1.2–1.5). Adam is otherwise indifferent to the loss's scale.
     pub fn paper() -> Self {
         Self {
             batch: 256,
@@ -154,6 +159,8 @@ pub fn train_config(method: Method, budget: &Budget, seed: u64) -> TrainConfig {
     c.ema_warmup = true;
     c.grad_clip = Some(budget.grad_clip);
     c.block = budget.block;
+    // Training times are drawn from a 1,000-point grid on [t_eps, T] (both official codes use 100 points;
+    // a finer grid only makes the draw closer to uniform on the interval).
     c.grid = 1000;
     c.variational.n_trajectories = budget.n_traj;
     c.variational.batch = budget.n_traj.div_ceil(2);

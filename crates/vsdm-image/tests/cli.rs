@@ -494,6 +494,10 @@ fn bad_input_is_named() {
         ("--lr", "0"),
         ("--ema", "1"),
         ("--zeta", "3"),
+        ("--a-lr", "0"),
+        ("--a-ema", "1.5"),
+        ("--kappa", "0"),
+        ("--kappa", "9"),
     ] {
         let (ok, text) = run(&["train", flag, v, "--out", o]);
         assert!(
@@ -534,6 +538,56 @@ fn bad_input_is_named() {
     assert!(var["debias"] == true && var["zeta"] == 1.0, "{var}");
     let (ok, text) = run(&["train", "--resume", "--debias", "false", "--out", vs]);
     assert!(!ok && text.contains("drop --debias"), "{text}");
+    // VSMD's damping ratio and the variational rate and EMA: kept in the weights' configuration and used by
+    // the sampler that reads them; κ is refused for the other methods.
+    let (ok, text) = run(&["train", "--method", "vsdm", "--kappa", "0.9", "--out", o]);
+    assert!(
+        !ok && text.contains("--kappa 0.9") && text.contains("vsmd"),
+        "{text}"
+    );
+    let k = dir.path().join("under");
+    let mut under = tiny.to_vec();
+    *under.last_mut().unwrap() = k.to_str().unwrap();
+    let (ok, text) = run(&[
+        &[
+            "train", "--method", "vsmd", "--kappa", "0.9", "--a-lr", "1e-3", "--a-ema", "0.5",
+        ][..],
+        &under[..],
+    ]
+    .concat());
+    assert!(ok, "{text}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(k.join("weights/config.json")).unwrap())
+            .unwrap();
+    let c = &cfg["config"];
+    assert!(
+        c["init"]["Momentum"]["params"]["kappa"] == 0.9
+            && c["variational"]["adam"]["lr"] == 1e-3
+            && c["variational"]["ema_decay"] == 0.5,
+        "{c}"
+    );
+    let grid = dir.path().join("under.png");
+    let (ok, text) = run(&[
+        "sample",
+        "--weights",
+        k.join("weights").to_str().unwrap(),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(ok && grid.is_file(), "{text}");
+    let (ok, text) = run(&[
+        "train",
+        "--resume",
+        "--kappa",
+        "1",
+        "--out",
+        k.to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("drop --kappa"), "{text}");
     // An output folder that is a file: named before any data is read.
     let (ok, text) = run(&["train", "--out", bad.to_str().unwrap()]);
     assert!(

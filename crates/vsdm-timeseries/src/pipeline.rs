@@ -125,6 +125,12 @@ pub struct Budget {
     #[arg(long, global = true)]
     #[serde(default)]
     pub debias: Option<bool>,
+    /// VSMD's damping ratio κ of the critical-damping transform (the official `--damp_coef`): 1 (default) is
+    /// critically damped, below 1 under-damped (the official time-series script also runs 0.9). Ignored by VP
+    /// and VSDM.
+    #[arg(long, global = true)]
+    #[serde(default)]
+    pub kappa: Option<f64>,
 }
 
 impl Budget {
@@ -163,6 +169,9 @@ impl Budget {
         ])?;
         if let Some(z) = self.zeta {
             vsdm_eval::cli::zeta(z)?;
+        }
+        if let Some(k) = self.kappa {
+            vsdm_eval::cli::kappa(k)?;
         }
         for (flag, f) in [
             ("--warmup-frac", self.warmup_frac),
@@ -248,6 +257,7 @@ impl Budget {
             beta_max: None,
             constant_beta: None,
             debias: None,
+            kappa: None,
         }
     }
 }
@@ -266,8 +276,12 @@ pub fn train_config(
         Method::Vsdm => (VarParams::Diagonal(vec![0.0; n]), true),
         Method::Vsmd => (
             VarParams::Momentum {
+                // c from 0 (CLD's value), not the VSMD code's 0.01: the first stage moves it by more.
                 c: vec![0.0; n],
-                params: VsmdParams::default(),
+                params: VsmdParams {
+                    kappa: Some(budget.kappa.unwrap_or(1.0)),
+                    ..VsmdParams::default()
+                },
             },
             true,
         ),

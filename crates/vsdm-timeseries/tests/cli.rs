@@ -193,6 +193,7 @@ fn bad_flags_are_named() {
             "--steps 18446744073709551615: must be at most",
         ),
         ("2", &["--a-lr=-1", "train"][..], "--a-lr -1"),
+        ("2", &["--kappa", "0.1", "train"][..], "--kappa 0.1"),
         ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),
         (
             "2",
@@ -251,6 +252,42 @@ fn bad_flags_are_named() {
     );
     let stderr = refused(&out);
     assert!(stderr.contains("unpack it first"), "{stderr}");
+}
+
+/// VSMD's damping ratio: kept in the weights' configuration, and a checkpointed run refuses to go on with
+/// another.
+#[test]
+fn kappa_is_kept_and_a_run_refuses_another() {
+    if default_assets_dir().is_none() {
+        eprintln!("skipped: no assets/ folder next to the crate (the bundled data set)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let small = ["--method", "vsmd", "--n-traj", "2", "--a-iters", "1"];
+    let out = in_folder(
+        tmp.path(),
+        &[&small[..], &["--iters", "2", "--kappa", "0.9", "train"]].concat(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            tmp.path()
+                .join("out/exchange_rate/vsmd/weights/config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let kappa = &cfg["config"]["init"]["Momentum"]["params"]["kappa"];
+    assert_eq!(*kappa, 0.9, "{cfg}");
+    let out = in_folder(
+        tmp.path(),
+        &[&small[..], &["--iters", "4", "--kappa", "1", "train"]].concat(),
+    );
+    let stderr = refused(&out);
+    assert!(
+        stderr.contains("other settings") && stderr.contains("kappa"),
+        "{stderr}"
+    );
 }
 
 /// Running the same training twice: the second run finds the finished checkpoint, says so instead of reporting

@@ -142,6 +142,8 @@ pub fn train_config(method: Method, budget: &Budget, seed: u64) -> TrainConfig {
         Method::Vsmd { kappa } => (
             BetaSchedule::constant(MOMENTUM_BETA, 1.0),
             VarParams::Momentum {
+                // c from 0, where CLD is (the comparison starts from it), not the VSMD code's 0.01: the
+                // stages move c by more than that within the first one.
                 c: vec![0.0; 2],
                 params: VsmdParams {
                     kappa: Some(kappa),
