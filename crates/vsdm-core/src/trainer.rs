@@ -880,7 +880,7 @@ impl<M: ScoreModel> Trainer<M> {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        candle_core::safetensors::save(&self.tensors()?, tmp.join("state.safetensors"))?;
+        write_safetensors(&self.tensors()?, &tmp.join("state.safetensors"))?;
         let meta = CheckpointMeta {
             format: FORMAT.into(),
             config: self.cfg.clone(),
@@ -1031,7 +1031,7 @@ impl<M: ScoreModel> Trainer<M> {
             ts.insert(k.clone(), v.as_tensor().clone());
         }
         let tmp = dir.join(".model.safetensors.tmp");
-        candle_core::safetensors::save(&ts, &tmp)?;
+        write_safetensors(&ts, &tmp)?;
         std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(io(dir))?;
         let cfg = ExportedConfig {
             config: self.cfg.clone(),
@@ -1044,6 +1044,21 @@ impl<M: ScoreModel> Trainer<M> {
         std::fs::rename(&tmp, dir.join("config.json")).map_err(io(dir))?;
         Ok(())
     }
+}
+
+/// Writes `tensors` as a safetensors file at `path` with the permissions any new file gets (the process's
+/// umask: usually readable by all). `candle_core::safetensors::save` goes through safetensors' own temporary
+/// file, created owner-only (0600), so weights and checkpoints written with it could not be read by a
+/// colleague on a shared machine. The callers write to a temporary name and rename, as before.
+pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    std::fs::write(path, bytes).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The weights folder a `--weights` path means: the folder itself, or, when the path is one of the folder's

@@ -174,3 +174,22 @@ fn trajectory_statistics_refuse_states_of_another_process() {
     let z = Tensor::zeros((4, 4), candle_core::DType::F32, &DEV).unwrap();
     assert!(acc.add(&z, &s, 0.1, 1.0).is_ok());
 }
+
+/// Weights and checkpoints get the permissions of any new file (the umask's), not safetensors' owner-only
+/// temporary file's, and read back as written.
+#[cfg(unix)]
+#[test]
+fn safetensors_files_are_as_readable_as_any_new_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    let path = dir.path().join("w.safetensors");
+    let t = Tensor::new(&[1.5f32, -2.0, 3.25], &Device::Cpu).unwrap();
+    let tensors = std::collections::HashMap::from([("w".to_string(), t.clone())]);
+    vsdm_core::trainer::write_safetensors(&tensors, &path).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), mode(&probe));
+    let back = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back["w"].to_vec1::<f32>().unwrap(), [1.5, -2.0, 3.25]);
+}

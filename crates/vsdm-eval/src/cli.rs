@@ -1,6 +1,7 @@
 //! What the workspace's command-line programs share: logging set-up and how an error is printed on exit.
 
-/// Logs through `tracing` to stderr; `RUST_LOG` overrides `default` (e.g. "info", "warn").
+/// Logs through `tracing` to stderr; `RUST_LOG` overrides `default` (e.g. "info", "warn"). Colours only on
+/// a terminal (and not with `NO_COLOR` set): a log file or a batch system's log gets plain text.
 pub fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -8,7 +9,16 @@ pub fn init_logging(default: &str) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colours(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+        ))
         .init();
+}
+
+/// Whether log lines are coloured: on a terminal, unless `NO_COLOR` is set (no-color.org).
+fn colours(terminal: bool, no_color: bool) -> bool {
+    terminal && !no_color
 }
 
 /// Keeps freed tensor memory in the process for the next step instead of handing it back to the kernel.
@@ -122,6 +132,29 @@ pub fn kappa(k: f64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Ctrl-C (or SIGTERM, which batch systems send before they kill a job) for a training loop: the first sets
+/// the returned flag, which the loop reads to stop after its current update and write a checkpoint; a second
+/// one quits at once (status 130). Where no handler can be installed (one already is) the flag never rises
+/// and the signals keep their default effect.
+pub fn stop_on_interrupt() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let installed = ctrlc::set_handler(move || {
+        if set.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: quitting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: stopping after this update with a checkpoint (again to quit at once)"
+        );
+    });
+    if let Err(e) = installed {
+        tracing::warn!(error = %e, "no Ctrl-C handler: an interrupt stops without a checkpoint");
+    }
+    flag
 }
 
 /// Refuses an output folder (`flag`, e.g. `--out`) that exists as something other than a folder, naming it,

@@ -668,6 +668,7 @@ mod tests {
             method: Method::Vsdm,
             unet: unet.clone(),
             precision: Default::default(),
+            data: Default::default(),
         };
         let r = compare(&spec, 2, 2, 1, &cpu, &cpu).unwrap();
         assert_eq!(

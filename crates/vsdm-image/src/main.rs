@@ -13,7 +13,7 @@ use vsdm_core::variational::VarParams;
 use vsdm_core::{NoiseRng, SamplerConfig, SamplerKind};
 use vsdm_eval::export;
 use vsdm_image::data::{self, CifarSource};
-use vsdm_image::method::{train_config, Budget, Method, Precision, RunSpec};
+use vsdm_image::method::{train_config, Budget, DataRecord, Method, Precision, RunSpec};
 use vsdm_image::sample::{grid_columns, sample_images};
 use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
 use vsdm_image::{weights, UNetConfig};
@@ -434,14 +434,28 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("runs/image-{}", a.method())));
     vsdm_eval::cli::out_folder("--out", &out)?;
     let held = if a.resume { None } else { run_held(&out) };
-    if let (Some(held), false) = (&held, a.overwrite) {
-        bail!(
-            "{} holds a run ({held}): --resume continues it, --overwrite replaces it, --out DIR writes \
+    let no_checkpoint = format!("{} without a checkpoint", RunSpec::FILE);
+    match (&held, a.overwrite) {
+        (Some(h), false) if *h == no_checkpoint => bail!(
+            "{} holds a run stopped before its first checkpoint ({h}): nothing to resume; --overwrite \
+             replaces it, --out DIR writes elsewhere",
+            out.display()
+        ),
+        (Some(h), false) => bail!(
+            "{} holds a run ({h}): --resume continues it, --overwrite replaces it, --out DIR writes \
              elsewhere",
+            out.display()
+        ),
+        _ => {}
+    }
+    if a.resume && run_held(&out).as_deref() == Some(no_checkpoint.as_str()) {
+        bail!(
+            "--resume: {} holds a run stopped before its first checkpoint ({no_checkpoint}): nothing to \
+             resume; --overwrite starts it again",
             out.display()
         );
     }
-    let (spec, mut tr) = if a.resume {
+    let (mut spec, mut tr) = if a.resume {
         let (spec, mut tr) = resume_trainer(&out, dev)
             .with_context(|| format!("resuming from {}", out.display()))?;
         let ignored = a.fixed_by_the_run(&spec);
@@ -495,6 +509,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
             method: a.method(),
             unet,
             precision: a.precision.unwrap_or(Precision::F32),
+            data: DataRecord::of(a.data.as_deref()),
         };
         let mut tc = train_config(spec.method, &budget, a.seed.unwrap_or(0));
         if let Some(d) = a.debias {
@@ -528,10 +543,33 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         return Ok(());
     }
     let arch = spec.unet.arch_name();
-    let data_path = match &a.data {
-        Some(d) => d.clone(),
-        None => bundled_data()?.display().to_string(),
+    // A resumed run goes on with the images it was started on unless --data names others (it records the
+    // images it last trained on).
+    let data_path = match (&a.data, &spec.data) {
+        (Some(d), DataRecord::Given(was)) if a.resume && DataRecord::of(Some(d)) != spec.data => {
+            eprintln!(
+                "{} was trained on {was} so far; going on with --data {d}",
+                out.display()
+            );
+            d.clone()
+        }
+        (Some(d), _) => d.clone(),
+        (None, DataRecord::Given(was)) => was.clone(),
+        (None, DataRecord::Unrecorded) if a.resume => {
+            let p = bundled_data()?.display().to_string();
+            eprintln!(
+                "{} does not record the images it was trained on (made by an earlier version): going on with \
+                 the bundled subset ({p}); pass --data to choose",
+                out.join(RunSpec::FILE).display()
+            );
+            p
+        }
+        (None, _) => bundled_data()?.display().to_string(),
     };
+    spec.data = DataRecord::of(a.data.as_deref().or(match &spec.data {
+        DataRecord::Given(d) => Some(d.as_str()),
+        _ => None,
+    }));
     let set = data::open_source(&data_path, hub, data::Split::Train)
         .with_context(|| format!("loading CIFAR-10 from {data_path}"))?;
     if spec.unet.label_dim > 0 && set.classes.len() != spec.unet.label_dim {
@@ -583,6 +621,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         sampler,
         max_seconds: max_minutes.map(|m| m * 60.0),
         progress: true,
+        stop: Some(vsdm_eval::cli::stop_on_interrupt()),
     };
     let s = run_loop(&mut tr, &spec, &mut source, &opts, dev)?;
     println!(
@@ -599,6 +638,10 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         println!("sample grid: {}", g.display());
     }
     println!("weights (EMA): {}", out.join("weights").display());
+    if s.interrupted {
+        // Interrupted is not finished: a script's next step (`&& sample …`) should not run.
+        std::process::exit(130);
+    }
     Ok(())
 }
 
@@ -817,6 +860,7 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
                 method: m,
                 unet: m.unet(UNetConfig::preset(arch)?),
                 precision: vsdm_image::method::Precision::F32,
+                data: Default::default(),
             };
             let r = compare(&spec, a.batch, a.steps, 1, &Device::Cpu, dev)?;
             println!(

@@ -221,6 +221,37 @@ pub struct RunSpec {
     /// Activations' precision of the training network (absent in older run files: f32).
     #[serde(default)]
     pub precision: Precision,
+    /// The training images, so that `--resume` goes on with them (absent in older run files).
+    #[serde(default)]
+    pub data: DataRecord,
+}
+
+/// The training images a run was started (or last resumed) on, as `run.json` records them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataRecord {
+    /// Not recorded: a run file written before the record existed, or a run not made by `train`.
+    #[default]
+    Unrecorded,
+    /// The bundled 1,000-image subset (no `--data`).
+    Bundled,
+    /// `--data` as given for the hub (`hf:…`), made absolute for a path.
+    Given(String),
+}
+
+impl DataRecord {
+    /// The record of a `--data` argument (`None`: the bundled subset).
+    pub fn of(data: Option<&str>) -> Self {
+        match data {
+            None => Self::Bundled,
+            Some(d) if d.starts_with("hf:") => Self::Given(d.to_string()),
+            Some(d) => Self::Given(
+                std::path::absolute(d)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| d.to_string()),
+            ),
+        }
+    }
 }
 
 impl RunSpec {
@@ -260,6 +291,7 @@ mod tests {
             method: Method::Vsdm,
             unet: UNetConfig::tiny(),
             precision: Precision::Bf16,
+            data: DataRecord::of(Some("hf:uoft-cs/cifar10")),
         };
         spec.save(dir.path()).unwrap();
         let path = dir.path().join(RunSpec::FILE);

@@ -65,6 +65,9 @@ pub struct LoopOptions {
     pub max_seconds: Option<f64>,
     /// Show a progress bar.
     pub progress: bool,
+    /// Raised (by Ctrl-C: [`vsdm_eval::cli::stop_on_interrupt`]) to stop after the current update with a
+    /// checkpoint and the weights, without the end's sample grid.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What a loop did.
@@ -77,6 +80,8 @@ pub struct LoopSummary {
     pub tail_loss: f64,
     pub images_per_second: f64,
     pub last_grid: Option<PathBuf>,
+    /// Stopped by [`LoopOptions::stop`].
+    pub interrupted: bool,
 }
 
 fn grid_now(
@@ -149,6 +154,7 @@ pub fn run_loop<D: DataSource>(
     let start = Instant::now();
     let mut losses = Vec::new();
     let mut last_grid = None;
+    let mut interrupted = false;
     // Time in the trainer's updates during this loop (it sums each update's).
     let secs0 = tr.training_seconds();
     let train_secs = |tr: &Trainer<UNet>| tr.training_seconds() - secs0;
@@ -164,10 +170,21 @@ pub fn run_loop<D: DataSource>(
         let out_of_time = opts
             .max_seconds
             .is_some_and(|s| start.elapsed().as_secs_f64() >= s);
+        interrupted = opts
+            .stop
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
         let last = r.step == total || out_of_time;
-        if last || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
+        if last || interrupted || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
             save(tr, spec, &opts.out)?;
             tracing::info!(step = r.step, loss = r.loss, "checkpoint");
+        }
+        if interrupted {
+            pb.println(format!(
+                "interrupted after {} steps; checkpoint and weights written; resume with --resume",
+                r.step
+            ));
+            break;
         }
         if last || (opts.sample_every > 0 && r.step % opts.sample_every == 0) {
             let p = grid_now(tr, spec, opts, device)?;
@@ -192,5 +209,6 @@ pub fn run_loop<D: DataSource>(
         tail_loss: tail.iter().sum::<f64>() / tail.len().max(1) as f64,
         images_per_second: n as f64 * batch as f64 / train_secs(tr).max(1e-9),
         last_grid,
+        interrupted,
     })
 }

@@ -600,3 +600,99 @@ fn bad_input_is_named() {
         assert!(!ok && text.contains("--minutes"), "{m}: {text}");
     }
 }
+
+/// A resumed run goes on with the images it was started on (recorded in `run.json`), not the bundled subset;
+/// Ctrl-C stops after the current update with a checkpoint (status 130) that `--resume` continues; a folder
+/// whose run stopped before its first checkpoint is not offered to `--resume`.
+#[test]
+fn resume_keeps_its_data_and_ctrl_c_leaves_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four 32×32 images in two class folders.
+    let data = dir.path().join("imgs");
+    for (class, shade) in [("cat", 40u8), ("dog", 200)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..2u8 {
+            let img = image::RgbImage::from_pixel(32, 32, image::Rgb([shade, 30 * i, 90]));
+            img.save(data.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let run_dir = dir.path().join("run");
+    let r = run_dir.to_str().unwrap();
+    let small = [&TINY[..], &["--sample-every", "0", "--out", r]].concat();
+    let d = data.to_str().unwrap();
+    let (ok, text) = run(&[&["train", "--iters", "1", "--data", d][..], &small].concat());
+    assert!(
+        ok && text.contains(&format!("on 4 images from {d}")),
+        "{text}"
+    );
+    let (ok, text) = run(&[
+        "train",
+        "--resume",
+        "--iters",
+        "2",
+        "--out",
+        r,
+        "--grid",
+        "4",
+        "--grid-steps",
+        "2",
+    ]);
+    assert!(
+        ok && text.contains(&format!("on 4 images from {d}")) && text.contains("now at 2/2"),
+        "{text}"
+    );
+
+    // Ctrl-C once the first update is reported (stderr is a pipe: plain progress lines).
+    let ctrl = dir.path().join("ctrl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vsdm-image"))
+        .args([&["train", "--iters", "100000", "--data", d][..], &TINY[..]].concat())
+        .args(["--sample-every", "0", "--ckpt-every", "0", "--out"])
+        .arg(&ctrl)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "ended before its first update: {seen}");
+        seen.push_str(&line);
+        if line.contains("training: 1/100000 steps") {
+            break;
+        }
+    }
+    // SAFETY: a signal to the child this test started and still holds.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    std::io::Read::read_to_string(&mut err, &mut seen).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{seen}");
+    assert!(seen.contains("interrupted after"), "{seen}");
+    // A pipe gets plain log lines: no terminal colour codes.
+    assert!(
+        seen.contains(" INFO ") && !seen.contains('\u{1b}'),
+        "{seen:?}"
+    );
+    let latest = std::fs::read_to_string(ctrl.join("ckpt/latest")).unwrap();
+    assert!(latest.starts_with("ckpt-"), "{latest}");
+    assert!(ctrl.join("weights/model.safetensors").is_file());
+    let c = ctrl.to_str().unwrap();
+    let (ok, text) = run(&["train", "--resume", "--out", c, "--minutes", "0.001"]);
+    assert!(ok && text.contains("resumed"), "{text}");
+
+    // A run stopped before its first checkpoint: --overwrite is the way out, not --resume.
+    let early = dir.path().join("early");
+    std::fs::create_dir_all(&early).unwrap();
+    std::fs::copy(run_dir.join("run.json"), early.join("run.json")).unwrap();
+    let e = early.to_str().unwrap();
+    let (ok, text) = run(&["train", "--out", e]);
+    assert!(
+        !ok && text.contains("stopped before its first checkpoint") && text.contains("--overwrite"),
+        "{text}"
+    );
+    let (ok, text) = run(&["train", "--resume", "--out", e]);
+    assert!(!ok && text.contains("nothing to resume"), "{text}");
+}

@@ -145,6 +145,7 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
         method: Method::Vsdm,
         unet: UNetConfig { dropout, ..micro() },
         precision: Default::default(),
+        data: Default::default(),
     };
     let opts = |out: &Path| LoopOptions {
         out: out.to_path_buf(),
@@ -154,6 +155,7 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
         sampler: SamplerConfig::new(SamplerKind::EulerMaruyama, 2),
         max_seconds: None,
         progress: false,
+        stop: None,
     };
     let set = images(20);
     let a = tempfile::tempdir().unwrap();

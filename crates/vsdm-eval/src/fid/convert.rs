@@ -172,8 +172,18 @@ fn write_safetensors(output: &Path, tensors: Vec<RawTensor>, source_sha: &str) -
         ),
         ("source_sha256".to_string(), source_sha.to_string()),
     ]);
-    safetensors::tensor::serialize_to_file(views, Some(meta), output)
-        .map_err(|e| weights_err(format!("writing failed: {e}")))
+    // Through memory, not safetensors' `serialize_to_file`: its temporary file is owner-only (0600), and the
+    // converted weights are meant to be shared; a temporary name and a rename keep a reader from seeing half.
+    let bytes = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| weights_err(format!("writing failed: {e}")))?;
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = output.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, output))
+        .map_err(|e| weights_err(format!("writing {} failed: {e}", output.display())))
 }
 
 /// Environment variable naming the converted weights file.
