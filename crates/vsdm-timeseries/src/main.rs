@@ -147,6 +147,7 @@ fn load_test_protocol(cli: &Cli) -> anyhow::Result<Dataset> {
             let csv = load_date_csv(path, None)?;
             let per_day = csv.series.freq.periods_per_day();
             return Dataset::from_full_series(name, csv.series, h, 0.2, per_day)
+                .and_then(|d| d.with_series_names(csv.columns))
                 .with_context(|| format!("{} with --prediction-length {h}", path.display()));
         }
         let hint = if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
@@ -220,12 +221,22 @@ fn weights_dir(cli: &Cli, data: &Dataset, method: Method) -> anyhow::Result<Path
     });
     match bundled {
         Some(b) if b.join("model.safetensors").is_file() => Ok(b),
-        _ => anyhow::bail!(
-            "no weights for {} on {}: run `vsdm-timeseries train` first (it writes {}), or pass --weights",
-            method.name(),
-            data.name,
-            own.display()
-        ),
+        _ => {
+            // The command that trains them, with the data and method of this one.
+            let source = match (&cli.data, &cli.dataset) {
+                (Some(p), _) => format!(" --data {}", p.display()),
+                (None, Some(d)) => format!(" --dataset {d}"),
+                (None, None) => String::new(),
+            };
+            anyhow::bail!(
+                "no weights for {} on {}: run `vsdm-timeseries{source} --method {} train` first (it writes \
+                 {}), or pass --weights",
+                method.name(),
+                data.name,
+                method.name(),
+                own.display()
+            )
+        }
     }
 }
 
@@ -494,7 +505,7 @@ fn evaluate(cli: &Cli, data: &Dataset, device: &candle_core::Device) -> anyhow::
         window: w,
     } = forecast_with(cli, data, &wdir, cli.method, device, cli.seed)?;
     let out = run_dir(cli, data, method).join("forecast");
-    let files = forecast::export(&out, &f, cli.charts)?;
+    let files = forecast::export(&out, &f, &data.series_names, cli.charts)?;
     let rows = vec![
         Row {
             name: method.name().into(),
@@ -525,9 +536,10 @@ fn evaluate(cli: &Cli, data: &Dataset, device: &candle_core::Device) -> anyhow::
         serde_json::to_string_pretty(&json)?,
     )?;
     eprintln!(
-        "wrote {} files under {} (forecasts.csv, fan_*.png, metrics.json)",
+        "wrote {} files under {} (forecasts.csv{}, metrics.json)",
         files.len() + 1,
-        out.display()
+        out.display(),
+        if files.len() > 1 { ", fan_*.png" } else { "" }
     );
     Ok(())
 }
@@ -697,7 +709,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..
             } = forecast_with(&cli, &data, &wdir, cli.method, &device, cli.seed)?;
             let dir = run_dir(&cli, &data, method);
-            let files = forecast::export(&dir.join("forecast"), &f, cli.charts)?;
+            let files =
+                forecast::export(&dir.join("forecast"), &f, &data.series_names, cli.charts)?;
             eprintln!(
                 "forecast {} windows × {} samples in {fs:.1} s with the weights in {}; wrote {} files under {}",
                 f.len(),

@@ -397,3 +397,42 @@ fn changed_settings_and_a_damaged_pointer_are_refused() {
     let (ok, err) = run(&["--iters", "2", "--seed", "7", "train"]);
     assert!(ok, "{err}");
 }
+
+/// A CSV's column headers name its series in the forecast CSV and the fan charts.
+#[test]
+fn csv_columns_name_the_forecast_series() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("two.csv");
+    let rows: String = (0..24 * 40)
+        .map(|h| {
+            let (d, t) = (h / 24, h % 24);
+            let x = (h as f64 / 5.0).sin();
+            let (m, day) = if d < 31 { (1, d + 1) } else { (2, d - 30) };
+            format!("2020-{m:02}-{day:02} {t:02}:00:00,{x},{}\n", 2.0 * x)
+        })
+        .collect();
+    std::fs::write(&csv, format!("date,alpha,beta\n{rows}")).unwrap();
+    let args = [
+        "--data",
+        csv.to_str().unwrap(),
+        "--iters",
+        "2",
+        "--samples",
+        "2",
+        "--steps",
+        "2",
+        "--max-windows",
+        "1",
+    ];
+    let out = in_folder(tmp.path(), &[&args[..], &["train"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    let out = in_folder(tmp.path(), &[&args[..], &["forecast"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    let dir = tmp.path().join("out/two.csv/vsdm/forecast");
+    assert!(dir.join("fan_alpha.png").is_file() && dir.join("fan_beta.png").is_file());
+    let table = std::fs::read_to_string(dir.join("forecasts.csv")).unwrap();
+    assert!(
+        table.contains(",alpha,") && table.contains(",beta,"),
+        "{table:.300}"
+    );
+}

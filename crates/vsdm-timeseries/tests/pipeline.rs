@@ -106,9 +106,16 @@ fn train_export_reload_forecast_and_score() {
             f[1].truth[5 * 3 + 2],
             data.test.series.at(2, end - 1) as f64
         );
-        let files =
-            forecast::export(&tmp.path().join(format!("out-{}", method.name())), &f, 2).unwrap();
+        let files = forecast::export(
+            &tmp.path().join(format!("out-{}", method.name())),
+            &f,
+            &data.series_names,
+            2,
+        )
+        .unwrap();
         assert_eq!(files.len(), 3);
+        // The archive names no series: they are numbered, in the CSV's columns and the charts' names.
+        assert!(files[1].ends_with("fan_series0.png"), "{files:?}");
         assert!(files
             .iter()
             .all(|p| std::fs::metadata(p).unwrap().len() > 0));

@@ -5,7 +5,7 @@ pub mod forecast;
 pub mod images;
 pub mod npz;
 
-pub use forecast::{fan_chart, write_forecast_csv, CSV_QUANTILES};
+pub use forecast::{fan_chart, fan_charts, write_forecast_csv, CSV_QUANTILES};
 pub use images::{
     read_npz_u8, save_grid_png, save_npz_u8, save_png_folder, write_npz_u8, U8Images,
 };

@@ -414,6 +414,7 @@ pub fn load_gluonts_dir(
     Ok(Dataset {
         name: name.to_string(),
         prediction_length: h,
+        series_names: super::series::numbered_series(train.num_series),
         train,
         test: TestSplit {
             series: last,

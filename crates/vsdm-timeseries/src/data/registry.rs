@@ -245,6 +245,7 @@ impl DataSources {
                     test_fraction,
                     spec.freq.periods_per_day(),
                 )?
+                .with_series_names(csv.columns)?
             }
         };
         if ds.num_series() != spec.num_series || ds.train.freq != spec.freq {

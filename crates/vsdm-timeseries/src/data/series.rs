@@ -109,12 +109,37 @@ pub struct Dataset {
     pub train: SeriesMatrix,
     /// The test windows.
     pub test: TestSplit,
+    /// A name per series (a CSV's column headers; `series0`, `series1`, … where the file has none), for the
+    /// forecast CSV and the fan charts.
+    pub series_names: Vec<String>,
+}
+
+/// `series0`, `series1`, …: the names of series whose file does not name them.
+pub fn numbered_series(d: usize) -> Vec<String> {
+    (0..d).map(|j| format!("series{j}")).collect()
 }
 
 impl Dataset {
     /// Number of series D.
     pub fn num_series(&self) -> usize {
         self.train.num_series
+    }
+
+    /// The same data set with its series named (one name per series; blank or repeated names are numbered
+    /// instead, so that every chart file and CSV column is told apart).
+    pub fn with_series_names(mut self, names: Vec<String>) -> Result<Self> {
+        if names.len() != self.num_series() {
+            return Err(DataError::Invalid(format!(
+                "{} series names for {} series",
+                names.len(),
+                self.num_series()
+            )));
+        }
+        let distinct = names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
+        if distinct && names.iter().all(|n| !n.trim().is_empty()) {
+            self.series_names = names;
+        }
+        Ok(self)
     }
 
     /// Splits one full series by the protocol used here for ETTh1 and LSTNet files: the last `test_fraction` of
@@ -149,6 +174,7 @@ impl Dataset {
             name: name.into(),
             prediction_length,
             train: full.prefix(train_len)?,
+            series_names: numbered_series(full.num_series),
             test: TestSplit {
                 series: full,
                 window_ends,
@@ -183,6 +209,7 @@ impl Dataset {
             name: format!("{}-val", self.name),
             prediction_length: h,
             train: self.train.prefix(train_len)?,
+            series_names: self.series_names.clone(),
             test: TestSplit {
                 series: self.train.clone(),
                 window_ends: (0..windows).map(|k| train_len + h + k * stride).collect(),
