@@ -14,7 +14,7 @@ use vsdm_core::{NoiseRng, SamplerConfig, SamplerKind};
 use vsdm_eval::export;
 use vsdm_image::data::{self, CifarSource};
 use vsdm_image::method::{train_config, Budget, DataRecord, Method, Precision, RunSpec};
-use vsdm_image::sample::{grid_columns, sample_images};
+use vsdm_image::sample::{grid_columns, sample_images, Labels};
 use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
 use vsdm_image::{weights, UNetConfig};
 
@@ -280,6 +280,10 @@ struct SamplerArgs {
     /// Seed of the sampler's noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// For a class-conditional network: every image of this class, a number or a CIFAR-10 name (`cat`);
+    /// default: classes drawn uniformly.
+    #[arg(long)]
+    class: Option<String>,
 }
 
 #[derive(Args)]
@@ -661,7 +665,7 @@ fn sampler_of(a: &SamplerArgs, method: Method) -> SamplerConfig {
 /// Samples `n` images, `[n, 3, 32, 32]` u8.
 fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<Tensor> {
     let sampler = sampler_of(a, w.spec.method);
-    let classes = (w.spec.unet.label_dim > 0).then_some(w.spec.unet.label_dim);
+    let labels = Labels::for_network(w.spec.unet.label_dim, a.class.as_deref())?;
     let mut rng = NoiseRng::new(a.seed);
     let t0 = std::time::Instant::now();
     let pb = vsdm_core::progress::Progress::new("sampling", n as u64, "images");
@@ -669,7 +673,7 @@ fn draw(w: &weights::Loaded, a: &SamplerArgs, n: usize, dev: &Device) -> Result<
     let (mut done, mut nfe) = (0, 0);
     while done < n {
         let b = a.batch.min(n - done);
-        let (x, k) = sample_images(&w.process, &w.net, &sampler, b, b, classes, &mut rng, dev)?;
+        let (x, k) = sample_images(&w.process, &w.net, &sampler, b, b, labels, &mut rng, dev)?;
         parts.push(x);
         nfe = k;
         done += b;

@@ -8,8 +8,63 @@ use vsdm_eval::fid::preprocess::quantize_unit;
 use crate::error::{Error, Result};
 use crate::unet::UNet;
 
-/// Draws `n` images in batches of at most `batch` with the sampler; for class-conditional networks
-/// (`classes = Some(k)`) labels are drawn uniformly. Returns 8-bit images `[n, 3, 32, 32]` (u8, on the CPU;
+/// The class labels the sampler gives a network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labels {
+    /// None: an unconditional network.
+    None,
+    /// One of `k` classes per image, drawn uniformly.
+    Uniform(usize),
+    /// Every image of class `class` of `classes`.
+    Class { classes: usize, class: usize },
+}
+
+impl Labels {
+    /// The labels for a network with `label_dim` classes (0: unconditional) and an optional `--class`, given
+    /// as a number or, for CIFAR-10's ten, a name (`cat`); a class the network cannot take is an error naming
+    /// the flag.
+    pub fn for_network(label_dim: usize, class: Option<&str>) -> Result<Self> {
+        let Some(c) = class else {
+            return Ok(if label_dim > 0 {
+                Self::Uniform(label_dim)
+            } else {
+                Self::None
+            });
+        };
+        if label_dim == 0 {
+            return Err(Error::invalid(
+                "--class",
+                c,
+                "the network is unconditional (trained without --conditional)",
+            ));
+        }
+        let names = crate::data::CIFAR10_CLASSES;
+        let by_name = (label_dim == names.len())
+            .then(|| names.iter().position(|n| n.eq_ignore_ascii_case(c)))
+            .flatten();
+        match by_name.or_else(|| c.parse::<usize>().ok()) {
+            Some(class) if class < label_dim => Ok(Self::Class {
+                classes: label_dim,
+                class,
+            }),
+            _ => Err(Error::invalid(
+                "--class",
+                c,
+                format!(
+                    "expected a class number below {label_dim}{}",
+                    if label_dim == names.len() {
+                        format!(" or one of {}", names.join(", "))
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+        }
+    }
+}
+
+/// Draws `n` images in batches of at most `batch` with the sampler, with `labels` for a class-conditional
+/// network. Returns 8-bit images `[n, 3, 32, 32]` (u8, on the CPU;
 /// [−1, 1] mapped by round((x + 1)·127.5), clipped) and the network evaluations per image.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_images(
@@ -18,7 +73,7 @@ pub fn sample_images(
     sampler: &SamplerConfig,
     n: usize,
     batch: usize,
-    classes: Option<usize>,
+    labels: Labels,
     rng: &mut NoiseRng,
     device: &Device,
 ) -> Result<(Tensor, usize)> {
@@ -33,15 +88,22 @@ pub fn sample_images(
     let (mut done, mut nfe) = (0, 0);
     while done < n {
         let b = batch.min(n - done);
-        let cond = match classes {
-            Some(k) => {
+        let cond = match labels {
+            Labels::Uniform(k) => {
                 let mut v = vec![0f32; b * k];
                 for i in 0..b {
                     v[i * k + rng.index(k)] = 1.0;
                 }
                 Some(Tensor::from_vec(v, (b, k), device)?)
             }
-            None => None,
+            Labels::Class { classes: k, class } => {
+                let mut v = vec![0f32; b * k];
+                for i in 0..b {
+                    v[i * k + class] = 1.0;
+                }
+                Some(Tensor::from_vec(v, (b, k), device)?)
+            }
+            Labels::None => None,
         };
         let run = sample_model(process, net, cond.as_ref(), sampler, b, rng, device)?;
         nfe = run.nfe;
@@ -59,4 +121,28 @@ pub fn sample_images(
 /// Columns of a near-square grid of `n` images.
 pub fn grid_columns(n: usize) -> usize {
     ((n as f64).sqrt().ceil() as usize).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Labels;
+
+    /// `--class` as a number or a CIFAR-10 name; out of range, unknown, or for an unconditional network: an
+    /// error naming the flag and the value.
+    #[test]
+    fn class_flags_are_read_and_checked() {
+        assert_eq!(Labels::for_network(0, None).unwrap(), Labels::None);
+        assert_eq!(Labels::for_network(10, None).unwrap(), Labels::Uniform(10));
+        let cat = Labels::Class {
+            classes: 10,
+            class: 3,
+        };
+        assert_eq!(Labels::for_network(10, Some("cat")).unwrap(), cat);
+        assert_eq!(Labels::for_network(10, Some("CAT")).unwrap(), cat);
+        assert_eq!(Labels::for_network(10, Some("3")).unwrap(), cat);
+        for (dim, c) in [(10, "10"), (10, "zebra"), (4, "cat"), (0, "1")] {
+            let e = Labels::for_network(dim, Some(c)).unwrap_err().to_string();
+            assert!(e.contains("--class") && e.contains(c), "{dim} {c}: {e}");
+        }
+    }
 }

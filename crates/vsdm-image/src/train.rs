@@ -12,7 +12,7 @@ use vsdm_core::{DataSource, NoiseRng, SamplerConfig, TrainConfig, Trainer};
 
 use crate::error::{Error, Result};
 use crate::method::RunSpec;
-use crate::sample::{grid_columns, sample_images};
+use crate::sample::{grid_columns, sample_images, Labels};
 use crate::unet::UNet;
 
 /// Builds the trainer's two networks: the first call (trained weights) with dropout and the run's precision, the
@@ -93,18 +93,14 @@ fn grid_now(
     // A fixed noise stream of its own, so grids are comparable across steps and the trainer's RNG (hence
     // exact resume) is untouched.
     let mut rng = NoiseRng::new(tr.config().seed ^ 0x5eed);
-    let classes = if spec.unet.label_dim > 0 {
-        Some(spec.unet.label_dim)
-    } else {
-        None
-    };
+    let labels = Labels::for_network(spec.unet.label_dim, None)?;
     let (images, _) = sample_images(
         tr.process(),
         tr.ema_model(),
         &opts.sampler,
         opts.grid,
         opts.grid,
-        classes,
+        labels,
         &mut rng,
         device,
     )?;

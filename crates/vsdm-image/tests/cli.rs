@@ -120,6 +120,12 @@ fn train_resume_sample() {
     assert!(ok && text.contains("already at 2/2 updates"), "{text}");
 
     let w = run_dir.join("weights");
+    // --class needs a class-conditional network.
+    let (ok, text) = run(&["sample", "--weights", w.to_str().unwrap(), "--class", "cat"]);
+    assert!(
+        !ok && text.contains("--class = cat") && text.contains("unconditional"),
+        "{text}"
+    );
     // The run's folder for its weights folder: pointed to the right one.
     let (ok, text) = run(&["sample", "--weights", r, "--n", "1"]);
     assert!(
@@ -645,6 +651,41 @@ fn resume_keeps_its_data_and_ctrl_c_leaves_a_checkpoint() {
     ]);
     assert!(
         ok && text.contains(&format!("on 4 images from {d}")) && text.contains("now at 2/2"),
+        "{text}"
+    );
+
+    // A class-conditional network samples one class on request (by name or number).
+    let cond = dir.path().join("cond");
+    let c = cond.to_str().unwrap();
+    let (ok, text) = run(&[
+        &["train", "--conditional", "--iters", "1"][..],
+        &TINY[..],
+        &["--sample-every", "0", "--out", c],
+    ]
+    .concat());
+    assert!(ok, "{text}");
+    let grid = dir.path().join("dogs.png");
+    let cw = cond.join("weights");
+    let sample = |class: &str| {
+        run(&[
+            "sample",
+            "--weights",
+            cw.to_str().unwrap(),
+            "--n",
+            "2",
+            "--steps",
+            "2",
+            "--class",
+            class,
+            "--grid",
+            grid.to_str().unwrap(),
+        ])
+    };
+    let (ok, text) = sample("dog");
+    assert!(ok && grid.is_file(), "{text}");
+    let (ok, text) = sample("10");
+    assert!(
+        !ok && text.contains("--class = 10") && text.contains("below 10"),
         "{text}"
     );
 

@@ -7,7 +7,7 @@ use candle_nn::{Optimizer, VarMap};
 use vsdm_core::{ForwardProcess, Marginals, NoiseRng, SamplerConfig, SamplerKind, ScoreModel};
 use vsdm_image::data::{self, CifarSource, ImageSet};
 use vsdm_image::method::{train_config, Budget, Method, RunSpec};
-use vsdm_image::sample::sample_images;
+use vsdm_image::sample::{sample_images, Labels};
 use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
 use vsdm_image::{UNet, UNetConfig};
 
@@ -211,7 +211,8 @@ fn sampling_shapes_and_nfe() {
         let process = init.process(method.schedule(), &[3, 32, 32], &dev).unwrap();
         let mut rng = NoiseRng::new(2);
         let sampler = SamplerConfig::new(kind, steps);
-        let (x, k) = sample_images(&process, &net, &sampler, 5, 2, None, &mut rng, &dev).unwrap();
+        let (x, k) =
+            sample_images(&process, &net, &sampler, 5, 2, Labels::None, &mut rng, &dev).unwrap();
         assert_eq!(x.dims(), &[5, 3, 32, 32], "{method}");
         assert_eq!(x.dtype(), DType::U8);
         assert_eq!(k, nfe, "{method}");
