@@ -90,7 +90,7 @@ struct CheckArgs {
     #[arg(long, default_value_t = 2)]
     steps: usize,
     /// Fail (exit code 1) when an error of the forward pass, loss or gradient exceeds this.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     tol: f64,
 }
 
@@ -150,19 +150,19 @@ struct TrainArgs {
     #[arg(long)]
     batch: Option<usize>,
     /// AdamW learning rate (default: the architecture's budget).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// EMA decay of the network (paper scale: 0.9999).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     ema: Option<f64>,
     /// Clip the global gradient norm to this.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     grad_clip: Option<f64>,
     /// Base channels of the network (default: the architecture's; 128 for ddpmpp, 32 for tiny).
     #[arg(long)]
     channels: Option<usize>,
     /// Dropout of the residual blocks (default: the architecture's).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     dropout: Option<f64>,
     /// Network updates between variational stages.
     #[arg(long)]
@@ -184,18 +184,18 @@ struct TrainArgs {
     debias: Option<bool>,
     /// ζ of the variational objective (ALGORITHM.md §C; default 0.75 for VSDM as in the official code, 1 for
     /// VSMD). Below 1 it adds a constant push of A towards less contraction.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     zeta: Option<f64>,
     /// Adam rate of the variational parameters (A, or VSMD's c; default 2e-4 with StepLR(1000, 0.99), the VSDM
     /// toy code's rate; the official image codes use the network's rate (VSDM) or 1/100 of it (VSMD)).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     a_lr: Option<f64>,
     /// EMA decay of the variational parameters (default 0.99; the official image codes use the network's EMA).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     a_ema: Option<f64>,
     /// VSMD's damping ratio κ of the critical-damping transform (the official `--damp_coef`): 1 (default) is
     /// critically damped, below 1 under-damped (the official CIFAR-10 runs also use 0.9 and 0.85). VSMD only.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     kappa: Option<f64>,
     /// Class-conditional network (one-hot labels), as VSMD's CIFAR-10 model.
     #[arg(long)]
@@ -208,7 +208,7 @@ struct TrainArgs {
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// Stop after this many minutes (with a checkpoint); default 3 for the tiny network on the CPU.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     minutes: Option<f64>,
     /// Checkpoint every N steps (and at the end; 0: only at the end).
     #[arg(long, default_value_t = 500)]

@@ -504,6 +504,7 @@ fn bad_input_is_named() {
     for (flag, v) in [
         ("--lr", "5"),
         ("--lr", "0"),
+        ("--lr", "-1"),
         ("--ema", "1"),
         ("--zeta", "3"),
         ("--a-lr", "0"),

@@ -617,7 +617,14 @@ fn bench(
     );
     for (name, rows) in &all {
         let col = |f: &dyn Fn(&Row) -> f64| mean_sd(&rows.iter().map(f).collect::<Vec<_>>());
-        let fmt = |(m, s): (f64, f64)| format!("{m:.5} ± {s:.5}");
+        // One seed has no spread: its value alone.
+        let fmt = |(m, s): (f64, f64)| {
+            if rows.len() > 1 {
+                format!("{m:.5} ± {s:.5}")
+            } else {
+                format!("{m:.5}")
+            }
+        };
         let (t, _) = col(&|r| r.train_s);
         md += &format!(
             "| {name} | {} | {} | {} | {} | {:.0} | {} |\n",
@@ -675,6 +682,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     if let Some(Command::Bench { methods, seeds }) = &cli.command {
+        // bench trains its own runs: weights or a single method given beside it would be ignored.
+        if let Some(w) = &cli.weights {
+            anyhow::bail!(
+                "--weights {w}: bench trains every method of --methods itself; evaluate weights with `evaluate`"
+            );
+        }
+        if let Some(m) = cli.method {
+            anyhow::bail!(
+                "--method {}: bench runs the methods of --methods (default vp,vsdm,vsmd); give --methods {} instead",
+                m.name(),
+                m.name()
+            );
+        }
         // A repeated entry would train the same run twice and count it twice in the mean ± spread.
         if let Some(m) = methods
             .iter()

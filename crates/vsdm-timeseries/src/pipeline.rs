@@ -66,13 +66,28 @@ pub struct Budget {
     #[arg(long, global = true, default_value_t = 16)]
     pub batch: usize,
     /// Learning rate of the network (Adam).
-    #[arg(long, global = true, default_value_t = 1e-3)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 1e-3,
+        allow_negative_numbers = true
+    )]
     pub lr: f64,
     /// Network updates before the first variational stage (fraction of --iters).
-    #[arg(long, global = true, default_value_t = 0.2)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.2,
+        allow_negative_numbers = true
+    )]
     pub warmup_frac: f64,
     /// Final network-only updates (fraction of --iters).
-    #[arg(long, global = true, default_value_t = 0.2)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.2,
+        allow_negative_numbers = true
+    )]
     pub cooldown_frac: f64,
     /// Number of variational stages between warm-up and cool-down.
     #[arg(long, global = true, default_value_t = 4)]
@@ -81,7 +96,12 @@ pub struct Budget {
     #[arg(long, global = true, default_value_t = 40)]
     pub a_iters: usize,
     /// Adam rate of the variational parameters.
-    #[arg(long, global = true, default_value_t = 1e-2)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 1e-2,
+        allow_negative_numbers = true
+    )]
     pub a_lr: f64,
     /// Backward trajectories simulated per stage.
     #[arg(long, global = true, default_value_t = 64)]
@@ -102,21 +122,31 @@ pub struct Budget {
     #[arg(long, global = true, default_value_t = 0)]
     pub patch: usize,
     /// EMA decay of the network weights.
-    #[arg(long, global = true, default_value_t = 0.995)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.995,
+        allow_negative_numbers = true
+    )]
     pub ema: f64,
     /// ζ of the variational objective (ALGORITHM.md §C; default: 0.75 for VSDM as in the official code, 1 for
     /// VSMD). Below 1 it adds a constant push of A towards less contraction.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     #[serde(default)]
     pub zeta: Option<f64>,
     /// Peak β of the power noise schedule β_t = 0.1 + t^1.7 (β_max − 0.1) (default: this schedule with 10 for
     /// VP and VSDM, the VSDM time-series README's; VSMD's default is a constant β, see --constant-beta).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     #[serde(default)]
     pub beta_max: Option<f64>,
     /// A constant β instead of the power schedule (default: 3 for VSMD; the official VSMD time-series script
     /// uses 6, which forecast much worse here, see docs/results/timeseries.md).
-    #[arg(long, global = true, conflicts_with = "beta_max")]
+    #[arg(
+        long,
+        global = true,
+        conflicts_with = "beta_max",
+        allow_negative_numbers = true
+    )]
     #[serde(default)]
     pub constant_beta: Option<f64>,
     /// Pair each variational stage's trajectories with reference trajectories from the forward marginal and
@@ -128,7 +158,7 @@ pub struct Budget {
     /// VSMD's damping ratio κ of the critical-damping transform (the official `--damp_coef`): 1 (default) is
     /// critically damped, below 1 under-damped (the official time-series script also runs 0.9). Ignored by VP
     /// and VSDM.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     #[serde(default)]
     pub kappa: Option<f64>,
 }

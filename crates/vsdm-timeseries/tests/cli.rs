@@ -194,6 +194,11 @@ fn bad_flags_are_named() {
         ),
         ("2", &["--a-lr=-1", "train"][..], "--a-lr -1"),
         ("2", &["--kappa", "0.1", "train"][..], "--kappa 0.1"),
+        // bench trains its own runs: a --method or --weights beside it would be ignored.
+        ("2", &["--method", "vp", "bench"][..], "--method vp: bench"),
+        ("2", &["--weights", "w", "bench"][..], "--weights w: bench"),
+        // A negative number is a value, not a flag.
+        ("2", &["--zeta", "-1", "train"][..], "--zeta -1"),
         ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),
         (
             "2",

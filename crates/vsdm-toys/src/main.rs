@@ -50,17 +50,17 @@ enum Cmd {
         #[arg(long, num_args = 1..)]
         method: Vec<String>,
         /// Learning rate of A (or c) in the table's runs.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         a_lr: Option<f64>,
         /// ζ of VSDM in the table's runs (VSMD keeps its code's 1).
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         zeta: Option<f64>,
         /// The paired variational gradient (reference trajectories, docs/CORE.md) for VSDM and VSMD alike
         /// (default: on for VSMD, off for VSDM).
         #[arg(long)]
         debias: Option<bool>,
         /// Learning rate of A in the Gaussian-bridge check (the official code's 3e-4 by default).
-        #[arg(long, default_value_t = 3e-4)]
+        #[arg(long, default_value_t = 3e-4, allow_negative_numbers = true)]
         gaussian_lr: f64,
     },
 }
@@ -179,6 +179,7 @@ fn run() -> Result<()> {
                 n_paths: if smoke { 50 } else { 300 },
                 jobs,
                 gaussian_stages: if smoke { 2 } else { 20 },
+                smoke,
             };
             let start = std::time::Instant::now();
             let png = out.join("shapes");

@@ -40,6 +40,7 @@ fn smoke_run_writes_the_report_and_pngs() {
     }
     assert!(md.contains("Gaussian-bridge check") && md.contains("## The claims"));
     assert!(md.contains("Seeds [1, 2]"), "{md}");
+    assert!(md.contains("**A smoke run**"), "{md}");
     assert!(!md.contains("NaN"), "{md}");
     for f in ["spiral-vsdm10-samples.png", "checkerboard-vsmd-paths.png"] {
         let png = std::fs::read(dir.path().join("shapes").join(f)).unwrap();
