@@ -23,3 +23,34 @@ pub fn workspace() -> PathBuf {
         .expect("tests/ sits in the workspace")
         .to_path_buf()
 }
+
+/// Runs `cmd` with its standard error piped, sends it SIGINT (Ctrl-C) once a line of its standard error
+/// contains `marker`, and returns everything it wrote there with its exit status. Panics if it ends first.
+#[cfg(unix)]
+pub fn interrupt_when(
+    mut cmd: std::process::Command,
+    marker: &str,
+) -> (String, std::process::ExitStatus) {
+    use std::io::{BufRead, Read};
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the program starts");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("piped"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = err.read_line(&mut line).expect("reads its stderr");
+        assert!(n > 0, "ended before printing {marker:?}: {seen}");
+        seen.push_str(&line);
+        if line.contains(marker) {
+            break;
+        }
+    }
+    // SAFETY: a signal to the child process this function started and still holds.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    err.read_to_string(&mut seen).expect("reads its stderr");
+    let status = child.wait().expect("waits for it");
+    (seen, status)
+}

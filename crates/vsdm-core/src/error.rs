@@ -46,6 +46,16 @@ pub enum Error {
          learning rate (or stronger gradient clipping)"
     )]
     DivergedWeights { step: usize, name: String },
+    /// Training stopped on request (Ctrl-C) before its last update; `checkpoint` holds the state, when a
+    /// checkpoint folder was given.
+    #[error("interrupted after update {step}{}", match checkpoint {
+        Some(c) => format!("; the checkpoint in {c} holds it: the same command resumes it"),
+        None => "; no checkpoint folder, nothing kept".into(),
+    })]
+    Interrupted {
+        step: usize,
+        checkpoint: Option<String>,
+    },
     /// A covariance that is not positive definite (Cholesky failed).
     #[error("covariance at t = {t} is not positive definite: {detail}")]
     NotPositiveDefinite { t: f64, detail: String },

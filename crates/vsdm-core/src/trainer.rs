@@ -284,6 +284,8 @@ pub struct Trainer<M: ScoreModel> {
     /// ([`Trainer::training_seconds`]).
     metrics: Option<MetricsLog>,
     seconds: f64,
+    /// Raised to stop [`Trainer::run`] after the current update ([`Trainer::stop_when`]).
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// One chunk of backward Euler–Maruyama trajectories with the EMA network, reduced to their statistics.
@@ -446,6 +448,7 @@ impl<M: ScoreModel> Trainer<M> {
             cfg,
             metrics: None,
             seconds: 0.0,
+            stop: None,
         })
     }
 
@@ -748,6 +751,13 @@ impl<M: ScoreModel> Trainer<M> {
         self.run_with(pb, data, ckpt_dir, ckpt_every, log_every)
     }
 
+    /// Makes [`Trainer::run`] stop once `flag` is raised (by Ctrl-C: `vsdm_eval::cli::stop_on_interrupt`):
+    /// after the current update it writes a checkpoint (with a checkpoint folder) and returns
+    /// [`Error::Interrupted`].
+    pub fn stop_when(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(flag);
+    }
+
     /// [`Trainer::run`] without a progress bar or lines: for runs inside a larger job that reports its own
     /// progress (the shapes experiment's many short runs).
     pub fn run_quiet<D: DataSource + ?Sized>(
@@ -791,12 +801,23 @@ impl<M: ScoreModel> Trainer<M> {
                     "training"
                 );
             }
+            let stop = self
+                .stop
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
             if let Some(dir) = ckpt_dir {
-                if ckpt_every > 0 && (r.step % ckpt_every == 0 || r.step == total) {
+                if stop || (ckpt_every > 0 && (r.step % ckpt_every == 0 || r.step == total)) {
                     self.save_checkpoint(dir)?;
                 }
             }
             reports.push(r);
+            if stop && self.step < total {
+                pb.finish();
+                return Err(Error::Interrupted {
+                    step: self.step,
+                    checkpoint: ckpt_dir.map(|d| d.display().to_string()),
+                });
+            }
         }
         pb.finish();
         Ok(reports)

@@ -265,7 +265,18 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", report(&e));
-            std::process::ExitCode::FAILURE
+            // Stopped by Ctrl-C: the shell's status for an interrupt, so that a script's next step does not run.
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<vsdm_core::Error>(),
+                    Some(vsdm_core::Error::Interrupted { .. })
+                )
+            });
+            if interrupted {
+                std::process::ExitCode::from(130)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

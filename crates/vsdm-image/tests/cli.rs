@@ -692,32 +692,14 @@ fn resume_keeps_its_data_and_ctrl_c_leaves_a_checkpoint() {
 
     // Ctrl-C once the first update is reported (stderr is a pipe: plain progress lines).
     let ctrl = dir.path().join("ctrl");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vsdm-image"))
-        .args([&["train", "--iters", "100000", "--data", d][..], &TINY[..]].concat())
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-image"));
+    cmd.args([&["train", "--iters", "100000", "--data", d][..], &TINY[..]].concat())
         .args(["--sample-every", "0", "--ckpt-every", "0", "--out"])
         .arg(&ctrl)
         .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
-        assert!(n > 0, "ended before its first update: {seen}");
-        seen.push_str(&line);
-        if line.contains("training: 1/100000 steps") {
-            break;
-        }
-    }
-    // SAFETY: a signal to the child this test started and still holds.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    std::io::Read::read_to_string(&mut err, &mut seen).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{seen}");
+        .env("RUST_LOG", "info");
+    let (seen, status) = vsdm_tests::interrupt_when(cmd, "training: 1/100000 steps");
+    assert_eq!(status.code(), Some(130), "{seen}");
     assert!(seen.contains("interrupted after"), "{seen}");
     // A pipe gets plain log lines: no terminal colour codes.
     assert!(

@@ -716,6 +716,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let data = load_data(&cli)?;
     let method = cli.method.unwrap_or_default();
     let dir = run_dir(&cli, &data, method);
+    if matches!(
+        cli.command,
+        None | Some(Command::Train) | Some(Command::Bench { .. })
+    ) {
+        // Ctrl-C stops a training after its current update, with a checkpoint the same command resumes.
+        pipeline::stop_training_on(vsdm_eval::cli::stop_on_interrupt());
+    }
     match &cli.command {
         Some(Command::Train) => {
             train_and_save(&cli, &data, method, cli.seed, &device, &dir)?;

@@ -386,6 +386,18 @@ struct RunSettings {
 
 const RUN_SETTINGS: &str = "run.json";
 
+/// The flag that stops every training of this process after its current update (with a checkpoint where the
+/// run keeps them): [`stop_training_on`].
+static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+/// Makes [`train`] and [`train_with`] stop once `flag` is raised (the command line passes Ctrl-C's,
+/// `vsdm_eval::cli::stop_on_interrupt`); the training then returns `vsdm_core::Error::Interrupted`. The first
+/// flag given stays.
+pub fn stop_training_on(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let _ = STOP.set(flag);
+}
+
 /// The leaves where two JSON values differ, as `path: before → now`, appended to `out`.
 fn differences(
     path: &str,
@@ -537,6 +549,9 @@ pub fn train_with(
         horizon = window.horizon,
         "training"
     );
+    if let Some(flag) = STOP.get() {
+        trainer.stop_when(flag.clone());
+    }
     let start = std::time::Instant::now();
     let reports = trainer.run(&mut source, ckpt_dir, ckpt_every, 100)?;
     let seconds = start.elapsed().as_secs_f64();

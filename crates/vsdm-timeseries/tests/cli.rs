@@ -441,3 +441,32 @@ fn csv_columns_name_the_forecast_series() {
         "{table:.300}"
     );
 }
+
+/// Ctrl-C during training stops after the current update with a checkpoint (status 130), which the same command
+/// then resumes.
+#[test]
+fn ctrl_c_leaves_a_checkpoint_to_resume() {
+    if default_assets_dir().is_none() {
+        eprintln!("skipped: no assets/ folder next to the crate (the bundled data set)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--iters", "100000", "--hidden", "8", "--layers", "1", "train",
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"));
+    cmd.args(["--offline", "--cache-dir"])
+        .arg(tmp.path().join("cache"))
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .args(args);
+    let (seen, status) = vsdm_tests::interrupt_when(cmd, "training: 1/100000 steps");
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains("interrupted after update") && seen.contains("resumes it"),
+        "{seen}"
+    );
+    let ckpt = tmp.path().join("out/exchange_rate/vsdm/checkpoints");
+    let latest = std::fs::read_to_string(ckpt.join("latest")).unwrap();
+    assert!(latest.starts_with("ckpt-"), "{latest}");
+}
