@@ -669,6 +669,7 @@ mod tests {
             unet: unet.clone(),
             precision: Default::default(),
             data: Default::default(),
+            output: None,
         };
         let r = compare(&spec, 2, 2, 1, &cpu, &cpu).unwrap();
         assert_eq!(

@@ -13,7 +13,9 @@ use vsdm_core::variational::VarParams;
 use vsdm_core::{NoiseRng, SamplerConfig, SamplerKind};
 use vsdm_eval::export;
 use vsdm_image::data::{self, CifarSource};
-use vsdm_image::method::{train_config, Budget, DataRecord, Method, Precision, RunSpec};
+use vsdm_image::method::{
+    train_config, Budget, DataRecord, Method, OutputRecord, Precision, RunSpec,
+};
 use vsdm_image::sample::{grid_columns, sample_images, Labels};
 use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
 use vsdm_image::{weights, UNetConfig};
@@ -210,17 +212,18 @@ struct TrainArgs {
     /// Stop after this many minutes (with a checkpoint); default 3 for the tiny network on the CPU.
     #[arg(long, allow_negative_numbers = true)]
     minutes: Option<f64>,
-    /// Checkpoint every N steps (and at the end; 0: only at the end).
-    #[arg(long, default_value_t = 500)]
-    ckpt_every: usize,
-    /// Sample grid every N steps (and at the end; 0: only at the end).
-    #[arg(long, default_value_t = 500)]
-    sample_every: usize,
+    /// Checkpoint every N steps (and at the end; 0: only at the end). Default 500; a resumed run keeps its own.
+    #[arg(long)]
+    ckpt_every: Option<usize>,
+    /// Sample grid every N steps (and at the end; 0: only at the end). Default 500; a resumed run keeps its own.
+    #[arg(long)]
+    sample_every: Option<usize>,
     /// Images per sample grid, a count (the grids go to OUT/samples/; `sample --grid` is instead a PNG path).
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    grid: usize,
+    /// Default 16; a resumed run keeps its own.
+    #[arg(long, value_name = "N")]
+    grid: Option<usize>,
     /// Steps of the grid sampler (default: the method's sampler, 200 EM steps or 100 Heun steps; for the tiny
-    /// network on the CPU 100 EM or 50 Heun steps).
+    /// network on the CPU 100 EM or 50 Heun steps; a resumed run keeps its own).
     #[arg(long)]
     grid_steps: Option<usize>,
     /// Seed of the run (default 0).
@@ -416,7 +419,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         ("--iters", given(a.iters)),
         ("--batch", given(a.batch)),
         ("--channels", given(a.channels)),
-        ("--grid", a.grid),
+        ("--grid", given(a.grid)),
         ("--grid-steps", given(a.grid_steps)),
         ("--traj-steps", given(a.traj_steps)),
         ("--n-traj", given(a.n_traj)),
@@ -427,7 +430,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         ("--iters", given(a.iters), MAX_ITERS),
         ("--batch", given(a.batch), MAX_BATCH),
         ("--channels", given(a.channels), MAX_CHANNELS),
-        ("--grid", a.grid, MAX_BATCH),
+        ("--grid", given(a.grid), MAX_BATCH),
         ("--grid-steps", given(a.grid_steps), MAX_STEPS),
         ("--traj-steps", given(a.traj_steps), MAX_STEPS),
         ("--n-traj", given(a.n_traj), MAX_BATCH),
@@ -516,6 +519,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
             unet,
             precision: a.precision.unwrap_or(Precision::F32),
             data: DataRecord::of(a.data.as_deref()),
+            output: None,
         };
         let mut tc = train_config(spec.method, &budget, a.seed.unwrap_or(0));
         if let Some(d) = a.debias {
@@ -611,9 +615,19 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         }
         eprintln!("replaced the run in {} ({held})", out.display());
     }
+    // The output settings: as given, else (resuming) the run's own, else the defaults; recorded for the next
+    // resume.
+    let was = spec.output.unwrap_or_default();
+    let output = OutputRecord {
+        ckpt_every: a.ckpt_every.unwrap_or(was.ckpt_every),
+        sample_every: a.sample_every.unwrap_or(was.sample_every),
+        grid: a.grid.unwrap_or(was.grid),
+        grid_steps: a.grid_steps.or(was.grid_steps),
+    };
+    spec.output = Some(output);
     let mut sampler = spec.method.default_sampler();
     let cpu_tiny = arch == "tiny" && dev.is_cpu();
-    if let Some(s) = a.grid_steps {
+    if let Some(s) = output.grid_steps {
         sampler.steps = s;
     } else if cpu_tiny {
         sampler.steps /= 2;
@@ -621,9 +635,9 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
     let max_minutes = a.minutes.or(if cpu_tiny { Some(3.0) } else { None });
     let opts = LoopOptions {
         out: out.clone(),
-        ckpt_every: a.ckpt_every,
-        sample_every: a.sample_every,
-        grid: a.grid,
+        ckpt_every: output.ckpt_every,
+        sample_every: output.sample_every,
+        grid: output.grid,
         sampler,
         max_seconds: max_minutes.map(|m| m * 60.0),
         progress: true,
@@ -870,6 +884,7 @@ fn check_device(a: CheckArgs, dev: &Device) -> Result<()> {
                 unet: m.unet(UNetConfig::preset(arch)?),
                 precision: vsdm_image::method::Precision::F32,
                 data: Default::default(),
+                output: None,
             };
             let r = compare(&spec, a.batch, a.steps, 1, &Device::Cpu, dev)?;
             println!(

@@ -224,6 +224,35 @@ pub struct RunSpec {
     /// The training images, so that `--resume` goes on with them (absent in older run files).
     #[serde(default)]
     pub data: DataRecord,
+    /// The checkpoint, grid and sampler settings of `train`, which `--resume` keeps unless given again
+    /// (absent in older run files and outside `train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputRecord>,
+}
+
+/// What `train` writes and how often, as `run.json` records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// Checkpoint every N steps (0: only at the end).
+    pub ckpt_every: usize,
+    /// Sample grid every N steps (0: only at the end).
+    pub sample_every: usize,
+    /// Images per grid.
+    pub grid: usize,
+    /// Steps of the grid sampler (`None`: the method's default).
+    pub grid_steps: Option<usize>,
+}
+
+impl Default for OutputRecord {
+    /// `train`'s defaults.
+    fn default() -> Self {
+        Self {
+            ckpt_every: 500,
+            sample_every: 500,
+            grid: 16,
+            grid_steps: None,
+        }
+    }
 }
 
 /// The training images a run was started (or last resumed) on, as `run.json` records them.
@@ -292,6 +321,7 @@ mod tests {
             unet: UNetConfig::tiny(),
             precision: Precision::Bf16,
             data: DataRecord::of(Some("hf:uoft-cs/cifar10")),
+            output: Some(OutputRecord::default()),
         };
         spec.save(dir.path()).unwrap();
         let path = dir.path().join(RunSpec::FILE);

@@ -90,17 +90,8 @@ fn train_resume_sample() {
     assert!(!ok && text.contains("drop --batch, --channels"), "{text}");
     let (ok, text) = run(&["train", "--resume", "--out", r, "--n-traj", "4"]);
     assert!(!ok && text.contains("drop --n-traj"), "{text}");
-    // ... while --iters moves its end, and the grid options apply.
-    let resume = [
-        "train",
-        "--resume",
-        "--out",
-        r,
-        "--grid",
-        "4",
-        "--grid-steps",
-        "2",
-    ];
+    // ... while --iters moves its end, and the run keeps its own grid settings (4 images of 2 steps).
+    let resume = ["train", "--resume", "--out", r];
     let (ok, text) = run(&[&resume[..], &["--iters", "2"]].concat());
     assert!(ok, "{text}");
     assert!(
@@ -108,6 +99,10 @@ fn train_resume_sample() {
         "{text}"
     );
     assert!(text.contains("training: 2/2 steps"), "{text}");
+    assert_eq!(
+        png_size(&run_dir.join("samples/step-0000002.png")),
+        (70, 70)
+    );
     // The metrics log has one row per update, across the two sessions.
     let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
     let steps: Vec<&str> = metrics

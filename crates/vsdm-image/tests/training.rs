@@ -146,6 +146,7 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
         unet: UNetConfig { dropout, ..micro() },
         precision: Default::default(),
         data: Default::default(),
+        output: None,
     };
     let opts = |out: &Path| LoopOptions {
         out: out.to_path_buf(),
