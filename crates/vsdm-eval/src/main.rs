@@ -135,8 +135,8 @@ impl NetArgs {
 
     fn load(&self) -> Result<InceptionV3> {
         vsdm_eval::cli::at_least_one(&[("--batch-size", self.batch_size)])?;
-        let path = vsdm_eval::cli::inception_weights(self.weights.as_deref())?;
         let device = self.device()?;
+        let path = vsdm_eval::cli::inception_weights(self.weights.as_deref())?;
         tracing::info!(weights = %path.display(), device = ?device, "loading Inception");
         Ok(InceptionV3::load(&path, &device)?)
     }

@@ -92,7 +92,7 @@ struct CheckArgs {
     #[arg(long, default_value_t = 2)]
     steps: usize,
     /// Fail (exit code 1) when an error of the forward pass, loss or gradient exceeds this.
-    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1e-5, allow_hyphen_values = true)]
     tol: f64,
 }
 
@@ -152,19 +152,19 @@ struct TrainArgs {
     #[arg(long)]
     batch: Option<usize>,
     /// AdamW learning rate (default: the architecture's budget).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     lr: Option<f64>,
     /// EMA decay of the network (paper scale: 0.9999).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     ema: Option<f64>,
     /// Clip the global gradient norm to this.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     grad_clip: Option<f64>,
     /// Base channels of the network (default: the architecture's; 128 for ddpmpp, 32 for tiny).
     #[arg(long)]
     channels: Option<usize>,
     /// Dropout of the residual blocks (default: the architecture's).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     dropout: Option<f64>,
     /// Network updates between variational stages.
     #[arg(long)]
@@ -186,18 +186,18 @@ struct TrainArgs {
     debias: Option<bool>,
     /// ζ of the variational objective (ALGORITHM.md §C; default 0.75 for VSDM as in the official code, 1 for
     /// VSMD). Below 1 it adds a constant push of A towards less contraction.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     zeta: Option<f64>,
     /// Adam rate of the variational parameters (A, or VSMD's c; default 2e-4 with StepLR(1000, 0.99), the VSDM
     /// toy code's rate; the official image codes use the network's rate (VSDM) or 1/100 of it (VSMD)).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     a_lr: Option<f64>,
     /// EMA decay of the variational parameters (default 0.99; the official image codes use the network's EMA).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     a_ema: Option<f64>,
     /// VSMD's damping ratio κ of the critical-damping transform (the official `--damp_coef`): 1 (default) is
     /// critically damped, below 1 under-damped (the official CIFAR-10 runs also use 0.9 and 0.85). VSMD only.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     kappa: Option<f64>,
     /// Class-conditional network (one-hot labels), as VSMD's CIFAR-10 model.
     #[arg(long)]
@@ -210,7 +210,7 @@ struct TrainArgs {
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// Stop after this many minutes (with a checkpoint); default 3 for the tiny network on the CPU.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     minutes: Option<f64>,
     /// Checkpoint every N steps (and at the end; 0: only at the end). Default 500; a resumed run keeps its own.
     #[arg(long)]
@@ -337,6 +337,14 @@ struct FidArgs {
     fid_batch: usize,
 }
 
+/// `println!` that drops the line when stdout is closed (a `| tee` ended by the same Ctrl-C), where
+/// `println!` would panic after the run was saved.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 /// Parses the train defaults when no subcommand is given.
 #[derive(Parser)]
 struct Defaults {
@@ -363,7 +371,8 @@ fn bundled_data() -> Result<PathBuf> {
             p.display()
         );
     }
-    Ok(p)
+    // The folder's own name, not the build-time `crates/vsdm-image/../../` spelling.
+    Ok(p.canonicalize().unwrap_or(p))
 }
 
 /// Bounds of the flags that size buffers: far above any real use, so that a mistyped value is an error that
@@ -407,6 +416,13 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
     }
     if let Some(e) = a.a_ema {
         vsdm_eval::cli::ema_decay("--a-ema", e)?;
+    }
+    if a.method() == Method::Vp && !a.resume {
+        for (flag, given) in [("--a-lr", a.a_lr.is_some()), ("--a-ema", a.a_ema.is_some())] {
+            if given {
+                bail!("{flag}: VP has no variational parameters (it is VSDM with A = 0)");
+            }
+        }
     }
     if let Some(k) = a.kappa {
         vsdm_eval::cli::kappa(k)?;
@@ -580,8 +596,16 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         DataRecord::Given(d) => Some(d.as_str()),
         _ => None,
     }));
-    let set = data::open_source(&data_path, hub, data::Split::Train)
-        .with_context(|| format!("loading CIFAR-10 from {data_path}"))?;
+    let set = data::open_source(&data_path, hub, data::Split::Train).with_context(|| {
+        if a.resume && a.data.is_none() {
+            format!(
+                "loading CIFAR-10 from {data_path}, the images the run was trained on (--data names others to \
+                 go on with)"
+            )
+        } else {
+            format!("loading CIFAR-10 from {data_path}")
+        }
+    })?;
     if spec.unet.label_dim > 0 && set.classes.len() != spec.unet.label_dim {
         bail!(
             "{}: {} classes, the conditional network expects {}",
@@ -644,7 +668,7 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         stop: Some(vsdm_eval::cli::stop_on_interrupt()),
     };
     let s = run_loop(&mut tr, &spec, &mut source, &opts, dev)?;
-    println!(
+    say!(
         "{} steps this session (now at {}/{}), loss {:.4} → {:.4} (mean of the last 10%: {:.4}), {:.1} images/s",
         s.steps_done,
         tr.step_count(),
@@ -655,9 +679,9 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         s.images_per_second
     );
     if let Some(g) = s.last_grid {
-        println!("sample grid: {}", g.display());
+        say!("sample grid: {}", g.display());
     }
-    println!("weights (EMA): {}", out.join("weights").display());
+    say!("weights (EMA): {}", out.join("weights").display());
     if s.interrupted {
         // Interrupted is not finished: a script's next step (`&& sample …`) should not run.
         std::process::exit(130);

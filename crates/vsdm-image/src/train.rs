@@ -175,10 +175,16 @@ pub fn run_loop<D: DataSource>(
             save(tr, spec, &opts.out)?;
             tracing::info!(step = r.step, loss = r.loss, "checkpoint");
         }
+        if last || interrupted {
+            // The run is saved: Ctrl-C during the end's sample grid quits at once.
+            vsdm_eval::cli::training(false);
+        }
         if interrupted {
             pb.println(format!(
-                "interrupted after {} steps; checkpoint and weights written; resume with --resume",
-                r.step
+                "interrupted after {} steps; checkpoint and weights written; `vsdm-image train --resume --out \
+                 {}` continues",
+                r.step,
+                opts.out.display()
             ));
             break;
         }
@@ -189,8 +195,9 @@ pub fn run_loop<D: DataSource>(
         }
         if out_of_time {
             pb.println(format!(
-                "time limit reached after {} steps; resume with --resume",
-                r.step
+                "time limit reached after {} steps; `vsdm-image train --resume --out {}` continues",
+                r.step,
+                opts.out.display()
             ));
             break;
         }

@@ -548,6 +548,11 @@ fn bad_input_is_named() {
     assert!(!ok && text.contains("drop --debias"), "{text}");
     // VSMD's damping ratio and the variational rate and EMA: kept in the weights' configuration and used by
     // the sampler that reads them; κ is refused for the other methods.
+    let (ok, text) = run(&["train", "--method", "vp", "--a-lr", "1e-3", "--out", o]);
+    assert!(
+        !ok && text.contains("--a-lr") && text.contains("VP"),
+        "{text}"
+    );
     let (ok, text) = run(&["train", "--method", "vsdm", "--kappa", "0.9", "--out", o]);
     assert!(
         !ok && text.contains("--kappa 0.9") && text.contains("vsmd"),
@@ -756,5 +761,9 @@ fn fid_finds_the_inception_weights_as_vsdm_eval_does() {
     let cache = dir.path().join("cache");
     let e = fid(&[("XDG_CACHE_HOME", &cache)]);
     let want = cache.join("vsdm/inception_fid.safetensors");
+    assert!(e.contains(&want.display().to_string()), "{e}");
+    // A relative XDG_CACHE_HOME is ignored (XDG): the home's cache.
+    let e = fid(&[("XDG_CACHE_HOME", Path::new("rel")), ("HOME", dir.path())]);
+    let want = dir.path().join(".cache/vsdm/inception_fid.safetensors");
     assert!(e.contains(&want.display().to_string()), "{e}");
 }

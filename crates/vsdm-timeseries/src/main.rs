@@ -282,6 +282,17 @@ fn forecast_with(
             method.name()
         );
     }
+    // κ shapes the forward process VSMD weights were trained on; a contradicting --kappa is refused like
+    // --method (the weights' own is used either way; VP and VSDM have none and ignore it).
+    if let (Some(k), vsdm_core::Process::Vsmd(p)) = (cli.budget.kappa, &loaded.process) {
+        if let Some(theirs) = p.params().kappa.filter(|&t| t != k) {
+            anyhow::bail!(
+                "--kappa {k}: the weights in {} were trained with κ = {theirs}; leave --kappa out to forecast \
+                 with them",
+                dir.display()
+            );
+        }
+    }
     if loaded.cfg.network.num_series != data.num_series() {
         anyhow::bail!(
             "weights in {} were trained on {} ({} series); this data set has {} series",

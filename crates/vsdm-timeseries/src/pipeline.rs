@@ -70,24 +70,14 @@ pub struct Budget {
         long,
         global = true,
         default_value_t = 1e-3,
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     pub lr: f64,
     /// Network updates before the first variational stage (fraction of --iters).
-    #[arg(
-        long,
-        global = true,
-        default_value_t = 0.2,
-        allow_negative_numbers = true
-    )]
+    #[arg(long, global = true, default_value_t = 0.2, allow_hyphen_values = true)]
     pub warmup_frac: f64,
     /// Final network-only updates (fraction of --iters).
-    #[arg(
-        long,
-        global = true,
-        default_value_t = 0.2,
-        allow_negative_numbers = true
-    )]
+    #[arg(long, global = true, default_value_t = 0.2, allow_hyphen_values = true)]
     pub cooldown_frac: f64,
     /// Number of variational stages between warm-up and cool-down.
     #[arg(long, global = true, default_value_t = 4)]
@@ -100,7 +90,7 @@ pub struct Budget {
         long,
         global = true,
         default_value_t = 1e-2,
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     pub a_lr: f64,
     /// Backward trajectories simulated per stage.
@@ -126,17 +116,17 @@ pub struct Budget {
         long,
         global = true,
         default_value_t = 0.995,
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     pub ema: f64,
     /// ζ of the variational objective (ALGORITHM.md §C; default: 0.75 for VSDM as in the official code, 1 for
     /// VSMD). Below 1 it adds a constant push of A towards less contraction.
-    #[arg(long, global = true, allow_negative_numbers = true)]
+    #[arg(long, global = true, allow_hyphen_values = true)]
     #[serde(default)]
     pub zeta: Option<f64>,
     /// Peak β of the power noise schedule β_t = 0.1 + t^1.7 (β_max − 0.1) (default: this schedule with 10 for
     /// VP and VSDM, the VSDM time-series README's; VSMD's default is a constant β, see --constant-beta).
-    #[arg(long, global = true, allow_negative_numbers = true)]
+    #[arg(long, global = true, allow_hyphen_values = true)]
     #[serde(default)]
     pub beta_max: Option<f64>,
     /// A constant β instead of the power schedule (default: 3 for VSMD; the official VSMD time-series script
@@ -145,7 +135,7 @@ pub struct Budget {
         long,
         global = true,
         conflicts_with = "beta_max",
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     #[serde(default)]
     pub constant_beta: Option<f64>,
@@ -158,7 +148,7 @@ pub struct Budget {
     /// VSMD's damping ratio κ of the critical-damping transform (the official `--damp_coef`): 1 (default) is
     /// critically damped, below 1 under-damped (the official time-series script also runs 0.9). Ignored by VP
     /// and VSDM.
-    #[arg(long, global = true, allow_negative_numbers = true)]
+    #[arg(long, global = true, allow_hyphen_values = true)]
     #[serde(default)]
     pub kappa: Option<f64>,
 }
@@ -551,9 +541,13 @@ pub fn train_with(
     );
     if let Some(flag) = STOP.get() {
         trainer.stop_when(flag.clone());
+        vsdm_eval::cli::training(true);
     }
     let start = std::time::Instant::now();
-    let reports = trainer.run(&mut source, ckpt_dir, ckpt_every, 100)?;
+    let reports = trainer.run(&mut source, ckpt_dir, ckpt_every, 100);
+    // What follows (exporting, forecasting, the next method of a bench) quits at once on Ctrl-C.
+    vsdm_eval::cli::training(false);
+    let reports = reports?;
     let seconds = start.elapsed().as_secs_f64();
     let tail = reports.len().div_ceil(10);
     let final_loss = (tail > 0)

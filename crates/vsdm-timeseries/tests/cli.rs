@@ -199,6 +199,7 @@ fn bad_flags_are_named() {
         ("2", &["--weights", "w", "bench"][..], "--weights w: bench"),
         // A negative number is a value, not a flag.
         ("2", &["--zeta", "-1", "train"][..], "--zeta -1"),
+        ("2", &["--lr", "-1e-3", "train"][..], "--lr -0.001"),
         ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),
         (
             "2",
@@ -291,6 +292,20 @@ fn kappa_is_kept_and_a_run_refuses_another() {
     let stderr = refused(&out);
     assert!(
         stderr.contains("other settings") && stderr.contains("kappa"),
+        "{stderr}"
+    );
+    // Forecasting those weights with another κ is refused too (their own would be used).
+    let out = in_folder(
+        tmp.path(),
+        &[
+            &small[..],
+            &["--kappa", "1", "--samples", "2", "--steps", "2", "forecast"],
+        ]
+        .concat(),
+    );
+    let stderr = refused(&out);
+    assert!(
+        stderr.contains("--kappa 1") && stderr.contains("κ = 0.9"),
         "{stderr}"
     );
 }

@@ -50,17 +50,17 @@ enum Cmd {
         #[arg(long, num_args = 1..)]
         method: Vec<String>,
         /// Learning rate of A (or c) in the table's runs.
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         a_lr: Option<f64>,
         /// ζ of VSDM in the table's runs (VSMD keeps its code's 1).
-        #[arg(long, allow_negative_numbers = true)]
+        #[arg(long, allow_hyphen_values = true)]
         zeta: Option<f64>,
         /// The paired variational gradient (reference trajectories, docs/CORE.md) for VSDM and VSMD alike
         /// (default: on for VSMD, off for VSDM).
         #[arg(long)]
         debias: Option<bool>,
         /// Learning rate of A in the Gaussian-bridge check (the official code's 3e-4 by default).
-        #[arg(long, default_value_t = 3e-4, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = 3e-4, allow_hyphen_values = true)]
         gaussian_lr: f64,
     },
 }

@@ -179,8 +179,41 @@ pub fn fan_chart(
     })
 }
 
-/// Fan charts of the first `max_series` series of one window, `<dir>/fan_<name>.png` (the series' index when
-/// `series_names` has no name for it), with a progress bar. `context` is C × D row-major (the observed history
+/// The file-name parts of the first `n` series' charts: the name with every character but ASCII letters,
+/// digits, `-` and `_` replaced by `_`, cut to 60 characters; the series' index where there is no name or
+/// nothing of it is left; `_<index>` appended where the result would repeat an earlier one (also when the two
+/// differ only in case, for case-insensitive file systems).
+fn chart_names(series_names: &[String], n: usize) -> Vec<String> {
+    let mut used = std::collections::HashSet::new();
+    (0..n)
+        .map(|j| {
+            let safe: String = series_names
+                .get(j)
+                .map(|name| {
+                    name.chars()
+                        .map(|ch| {
+                            if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' {
+                                ch
+                            } else {
+                                '_'
+                            }
+                        })
+                        .take(60)
+                        .collect()
+                })
+                .filter(|s: &String| s.chars().any(|c| c != '_'))
+                .unwrap_or_else(|| j.to_string());
+            let mut out = safe.clone();
+            while !used.insert(out.to_ascii_lowercase()) {
+                out = format!("{out}_{j}");
+            }
+            out
+        })
+        .collect()
+}
+
+/// Fan charts of the first `max_series` series of one window, `<dir>/fan_<name>.png` (`name` made safe and
+/// distinct by `chart_names`), with a progress bar. `context` is C × D row-major (the observed history
 /// before the window; may be empty). Returns the files written.
 pub fn fan_charts<X: SampleValue>(
     dir: &Path,
@@ -211,21 +244,8 @@ pub fn fan_charts<X: SampleValue>(
     let n = d.min(max_series);
     let bar = indicatif::ProgressBar::new(n as u64).with_message("fan charts");
     let mut written = Vec::with_capacity(n);
-    for j in 0..n {
-        let name = series_names
-            .get(j)
-            .cloned()
-            .unwrap_or_else(|| j.to_string());
-        let safe: String = name
-            .chars()
-            .map(|ch| {
-                if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' {
-                    ch
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+    let names = chart_names(series_names, n);
+    for (j, safe) in names.iter().enumerate() {
         let ctx: Vec<f64> = (0..c).map(|k| context[k * d + j]).collect();
         let truth: Vec<f64> = (0..t).map(|k| window.truth[k * d + j]).collect();
         let samples: Vec<Vec<f64>> = (0..s)
@@ -239,4 +259,34 @@ pub fn fan_charts<X: SampleValue>(
     bar.finish_and_clear();
     tracing::info!(charts = written.len(), dir = %dir.display(), "fan charts written");
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chart_names;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        chart_names(
+            &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            v.len(),
+        )
+    }
+
+    /// Names that sanitise alike, differ only in case, have nothing safe left or are too long still give
+    /// distinct, short file names; unnamed series take their index.
+    #[test]
+    fn chart_file_names_are_safe_and_distinct() {
+        assert_eq!(names(&["OT", "HUFL"]), ["OT", "HUFL"]);
+        assert_eq!(names(&["a/b", "a_b", "a?b"]), ["a_b", "a_b_1", "a_b_2"]);
+        assert_eq!(names(&["A", "a"]), ["A", "a_1"]);
+        assert_eq!(names(&["Ä ö", "日本"]), ["0", "1"]);
+        let long = "x".repeat(300);
+        let got = names(&[&long, &long]);
+        assert!(
+            got[0].len() == 60 && got[1] == format!("{}_1", got[0]),
+            "{got:?}"
+        );
+        let short = vec!["only".to_string()];
+        assert_eq!(chart_names(&short, 2), ["only", "1"]);
+    }
 }

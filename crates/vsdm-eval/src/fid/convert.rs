@@ -196,9 +196,10 @@ pub fn default_weights_path() -> PathBuf {
     if let Some(p) = std::env::var_os(WEIGHTS_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
+    // A relative XDG_CACHE_HOME is invalid by the XDG specification and ignored, as there.
     let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|p| !p.is_empty())
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
     match cache {
         Some(c) => c.join("vsdm").join("inception_fid.safetensors"),

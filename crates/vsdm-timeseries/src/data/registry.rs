@@ -176,9 +176,10 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os(CACHE_ENV).filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
+    // A relative XDG_CACHE_HOME is invalid by the XDG specification and ignored, as there.
     let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
     base.join("vsdm").join("datasets")

@@ -125,8 +125,8 @@ impl Dataset {
         self.train.num_series
     }
 
-    /// The same data set with its series named (one name per series; blank or repeated names are numbered
-    /// instead, so that every chart file and CSV column is told apart).
+    /// The same data set with its series named (one name per series): a blank name becomes `series<j>`, a
+    /// repeated one gets `_2`, `_3`, … so that every CSV column is told apart.
     pub fn with_series_names(mut self, names: Vec<String>) -> Result<Self> {
         if names.len() != self.num_series() {
             return Err(DataError::Invalid(format!(
@@ -135,10 +135,25 @@ impl Dataset {
                 self.num_series()
             )));
         }
-        let distinct = names.iter().collect::<std::collections::HashSet<_>>().len() == names.len();
-        if distinct && names.iter().all(|n| !n.trim().is_empty()) {
-            self.series_names = names;
-        }
+        let mut used = std::collections::HashSet::new();
+        self.series_names = names
+            .into_iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let base = if n.trim().is_empty() {
+                    format!("series{j}")
+                } else {
+                    n.trim().to_string()
+                };
+                let mut name = base.clone();
+                let mut k = 2;
+                while !used.insert(name.clone()) {
+                    name = format!("{base}_{k}");
+                    k += 1;
+                }
+                name
+            })
+            .collect();
         Ok(self)
     }
 
@@ -266,6 +281,23 @@ mod tests {
             (0..2000).map(|v| v as f32).collect(),
         )
         .unwrap()
+    }
+
+    /// Header names kept where they can be: a blank one numbered, a repeated one suffixed, the count checked.
+    #[test]
+    fn series_names_keep_what_they_can() {
+        let ds = Dataset::from_full_series("x", two_hourly_series(), 24, 0.2, 24).unwrap();
+        assert_eq!(ds.series_names, ["series0", "series1"]);
+        let named = |v: [&str; 2]| {
+            ds.clone()
+                .with_series_names(v.iter().map(|s| s.to_string()).collect())
+                .unwrap()
+                .series_names
+        };
+        assert_eq!(named(["HUFL", "OT"]), ["HUFL", "OT"]);
+        assert_eq!(named(["HUFL", "HUFL"]), ["HUFL", "HUFL_2"]);
+        assert_eq!(named(["", "OT"]), ["series0", "OT"]);
+        assert!(ds.clone().with_series_names(vec!["a".into()]).is_err());
     }
 
     #[test]
