@@ -93,5 +93,9 @@ fn samples_travel_from_vsdm_image_to_vsdm_eval() {
         &["fid", "--real", &p("samples.npz"), "--fake", &p("pngs")],
     );
     let fid: f64 = out.trim().lines().last().unwrap().parse().unwrap();
-    assert!(fid.abs() < 1e-2, "FID of a set against itself: {fid}");
+    // 0 up to rounding: three images leave 2,046 of the 2,048 covariance eigenvalues at rounding noise.
+    assert!(
+        fid.is_finite() && fid.abs() < 0.1,
+        "FID of a set against itself: {fid}"
+    );
 }

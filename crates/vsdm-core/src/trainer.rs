@@ -1067,11 +1067,14 @@ impl<M: ScoreModel> Trainer<M> {
     }
 }
 
-/// Writes `tensors` as a safetensors file at `path` with the permissions any new file gets (the process's
-/// umask: usually readable by all). `candle_core::safetensors::save` goes through safetensors' own temporary
-/// file, created owner-only (0600), so weights and checkpoints written with it could not be read by a
-/// colleague on a shared machine. The callers write to a temporary name and rename, as before.
+/// Writes `tensors` as a safetensors file at `path`, a temporary name the caller then renames, with the
+/// permissions any new file gets (the process's umask: usually readable by all). `candle_core::safetensors::save`
+/// goes through safetensors' own temporary file, created owner-only (0600), so weights and checkpoints written
+/// with it could not be read by a colleague on a shared machine. The file is built in memory first (a
+/// paper-scale checkpoint with its optimiser moments: about 0.9 GB more at its peak), and a leftover file at
+/// `path` is removed first, so that it cannot pass its permissions on.
 pub fn write_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
     let bytes = safetensors::tensor::serialize(tensors, None).map_err(|e| Error::Io {
         path: path.display().to_string(),
         source: std::io::Error::other(e.to_string()),

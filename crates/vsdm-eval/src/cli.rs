@@ -142,11 +142,12 @@ static TRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 static INTERRUPT: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
     std::sync::OnceLock::new();
 
-/// Ctrl-C (or SIGTERM, which batch systems send before they kill a job) for a training loop: while a training
-/// is on ([`training`]`(true)`, which this call also sets) the first one raises the returned flag, which the
-/// loop reads to stop after its current update and write a checkpoint, and a second one quits at once; outside
-/// a training an interrupt quits at once. The status is 130 either way. Where no handler can be installed
-/// (another one is) the flag never rises and the signals keep their default effect.
+/// Ctrl-C (or SIGTERM, which batch systems send before they kill a job, or SIGHUP) for a training loop: while
+/// a training is on ([`training`]`(true)`, which the loop sets when its updates start) the first one raises the
+/// returned flag, which the loop reads to stop after its current update and write a checkpoint, and a second
+/// one quits at once; outside a training (loading, forecasting, sampling) an interrupt quits at once. The
+/// status is 130 either way. Where no handler can be installed (another one is) the flag never rises and the
+/// signals keep their default effect.
 pub fn stop_on_interrupt() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,11 +159,11 @@ pub fn stop_on_interrupt() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
             let mut err = std::io::stderr();
             if !TRAINING.load(Ordering::SeqCst) {
                 let _ = writeln!(err, "\ninterrupted");
-                std::process::exit(130);
+                quit_now();
             }
             if set.swap(true, Ordering::SeqCst) {
                 let _ = writeln!(err, "\ninterrupted again: quitting without a checkpoint");
-                std::process::exit(130);
+                quit_now();
             }
             let _ = writeln!(
                 err,
@@ -174,8 +175,19 @@ pub fn stop_on_interrupt() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
         }
         flag
     });
-    training(true);
     flag.clone()
+}
+
+/// Ends the process at once with status 130, from the interrupt handler's thread: without running exit
+/// handlers (a GPU library's could run while the main thread is inside one of its calls).
+fn quit_now() -> ! {
+    #[cfg(unix)]
+    // SAFETY: _exit ends the process without touching any state of this one.
+    unsafe {
+        libc::_exit(130)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(130)
 }
 
 /// Marks a training as on or over for [`stop_on_interrupt`]'s handler: over, an interrupt quits at once.

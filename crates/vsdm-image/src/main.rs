@@ -243,7 +243,7 @@ impl TrainArgs {
         if let Some(m) = self.method.filter(|&m| m != spec.method) {
             given.push(format!("--method {m} (the run is {})", spec.method));
         }
-        let flags: [(&str, bool); 19] = [
+        let flags: [(&str, bool); 20] = [
             ("--arch", self.arch.is_some()),
             ("--batch", self.batch.is_some()),
             ("--lr", self.lr.is_some()),
@@ -261,6 +261,7 @@ impl TrainArgs {
             ("--a-ema", self.a_ema.is_some()),
             ("--kappa", self.kappa.is_some()),
             ("--conditional", self.conditional),
+            ("--no-flip", self.no_flip),
             ("--precision", self.precision.is_some()),
             ("--seed", self.seed.is_some()),
         ];

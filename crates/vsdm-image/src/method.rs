@@ -221,8 +221,9 @@ pub struct RunSpec {
     /// Activations' precision of the training network (absent in older run files: f32).
     #[serde(default)]
     pub precision: Precision,
-    /// The training images, so that `--resume` goes on with them (absent in older run files).
-    #[serde(default)]
+    /// The training images, so that `--resume` goes on with them (absent in older run files and in weights
+    /// folders).
+    #[serde(default, skip_serializing_if = "DataRecord::is_unrecorded")]
     pub data: DataRecord,
     /// The checkpoint, grid and sampler settings of `train`, which `--resume` keeps unless given again
     /// (absent in older run files and outside `train`).
@@ -269,6 +270,11 @@ pub enum DataRecord {
 }
 
 impl DataRecord {
+    /// Whether nothing is recorded (then `run.json` leaves the field out).
+    pub fn is_unrecorded(&self) -> bool {
+        *self == Self::Unrecorded
+    }
+
     /// The record of a `--data` argument (`None`: the bundled subset).
     pub fn of(data: Option<&str>) -> Self {
         match data {

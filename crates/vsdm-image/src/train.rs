@@ -119,7 +119,14 @@ fn save(tr: &Trainer<UNet>, spec: &RunSpec, out: &Path) -> Result<()> {
     tr.save_checkpoint(&out.join("ckpt"))?;
     let w = out.join("weights");
     tr.export(&w)?;
-    spec.save(&w)
+    // The published weights' run.json says what the network is, not where this machine kept its images or
+    // how often this run wrote (the run folder's run.json keeps those for --resume).
+    RunSpec {
+        data: crate::method::DataRecord::Unrecorded,
+        output: None,
+        ..spec.clone()
+    }
+    .save(&w)
 }
 
 /// Trains until the configured number of steps (or the time limit), writing checkpoints, weights and grids.
@@ -151,6 +158,10 @@ pub fn run_loop<D: DataSource>(
     let mut losses = Vec::new();
     let mut last_grid = None;
     let mut interrupted = false;
+    if opts.stop.is_some() {
+        // From here Ctrl-C stops after an update (before, it quits at once).
+        vsdm_eval::cli::training(true);
+    }
     // Time in the trainer's updates during this loop (it sums each update's).
     let secs0 = tr.training_seconds();
     let train_secs = |tr: &Trainer<UNet>| tr.training_seconds() - secs0;
@@ -166,10 +177,12 @@ pub fn run_loop<D: DataSource>(
         let out_of_time = opts
             .max_seconds
             .is_some_and(|s| start.elapsed().as_secs_f64() >= s);
-        interrupted = opts
-            .stop
-            .as_ref()
-            .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
+        // A request during the last update is not an interruption: the run ends as planned.
+        interrupted = r.step < total
+            && opts
+                .stop
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
         let last = r.step == total || out_of_time;
         if last || interrupted || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
             save(tr, spec, &opts.out)?;
@@ -182,7 +195,7 @@ pub fn run_loop<D: DataSource>(
         if interrupted {
             pb.println(format!(
                 "interrupted after {} steps; checkpoint and weights written; `vsdm-image train --resume --out \
-                 {}` continues",
+                 {}` continues (with this command's global options, such as --cuda)",
                 r.step,
                 opts.out.display()
             ));
@@ -195,7 +208,8 @@ pub fn run_loop<D: DataSource>(
         }
         if out_of_time {
             pb.println(format!(
-                "time limit reached after {} steps; `vsdm-image train --resume --out {}` continues",
+                "time limit reached after {} steps; `vsdm-image train --resume --out {}` continues (with this \
+                 command's global options, such as --cuda)",
                 r.step,
                 opts.out.display()
             ));

@@ -638,6 +638,13 @@ fn resume_keeps_its_data_and_ctrl_c_leaves_a_checkpoint() {
         ok && text.contains(&format!("on 4 images from {d}")),
         "{text}"
     );
+    // The run folder records the images; the weights to publish do not carry this machine's paths.
+    let recorded = std::fs::read_to_string(run_dir.join("run.json")).unwrap();
+    let published = std::fs::read_to_string(run_dir.join("weights/run.json")).unwrap();
+    assert!(
+        recorded.contains(d) && !published.contains(d),
+        "{published}"
+    );
     let (ok, text) = run(&[
         "train",
         "--resume",

@@ -484,4 +484,15 @@ fn ctrl_c_leaves_a_checkpoint_to_resume() {
     let ckpt = tmp.path().join("out/exchange_rate/vsdm/checkpoints");
     let latest = std::fs::read_to_string(ckpt.join("latest")).unwrap();
     assert!(latest.starts_with("ckpt-"), "{latest}");
+    // The same command goes on from that checkpoint (stopped again once it has).
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"));
+    cmd.args(["--offline", "--cache-dir"])
+        .arg(tmp.path().join("cache"))
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .args(args)
+        .env("RUST_LOG", "info");
+    let (seen, status) = vsdm_tests::interrupt_when(cmd, "training: ");
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("resuming from checkpoint"), "{seen}");
 }
