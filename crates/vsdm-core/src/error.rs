@@ -46,8 +46,8 @@ pub enum Error {
          learning rate (or stronger gradient clipping)"
     )]
     DivergedWeights { step: usize, name: String },
-    /// Training stopped on request (Ctrl-C) before its last update; `checkpoint` holds the state, when a
-    /// checkpoint folder was given.
+    /// Training stopped on request (Ctrl-C) after an update, its last one included; `checkpoint` holds the
+    /// state, when a checkpoint folder was given.
     #[error("interrupted after update {step}{}", match checkpoint {
         Some(c) => format!("; the checkpoint in {c} holds it: the same command resumes it"),
         None => "; no checkpoint folder, nothing kept".into(),

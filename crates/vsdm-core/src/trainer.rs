@@ -811,7 +811,9 @@ impl<M: ScoreModel> Trainer<M> {
                 }
             }
             reports.push(r);
-            if stop && self.step < total {
+            // Also after the last update: the run is complete and saved, but its caller asked to stop, so the
+            // command stops rather than go on (to forecast, say); rerun, it finds the finished run.
+            if stop {
                 pb.finish();
                 return Err(Error::Interrupted {
                     step: self.step,

@@ -9,16 +9,12 @@ pub fn init_logging(default: &str) {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(colours(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
-        ))
+        // On a terminal, unless NO_COLOR is set (no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
-}
-
-/// Whether log lines are coloured: on a terminal, unless `NO_COLOR` is set (no-color.org).
-fn colours(terminal: bool, no_color: bool) -> bool {
-    terminal && !no_color
 }
 
 /// Keeps freed tensor memory in the process for the next step instead of handing it back to the kernel.

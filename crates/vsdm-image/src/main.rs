@@ -593,10 +593,13 @@ fn train(a: TrainArgs, hub: &Hub, dev: &Device) -> Result<()> {
         }
         (None, _) => bundled_data()?.display().to_string(),
     };
-    spec.data = DataRecord::of(a.data.as_deref().or(match &spec.data {
-        DataRecord::Given(d) => Some(d.as_str()),
-        _ => None,
-    }));
+    // Recorded for the next resume: the images given now, else the recorded ones (the bundled subset where
+    // none were recorded).
+    if a.data.is_some() {
+        spec.data = DataRecord::of(a.data.as_deref());
+    } else if spec.data.is_unrecorded() {
+        spec.data = DataRecord::Bundled;
+    }
     let set = data::open_source(&data_path, hub, data::Split::Train).with_context(|| {
         if a.resume && a.data.is_none() {
             format!(

@@ -548,18 +548,6 @@ pub fn train_with(
     // What follows (exporting, forecasting, the next method of a bench) quits at once on Ctrl-C.
     vsdm_eval::cli::training(false);
     let reports = reports?;
-    // A request during the last update: the run is complete and saved, but the user asked to stop, so the
-    // command stops here rather than go on to forecast (rerun, it finds the finished run).
-    if STOP
-        .get()
-        .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst))
-    {
-        return Err(vsdm_core::Error::Interrupted {
-            step: trainer.step_count(),
-            checkpoint: ckpt_dir.map(|d| d.display().to_string()),
-        }
-        .into());
-    }
     let seconds = start.elapsed().as_secs_f64();
     let tail = reports.len().div_ceil(10);
     let final_loss = (tail > 0)

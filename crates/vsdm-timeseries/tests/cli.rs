@@ -6,17 +6,21 @@ use std::process::{Command, Output};
 
 use vsdm_timeseries::data::registry::default_assets_dir;
 
-/// The program with `args`, offline, its cache and output in `tmp`.
-fn in_folder(tmp: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"))
-        .args(["--offline", "--cache-dir"])
+/// The program with `args`, offline, its cache and output in `tmp`, ready to run.
+fn command(tmp: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"));
+    cmd.args(["--offline", "--cache-dir"])
         .arg(tmp.join("cache"))
         .arg("--out")
         .arg(tmp.join("out"))
         .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap()
+        .env("RUST_BACKTRACE", "0");
+    cmd
+}
+
+/// [`command`], run to its end.
+fn in_folder(tmp: &std::path::Path, args: &[&str]) -> Output {
+    command(tmp, args).output().unwrap()
 }
 
 /// The error output of a run that must have failed.
@@ -469,13 +473,8 @@ fn ctrl_c_leaves_a_checkpoint_to_resume() {
     let args = [
         "--iters", "100000", "--hidden", "8", "--layers", "1", "train",
     ];
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"));
-    cmd.args(["--offline", "--cache-dir"])
-        .arg(tmp.path().join("cache"))
-        .arg("--out")
-        .arg(tmp.path().join("out"))
-        .args(args);
-    let (seen, status) = vsdm_tests::interrupt_when(cmd, "training: 1/100000 steps");
+    let (seen, status) =
+        vsdm_tests::interrupt_when(command(tmp.path(), &args), "training: 1/100000 steps");
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(
         seen.contains("interrupted after update") && seen.contains("resumes it"),
@@ -485,13 +484,8 @@ fn ctrl_c_leaves_a_checkpoint_to_resume() {
     let latest = std::fs::read_to_string(ckpt.join("latest")).unwrap();
     assert!(latest.starts_with("ckpt-"), "{latest}");
     // The same command goes on from that checkpoint (stopped again once it has).
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vsdm-timeseries"));
-    cmd.args(["--offline", "--cache-dir"])
-        .arg(tmp.path().join("cache"))
-        .arg("--out")
-        .arg(tmp.path().join("out"))
-        .args(args)
-        .env("RUST_LOG", "info");
+    let mut cmd = command(tmp.path(), &args);
+    cmd.env("RUST_LOG", "info");
     let (seen, status) = vsdm_tests::interrupt_when(cmd, "training: ");
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(seen.contains("resuming from checkpoint"), "{seen}");
