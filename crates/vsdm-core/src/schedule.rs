@@ -204,6 +204,14 @@ mod tests {
             "{e}"
         );
         assert!(BetaSchedule::constant(BETA_LIMIT, 1.0).is_ok());
+        // A negative power makes β(t) infinite at t = 0; an infinite one is not a schedule.
+        for r in [-1.0, f64::INFINITY] {
+            let e = BetaSchedule::power(0.1, 10.0, r, 1.0)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("r = {r}")), "{e}");
+        }
+        assert!(BetaSchedule::power(0.1, 10.0, 0.0, 1.0).is_ok());
         let e = BetaSchedule::constant(1.0, 0.0).unwrap_err().to_string();
         assert!(e.contains("T = 0"), "{e}");
         let s = BetaSchedule::vsdm_default();

@@ -193,3 +193,54 @@ fn safetensors_files_are_as_readable_as_any_new_file() {
     let back = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     assert_eq!(back["w"].to_vec1::<f32>().unwrap(), [1.5, -2.0, 3.25]);
 }
+
+/// Marginals report the grid they were cached on (callers map a sampler time back to its index with it), for
+/// each process and through the run-time [`Process`].
+#[test]
+fn marginals_report_their_grid() {
+    let s = BetaSchedule::vsdm_default();
+    let times = [1.0, 0.5, 0.25, 1e-3];
+    let params = [
+        VarParams::None,
+        VarParams::Diagonal(vec![0.2, -0.1]),
+        VarParams::Full {
+            d: 2,
+            a: vec![0.2, 0.1, 0.0, -0.1],
+        },
+        VarParams::Momentum {
+            c: vec![0.1, 0.0],
+            params: VsmdParams::default(),
+        },
+    ];
+    for p in params {
+        let process = p.process(s, &[2], &DEV).unwrap();
+        let m = process.marginals(&times, &DEV).unwrap();
+        assert_eq!(m.times(), times, "{p:?}");
+        let direct = match &process {
+            Process::Vp(q) => q.marginals(&times, &DEV).unwrap().times().to_vec(),
+            Process::Vsdm(q) => q.marginals(&times, &DEV).unwrap().times().to_vec(),
+            Process::Vsmd(q) => q.marginals(&times, &DEV).unwrap().times().to_vec(),
+        };
+        assert_eq!(direct, times, "{p:?}");
+    }
+}
+
+/// VSMD's damping ratio must be a positive number: the critical transform divides by it.
+#[test]
+fn a_bad_kappa_is_named() {
+    let s = BetaSchedule::constant(4.0, 1.0).unwrap();
+    for kappa in [0.0, -0.5, f64::NAN, f64::INFINITY] {
+        let params = VsmdParams {
+            kappa: Some(kappa),
+            ..VsmdParams::default()
+        };
+        let e = err(Vsmd::critical(s, &[2], vec![0.0, 0.0], params, &DEV));
+        assert!(e.contains(&format!("kappa = {kappa}")), "{e}");
+    }
+    let params = VsmdParams {
+        kappa: None,
+        ..VsmdParams::default()
+    };
+    let e = err(Vsmd::critical(s, &[2], vec![0.0, 0.0], params, &DEV));
+    assert!(e.contains("kappa"), "{e}");
+}

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use nalgebra::{DMatrix, DVector};
 use vsdm_core::kernel::{full, momentum};
-use vsdm_core::sampler::{sample_with_score, SamplerConfig, SamplerKind};
+use vsdm_core::sampler::{sample_with_eps, sample_with_score, SamplerConfig, SamplerKind};
 use vsdm_core::{
     BetaSchedule, ForwardProcess, LinearDrift, Marginals, NoiseRng, Vp, Vsdm, Vsmd, VsmdParams,
 };
@@ -141,6 +141,41 @@ fn cld_is_vsmd_with_zero_c() {
     let (b, _) = m2.perturb(&x0, &idx, &eps).unwrap();
     let diff = max_abs_diff(&a, &b);
     assert!(diff < 1e-6);
+}
+
+/// The critical-damping transform by its definition (VSMD §E.2): per element, dx = ½β v dt and
+/// dv = ½β (−k x − Γ v) dt + …, with k = 1 − 2γa and Γ = γ(1 − 2c) (the forward score a x + c v on v). The
+/// oscillator λ² + Γλ + k is critically damped (a double root) at κ = 1 and has Γ² = 4κk in general.
+#[test]
+fn the_critical_transform_damps_as_asked() {
+    let sched = BetaSchedule::constant(4.0, 1.0).unwrap();
+    let c = vec![-0.3, 0.0, 0.15, 0.4];
+    for gamma in [2.0, 1.5] {
+        for kappa in [1.0, 0.9, 0.5] {
+            let params = VsmdParams {
+                gamma,
+                kappa: Some(kappa),
+                ..VsmdParams::default()
+            };
+            let p = Vsmd::critical(sched, &[4], c.clone(), params, &DEV).unwrap();
+            assert_eq!(p.c(), c.as_slice());
+            for (&a, &ci) in p.a().iter().zip(&c) {
+                let (k, fr) = (1.0 - 2.0 * gamma * a, gamma * (1.0 - 2.0 * ci));
+                assert!(
+                    (fr * fr - 4.0 * kappa * k).abs() < 1e-12,
+                    "γ {gamma} κ {kappa} c {ci}: a {a} gives k {k}, Γ {fr}"
+                );
+                if kappa == 1.0 {
+                    // A double eigenvalue −Γ/2 of the companion matrix [[0, 1], [−k, −Γ]].
+                    let m = nalgebra::Matrix2::new(0.0, 1.0, -k, -fr);
+                    let ev = m.complex_eigenvalues();
+                    for e in ev.iter() {
+                        assert!((e.re + fr / 2.0).abs() < 1e-6 && e.im.abs() < 1e-6, "{ev}");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Euler–Maruyama of the forward SDE with a fine step against the closed-form mean and covariance.
@@ -294,6 +329,22 @@ fn data_law() -> (DVector<f64>, DMatrix<f64>) {
     )
 }
 
+/// The transition kernel of a two-element VSMD at integrated β `b`, in the state layout (x₁, x₂, v₁, v₂):
+/// the matrix mapping x₀ to the mean (Φ_xx on positions, Φ_vx on velocities) and the covariance.
+fn vsmd_kernel(p: &Vsmd, b: f64) -> (DMatrix<f64>, DMatrix<f64>) {
+    let mut pm = DMatrix::zeros(4, 2);
+    let mut cov = DMatrix::zeros(4, 4);
+    for i in 0..2 {
+        let k = momentum::kernel(&p.oscillator(i), b, p.params().v0_var);
+        pm[(i, i)] = k.phi[(0, 0)];
+        pm[(2 + i, i)] = k.phi[(1, 0)];
+        for (r, c) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            cov[(2 * r + i, 2 * c + i)] = k.cov[(r, c)];
+        }
+    }
+    (pm, cov)
+}
+
 #[test]
 fn gaussian_data_is_recovered_by_vp_samplers() {
     let sched = BetaSchedule::power(0.1, 10.0, 1.7, 1.0).unwrap();
@@ -332,20 +383,7 @@ fn gaussian_data_is_recovered_by_vsmd_samplers() {
     let (m, s) = data_law();
     // State (x1, x2, v1, v2): z_t = P x_0 + noise, P maps x_0 to positions (Φ_xx) and velocities (Φ_vx).
     let f = |t: f64| {
-        let b = sched.integral(t);
-        let ks: Vec<_> = (0..2)
-            .map(|i| momentum::kernel(&p.oscillator(i), b, params.v0_var))
-            .collect();
-        let mut pm = DMatrix::zeros(4, 2);
-        let mut noise = DMatrix::zeros(4, 4);
-        for (i, k) in ks.iter().enumerate() {
-            pm[(i, i)] = k.phi[(0, 0)];
-            pm[(2 + i, i)] = k.phi[(1, 0)];
-            noise[(i, i)] = k.cov[(0, 0)];
-            noise[(i, 2 + i)] = k.cov[(0, 1)];
-            noise[(2 + i, i)] = k.cov[(1, 0)];
-            noise[(2 + i, 2 + i)] = k.cov[(1, 1)];
-        }
+        let (pm, noise) = vsmd_kernel(&p, sched.integral(t));
         (&pm * &m, &pm * &s * pm.transpose() + noise)
     };
     gaussian_roundtrip(&p, &f, 2..4, 0..2, "VSMD");
@@ -384,18 +422,7 @@ fn gaussian_data_is_recovered_from_the_prior() {
     let params = VsmdParams::default();
     let vm = Vsmd::critical(cs, &[2], vec![0.1, -0.05], params, &DEV).unwrap();
     let h = |t: f64| {
-        let b = cs.integral(t);
-        let mut pm = DMatrix::zeros(4, 2);
-        let mut noise = DMatrix::zeros(4, 4);
-        for i in 0..2 {
-            let k = momentum::kernel(&vm.oscillator(i), b, params.v0_var);
-            pm[(i, i)] = k.phi[(0, 0)];
-            pm[(2 + i, i)] = k.phi[(1, 0)];
-            noise[(i, i)] = k.cov[(0, 0)];
-            noise[(i, 2 + i)] = k.cov[(0, 1)];
-            noise[(2 + i, i)] = k.cov[(1, 0)];
-            noise[(2 + i, 2 + i)] = k.cov[(1, 1)];
-        }
+        let (pm, noise) = vsmd_kernel(&vm, cs.integral(t));
         (&pm * &m, &pm * &s * pm.transpose() + noise)
     };
     assert!(h(1.0).0.norm() < 0.02, "{}", h(1.0).0.norm());
@@ -437,4 +464,169 @@ fn bad_inputs_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("steps"), "{err}");
+}
+
+/// The matrices of `perturb` at grid index `n`, read off by probing it with unit vectors (it is linear in the
+/// data x₀ and the noise ε): z_t = M x₀ + L ε and target = P ε. Also checks that the target ignores x₀.
+fn probe_perturb<Mg: Marginals>(
+    marg: &Mg,
+    n: usize,
+    d: usize,
+    k: usize,
+) -> (DMatrix<f64>, DMatrix<f64>, DMatrix<f64>) {
+    let b = d + k;
+    let x0 = DMatrix::<f64>::identity(b, d);
+    let eps = DMatrix::<f64>::from_fn(b, k, |i, j| if i == d + j { 1.0 } else { 0.0 });
+    let as_tensor = |m: &DMatrix<f64>| {
+        let rows: Vec<DVector<f64>> = m.row_iter().map(|r| r.transpose()).collect();
+        from_rows(&rows)
+    };
+    let idx = Tensor::new(vec![n as u32; b], &DEV).unwrap();
+    let (z, target) = marg
+        .perturb(&as_tensor(&x0), &idx, &as_tensor(&eps))
+        .unwrap();
+    let (z, target) = (to_rows(&z), to_rows(&target));
+    let r = target[0].len();
+    let col = |rows: &[Vec<f64>], i: usize| DVector::from_column_slice(&rows[i]);
+    let m = DMatrix::from_columns(&(0..d).map(|i| col(&z, i)).collect::<Vec<_>>());
+    let l = DMatrix::from_columns(&(0..k).map(|j| col(&z, d + j)).collect::<Vec<_>>());
+    let p = DMatrix::from_columns(&(0..k).map(|j| col(&target, d + j)).collect::<Vec<_>>());
+    for (i, row) in target.iter().take(d).enumerate() {
+        assert!(
+            row.iter().all(|v| *v == 0.0),
+            "the target depends on x0[{i}]: {row:?}"
+        );
+    }
+    assert_eq!(p.nrows(), r);
+    (m, l, p)
+}
+
+/// The noise-prediction path a trained network takes — `Marginals::perturb` makes the training pair,
+/// `Marginals::score_at` turns the prediction into a score, `sample_with_eps` integrates — with the Bayes-optimal
+/// prediction for Gaussian data N(m, S). Nothing here reads the processes' formulas: the matrices of
+/// z_t = M x₀ + L ε and target = P ε come from probing `perturb`, and are checked against the transition kernel
+/// (`reference(t)` = (mean matrix, covariance)); the optimal prediction is then the Gaussian regression
+/// E[target | z] = P Lᵀ C⁻¹ (z − M m) with C = M S Mᵀ + L Lᵀ. Started from the exact time-T marginal, every
+/// integrator must bring back the time-t_eps marginal of the data.
+fn eps_roundtrip<P: ForwardProcess>(
+    p: &P,
+    reference: &dyn Fn(f64) -> (DMatrix<f64>, DMatrix<f64>),
+    what: &str,
+) {
+    let (m, s) = data_law();
+    let d = m.len();
+    let k = d * p.state_factor();
+    for (kind, steps, bias) in [
+        (SamplerKind::EulerMaruyama, 400, 0.04),
+        (SamplerKind::Euler, 400, 0.03),
+        (SamplerKind::Heun, 60, 0.02),
+    ] {
+        let cfg = SamplerConfig::new(kind, steps);
+        let times = cfg.grid(p.schedule().t_max()).unwrap();
+        let marg = p.marginals(&times, &DEV).unwrap();
+        // Per grid index: the regression (W, b) of the target on z, and the marginal (mean, covariance) of z.
+        let fits: Vec<_> = times
+            .iter()
+            .enumerate()
+            .map(|(n, &t)| {
+                let (mm, ll, pp) = probe_perturb(&marg, n, d, k);
+                let (mr, cr) = reference(t);
+                let lcov = &ll * ll.transpose();
+                let scale = cr.amax().max(1.0);
+                assert!(
+                    (&mm - &mr).amax() < 1e-5 && (&lcov - &cr).amax() < 1e-5 * scale,
+                    "{what} {kind:?} t = {t}: perturb's M {mm} vs {mr}, L Lᵀ {lcov} vs {cr}"
+                );
+                let c = &mm * &s * mm.transpose() + &lcov;
+                let w = &pp * ll.transpose() * c.clone().try_inverse().unwrap();
+                let mean = &mm * &m;
+                let b = -(&w * &mean);
+                (w, b, mean, c)
+            })
+            .collect();
+        let mut rng = NoiseRng::new(5);
+        let (_, _, m_t, c_t) = &fits[0];
+        let z_t = from_rows(&gaussian_rows(&mut rng, 6000, m_t, c_t));
+        let run = sample_with_eps(
+            p,
+            &cfg,
+            z_t,
+            |z, t| {
+                let n = times.iter().position(|&s| s == t).unwrap();
+                let (w, b, _, _) = &fits[n];
+                let rows: Vec<DVector<f64>> = to_rows(z)
+                    .iter()
+                    .map(|r| w * DVector::from_column_slice(r) + b)
+                    .collect();
+                Ok(from_rows(&rows))
+            },
+            &mut rng,
+            false,
+        )
+        .unwrap();
+        let (_, _, m0, c0) = fits.last().unwrap();
+        let rows: Vec<Vec<f64>> = to_rows(&p.data_part(&run.state).unwrap());
+        let m0 = m0.rows(0, d).into_owned();
+        let c0 = c0.view((0, 0), (d, d)).into_owned();
+        assert_moments(&rows, &m0, &c0, bias, &format!("{what} ε-path {kind:?}"));
+    }
+}
+
+#[test]
+fn noise_predictions_bring_gaussian_data_back() {
+    let sched = BetaSchedule::power(0.1, 10.0, 1.7, 1.0).unwrap();
+    let vp = Vp::new(sched, &[2]).unwrap();
+    eps_roundtrip(
+        &vp,
+        &|t| {
+            let b = sched.integral(t);
+            (
+                DMatrix::identity(2, 2) * (-0.5 * b).exp(),
+                DMatrix::identity(2, 2) * (1.0 - (-b).exp()),
+            )
+        },
+        "VP",
+    );
+
+    // The diagonal layout against the full-matrix kernel (checked against matrix exponentials) of diag(a).
+    for (layout, a) in [
+        (
+            "diagonal",
+            DMatrix::from_diagonal(&DVector::from_vec(vec![0.3, -0.25])),
+        ),
+        (
+            "full",
+            DMatrix::from_row_slice(2, 2, &[0.3, -0.2, 0.1, 0.45]),
+        ),
+    ] {
+        let drift = if layout == "diagonal" {
+            LinearDrift::Diagonal(a.diagonal().iter().copied().collect())
+        } else {
+            LinearDrift::Full(a.clone())
+        };
+        let p = Vsdm::new(sched, &[2], drift, &DEV).unwrap();
+        let dm = full::drift_matrix(&a);
+        eps_roundtrip(
+            &p,
+            &|t| {
+                let k = full::kernel(&dm, sched.integral(t), t).unwrap();
+                (k.mean, k.cov)
+            },
+            &format!("VSDM {layout} A"),
+        );
+    }
+
+    for kappa in [1.0, 0.9] {
+        let cs = BetaSchedule::constant(6.0, 1.0).unwrap();
+        let params = VsmdParams {
+            kappa: Some(kappa),
+            ..VsmdParams::default()
+        };
+        let p = Vsmd::critical(cs, &[2], vec![0.15, -0.1], params, &DEV).unwrap();
+        eps_roundtrip(
+            &p,
+            &|t| vsmd_kernel(&p, cs.integral(t)),
+            &format!("VSMD κ = {kappa}"),
+        );
+    }
 }
