@@ -630,3 +630,65 @@ fn noise_predictions_bring_gaussian_data_back() {
         );
     }
 }
+
+/// `prior_from_noise` draws from N(0, Σ_{T|0}): it is linear in the noise, so the unit vectors give its matrix
+/// L and L Lᵀ must be the kernel covariance at T. Weak schedules, so that Σ_{T|0} is far from the identity.
+#[test]
+fn the_prior_is_the_kernel_at_t_max() {
+    let check = |p: &dyn Fn(&Tensor) -> Tensor, k: usize, reference: DMatrix<f64>, what: &str| {
+        let rows: Vec<DVector<f64>> = (0..k)
+            .map(|j| DVector::from_fn(k, |i, _| if i == j { 1.0 } else { 0.0 }))
+            .collect();
+        let out = to_rows(&p(&from_rows(&rows)));
+        let l = DMatrix::from_columns(
+            &out.iter()
+                .map(|r| DVector::from_column_slice(r))
+                .collect::<Vec<_>>(),
+        );
+        let cov = &l * l.transpose();
+        assert!(
+            (&cov - &reference).amax() < 1e-6,
+            "{what}: L Lᵀ {cov} vs the kernel {reference}"
+        );
+    };
+    let sched = BetaSchedule::power(0.1, 1.0, 1.0, 1.0).unwrap();
+    let b = sched.integral(1.0);
+    let vp = Vp::new(sched, &[2]).unwrap();
+    check(
+        &|xi| vp.prior_from_noise(xi).unwrap(),
+        2,
+        DMatrix::identity(2, 2) * (1.0 - (-b).exp()),
+        "VP",
+    );
+    let a = DMatrix::from_row_slice(2, 2, &[0.3, -0.2, 0.1, 0.45]);
+    let dm = full::drift_matrix(&a);
+    let vs = Vsdm::new(sched, &[2], LinearDrift::Full(a.clone()), &DEV).unwrap();
+    check(
+        &|xi| vs.prior_from_noise(xi).unwrap(),
+        2,
+        full::kernel(&dm, b, 1.0).unwrap().cov,
+        "VSDM full A",
+    );
+    let ad = DMatrix::from_diagonal(&DVector::from_vec(vec![0.3, -0.25]));
+    let vd = Vsdm::new(sched, &[2], LinearDrift::Diagonal(vec![0.3, -0.25]), &DEV).unwrap();
+    check(
+        &|xi| vd.prior_from_noise(xi).unwrap(),
+        2,
+        full::kernel(&full::drift_matrix(&ad), b, 1.0).unwrap().cov,
+        "VSDM diagonal A",
+    );
+    let cs = BetaSchedule::constant(1.5, 1.0).unwrap();
+    for kappa in [1.0, 0.9] {
+        let params = VsmdParams {
+            kappa: Some(kappa),
+            ..VsmdParams::default()
+        };
+        let vm = Vsmd::critical(cs, &[2], vec![0.15, -0.1], params, &DEV).unwrap();
+        check(
+            &|xi| vm.prior_from_noise(xi).unwrap(),
+            4,
+            vsmd_kernel(&vm, cs.integral(1.0)).1,
+            &format!("VSMD κ = {kappa}"),
+        );
+    }
+}
