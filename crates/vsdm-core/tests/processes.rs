@@ -198,6 +198,18 @@ fn forward_monte_carlo<P: ForwardProcess>(
     let h = t / steps as f64;
     for k in 0..steps {
         let s = k as f64 * h;
+        if k == steps / 2 {
+            // `diffusion_sq` is the g² of the noise this simulation (matching the closed form) uses.
+            let ones = Tensor::ones(z.dims(), candle_core::DType::F32, &DEV).unwrap();
+            let inc = to_rows(&p.noise_increment(&ones, s, h).unwrap());
+            let g = (p.diffusion_sq(s) * h).sqrt();
+            assert!(
+                inc[0].iter().any(|v| *v != 0.0)
+                    && inc[0].iter().all(|v| *v == 0.0 || (v - g).abs() < 1e-6 * g),
+                "{what}: noise increment {:?} vs √(g² h) = {g}",
+                inc[0]
+            );
+        }
         let f = p.drift(&z, s).unwrap();
         let xi = rng.randn(z.dims(), &DEV).unwrap();
         z = ((&z + (f * h).unwrap()).unwrap() + p.noise_increment(&xi, s, h).unwrap()).unwrap();
@@ -671,12 +683,21 @@ fn the_prior_is_the_kernel_at_t_max() {
     );
     let ad = DMatrix::from_diagonal(&DVector::from_vec(vec![0.3, -0.25]));
     let vd = Vsdm::new(sched, &[2], LinearDrift::Diagonal(vec![0.3, -0.25]), &DEV).unwrap();
+    let diag_cov = full::kernel(&full::drift_matrix(&ad), b, 1.0).unwrap().cov;
     check(
         &|xi| vd.prior_from_noise(xi).unwrap(),
         2,
-        full::kernel(&full::drift_matrix(&ad), b, 1.0).unwrap().cov,
+        diag_cov.clone(),
         "VSDM diagonal A",
     );
+    // The diagonal variances as numbers (the toys' report prints them), from the closed form of the diagonal
+    // layout against the full-matrix kernel.
+    let LinearDrift::Diagonal(v) = vd.prior_covariance().unwrap() else {
+        panic!("a diagonal A has prior variances")
+    };
+    for (i, vi) in v.iter().enumerate() {
+        assert!((vi - diag_cov[(i, i)]).abs() < 1e-12, "{v:?} vs {diag_cov}");
+    }
     let cs = BetaSchedule::constant(1.5, 1.0).unwrap();
     for kappa in [1.0, 0.9] {
         let params = VsmdParams {
