@@ -244,3 +244,44 @@ fn a_bad_kappa_is_named() {
     let e = err(Vsmd::critical(s, &[2], vec![0.0, 0.0], params, &DEV));
     assert!(e.contains("kappa"), "{e}");
 }
+
+/// A batch of the right rank but the wrong element shape is named by the process (candle would otherwise
+/// broadcast it or fail with its own message), and so is a final time outside (0, T).
+#[test]
+fn a_wrong_element_shape_and_a_bad_final_time_are_named() {
+    let s = BetaSchedule::vsdm_default();
+    let vs = Vsdm::new(s, &[2], LinearDrift::Diagonal(vec![0.1, -0.1]), &DEV).unwrap();
+    let m = vs.marginals(&[0.5, 1.0], &DEV).unwrap();
+    let idx = Tensor::new(&[0u32, 1, 0, 1], &DEV).unwrap();
+    let good = Tensor::zeros((4, 2), candle_core::DType::F32, &DEV).unwrap();
+    for bad in [(4, 3), (4, 1)] {
+        let x = Tensor::zeros(bad, candle_core::DType::F32, &DEV).unwrap();
+        let e = err(m.perturb(&x, &idx, &good));
+        assert!(e.contains("x0") && e.contains("[batch, 2]"), "{e}");
+        let e = err(m.perturb(&good, &idx, &x));
+        assert!(e.contains("eps") && e.contains("[4, 2]"), "{e}");
+    }
+    // VP's marginals hold no data shape: the noise must match the data.
+    let vp = Vp::new(s, &[2])
+        .unwrap()
+        .marginals(&[0.5, 1.0], &DEV)
+        .unwrap();
+    let x = Tensor::zeros((4, 3), candle_core::DType::F32, &DEV).unwrap();
+    let e = err(vp.perturb(&x, &idx, &good));
+    assert!(e.contains("eps") && e.contains("[batch, 3]"), "{e}");
+    let img = Vp::new(s, &[3, 4, 4]).unwrap();
+    let x = Tensor::zeros((2, 3, 4, 5), candle_core::DType::F32, &DEV).unwrap();
+    let e = err(img.prior_from_noise(&x));
+    assert!(
+        e.contains("[batch, 3, 4, 4]") && e.contains("[2, 3, 4, 5]"),
+        "{e}"
+    );
+    for t_eps in [0.0, -1e-3, 1.0, 1.5, f64::NAN] {
+        let cfg = SamplerConfig {
+            t_eps,
+            ..SamplerConfig::new(SamplerKind::EulerMaruyama, 10)
+        };
+        let e = err(cfg.grid(1.0));
+        assert!(e.contains(&format!("t_eps = {t_eps}")), "{e}");
+    }
+}

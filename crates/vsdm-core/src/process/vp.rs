@@ -100,6 +100,7 @@ impl ForwardProcess for Vp {
     }
 
     fn prior_from_noise(&self, xi: &Tensor) -> Result<Tensor> {
+        check_shape("prior noise", xi, &self.shape, 1)?;
         let (_, s) = mean_std(self.schedule.integral(self.schedule.t_max()), 1.0);
         Ok((xi * s)?)
     }

@@ -288,6 +288,11 @@ impl Marginals for VsdmMarginals {
     }
 
     fn perturb(&self, x0: &Tensor, idx: &Tensor, eps: &Tensor) -> Result<(Tensor, Tensor)> {
+        let data = match self {
+            Self::Diagonal { mean, .. } => &mean.dims()[1..],
+            Self::Full { mean, .. } => &mean.dims()[2..],
+        };
+        check_shape("x0", x0, data, 1)?;
         if x0.dims() != eps.dims() {
             return Err(Error::Shape {
                 what: "eps".into(),
@@ -297,14 +302,12 @@ impl Marginals for VsdmMarginals {
         }
         match self {
             Self::Diagonal { mean, std, .. } => {
-                check_shape("x0", x0, &mean.dims()[1..], 1)?;
                 let m = mean.index_select(idx, 0)?;
                 let s = std.index_select(idx, 0)?;
                 let xt = ((x0 * m)? + (eps * s)?)?;
                 Ok((xt, eps.clone()))
             }
             Self::Full { mean, chol, .. } => {
-                check_shape("x0", x0, &mean.dims()[2..], 1)?;
                 let m = mean.index_select(idx, 0)?;
                 let l = chol.index_select(idx, 0)?;
                 let mx = m.matmul(&x0.unsqueeze(2)?)?.squeeze(2)?;
