@@ -216,12 +216,23 @@ fn marginals_report_their_grid() {
         let process = p.process(s, &[2], &DEV).unwrap();
         let m = process.marginals(&times, &DEV).unwrap();
         assert_eq!(m.times(), times, "{p:?}");
-        let direct = match &process {
-            Process::Vp(q) => q.marginals(&times, &DEV).unwrap().times().to_vec(),
-            Process::Vsdm(q) => q.marginals(&times, &DEV).unwrap().times().to_vec(),
-            Process::Vsmd(q) => q.marginals(&times, &DEV).unwrap().times().to_vec(),
+        let (direct, g2) = match &process {
+            Process::Vp(q) => (
+                q.marginals(&times, &DEV).unwrap().times().to_vec(),
+                q.diffusion_sq(0.3),
+            ),
+            Process::Vsdm(q) => (
+                q.marginals(&times, &DEV).unwrap().times().to_vec(),
+                q.diffusion_sq(0.3),
+            ),
+            Process::Vsmd(q) => (
+                q.marginals(&times, &DEV).unwrap().times().to_vec(),
+                q.diffusion_sq(0.3),
+            ),
         };
         assert_eq!(direct, times, "{p:?}");
+        // The run-time wrapper answers as the process it holds.
+        assert_eq!(process.diffusion_sq(0.3), g2, "{p:?}");
     }
 }
 
@@ -269,6 +280,11 @@ fn a_wrong_element_shape_and_a_bad_final_time_are_named() {
     let x = Tensor::zeros((4, 3), candle_core::DType::F32, &DEV).unwrap();
     let e = err(vp.perturb(&x, &idx, &good));
     assert!(e.contains("eps") && e.contains("[batch, 3]"), "{e}");
+    // VSMD's states stack positions and velocities on the first data axis.
+    let vm = Vsmd::cld(s, &[3], VsmdParams::default(), &DEV).unwrap();
+    let x = Tensor::zeros((2, 3), candle_core::DType::F32, &DEV).unwrap();
+    let e = err(vm.prior_from_noise(&x));
+    assert!(e.contains("[batch, 6]"), "{e}");
     let img = Vp::new(s, &[3, 4, 4]).unwrap();
     let x = Tensor::zeros((2, 3, 4, 5), candle_core::DType::F32, &DEV).unwrap();
     let e = err(img.prior_from_noise(&x));
@@ -284,4 +300,15 @@ fn a_wrong_element_shape_and_a_bad_final_time_are_named() {
         let e = err(cfg.grid(1.0));
         assert!(e.contains(&format!("t_eps = {t_eps}")), "{e}");
     }
+}
+
+/// A's entries are listed row-major (the layout of `VarParams::Full`), and its trace is the sum of the diagonal.
+#[test]
+fn a_linear_drift_lists_its_entries_row_major() {
+    let full = LinearDrift::Full(DMatrix::from_row_slice(2, 2, &[1.0, 2.0, 3.0, 4.0]));
+    assert_eq!(full.values(), [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(full.trace(), 5.0);
+    let diag = LinearDrift::Diagonal(vec![1.0, -2.5]);
+    assert_eq!(diag.values(), [1.0, -2.5]);
+    assert_eq!(diag.trace(), -1.5);
 }

@@ -159,6 +159,7 @@ fn the_critical_transform_damps_as_asked() {
             };
             let p = Vsmd::critical(sched, &[4], c.clone(), params, &DEV).unwrap();
             assert_eq!(p.c(), c.as_slice());
+            assert_eq!(p.a().len(), c.len());
             for (&a, &ci) in p.a().iter().zip(&c) {
                 let (k, fr) = (1.0 - 2.0 * gamma * a, gamma * (1.0 - 2.0 * ci));
                 assert!(
