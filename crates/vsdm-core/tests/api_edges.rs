@@ -272,6 +272,9 @@ fn a_wrong_element_shape_and_a_bad_final_time_are_named() {
         let e = err(m.perturb(&good, &idx, &x));
         assert!(e.contains("eps") && e.contains("[4, 2]"), "{e}");
     }
+    let flat = Tensor::zeros(4, candle_core::DType::F32, &DEV).unwrap();
+    let e = err(m.perturb(&flat, &idx, &flat));
+    assert!(e.contains("x0") && e.contains("[4]"), "{e}");
     // VP's marginals hold no data shape: the noise must match the data.
     let vp = Vp::new(s, &[2])
         .unwrap()
@@ -311,4 +314,27 @@ fn a_linear_drift_lists_its_entries_row_major() {
     let diag = LinearDrift::Diagonal(vec![1.0, -2.5]);
     assert_eq!(diag.values(), [1.0, -2.5]);
     assert_eq!(diag.trace(), -1.5);
+}
+
+/// Euler–Maruyama adds no noise on its last step (the state at t_eps is the mean of the last transition): with
+/// one step the result does not depend on the noise generator; with two it does.
+#[test]
+fn euler_maruyama_adds_no_noise_on_its_last_step() {
+    let vp = Vp::new(BetaSchedule::vsdm_default(), &[2]).unwrap();
+    let z = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &DEV).unwrap();
+    let run = |steps: usize, seed: u64| {
+        let cfg = SamplerConfig::new(SamplerKind::EulerMaruyama, steps);
+        let mut rng = NoiseRng::new(seed);
+        let out = sample_with_score(
+            &vp,
+            &cfg,
+            z.clone(),
+            |z, _, _| Ok(z.neg()?),
+            &mut rng,
+            false,
+        );
+        out.unwrap().state.to_vec2::<f32>().unwrap()
+    };
+    assert_eq!(run(1, 1), run(1, 2));
+    assert_ne!(run(2, 1), run(2, 2));
 }

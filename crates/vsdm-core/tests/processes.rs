@@ -183,7 +183,6 @@ fn the_critical_transform_damps_as_asked() {
 fn forward_monte_carlo<P: ForwardProcess>(
     p: &P,
     x0: &DVector<f64>,
-    cov0_v: f64,
     t: f64,
     m: DVector<f64>,
     c: DMatrix<f64>,
@@ -194,7 +193,6 @@ fn forward_monte_carlo<P: ForwardProcess>(
     let mut rng = NoiseRng::new(7);
     let x0t = from_rows(&vec![x0.clone(); n]);
     let xi0 = rng.randn(&[n, x0.len()], &DEV).unwrap();
-    let _ = cov0_v;
     let mut z = p.initial_state(&x0t, &xi0).unwrap();
     let h = t / steps as f64;
     for k in 0..steps {
@@ -227,7 +225,7 @@ fn monte_carlo_forward_matches_closed_form_vsdm_full() {
     let x0 = DVector::from_vec(vec![1.5, -0.5]);
     let t = 0.6;
     let k = full::kernel(&full::drift_matrix(&a), sched.integral(t), t).unwrap();
-    forward_monte_carlo(&p, &x0, 0.0, t, &k.mean * &x0, k.cov.clone(), "VSDM full A");
+    forward_monte_carlo(&p, &x0, t, &k.mean * &x0, k.cov.clone(), "VSDM full A");
 }
 
 #[test]
@@ -235,6 +233,8 @@ fn monte_carlo_forward_matches_closed_form_vsmd() {
     let sched = BetaSchedule::constant(4.0, 1.0).unwrap();
     let params = VsmdParams {
         kappa: Some(0.9),
+        // Not 1, so that the initial velocity's scale is checked too.
+        v0_var: 0.3,
         ..Default::default()
     };
     let p = Vsmd::critical(sched, &[1], vec![0.2], params, &DEV).unwrap();
@@ -243,7 +243,7 @@ fn monte_carlo_forward_matches_closed_form_vsmd() {
     let k = momentum::kernel(&p.oscillator(0), sched.integral(t), params.v0_var);
     let m = DVector::from_vec(vec![k.phi[(0, 0)], k.phi[(1, 0)]]);
     let c = DMatrix::from_row_slice(2, 2, k.cov.as_slice());
-    forward_monte_carlo(&p, &x0, 1.0, t, m, c, "VSMD κ=0.9");
+    forward_monte_carlo(&p, &x0, t, m, c, "VSMD κ=0.9");
 }
 
 /// Runs the three integrators with the exact score of the Gaussian marginals, from the exact time-T marginal
