@@ -184,6 +184,22 @@ mod tests {
         }
     }
 
+    /// Against numpy.linspace (values printed by numpy 2 for the same arguments).
+    #[test]
+    fn linspace_matches_numpy() {
+        let close = |a: Vec<f64>, b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-15)
+        };
+        assert!(close(
+            linspace(0.001, 1.0, 5),
+            &[0.001, 0.25075, 0.5005, 0.75025, 1.0]
+        ));
+        assert!(close(linspace(-1.0, 0.5, 4), &[-1.0, -0.5, 0.0, 0.5]));
+        assert!(close(linspace(1.0, 0.0, 3), &[1.0, 0.5, 0.0]));
+        assert!(close(linspace(2.0, 3.0, 1), &[2.0]));
+        assert!(linspace(2.0, 3.0, 0).is_empty());
+    }
+
     #[test]
     fn bad_values_are_named() {
         let e = BetaSchedule::power(0.0, 10.0, 1.7, 1.0)
