@@ -236,9 +236,10 @@ fn marginals_report_their_grid() {
     }
 }
 
-/// VSMD's damping ratio must be a positive number: the critical transform divides by it.
+/// VSMD's damping ratio and noise scale must be positive numbers (the critical transform divides by both), the
+/// initial velocity's variance a number ≥ 0.
 #[test]
-fn a_bad_kappa_is_named() {
+fn bad_vsmd_parameters_are_named() {
     let s = BetaSchedule::constant(4.0, 1.0).unwrap();
     for kappa in [0.0, -0.5, f64::NAN, f64::INFINITY] {
         let params = VsmdParams {
@@ -254,6 +255,27 @@ fn a_bad_kappa_is_named() {
     };
     let e = err(Vsmd::critical(s, &[2], vec![0.0, 0.0], params, &DEV));
     assert!(e.contains("kappa"), "{e}");
+    for gamma in [0.0, -2.0, f64::NAN, f64::INFINITY] {
+        let params = VsmdParams {
+            gamma,
+            ..VsmdParams::default()
+        };
+        let e = err(Vsmd::cld(s, &[2], params, &DEV));
+        assert!(e.contains(&format!("gamma = {gamma}")), "{e}");
+    }
+    for v0_var in [-0.1, f64::NAN, f64::INFINITY] {
+        let params = VsmdParams {
+            v0_var,
+            ..VsmdParams::default()
+        };
+        let e = err(Vsmd::cld(s, &[2], params, &DEV));
+        assert!(e.contains(&format!("v0_var = {v0_var}")), "{e}");
+    }
+    let params = VsmdParams {
+        v0_var: 0.0,
+        ..VsmdParams::default()
+    };
+    assert!(Vsmd::cld(s, &[2], params, &DEV).is_ok());
 }
 
 /// A batch of the right rank but the wrong element shape is named by the process (candle would otherwise

@@ -113,6 +113,7 @@ fn vp_is_vsdm_with_zero_a() {
         let d2 = vs.drift(&x0, t).unwrap();
         let diff = max_abs_diff(&d1, &d2);
         assert!(diff < 1e-6);
+        assert_eq!(vp.diffusion_sq(t), vs.diffusion_sq(t));
     }
 }
 
