@@ -123,6 +123,9 @@ fn cld_is_vsmd_with_zero_c() {
     let p = VsmdParams::default();
     let cld = Vsmd::cld(sched, &[2], p, &DEV).unwrap();
     let crit = Vsmd::critical(sched, &[2], vec![0.0, 0.0], p, &DEV).unwrap();
+    // CLD records that a was given, not derived from c.
+    assert_eq!(cld.params().kappa, None);
+    assert_eq!(crit.params().kappa, Some(1.0));
     // The critical transform at c = 0, κ = 1, γ = 2 gives a = 0: CLD.
     assert!(
         crit.a().iter().all(|a| a.abs() < 1e-15),
