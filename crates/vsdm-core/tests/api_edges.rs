@@ -360,3 +360,22 @@ fn euler_maruyama_adds_no_noise_on_its_last_step() {
     assert_eq!(run(1, 1), run(1, 2));
     assert_ne!(run(2, 1), run(2, 2));
 }
+
+/// The sampler names the programs accept (`--sampler`), in any case; anything else is named.
+#[test]
+fn sampler_names_parse() {
+    for (names, kind) in [
+        (
+            &["em", "euler-maruyama", "SDE"][..],
+            SamplerKind::EulerMaruyama,
+        ),
+        (&["euler", "ODE"][..], SamplerKind::Euler),
+        (&["heun", "Heun"][..], SamplerKind::Heun),
+    ] {
+        for name in names {
+            assert_eq!(name.parse::<SamplerKind>().unwrap(), kind, "{name}");
+        }
+    }
+    let e = err("rk4".parse::<SamplerKind>());
+    assert!(e.contains("sampler = rk4"), "{e}");
+}
