@@ -379,3 +379,30 @@ fn sampler_names_parse() {
     let e = err("rk4".parse::<SamplerKind>());
     assert!(e.contains("sampler = rk4"), "{e}");
 }
+
+/// Every integrator asks for the score at (t, n) with n the grid index of t — Heun's second evaluation
+/// included — as the noise-prediction path needs (it converts ε̂ with the closed form at index n).
+#[test]
+fn the_score_is_asked_at_the_grid_index_of_its_time() {
+    let vp = Vp::new(BetaSchedule::vsdm_default(), &[2]).unwrap();
+    let z = Tensor::new(&[[0.5f32, -1.0]], &DEV).unwrap();
+    for kind in [
+        SamplerKind::EulerMaruyama,
+        SamplerKind::Euler,
+        SamplerKind::Heun,
+    ] {
+        let cfg = SamplerConfig::new(kind, 7);
+        let times = cfg.grid(1.0).unwrap();
+        let mut asked = Vec::new();
+        let mut rng = NoiseRng::new(0);
+        let score = |z: &Tensor, t: f64, n: usize| {
+            asked.push((t, n));
+            Ok(z.neg()?)
+        };
+        sample_with_score(&vp, &cfg, z.clone(), score, &mut rng, false).unwrap();
+        assert_eq!(asked.len(), cfg.nfe(), "{kind:?}");
+        for (t, n) in asked {
+            assert_eq!(times[n], t, "{kind:?}: index {n} asked at t = {t}");
+        }
+    }
+}
