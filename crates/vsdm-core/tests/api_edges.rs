@@ -194,6 +194,12 @@ fn safetensors_files_are_as_readable_as_any_new_file() {
     assert_eq!(back["w"].to_vec1::<f32>().unwrap(), [1.5, -2.0, 3.25]);
 }
 
+/// A process's own marginals' grid on `times`, and its g² at t = 0.3.
+fn grid_and_g2<P: ForwardProcess>(p: &P, times: &[f64]) -> (Vec<f64>, f64) {
+    let m = p.marginals(times, &DEV).unwrap();
+    (m.times().to_vec(), p.diffusion_sq(0.3))
+}
+
 /// Marginals report the grid they were cached on (callers map a sampler time back to its index with it), for
 /// each process and through the run-time [`Process`].
 #[test]
@@ -217,18 +223,9 @@ fn marginals_report_their_grid() {
         let m = process.marginals(&times, &DEV).unwrap();
         assert_eq!(m.times(), times, "{p:?}");
         let (direct, g2) = match &process {
-            Process::Vp(q) => (
-                q.marginals(&times, &DEV).unwrap().times().to_vec(),
-                q.diffusion_sq(0.3),
-            ),
-            Process::Vsdm(q) => (
-                q.marginals(&times, &DEV).unwrap().times().to_vec(),
-                q.diffusion_sq(0.3),
-            ),
-            Process::Vsmd(q) => (
-                q.marginals(&times, &DEV).unwrap().times().to_vec(),
-                q.diffusion_sq(0.3),
-            ),
+            Process::Vp(q) => grid_and_g2(q, &times),
+            Process::Vsdm(q) => grid_and_g2(q, &times),
+            Process::Vsmd(q) => grid_and_g2(q, &times),
         };
         assert_eq!(direct, times, "{p:?}");
         // The run-time wrapper answers as the process it holds.

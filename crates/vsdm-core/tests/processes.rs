@@ -27,6 +27,17 @@ fn from_rows(rows: &[DVector<f64>]) -> Tensor {
     Tensor::from_vec(v, (rows.len(), d), &DEV).unwrap()
 }
 
+/// A batch as a matrix, one row per element.
+fn to_matrix(x: &Tensor) -> DMatrix<f64> {
+    let rows = to_rows(x);
+    DMatrix::from_fn(rows.len(), rows[0].len(), |i, j| rows[i][j])
+}
+
+/// A matrix as a batch, one element per row.
+fn from_matrix(m: &DMatrix<f64>) -> Tensor {
+    from_rows(&m.row_iter().map(|r| r.transpose()).collect::<Vec<_>>())
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     vsdm_core::compare::max_abs_diff(a, b).unwrap()
 }
@@ -250,6 +261,13 @@ fn monte_carlo_forward_matches_closed_form_vsmd() {
     forward_monte_carlo(&p, &x0, t, m, c, "VSMD κ=0.9");
 }
 
+/// The integrators of the Gaussian round trips: (kind, steps, allowed bias as a fraction of the scale).
+const INTEGRATORS: [(SamplerKind, usize, f64); 3] = [
+    (SamplerKind::EulerMaruyama, 400, 0.04),
+    (SamplerKind::Euler, 400, 0.03),
+    (SamplerKind::Heun, 60, 0.02),
+];
+
 /// Runs the three integrators with the exact score of the Gaussian marginals, from the exact time-T marginal
 /// (the prior N(0, Σ_T) is its approximation; starting from the exact one isolates the sampler and the score
 /// layout), and checks the t_eps marginal against the data law (with σ(t_eps) added).
@@ -275,11 +293,7 @@ fn roundtrip<P: ForwardProcess>(
 ) {
     let n = 6000;
     let t_max = p.schedule().t_max();
-    for (kind, steps, bias) in [
-        (SamplerKind::EulerMaruyama, 400, 0.04),
-        (SamplerKind::Euler, 400, 0.03),
-        (SamplerKind::Heun, 60, 0.02),
-    ] {
+    for (kind, steps, bias) in INTEGRATORS {
         // From the prior the schedules are stiffer (β up to 20): three times the steps keep the same bias budget.
         let cfg = SamplerConfig::new(kind, if from_prior { 3 * steps } else { steps });
         let mut rng = NoiseRng::new(11);
@@ -494,28 +508,21 @@ fn probe_perturb<Mg: Marginals>(
     let b = d + k;
     let x0 = DMatrix::<f64>::identity(b, d);
     let eps = DMatrix::<f64>::from_fn(b, k, |i, j| if i == d + j { 1.0 } else { 0.0 });
-    let as_tensor = |m: &DMatrix<f64>| {
-        let rows: Vec<DVector<f64>> = m.row_iter().map(|r| r.transpose()).collect();
-        from_rows(&rows)
-    };
     let idx = Tensor::new(vec![n as u32; b], &DEV).unwrap();
     let (z, target) = marg
-        .perturb(&as_tensor(&x0), &idx, &as_tensor(&eps))
+        .perturb(&from_matrix(&x0), &idx, &from_matrix(&eps))
         .unwrap();
-    let (z, target) = (to_rows(&z), to_rows(&target));
-    let r = target[0].len();
-    let col = |rows: &[Vec<f64>], i: usize| DVector::from_column_slice(&rows[i]);
-    let m = DMatrix::from_columns(&(0..d).map(|i| col(&z, i)).collect::<Vec<_>>());
-    let l = DMatrix::from_columns(&(0..k).map(|j| col(&z, d + j)).collect::<Vec<_>>());
-    let p = DMatrix::from_columns(&(0..k).map(|j| col(&target, d + j)).collect::<Vec<_>>());
-    for (i, row) in target.iter().take(d).enumerate() {
-        assert!(
-            row.iter().all(|v| *v == 0.0),
-            "the target depends on x0[{i}]: {row:?}"
-        );
-    }
-    assert_eq!(p.nrows(), r);
-    (m, l, p)
+    let (z, target) = (to_matrix(&z), to_matrix(&target));
+    let from_x0 = target.rows(0, d);
+    assert!(
+        from_x0.iter().all(|v| *v == 0.0),
+        "the target depends on x0: {from_x0}"
+    );
+    (
+        z.rows(0, d).transpose(),
+        z.rows(d, k).transpose(),
+        target.rows(d, k).transpose(),
+    )
 }
 
 /// The noise-prediction path a trained network takes — `Marginals::perturb` makes the training pair,
@@ -533,11 +540,7 @@ fn eps_roundtrip<P: ForwardProcess>(
     let (m, s) = data_law();
     let d = m.len();
     let k = d * p.state_factor();
-    for (kind, steps, bias) in [
-        (SamplerKind::EulerMaruyama, 400, 0.04),
-        (SamplerKind::Euler, 400, 0.03),
-        (SamplerKind::Heun, 60, 0.02),
-    ] {
+    for (kind, steps, bias) in INTEGRATORS {
         let cfg = SamplerConfig::new(kind, steps);
         let times = cfg.grid(p.schedule().t_max()).unwrap();
         let marg = p.marginals(&times, &DEV).unwrap();
@@ -653,15 +656,7 @@ fn noise_predictions_bring_gaussian_data_back() {
 #[test]
 fn the_prior_is_the_kernel_at_t_max() {
     let check = |p: &dyn Fn(&Tensor) -> Tensor, k: usize, reference: DMatrix<f64>, what: &str| {
-        let rows: Vec<DVector<f64>> = (0..k)
-            .map(|j| DVector::from_fn(k, |i, _| if i == j { 1.0 } else { 0.0 }))
-            .collect();
-        let out = to_rows(&p(&from_rows(&rows)));
-        let l = DMatrix::from_columns(
-            &out.iter()
-                .map(|r| DVector::from_column_slice(r))
-                .collect::<Vec<_>>(),
-        );
+        let l = to_matrix(&p(&from_matrix(&DMatrix::identity(k, k)))).transpose();
         let cov = &l * l.transpose();
         assert!(
             (&cov - &reference).amax() < 1e-6,
