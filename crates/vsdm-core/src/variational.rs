@@ -225,8 +225,6 @@ impl StatsAccumulator {
     pub fn add(&mut self, z: &Tensor, s: &Tensor, h: f64, beta: f64) -> Result<()> {
         let mom = matches!(self.k_params, VarParams::Momentum { .. });
         let wb = h * beta * if mom { self.gamma } else { 1.0 };
-        self.w += wb;
-        self.n_traj = z.dim(0)?;
         let z = z.flatten_from(1)?.to_dtype(DType::F32)?;
         let s = s.flatten_from(1)?.to_dtype(DType::F32)?;
         // The state's and the score's widths must be the parameters' (a state of another process would give
@@ -238,11 +236,19 @@ impl StatsAccumulator {
             VarParams::Full { d, .. } => (*d, *d),
             VarParams::Momentum { .. } => (2 * n, n),
         };
-        if z.dim(1)? != want_z || s.dim(1)? != want_s || s.dim(0)? != self.n_traj {
+        if z.dim(1)? != want_z || s.dim(1)? != want_s || s.dim(0)? != z.dim(0)? {
             return Err(Error::Shape {
                 what: "trajectory state and score".into(),
                 expected: format!("[batch, {want_z}] and [batch, {want_s}] for these parameters"),
                 got: format!("{:?} and {:?}", z.dims(), s.dims()),
+            });
+        }
+        // Every step of a trajectory batch holds the same trajectories.
+        if self.acc.iter().any(Option::is_some) && z.dim(0)? != self.n_traj {
+            return Err(Error::Shape {
+                what: "trajectory state".into(),
+                expected: format!("the {} trajectories of the earlier steps", self.n_traj),
+                got: format!("{:?}", z.dims()),
             });
         }
         let terms: Vec<Tensor> = match &self.k_params {
@@ -258,6 +264,9 @@ impl StatsAccumulator {
                 vec![x.sqr()?, (&x * &v)?, v.sqr()?, (&s * &x)?, (&s * &v)?]
             }
         };
+        // Counted only once the step is known to fit: a refused step leaves the sums as they were.
+        self.w += wb;
+        self.n_traj = z.dim(0)?;
         for (i, t) in terms.into_iter().enumerate() {
             let t = (t * wb)?;
             self.acc[i] = Some(match self.acc[i].take() {
