@@ -229,6 +229,14 @@ fn a_hand_made_run_must_hold_a_state_and_a_time_per_score() {
     let good = run(&k, 2, 1);
     let n = good.scores.len();
     assert!(TrajectoryStats::from_run(&good, &k, &schedule(), 1.0).is_ok());
+    // The final state is not needed: the statistics use the states the scores were evaluated at.
+    let mut r = good.clone();
+    r.trajectory.truncate(n);
+    let (full, cut) = (stats(&good, &k), stats(&r, &k));
+    assert_eq!(
+        full.loss_and_grad(&moved(&k), 0.75, &[0, 1]),
+        cut.loss_and_grad(&moved(&k), 0.75, &[0, 1])
+    );
     let mut cases = Vec::new();
     let mut r = good.clone();
     r.trajectory.truncate(n - 1);
