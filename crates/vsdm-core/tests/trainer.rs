@@ -556,3 +556,199 @@ fn bad_variational_settings_are_named() {
         assert!(e.contains(field), "{field}: {e}");
     }
 }
+
+/// Copies of a trainer's weights (sorted by name) as flat f64 vectors: the variables are updated in place.
+fn flat(w: &[(String, Tensor)]) -> Vec<Vec<f64>> {
+    w.iter()
+        .map(|(_, t)| {
+            t.flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// With the EMA warm-up, update n (0-based) uses the decay min(d, (1 + n)/(10 + n)) (score_sde's and the VSDM
+/// image code's): the first two updates average with weights 1/10 and 2/11, whatever the configured decay.
+#[test]
+fn the_ema_warm_up_decays_by_one_tenth_then_two_elevenths() {
+    let mut c = config(VarParams::None, 5);
+    c.adaptive = false;
+    c.ema_decay = 0.9999;
+    c.ema_warmup = true;
+    let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+    let mut src = InMemory::new(gaussian_data(256, 4)).unwrap();
+    let mut ema = flat(&tr.ema_weights());
+    for d in [1.0 / 10.0, 2.0 / 11.0, 3.0 / 12.0] {
+        tr.step(&mut src).unwrap();
+        let (w, e) = (flat(&tr.weights()), flat(&tr.ema_weights()));
+        for ((w, e), before) in w.iter().zip(&e).zip(&ema) {
+            for ((w, e), b) in w.iter().zip(e).zip(before) {
+                let want = d * b + (1.0 - d) * w;
+                assert!(
+                    (e - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "decay {d}: {e} vs {want}"
+                );
+            }
+        }
+        ema = e;
+    }
+}
+
+/// Gradient clipping scales the gradient to norm c when its norm exceeds c, and leaves it alone otherwise. With
+/// Adam's ε far above √v, Adam's first update is −lr·g·s/ε (s the clipping factor), so the norm of the weights'
+/// change shows the norm of the gradient the optimiser was given: lr·min(‖g‖, c)/ε.
+#[test]
+fn gradient_clipping_bounds_the_norm_the_optimiser_sees() {
+    let first_update = |clip: Option<f64>| {
+        let mut c = config(VarParams::None, 1);
+        c.adaptive = false;
+        c.grad_clip = clip;
+        c.adam.lr = 1.0;
+        c.adam.eps = 1e4;
+        c.adam.weight_decay = 0.0;
+        let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+        let before = flat(&tr.weights());
+        let mut src = InMemory::new(gaussian_data(256, 5)).unwrap();
+        let report = tr.step(&mut src).unwrap();
+        let after = flat(&tr.weights());
+        let moved = before
+            .iter()
+            .flatten()
+            .zip(after.iter().flatten())
+            .map(|(b, a)| (a - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        (report.grad_norm, moved * 1e4)
+    };
+    let (g, free) = first_update(None);
+    assert!(
+        g > 0.0 && (free - g).abs() <= 0.02 * g,
+        "{free} vs ‖g‖ = {g}"
+    );
+    for factor in [0.25, 0.9, 4.0] {
+        let c = factor * g;
+        let (g2, seen) = first_update(Some(c));
+        assert_eq!(g2, g, "the report gives the norm before clipping");
+        let want = g.min(c);
+        assert!(
+            (seen - want).abs() <= 0.02 * want,
+            "clip {c}: the optimiser saw a gradient of norm {seen}, expected {want}"
+        );
+    }
+}
+
+/// Stages follow update warmup + k·block (k ≥ 1) as long as the cool-down still fits after them, and only for
+/// an adaptive run with parameters to learn.
+#[test]
+fn stages_follow_every_block_after_the_warm_up_until_the_cool_down() {
+    let mut c = config(VarParams::Diagonal(vec![0.0; 2]), 30);
+    (c.warmup, c.block, c.cooldown) = (4, 6, 3);
+    let stages: Vec<usize> = (1..=30).filter(|&s| c.stage_after(s)).collect();
+    assert_eq!(stages, [10, 16, 22]);
+    c.cooldown = 2;
+    let stages: Vec<usize> = (1..=30).filter(|&s| c.stage_after(s)).collect();
+    assert_eq!(stages, [10, 16, 22, 28]);
+    (c.warmup, c.block, c.cooldown) = (0, 7, 0);
+    let stages: Vec<usize> = (1..=30).filter(|&s| c.stage_after(s)).collect();
+    assert_eq!(stages, [7, 14, 21, 28]);
+    c.adaptive = false;
+    assert!(!(1..=30).any(|s| c.stage_after(s)));
+    let mut vp = config(VarParams::None, 30);
+    (vp.warmup, vp.block, vp.cooldown) = (0, 7, 0);
+    assert!(!(1..=30).any(|s| vp.stage_after(s)));
+}
+
+/// The settings `TrainConfig::validate` checks besides the variational ones, each named, with the values at
+/// the edges of what is allowed accepted.
+#[test]
+fn bad_training_settings_are_named_and_edge_values_pass() {
+    type Spoil = fn(&mut TrainConfig);
+    let cases: [(Spoil, &str); 11] = [
+        (|c| c.t_eps = 0.0, "t_eps"),
+        (|c| c.t_eps = -1e-3, "t_eps"),
+        (|c| c.t_eps = 1.0, "t_eps"),
+        (|c| c.t_eps = 1.5, "t_eps"),
+        (|c| c.grad_clip = Some(0.0), "grad_clip"),
+        (|c| c.grad_clip = Some(-1.0), "grad_clip"),
+        (|c| c.grad_clip = Some(f64::NAN), "grad_clip"),
+        (|c| c.data_shape = vec![], "data_shape"),
+        (|c| c.data_shape = vec![2, 0], "data_shape"),
+        // A full 3 × 3 A needs 9 values (6 = 3 + 3 would pass a sum).
+        (
+            |c| {
+                c.data_shape = vec![3];
+                c.init = VarParams::Full {
+                    d: 3,
+                    a: vec![0.0; 6],
+                };
+            },
+            "expected 9",
+        ),
+        (|c| c.init = VarParams::Diagonal(vec![0.0; 3]), "expected 2"),
+    ];
+    for (spoil, field) in cases {
+        let mut c = config(VarParams::Diagonal(vec![0.0; 2]), 4);
+        spoil(&mut c);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    type Edge = fn(&mut TrainConfig);
+    let edges: [Edge; 4] = [
+        |c| c.t_eps = 1e-9,
+        |c| c.t_eps = 1.0 - 1e-9,
+        |c| c.grad_clip = Some(1e-12),
+        |c| {
+            c.data_shape = vec![3];
+            c.init = VarParams::Full {
+                d: 3,
+                a: vec![0.0; 9],
+            };
+        },
+    ];
+    for edge in edges {
+        let mut c = config(VarParams::Diagonal(vec![0.0; 2]), 4);
+        edge(&mut c);
+        c.validate().unwrap();
+    }
+}
+
+/// A score model whose loss is finite but whose gradient is not (√u at u = 0).
+struct InfiniteGradient(Mlp);
+
+impl ScoreModel for InfiniteGradient {
+    fn forward(&self, x: &Tensor, t: &Tensor, c: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let y = self.0.forward(x, t, c)?;
+        y.clone() + (y.clone() - y)?.sqrt()?
+    }
+}
+
+/// A gradient that is not finite stops training at that update, named with its 1-based number; the time spent in
+/// updates is counted (positive, at most the wall-clock time); `set_iters` accepts the updates already done.
+#[test]
+fn a_non_finite_gradient_is_named_with_its_update() {
+    let mut c = config(VarParams::None, 10);
+    c.adaptive = false;
+    let build = Mlp::build(2, 2);
+    let mut tr = Trainer::new(c.clone(), &DEV, move |vb| Ok(InfiniteGradient(build(vb)?))).unwrap();
+    let mut src = InMemory::new(gaussian_data(64, 6)).unwrap();
+    let e = tr.step(&mut src).unwrap_err().to_string();
+    assert!(
+        e.contains("at step 1:") && e.contains("gradient norm"),
+        "{e}"
+    );
+
+    let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..3 {
+        tr.step(&mut src).unwrap();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let spent = tr.training_seconds();
+    assert!(spent > 0.0 && spent <= wall, "{spent} s of {wall} s");
+    tr.set_iters(3).unwrap();
+    assert!(tr.set_iters(2).is_err());
+}
