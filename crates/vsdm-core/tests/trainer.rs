@@ -752,3 +752,89 @@ fn a_non_finite_gradient_is_named_with_its_update() {
     tr.set_iters(3).unwrap();
     assert!(tr.set_iters(2).is_err());
 }
+
+/// A data source that records the batch sizes asked of it.
+struct Counting {
+    inner: InMemory,
+    asked: Vec<usize>,
+}
+
+impl DataSource for Counting {
+    fn next_batch(
+        &mut self,
+        batch: usize,
+        rng: &mut NoiseRng,
+        device: &Device,
+    ) -> vsdm_core::Result<(Tensor, Option<Tensor>)> {
+        self.asked.push(batch);
+        self.inner.next_batch(batch, rng, device)
+    }
+}
+
+/// A stage simulates exactly `n_trajectories` trajectories, in chunks of at most 256; it draws data only to
+/// start the reference trajectories of the paired estimator (one batch per chunk, of the chunk's size), never
+/// for an unconditional model without it. The paired statistics are not the plain ones.
+#[test]
+fn a_stage_simulates_its_trajectories_in_chunks_and_draws_data_only_for_the_reference() {
+    let mut grads = Vec::new();
+    for debias in [false, true] {
+        let mut c = config(VarParams::Diagonal(vec![0.1, -0.2]), 10);
+        c.variational.n_trajectories = 300;
+        c.variational.debias = debias;
+        let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+        let mut src = Counting {
+            inner: InMemory::new(gaussian_data(512, 7)).unwrap(),
+            asked: Vec::new(),
+        };
+        let stats = tr.simulate_stats(&mut src).unwrap();
+        assert_eq!(stats.len(), 300, "debias {debias}");
+        let want: &[usize] = if debias { &[256, 44] } else { &[] };
+        assert_eq!(src.asked, want, "debias {debias}: data batches drawn");
+        let all: Vec<usize> = (0..300).collect();
+        grads.push(stats.loss_and_grad(tr.params(), 1.0, &all).1);
+    }
+    assert_ne!(
+        grads[0], grads[1],
+        "the paired statistics equal the plain ones"
+    );
+}
+
+/// VSMD's statistics weigh each step by γβ dt (its forward policy is √(γβ)(a x + c v)): the divergence term,
+/// the gradient's part proportional to ζ, is γ Σ_n β(t_n)(t_n − t_{n+1}) over the stage's Euler–Maruyama grid.
+#[test]
+fn vsmd_statistics_weigh_steps_by_gamma_beta() {
+    let gamma = 2.5;
+    let k = VarParams::Momentum {
+        c: vec![0.05, -0.1],
+        params: VsmdParams {
+            gamma,
+            kappa: Some(1.0),
+            ..VsmdParams::default()
+        },
+    };
+    let c = config(k.clone(), 10);
+    let times = SamplerConfig {
+        kind: SamplerKind::EulerMaruyama,
+        steps: c.variational.steps,
+        t_eps: c.t_eps,
+    }
+    .grid(1.0)
+    .unwrap();
+    let sched = c.schedule;
+    let want: f64 = gamma
+        * times
+            .windows(2)
+            .map(|w| sched.beta(w[0]) * (w[0] - w[1]))
+            .sum::<f64>();
+    let mut tr = Trainer::new(c, &DEV, Mlp::build(4, 2)).unwrap();
+    let mut src = InMemory::new(gaussian_data(64, 8)).unwrap();
+    let stats = tr.simulate_stats(&mut src).unwrap();
+    let all: Vec<usize> = (0..stats.len()).collect();
+    let (g1, g0) = (
+        stats.loss_and_grad(&k, 1.0, &all).1,
+        stats.loss_and_grad(&k, 0.0, &all).1,
+    );
+    for (a, b) in g1.iter().zip(&g0) {
+        assert!(((a - b) - want).abs() < 1e-9 * want, "{} vs {want}", a - b);
+    }
+}
