@@ -773,7 +773,8 @@ impl DataSource for Counting {
 
 /// A stage simulates exactly `n_trajectories` trajectories, in chunks of at most 256; it draws data only to
 /// start the reference trajectories of the paired estimator (one batch per chunk, of the chunk's size), never
-/// for an unconditional model without it. The paired statistics are not the plain ones.
+/// for an unconditional model without it. The paired statistics are not the plain ones; a stage reports two
+/// objectives.
 #[test]
 fn a_stage_simulates_its_trajectories_in_chunks_and_draws_data_only_for_the_reference() {
     let mut grads = Vec::new();
@@ -792,6 +793,12 @@ fn a_stage_simulates_its_trajectories_in_chunks_and_draws_data_only_for_the_refe
         assert_eq!(src.asked, want, "debias {debias}: data batches drawn");
         let all: Vec<usize> = (0..300).collect();
         grads.push(stats.loss_and_grad(tr.params(), 1.0, &all).1);
+        // A stage reports the objective on its first and its last mini-batch (4 SA iterations apart).
+        let (first, last) = tr.variational_stage(&mut src).unwrap();
+        assert!(
+            first.is_finite() && last.is_finite() && first != last,
+            "{first} {last}"
+        );
     }
     assert_ne!(
         grads[0], grads[1],
