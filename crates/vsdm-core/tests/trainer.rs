@@ -845,3 +845,25 @@ fn vsmd_statistics_weigh_steps_by_gamma_beta() {
         assert!(((a - b) - want).abs() < 1e-9 * want, "{} vs {want}", a - b);
     }
 }
+
+/// After each SA iteration the parameters' EMA moves by 1 − d towards the new parameters: with one iteration a
+/// stage, the EMA after it is d · (its value before) + (1 − d) · (the parameters after).
+#[test]
+fn the_parameters_ema_follows_each_sa_iteration() {
+    let mut c = config(VarParams::Diagonal(vec![0.3, -0.2]), 10);
+    c.variational.iters = 1;
+    c.variational.ema_decay = 0.9;
+    c.variational.adam.lr = 0.1;
+    let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+    let mut src = InMemory::new(gaussian_data(256, 9)).unwrap();
+    for _ in 0..2 {
+        let before = tr.params_ema().values().to_vec();
+        tr.variational_stage(&mut src).unwrap();
+        let (now, ema) = (tr.params().values(), tr.params_ema().values());
+        assert!(now.iter().zip(&before).all(|(a, b)| a != b), "no SA step");
+        for ((e, b), p) in ema.iter().zip(&before).zip(now) {
+            let want = 0.9 * b + 0.1 * p;
+            assert!((e - want).abs() < 1e-12, "{e} vs {want}");
+        }
+    }
+}
