@@ -865,5 +865,44 @@ fn the_parameters_ema_follows_each_sa_iteration() {
             let want = 0.9 * b + 0.1 * p;
             assert!((e - want).abs() < 1e-12, "{e} vs {want}");
         }
+        // The forward process the next updates train on is the EMA parameters'.
+        match tr.process() {
+            vsdm_core::Process::Vsdm(p) => {
+                assert_eq!(p.a(), &vsdm_core::LinearDrift::Diagonal(ema.to_vec()))
+            }
+            other => panic!("{other:?}"),
+        }
     }
+}
+
+/// A raised stop flag ends `run` after the current update with a checkpoint of it; `run_quiet` reports every
+/// update it makes.
+#[test]
+fn a_stop_flag_ends_the_run_after_one_update_and_a_quiet_run_reports_each() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(VarParams::None, 6);
+    c.adaptive = false;
+    let mut tr = Trainer::new(c.clone(), &DEV, Mlp::build(2, 2)).unwrap();
+    tr.stop_when(std::sync::Arc::new(AtomicBool::new(true)));
+    let mut src = InMemory::new(gaussian_data(256, 10)).unwrap();
+    let e = tr.run(&mut src, Some(dir.path()), 0, 0).unwrap_err();
+    assert!(
+        matches!(e, vsdm_core::Error::Interrupted { step: 1, .. }),
+        "{e}"
+    );
+    assert_eq!(
+        Trainer::resume(dir.path(), &DEV, Mlp::build(2, 2))
+            .unwrap()
+            .step_count(),
+        1
+    );
+    let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+    let steps: Vec<usize> = tr
+        .run_quiet(&mut src, None, 0, 0)
+        .unwrap()
+        .iter()
+        .map(|r| r.step)
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
 }
