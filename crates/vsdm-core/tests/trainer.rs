@@ -875,8 +875,8 @@ fn the_parameters_ema_follows_each_sa_iteration() {
     }
 }
 
-/// A raised stop flag ends `run` after the current update with a checkpoint of it; `run_quiet` reports every
-/// update it makes.
+/// A raised stop flag ends `run` after the current update with a checkpoint of it (also with no checkpoint
+/// period, which otherwise writes none); `run_quiet` reports every update it makes.
 #[test]
 fn a_stop_flag_ends_the_run_after_one_update_and_a_quiet_run_reports_each() {
     use std::sync::atomic::AtomicBool;
@@ -897,6 +897,13 @@ fn a_stop_flag_ends_the_run_after_one_update_and_a_quiet_run_reports_each() {
             .step_count(),
         1
     );
+    // With a folder but no checkpoint period (0) and no stop, a run writes no checkpoint.
+    let quiet = tempfile::tempdir().unwrap();
+    let mut tr = Trainer::new(c.clone(), &DEV, Mlp::build(2, 2)).unwrap();
+    assert_eq!(tr.run(&mut src, Some(quiet.path()), 0, 0).unwrap().len(), 6);
+    assert!(vsdm_core::trainer::latest_checkpoint(quiet.path())
+        .unwrap()
+        .is_none());
     let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
     let steps: Vec<usize> = tr
         .run_quiet(&mut src, None, 0, 0)
