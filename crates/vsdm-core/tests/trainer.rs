@@ -913,3 +913,81 @@ fn a_stop_flag_ends_the_run_after_one_update_and_a_quiet_run_reports_each() {
         .collect();
     assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
 }
+
+/// `config.json` reads back for every kind of parameters, and parameters of another kind, size or value range
+/// than the configured method's are refused naming the file.
+#[test]
+fn exported_configs_read_back_and_mismatched_parameters_are_named() {
+    use vsdm_core::trainer::ExportedConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    let write = |config: TrainConfig, params: VarParams| {
+        let c = ExportedConfig {
+            config,
+            params,
+            step: 3,
+        };
+        std::fs::write(&path, serde_json::to_string(&c).unwrap()).unwrap();
+        ExportedConfig::read(&path)
+    };
+    let mom = |c: Vec<f64>| VarParams::Momentum {
+        c,
+        params: VsmdParams::default(),
+    };
+    let full = |d: usize, v: f64| VarParams::Full {
+        d,
+        a: vec![v; d * d],
+    };
+    for (init, params) in [
+        (VarParams::None, VarParams::None),
+        (
+            VarParams::Diagonal(vec![0.0; 2]),
+            VarParams::Diagonal(vec![0.3, -0.1]),
+        ),
+        (mom(vec![0.0; 2]), mom(vec![0.1, 0.2])),
+        (full(2, 0.0), full(2, 0.2)),
+    ] {
+        let back = write(config(init, 4), params.clone()).unwrap();
+        assert_eq!((back.params, back.step), (params, 3));
+    }
+    let bad = [
+        (
+            VarParams::Diagonal(vec![0.0; 2]),
+            mom(vec![0.1, 0.2]),
+            "not of the kind",
+        ),
+        (full(2, 0.0), full(3, 0.1), "not of the kind"),
+        (
+            VarParams::Diagonal(vec![0.0; 2]),
+            VarParams::Diagonal(vec![0.1; 3]),
+            "holds 3 values",
+        ),
+        (
+            VarParams::Diagonal(vec![0.0; 2]),
+            VarParams::Diagonal(vec![0.1, 11.0]),
+            "`params`",
+        ),
+    ];
+    for (init, params, what) in bad {
+        let e = write(config(init, 4), params).unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains("config.json"), "{what}: {e}");
+    }
+}
+
+/// A `--weights` path is the folder itself, or the folder of one of its named files.
+#[test]
+fn a_weights_path_to_one_of_its_files_means_its_folder() {
+    use vsdm_core::trainer::weights_folder;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    std::fs::write(&model, b"x").unwrap();
+    let files = ["model.safetensors", "config.json"];
+    assert_eq!(weights_folder(dir.path(), &files), dir.path());
+    assert_eq!(weights_folder(&model, &files), dir.path());
+    // Not one of the named files, or not there: the path as given (the loader then names what is missing).
+    let other = dir.path().join("notes.txt");
+    std::fs::write(&other, b"x").unwrap();
+    assert_eq!(weights_folder(&other, &files), other);
+    let absent = dir.path().join("config.json");
+    assert_eq!(weights_folder(&absent, &files), absent);
+}
