@@ -991,3 +991,30 @@ fn a_weights_path_to_one_of_its_files_means_its_folder() {
     let absent = dir.path().join("config.json");
     assert_eq!(weights_folder(&absent, &files), absent);
 }
+
+/// A trainer keeping a metrics file writes one row per update: its number, its loss as reported, and the
+/// training seconds so far.
+#[test]
+fn the_metrics_file_gets_a_row_per_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(vsdm_core::metrics::MetricsLog::FILE);
+    let mut c = config(VarParams::None, 4);
+    c.adaptive = false;
+    let mut tr = Trainer::new(c, &DEV, Mlp::build(2, 2)).unwrap();
+    tr.log_metrics(&path).unwrap();
+    let mut src = InMemory::new(gaussian_data(256, 11)).unwrap();
+    let reports = tr.run_quiet(&mut src, None, 0, 0).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for (row, r) in rows.iter().zip(&reports) {
+        assert_eq!(row[0], r.step.to_string());
+        assert_eq!(row[1].parse::<f64>().unwrap(), r.loss);
+    }
+    let last: f64 = rows[3][5].parse().unwrap();
+    assert!((last - tr.training_seconds()).abs() < 2e-3, "{last}");
+}
