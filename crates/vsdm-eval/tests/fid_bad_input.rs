@@ -222,3 +222,39 @@ fn cli_reports_bad_input_and_exits_nonzero() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--batch-size 0"), "{err}");
 }
+
+/// Statistics that disagree in one size only (μ's or Σ's) are refused, not indexed past; the accumulator counts
+/// its samples and gives statistics from two of them on (an unbiased covariance needs N − 1 > 0).
+#[test]
+fn statistics_of_other_sizes_and_too_few_samples_are_refused() {
+    use nalgebra::{DMatrix, DVector};
+    use vsdm_eval::fid::frechet::{frechet_distance, StatsAccumulator};
+    let stats = |m: usize, s: usize| FidStats {
+        mu: DVector::zeros(m),
+        sigma: DMatrix::identity(s, s),
+        n: 0,
+    };
+    let a = stats(3, 3);
+    assert!(frechet_distance(&a, &stats(3, 3)).is_ok());
+    for b in [stats(3, 2), stats(2, 3)] {
+        assert!(matches!(
+            frechet_distance(&a, &b),
+            Err(FidError::DimensionMismatch { .. })
+        ));
+    }
+    let mut acc = StatsAccumulator::new(2);
+    acc.update(&[1.0, 2.0]).unwrap();
+    assert_eq!(acc.count(), 1);
+    assert!(matches!(
+        acc.finish("one sample"),
+        Err(FidError::TooFewImages { .. })
+    ));
+    acc.update(&[3.0, 0.0, 5.0, 2.0]).unwrap();
+    assert_eq!(acc.count(), 3);
+    let s = acc.finish("three samples").unwrap();
+    // Mean (3, 4/3); the first coordinate's unbiased variance ((−2)² + 0 + 2²)/2 = 4.
+    assert!((s.mu[0] - 3.0).abs() < 1e-12 && (s.sigma[(0, 0)] - 4.0).abs() < 1e-12);
+    let mut two = StatsAccumulator::new(2);
+    two.update(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert_eq!(two.finish("two samples").unwrap().n, 2);
+}
