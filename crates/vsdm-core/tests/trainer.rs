@@ -645,21 +645,19 @@ fn gradient_clipping_bounds_the_norm_the_optimiser_sees() {
 /// an adaptive run with parameters to learn.
 #[test]
 fn stages_follow_every_block_after_the_warm_up_until_the_cool_down() {
+    let stages = |c: &TrainConfig| (1..=30).filter(|&s| c.stage_after(s)).collect::<Vec<_>>();
     let mut c = config(VarParams::Diagonal(vec![0.0; 2]), 30);
     (c.warmup, c.block, c.cooldown) = (4, 6, 3);
-    let stages: Vec<usize> = (1..=30).filter(|&s| c.stage_after(s)).collect();
-    assert_eq!(stages, [10, 16, 22]);
+    assert_eq!(stages(&c), [10, 16, 22]);
     c.cooldown = 2;
-    let stages: Vec<usize> = (1..=30).filter(|&s| c.stage_after(s)).collect();
-    assert_eq!(stages, [10, 16, 22, 28]);
+    assert_eq!(stages(&c), [10, 16, 22, 28]);
     (c.warmup, c.block, c.cooldown) = (0, 7, 0);
-    let stages: Vec<usize> = (1..=30).filter(|&s| c.stage_after(s)).collect();
-    assert_eq!(stages, [7, 14, 21, 28]);
+    assert_eq!(stages(&c), [7, 14, 21, 28]);
     c.adaptive = false;
-    assert!(!(1..=30).any(|s| c.stage_after(s)));
+    assert!(stages(&c).is_empty());
     let mut vp = config(VarParams::None, 30);
     (vp.warmup, vp.block, vp.cooldown) = (0, 7, 0);
-    assert!(!(1..=30).any(|s| vp.stage_after(s)));
+    assert!(stages(&vp).is_empty());
 }
 
 /// The settings `TrainConfig::validate` checks besides the variational ones, each named, with the values at
