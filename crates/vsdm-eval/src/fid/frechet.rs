@@ -158,8 +158,10 @@ impl FidStats {
         if sigma.shape != [dim, dim] {
             return Err(shape_err("sigma", format!("float [{dim}, {dim}]"), &sigma));
         }
-        if matches!(mu.data, NpyData::U8(_)) || matches!(sigma.data, NpyData::U8(_)) {
-            return Err(shape_err("mu/sigma", "float32 or float64".into(), &mu));
+        for (key, a) in [("mu", &mu), ("sigma", &sigma)] {
+            if matches!(a.data, NpyData::U8(_)) {
+                return Err(shape_err(key, "float32 or float64".into(), a));
+            }
         }
         let (mu, sigma) = (mu.to_f64(), sigma.to_f64());
         for (key, v) in [("mu", &mu), ("sigma", &sigma)] {
@@ -327,8 +329,6 @@ mod tests {
 mod scipy_fixture {
     use super::*;
 
-    /// Against scipy.linalg.sqrtm-based distances (pytorch-fid's formula) on random 24-dimensional statistics,
-    /// one pair nearly singular (`scripts/fid_reference.py frechet`).
     /// Statistics whose `sigma` is no covariance (negative diagonal, asymmetric) are refused naming the file
     /// and the array; a covariance with float32-sized asymmetry is read.
     #[test]
@@ -364,6 +364,80 @@ mod scipy_fixture {
         assert!(FidStats::read_npz_dim(&fine, 3).is_ok());
     }
 
+    /// The tolerances of the covariance checks are relative to the largest |Σ| entry (here 4): a diagonal
+    /// down to −1e-6 · 4 and an asymmetry up to 1e-4 · 4 are float32 round-off and read, anything beyond is
+    /// refused. A Σ of scale 1 could not tell `· scale` from `/ scale`, hence the 4.
+    #[test]
+    fn covariance_tolerances_are_relative_to_the_largest_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |name: &str, entries: &[((usize, usize), f64)]| {
+            let mut sigma = DMatrix::<f64>::from_diagonal_element(3, 3, 1.0);
+            sigma[(0, 0)] = 4.0;
+            for &(ij, v) in entries {
+                sigma[ij] = v;
+            }
+            let p = dir.path().join(name);
+            FidStats {
+                mu: DVector::zeros(3),
+                sigma,
+                n: 0,
+            }
+            .write_npz(&p)
+            .unwrap();
+            FidStats::read_npz_dim(&p, 3).map_err(|e| e.to_string())
+        };
+        // Diagonal: −1e-6 (a quarter of the tolerance) and −4e-6 (exactly at it) are read; −4.1e-6 is not.
+        assert!(read("diag_quarter.npz", &[((2, 2), -1e-6)]).is_ok());
+        assert!(read("diag_at.npz", &[((2, 2), -4e-6)]).is_ok());
+        let err = read("diag_past.npz", &[((2, 2), -4.1e-6)]).unwrap_err();
+        assert!(
+            err.contains("diag_past.npz") && err.contains("diagonal element 2"),
+            "{err}"
+        );
+        // A zero diagonal (a constant feature) is a covariance.
+        assert!(read("diag_zero.npz", &[((1, 1), 0.0)]).is_ok());
+        // Asymmetry: 2e-4 and exactly 4e-4 are read; 4.1e-4 is not.
+        assert!(read("asym_half.npz", &[((1, 0), 2e-4)]).is_ok());
+        assert!(read("asym_at.npz", &[((1, 0), 4e-4)]).is_ok());
+        let err = read("asym_past.npz", &[((1, 0), 4.1e-4)]).unwrap_err();
+        assert!(
+            err.contains("asym_past.npz") && err.contains("not symmetric"),
+            "{err}"
+        );
+    }
+
+    /// Statistics stored as bytes are refused naming the byte array, whichever of the two it is.
+    #[test]
+    fn byte_statistics_are_refused_by_name() {
+        use crate::export::npz::{write_npz, NpyArray};
+        let dir = tempfile::tempdir().unwrap();
+        let f = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            NpyArray::new(shape, NpyData::F64(vec![0.0; n])).unwrap()
+        };
+        let b = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            NpyArray::new(shape, NpyData::U8(vec![0; n])).unwrap()
+        };
+        for (name, mu, sigma, bad) in [
+            ("u8_mu.npz", b(vec![3]), f(vec![3, 3]), "`mu`"),
+            ("u8_sigma.npz", f(vec![3]), b(vec![3, 3]), "`sigma`"),
+        ] {
+            let p = dir.path().join(name);
+            write_npz(&p, &[("mu", &mu), ("sigma", &sigma)]).unwrap();
+            let err = FidStats::read_npz_dim(&p, 3).unwrap_err().to_string();
+            assert!(
+                err.contains(name) && err.contains(bad) && err.contains("float32 or float64"),
+                "{err}"
+            );
+        }
+        let p = dir.path().join("f64.npz");
+        write_npz(&p, &[("mu", &f(vec![3])), ("sigma", &f(vec![3, 3]))]).unwrap();
+        assert!(FidStats::read_npz_dim(&p, 3).is_ok());
+    }
+
+    /// Against scipy.linalg.sqrtm-based distances (pytorch-fid's formula) on random 24-dimensional statistics,
+    /// one pair nearly singular (`scripts/fid_reference.py frechet`).
     #[test]
     fn matches_scipy_sqrtm() {
         let path =
