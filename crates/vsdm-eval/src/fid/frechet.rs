@@ -329,39 +329,42 @@ mod tests {
 mod scipy_fixture {
     use super::*;
 
+    /// Writes statistics with μ = 0 and the given 3 × 3 Σ as `dir/name`, and reads them back.
+    fn round_trip(
+        dir: &Path,
+        name: &str,
+        sigma: DMatrix<f64>,
+    ) -> std::result::Result<FidStats, String> {
+        let p = dir.join(name);
+        FidStats {
+            mu: DVector::zeros(3),
+            sigma,
+            n: 0,
+        }
+        .write_npz(&p)
+        .unwrap();
+        FidStats::read_npz_dim(&p, 3).map_err(|e| e.to_string())
+    }
+
     /// Statistics whose `sigma` is no covariance (negative diagonal, asymmetric) are refused naming the file
     /// and the array; a covariance with float32-sized asymmetry is read.
     #[test]
     fn sigma_must_be_a_covariance() {
         let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, sigma: DMatrix<f64>| {
-            let p = dir.path().join(name);
-            FidStats {
-                mu: DVector::zeros(3),
-                sigma,
-                n: 0,
-            }
-            .write_npz(&p)
-            .unwrap();
-            p
-        };
-        let neg = write("neg.npz", -DMatrix::<f64>::identity(3, 3));
-        let err = FidStats::read_npz_dim(&neg, 3).unwrap_err().to_string();
+        let err = round_trip(dir.path(), "neg.npz", -DMatrix::<f64>::identity(3, 3)).unwrap_err();
         assert!(
             err.contains("neg.npz") && err.contains("diagonal element 0 is -1"),
             "{err}"
         );
         let mut m = DMatrix::<f64>::identity(3, 3);
         m[(0, 1)] = 0.5;
-        let asym = write("asym.npz", m.clone());
-        let err = FidStats::read_npz_dim(&asym, 3).unwrap_err().to_string();
+        let err = round_trip(dir.path(), "asym.npz", m.clone()).unwrap_err();
         assert!(
             err.contains("asym.npz") && err.contains("not symmetric"),
             "{err}"
         );
         m[(1, 0)] = 0.5 + 1e-7;
-        let fine = write("fine.npz", m);
-        assert!(FidStats::read_npz_dim(&fine, 3).is_ok());
+        assert!(round_trip(dir.path(), "fine.npz", m).is_ok());
     }
 
     /// The tolerances of the covariance checks are relative to the largest |Σ| entry (here 4): a diagonal
@@ -376,15 +379,7 @@ mod scipy_fixture {
             for &(ij, v) in entries {
                 sigma[ij] = v;
             }
-            let p = dir.path().join(name);
-            FidStats {
-                mu: DVector::zeros(3),
-                sigma,
-                n: 0,
-            }
-            .write_npz(&p)
-            .unwrap();
-            FidStats::read_npz_dim(&p, 3).map_err(|e| e.to_string())
+            round_trip(dir.path(), name, sigma)
         };
         // Diagonal: −1e-6 (a quarter of the tolerance) and −4e-6 (exactly at it) are read; −4.1e-6 is not.
         assert!(read("diag_quarter.npz", &[((2, 2), -1e-6)]).is_ok());
@@ -409,7 +404,6 @@ mod scipy_fixture {
     /// Statistics stored as bytes are refused naming the byte array, whichever of the two it is.
     #[test]
     fn byte_statistics_are_refused_by_name() {
-        use crate::export::npz::{write_npz, NpyArray};
         let dir = tempfile::tempdir().unwrap();
         let f = |shape: Vec<usize>| {
             let n = shape.iter().product();
