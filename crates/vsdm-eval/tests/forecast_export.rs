@@ -40,6 +40,25 @@ fn csv_holds_gluonts_quantiles_per_window_series_and_step() {
     assert_eq!(rows[1].join(","), "0,a,1,,12,10,10,11,12,13,14,14");
     assert_eq!(rows[2].join(","), "0,1,0,0,-2,-4,-4,-3,-2,-1,0,0");
     assert_eq!(rows[7][..3].join(","), "1,1,1");
+    // 2 samples × 3 steps × 1 series (a shape where T·D ≠ T + D): every sample −0 writes a mean and quantiles
+    // of 0, not −0.
+    let zeros = [-0.0f32; 6];
+    let truth3 = [1.0, 2.0, 3.0];
+    let p3 = dir.path().join("f3.csv");
+    write_forecast_csv(&p3, &[Window::new(&zeros, &truth3, 2, 3, 1)], &[]).unwrap();
+    let rows: Vec<String> = csv::Reader::from_path(&p3)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap().iter().collect::<Vec<_>>().join(","))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "0,0,0,1,0,0,0,0,0,0,0,0",
+            "0,0,1,2,0,0,0,0,0,0,0,0",
+            "0,0,2,3,0,0,0,0,0,0,0,0"
+        ]
+    );
     let bad = Window::new(&samples[..3], &truth, 5, 2, 2);
     let e = write_forecast_csv(&p, &[w, bad], &[]).unwrap_err();
     assert!(e.to_string().contains("forecast window 1"), "{e}");
@@ -83,13 +102,71 @@ fn fan_chart_draws_bands_median_and_truth() {
     assert!(e.to_string().contains("3 truth values"), "{e}");
 }
 
+/// The rows and columns of the chart's pure black pixels (the context and truth lines).
+fn black_extent(img: &image::RgbImage, rows: std::ops::Range<u32>) -> Option<(u32, u32, u32, u32)> {
+    let px: Vec<(u32, u32)> = img
+        .enumerate_pixels()
+        .filter(|(_, y, p)| rows.contains(y) && p.0 == [0, 0, 0])
+        .map(|(x, y, _)| (x, y))
+        .collect();
+    let xs = px.iter().map(|p| p.0);
+    let ys = px.iter().map(|p| p.1);
+    Some((xs.clone().min()?, xs.max()?, ys.clone().min()?, ys.max()?))
+}
+
+/// Where the chart puts its lines: the x axis runs over the time index from the first context step (left edge
+/// of the 780 × 340 plot inside the 10-pixel margin) to the last horizon step (right edge), and the y axis over
+/// the data's range with 5% of it added above and below. Context 10 for 20 steps, truth 30 for 10 steps, every
+/// sample 20: the y axis is 9..31 and the x axis 0..29, so the context line sits at y = 10 + 340·21/22 ≈ 334
+/// from x = 10 to 10 + 780·19/29 ≈ 521, the truth line at y ≈ 25 from x ≈ 548 to 790, the median at y = 180.
+#[test]
+fn fan_chart_places_context_truth_and_median_on_the_time_and_value_axes() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("axes.png");
+    let samples: Vec<Vec<f64>> = vec![vec![20.0; 10]; 8];
+    fan_chart(&png, &[10.0; 20], &[30.0; 10], &samples).unwrap();
+    let img = image::open(&png).unwrap().to_rgb8();
+    let near = |got: u32, want: f64| (got as f64 - want).abs() <= 3.0;
+    let (x0, x1, y0, y1) = black_extent(&img, 180..360).expect("a context line");
+    assert!(
+        near(x0, 10.0) && near(x1, 10.0 + 780.0 * 19.0 / 29.0),
+        "context line spans x {x0}..{x1}"
+    );
+    let y_context = 10.0 + 340.0 * 21.0 / 22.0;
+    assert!(
+        near(y0, y_context) && near(y1, y_context),
+        "context line at y {y0}..{y1}"
+    );
+    let (x0, x1, y0, y1) = black_extent(&img, 0..180).expect("a truth line");
+    assert!(
+        near(x0, 10.0 + 780.0 * 20.0 / 29.0) && near(x1, 790.0),
+        "truth line spans x {x0}..{x1}"
+    );
+    let y_truth = 10.0 + 340.0 / 22.0;
+    assert!(
+        near(y0, y_truth) && near(y1, y_truth),
+        "truth line at y {y0}..{y1}"
+    );
+    let blue_rows: Vec<u32> = img
+        .enumerate_pixels()
+        .filter(|(_, _, p)| p.0 == [0, 0, 255])
+        .map(|(_, y, _)| y)
+        .collect();
+    assert!(
+        !blue_rows.is_empty() && blue_rows.iter().all(|&y| near(y, 180.0)),
+        "median rows {:?}..{:?}",
+        blue_rows.iter().min(),
+        blue_rows.iter().max()
+    );
+}
+
 #[test]
 fn fan_charts_of_a_window_name_their_files() {
     let dir = tempfile::tempdir().unwrap();
     // 30 samples × 4 steps × 3 series, context of 6 steps.
     let samples: Vec<f32> = (0..30 * 4 * 3).map(|k| (k % 17) as f32).collect();
-    let truth = vec![5.0; 4 * 3];
-    let context = vec![4.0; 6 * 3];
+    let truth: Vec<f64> = (0..4 * 3).map(|k| k as f64).collect();
+    let context: Vec<f64> = (0..6 * 3).map(|k| (k * 7 % 5) as f64).collect();
     let w = Window::new(&samples, &truth, 30, 4, 3);
     let names = ["MT 001".to_string()];
     let out = fan_charts(&dir.path().join("charts"), &w, &context, &names, 2).unwrap();
@@ -98,9 +175,32 @@ fn fan_charts_of_a_window_name_their_files() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(files, ["fan_MT_001.png", "fan_1.png"]);
-    for p in &out {
-        assert_eq!(image::open(p).unwrap().width(), 800);
+    // Each chart is the one `fan_chart` draws from that series' own columns of the context, truth and samples.
+    let column = |rows: &[f64], j: usize| -> Vec<f64> { rows.chunks(3).map(|r| r[j]).collect() };
+    for (j, p) in out.iter().enumerate() {
+        let own: Vec<Vec<f64>> = samples
+            .chunks(4 * 3)
+            .map(|sample| sample.chunks(3).map(|r| r[j] as f64).collect())
+            .collect();
+        let reference = dir.path().join(format!("reference_{j}.png"));
+        fan_chart(&reference, &column(&context, j), &column(&truth, j), &own).unwrap();
+        let (got, want) = (image::open(p).unwrap(), image::open(&reference).unwrap());
+        assert_eq!(got.width(), 800);
+        assert!(
+            got.as_bytes() == want.as_bytes(),
+            "chart {j} differs from its series' own"
+        );
     }
     let e = fan_charts(dir.path(), &w, &context[..5], &[], 3).unwrap_err();
     assert!(e.to_string().contains("multiple of 3"), "{e}");
+    // A window without samples, or without series, draws nothing.
+    for (s, d) in [(0, 3), (30, 0)] {
+        let w = Window::new(&samples[..s * 4 * d], &truth[..4 * d], s, 4, d);
+        let e = fan_charts(&dir.path().join("none"), &w, &[], &[], 3).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("{s} samples × 4 steps × {d} series")),
+            "{e}"
+        );
+    }
 }

@@ -304,9 +304,34 @@ fn bad_input_is_named() {
     let y = vec![1.0; 6];
     let s = vec![1f32; 12];
     let w = Window::new(&s, &y, 2, 3, 2);
+    for bad in [1.5, 1.0, 0.0, -0.1, f64::NAN] {
+        let e = evaluate(&[w], &[0.5, bad]).unwrap_err();
+        assert!(
+            matches!(e, ForecastError::Quantile(q) if q.to_bits() == bad.to_bits()),
+            "{bad}: {e}"
+        );
+    }
+    // A window with zero samples, steps or series (each alone), and a NaN among f64 samples.
+    for (s, t, d) in [(0, 3, 2), (2, 0, 2), (2, 3, 0)] {
+        let e = evaluate(
+            &[Window::new(&[] as &[f32], &y[..t * d], s, t, d)],
+            &paper_quantiles(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ForecastError::EmptyWindow { window: 0 },
+            "{s} × {t} × {d}"
+        );
+    }
+    let mut s64 = vec![1.0f64; 12];
+    s64[5] = f64::NAN;
     assert_eq!(
-        evaluate(&[w], &[0.5, 1.5]).unwrap_err(),
-        ForecastError::Quantile(1.5)
+        evaluate(&[Window::new(&s64, &y, 2, 3, 2)], &paper_quantiles()).unwrap_err(),
+        ForecastError::NonFiniteSample {
+            window: 0,
+            index: 5
+        }
     );
     let short = vec![1f32; 6];
     let e = evaluate(

@@ -277,6 +277,8 @@ mod tests {
     #[test]
     fn chart_file_names_are_safe_and_distinct() {
         assert_eq!(names(&["OT", "HUFL"]), ["OT", "HUFL"]);
+        // ASCII letters, digits, `-` and `_` are kept as they are.
+        assert_eq!(names(&["MT-001_b", "x-y"]), ["MT-001_b", "x-y"]);
         assert_eq!(names(&["a/b", "a_b", "a?b"]), ["a_b", "a_b_1", "a_b_2"]);
         assert_eq!(names(&["A", "a"]), ["A", "a_1"]);
         assert_eq!(names(&["Ä ö", "日本"]), ["0", "1"]);
