@@ -193,7 +193,10 @@ fn fan_charts_of_a_window_name_their_files() {
     }
     let e = fan_charts(dir.path(), &w, &context[..5], &[], 3).unwrap_err();
     assert!(e.to_string().contains("multiple of 3"), "{e}");
-    // A window without samples, or without series, draws nothing.
+    // A truth of the wrong length, a window without samples, or without series, draws nothing.
+    let short_truth = Window::new(&samples, &truth[..11], 30, 4, 3);
+    let e = fan_charts(&dir.path().join("none"), &short_truth, &[], &[], 3).unwrap_err();
+    assert!(e.to_string().contains("11 truth values"), "{e}");
     for (s, d) in [(0, 3), (30, 0)] {
         let w = Window::new(&samples[..s * 4 * d], &truth[..4 * d], s, 4, d);
         let e = fan_charts(&dir.path().join("none"), &w, &[], &[], 3).unwrap_err();
