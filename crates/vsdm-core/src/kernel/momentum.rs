@@ -187,6 +187,53 @@ mod tests {
         assert!(phi_cov_critical(&Oscillator::critical(0.1, 2.0, 0.9), 1.0).is_none());
     }
 
+    /// Every oscillator the critical transform builds takes the closed form, whatever its scale: the round-off
+    /// left in k − Γ²/4 grows with |k| (and is tiny against a tiny k near c = ½), which the tolerance
+    /// 1e-12 · (1 + |k|) absorbs. It matters beyond speed: with strong damping the general path's 4 × 4
+    /// exponential holds e^{+ΓB/4} and overflows, while the closed form stays finite.
+    #[test]
+    fn every_critical_oscillator_takes_the_closed_form() {
+        for gamma in [0.25, 0.5, 1.0, 2.0, 3.0, 8.0, 50.0, 1000.0] {
+            for i in -300..50 {
+                let c = i as f64 / 100.0;
+                let osc = Oscillator::critical(c, gamma, 1.0);
+                assert!(
+                    phi_cov_critical(&osc, 1.0).is_some(),
+                    "γ = {gamma}, c = {c}: k − Γ²/4 = {:e}",
+                    osc.k - osc.friction * osc.friction / 4.0
+                );
+            }
+        }
+        let strong = Oscillator::critical(0.0, 1000.0, 1.0);
+        let general = phi_cov_general(&strong, 10.0);
+        assert!(
+            !(general.0.iter().chain(general.1.iter())).all(|x| x.is_finite()),
+            "the general path was expected to overflow here"
+        );
+        let k = kernel(&strong, 10.0, 1.0);
+        assert!(k
+            .phi
+            .iter()
+            .chain(k.cov.iter())
+            .chain(&k.chol)
+            .all(|x| x.is_finite()));
+    }
+
+    /// At B = 0 nothing has moved: Φ = I and the law is the initial one, x fixed and v ~ N(0, σ²_v0), whose
+    /// Cholesky factor has a zero first column (the x row has no noise to divide by).
+    #[test]
+    fn the_kernel_at_b_zero_is_the_initial_law() {
+        for osc in [
+            Oscillator::critical(0.1, 2.0, 1.0),
+            Oscillator::critical(0.1, 2.0, 0.8),
+        ] {
+            let k = kernel(&osc, 0.0, 0.3);
+            assert_eq!(k.phi, Matrix2::identity());
+            assert_eq!(k.cov, Matrix2::new(0.0, 0.0, 0.0, 0.3));
+            assert_eq!(k.chol, [0.0, 0.0, 0.3f64.sqrt()]);
+        }
+    }
+
     #[test]
     fn transform_keeps_the_oscillator_critical_and_matches_the_reference_value() {
         // §E.2: γ = 2, c = 0.01 gives a = 0.0099.
