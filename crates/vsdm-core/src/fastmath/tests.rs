@@ -250,9 +250,6 @@ fn batched_matmul_matches_item_by_item() {
     }
 }
 
-/// [`par_rows`] hands each task whole rows of both inputs with the matching output rows (more rows than one
-/// task holds, rows wider than a task, an empty second input), and [`crate::simd_fn!`](crate::simd_fn)'s two
-/// builds agree.
 /// [`transpose`] moves every value to its place and writes nothing outside the block: f32 (register
 /// blocks and edges) and f64 (one value at a time), sizes below, at and across multiples of 8, row
 /// strides longer than the rows.
@@ -386,13 +383,27 @@ fn scaled_equals_candles_affine() {
     assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
 }
 
+/// [`par_rows`] hands each task whole rows of both inputs with the matching output rows (more rows than one
+/// task holds, rows wider than a task, an empty second input, output rows of one and of two values), and
+/// [`crate::simd_fn!`](crate::simd_fn)'s two builds agree. The kernel refuses inputs whose row count differs
+/// from its output's.
 #[test]
 fn par_rows_covers_every_row_once() {
     crate::simd_fn! {
         fn sum_rows(a: &[f64], b: &[f64], o: &mut [MaybeUninit<f64>], wa: usize, wb: usize) {
-            for (i, o) in o.iter_mut().enumerate() {
+            let rows = a.len() / wa;
+            assert!(a.len() == rows * wa && (wb == 0 || b.len() == rows * wb) && o.len().is_multiple_of(rows.max(1)));
+            let wo = o.len() / rows.max(1);
+            for (i, o) in o.chunks_exact_mut(wo.max(1)).enumerate() {
                 let bs: f64 = if wb == 0 { 0.0 } else { b[i * wb..(i + 1) * wb].iter().sum() };
-                o.write(a[i * wa..(i + 1) * wa].iter().sum::<f64>() + bs);
+                // Output rows of two: the two sums apart; of one: their total.
+                let sa = a[i * wa..(i + 1) * wa].iter().sum::<f64>();
+                if wo == 2 {
+                    o[0].write(sa);
+                    o[1].write(bs);
+                } else {
+                    o[0].write(sa + bs);
+                }
             }
         }
     }
@@ -415,6 +426,79 @@ fn par_rows_covers_every_row_once() {
                 sum_rows(fast, a, b, o, wa, wb)
             });
             assert_eq!(got, want, "{rows} rows of {wa} and {wb}");
+            let apart = par_rows((&a, wa), (&b, wb), 2, rows, |a, b, o| {
+                sum_rows(fast, a, b, o, wa, wb)
+            });
+            let total: Vec<f64> = apart.chunks(2).map(|p| p[0] + p[1]).collect();
+            assert_eq!(
+                total, want,
+                "{rows} rows of {wa} and {wb}, two outputs a row"
+            );
         }
     }
+}
+
+/// `fits` (the guard before every unsafe product and transpose) against the largest index the matrix touches,
+/// found by visiting every element: a slice one value shorter than that index + 1 does not hold it.
+#[test]
+fn fits_agrees_with_the_largest_index_touched() {
+    for rows in 0..4usize {
+        for cols in 0..4usize {
+            for rs in 0..6usize {
+                for cs in 0..6usize {
+                    let need = (0..rows)
+                        .flat_map(|i| (0..cols).map(move |j| i * rs + j * cs + 1))
+                        .max()
+                        .unwrap_or(0);
+                    for len in need.saturating_sub(2)..need + 2 {
+                        assert_eq!(
+                            super::fits(len, (rows, cols), (rs, cs)),
+                            len >= need,
+                            "[{rows}, {cols}] strides ({rs}, {cs}) in {len}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The unsafe kernels refuse a matrix that does not lie within its slice (one value short), by name, and take
+/// one that just fits.
+#[test]
+fn kernels_refuse_matrices_outside_their_slices() {
+    let refused = |f: &(dyn Fn() + std::panic::RefUnwindSafe), name: &str| {
+        let e = std::panic::catch_unwind(f).expect_err(name);
+        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.starts_with(name) && msg.contains("outside"), "{msg}");
+    };
+    let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    // [3, 4] row-major needs 12 values.
+    let mut dst = vec![MaybeUninit::<f32>::uninit(); 12];
+    transpose((&v, 4), (&mut dst, 3), (3, 4));
+    refused(
+        &|| {
+            let mut dst = vec![MaybeUninit::<f32>::uninit(); 12];
+            transpose((&v[..11], 4), (&mut dst, 3), (3, 4))
+        },
+        "transpose",
+    );
+    assert_eq!(matmul_f32((&v, (4, 1)), (&v, (3, 1)), (3, 4, 3)).len(), 9);
+    refused(
+        &|| {
+            matmul_f32((&v[..11], (4, 1)), (&v, (3, 1)), (3, 4, 3));
+        },
+        "matmul_f32",
+    );
+    // Two items of [2, 3] · [3, 2], batch strides 6: 12 values each.
+    assert_eq!(
+        bmm_f32((&v, (6, 3, 1)), (&v, (6, 2, 1)), (2, 2, 3, 2)).len(),
+        8
+    );
+    refused(
+        &|| {
+            bmm_f32((&v[..11], (6, 3, 1)), (&v, (6, 2, 1)), (2, 2, 3, 2));
+        },
+        "bmm_f32",
+    );
 }
