@@ -502,3 +502,101 @@ fn kernels_refuse_matrices_outside_their_slices() {
         "bmm_f32",
     );
 }
+
+/// Both results fail, or both hold the same values (to f32 round-off of a different summation order).
+fn same_outcome(
+    what: &str,
+    got: candle_core::Result<candle_core::Tensor>,
+    want: candle_core::Result<candle_core::Tensor>,
+) {
+    match (got, want) {
+        (Ok(g), Ok(w)) => {
+            assert_eq!(g.dims(), w.dims(), "{what}");
+            assert_eq!(g.dtype(), w.dtype(), "{what}");
+            let flat = |t: &candle_core::Tensor| -> Vec<f64> {
+                t.to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            for (a, b) in flat(&g).iter().zip(flat(&w)) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}: {a} vs {b}"
+                );
+            }
+        }
+        (Err(_), Err(_)) => {}
+        (g, w) => panic!(
+            "{what}: ours {:?}, candle's {:?}",
+            g.map(|t| t.dims().to_vec()),
+            w.map(|t| t.dims().to_vec())
+        ),
+    }
+}
+
+/// [`matmul`] and [`matmul_bias`] against candle's `matmul` (and `broadcast_add`) on every mix of f32 and f64
+/// operands and of ranks 2, 3 and 4, matching and mismatched: the same values where candle has them, an error
+/// (not a panic) where candle has one. The f32 2-D and 3-D products take the fast path, the rest candle's.
+#[test]
+fn matmul_and_matmul_bias_agree_with_candle_on_every_kind_of_operand() {
+    use candle_core::DType::{F32, F64};
+    let dev = candle_core::Device::Cpu;
+    let mut rng = crate::NoiseRng::new(21);
+    let mut t = |shape: &[usize], dt| rng.randn(shape, &dev).unwrap().to_dtype(dt).unwrap();
+    let shapes: [(&[usize], &[usize]); 8] = [
+        (&[3, 4], &[4, 5]),
+        (&[2, 3, 4], &[2, 4, 5]),
+        (&[2, 2, 3, 4], &[2, 2, 4, 5]),
+        (&[3, 4], &[3, 5]),
+        (&[2, 3, 4], &[3, 4, 5]),
+        (&[2, 3, 4], &[2, 3, 5]),
+        (&[3, 4], &[2, 4, 5]),
+        (&[2, 3, 4], &[4, 5]),
+    ];
+    for (sa, sb) in shapes {
+        for (da, db) in [(F32, F32), (F64, F64), (F32, F64)] {
+            let (a, b) = (t(sa, da), t(sb, db));
+            let what = format!("{sa:?} {da:?} · {sb:?} {db:?}");
+            same_outcome(&what, matmul(&a, &b), a.matmul(&b));
+            for (dc, n) in [(db, 5), (F64, 5), (db, 4)] {
+                let bias = t(&[n], dc);
+                same_outcome(
+                    &format!("{what} + [{n}] {dc:?}"),
+                    matmul_bias(&a, &b, &bias),
+                    a.matmul(&b).and_then(|p| p.broadcast_add(&bias)),
+                );
+            }
+        }
+    }
+}
+
+/// [`scaled`] equals candle's `affine` for f64 tensors too (candle's path), and [`with_cpu_f32`] hands over
+/// the values of contiguous f32 tensors in order and names the one it cannot read.
+#[test]
+fn scaled_and_with_cpu_f32_on_other_tensors() {
+    let dev = candle_core::Device::Cpu;
+    let t = candle_core::Tensor::new(&[[1.0f64, -2.0], [3.5, 0.25]], &dev).unwrap();
+    assert_eq!(
+        scaled(&t, -2.0).unwrap().to_vec2::<f64>().unwrap(),
+        [[-2.0, 4.0], [-7.0, -0.5]]
+    );
+    let a = candle_core::Tensor::new(&[1.0f32, 2.0, 3.0], &dev).unwrap();
+    let b = candle_core::Tensor::new(&[[4.0f32, 5.0], [6.0, 7.0]], &dev).unwrap();
+    let got = with_cpu_f32("pair", [&a, &b], |[x, y]| (x.to_vec(), y.to_vec())).unwrap();
+    assert_eq!(got, (vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0, 7.0]));
+    let e = with_cpu_f32("pair", [&a, &b.t().unwrap()], |_| ()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("pair: a contiguous f32 CPU tensor only, got a strided one"),
+        "{e}"
+    );
+    let e = with_cpu_f32("pair", [&a, &t], |_| ()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("pair: a contiguous f32 CPU tensor only, got F64"),
+        "{e}"
+    );
+}
