@@ -600,3 +600,37 @@ fn scaled_and_with_cpu_f32_on_other_tensors() {
         "{e}"
     );
 }
+
+/// [`lane_sum`] against the sum in f64, for lengths around multiples of its eight lanes (tail only, lanes only,
+/// both) and a function that is not the identity.
+#[test]
+fn lane_sum_matches_the_f64_sum() {
+    for n in [0usize, 1, 7, 8, 9, 16, 23, 100, 1001] {
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 37) % 19) as f32 * 0.25 - 2.0)
+            .collect();
+        let want: f64 = x.iter().map(|&v| (v as f64) * (v as f64) + 1.0).sum();
+        let got = lane_sum(&x, |v| v * v + 1.0) as f64;
+        assert!(
+            (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+            "{n}: {got} vs {want}"
+        );
+    }
+}
+
+/// The builds are chosen by what the CPU reports: [`avx2`] and [`avx512`] against the flags in
+/// /proc/cpuinfo (Linux on x86-64; elsewhere the test says so and checks nothing).
+#[test]
+fn cpu_feature_detection_agrees_with_proc_cpuinfo() {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        eprintln!("skipped: no /proc/cpuinfo");
+        return;
+    };
+    let Some(flags) = info.lines().find(|l| l.starts_with("flags")) else {
+        eprintln!("skipped: /proc/cpuinfo lists no flags (not x86-64)");
+        return;
+    };
+    let has = |f: &str| flags.split_whitespace().any(|w| w == f);
+    assert_eq!(avx2(), has("avx2") && has("fma"), "{flags}");
+    assert_eq!(avx512(), has("avx512f"), "{flags}");
+}
