@@ -115,6 +115,54 @@ impl NoiseRng {
 mod tests {
     use super::*;
 
+    /// `derive_seed(0, i)` is splitmix64's stream from state 0 (the first outputs published with the reference
+    /// implementation and Java's `SplittableRandom`); another seed's stream is the same one shifted: element
+    /// i + 1 of seed s is element i of seed s + γ.
+    #[test]
+    fn derived_seeds_are_splitmix64s_stream() {
+        let published = [
+            0xE220_A839_7B1D_CDAF,
+            0x6E78_9E6A_A1B9_65F4,
+            0x06C4_5D18_8009_454F,
+            0xF88B_B8A8_724C_81EC,
+        ];
+        for (i, &want) in published.iter().enumerate() {
+            assert_eq!(derive_seed(0, i as u64), want, "element {i}");
+        }
+        for s in [1u64, 12_345, u64::MAX] {
+            for i in [0u64, 1, 7, u64::MAX - 1] {
+                assert_eq!(
+                    derive_seed(s, i + 1),
+                    derive_seed(s.wrapping_add(GOLDEN_GAMMA), i),
+                    "seed {s}, element {i}"
+                );
+            }
+        }
+    }
+
+    /// `indices` and `index` stay in their range and reach all of it; a range of 0 or beyond u32 is refused
+    /// by name; `uniform` lies in [0, 1) with mean ½.
+    #[test]
+    fn uniform_draws_cover_their_ranges() {
+        let mut r = NoiseRng::new(3);
+        let v: Vec<u32> = r.indices(2000, 7, &Device::Cpu).unwrap().to_vec1().unwrap();
+        assert!(v.iter().all(|&k| k < 7));
+        assert!((0..7).all(|k| v.contains(&k)));
+        let w: Vec<usize> = (0..2000).map(|_| r.index(5)).collect();
+        assert!(w.iter().all(|&k| k < 5) && (0..5).all(|k| w.contains(&k)));
+        for bad in [0usize, u32::MAX as usize + 1] {
+            let e = r.indices(3, bad, &Device::Cpu).unwrap_err().to_string();
+            assert!(
+                e.contains("index range") && e.contains(&bad.to_string()),
+                "{e}"
+            );
+        }
+        let u: Vec<f64> = (0..20_000).map(|_| r.uniform()).collect();
+        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let mean = u.iter().sum::<f64>() / u.len() as f64;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+    }
+
     #[test]
     fn restored_state_continues_the_same_stream() {
         let mut a = NoiseRng::new(7);
