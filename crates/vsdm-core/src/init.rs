@@ -128,6 +128,112 @@ pub fn untracked_var_builder(map: &VarMap, dtype: DType, device: &Device) -> Var
 mod tests {
     use super::*;
 
+    /// Mean, standard deviation, minimum and maximum of a tensor's values.
+    fn moments(t: &Tensor) -> (f64, f64, f64, f64) {
+        let v: Vec<f64> = t
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            });
+        (mean, std, lo, hi)
+    }
+
+    /// Each initialiser draws the distribution candle defines for it (20,000 values, bounds within 4 standard
+    /// errors): a constant; U(lo, up) with mean (lo + up)/2 and variance (up − lo)²/12; N(mean, stdev²);
+    /// Kaiming uniform U(±gain·√(3/fan_in)), the ReLU gain √2.
+    #[test]
+    fn initialisers_draw_candles_distributions() {
+        let map = VarMap::new();
+        let vb = seeded_var_builder(&map, NoiseRng::new(5), DType::F32, &Device::Cpu);
+        let get =
+            |name: &str, shape: (usize, usize), init| vb.get_with_hints(shape, name, init).unwrap();
+        let c = get("c", (3, 4), Init::Const(0.7));
+        assert!(c
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0.7));
+        let (mean, std, lo, hi) =
+            moments(&get("u", (100, 200), Init::Uniform { lo: -3.0, up: 5.0 }));
+        assert!(
+            (-3.0..5.0).contains(&lo) && (-3.0..5.0).contains(&hi),
+            "{lo}..{hi}"
+        );
+        assert!(lo < -2.99 && hi > 4.99, "{lo}..{hi}");
+        assert!(
+            (mean - 1.0).abs() < 0.07 && (std - 8.0 / 12f64.sqrt()).abs() < 0.05,
+            "{mean} {std}"
+        );
+        let (mean, std, ..) = moments(&get(
+            "n",
+            (100, 200),
+            Init::Randn {
+                mean: 2.0,
+                stdev: 0.5,
+            },
+        ));
+        assert!(
+            (mean - 2.0).abs() < 0.015 && (std - 0.5).abs() < 0.01,
+            "{mean} {std}"
+        );
+        let kaiming = Init::Kaiming {
+            dist: NormalOrUniform::Uniform,
+            fan: candle_nn::init::FanInOut::FanIn,
+            non_linearity: candle_nn::init::NonLinearity::ReLU,
+        };
+        let bound = 2f64.sqrt() * (3.0 / 400.0f64).sqrt();
+        let (mean, _, lo, hi) = moments(&get("k", (50, 400), kaiming));
+        assert!(
+            lo >= -bound - 1e-7 && hi <= bound + 1e-7,
+            "{lo}..{hi} against ±{bound}"
+        );
+        assert!(
+            lo < -0.99 * bound && hi > 0.99 * bound,
+            "{lo}..{hi} against ±{bound}"
+        );
+        assert!(mean.abs() < 0.004, "{mean}");
+    }
+
+    /// A variable asked for again is the one made first (its shape checked, its name reported as held);
+    /// asked for with another shape, an error naming it.
+    #[test]
+    fn variables_are_made_once_and_their_shape_kept() {
+        let map = VarMap::new();
+        let vb = seeded_var_builder(&map, NoiseRng::new(6), DType::F32, &Device::Cpu);
+        assert!(!vb.contains_tensor("w"));
+        let w = vb
+            .get_with_hints(
+                (2, 3),
+                "w",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )
+            .unwrap();
+        assert!(vb.contains_tensor("w") && !vb.contains_tensor("v"));
+        let again = vb.get_with_hints((2, 3), "w", Init::Const(9.0)).unwrap();
+        assert_eq!(crate::compare::max_abs_diff(&w, &again).unwrap(), 0.0);
+        let e = vb
+            .get_with_hints((3, 2), "w", Init::Const(9.0))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shape mismatch on w"), "{e}");
+        assert_eq!(map.all_vars().len(), 1);
+    }
+
     #[test]
     fn same_seed_same_weights_and_kaiming_scale() {
         let build = |seed| {

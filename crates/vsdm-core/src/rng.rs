@@ -140,6 +140,25 @@ mod tests {
         }
     }
 
+    /// A position past 2⁶⁴ words (ChaCha's counter has 68 bits) keeps its high part through the state: the
+    /// restored generator draws what rand_chacha's own generator set to that position draws.
+    #[test]
+    fn a_position_past_two_to_the_64_words_round_trips() {
+        let st = RngState {
+            seed: [7; 32],
+            stream: 3,
+            word_pos: (2, 40),
+        };
+        let mut ours = NoiseRng::from_state(&st);
+        assert_eq!(ours.state(), st);
+        let mut theirs = ChaCha12Rng::from_seed([7; 32]);
+        theirs.set_stream(3);
+        theirs.set_word_pos((2u128 << 64) | 40);
+        let a: Vec<u64> = (0..4).map(|_| ours.inner().random()).collect();
+        let b: Vec<u64> = (0..4).map(|_| theirs.random()).collect();
+        assert_eq!(a, b);
+    }
+
     /// `indices` and `index` stay in their range and reach all of it; a range of 0 or beyond u32 is refused
     /// by name; `uniform` lies in [0, 1) with mean ½.
     #[test]
