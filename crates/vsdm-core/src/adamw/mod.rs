@@ -81,6 +81,22 @@ pub fn step(
             2 * n
         );
     }
+    // Checked before the first in-place op, so a refused call leaves the moments as they were.
+    if !theta.is_contiguous() || !mv.is_contiguous() {
+        candle_core::bail!(
+            "adamw: parameter and moments must be contiguous (parameter {}, moments {})",
+            if theta.is_contiguous() {
+                "contiguous"
+            } else {
+                "strided"
+            },
+            if mv.is_contiguous() {
+                "contiguous"
+            } else {
+                "strided"
+            }
+        );
+    }
     let grad = grad.contiguous()?;
     mv.inplace_op2(&grad, &Moments { f, backend })?;
     theta.inplace_op2(mv, &Apply { f, backend })
