@@ -602,23 +602,21 @@ mod tests {
                         .collect();
                     adam.step(w, &g);
                 }
-                for (k, v) in &ours {
-                    let (a, b) = (as_f64(v), as_f64(&theirs[k]));
-                    let worst = a
-                        .iter()
-                        .zip(&b)
+                let off = |a: &[f64], b: &[f64]| {
+                    a.iter()
+                        .zip(b)
                         .map(|(x, y)| (x - y).abs())
-                        .fold(0.0, f64::max);
+                        .fold(0.0, f64::max)
+                };
+                for (k, v) in &ours {
+                    let b = as_f64(&theirs[k]);
+                    let worst = off(&as_f64(v), &b);
                     assert!(
                         worst <= tol,
                         "{dtype:?} {k} after step {step}: off by {worst}"
                     );
                     if let (candle_core::DType::F64, Some((w, _))) = (dtype, host.get(k)) {
-                        let worst = w
-                            .iter()
-                            .zip(&b)
-                            .map(|(x, y)| (x - y).abs())
-                            .fold(0.0, f64::max);
+                        let worst = off(w, &b);
                         assert!(
                             worst <= tol,
                             "AdamF64 {k} after step {step}: off by {worst}"
