@@ -290,4 +290,120 @@ mod tests {
         assert!((w.x0[3 * 2] - 1.0 / sigma).abs() < 1e-5);
         assert!((w.unscale(1, 1, w.x0[3 * 2 + 1]) - 119.0).abs() < 1e-3);
     }
+
+    /// The scale's floor, 1e-4 × the context's level (at least 1), keeps constant contexts finite; an all-zero
+    /// context under `mean` gets scale 1.
+    #[test]
+    fn constant_contexts_get_a_floor_relative_to_their_level() {
+        for scaling in [Scaling::Std, Scaling::Last] {
+            assert_eq!(scaling.fit(&[500.0; 6]), (500.0, 0.05));
+            assert_eq!(scaling.fit(&[-0.5; 6]), (-0.5, 1e-4));
+        }
+        assert_eq!(Scaling::Mean.fit(&[0.0; 6]), (0.0, 1.0));
+        assert_eq!(Scaling::Mean.fit(&[]), (0.0, 1.0));
+        assert!(WindowConfig::timegrad(0, Scaling::Mean).is_empty());
+        assert!(!WindowConfig::timegrad(1, Scaling::Mean).is_empty());
+    }
+
+    /// Every value of every channel of a batch of windows, against what the layout promises: channel 0 the
+    /// scaled context then zeros, channel 1 + k the k-th GluonTS feature of each column's own timestamp
+    /// (computed here from the timestamp, not read from the feature matrix), x_0 the scaled horizon.
+    #[test]
+    fn every_channel_of_every_window_holds_its_own_columns() {
+        use crate::data::time_features::features_for;
+        let start = parse_timestamp("2021-02-26 05:00:00").unwrap();
+        let (d, len) = (3, 40);
+        let value = |s: usize, t: usize| (1000 * s + t + 1) as f32;
+        let vals: Vec<f32> = (0..d)
+            .flat_map(|s| (0..len).map(move |t| value(s, t)))
+            .collect();
+        let m = SeriesMatrix::new(start, Freq::Hours(1), d, len, vals).unwrap();
+        let tf = m.time_features();
+        let features = features_for(Freq::Hours(1));
+        let cfg = WindowConfig {
+            context: 5,
+            horizon: 3,
+            scaling: Scaling::Std,
+        };
+        let (c, h, l) = (5, 3, 8);
+        let ends = [8, 40, 23, 8];
+        let w = WindowBatch::cut(&m, &tf, &ends, &cfg).unwrap();
+        assert_eq!(w.features, features.len());
+        let f = w.features;
+        for (i, &end) in ends.iter().enumerate() {
+            let first = end - l;
+            for s in 0..d {
+                let (loc, scale) = (w.loc[i * d + s], w.scale[i * d + s]);
+                let ctx: Vec<f32> = (first..first + c).map(|t| value(s, t)).collect();
+                assert_eq!((loc, scale), cfg.scaling.fit(&ctx));
+                for t in 0..l {
+                    let at = |ch: usize| w.cond[((i * (1 + f) + ch) * d + s) * l + t];
+                    let want = if t < c {
+                        (value(s, first + t) - loc) / scale
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(at(0), want, "window {i} series {s} column {t}");
+                    let stamp = m.timestamp(first + t);
+                    for (k, feature) in features.iter().enumerate() {
+                        assert_eq!(at(1 + k), feature.value(stamp), "feature {k}, column {t}");
+                    }
+                }
+                for t in 0..h {
+                    let x = w.x0[(i * d + s) * h + t];
+                    assert_eq!(w.unscale(i, s, x), value(s, first + c + t), "horizon {t}");
+                }
+            }
+        }
+        let (x0, cond) = w.tensors(&cfg, &Device::Cpu).unwrap();
+        assert_eq!(x0.dims(), [4, 1, d, h]);
+        assert_eq!(cond.dims(), [4, 1 + f, d, l]);
+        assert_eq!(
+            cond.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            w.cond
+        );
+    }
+
+    /// Training windows are drawn uniformly over every position of the training matrix, the first (ending at
+    /// C + H) and the last (ending at its final column) included, and handed to the trainer as conditional
+    /// batches of the layout's shapes.
+    #[test]
+    fn training_windows_cover_every_position_uniformly() {
+        let start = parse_timestamp("2020-01-06").unwrap();
+        let len = 12;
+        let vals: Vec<f32> = (1..=len).map(|t| t as f32).collect();
+        let m = SeriesMatrix::new(start, Freq::Days(1), 1, len, vals).unwrap();
+        let cfg = WindowConfig {
+            context: 6,
+            horizon: 2,
+            scaling: Scaling::Mean,
+        };
+        let mut source = TrainWindows::new(m.clone(), cfg).unwrap();
+        // GluonTS's features for daily data: day of week, of month, of year.
+        assert_eq!(source.features(), 3);
+        let mut rng = NoiseRng::new(9);
+        let draws = 4000;
+        let w = source.draw(draws, &mut rng).unwrap();
+        let mut counts = [0usize; 13];
+        for i in 0..draws {
+            // The last horizon value is column end − 1, valued `end`.
+            let end = w.unscale(i, 0, w.x0[i * 2 + 1]).round() as usize;
+            counts[end] += 1;
+        }
+        assert_eq!(counts[..8].iter().sum::<usize>(), 0, "{counts:?}");
+        for end in 8..=12 {
+            let share = counts[end] as f64 / draws as f64;
+            // 5 positions: 0.2 each, standard error 0.0063.
+            assert!(
+                (share - 0.2).abs() < 0.03,
+                "end {end}: {share} ({counts:?})"
+            );
+        }
+        assert!(source.conditional());
+        let (x0, cond) = source.next_batch(7, &mut rng, &Device::Cpu).unwrap();
+        assert_eq!(x0.dims(), [7, 1, 1, 2]);
+        assert_eq!(cond.map(|c| c.dims().to_vec()), Some(vec![7, 4, 1, 8]));
+        let short = SeriesMatrix::new(start, Freq::Days(1), 1, 7, vec![1.0; 7]).unwrap();
+        assert!(TrainWindows::new(short, cfg).is_err());
+    }
 }

@@ -298,6 +298,65 @@ mod tests {
         assert_eq!(named(["HUFL", "HUFL"]), ["HUFL", "HUFL_2"]);
         assert_eq!(named(["", "OT"]), ["series0", "OT"]);
         assert!(ds.clone().with_series_names(vec!["a".into()]).is_err());
+        // Three alike count on, past a suffixed name the file already holds.
+        let full = SeriesMatrix::new(ds.train.start, Freq::Hours(1), 5, 1, vec![0.0; 5]).unwrap();
+        let five = Dataset {
+            train: full.clone(),
+            test: TestSplit {
+                series: full,
+                window_ends: vec![1],
+            },
+            ..ds.clone()
+        };
+        let names = |v: [&str; 5]| {
+            five.clone()
+                .with_series_names(v.iter().map(|s| s.to_string()).collect())
+                .unwrap()
+                .series_names
+        };
+        assert_eq!(
+            names(["a", "a", "a", " ", "a"]),
+            ["a", "a_2", "a_3", "series3", "a_4"]
+        );
+        assert_eq!(
+            names(["a", "a_2", "a", "b ", "b"]),
+            ["a", "a_2", "a_3", "b", "b_2"]
+        );
+    }
+
+    /// Values by (series, step), the first columns, and the prefix refused past the end.
+    #[test]
+    fn values_and_prefixes() {
+        let m = two_hourly_series();
+        assert_eq!((m.at(0, 0), m.at(0, 999), m.at(1, 3)), (0.0, 999.0, 1003.0));
+        assert_eq!(m.prefix(1000).unwrap(), m);
+        let p = m.prefix(4).unwrap();
+        assert_eq!(
+            p.values,
+            [0.0, 1.0, 2.0, 3.0, 1000.0, 1001.0, 1002.0, 1003.0]
+        );
+        let e = m.prefix(1001).unwrap_err().to_string();
+        assert!(e.contains("1001") && e.contains("1000"), "{e}");
+    }
+
+    /// Each bad split parameter alone is refused, naming its value.
+    #[test]
+    fn bad_splits_are_named() {
+        let split = |frac: f64, stride: usize, h: usize| {
+            Dataset::from_full_series("x", two_hourly_series(), h, frac, stride)
+        };
+        assert!(split(0.2, 24, 24).is_ok());
+        for (frac, stride, h, named) in [
+            (1.0, 24, 24, "test fraction 1"),
+            (-0.1, 24, 24, "test fraction -0.1"),
+            (f64::NAN, 24, 24, "test fraction NaN"),
+            (0.2, 0, 24, "stride 0"),
+            (0.2, 24, 0, "prediction length 0"),
+            (0.01, 24, 24, "no room"),
+        ] {
+            let e = split(frac, stride, h).unwrap_err().to_string();
+            assert!(e.contains(named), "{frac} {stride} {h}: {e}");
+        }
     }
 
     #[test]
@@ -334,5 +393,11 @@ mod tests {
             assert!(e.contains(&format!("{bad} validation windows")), "{e}");
         }
         assert!(ds.validation(33).is_ok());
+        // Windows that would hold out exactly every training step leave nothing to train on.
+        let ds = Dataset::from_full_series("x", two_hourly_series(), 32, 0.2, 32).unwrap();
+        assert_eq!(ds.train.len, 800);
+        assert_eq!(ds.validation(24).unwrap().train.len, 32);
+        let e = ds.validation(25).unwrap_err().to_string();
+        assert!(e.contains("25 validation windows"), "{e}");
     }
 }
