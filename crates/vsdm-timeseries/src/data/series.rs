@@ -399,5 +399,12 @@ mod tests {
         assert_eq!(ds.validation(24).unwrap().train.len, 32);
         let e = ds.validation(25).unwrap_err().to_string();
         assert!(e.contains("25 validation windows"), "{e}");
+        // The windows advance by the test split's stride, here half a horizon.
+        let ds = Dataset::from_full_series("x", two_hourly_series(), 24, 0.2, 12).unwrap();
+        let val = ds.validation(3).unwrap();
+        assert_eq!(
+            (val.train.len, val.test.window_ends),
+            (752, vec![776, 788, 800])
+        );
     }
 }
