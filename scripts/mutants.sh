@@ -6,7 +6,8 @@
 #   scripts/mutants.sh [OUT] [-- extra cargo-mutants arguments, e.g. --shard 0/4 or -F 'score_at']
 #
 # FILES (space-separated globs, default: the forward processes, schedules, samplers and kernels of vsdm-core)
-# and PKG (default vsdm-core) choose the scope. Works on a copy of the tree; OUT (default target/mutants)
+# and PKG (default vsdm-core) choose the scope; TESTS (default `--lib --tests`) the test targets, e.g.
+# TESTS='--lib --test loaders' for vsdm-timeseries, whose CLI and pipeline tests train networks. Works on a copy of the tree; OUT (default target/mutants)
 # receives mutants.out/{caught,missed,timeout,unviable}.txt. The copy builds once from scratch (a few minutes),
 # then each mutant rebuilds incrementally (profile `mutants` in Cargo.toml) and runs the crate's unit and
 # integration tests (not the doctests) — about 15–25 s a mutant on 2 cores.
@@ -27,4 +28,5 @@ tool=()
 [ "$PKG" != vsdm-eval ] && cargo nextest --version >/dev/null 2>&1 && tool=(--test-tool nextest)
 args=()
 for f in $FILES; do args+=(-f "$f"); done
-exec cargo mutants -p "$PKG" --profile mutants "${tool[@]}" "${args[@]}" -o "$OUT" "$@" -- --lib --tests
+read -r -a tests <<<"${TESTS:---lib --tests}"
+exec cargo mutants -p "$PKG" --profile mutants "${tool[@]}" "${args[@]}" -o "$OUT" "$@" -- "${tests[@]}"
