@@ -15,7 +15,9 @@ pub enum Freq {
     BusinessDays,
     /// Weeks (`"W"`).
     Weeks,
-    /// Calendar months (`"M"`).
+    /// Calendar months (`"M"`, `"MS"`, `"ME"`): a step keeps the day of the month, except that the last day of
+    /// a month steps to the last day of the next (pandas' month-end series: 01-31, 02-29, 03-31), and a day the
+    /// next month lacks becomes its last.
     Months,
 }
 
@@ -68,7 +70,20 @@ impl Freq {
                 u
             }
             Freq::Weeks => t + Duration::weeks(1),
-            Freq::Months => t.checked_add_months(Months::new(1)).unwrap_or(t),
+            Freq::Months => {
+                let month_end = |t: NaiveDateTime| t.date().succ_opt().is_none_or(|d| d.day() == 1);
+                let next = t.checked_add_months(Months::new(1)).unwrap_or(t);
+                if month_end(t) {
+                    // The last day of the next month: step forward a day at a time from the clamped date.
+                    let mut u = next;
+                    while !month_end(u) {
+                        u += Duration::days(1);
+                    }
+                    u
+                } else {
+                    next
+                }
+            }
         }
     }
 
@@ -190,5 +205,140 @@ mod tests {
             .misalignment(ts("2016-07-01 23:30"))
             .is_some());
         assert!(parse_timestamp("2016-13-01").is_none());
+    }
+
+    /// Every alias GluonTS metadata uses, parsed, and each frequency printed back as the alias that parses to it.
+    #[test]
+    fn aliases_parse_and_print_as_pandas_names_them() {
+        for (alias, want) in [
+            ("T", Some(Freq::Minutes(1))),
+            ("min", Some(Freq::Minutes(1))),
+            ("15min", Some(Freq::Minutes(15))),
+            ("10T", Some(Freq::Minutes(10))),
+            ("h", Some(Freq::Hours(1))),
+            (" 2H ", Some(Freq::Hours(2))),
+            ("D", Some(Freq::Days(1))),
+            ("3D", Some(Freq::Days(3))),
+            ("1B", Some(Freq::BusinessDays)),
+            ("2B", None),
+            ("W", Some(Freq::Weeks)),
+            ("W-SUN", Some(Freq::Weeks)),
+            ("2W", None),
+            ("M", Some(Freq::Months)),
+            ("MS", Some(Freq::Months)),
+            ("ME", Some(Freq::Months)),
+            ("3M", None),
+            ("", None),
+            ("H2", None),
+            ("99999999999H", None),
+        ] {
+            assert_eq!(Freq::parse(alias), want, "{alias:?}");
+        }
+        for (f, alias) in [
+            (Freq::Minutes(15), "15min"),
+            (Freq::Hours(1), "H"),
+            (Freq::Hours(6), "6H"),
+            (Freq::Days(1), "D"),
+            (Freq::Days(2), "2D"),
+            (Freq::BusinessDays, "B"),
+            (Freq::Weeks, "W"),
+            (Freq::Months, "M"),
+        ] {
+            assert_eq!(
+                (f.alias(), f.to_string()),
+                (alias.to_string(), alias.to_string())
+            );
+            assert_eq!(Freq::parse(alias), Some(f));
+        }
+    }
+
+    /// One step of each frequency, as `pandas.date_range(start, periods=2, freq=…)` takes it, across day, month
+    /// and year ends and leap days.
+    #[test]
+    fn steps_follow_the_calendar() {
+        for (f, from, to) in [
+            (Freq::Minutes(15), "2019-12-31 23:50", "2020-01-01 00:05"),
+            (Freq::Hours(6), "2020-02-28 21:00", "2020-02-29 03:00"),
+            (Freq::Days(3), "2020-02-27", "2020-03-01"),
+            (Freq::Days(1), "2021-02-28", "2021-03-01"),
+            (Freq::Weeks, "2020-12-27", "2021-01-03"),
+            (Freq::BusinessDays, "2024-01-06", "2024-01-08"),
+            (Freq::Months, "2020-01-15", "2020-02-15"),
+            (Freq::Months, "2020-12-01", "2021-01-01"),
+            (Freq::Months, "2020-01-31", "2020-02-29"),
+            (Freq::Months, "2020-02-29", "2020-03-31"),
+            (Freq::Months, "2021-01-30", "2021-02-28"),
+            (Freq::Months, "2021-04-30", "2021-05-31"),
+        ] {
+            assert_eq!(f.next(ts(from)), ts(to), "{f} from {from}");
+        }
+    }
+
+    /// Which first timestamps a frequency accepts, and what the refusal says.
+    #[test]
+    fn misalignment_names_what_is_off() {
+        for (f, t, why) in [
+            (Freq::Minutes(15), "2020-01-01 10:45", None),
+            (
+                Freq::Minutes(15),
+                "2020-01-01 10:20",
+                Some("15-minute boundary"),
+            ),
+            (
+                Freq::Minutes(15),
+                "2020-01-01 10:15:30",
+                Some("15-minute boundary"),
+            ),
+            (Freq::Hours(1), "2020-01-01 10:00", None),
+            (Freq::Hours(2), "2020-01-01 10:30", Some("on the hour")),
+            (Freq::Hours(1), "2020-01-01 10:00:05", Some("on the hour")),
+            (Freq::Days(1), "2020-01-01", None),
+            (Freq::Weeks, "2020-01-01 01:00", Some("midnight")),
+            (Freq::Months, "2020-01-01 00:01", Some("midnight")),
+            (Freq::Days(2), "2020-01-01 00:00:01", Some("midnight")),
+            (Freq::BusinessDays, "2024-01-08", None),
+            (
+                Freq::BusinessDays,
+                "2024-01-06",
+                Some("Sat, not a business day"),
+            ),
+            (
+                Freq::BusinessDays,
+                "2024-01-07",
+                Some("Sun, not a business day"),
+            ),
+            (
+                Freq::BusinessDays,
+                "2024-01-08 09:00",
+                Some("business-day series"),
+            ),
+        ] {
+            let got = Freq::misalignment(&f, ts(t));
+            match why {
+                None => assert_eq!(got, None, "{f} at {t}"),
+                Some(w) => {
+                    let got = got.unwrap_or_default();
+                    assert!(got.contains(w), "{f} at {t}: {got:?}");
+                }
+            }
+        }
+    }
+
+    /// The rolling daily stride of the test windows: periods in a day, at least 1.
+    #[test]
+    fn periods_per_day_count_a_day() {
+        for (f, n) in [
+            (Freq::Minutes(15), 96),
+            (Freq::Minutes(10), 144),
+            (Freq::Hours(1), 24),
+            (Freq::Hours(2), 12),
+            (Freq::Hours(5), 4),
+            (Freq::Hours(48), 1),
+            (Freq::Days(1), 1),
+            (Freq::BusinessDays, 1),
+            (Freq::Months, 1),
+        ] {
+            assert_eq!(f.periods_per_day(), n, "{f}");
+        }
     }
 }
