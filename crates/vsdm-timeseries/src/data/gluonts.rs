@@ -346,6 +346,18 @@ pub fn load_gluonts_dir(
     for k in 0..num_windows {
         let block = &test_lines[k * d..(k + 1) * d];
         let end = block[0].target.len();
+        if end > last.len {
+            // Checked before the prefix comparison below, which would slice past the last window's end.
+            return Err(DataError::parse(
+                &test_path,
+                block[0].line,
+                "target",
+                format!(
+                    "test window {k} ends at {end}, after the last window's {}: windows must grow",
+                    last.len
+                ),
+            ));
+        }
         for (j, s) in block.iter().enumerate() {
             if s.start != last.start {
                 return Err(DataError::parse(
@@ -421,4 +433,162 @@ pub fn load_gluonts_dir(
             window_ends,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GluonTS folder in `dir` from its three files' text.
+    fn folder(dir: &Path, meta: &str, train: &str, test: &str) {
+        for (sub, file, text) in [
+            ("metadata", "metadata.json", meta),
+            ("train", "train.json", train),
+            ("test", "test.json", test),
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+            std::fs::write(dir.join(sub).join(file), text).unwrap();
+        }
+    }
+
+    /// JSON lines of two series starting 2020-01-01, of the given lengths (series j holds 100·j + t).
+    fn lines(lens: &[usize]) -> String {
+        lens.iter()
+            .flat_map(|&n| (0..2).map(move |j| (j, n)))
+            .map(|(j, n)| {
+                let target: Vec<String> = (0..n).map(|t| (100 * j + t).to_string()).collect();
+                format!(
+                    "{{\"start\": \"2020-01-01 00:00:00\", \"target\": [{}]}}\n",
+                    target.join(", ")
+                )
+            })
+            .collect()
+    }
+
+    const META: &str = "{\"freq\": \"H\", \"prediction_length\": 3}";
+
+    /// Training lines become the matrix; test lines, two at a time, rolling windows ending where they end.
+    #[test]
+    fn a_small_folder_loads_into_a_matrix_and_rolling_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        folder(dir.path(), META, &lines(&[1]), &lines(&[4, 6]));
+        let ds = load_gluonts_dir(dir.path(), "tiny", None).unwrap();
+        assert_eq!(
+            (ds.prediction_length, ds.train.len, ds.num_series()),
+            (3, 1, 2)
+        );
+        // A window one step longer than the horizon is the shortest allowed.
+        assert_eq!(ds.test.window_ends, [4, 6]);
+        assert_eq!(
+            ds.test.series.row(1),
+            [100.0, 101.0, 102.0, 103.0, 104.0, 105.0]
+        );
+        assert_eq!(ds.train.freq, Freq::Hours(1));
+    }
+
+    /// Metadata errors name the line of the field at fault.
+    #[test]
+    fn bad_metadata_is_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.json");
+        for (text, want) in [
+            (
+                "{\n  \"a\": 1,\n  \"freq\": \"Q\"\n}",
+                "metadata.json:3: field `freq`: unsupported frequency `Q`",
+            ),
+            (
+                "{\n\"freq\": 7}",
+                "metadata.json:2: field `freq`: not a string",
+            ),
+            (
+                "{\"time_granularity\": \"H\",\n\n \"prediction_length\": 0}",
+                "metadata.json:3: field `prediction_length`: 0 is not a positive integer",
+            ),
+            (
+                "{\"freq\": \"H\",\n \"feat_static_cat\": [{\"cardinality\": \"many\"}]}",
+                "metadata.json:2: field `feat_static_cat.cardinality`: not an integer",
+            ),
+            (
+                "{\"prediction_length\": 3}",
+                "neither `freq` nor `time_granularity`",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = read_metadata(&path).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        std::fs::write(
+            &path,
+            "{\"time_granularity\": \"D\", \"prediction_length\": \"7\"}",
+        )
+        .unwrap();
+        let m = read_metadata(&path).unwrap();
+        assert_eq!(
+            (m.freq, m.prediction_length, m.cardinality),
+            (Freq::Days(1), Some(7), None)
+        );
+    }
+
+    /// Lines of a JSON-lines file are named by their number; a target that is not an array of numbers says so.
+    #[test]
+    fn bad_lines_are_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.json");
+        let good = "{\"start\": \"2020-01-01\", \"target\": [1, 2]}\n";
+        for (bad, want) in [
+            (
+                "{\"start\": \"2020-01-01\", \"target\": \"1 2\"}",
+                "field `target`",
+            ),
+            (
+                "{\"start\": \"2020-01-01\", \"target\": \"1 2\"}",
+                "an array of numbers",
+            ),
+            (
+                "{\"start\": \"2020-01-01\", \"target\": [1, {}]}",
+                "a number, \"NaN\" or null",
+            ),
+            (
+                "{\"start\": \"2020-01-01\", \"target\": [1, null]}",
+                "value 1 is NaN",
+            ),
+            (
+                "{\"start\": \"2020-01-01 00:30\", \"target\": [1]}",
+                "field `start`",
+            ),
+        ] {
+            std::fs::write(&path, format!("{good}\n{bad}\n{good}")).unwrap();
+            let e = read_json_lines(&path, Freq::Days(1))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("train.json:3") && e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    /// Test windows shorter than the horizon plus one, or not growing, are refused by name.
+    #[test]
+    fn test_windows_must_outgrow_the_horizon_and_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        for (test, want) in [
+            (lines(&[3, 6]), "test window 0 ends at 3"),
+            (lines(&[2, 6]), "test window 0 ends at 2"),
+            (lines(&[6, 6]), "test window 1 ends at 6"),
+            (
+                lines(&[6, 5]),
+                "test window 0 ends at 6, after the last window's 5",
+            ),
+            (lines(&[5, 4, 6]), "test window 1 ends at 4"),
+        ] {
+            folder(dir.path(), META, &lines(&[1]), &test);
+            let e = load_gluonts_dir(dir.path(), "tiny", None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("test.json") && e.contains(want), "{want}: {e}");
+        }
+        folder(dir.path(), META, &lines(&[4]), &lines(&[6]));
+        let e = load_gluonts_dir(dir.path(), "tiny", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inside the training series"), "{e}");
+    }
 }
