@@ -68,3 +68,52 @@ pub fn load_lstnet(path: &Path, start: NaiveDateTime, freq: Freq) -> Result<Seri
     }
     SeriesMatrix::new(start, freq, width, t_len, values)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::freq::parse_timestamp;
+
+    /// Columns become series in time order; errors name the line and the 1-based column.
+    #[test]
+    fn columns_become_series_and_bad_cells_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rates.txt");
+        let start = parse_timestamp("1990-01-01").unwrap();
+        std::fs::write(&path, "1,10,100\n2,20,200\n\n3,30,300\n4,40,400\n").unwrap();
+        let m = load_lstnet(&path, start, Freq::BusinessDays).unwrap();
+        assert_eq!((m.num_series, m.len), (3, 4));
+        assert_eq!(m.row(0), [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(m.row(2), [100.0, 200.0, 300.0, 400.0]);
+        assert_eq!(m.timestamp(3), parse_timestamp("1990-01-04").unwrap());
+        for (text, want) in [
+            (
+                "1,2\n3,x\n",
+                "rates.txt:2: field `column 2`: `x` is not a number",
+            ),
+            (
+                "1,2\n\n3,nan\n",
+                "rates.txt:3: field `column 2`: `nan` is NaN or infinite",
+            ),
+            (
+                "1,2\n3,inf\n",
+                "rates.txt:2: field `column 2`: `inf` is NaN or infinite",
+            ),
+            (
+                "1,2\n3\n",
+                "rates.txt:2: field `column 2`: ragged row: 1 columns, the first row has 2",
+            ),
+            (
+                "1,2\n3,4,5\n",
+                "rates.txt:2: field `column 3`: ragged row: 3 columns",
+            ),
+            ("\n\n", "no rows"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = load_lstnet(&path, start, Freq::Days(1))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+}

@@ -100,4 +100,19 @@ mod tests {
         assert!((row[2] - (1.0 / 30.0 - 0.5)).abs() < 1e-6);
         assert_eq!(features_for(Freq::BusinessDays).len(), 3);
     }
+
+    /// GluonTS's week and minute features: ISO week − 1 over 52 (2020 has 53 ISO weeks; 2021-01-03 still
+    /// belongs to week 53 of 2020), minute over 59.
+    #[test]
+    fn week_and_minute_of_the_calendar() {
+        let week = |s: &str| TimeFeature::WeekOfYear.value(parse_timestamp(s).unwrap());
+        assert_eq!(week("2020-01-01"), -0.5);
+        assert!((week("2020-01-08") - (1.0 / 52.0 - 0.5)).abs() < 1e-6);
+        assert_eq!(week("2020-12-31"), 0.5);
+        assert_eq!(week("2021-01-03"), 0.5);
+        assert_eq!(week("2021-01-04"), -0.5);
+        let minute = |s: &str| TimeFeature::MinuteOfHour.value(parse_timestamp(s).unwrap());
+        assert_eq!(minute("2020-01-01 10:59"), 0.5);
+        assert!((minute("2020-01-01 10:15") - (15.0 / 59.0 - 0.5)).abs() < 1e-6);
+    }
 }
