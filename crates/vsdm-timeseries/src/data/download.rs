@@ -168,3 +168,32 @@ pub fn unpack_tar_gz(archive: &Path, into: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FIPS 180-2's SHA-256 examples: "abc", and a million "a" (read through the 64 KiB buffer 16 times).
+    #[test]
+    fn file_digests_match_the_published_examples() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "abc").unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_file(&path).unwrap(), abc);
+        verify_sha256(&path, Some(&abc.to_uppercase()), "http://x/f").unwrap();
+        let e = verify_sha256(&path, Some(&"0".repeat(64)), "http://x/f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http://x/f") && e.contains(abc), "{e}");
+        std::fs::write(&path, "a".repeat(1_000_000)).unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+        );
+        let missing = dir.path().join("missing");
+        verify_sha256(&missing, None, "http://x/f").unwrap();
+        let e = sha256_file(&missing).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
+}

@@ -366,3 +366,43 @@ impl DataSources {
         Ok(csv)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// With downloads off, a missing ETT file is an error naming the path it is expected at; a cached file of
+    /// the wrong shape is refused against the registry's count of series.
+    #[test]
+    fn offline_and_misshapen_ett_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let sources = DataSources {
+            cache_dir: dir.path().to_path_buf(),
+            assets_dir: None,
+            gluonts_base_url: "http://127.0.0.1:9/gluonts".into(),
+            ett_base_url: "http://127.0.0.1:9/ett".into(),
+            allow_download: false,
+        };
+        let e = sources.load("etth1").unwrap_err().to_string();
+        let expected = dir.path().join("etth1").join("ETTh1.csv");
+        assert!(
+            e.contains("downloads are disabled") && e.contains(&expected.display().to_string()),
+            "{e}"
+        );
+        std::fs::create_dir_all(dir.path().join("etth1")).unwrap();
+        let gz = std::fs::File::create(dir.path().join("etth1").join("ETTh1.csv.gz")).unwrap();
+        let mut w = flate2::write::GzEncoder::new(gz, flate2::Compression::fast());
+        writeln!(w, "date,a,b").unwrap();
+        let start = super::super::freq::parse_timestamp("2016-07-01").unwrap();
+        for (t, stamp) in Freq::Hours(1).range(start, 2000).iter().enumerate() {
+            writeln!(w, "{},{t},{t}", stamp.format("%Y-%m-%d %H:%M:%S")).unwrap();
+        }
+        w.finish().unwrap();
+        let e = sources.load("etth1").unwrap_err().to_string();
+        assert!(
+            e.contains("has 2 series at frequency H, the registry expects 7"),
+            "{e}"
+        );
+    }
+}

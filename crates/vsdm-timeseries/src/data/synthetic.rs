@@ -145,3 +145,89 @@ pub fn write_tar_gz(path: &Path, entries: &[(String, Vec<u8>)]) -> Result<()> {
     gz.finish().map_err(|e| DataError::io(path, e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, Timelike};
+
+    /// The generated curves have the documented shape, measured on 64 series of 8 weeks: a log-normal level
+    /// (log mean 5, sd 1), one sinusoidal daily cycle of relative amplitude 0.1–0.6 (the first harmonic of the
+    /// weekday hour profile leaves only noise), weekends at 0.6–1 of weekdays, 5 % multiplicative noise, and
+    /// non-negative values rounded to 0.1.
+    #[test]
+    fn curves_have_a_level_a_daily_cycle_weekends_and_noise() {
+        let a = SyntheticArchive {
+            num_series: 64,
+            train_len: 24 * 7 * 8,
+            num_test_windows: 1,
+            prediction_length: 24,
+            start: "2021-03-01 00:00:00".into(),
+            seed: 3,
+            ..SyntheticArchive::default()
+        };
+        let len = 24 * 7 * 8 + 24;
+        let values = a.values().unwrap();
+        assert_eq!(values.len(), 64 * len);
+        assert!(values
+            .iter()
+            .all(|&v| v >= 0.0 && (v * 10.0 - (v * 10.0).round()).abs() < 1e-3));
+        let stamps = Freq::Hours(1).range(parse_timestamp(&a.start).unwrap(), len);
+        let weekend = |k: usize| stamps[k].weekday().number_from_monday() >= 6;
+        let mut log_levels = Vec::new();
+        let mut noise = Vec::new();
+        for row in values.chunks(len) {
+            let mut profile = [0f64; 24];
+            let mut count = [0f64; 24];
+            let (mut we, mut wd) = ((0.0, 0.0), (0.0, 0.0));
+            for (k, &v) in row.iter().enumerate() {
+                let slot = if weekend(k) { &mut we } else { &mut wd };
+                *slot = (slot.0 + v as f64, slot.1 + 1.0);
+                if !weekend(k) {
+                    profile[stamps[k].hour() as usize] += v as f64;
+                    count[stamps[k].hour() as usize] += 1.0;
+                }
+            }
+            let p: Vec<f64> = profile.iter().zip(count).map(|(s, n)| s / n).collect();
+            let m = p.iter().sum::<f64>() / 24.0;
+            let w = |h: usize| 2.0 * std::f64::consts::PI * h as f64 / 24.0;
+            // The first harmonic's cosine and sine coefficients.
+            let harmonic = |f: fn(f64) -> f64| {
+                p.iter().enumerate().map(|(h, v)| v * f(w(h))).sum::<f64>() / 12.0
+            };
+            let (c, s) = (harmonic(f64::cos), harmonic(f64::sin));
+            let amp = c.hypot(s) / m;
+            assert!((0.08..0.62).contains(&amp), "daily amplitude {amp}");
+            let fit = |h: usize| m + c * w(h).cos() + s * w(h).sin();
+            let rms = ((0..24).map(|h| (p[h] - fit(h)).powi(2)).sum::<f64>() / 24.0).sqrt() / m;
+            assert!(
+                rms < 0.025,
+                "the hour profile is not one sinusoid: residual {rms}"
+            );
+            let ratio = (we.0 / we.1) / (wd.0 / wd.1);
+            assert!((0.57..1.03).contains(&ratio), "weekend / weekday {ratio}");
+            log_levels.push(m.ln());
+            for (k, &v) in row.iter().enumerate() {
+                if !weekend(k) {
+                    noise.push(v as f64 / fit(stamps[k].hour() as usize) - 1.0);
+                }
+            }
+        }
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+        let sd = |x: &[f64]| {
+            let m = mean(x);
+            (x.iter().map(|v| (v - m).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+        };
+        assert!(
+            (mean(&log_levels) - 5.0).abs() < 0.5,
+            "log level {}",
+            mean(&log_levels)
+        );
+        assert!(
+            (0.6..1.4).contains(&sd(&log_levels)),
+            "log level sd {}",
+            sd(&log_levels)
+        );
+        assert!((0.04..0.06).contains(&sd(&noise)), "noise {}", sd(&noise));
+    }
+}
