@@ -230,4 +230,31 @@ mod tests {
         );
         assert!((0.04..0.06).contains(&sd(&noise)), "noise {}", sd(&noise));
     }
+
+    /// The written archive, unpacked and loaded, holds exactly the generated values: the training lines their
+    /// first `train_len` columns, test window k the first `train_len + (k + 1)·H`.
+    #[test]
+    fn the_archive_holds_the_generated_values() {
+        let a = SyntheticArchive {
+            name: "tiny_nips".into(),
+            num_series: 3,
+            train_len: 50,
+            num_test_windows: 3,
+            prediction_length: 4,
+            seed: 8,
+            ..SyntheticArchive::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("tiny_nips.tar.gz");
+        a.write(&tar).unwrap();
+        super::super::download::unpack_tar_gz(&tar, dir.path()).unwrap();
+        let ds =
+            super::super::gluonts::load_gluonts_dir(&dir.path().join("tiny_nips"), "tiny", None)
+                .unwrap();
+        let values = a.values().unwrap();
+        assert_eq!(ds.test.window_ends, [54, 58, 62]);
+        assert_eq!(ds.test.series.values, values);
+        let train: Vec<f32> = values.chunks(62).flat_map(|r| r[..50].to_vec()).collect();
+        assert_eq!(ds.train.values, train);
+    }
 }
