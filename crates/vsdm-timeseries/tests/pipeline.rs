@@ -215,6 +215,18 @@ fn bad_weights_name_the_file() {
             && err.contains("`window` (context 10, horizon 30) and `network` (context 90"),
         "{err}"
     );
+    // A network for another number of series than the data shape, with the method's own channel count.
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["network"]["num_series"] = 9.into();
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = weights::load(tmp.path(), &dev).err().unwrap().to_string();
+    assert!(
+        err.contains("config.json")
+            && err.contains("network (9 series")
+            && err.contains("does not match"),
+        "{err}"
+    );
     // A variational parameter far beyond any trained value (a hand edit), and a `params` of the wrong length.
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();

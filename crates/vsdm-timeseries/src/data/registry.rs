@@ -173,27 +173,45 @@ pub struct DataSources {
 /// The default cache folder: `$VSDM_DATASETS_DIR`, else `$XDG_CACHE_HOME/vsdm/datasets`, else
 /// `$HOME/.cache/vsdm/datasets` (`./.cache/vsdm/datasets` if there is no home).
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os(CACHE_ENV).filter(|d| !d.is_empty()) {
+    cache_dir_from(
+        std::env::var_os(CACHE_ENV),
+        std::env::var_os("XDG_CACHE_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+/// [`default_cache_dir`] from the values of `$VSDM_DATASETS_DIR`, `$XDG_CACHE_HOME` and `$HOME`.
+fn cache_dir_from(
+    own: Option<std::ffi::OsString>,
+    xdg: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
+    if let Some(d) = own.filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
     // A relative XDG_CACHE_HOME is invalid by the XDG specification and ignored, as there.
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    let base = xdg
         .map(PathBuf::from)
         .filter(|d| d.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .or_else(|| home.map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
     base.join("vsdm").join("datasets")
 }
 
 /// The default assets folder: `$VSDM_ASSETS_DIR`, else this repository's `assets/` when it exists.
 pub fn default_assets_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os(ASSETS_ENV).filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d));
-    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join("..")
         .join("assets");
+    assets_dir_from(std::env::var_os(ASSETS_ENV), repo)
+}
+
+/// [`default_assets_dir`] from the value of `$VSDM_ASSETS_DIR` and the repository's `assets/` path.
+fn assets_dir_from(own: Option<std::ffi::OsString>, repo: PathBuf) -> Option<PathBuf> {
+    if let Some(d) = own.filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d));
+    }
     repo.is_dir().then_some(repo)
 }
 
@@ -371,6 +389,35 @@ impl DataSources {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// The cache folder: our variable (unless empty), else an absolute `$XDG_CACHE_HOME`, else `$HOME/.cache`,
+    /// else `./.cache`, as the XDG base-directory specification orders them; the assets folder likewise.
+    #[test]
+    fn default_folders_follow_the_environment() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        let tail = |base: &str| Path::new(base).join("vsdm").join("datasets");
+        assert_eq!(
+            cache_dir_from(os("/own"), os("/xdg"), os("/home/u")),
+            Path::new("/own")
+        );
+        assert_eq!(
+            cache_dir_from(os(""), os("/xdg"), os("/home/u")),
+            tail("/xdg")
+        );
+        assert_eq!(
+            cache_dir_from(None, os("rel"), os("/home/u")),
+            tail("/home/u/.cache")
+        );
+        assert_eq!(cache_dir_from(None, None, None), tail(".cache"));
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().to_path_buf();
+        assert_eq!(
+            assets_dir_from(os("/own"), repo.clone()),
+            Some("/own".into())
+        );
+        assert_eq!(assets_dir_from(os(""), repo.clone()), Some(repo.clone()));
+        assert_eq!(assets_dir_from(None, repo.join("absent")), None);
+    }
 
     /// With downloads off, a missing ETT file is an error naming the path it is expected at; a cached file of
     /// the wrong shape is refused against the registry's count of series.
