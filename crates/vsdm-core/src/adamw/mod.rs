@@ -83,18 +83,17 @@ pub fn step(
     }
     // Checked before the first in-place op, so a refused call leaves the moments as they were.
     if !theta.is_contiguous() || !mv.is_contiguous() {
-        candle_core::bail!(
-            "adamw: parameter and moments must be contiguous (parameter {}, moments {})",
-            if theta.is_contiguous() {
-                "contiguous"
-            } else {
-                "strided"
-            },
-            if mv.is_contiguous() {
+        let kind = |t: &Tensor| {
+            if t.is_contiguous() {
                 "contiguous"
             } else {
                 "strided"
             }
+        };
+        candle_core::bail!(
+            "adamw: parameter and moments must be contiguous (parameter {}, moments {})",
+            kind(theta),
+            kind(mv)
         );
     }
     let grad = grad.contiguous()?;
