@@ -18,8 +18,8 @@ pub struct DateCsv {
 
 /// Reads a CSV whose first column is a timestamp and whose other columns are numbers. The timestamps must be
 /// exactly one period of `freq` apart (with `freq = None` the period is inferred from the whole column, see
-/// [`infer_freq`], and must be a supported frequency). Errors name the line and column of an unparsable date or number, a NaN, a
-/// ragged row, or a date that breaks the frequency.
+/// [`infer_freq`], and must be a supported frequency). Errors name the line and column of an unparsable date or
+/// number, a NaN, a ragged row, or a date that breaks the frequency.
 pub fn load_date_csv(path: &Path, freq: Option<Freq>) -> Result<DateCsv> {
     let reader = open_text(path)?;
     let mut csv = csv::ReaderBuilder::new()
