@@ -177,8 +177,8 @@ pub fn infer_freq(dates: &[(usize, NaiveDateTime)]) -> std::result::Result<Freq,
     } else {
         vec![]
     };
-    // (rows that fit, the candidate, why it broke)
-    let mut longest: Option<(usize, Freq, (usize, String))> = None;
+    // The candidate that fits the most steps before breaking: (steps that fit, (line, why it broke)).
+    let mut longest: Option<(usize, (usize, String))> = None;
     for f in candidates.into_iter().filter(|f| f.next(a) == b) {
         let broke = match f.misalignment(a) {
             Some(why) => Some((0, (dates[0].0, format!("`{f}` does not fit the first date: {why}")))),
@@ -199,13 +199,13 @@ pub fn infer_freq(dates: &[(usize, NaiveDateTime)]) -> std::result::Result<Freq,
             None => return Ok(f),
             Some((fits, why)) => {
                 if longest.as_ref().is_none_or(|l| fits > l.0) {
-                    longest = Some((fits, f, why));
+                    longest = Some((fits, why));
                 }
             }
         }
     }
     Err(match longest {
-        Some((_, _, why)) => why,
+        Some((_, why)) => why,
         None => (
             *line_b,
             format!("cannot infer a frequency from {a} → {b} (one step of none of the supported frequencies)"),
