@@ -847,12 +847,18 @@ fn conv2d_patches(x: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
 /// shifted-rows scheme the flip is made while the weight is laid out for the products
 /// (`ShiftedOp::InputGrad`); elsewhere W̃ is made first and convolved by [`conv2d`].
 pub fn conv2d_input_grad(dy: &Tensor, w: &Tensor, p: usize) -> Result<Tensor> {
-    let (co, _, kh, kw) = w.dims4()?;
+    let (co, ci, kh, kw) = w.dims4()?;
     if kh != kw || dy.dims4()?.1 != co {
         candle_core::bail!(
             "conv2d input gradient: weight {:?} does not fit output gradient {:?} (square kernels)",
             w.dims(),
             dy.dims()
+        );
+    }
+    if ci == 0 {
+        candle_core::bail!(
+            "conv2d input gradient: weight {:?} has no input channels",
+            w.dims()
         );
     }
     if p >= kh {
@@ -1022,6 +1028,51 @@ mod tests {
         .is_err());
     }
 
+    /// Inputs the gradients cannot be taken of are errors, not panics and not tensors of some shape: an empty
+    /// batch, channel set or row, and an output gradient of the input's size for a convolution that shrinks
+    /// the image (3×3 without padding) — whichever path ("same" convolutions share one pass) would take them.
+    #[test]
+    fn gradients_of_degenerate_or_mismatched_inputs_are_errors() {
+        let dev = Device::Cpu;
+        let z = |d: &[usize]| Tensor::zeros(d, DType::F32, &dev).unwrap();
+        for (x, w, dy, p) in [
+            ([0, 3, 5, 5], [2, 3, 3, 3], [0, 2, 5, 5], 1),
+            ([2, 0, 5, 5], [2, 0, 3, 3], [2, 2, 5, 5], 1),
+            ([2, 3, 5, 0], [2, 3, 3, 3], [2, 2, 5, 0], 1),
+            ([2, 3, 5, 5], [0, 3, 3, 3], [2, 0, 5, 5], 1),
+            ([2, 3, 5, 5], [2, 3, 3, 3], [2, 2, 5, 5], 0),
+        ] {
+            let r = conv2d_gradients(&z(&x), &z(&w), &z(&dy), p);
+            assert!(r.is_err(), "x {x:?} w {w:?} dy {dy:?} p {p}: {r:?}");
+        }
+        // An output gradient smaller than any input of this kernel and padding makes: a 1×1 dy of a 3×3
+        // kernel with padding 2 would be the gradient of a −1×−1 input.
+        let e = conv2d_input_grad(&z(&[1, 2, 1, 1]), &z(&[2, 3, 3, 3]), 2).unwrap_err();
+        assert!(e.to_string().contains("does not fit a 1×1 input"), "{e}");
+    }
+
+    /// The CPU's patch matrices are made a chunk of images at a time, each chunk within `PATCH_BUDGET` bytes
+    /// (one image at least), covering the batch in order; on other devices the batch is one chunk.
+    #[test]
+    fn patch_matrices_are_chunked_within_the_budget() {
+        let dev = Device::Cpu;
+        let chunks = |dt: DType, b: usize, per_image: usize| {
+            let x = Tensor::zeros((b, 1, 1, 1), dt, &dev).unwrap();
+            image_chunks(&x, per_image).collect::<Vec<_>>()
+        };
+        // A 48×48 image of 128 channels under a 3×3 kernel: 2,654,208 patch values, 10.6 MB in f32 (two fit
+        // in 24 MiB, three do not) and 21.2 MB in f64 (one fits).
+        let per = 9 * 128 * 48 * 48;
+        assert_eq!(chunks(DType::F32, 3, per), [(0, 2), (2, 1)]);
+        assert_eq!(chunks(DType::F32, 5, per), [(0, 2), (2, 2), (4, 1)]);
+        assert_eq!(chunks(DType::F64, 3, per), [(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(chunks(DType::BF16, 5, per), [(0, 4), (4, 1)]);
+        // Small images: the whole batch; larger than the budget alone: one image at a time.
+        assert_eq!(chunks(DType::F32, 7, 1000), [(0, 7)]);
+        assert_eq!(chunks(DType::F32, 2, PATCH_BUDGET), [(0, 1), (1, 1)]);
+        assert!(chunks(DType::F32, 0, per).is_empty());
+    }
+
     /// Equal to candle's conv2d and to its weight gradient (candle's correlation of the batch-transposed
     /// tensors) and the input gradient to candle's transposed convolution, for odd kernels, "same", smaller and
     /// larger padding, non-square inputs and f64: the CPU's shifted rows and the channel-major patches (CUDA's
@@ -1036,6 +1087,10 @@ mod tests {
             (3, 4, 2, 5, 6, 1, 0),
             (2, 2, 2, 6, 6, 5, 2),
             (1, 3, 2, 4, 4, 3, 2),
+            // Kernels that exactly fill the padded input: one output pixel.
+            (2, 3, 2, 3, 3, 3, 0),
+            (1, 2, 2, 1, 1, 3, 1),
+            (2, 2, 3, 1, 4, 3, 1),
             // Padding beyond the kernel: output borders of zeros.
             (2, 2, 3, 4, 5, 3, 3),
             // More channels and positions than one 16×16 transposition tile, in both directions.

@@ -50,6 +50,15 @@ fn bad_inputs_are_errors_naming_the_shape() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("[2, 6, 32, 32]"), "{e}");
+    // The image side: either axis, or both.
+    for (h, w) in [(32, 16), (16, 32), (16, 16)] {
+        let x = Tensor::zeros((1, 3, h, w), DType::F32, &Device::Cpu).unwrap();
+        let e = net
+            .forward(&x, &times(&[0.1]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("[1, 3, {h}, {w}]")), "{e}");
+    }
     let x = Tensor::zeros((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let e = net
         .forward(&x, &times(&[0.1]), None)
@@ -365,5 +374,118 @@ fn dropout_zeroes_a_fraction_and_rescales_the_rest() {
     assert!(
         (zeros as f64 - expected).abs() < 5.0 * (expected * (1.0 - p)).sqrt(),
         "{zeros} zeros, expected ≈ {expected}"
+    );
+}
+
+/// The presets by their names, the structure names a network's config reports (checkpoints and weights
+/// record it), and each invalid field named with its value and rule.
+#[test]
+fn presets_structure_names_and_invalid_fields() {
+    let tiny = UNetConfig::tiny();
+    let paper = UNetConfig::ddpmpp_cifar10();
+    assert_eq!(UNetConfig::preset("tiny").unwrap(), tiny);
+    assert_eq!(UNetConfig::preset("ddpmpp").unwrap(), paper);
+    assert_eq!(UNetConfig::preset("paper").unwrap(), paper);
+    let e = UNetConfig::preset("huge").unwrap_err().to_string();
+    assert!(e.contains("arch = huge"), "{e}");
+    assert_eq!((tiny.arch_name(), paper.arch_name()), ("tiny", "ddpmpp"));
+    // Channel counts, dropout, labels and the input channels leave the structure's name alone ...
+    let narrow = UNetConfig {
+        model_channels: 8,
+        dropout: 0.1,
+        label_dim: 10,
+        ..tiny.clone().for_momentum()
+    };
+    assert_eq!(narrow.arch_name(), "tiny");
+    // ... the levels, blocks per level and attention resolutions each make another one.
+    for custom in [
+        UNetConfig {
+            channel_mult: vec![1, 2, 2],
+            ..tiny.clone()
+        },
+        UNetConfig {
+            num_blocks: 2,
+            ..tiny.clone()
+        },
+        UNetConfig {
+            attn_resolutions: vec![8],
+            ..tiny.clone()
+        },
+        UNetConfig {
+            num_blocks: 2,
+            ..paper.clone()
+        },
+        UNetConfig {
+            attn_resolutions: vec![],
+            ..paper.clone()
+        },
+    ] {
+        assert_eq!(custom.arch_name(), "custom", "{custom:?}");
+    }
+    for ok in [
+        tiny.clone(),
+        paper.clone(),
+        // The smallest image three levels halve twice, dropout at 0, the fewest channels groups of 4 allow.
+        UNetConfig {
+            resolution: 4,
+            model_channels: 4,
+            ..paper.clone()
+        },
+    ] {
+        ok.validate().unwrap();
+    }
+    let bad = |edit: &dyn Fn(&mut UNetConfig), expect: &str| {
+        let mut cfg = paper.clone();
+        edit(&mut cfg);
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains(expect), "{expect}: {e}");
+    };
+    bad(&|c| c.channel_mult.clear(), "channel_mult = []");
+    bad(&|c| c.resolution = 0, "resolution = 0");
+    bad(
+        &|c| c.resolution = 34,
+        "resolution = 34: must be divisible by 2^2",
+    );
+    bad(&|c| c.in_channels = 0, "in_channels = 0");
+    bad(&|c| c.out_channels = 0, "out_channels = 0");
+    bad(&|c| c.model_channels = 0, "model_channels = 0");
+    bad(&|c| c.channel_mult_emb = 0, "channel_mult_emb = 0");
+    bad(
+        &|c| c.model_channels = 6,
+        "model_channels = 6: must be a positive multiple of 4",
+    );
+    bad(&|c| c.channel_mult = vec![2, 0, 2], "found 0");
+    bad(&|c| c.num_blocks = 0, "num_blocks = 0");
+    for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        bad(&|c| c.time_scale = t, "time_scale");
+    }
+    for d in [1.0, -0.1, f64::NAN] {
+        bad(&|c| c.dropout = d, "dropout");
+    }
+}
+
+/// The decoder's blocks, (input, output) channels, as EDM's DDPM++ lays them out for the tiny config (32 and 64
+/// channels at 32×32 and 16×16, one block a level): at the lowest resolution two blocks without a skip, then
+/// each level's blocks take the concatenated skips of the encoder in reverse (the 16×16 block's 64 and the
+/// downsampling block's 32; then the 32×32 block's 32 and the input convolution's 32) after the upsampling block.
+#[test]
+fn decoder_blocks_take_the_encoders_skips_in_reverse() {
+    let (_, net) = build(&UNetConfig::tiny(), 0);
+    let io: Vec<(usize, usize)> = net
+        .dec
+        .iter()
+        .map(|b| (b.in_channels(), b.out_channels()))
+        .collect();
+    assert_eq!(
+        io,
+        [
+            (64, 64),
+            (64, 64),
+            (128, 64),
+            (96, 64),
+            (64, 64),
+            (96, 32),
+            (64, 32)
+        ]
     );
 }
