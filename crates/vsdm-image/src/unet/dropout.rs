@@ -260,15 +260,40 @@ mod tests {
         }
     }
 
-    /// The mask keeps the shape and the type of the input.
+    /// The mask keeps the shape and the type of the input, and in every float type the values are x/(1 − p)
+    /// where [`DropMask::keeps`] says so and 0 elsewhere, within the type's rounding (one rounding of the
+    /// factor and one of the product: 2⁻⁸ relative in bf16, 2⁻¹¹ in f16).
     #[test]
-    fn keeps_shape_and_type() {
+    fn keeps_shape_type_and_values() {
         let dev = Device::Cpu;
-        let m = DropMask { seed: 3, p: 0.5 };
-        for dt in [DType::F32, DType::BF16, DType::F16, DType::F64] {
-            let x = Tensor::ones((2, 3, 4, 5), dt, &dev).unwrap();
+        let m = DropMask { seed: 3, p: 0.3 };
+        let x = vsdm_core::NoiseRng::new(8)
+            .randn(&[2, 3, 4, 5], &dev)
+            .unwrap();
+        for (dt, tol) in [
+            (DType::F32, 1e-6),
+            (DType::BF16, 8e-3),
+            (DType::F16, 1e-3),
+            (DType::F64, 1e-15),
+        ] {
+            let x = x.to_dtype(dt).unwrap();
             let y = m.apply(&x).unwrap();
             assert_eq!((y.dims(), y.dtype()), (x.dims(), dt));
+            let f64s = |t: &Tensor| {
+                let t = t.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+                t.to_vec1::<f64>().unwrap()
+            };
+            let (xs, ys) = (f64s(&x), f64s(&y));
+            let mut kept = 0;
+            for (i, (x, y)) in xs.iter().zip(&ys).enumerate() {
+                let want = if m.keeps(i) { x / 0.7 } else { 0.0 };
+                kept += usize::from(m.keeps(i));
+                assert!(
+                    (y - want).abs() <= tol * want.abs(),
+                    "{dt:?} [{i}]: {y} for {want}"
+                );
+            }
+            assert!((60..110).contains(&kept), "{kept} of 120 kept");
         }
         let bad = Tensor::ones(4, DType::U8, &dev).unwrap();
         let e = m.apply(&bad).unwrap_err().to_string();

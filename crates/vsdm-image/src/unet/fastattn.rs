@@ -298,4 +298,29 @@ mod tests {
             "{e}"
         );
     }
+
+    /// The in-place softmax on a view of rows inside a larger tensor (its storage starts past the first
+    /// row): the view's rows become softmax(s·x) as candle computes it, the rows around it keep their values;
+    /// another type is an error.
+    #[test]
+    fn in_place_softmax_on_a_view_of_rows() {
+        let dev = Device::Cpu;
+        let t = NoiseRng::new(3).randn(&[5, 9], &dev).unwrap();
+        let before = t.copy().unwrap();
+        let view = t.narrow(0, 1, 3).unwrap();
+        view.inplace_op1(&SoftmaxRows(0.5)).unwrap();
+        let want =
+            candle_nn::ops::softmax_last_dim(&(before.narrow(0, 1, 3).unwrap() * 0.5).unwrap())
+                .unwrap();
+        let d = vsdm_core::compare::max_abs_diff(&t.narrow(0, 1, 3).unwrap(), &want).unwrap();
+        assert!(d < 1e-6, "{d}");
+        for r in [0, 4] {
+            let same =
+                vsdm_core::compare::max_abs_diff(&t.get(r).unwrap(), &before.get(r).unwrap())
+                    .unwrap();
+            assert_eq!(same, 0.0, "row {r}");
+        }
+        let f64s = Tensor::zeros((2, 3), DType::F64, &dev).unwrap();
+        assert!(f64s.inplace_op1(&SoftmaxRows(1.0)).is_err());
+    }
 }

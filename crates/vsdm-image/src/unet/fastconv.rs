@@ -119,16 +119,20 @@ fn gemm_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tens
     if own_patches(x) {
         return im2col::conv2d_gradients(x, w, dy, p);
     }
-    let dx = dy.conv2d(&im2col::flipped(w)?, kh - 1 - p, 1, 1, 1)?;
+    candle_gradients(x, w, dy, p)
+}
+
+/// [`gemm_gradients`] through candle's `conv2d` (CUDA under [`ConvBackward::Gemm`]; any device, so the CPU
+/// tests it): the input gradient as dy convolved with W's channels swapped and its kernel flipped, padding
+/// k − 1 − p, the weight gradient as the batch-transposed x correlated with the batch-transposed dy. A square
+/// kernel with p < k (checked by the caller).
+fn candle_gradients(x: &Tensor, w: &Tensor, dy: &Tensor, p: usize) -> Result<(Tensor, Tensor)> {
+    let k = w.dim(2)?;
+    let dx = dy.conv2d(&im2col::flipped(w)?, k - 1 - p, 1, 1, 1)?;
     let dw = x
         .transpose(0, 1)?
         .conv2d(&dy.transpose(0, 1)?, p, 1, 1, 1)?
         .transpose(0, 1)?;
-    let dw = if dw.dim(2)? != kh || dw.dim(3)? != kw {
-        dw.narrow(2, 0, kh)?.narrow(3, 0, kw)?
-    } else {
-        dw
-    };
     Ok((dx, dw))
 }
 
@@ -612,6 +616,40 @@ mod tests {
                 "{case}: bias gradient {}",
                 rel(&db0, &db1)
             );
+        }
+    }
+
+    /// The gradients through candle's conv2d (CUDA's `gemm` mode) equal the CPU's shifted-rows gradients and
+    /// candle's transposed convolution (f32 and f64, ≤ 1e-5 relative): 1×1, 3×3 and 5×5 kernels, "same",
+    /// smaller and no padding, non-square images.
+    #[test]
+    fn candles_conv2d_gradients_match_the_shifted_rows() {
+        let dev = Device::Cpu;
+        let mut rng = NoiseRng::new(23);
+        for &(b, ci, co, h, w, k, p) in &[
+            (2usize, 3usize, 4usize, 6usize, 5usize, 3usize, 1usize),
+            (1, 2, 3, 7, 7, 3, 0),
+            (3, 4, 2, 5, 6, 1, 0),
+            (2, 2, 3, 6, 6, 5, 2),
+            (1, 3, 2, 8, 7, 5, 1),
+        ] {
+            for dt in [candle_core::DType::F32, candle_core::DType::F64] {
+                let mut r = |d: &[usize]| rng.randn(d, &dev).unwrap().to_dtype(dt).unwrap();
+                let (x, wt) = (r(&[b, ci, h, w]), r(&[co, ci, k, k]));
+                let dy = r(&[b, co, h + 2 * p + 1 - k, w + 2 * p + 1 - k]);
+                let (dx, dw) = candle_gradients(&x, &wt, &dy, p).unwrap();
+                let (dx1, dw1) = im2col::conv2d_gradients(&x, &wt, &dy, p).unwrap();
+                let dx0 = dy.conv_transpose2d(&wt, p, 0, 1, 1).unwrap();
+                let case = format!("b{b} ci{ci} co{co} {h}×{w} k{k} p{p} {dt:?}");
+                assert_eq!((dx.dims(), dw.dims()), (x.dims(), wt.dims()), "{case}");
+                for (a, e, what) in [
+                    (&dx, &dx1, "input"),
+                    (&dx, &dx0, "input (transposed)"),
+                    (&dw, &dw1, "weight"),
+                ] {
+                    assert!(rel(a, e) < 1e-5, "{case}: {what} gradient {}", rel(a, e));
+                }
+            }
         }
     }
 
