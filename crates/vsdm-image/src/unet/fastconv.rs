@@ -523,7 +523,7 @@ mod tests {
 
     /// [`plane_sums`] against candle's sums (f64 reference of the same f32 values): per sample and channel and
     /// over the batch, planes shorter and longer than the eight lanes and with a remainder, a transposed
-    /// (non-contiguous) input, an empty batch.
+    /// (non-contiguous) input, an empty batch, empty planes.
     #[test]
     fn plane_sums_match_candles_sums() {
         let dev = Device::Cpu;
@@ -533,6 +533,9 @@ mod tests {
             (3, 5, 8, 8),
             (1, 2, 7, 9),
             (0, 4, 2, 2),
+            // Empty planes: zero sums.
+            (2, 3, 0, 4),
+            (2, 3, 4, 0),
         ] {
             let x = rng.randn(&[b, c, h, w], &dev).unwrap();
             for t in [x.clone(), x.transpose(2, 3).unwrap()] {
