@@ -103,7 +103,8 @@ impl UNetConfig {
         }
     }
 
-    /// A small network for tests and CPU runs: 32 channels, multipliers (1, 2), 1 block, attention at 16×16.
+    /// A small network for tests and CPU runs: 32 channels, multipliers (1, 2), 1 block, attention at 16×16, no
+    /// dropout.
     pub fn tiny() -> Self {
         Self {
             model_channels: 32,

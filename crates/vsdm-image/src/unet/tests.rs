@@ -391,6 +391,13 @@ fn dropout_zeroes_a_fraction_and_rescales_the_rest() {
 fn presets_structure_names_and_invalid_fields() {
     let tiny = UNetConfig::tiny();
     let paper = UNetConfig::ddpmpp_cifar10();
+    // The documented structures: EDM's DDPM++ CIFAR-10 (`--arch=ddpmpp`) and the tiny one, which drops nothing.
+    let shape = |c: &UNetConfig| {
+        let l = (c.model_channels, c.channel_mult.clone(), c.num_blocks);
+        (l, c.attn_resolutions.clone(), c.dropout)
+    };
+    assert_eq!(shape(&paper), ((128, vec![2, 2, 2], 4), vec![16], 0.13));
+    assert_eq!(shape(&tiny), ((32, vec![1, 2], 1), vec![16], 0.0));
     assert_eq!(UNetConfig::preset("tiny").unwrap(), tiny);
     assert_eq!(UNetConfig::preset("ddpmpp").unwrap(), paper);
     assert_eq!(UNetConfig::preset("paper").unwrap(), paper);
