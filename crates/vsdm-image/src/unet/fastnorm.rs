@@ -337,7 +337,8 @@ mod tests {
         assert!(group_norm(&x, &g, &b, 3, 1e-5, true).is_err());
         assert!(group_norm(&x, &g.narrow(0, 0, 3).unwrap(), &b, 2, 1e-5, false).is_err());
         // The shift alone of the wrong length; an input without positions ([B, C]).
-        assert!(group_norm(&x, &g, &b.narrow(0, 0, 3).unwrap(), 2, 1e-5, false).is_err());
+        let e = group_norm(&x, &g, &b.narrow(0, 0, 3).unwrap(), 2, 1e-5, false).unwrap_err();
+        assert!(e.to_string().contains("scale [4], shift [3]"), "{e}");
         let flat = x.reshape((4, 6)).unwrap();
         let g6 = Tensor::ones(6, DType::F32, &dev).unwrap();
         let e = group_norm(&flat, &g6, &g6, 2, 1e-5, false).unwrap_err();
