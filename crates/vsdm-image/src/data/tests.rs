@@ -441,3 +441,45 @@ fn bad_parquet_files_are_named_with_the_row() {
         assert!(e.starts_with(&p.display().to_string()), "{name}: {e}");
     }
 }
+
+/// `take` keeps the first images whole (pixels, labels and class names) and all of them when asked for more;
+/// `to_tensor` puts byte i·3072 + c·1024 + y·32 + x at [i, c, y, x] as byte/127.5 − 1 (0 → −1, 255 → 1).
+#[test]
+fn take_and_to_tensor_keep_the_documented_layout() {
+    let mut rng = NoiseRng::new(2);
+    let pixels: Vec<u8> = (0..3 * IMAGE_BYTES).map(|_| rng.index(256) as u8).collect();
+    let set = ImageSet {
+        pixels: pixels.clone(),
+        labels: vec![4, 0, 9],
+        classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+    };
+    let two = set.take(2);
+    assert_eq!(two.len(), 2);
+    assert_eq!(two.pixels, pixels[..2 * IMAGE_BYTES]);
+    assert_eq!(
+        (two.labels.as_slice(), &two.classes),
+        (&[4u8, 0][..], &set.classes)
+    );
+    assert_eq!(set.take(5), set);
+    assert!(set.take(0).is_empty() && set.take(0).pixels.is_empty());
+    let t = set.to_tensor(&Device::Cpu).unwrap();
+    assert_eq!(t.dims(), [3, 3, 32, 32]);
+    for (i, c, y, x) in [(0, 0, 0, 0), (1, 2, 31, 0), (2, 1, 5, 31), (2, 2, 31, 31)] {
+        let v = t
+            .get(i)
+            .unwrap()
+            .get(c)
+            .unwrap()
+            .get(y)
+            .unwrap()
+            .get(x)
+            .unwrap();
+        let byte = pixels[i * IMAGE_BYTES + c * 1024 + y * 32 + x];
+        assert_eq!(
+            v.to_scalar::<f32>().unwrap(),
+            byte as f32 / 127.5 - 1.0,
+            "[{i}, {c}, {y}, {x}]"
+        );
+    }
+    assert_eq!((to_unit(0), to_unit(255)), (-1.0, 1.0));
+}
