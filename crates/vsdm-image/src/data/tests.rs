@@ -143,6 +143,50 @@ fn binary_batches_round_trip_and_bad_sizes_are_named() {
         e.contains("data_batch_2.bin") && e.contains("label 12"),
         "{e}"
     );
+    // Only `data_batch_*.bin` are training batches: the test batch, checksums and notes beside them are not.
+    std::fs::remove_file(&short).unwrap();
+    for other in [
+        "test_batch.bin",
+        "data_batch_1.bin.md5",
+        "data_batch_notes.txt",
+    ] {
+        std::fs::write(dir.path().join(other), b"not a batch").unwrap();
+    }
+    assert_eq!(open(dir.path()).unwrap(), back);
+}
+
+/// Files without a PNG or JPEG extension (any case) are skipped, not decoded; a 32-wide image of another height
+/// is named like any other size.
+#[test]
+fn folders_skip_other_files_and_name_each_wrong_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let cls = dir.path().join("cat");
+    std::fs::create_dir(&cls).unwrap();
+    let mut img = image::RgbImage::new(32, 32);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        *p = image::Rgb([x as u8 * 8, y as u8 * 8, 7]);
+    }
+    img.save_with_format(cls.join("a.PNG"), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(cls.join("notes.txt"), b"not an image").unwrap();
+    std::fs::write(cls.join("labels"), b"not an image either").unwrap();
+    let set = load_folder(dir.path()).unwrap();
+    assert_eq!(
+        (set.len(), set.classes.as_slice()),
+        (1, &["cat".to_string()][..])
+    );
+    // Red rises along a row, green down the picture.
+    let px = |c: usize, y: usize, x: usize| set.image(0)[c * 1024 + y * 32 + x];
+    assert_eq!((px(0, 3, 5), px(1, 3, 5), px(2, 3, 5)), (40, 24, 7));
+    for (w, h) in [(32, 40), (40, 32)] {
+        let odd = cls.join("odd.png");
+        image::RgbImage::new(w, h).save(&odd).unwrap();
+        let e = load_folder(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("odd.png") && e.contains(&format!("{w}×{h}")),
+            "{e}"
+        );
+    }
 }
 
 #[test]
