@@ -13,7 +13,9 @@ Writes, into OUT (default: crates/vsdm-image/tests/fixtures):
   reproduces these bytes exactly.
 * ``hf-bad/*.parquet``: small files in the same schema with one fault each, named after it: a missing
   ``label`` column (``fine_label`` instead), row 1 not an image, row 1 a 16x24 PNG, row 1 with null bytes,
-  row 2 with label 10 of 10 classes.
+  row 2 with label 10 of 10 classes; the image column as plain binary or a struct without ``bytes``, a uint64
+  label of 2^63 + 5, no and 257 class names, and a valid file of 5 other classes (``classes-5``; added
+  2026-12-07 with pyarrow 26, copied from a run into a temporary ``--out``, the other files left as they were).
 
 Images: the first 6 files (sorted names) of ``test/airplane``, ``test/ship`` and ``test/truck`` (photographs
 with sky at the top, for the orientation test), then the first file of each of the other 7 classes minus
@@ -118,6 +120,28 @@ def write_bad(folder: Path, png: bytes, schema: pa.Schema):
     write("row1-16x24.parquet", [png, small], [0, 1])
     write("row1-null-bytes.parquet", [png, None], [0, 1])
     write("row2-label-10.parquet", [png, png, png], [0, 9, 10])
+    # The image column not the hub's Image struct: plain binary, a struct without `bytes`.
+    binary = pa.schema([pa.field("img", pa.binary()), schema.field("label")], metadata=schema.metadata)
+    pq.write_table(pa.table({"img": [png], "label": [0]}, schema=binary), folder / "img-binary.parquet")
+    no_bytes = pa.schema(
+        [pa.field("img", pa.struct([pa.field("path", pa.string())])), schema.field("label")],
+        metadata=schema.metadata,
+    )
+    pq.write_table(
+        pa.table({"img": [{"path": "a.png"}], "label": [0]}, schema=no_bytes), folder / "img-no-bytes.parquet"
+    )
+    # A uint64 label beyond any signed index.
+    unsigned = pa.schema([schema.field("img"), pa.field("label", pa.uint64())], metadata=schema.metadata)
+    write("row0-label-2e63.parquet", [png], [2**63 + 5], schema=unsigned)
+
+    # ClassLabel names: none, 257, and a valid file of 5 other classes (shards of one split must agree).
+    def named(names):
+        features = {"img": {"_type": "Image"}, "label": {"names": names, "_type": "ClassLabel"}}
+        return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+    write("names-0.parquet", [png], [0], schema=named([]))
+    write("names-257.parquet", [png], [0], schema=named([f"c{i}" for i in range(257)]))
+    write("classes-5.parquet", [png, png], [0, 4], schema=named(["a", "b", "c", "d", "e"]))
 
 
 if __name__ == "__main__":

@@ -213,7 +213,8 @@ fn row_values<'a>(
         Field::UByte(v) => *v as i64,
         Field::UShort(v) => *v as i64,
         Field::UInt(v) => *v as i64,
-        Field::ULong(v) => i64::try_from(*v).unwrap_or(-1),
+        Field::ULong(v) => i64::try_from(*v)
+            .map_err(|_| format!("`{label_name}` = {v}, beyond any class index"))?,
         other => return Err(format!("`{label_name}` is {other}, not an integer")),
     };
     Ok((bytes, label))

@@ -456,6 +456,29 @@ fn bad_parquet_files_are_named_with_the_row() {
             "row2-label-10.parquet",
             &["row 2:", "`label` = 10, expected 0–9"][..],
         ),
+        (
+            "img-binary.parquet",
+            &["column `img` is not a struct with a `bytes` field"][..],
+        ),
+        (
+            "img-no-bytes.parquet",
+            &["column `img` is not a struct with a `bytes` field"][..],
+        ),
+        (
+            "row0-label-2e63.parquet",
+            &[
+                "row 0:",
+                "`label` = 9223372036854775813, beyond any class index",
+            ][..],
+        ),
+        (
+            "names-0.parquet",
+            &["`huggingface` metadata: 0 label names, expected 1–256"][..],
+        ),
+        (
+            "names-257.parquet",
+            &["`huggingface` metadata: 257 label names, expected 1–256"][..],
+        ),
     ] {
         let p = bad.join(file);
         let e = load_parquet(&p).unwrap_err().to_string();
@@ -464,6 +487,30 @@ fn bad_parquet_files_are_named_with_the_row() {
             assert!(e.contains(w), "{file}: missing {w:?} in: {e}");
         }
     }
+
+    // Shards of one split: a file of other class names is named, beside the first file's names; one of the
+    // same names is appended, labels as read.
+    let five = bad.join("classes-5.parquet");
+    let own = load_parquet(&five).unwrap();
+    assert_eq!(
+        (own.classes.len(), own.labels.as_slice()),
+        (5, &[0u8, 4][..])
+    );
+    let good_path = fixtures().join("hf-cifar10.parquet");
+    let e = load_parquet_files(&[good_path.clone(), five])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("classes-5.parquet")
+            && e.contains("differ from those of")
+            && e.contains("airplane"),
+        "{e}"
+    );
+    let one = load_parquet(&good_path).unwrap();
+    let two = load_parquet_files(&[good_path.clone(), good_path]).unwrap();
+    assert_eq!(two.len(), 2 * one.len());
+    assert_eq!(two.labels[one.len()..], one.labels);
+    assert!(load_parquet_files(&[]).is_err());
 
     // Not parquet at all, truncated, and corrupted in the middle: errors naming the file, never a panic.
     let dir = tempfile::tempdir().unwrap();
