@@ -14,8 +14,9 @@ Writes, into OUT (default: crates/vsdm-image/tests/fixtures):
 * ``hf-bad/*.parquet``: small files in the same schema with one fault each, named after it: a missing
   ``label`` column (``fine_label`` instead), row 1 not an image, row 1 a 16x24 PNG, row 1 with null bytes,
   row 2 with label 10 of 10 classes; the image column as plain binary or a struct without ``bytes``, a uint64
-  label of 2^63 + 5, no and 257 class names, and a valid file of 5 other classes (``classes-5``; added
-  2026-12-07 with pyarrow 26, copied from a run into a temporary ``--out``, the other files left as they were).
+  label of 2^63 + 5, no and 257 class names, and valid files of 256 classes (``names-256``, label 255) and of 5
+  other classes (``classes-5``; these added 2026-12-07 with pyarrow 26, copied from a run into a temporary
+  ``--out``, the other files left as they were).
 
 Images: the first 6 files (sorted names) of ``test/airplane``, ``test/ship`` and ``test/truck`` (photographs
 with sky at the top, for the orientation test), then the first file of each of the other 7 classes minus
@@ -141,6 +142,7 @@ def write_bad(folder: Path, png: bytes, schema: pa.Schema):
 
     write("names-0.parquet", [png], [0], schema=named([]))
     write("names-257.parquet", [png], [0], schema=named([f"c{i}" for i in range(257)]))
+    write("names-256.parquet", [png], [255], schema=named([f"c{i}" for i in range(256)]))
     write("classes-5.parquet", [png, png], [0, 4], schema=named(["a", "b", "c", "d", "e"]))
 
 

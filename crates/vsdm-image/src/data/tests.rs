@@ -490,6 +490,8 @@ fn bad_parquet_files_are_named_with_the_row() {
 
     // Shards of one split: a file of other class names is named, beside the first file's names; one of the
     // same names is appended, labels as read.
+    let most = load_parquet(&bad.join("names-256.parquet")).unwrap();
+    assert_eq!((most.classes.len(), most.labels.as_slice()), (256, &[255u8][..]));
     let five = bad.join("classes-5.parquet");
     let own = load_parquet(&five).unwrap();
     assert_eq!(
