@@ -491,7 +491,10 @@ fn bad_parquet_files_are_named_with_the_row() {
     // Shards of one split: a file of other class names is named, beside the first file's names; one of the
     // same names is appended, labels as read.
     let most = load_parquet(&bad.join("names-256.parquet")).unwrap();
-    assert_eq!((most.classes.len(), most.labels.as_slice()), (256, &[255u8][..]));
+    assert_eq!(
+        (most.classes.len(), most.labels.as_slice()),
+        (256, &[255u8][..])
+    );
     let five = bad.join("classes-5.parquet");
     let own = load_parquet(&five).unwrap();
     assert_eq!(
@@ -575,4 +578,35 @@ fn take_and_to_tensor_keep_the_documented_layout() {
         );
     }
     assert_eq!((to_unit(0), to_unit(255)), (-1.0, 1.0));
+}
+
+/// Class-conditional batches: each row's one-hot label is the label of the image drawn into that row (images
+/// told apart by their pixels), every image is drawn, and the source says whether it is conditional.
+#[test]
+fn conditional_batches_carry_each_images_label() {
+    let mut rng = NoiseRng::new(12);
+    let pixels: Vec<u8> = (0..3 * IMAGE_BYTES).map(|_| rng.index(256) as u8).collect();
+    let set = ImageSet {
+        pixels,
+        labels: vec![4, 0, 9],
+        classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
+    };
+    let images: Vec<Vec<f32>> = (0..3)
+        .map(|i| set.image(i).iter().map(|&p| to_unit(p)).collect())
+        .collect();
+    let mut src = CifarSource::new(set.clone(), false, true).unwrap();
+    assert!(src.conditional());
+    let (x, cond) = src.next_batch(32, &mut rng, &Device::Cpu).unwrap();
+    let rows = x.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+    let onehot = cond.unwrap().to_vec2::<f32>().unwrap();
+    let mut seen = [false; 3];
+    for (row, label) in rows.iter().zip(&onehot) {
+        let i = images.iter().position(|im| im == row).unwrap();
+        seen[i] = true;
+        let mut want = vec![0f32; 10];
+        want[set.labels[i] as usize] = 1.0;
+        assert_eq!(*label, want, "image {i}");
+    }
+    assert_eq!(seen, [true; 3]);
+    assert!(!CifarSource::new(set, true, false).unwrap().conditional());
 }
