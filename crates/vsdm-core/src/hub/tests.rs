@@ -70,10 +70,23 @@ fn references_parse() {
         "hf:a/b@x/",
         "hf:a b/c",
         "hf:.a/b",
+        // Revision paths with an empty, `.` or `..` part, whitespace, a control character or a backslash.
+        "hf:a/b@x//y",
+        "hf:a/b@x/./y",
+        "hf:a/b@x/../y",
+        "hf:a/b@my branch",
+        "hf:a/b@v1\u{7}",
+        "hf:a/b@x\\y",
     ] {
         let e = HubRef::parse_arg(bad).unwrap_err().to_string();
         assert!(e.starts_with(bad), "{bad}: {e}");
     }
+    // Dots inside a part are names, not path steps.
+    assert_eq!(hf("hf:a/b@v1.0/x..y").revision(), "v1.0/x..y");
+    // A commit is exactly 40 hexadecimal digits.
+    assert!(!hf(&format!("hf:a/b@{}", "g".repeat(40))).is_commit());
+    assert!(!hf(&format!("hf:a/b@{}", &COMMIT[..39])).is_commit());
+    assert!(!hf("hf:a/b@v1").is_commit());
 }
 
 #[test]
