@@ -456,22 +456,12 @@ mod tests {
         // A vector has no channel axis; [B, C] is [B, C, 1] (one position a channel), as in PyTorch.
         assert!(value(&g4, &g4, &g4, spec(2)).is_err());
         let flat = NoiseRng::new(4).randn(&[3, 4], &dev).unwrap();
-        let as_planes = value(
-            &flat.reshape((3, 4, 1)).unwrap(),
-            &g4,
-            &g3.pad_with_zeros(0, 0, 1).unwrap(),
-            spec(2),
-        );
-        let flat_y = value(&flat, &g4, &g3.pad_with_zeros(0, 0, 1).unwrap(), spec(2)).unwrap();
-        assert_eq!(
-            flat_y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            as_planes
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        );
+        let shift = g3.pad_with_zeros(0, 0, 1).unwrap();
+        let normed = |x: &Tensor| {
+            let y = value(x, &g4, &shift, spec(2)).unwrap();
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(normed(&flat), normed(&flat.reshape((3, 4, 1)).unwrap()));
         let du = Tensor::zeros((2, 4, 2), DType::F32, &dev).unwrap();
         assert!(gradients(&x, &g4, &g4, &du, spec(2)).is_err());
         assert!(gradients(&x, &g4, &g3, &x, spec(2)).is_err());
