@@ -60,6 +60,40 @@ fn real_exchange_rate_in_both_formats_and_etth1() {
     );
     let ett = load_date_csv(&dir.join("ETTh1.csv.gz"), Some(Freq::Hours(1))).unwrap();
     assert_eq!((ett.series.num_series, ett.series.len), (7, 17420));
+    // The shipped `.csv.gz` placed in the cache passes the registry's checksum (taken over its decompressed
+    // content) and loads; the same table with one value edited, recompressed, is refused, naming the file.
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(cache.join("etth1")).unwrap();
+    let cached = cache.join("etth1/ETTh1.csv.gz");
+    std::fs::copy(dir.join("ETTh1.csv.gz"), &cached).unwrap();
+    let mut src = DataSources::new(Some(cache));
+    src.assets_dir = None;
+    src.allow_download = false;
+    assert_eq!(src.load("etth1").unwrap().num_series(), 7);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&cached).unwrap())
+        .read_to_string(&mut text)
+        .unwrap();
+    let edited = text.replacen(",30.5", ",31.5", 1);
+    assert_ne!(edited, text);
+    let mut w = flate2::write::GzEncoder::new(
+        std::fs::File::create(&cached).unwrap(),
+        flate2::Compression::fast(),
+    );
+    w.write_all(edited.as_bytes()).unwrap();
+    w.finish().unwrap();
+    assert_eq!(
+        load_date_csv(&cached, Some(Freq::Hours(1)))
+            .unwrap()
+            .series
+            .len,
+        17420
+    );
+    let e = src.load("etth1").unwrap_err().to_string();
+    assert!(
+        e.contains(&cached.display().to_string()) && e.contains("sha256 mismatch"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -9,11 +9,24 @@ use std::time::Duration;
 
 /// Lower-case hex SHA-256 of a file's bytes.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    sha256_read(f, path)
+}
+
+/// Lower-case hex SHA-256 of a gzip file's decompressed content: the digest of the file it was compressed
+/// from, so one published checksum serves a cached `.csv` and a cached `.csv.gz`. A file that is not gzip, or
+/// is cut short, is an error naming it.
+pub fn sha256_gunzipped(path: &Path) -> Result<String> {
+    let f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    sha256_read(flate2::read::GzDecoder::new(f), path)
+}
+
+/// SHA-256 of everything `r` yields; `path` names the source in a read error.
+fn sha256_read(mut r: impl Read, path: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(|e| DataError::io(path, e))?;
+        let n = r.read(&mut buf).map_err(|e| DataError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -29,8 +42,22 @@ fn hex(bytes: &[u8]) -> String {
 /// Checks `path` against an expected SHA-256 (no-op when `expected` is `None`). `url` names the file's origin
 /// in the error.
 pub fn verify_sha256(path: &Path, expected: Option<&str>, url: &str) -> Result<()> {
+    verify_with(path, expected, url, sha256_file)
+}
+
+/// As [`verify_sha256`], for a gzip file whose decompressed content must have the expected SHA-256.
+pub fn verify_sha256_gunzipped(path: &Path, expected: Option<&str>, url: &str) -> Result<()> {
+    verify_with(path, expected, url, sha256_gunzipped)
+}
+
+fn verify_with(
+    path: &Path,
+    expected: Option<&str>,
+    url: &str,
+    digest: fn(&Path) -> Result<String>,
+) -> Result<()> {
     if let Some(expected) = expected {
-        let actual = sha256_file(path)?;
+        let actual = digest(path)?;
         if !actual.eq_ignore_ascii_case(expected) {
             return Err(DataError::Checksum {
                 file: path.to_path_buf(),
@@ -195,5 +222,36 @@ mod tests {
         verify_sha256(&missing, None, "http://x/f").unwrap();
         let e = sha256_file(&missing).unwrap_err().to_string();
         assert!(e.contains("missing"), "{e}");
+    }
+
+    /// A gzip file's digest is that of what it decompresses to (FIPS 180-2's "abc" again, at two compression
+    /// levels, so the compressed bytes differ); a file that is not gzip, or is cut short, is an error naming it.
+    #[test]
+    fn gzip_digests_are_of_the_decompressed_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let gz = dir.path().join("f.gz");
+        for level in [flate2::Compression::none(), flate2::Compression::best()] {
+            let mut w = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), level);
+            w.write_all(b"abc").unwrap();
+            w.finish().unwrap();
+            assert_ne!(sha256_file(&gz).unwrap(), abc);
+            assert_eq!(sha256_gunzipped(&gz).unwrap(), abc);
+            verify_sha256_gunzipped(&gz, Some(abc), "cache").unwrap();
+        }
+        let e = verify_sha256_gunzipped(&gz, Some(&"0".repeat(64)), "cache")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.gz") && e.contains(abc), "{e}");
+        let plain = dir.path().join("plain.gz");
+        std::fs::write(&plain, "abc").unwrap();
+        let e = sha256_gunzipped(&plain).unwrap_err().to_string();
+        assert!(e.contains("plain.gz"), "{e}");
+        let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        w.write_all(&[7u8; 100_000]).unwrap();
+        let whole = w.finish().unwrap();
+        std::fs::write(&plain, &whole[..whole.len() - 6]).unwrap();
+        let e = sha256_gunzipped(&plain).unwrap_err().to_string();
+        assert!(e.contains("plain.gz"), "{e}");
     }
 }

@@ -9,7 +9,9 @@
 //! of the loader (series count, frequency, start dates, lengths, no NaN).
 
 use super::date_csv::load_date_csv;
-use super::download::{download, partial_path, unpack_tar_gz, verify_sha256};
+use super::download::{
+    download, partial_path, unpack_tar_gz, verify_sha256, verify_sha256_gunzipped,
+};
 use super::freq::Freq;
 use super::gluonts::load_gluonts_dir;
 use super::series::Dataset;
@@ -369,6 +371,12 @@ impl DataSources {
             return Ok(csv);
         }
         if gz.is_file() {
+            // A compressed copy (as `../shared/data` ships ETTh1) is checked on what it decompresses to.
+            verify_sha256_gunzipped(
+                &gz,
+                spec.sha256,
+                "the cache, digest of its decompressed content; delete the file to download it again",
+            )?;
             return Ok(gz);
         }
         let url = self.url(spec);
@@ -419,10 +427,11 @@ mod tests {
         assert_eq!(assets_dir_from(None, repo.join("absent")), None);
     }
 
-    /// With downloads off, a missing ETT file is an error naming the path it is expected at; a cached file of
-    /// the wrong shape is refused against the registry's count of series.
+    /// With downloads off, a missing ETT file is an error naming the path it is expected at; a cached `.csv.gz`
+    /// that does not decompress to the published file is refused by its checksum; a cached archive of the
+    /// wrong shape (a set without a recorded checksum) is refused against the registry's count of series.
     #[test]
-    fn offline_and_misshapen_ett_files_are_named() {
+    fn offline_and_misshapen_cached_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let sources = DataSources {
             cache_dir: dir.path().to_path_buf(),
@@ -448,7 +457,22 @@ mod tests {
         w.finish().unwrap();
         let e = sources.load("etth1").unwrap_err().to_string();
         assert!(
-            e.contains("has 2 series at frequency H, the registry expects 7"),
+            e.contains("ETTh1.csv.gz")
+                && e.contains("sha256 mismatch")
+                && e.contains("decompressed content"),
+            "{e}"
+        );
+        super::super::synthetic::SyntheticArchive {
+            name: "solar_nips".into(),
+            num_series: 2,
+            train_len: 300,
+            ..Default::default()
+        }
+        .write(&dir.path().join("solar_nips.tar.gz"))
+        .unwrap();
+        let e = sources.load("solar").unwrap_err().to_string();
+        assert!(
+            e.contains("has 2 series at frequency H, the registry expects 137"),
             "{e}"
         );
     }
