@@ -14,6 +14,7 @@
 
 pub mod testing;
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -238,9 +239,23 @@ impl FromStr for HubRef {
     }
 }
 
-/// Whether an environment flag such as `HF_HUB_OFFLINE` is set to a true value (`1`, `true`, `yes`, `on`).
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| {
+/// A look-up of environment variables: the process's ([`process_env`]) or, in tests, a table of values.
+type Vars<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// The process's environment variables.
+fn process_env(name: &str) -> Option<OsString> {
+    std::env::var_os(name)
+}
+
+/// A variable as text; one that is not valid Unicode counts as unset (as `std::env::var` treats it).
+fn var_string(vars: Vars, name: &str) -> Option<String> {
+    vars(name).and_then(|v| v.into_string().ok())
+}
+
+/// Whether an environment flag such as `HF_HUB_OFFLINE` is set to a true value (`1`, `true`, `yes`, `on`, in
+/// any case, spaces around ignored).
+fn env_flag(vars: Vars, name: &str) -> bool {
+    var_string(vars, name).is_some_and(|v| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),
             "1" | "true" | "yes" | "on"
@@ -248,16 +263,15 @@ fn env_flag(name: &str) -> bool {
     })
 }
 
-fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+/// A path variable; an empty one counts as unset.
+fn env_path(vars: Vars, name: &str) -> Option<PathBuf> {
+    vars(name).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-/// `$HF_HOME`, else `~/.cache/huggingface`.
-fn hf_home() -> PathBuf {
-    env_path("HF_HOME").unwrap_or_else(|| {
-        env_path("HOME")
+/// `$HF_HOME`, else `~/.cache/huggingface` (`./.cache/huggingface` without `$HOME`).
+fn hf_home(vars: Vars) -> PathBuf {
+    env_path(vars, "HF_HOME").unwrap_or_else(|| {
+        env_path(vars, "HOME")
             .unwrap_or_else(|| PathBuf::from("."))
             .join(".cache")
             .join("huggingface")
@@ -289,29 +303,36 @@ impl Hub {
     /// [`DEFAULT_ENDPOINT`]), offline when `offline` or `HF_HUB_OFFLINE` is set, the token from `$HF_TOKEN` or
     /// the file `huggingface-cli login` writes (`$HF_TOKEN_PATH`, else `$HF_HOME/token`).
     pub fn from_env(offline: bool) -> Hub {
-        let offline = offline || env_flag("HF_HUB_OFFLINE");
+        Self::from_vars(offline, &process_env)
+    }
+
+    /// [`Hub::from_env`] with the variables looked up in `vars`.
+    fn from_vars(offline: bool, vars: Vars) -> Hub {
+        let offline = offline || env_flag(vars, "HF_HUB_OFFLINE");
         let endpoint = (!offline).then(|| {
-            std::env::var("HF_ENDPOINT")
-                .ok()
+            var_string(vars, "HF_ENDPOINT")
                 .filter(|e| !e.trim().is_empty())
                 .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
         });
-        let token = std::env::var("HF_TOKEN")
-            .ok()
-            .or_else(|| {
-                let path = env_path("HF_TOKEN_PATH").unwrap_or_else(|| hf_home().join("token"));
-                std::fs::read_to_string(path).ok()
-            })
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty());
-        let mut hub = Hub::new(Self::cache_dir_from_env(), endpoint);
+        // As `huggingface_hub` does, an empty `$HF_TOKEN` (or one of spaces) falls through to the file.
+        let clean = |t: String| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+        let token = var_string(vars, "HF_TOKEN").and_then(clean).or_else(|| {
+            let path =
+                env_path(vars, "HF_TOKEN_PATH").unwrap_or_else(|| hf_home(vars).join("token"));
+            std::fs::read_to_string(path).ok().and_then(clean)
+        });
+        let mut hub = Hub::new(Self::cache_dir_from_vars(vars), endpoint);
         hub.token = token;
         hub
     }
 
     /// `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`.
     pub fn cache_dir_from_env() -> PathBuf {
-        env_path("HF_HUB_CACHE").unwrap_or_else(|| hf_home().join("hub"))
+        Self::cache_dir_from_vars(&process_env)
+    }
+
+    fn cache_dir_from_vars(vars: Vars) -> PathBuf {
+        env_path(vars, "HF_HUB_CACHE").unwrap_or_else(|| hf_home(vars).join("hub"))
     }
 
     /// Turns the download progress bar on or off.
@@ -344,8 +365,8 @@ impl Hub {
     }
 
     /// The commit the cache holds for `r`: the content of `refs/<REV>` when it is a commit hash (anything else,
-    /// a damaged file or a path like `x/../../y`, is not taken as one: the revision then counts as not cached),
-    /// or the revision itself when it is a commit hash.
+    /// a damaged file or a path like `x/../../y`, is not taken as one: a branch or tag then counts as not
+    /// cached), else the revision itself when it is a commit hash.
     fn cached_commit(&self, r: &HubRef, kind: RepoKind) -> Option<String> {
         match std::fs::read_to_string(self.ref_file(r, kind)) {
             Ok(c) if is_commit_hash(c.trim()) => Some(c.trim().to_string()),
@@ -353,20 +374,11 @@ impl Hub {
         }
     }
 
-    /// The cached copy of `file` of `r`, if there is one.
+    /// The cached copy of `file` of `r`, if there is one: `snapshots/<commit>/<file>` in `huggingface_hub`'s
+    /// layout, the commit from [`Hub::cached_commit`]. hf-hub's own `Cache::get` is not used: it joins the
+    /// ref's content into the path untrimmed and unchecked (a ref written with a trailing newline would be a
+    /// miss, one holding `../x` would be followed).
     pub fn cached(&self, r: &HubRef, kind: RepoKind, file: &str) -> Option<PathBuf> {
-        // hf-hub joins the ref's content into the path as it is: a ref that holds no commit hash (a damaged
-        // file, `../x`) must not lead it anywhere.
-        if let Ok(c) = std::fs::read_to_string(self.ref_file(r, kind)) {
-            if !r.is_commit() && !is_commit_hash(c.trim()) {
-                return None;
-            }
-        }
-        if let Some(p) = Cache::new(self.cache.clone()).repo(r.repo(kind)).get(file) {
-            return Some(p);
-        }
-        // hf-hub reads refs/<REV> untrimmed and only through refs; a ref written with a trailing newline, or a
-        // commit-hash revision without a ref, is still a cached snapshot.
         let commit = self.cached_commit(r, kind)?;
         let p = self
             .repo_folder(r, kind)

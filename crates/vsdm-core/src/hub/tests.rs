@@ -125,6 +125,18 @@ fn cache_resolves_refs_commits_and_slashed_revisions() {
         hub.cached(&r, RepoKind::Model, "config.json"),
         Some(link.clone())
     );
+    // A commit-hash revision whose ref file is damaged (here naming another snapshot folder that exists) is
+    // the snapshot of that commit, not what the ref names.
+    let repo = cache.path().join("models--alice--vsdm-ts");
+    std::fs::create_dir_all(repo.join("snapshots/elsewhere")).unwrap();
+    std::fs::write(repo.join("snapshots/elsewhere/config.json"), "[]").unwrap();
+    std::fs::write(repo.join("refs").join(COMMIT), "elsewhere").unwrap();
+    assert_eq!(
+        hub.cached(&by_commit, RepoKind::Model, "config.json"),
+        Some(link.clone())
+    );
+    std::fs::write(&refs, "elsewhere").unwrap();
+    assert!(hub.cached(&r, RepoKind::Model, "config.json").is_none());
 
     // A dataset at refs/convert/parquet (refs/refs/convert/parquet), a file in a sub-folder, a ref with a
     // trailing newline.
@@ -353,4 +365,141 @@ fn a_broken_redirect_is_an_error() {
     let hub = Hub::new(cache.path(), Some(endpoint)).with_progress(false);
     let e = missing_weights(&hub);
     assert!(e.contains("could not be downloaded"), "{e}");
+}
+
+/// A table of environment variables, as [`Hub::from_vars`] looks them up.
+fn vars<'a>(table: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
+    move |name| {
+        table
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.into())
+    }
+}
+
+/// huggingface_hub's environment, variable by variable: the cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub`, an empty value counting as unset), the endpoint (`HF_ENDPOINT`, else the
+/// public hub; none when offline by flag or by `HF_HUB_OFFLINE`'s true spellings), and the token
+/// (`HF_TOKEN`, else the file at `HF_TOKEN_PATH`, else `HF_HOME/token`; blank ones do not count).
+#[test]
+fn environment_variables_choose_cache_endpoint_token_and_offline() {
+    let from = |offline: bool, table: &[(&str, &str)]| Hub::from_vars(offline, &vars(table));
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let hf_home = home.path().join("hf");
+
+    let bare = from(false, &[]);
+    assert_eq!(bare.cache_dir(), Path::new("./.cache/huggingface/hub"));
+    assert_eq!(bare.endpoint(), Some(DEFAULT_ENDPOINT));
+    assert_eq!(bare.token, None);
+    let hub = from(false, &[("HOME", h)]);
+    assert_eq!(hub.cache_dir(), home.path().join(".cache/huggingface/hub"));
+    let hf_home_str = hf_home.to_str().unwrap();
+    let hub = from(false, &[("HOME", h), ("HF_HOME", hf_home_str)]);
+    assert_eq!(hub.cache_dir(), hf_home.join("hub"));
+    for (home_var, cache) in [("", "/c"), (hf_home_str, "/c")] {
+        let hub = from(
+            false,
+            &[("HOME", h), ("HF_HOME", home_var), ("HF_HUB_CACHE", cache)],
+        );
+        assert_eq!(hub.cache_dir(), Path::new("/c"));
+    }
+    let hub = from(false, &[("HOME", h), ("HF_HOME", ""), ("HF_HUB_CACHE", "")]);
+    assert_eq!(hub.cache_dir(), home.path().join(".cache/huggingface/hub"));
+
+    let hub = from(false, &[("HF_ENDPOINT", "http://mirror.local:8080/")]);
+    assert_eq!(hub.endpoint(), Some("http://mirror.local:8080"));
+    let hub = from(false, &[("HF_ENDPOINT", "  ")]);
+    assert_eq!(hub.endpoint(), Some(DEFAULT_ENDPOINT));
+    assert_eq!(from(true, &[("HF_ENDPOINT", "http://m")]).endpoint(), None);
+    for on in ["1", "true", "YES", " on "] {
+        assert_eq!(
+            from(false, &[("HF_HUB_OFFLINE", on)]).endpoint(),
+            None,
+            "{on}"
+        );
+    }
+    for off in ["0", "false", "", "offline"] {
+        let hub = from(false, &[("HF_HUB_OFFLINE", off)]);
+        assert_eq!(hub.endpoint(), Some(DEFAULT_ENDPOINT), "{off}");
+    }
+
+    std::fs::create_dir_all(&hf_home).unwrap();
+    std::fs::write(hf_home.join("token"), "hf_file\n").unwrap();
+    let other = home.path().join("other-token");
+    std::fs::write(&other, " hf_other ").unwrap();
+    let other = other.to_str().unwrap();
+    let token = |table: &[(&str, &str)]| from(false, table).token;
+    assert_eq!(token(&[("HF_HOME", hf_home_str)]), Some("hf_file".into()));
+    assert_eq!(
+        token(&[("HF_HOME", hf_home_str), ("HF_TOKEN_PATH", other)]),
+        Some("hf_other".into())
+    );
+    assert_eq!(
+        token(&[("HF_HOME", hf_home_str), ("HF_TOKEN", "hf_env")]),
+        Some("hf_env".into())
+    );
+    assert_eq!(
+        token(&[("HF_HOME", hf_home_str), ("HF_TOKEN", " ")]),
+        Some("hf_file".into())
+    );
+    std::fs::write(hf_home.join("token"), "\n").unwrap();
+    assert_eq!(token(&[("HF_HOME", hf_home_str)]), None);
+    assert_eq!(token(&[("HOME", h)]), None);
+}
+
+/// Files of one revision that the cache and the server place in two snapshots (the branch moved on since the
+/// cached file was fetched) are no single folder: the error names both paths, and a second run succeeds.
+#[test]
+fn a_snapshot_split_across_commits_is_named() {
+    const NEWER: &str = "fedcba9876543210fedcba9876543210fedcba98";
+    let cache = tempfile::tempdir().unwrap();
+    let old = hand_built(
+        cache.path(),
+        "models--alice--tiny",
+        "main",
+        "config.json",
+        b"{}",
+        false,
+    );
+    let server = FakeHub::new(NEWER)
+        .with_file(
+            RepoKind::Model,
+            "alice/tiny",
+            "main",
+            "model.safetensors",
+            vec![1u8; 64],
+        )
+        .with_file(
+            RepoKind::Model,
+            "alice/tiny",
+            "main",
+            "config.json",
+            b"{\"b\": 2}".to_vec(),
+        )
+        .start()
+        .unwrap();
+    let hub = Hub::new(cache.path(), Some(server.endpoint().to_string())).with_progress(false);
+    let r = hf("hf:alice/tiny");
+    let e = hub
+        .snapshot(&r, RepoKind::Model, &["config.json", "model.safetensors"])
+        .unwrap_err();
+    let newer = cache
+        .path()
+        .join("models--alice--tiny/snapshots")
+        .join(NEWER)
+        .join("model.safetensors");
+    assert!(newer.is_file());
+    match &e {
+        HubError::Inconsistent { first, other, .. } => {
+            assert_eq!((first, other), (&old, &newer), "{e}");
+        }
+        _ => panic!("{e}"),
+    }
+    // As the message says, running again works: the ref now names the newer commit, fetched whole.
+    assert_eq!(
+        hub.snapshot(&r, RepoKind::Model, &["config.json", "model.safetensors"])
+            .unwrap(),
+        newer.parent().unwrap()
+    );
 }
