@@ -294,6 +294,36 @@ mod tests {
         assert!(r.marginal.crps.abs() < 1e-6 && r.sum.crps.abs() < 1e-6);
     }
 
+    /// Three noiseless trends of different slopes and levels, row-major `[series, time]`: each series is
+    /// continued with its own slope, and the window's context and truth hold each series' own values in the
+    /// `time × series` layout the exporters read.
+    #[test]
+    fn random_walk_continues_each_series_of_a_window() {
+        let (d, len) = (3, 40);
+        let line = |j: usize, t: usize| [2.0, -1.0, 0.5][j] * t as f32 + [0.0, 100.0, -7.0][j];
+        let values = (0..d)
+            .flat_map(|j| (0..len).map(move |t| line(j, t)))
+            .collect();
+        let test = split(values, d, len, vec![40, 35]);
+        let cfg = WindowConfig::timegrad(5, Scaling::Mean);
+        let f = random_walk(&test, &[40, 35], &cfg, 2, 0).unwrap();
+        for (w, end) in f.iter().zip([40, 35]) {
+            let start = end - 20;
+            for j in 0..d {
+                for t in 0..15 {
+                    assert_eq!(w.context[t * d + j], line(j, start + t) as f64);
+                }
+                for t in 0..5 {
+                    assert_eq!(w.truth[t * d + j], line(j, start + 15 + t) as f64);
+                    for s in 0..2 {
+                        let got = w.samples[(s * 5 + t) * d + j];
+                        assert!((got - line(j, start + 15 + t)).abs() < 1e-4, "{got}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn random_walk_spread_grows_like_sqrt_h() {
         // Alternating ±1 increments: μ = 0 (even count), σ = 1; Var(y_{C+k}) = k.
@@ -324,5 +354,9 @@ mod tests {
         assert_eq!(select_windows(&test, Some(3)), vec![10, 60, 100]);
         assert_eq!(select_windows(&test, None).len(), 10);
         assert_eq!(select_windows(&test, Some(1)), vec![100]);
+        // No cap (0, which the CLI refuses), or one at or past the count: every window, once each.
+        for max in [0, 10, 11, 40] {
+            assert_eq!(select_windows(&test, Some(max)), test.window_ends, "{max}");
+        }
     }
 }
