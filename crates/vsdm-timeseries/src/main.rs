@@ -283,15 +283,23 @@ fn forecast_with(
         );
     }
     // κ shapes the forward process VSMD weights were trained on; a contradicting --kappa is refused like
-    // --method (the weights' own is used either way; VP and VSDM have none and ignore it).
-    if let (Some(k), vsdm_core::Process::Vsmd(p)) = (cli.budget.kappa, &loaded.process) {
-        if let Some(theirs) = p.params().kappa.filter(|&t| t != k) {
-            anyhow::bail!(
-                "--kappa {k}: the weights in {} were trained with κ = {theirs}; leave --kappa out to forecast \
-                 with them",
-                dir.display()
-            );
+    // --method (the weights' own is used either way), and so is any --kappa beside VP or VSDM weights.
+    match (cli.budget.kappa, &loaded.process) {
+        (Some(k), vsdm_core::Process::Vsmd(p)) => {
+            if let Some(theirs) = p.params().kappa.filter(|&t| t != k) {
+                anyhow::bail!(
+                    "--kappa {k}: the weights in {} were trained with κ = {theirs}; leave --kappa out to \
+                     forecast with them",
+                    dir.display()
+                );
+            }
         }
+        (Some(k), _) => anyhow::bail!(
+            "--kappa {k}: the weights in {} are {}'s, which has no damping ratio; leave --kappa out",
+            dir.display(),
+            method.name()
+        ),
+        (None, _) => {}
     }
     if loaded.cfg.network.num_series != data.num_series() {
         anyhow::bail!(
@@ -722,6 +730,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::bail!(
                 "--seeds lists {s} twice: each seed would be counted twice in the spread"
             );
+        }
+    }
+    // κ is VSMD's damping ratio: beside VP or VSDM alone it would be silently ignored (as the image CLI
+    // refuses it). Weights named without --method bring their own method, checked when they are loaded.
+    if let Some(k) = cli.budget.kappa {
+        let vsmd = match &cli.command {
+            Some(Command::Bench { methods, .. }) => methods.contains(&Method::Vsmd),
+            _ => cli
+                .method
+                .map_or(cli.weights.is_some(), |m| m == Method::Vsmd),
+        };
+        if !vsmd {
+            anyhow::bail!("--kappa {k}: the damping ratio is VSMD's (--method vsmd, or bench --methods with vsmd)");
         }
     }
     let data = load_data(&cli)?;

@@ -146,8 +146,8 @@ pub struct Budget {
     #[serde(default)]
     pub debias: Option<bool>,
     /// VSMD's damping ratio κ of the critical-damping transform (the official `--damp_coef`): 1 (default) is
-    /// critically damped, below 1 under-damped (the official time-series script also runs 0.9). Ignored by VP
-    /// and VSDM.
+    /// critically damped, below 1 under-damped (the official time-series script also runs 0.9). Refused beside VP
+    /// or VSDM alone (bench applies it to its VSMD runs).
     #[arg(long, global = true, allow_hyphen_values = true)]
     #[serde(default)]
     pub kappa: Option<f64>,

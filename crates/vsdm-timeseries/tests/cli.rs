@@ -123,6 +123,22 @@ fn weights_name_the_method_and_a_contradicting_flag_is_refused() {
         stderr.contains("--method vp") && stderr.contains("trained with vsmd"),
         "{stderr}"
     );
+    // VSDM's weights have no damping ratio: a --kappa beside them is refused, not ignored.
+    let vsdm = assets.join("timeseries-weights/exchange_rate-vsdm");
+    let out = in_folder(
+        tmp.path(),
+        &[
+            &["--weights", vsdm.to_str().unwrap(), "--kappa", "0.9"][..],
+            &eval,
+            &["evaluate"],
+        ]
+        .concat(),
+    );
+    let stderr = refused(&out);
+    assert!(
+        stderr.contains("--kappa 0.9") && stderr.contains("are vsdm's, which has no damping ratio"),
+        "{stderr}"
+    );
 }
 
 /// Flags out of range (a training budget of zero updates among them) are refused before any work, naming the
@@ -198,6 +214,22 @@ fn bad_flags_are_named() {
         ),
         ("2", &["--a-lr=-1", "train"][..], "--a-lr -1"),
         ("2", &["--kappa", "0.1", "train"][..], "--kappa 0.1"),
+        // κ is VSMD's: beside VP or VSDM alone (the default method) it is refused, not ignored.
+        (
+            "2",
+            &["--kappa", "0.9", "train"][..],
+            "--kappa 0.9: the damping ratio is VSMD's",
+        ),
+        (
+            "2",
+            &["--method", "vp", "--kappa", "0.9", "train"][..],
+            "--kappa 0.9: the damping ratio is VSMD's",
+        ),
+        (
+            "2",
+            &["--kappa", "0.9", "bench", "--methods", "vp,vsdm"][..],
+            "--kappa 0.9: the damping ratio is VSMD's",
+        ),
         // bench trains its own runs: a --method or --weights beside it would be ignored.
         ("2", &["--method", "vp", "bench"][..], "--method vp: bench"),
         ("2", &["--weights", "w", "bench"][..], "--weights w: bench"),
