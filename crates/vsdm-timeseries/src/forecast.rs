@@ -324,6 +324,27 @@ mod tests {
         }
     }
 
+    /// A window fits when its context and horizon lie inside the test series: ends from `context + horizon`
+    /// to the series' length pass; one column short or past the end is an error naming the window, from the
+    /// check a training run calls first and from a forecast (not an index panic).
+    #[test]
+    fn windows_outside_the_test_series_are_named() {
+        let test = split(vec![1.0; 40], 1, 40, vec![40]);
+        let cfg = WindowConfig::timegrad(5, Scaling::Mean);
+        check_windows(&test, &[20, 33, 40], &cfg).unwrap();
+        for bad in [19, 41] {
+            let e = check_windows(&test, &[40, bad], &cfg).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("ending at column {bad} does not leave room"))
+                    && e.contains("context 15 + horizon 5")
+                    && e.contains("40 columns"),
+                "{e}"
+            );
+            let e = random_walk(&test, &[bad], &cfg, 2, 0).unwrap_err().to_string();
+            assert!(e.contains(&format!("column {bad}")), "{e}");
+        }
+    }
+
     #[test]
     fn random_walk_spread_grows_like_sqrt_h() {
         // Alternating ±1 increments: μ = 0 (even count), σ = 1; Var(y_{C+k}) = k.
