@@ -333,14 +333,18 @@ mod tests {
         let cfg = WindowConfig::timegrad(5, Scaling::Mean);
         check_windows(&test, &[20, 33, 40], &cfg).unwrap();
         for bad in [19, 41] {
-            let e = check_windows(&test, &[40, bad], &cfg).unwrap_err().to_string();
+            let e = check_windows(&test, &[40, bad], &cfg)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains(&format!("ending at column {bad} does not leave room"))
                     && e.contains("context 15 + horizon 5")
                     && e.contains("40 columns"),
                 "{e}"
             );
-            let e = random_walk(&test, &[bad], &cfg, 2, 0).unwrap_err().to_string();
+            let e = random_walk(&test, &[bad], &cfg, 2, 0)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(&format!("column {bad}")), "{e}");
         }
     }

@@ -562,3 +562,35 @@ pub fn train_with(
         final_loss,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::differences;
+    use serde_json::json;
+
+    /// Every leaf that differs, by its dotted path, in key order; a key on one side only reads as null on the
+    /// other; arrays and numbers compare whole; equal values give nothing.
+    #[test]
+    fn differences_name_each_changed_leaf() {
+        let before =
+            json!({"a": 1, "b": {"c": [1, 2], "d": "x", "gone": true}, "same": {"k": 0.5}});
+        let now = json!({"a": 2, "b": {"c": [1, 3], "d": "x", "new": 1}, "same": {"k": 0.5}});
+        let mut out = Vec::new();
+        differences("", &before, &now, &mut out);
+        assert_eq!(
+            out,
+            [
+                "a: 1 → 2",
+                "b.c: [1,2] → [1,3]",
+                "b.gone: true → null",
+                "b.new: null → 1",
+            ]
+        );
+        let mut none = Vec::new();
+        differences("", &before, &before.clone(), &mut none);
+        assert!(none.is_empty(), "{none:?}");
+        let mut top = vec!["kept".to_string()];
+        differences("run", &json!(1), &json!({"x": 1}), &mut top);
+        assert_eq!(top, ["kept", "run: 1 → {\"x\":1}"]);
+    }
+}

@@ -4,7 +4,7 @@
 use candle_core::Device;
 use vsdm_core::hub::testing::FakeHub;
 use vsdm_core::hub::{Hub, HubRef, RepoKind};
-use vsdm_core::{BetaSchedule, ForwardProcess, SamplerConfig, SamplerKind};
+use vsdm_core::{BetaSchedule, ForwardProcess, SamplerConfig, SamplerKind, VarParams};
 use vsdm_timeseries::data::download::unpack_tar_gz;
 use vsdm_timeseries::data::gluonts::load_gluonts_dir;
 use vsdm_timeseries::data::synthetic::SyntheticArchive;
@@ -371,4 +371,117 @@ fn debias_defaults_and_the_flag() {
             "{method:?} with --debias {flag:?}"
         );
     }
+}
+
+/// The budget's fractions and counts as the trainer gets them: warm-up and cool-down as rounded fractions of
+/// `--iters`, the updates between them split into `--stages` blocks, half the simulated trajectories per
+/// variational batch, κ = 1 unless `--kappa` gives another (VSMD); a batch of zero windows refused alone.
+#[test]
+fn the_budget_reaches_the_trainer() {
+    let budget = Budget {
+        iters: 100,
+        warmup_frac: 0.1,
+        cooldown_frac: 0.25,
+        stages: 4,
+        n_traj: 64,
+        ..Budget::smoke()
+    };
+    let c = pipeline::train_config(Method::Vsdm, &budget, 3, 6, 0).unwrap();
+    // 10 warm-up, 25 cool-down, the 65 between in blocks of 16 (the last stage takes the remainder).
+    assert_eq!((c.warmup, c.cooldown, c.block), (10, 25, 16));
+    assert_eq!((c.iters, c.batch_size, c.variational.batch), (100, 4, 32));
+    let one = Budget {
+        n_traj: 1,
+        stages: 100,
+        ..budget
+    };
+    let c = pipeline::train_config(Method::Vsdm, &one, 3, 6, 0).unwrap();
+    assert_eq!((c.block, c.variational.batch), (1, 1));
+    for (kappa, want) in [(None, 1.0), (Some(0.9), 0.9)] {
+        let b = Budget { kappa, ..budget };
+        let c = pipeline::train_config(Method::Vsmd, &b, 3, 6, 0).unwrap();
+        match c.init {
+            VarParams::Momentum { params, .. } => assert_eq!(params.kappa, Some(want)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let e = Budget { batch: 0, ..budget }
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--batch 0"), "{e}");
+}
+
+/// The network's width, heads, depth and patch come from the budget; patch 0 picks 6 steps per token when 6
+/// divides both the context and the horizon, else 1.
+#[test]
+fn the_budget_shapes_the_network() {
+    let budget = Budget {
+        hidden: 24,
+        heads: 3,
+        layers: 5,
+        patch: 2,
+        ..Budget::smoke()
+    };
+    let w = WindowConfig::timegrad(6, Scaling::Std);
+    let n = pipeline::net_config(Method::Vsmd, &budget, 7, &w, 4);
+    assert_eq!(
+        (
+            n.hidden,
+            n.heads,
+            n.layers,
+            n.patch,
+            n.num_series,
+            n.context,
+            n.horizon
+        ),
+        (24, 3, 5, 2, 7, 18, 6)
+    );
+    assert_eq!((n.time_features, n.state_channels), (4, 2));
+    let auto = Budget { patch: 0, ..budget };
+    assert_eq!(pipeline::net_config(Method::Vsdm, &auto, 7, &w, 4).patch, 6);
+    let w5 = WindowConfig::timegrad(5, Scaling::Std);
+    assert_eq!(
+        pipeline::net_config(Method::Vsdm, &auto, 7, &w5, 4).patch,
+        1
+    );
+}
+
+/// A checkpointed run reports the mean loss of its last tenth of updates (the metrics file's rows); run again
+/// on its finished checkpoint it makes no update and reports no loss; with another learning rate the
+/// checkpoint is refused, naming the setting.
+#[test]
+fn a_checkpointed_run_reports_its_loss_and_resumes_only_its_own_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_dataset(tmp.path());
+    let window = WindowConfig::timegrad(6, Scaling::Std);
+    let ckpt = tmp.path().join("run").join("checkpoints");
+    let budget = Budget {
+        iters: 15,
+        ..Budget::smoke()
+    };
+    let dev = Device::Cpu;
+    let run =
+        |b: &Budget| pipeline::train(Method::Vsdm, b, &data, window, 3, &dev, Some((&ckpt, 5)));
+    let first = run(&budget).unwrap();
+    assert_eq!(first.updates, 15);
+    let csv = std::fs::read_to_string(tmp.path().join("run").join("metrics.csv")).unwrap();
+    let losses: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 15);
+    // The last tenth of 15 updates, rounded up: 2.
+    let want = (losses[13] + losses[14]) / 2.0;
+    let got = first.final_loss.unwrap();
+    assert!((got - want).abs() <= 1e-12 * want.abs(), "{got} vs {want}");
+    let again = run(&budget).unwrap();
+    assert_eq!((again.updates, again.final_loss), (0, None));
+    let other = Budget { lr: 2e-3, ..budget };
+    let e = run(&other).err().unwrap().to_string();
+    assert!(
+        e.contains("other settings") && e.contains("lr: 0.001 → 0.002"),
+        "{e}"
+    );
 }
