@@ -475,9 +475,23 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff > 1e-4);
-        let bad = rng.randn(&[1, 2, 2, 8], &dev).unwrap();
-        let err = net.forward(&x, &t, Some(&bad)).unwrap_err().to_string();
-        assert!(err.contains("context 4 + horizon 3"), "{err}");
+        // Each dimension of x_t [B, K, D, H] and of the conditioning [B, 1 + F, D, C + H] off alone.
+        for (xd, cd) in [
+            ([1, 1, 2, 3], [1, 2, 2, 8]),
+            ([1, 2, 2, 3], [1, 2, 2, 7]),
+            ([1, 1, 3, 3], [1, 2, 2, 7]),
+            ([1, 1, 2, 4], [1, 2, 2, 7]),
+            ([1, 1, 2, 3], [2, 2, 2, 7]),
+            ([1, 1, 2, 3], [1, 3, 2, 7]),
+            ([1, 1, 2, 3], [1, 2, 3, 7]),
+        ] {
+            let (xb, cb) = (rng.randn(&xd, &dev).unwrap(), rng.randn(&cd, &dev).unwrap());
+            let err = net.forward(&xb, &t, Some(&cb)).unwrap_err().to_string();
+            assert!(
+                err.contains("built for 2 series, 1 state channels, context 4 + horizon 3, 1 time"),
+                "{xd:?} {cd:?}: {err}"
+            );
+        }
         assert!(net.forward(&x, &t, None).is_err());
         // The fused inference kernels compute the same function.
         let mut fused =

@@ -323,14 +323,16 @@ fn dense_halves_match_the_whole_layer() {
 /// random probe reached through a transpose (a strided gradient).
 /// [`add_broadcast`] against candle's `broadcast_add`: value and both inputs' gradients (of ⟨y, probe⟩,
 /// read through a transpose, so the incoming gradient is not contiguous), in f32 (the CPU reduction) and
-/// f64 (candle's), for one input broadcast, both, a missing leading axis on either side, none, and a
-/// summed axis of three runs; [`sum_to`] refuses a shape that does not broadcast.
+/// f64 (candle's), for one input broadcast, both, a missing leading axis on either side, none, two summed runs
+/// between kept ones, and a summed axis of three runs; [`sum_to`] refuses a shape that does not broadcast.
 #[test]
 fn add_broadcast_matches_candles_broadcast_add_and_its_gradients() {
     let dev = Device::Cpu;
     let mut rng = NoiseRng::new(9);
-    let pairs: [(&[usize], &[usize]); 7] = [
+    let pairs: [(&[usize], &[usize]); 8] = [
         (&[2, 3, 4, 5], &[2, 1, 1, 5]),
+        // Two summed runs between kept ones: the second's outer size is the kept runs' product.
+        (&[2, 3, 4, 5, 6], &[2, 1, 4, 1, 6]),
         (&[2, 1, 4, 5], &[1, 3, 1, 5]),
         (&[3, 4], &[4]),
         (&[4, 1], &[2, 3, 4, 6]),
@@ -456,6 +458,23 @@ fn layer_norm_and_dense_match_candles_chains_and_their_gradients() {
             for (name, (a, b)) in ["x", "w", "bias"].iter().zip(g1.iter().zip(&g0)) {
                 assert!(rel(a, b) < tol, "{case}: dense d{name} {}", rel(a, b));
             }
+            // An input that is data (untracked), as for a network's first layer: the weight and bias still
+            // get their gradients.
+            let y2 = dense_op(&x2.detach(), w.as_tensor(), b.as_tensor()).unwrap();
+            let loss = (y2.transpose(0, 1).unwrap()
+                * probe_dense.as_tensor().transpose(0, 1).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
+            let g2 = loss.backward().unwrap();
+            for (name, v, want) in [("w", &w, &g0[1]), ("bias", &b, &g0[2])] {
+                let got = g2.get(v.as_tensor()).expect("a gradient");
+                assert!(
+                    rel(got, want) < tol,
+                    "{case}: dense d{name}, data input {}",
+                    rel(got, want)
+                );
+            }
             // Without tracked inputs: nothing recorded, the same value.
             let plain = layer_norm(
                 &x.as_tensor().detach(),
@@ -511,4 +530,100 @@ fn softmax_and_layer_norm_match_closed_forms_and_have_gradients() {
     let s = [0f32, 2.0, -200.0].map(vsdm_core::fastmath::sigmoid_f32);
     assert!((s[0] - 0.5).abs() < 1e-7 && (s[1] - 1.0 / (1.0 + (-2f32).exp())).abs() < 1e-6);
     assert!(s[2] >= 0.0 && s[2] < 1e-30);
+}
+
+/// The attention op beyond the shapes above: five axes (three leading), an input of rank below 2 and q, k, v
+/// that do not make an attention (named errors), only some inputs tracked (each tracked one gets the chain's
+/// gradient), and f16 (candle's products and the softmax backward's chain of ops, to f16's rounding against
+/// the f32 chain).
+#[test]
+fn attention_ranks_shapes_partial_tracking_and_half_precision() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(23);
+    let shape = [2usize, 2, 3, 5, 4];
+    let draw = |rng: &mut NoiseRng, s: &[usize]| rng.randn(s, &dev).unwrap();
+    let (q, k, v) = (
+        draw(&mut rng, &shape),
+        draw(&mut rng, &shape),
+        draw(&mut rng, &shape),
+    );
+    let y = attention(&q, &k, &v).unwrap();
+    // The chain on the leading axes flattened (candle's batched product takes at most four axes here).
+    let three = |t: &Tensor| t.reshape((12, 5, 4)).unwrap();
+    let y0 = attention_chain(&three(&q), &three(&k), &three(&v))
+        .unwrap()
+        .reshape(&shape)
+        .unwrap();
+    assert!(rel(&y, &y0) < 1e-5, "rank 5: {}", rel(&y, &y0));
+
+    let e = attention(&q.flatten_all().unwrap(), &k, &v)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected […, S, d]"), "{e}");
+    let q3 = draw(&mut rng, &[2, 5, 4]);
+    for (kk, vv) in [
+        (draw(&mut rng, &[2, 5, 3]), draw(&mut rng, &[2, 5, 4])),
+        (draw(&mut rng, &[2, 5, 4]), draw(&mut rng, &[2, 6, 4])),
+    ] {
+        let e = attention(&q3, &kk, &vv).unwrap_err().to_string();
+        assert!(e.contains("do not make an attention"), "{e}");
+    }
+
+    // One tracked input at a time: its gradient of ⟨y, probe⟩ equals the chain's.
+    let (q, k, v) = (three(&q), three(&k), three(&v));
+    let probe = draw(&mut rng, &[12, 5, 4]);
+    for which in 0..3 {
+        let var = Var::from_tensor(&[&q, &k, &v][which].clone()).unwrap();
+        let grad = |f: &dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>| {
+            let mut args = [q.clone(), k.clone(), v.clone()];
+            args[which] = var.as_tensor().clone();
+            let y = f(&args[0], &args[1], &args[2]).unwrap();
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(var.as_tensor()).cloned()
+        };
+        let (g, g0) = (grad(&attention), grad(&attention_chain));
+        let (g, g0) = (g.expect("no gradient"), g0.unwrap());
+        assert!(rel(&g, &g0) < 1e-5, "input {which}: {}", rel(&g, &g0));
+    }
+
+    // f16: the value and the gradients against the f32 chain, to f16's precision.
+    let h = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F16).unwrap()).unwrap();
+    let (qh, kh, vh) = (h(&q), h(&k), h(&v));
+    let yh = attention(qh.as_tensor(), kh.as_tensor(), vh.as_tensor()).unwrap();
+    assert_eq!(yh.dtype(), DType::F16);
+    let gh = (yh.to_dtype(DType::F32).unwrap() * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (qv, kv, vv) = (
+        Var::from_tensor(&q).unwrap(),
+        Var::from_tensor(&k).unwrap(),
+        Var::from_tensor(&v).unwrap(),
+    );
+    let y32 = attention_chain(qv.as_tensor(), kv.as_tensor(), vv.as_tensor()).unwrap();
+    let g32 = (&y32 * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    assert!(
+        rel(&f32_of(&yh), &y32) < 5e-3,
+        "f16 value {}",
+        rel(&f32_of(&yh), &y32)
+    );
+    for (name, a, b) in [("q", &qh, &qv), ("k", &kh, &kv), ("v", &vh, &vv)] {
+        let (ga, gb) = (
+            f32_of(gh.get(a.as_tensor()).unwrap()),
+            g32.get(b.as_tensor()).unwrap().clone(),
+        );
+        assert!(
+            rel(&ga, &gb) < 1e-2,
+            "f16 gradient of {name}: {}",
+            rel(&ga, &gb)
+        );
+    }
 }
