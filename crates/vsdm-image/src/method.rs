@@ -292,13 +292,16 @@ impl DataRecord {
 impl RunSpec {
     pub const FILE: &'static str = "run.json";
 
-    /// Writes `run.json` into `dir`.
+    /// Writes `run.json` into `dir`, through a temporary file renamed into place: a crash while writing leaves
+    /// the previous record whole (`--resume` reads it).
     pub fn save(&self, dir: &std::path::Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let p = dir.join(Self::FILE);
         let s =
             serde_json::to_string_pretty(self).map_err(|e| Error::bad_file(&p, e.to_string()))?;
-        std::fs::write(&p, s).map_err(Error::io(&p))
+        let tmp = dir.join(".run.json.tmp");
+        std::fs::write(&tmp, s).map_err(Error::io(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(Error::io(&p))
     }
 
     /// Reads `run.json`, naming the file on error.
@@ -332,6 +335,12 @@ mod tests {
         spec.save(dir.path()).unwrap();
         let path = dir.path().join(RunSpec::FILE);
         assert_eq!(RunSpec::load(&path).unwrap(), spec);
+        // Saved through a temporary file, none left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [RunSpec::FILE]);
 
         let mut old: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -345,5 +354,85 @@ mod tests {
         assert!(e.contains("run.json") && e.contains("f8"), "{e}");
         assert!(Precision::Bf16.check(&candle_core::Device::Cpu).is_err());
         assert!(Precision::F32.check(&candle_core::Device::Cpu).is_ok());
+    }
+
+    /// Each method by its name (any case) and back, an unknown name refused naming it; the precisions print
+    /// as the flag spells them.
+    #[test]
+    fn names_parse_and_print() {
+        for (name, m) in [
+            ("vp", Method::Vp),
+            ("vsdm", Method::Vsdm),
+            ("vsmd", Method::Vsmd),
+        ] {
+            assert_eq!(name.parse::<Method>().unwrap(), m);
+            assert_eq!(name.to_uppercase().parse::<Method>().unwrap(), m);
+            assert_eq!(m.to_string(), name);
+        }
+        let e = "ddpm".parse::<Method>().unwrap_err().to_string();
+        assert!(e.contains("ddpm") && e.contains("vp, vsdm or vsmd"), "{e}");
+        for p in [Precision::F32, Precision::Bf16] {
+            let flag = <Precision as clap::ValueEnum>::from_str(&p.to_string(), false).unwrap();
+            assert_eq!(flag, p);
+        }
+    }
+
+    /// The papers' image settings per method (ALGORITHM.md §F.2, §G): VSDM's power schedule for VP and VSDM,
+    /// VSMD's constant β = 10; Euler–Maruyama with 200 steps, Heun with 100 for VSMD; ζ 0.75 (VSDM's code), 1
+    /// for VSMD; VSMD's six input channels.
+    #[test]
+    fn each_method_has_its_papers_defaults() {
+        use vsdm_core::SamplerKind;
+        let budget = Budget::cpu();
+        for m in [Method::Vp, Method::Vsdm, Method::Vsmd] {
+            let vsmd = m == Method::Vsmd;
+            let want = if vsmd {
+                BetaSchedule::Constant {
+                    beta: 10.0,
+                    t_max: 1.0,
+                }
+            } else {
+                BetaSchedule::vsdm_default()
+            };
+            assert_eq!(m.schedule(), want, "{m}");
+            let s = m.default_sampler();
+            let want = if vsmd {
+                (SamplerKind::Heun, 100)
+            } else {
+                (SamplerKind::EulerMaruyama, 200)
+            };
+            assert_eq!((s.kind, s.steps), want, "{m}");
+            let c = train_config(m, &budget, 0);
+            assert_eq!(c.variational.zeta, if vsmd { 1.0 } else { 0.75 }, "{m}");
+            assert_eq!(c.schedule, m.schedule(), "{m}");
+            let base = UNetConfig::tiny();
+            assert_eq!(m.unet(base).in_channels, if vsmd { 6 } else { 3 }, "{m}");
+        }
+    }
+
+    /// `--data` as recorded: nothing given is the bundled subset, a hub reference verbatim, a path made
+    /// absolute; an unrecorded field is left out of `run.json`, a recorded one written.
+    #[test]
+    fn data_records_name_the_training_images() {
+        assert_eq!(DataRecord::of(None), DataRecord::Bundled);
+        assert_eq!(
+            DataRecord::of(Some("hf:uoft-cs/cifar10@main")),
+            DataRecord::Given("hf:uoft-cs/cifar10@main".into())
+        );
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            DataRecord::of(Some("some/images")),
+            DataRecord::Given(here.join("some/images").display().to_string())
+        );
+        let spec = |data| RunSpec {
+            method: Method::Vp,
+            unet: UNetConfig::tiny(),
+            precision: Precision::F32,
+            data,
+            output: None,
+        };
+        let json = |d| serde_json::to_value(spec(d)).unwrap();
+        assert!(json(DataRecord::Unrecorded).get("data").is_none());
+        assert_eq!(json(DataRecord::Bundled)["data"], "bundled");
     }
 }

@@ -217,5 +217,21 @@ fn sampling_shapes_and_nfe() {
         assert_eq!(x.dims(), &[5, 3, 32, 32], "{method}");
         assert_eq!(x.dtype(), DType::U8);
         assert_eq!(k, nfe, "{method}");
+        // No images, or batches of none, are errors naming the values (each alone).
+        for (n, batch) in [(0, 2), (5, 0)] {
+            let e = sample_images(
+                &process,
+                &net,
+                &sampler,
+                n,
+                batch,
+                Labels::None,
+                &mut rng,
+                &dev,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(&format!("{n}/{batch}")), "{e}");
+        }
     }
 }
