@@ -63,6 +63,24 @@ impl Labels {
     }
 }
 
+impl Labels {
+    /// The conditioning of a batch of `b` images as row-major one-hot rows `[b, classes]` and the number of
+    /// classes: each row's class drawn uniformly (`Uniform`) or the given one (`Class`); `None` for an
+    /// unconditional network.
+    pub fn one_hots(&self, b: usize, rng: &mut NoiseRng) -> Option<(Vec<f32>, usize)> {
+        let (k, fixed) = match *self {
+            Labels::Uniform(k) => (k, None),
+            Labels::Class { classes, class } => (classes, Some(class)),
+            Labels::None => return None,
+        };
+        let mut v = vec![0f32; b * k];
+        for row in v.chunks_mut(k.max(1)).take(b) {
+            row[fixed.unwrap_or_else(|| rng.index(k))] = 1.0;
+        }
+        Some((v, k))
+    }
+}
+
 /// Draws `n` images in batches of at most `batch` with the sampler, with `labels` for a class-conditional
 /// network. Returns 8-bit images `[n, 3, 32, 32]` (u8, on the CPU;
 /// [−1, 1] mapped by round((x + 1)·127.5), clipped) and the network evaluations per image.
@@ -88,23 +106,10 @@ pub fn sample_images(
     let (mut done, mut nfe) = (0, 0);
     while done < n {
         let b = batch.min(n - done);
-        let cond = match labels {
-            Labels::Uniform(k) => {
-                let mut v = vec![0f32; b * k];
-                for i in 0..b {
-                    v[i * k + rng.index(k)] = 1.0;
-                }
-                Some(Tensor::from_vec(v, (b, k), device)?)
-            }
-            Labels::Class { classes: k, class } => {
-                let mut v = vec![0f32; b * k];
-                for i in 0..b {
-                    v[i * k + class] = 1.0;
-                }
-                Some(Tensor::from_vec(v, (b, k), device)?)
-            }
-            Labels::None => None,
-        };
+        let cond = labels
+            .one_hots(b, rng)
+            .map(|(v, k)| Tensor::from_vec(v, (b, k), device))
+            .transpose()?;
         let run = sample_model(process, net, cond.as_ref(), sampler, b, rng, device)?;
         nfe = run.nfe;
         let x = process.data_part(&run.state)?;
@@ -126,6 +131,39 @@ pub fn grid_columns(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::Labels;
+    use vsdm_core::NoiseRng;
+
+    /// One 1 per row: at the given class, or at classes drawn uniformly (10,000 rows over 10 classes: each
+    /// count within 5 standard deviations, √(10,000 · 0.1 · 0.9) = 30, of 1,000); none for an unconditional
+    /// network.
+    #[test]
+    fn one_hot_rows_hold_one_class_each() {
+        let mut rng = NoiseRng::new(4);
+        assert!(Labels::None.one_hots(3, &mut rng).is_none());
+        let (v, k) = Labels::Class {
+            classes: 10,
+            class: 7,
+        }
+        .one_hots(4, &mut rng)
+        .unwrap();
+        assert_eq!((v.len(), k), (40, 10));
+        for row in v.chunks(10) {
+            let ones: Vec<usize> = (0..10).filter(|&c| row[c] == 1.0).collect();
+            assert_eq!(ones, [7]);
+            assert_eq!(row.iter().sum::<f32>(), 1.0);
+        }
+        let (v, k) = Labels::Uniform(10).one_hots(10_000, &mut rng).unwrap();
+        assert_eq!((v.len(), k), (100_000, 10));
+        let mut counts = [0usize; 10];
+        for row in v.chunks(10) {
+            assert_eq!(row.iter().sum::<f32>(), 1.0);
+            counts[row.iter().position(|&x| x == 1.0).unwrap()] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| c.abs_diff(1000) <= 150),
+            "{counts:?}"
+        );
+    }
 
     /// `--class` as a number or a CIFAR-10 name; out of range, unknown, or for an unconditional network: an
     /// error naming the flag and the value.
