@@ -136,6 +136,14 @@ mod tests {
     /// One 1 per row: at the given class, or at classes drawn uniformly (10,000 rows over 10 classes: each
     /// count within 5 standard deviations, √(10,000 · 0.1 · 0.9) = 30, of 1,000); none for an unconditional
     /// network.
+    /// A near-square grid: ⌈√n⌉ columns (16 images 4 × 4, 10 in rows of 4, 17 in rows of 5), at least one.
+    #[test]
+    fn grids_are_near_square() {
+        for (n, cols) in [(0, 1), (1, 1), (2, 2), (10, 4), (16, 4), (17, 5), (64, 8)] {
+            assert_eq!(super::grid_columns(n), cols, "{n}");
+        }
+    }
+
     #[test]
     fn one_hot_rows_hold_one_class_each() {
         let mut rng = NoiseRng::new(4);
