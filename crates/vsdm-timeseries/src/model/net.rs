@@ -341,10 +341,10 @@ mod tests {
         assert_eq!(exchange.sample_batch_within(512 << 20, 100), 100);
         assert_eq!(electricity.sample_batch_within(512 << 20, 100), 30);
         assert_eq!(electricity.sample_batch_within(1, 100), 1);
-        // One long series: the map along time bounds it, 4 bytes × 2 heads × 1 series × 400² tokens (2,400
-        // steps in patches of 6) = 1.28 MB a sample, 419 of them in 512 MiB.
-        let long = NetConfig::small(1, 1800, 600, 4, 1);
-        assert_eq!(long.sample_batch_within(512 << 20, 1000), 419);
+        // Two long series: the map along time bounds it, 4 bytes × 2 heads × 2 series × 400² tokens (2,400
+        // steps in patches of 6) = 2.56 MB a sample, 209 of them in 512 MiB.
+        let long = NetConfig::small(2, 1800, 600, 4, 1);
+        assert_eq!(long.sample_batch_within(512 << 20, 1000), 209);
     }
 
     /// A network of 8 channels over `series` series, context 6, horizon 2, 2 time features, patches of 2.
