@@ -458,22 +458,33 @@ fn layer_norm_and_dense_match_candles_chains_and_their_gradients() {
             for (name, (a, b)) in ["x", "w", "bias"].iter().zip(g1.iter().zip(&g0)) {
                 assert!(rel(a, b) < tol, "{case}: dense d{name} {}", rel(a, b));
             }
-            // An input that is data (untracked), as for a network's first layer: the weight and bias still
-            // get their gradients.
-            let y2 = dense_op(&x2.detach(), w.as_tensor(), b.as_tensor()).unwrap();
-            let loss = (y2.transpose(0, 1).unwrap()
-                * probe_dense.as_tensor().transpose(0, 1).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap();
-            let g2 = loss.backward().unwrap();
-            for (name, v, want) in [("w", &w, &g0[1]), ("bias", &b, &g0[2])] {
-                let got = g2.get(v.as_tensor()).expect("a gradient");
-                assert!(
-                    rel(got, want) < tol,
-                    "{case}: dense d{name}, data input {}",
-                    rel(got, want)
-                );
+            // An input that is data (untracked), as for a network's first layer, with the bias tracked or
+            // not: the tracked parameters still get their gradients.
+            for bias_tracked in [true, false] {
+                let bias = if bias_tracked {
+                    b.as_tensor().clone()
+                } else {
+                    b.as_tensor().detach()
+                };
+                let y2 = dense_op(&x2.detach(), w.as_tensor(), &bias).unwrap();
+                let loss = (y2.transpose(0, 1).unwrap()
+                    * probe_dense.as_tensor().transpose(0, 1).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+                let g2 = loss.backward().unwrap();
+                let tracked = if bias_tracked { 2 } else { 1 };
+                for (name, v, want) in [("w", &w, &g0[1]), ("bias", &b, &g0[2])]
+                    .into_iter()
+                    .take(tracked)
+                {
+                    let got = g2.get(v.as_tensor()).expect("a gradient");
+                    assert!(
+                        rel(got, want) < tol,
+                        "{case}: dense d{name}, data input {}",
+                        rel(got, want)
+                    );
+                }
             }
             // Without tracked inputs: nothing recorded, the same value.
             let plain = layer_norm(
