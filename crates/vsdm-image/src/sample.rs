@@ -61,9 +61,7 @@ impl Labels {
             )),
         }
     }
-}
 
-impl Labels {
     /// The conditioning of a batch of `b` images as row-major one-hot rows `[b, classes]` and the number of
     /// classes: each row's class drawn uniformly (`Uniform`) or the given one (`Class`); `None` for an
     /// unconditional network.
@@ -133,9 +131,6 @@ mod tests {
     use super::Labels;
     use vsdm_core::NoiseRng;
 
-    /// One 1 per row: at the given class, or at classes drawn uniformly (10,000 rows over 10 classes: each
-    /// count within 5 standard deviations, √(10,000 · 0.1 · 0.9) = 30, of 1,000); none for an unconditional
-    /// network.
     /// A near-square grid: ⌈√n⌉ columns (16 images 4 × 4, 10 in rows of 4, 17 in rows of 5), at least one.
     #[test]
     fn grids_are_near_square() {
@@ -144,6 +139,9 @@ mod tests {
         }
     }
 
+    /// One 1 per row: at the given class, or at classes drawn uniformly (10,000 rows over 10 classes: each
+    /// count within 5 standard deviations, √(10,000 · 0.1 · 0.9) = 30, of 1,000); none for an unconditional
+    /// network.
     #[test]
     fn one_hot_rows_hold_one_class_each() {
         let mut rng = NoiseRng::new(4);
