@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarMap};
 use vsdm_core::{ForwardProcess, Marginals, NoiseRng, SamplerConfig, SamplerKind, ScoreModel};
 use vsdm_image::data::{self, CifarSource, ImageSet};
-use vsdm_image::method::{train_config, Budget, Method, RunSpec};
+use vsdm_image::method::{train_config, Budget, DataRecord, Method, OutputRecord, RunSpec};
 use vsdm_image::sample::{sample_images, Labels};
 use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
 use vsdm_image::{UNet, UNetConfig};
@@ -145,8 +145,8 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
         method: Method::Vsdm,
         unet: UNetConfig { dropout, ..micro() },
         precision: Default::default(),
-        data: Default::default(),
-        output: None,
+        data: DataRecord::Given("/where/the/images/were".into()),
+        output: Some(OutputRecord::default()),
     };
     let opts = |out: &Path| LoopOptions {
         out: out.to_path_buf(),
@@ -165,6 +165,18 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
     let s = run_loop(&mut tr, &spec, &mut src, &opts(a.path()), &dev).unwrap();
     assert_eq!(s.steps_done, 4);
     assert!(a.path().join("samples/step-0000004.png").exists());
+    // The weights to publish say what the network is, not where this machine kept its images or how often
+    // the run wrote (the run folder's record keeps those for --resume).
+    let published = RunSpec::load(&a.path().join("weights").join(RunSpec::FILE)).unwrap();
+    assert_eq!(
+        published,
+        RunSpec {
+            data: DataRecord::Unrecorded,
+            output: None,
+            ..spec.clone()
+        }
+    );
+    assert_eq!(RunSpec::load(&a.path().join(RunSpec::FILE)).unwrap(), spec);
     let params_a = tr.params_ema().values().to_vec();
     let tensors_a =
         candle_core::safetensors::load(a.path().join("weights/model.safetensors"), &dev).unwrap();
