@@ -72,7 +72,7 @@ impl Labels {
             Labels::None => return None,
         };
         let mut v = vec![0f32; b * k];
-        for row in v.chunks_mut(k.max(1)).take(b) {
+        for row in v.chunks_mut(k.max(1)) {
             row[fixed.unwrap_or_else(|| rng.index(k))] = 1.0;
         }
         Some((v, k))

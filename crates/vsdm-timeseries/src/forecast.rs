@@ -263,6 +263,12 @@ mod tests {
     use crate::data::{Freq, SeriesMatrix};
     use crate::window::Scaling;
 
+    /// The population variance of `xs`.
+    fn variance(xs: &[f64]) -> f64 {
+        let m = xs.iter().sum::<f64>() / xs.len() as f64;
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64
+    }
+
     fn split(values: Vec<f32>, d: usize, len: usize, ends: Vec<usize>) -> TestSplit {
         let s = SeriesMatrix::new(
             parse_timestamp("2021-03-01").unwrap(),
@@ -390,8 +396,7 @@ mod tests {
                 let xs: Vec<f64> = (0..200 * h)
                     .map(|k| f[0].samples[k * d + j] as f64)
                     .collect();
-                let m = xs.iter().sum::<f64>() / xs.len() as f64;
-                (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64).sqrt()
+                variance(&xs).sqrt()
             })
         };
         let (zero, one, mixed) = (
@@ -426,8 +431,7 @@ mod tests {
             let xs: Vec<f64> = (0..20_000)
                 .map(|s| f[0].samples[s * 10 + k] as f64)
                 .collect();
-            let m = xs.iter().sum::<f64>() / xs.len() as f64;
-            let v = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / xs.len() as f64;
+            let v = variance(&xs);
             assert!(
                 (v - (k + 1) as f64).abs() < 0.06 * (k + 1) as f64,
                 "k {k}: var {v}"
