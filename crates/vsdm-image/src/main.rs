@@ -209,7 +209,8 @@ struct TrainArgs {
     /// optimizer, EMA, loss and sampling stay in f32). Default f32.
     #[arg(long, value_enum)]
     precision: Option<Precision>,
-    /// Stop after this many minutes (with a checkpoint); default 3 for the tiny network on the CPU.
+    /// Stop after this many minutes, the end's checkpoint and sample grid included (training stops early
+    /// enough for them); default 3 for the tiny network on the CPU.
     #[arg(long, allow_hyphen_values = true)]
     minutes: Option<f64>,
     /// Checkpoint every N steps (and at the end; 0: only at the end). Default 500; a resumed run keeps its own.

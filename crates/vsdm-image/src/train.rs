@@ -61,7 +61,8 @@ pub struct LoopOptions {
     pub grid: usize,
     /// Sampler of the grids.
     pub sampler: SamplerConfig,
-    /// Stop (with a checkpoint) after this much wall-clock time.
+    /// Stop (with a checkpoint) after this much wall-clock time; the end's checkpoint and sample grid are
+    /// drawn within it (the training stops early enough for them, see [`run_loop`]).
     pub max_seconds: Option<f64>,
     /// Show a progress bar.
     pub progress: bool,
@@ -84,26 +85,38 @@ pub struct LoopSummary {
     pub interrupted: bool,
 }
 
+/// A grid's images drawn by the EMA network with `sampler`, from a fixed noise stream of its own: grids are
+/// comparable across steps and the trainer's RNG (hence exact resume) is untouched. Returns the images and the
+/// network evaluations per image.
+fn draw_grid(
+    tr: &Trainer<UNet>,
+    spec: &RunSpec,
+    opts: &LoopOptions,
+    sampler: &SamplerConfig,
+    device: &Device,
+) -> Result<(candle_core::Tensor, usize)> {
+    let mut rng = NoiseRng::new(tr.config().seed ^ 0x5eed);
+    let labels = Labels::for_network(spec.unet.label_dim, None)?;
+    let net = tr.ema_model();
+    sample_images(
+        tr.process(),
+        net,
+        sampler,
+        opts.grid,
+        opts.grid,
+        labels,
+        &mut rng,
+        device,
+    )
+}
+
 fn grid_now(
     tr: &Trainer<UNet>,
     spec: &RunSpec,
     opts: &LoopOptions,
     device: &Device,
 ) -> Result<PathBuf> {
-    // A fixed noise stream of its own, so grids are comparable across steps and the trainer's RNG (hence
-    // exact resume) is untouched.
-    let mut rng = NoiseRng::new(tr.config().seed ^ 0x5eed);
-    let labels = Labels::for_network(spec.unet.label_dim, None)?;
-    let (images, _) = sample_images(
-        tr.process(),
-        tr.ema_model(),
-        &opts.sampler,
-        opts.grid,
-        opts.grid,
-        labels,
-        &mut rng,
-        device,
-    )?;
+    let (images, _) = draw_grid(tr, spec, opts, &opts.sampler, device)?;
     let path = opts
         .out
         .join("samples")
@@ -113,6 +126,27 @@ fn grid_now(
     vsdm_eval::export::save_grid_png(&images, &path, grid_columns(opts.grid))
         .map_err(|e| Error::bad_file(&path, e.to_string()))?;
     Ok(path)
+}
+
+/// Seconds the end's sample grid will take: the faster of two one-step draws of the grid's images (the first
+/// may pay for loading kernels), times the grid sampler's network evaluations.
+fn grid_seconds_estimate(
+    tr: &Trainer<UNet>,
+    spec: &RunSpec,
+    opts: &LoopOptions,
+    device: &Device,
+) -> Result<f64> {
+    let one = SamplerConfig {
+        steps: 1,
+        ..opts.sampler
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let (_, nfe) = draw_grid(tr, spec, opts, &one, device)?;
+        best = best.min(t.elapsed().as_secs_f64() / nfe.max(1) as f64);
+    }
+    Ok(best * opts.sampler.nfe() as f64)
 }
 
 fn save(tr: &Trainer<UNet>, spec: &RunSpec, out: &Path) -> Result<()> {
@@ -130,6 +164,13 @@ fn save(tr: &Trainer<UNet>, spec: &RunSpec, out: &Path) -> Result<()> {
 }
 
 /// Trains until the configured number of steps (or the time limit), writing checkpoints, weights and grids.
+///
+/// With a time limit the run ends within it: the training stops when the time spent plus what the end still
+/// costs (its sample grid and checkpoint) reaches the limit. The grid's cost is measured before the first step
+/// ([`grid_seconds_estimate`]) and again by each grid drawn on the way; the checkpoint's by each one written on
+/// the way (none before the first); before the run stops on these figures the grid's cost is measured once more,
+/// so that a figure taken at a busy moment does not end the run early. At least one step is made, however short
+/// the limit.
 pub fn run_loop<D: DataSource>(
     tr: &mut Trainer<UNet>,
     spec: &RunSpec,
@@ -147,14 +188,26 @@ pub fn run_loop<D: DataSource>(
         Progress::hidden()
     };
     pb.start_at(tr.step_count() as u64);
-    // A limit too large for a Duration (--minutes 1e300) is no limit for the estimate.
-    if let Some(d) = opts
-        .max_seconds
-        .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
-    {
-        pb.set_deadline(d);
-    }
     let start = Instant::now();
+    // What the end costs beyond the last update: (sample grid, checkpoint) seconds.
+    let mut end_cost = (0.0, 0.0);
+    if let Some(limit) = opts.max_seconds {
+        end_cost.0 = grid_seconds_estimate(tr, spec, opts, device)?;
+        if end_cost.0 >= limit {
+            pb.println(format!(
+                "the end's sample grid ({} images, {} network evaluations) takes about {:.1} s, more than the time \
+                 limit: one step is made (a smaller --grid or --grid-steps leaves time to train)",
+                opts.grid,
+                opts.sampler.nfe(),
+                end_cost.0
+            ));
+        }
+        let left = limit - start.elapsed().as_secs_f64() - end_cost.0;
+        if let Ok(d) = std::time::Duration::try_from_secs_f64(left.max(0.0)) {
+            pb.set_deadline(d);
+        }
+    }
+    let mut checked_again = false;
     let mut losses = Vec::new();
     let mut last_grid = None;
     let mut interrupted = false;
@@ -174,9 +227,18 @@ pub fn run_loop<D: DataSource>(
         if let Some((a, b)) = r.stage {
             tracing::info!(step = r.step, before = a, after = b, "variational stage");
         }
-        let out_of_time = opts
-            .max_seconds
-            .is_some_and(|s| start.elapsed().as_secs_f64() >= s);
+        let over = |(grid, ckpt): (f64, f64)| {
+            opts.max_seconds
+                .is_some_and(|s| start.elapsed().as_secs_f64() + grid + ckpt >= s)
+        };
+        let mut out_of_time = over(end_cost);
+        if out_of_time && !checked_again {
+            // The grid's cost may have been measured at a busy moment (another process, a load spike): measured
+            // again, once, before the run stops on it.
+            checked_again = true;
+            end_cost.0 = grid_seconds_estimate(tr, spec, opts, device)?;
+            out_of_time = over(end_cost);
+        }
         // A request during the last update is not an interruption: the run ends as planned.
         interrupted = r.step < total
             && opts
@@ -185,7 +247,9 @@ pub fn run_loop<D: DataSource>(
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
         let last = r.step == total || out_of_time;
         if last || interrupted || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
+            let t = Instant::now();
             save(tr, spec, &opts.out)?;
+            end_cost.1 = t.elapsed().as_secs_f64();
             tracing::info!(step = r.step, loss = r.loss, "checkpoint");
         }
         if last || interrupted {
@@ -202,7 +266,9 @@ pub fn run_loop<D: DataSource>(
             break;
         }
         if last || (opts.sample_every > 0 && r.step % opts.sample_every == 0) {
+            let t = Instant::now();
             let p = grid_now(tr, spec, opts, device)?;
+            end_cost.0 = t.elapsed().as_secs_f64();
             pb.println(format!("step {}: sample grid {}", r.step, p.display()));
             last_grid = Some(p);
         }

@@ -43,6 +43,17 @@ fn budget(batch: usize, iters: usize) -> Budget {
     }
 }
 
+/// A run of the micro network with the default output settings.
+fn micro_run(method: Method) -> RunSpec {
+    RunSpec {
+        method,
+        unet: micro(),
+        precision: Default::default(),
+        data: DataRecord::Unrecorded,
+        output: Some(OutputRecord::default()),
+    }
+}
+
 /// A fixed batch of 16 real images noised at 16 times by the VSDM kernel, with a fresh network and AdamW.
 struct FixedBatch {
     net: UNet,
@@ -205,6 +216,179 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
         let d = vsdm_core::compare::max_abs_diff(ta, tc).unwrap();
         assert_eq!(d, 0.0, "dropout {dropout}: {k} differs by {d}");
     }
+}
+
+/// The loop's cadence and its summary: checkpoints every `ckpt_every` steps and at the end (the newest two kept),
+/// grids every `sample_every` steps and at the end, the summary's losses and images/s as the metrics file records
+/// them; a stop request after an update ends the run there with a checkpoint and no grid, unless that update
+/// was the last.
+#[test]
+fn loop_cadence_summary_and_stop_request() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dev = Device::Cpu;
+    let spec = micro_run(Method::Vp);
+    let names = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let opts = |out: &Path, ckpt_every, sample_every, stop| LoopOptions {
+        out: out.to_path_buf(),
+        ckpt_every,
+        sample_every,
+        grid: 1,
+        sampler: SamplerConfig::new(SamplerKind::EulerMaruyama, 1),
+        max_seconds: None,
+        progress: false,
+        stop,
+    };
+    let run = |iters, o: &LoopOptions| {
+        let mut tr =
+            new_trainer(&spec, train_config(Method::Vp, &budget(2, iters), 5), &dev).unwrap();
+        let mut src = CifarSource::new(images(20), true, false).unwrap();
+        run_loop(&mut tr, &spec, &mut src, o, &dev).unwrap()
+    };
+    let ckpts = |out: &Path| -> Vec<String> {
+        names(&out.join("ckpt"))
+            .into_iter()
+            .filter(|n| n.starts_with("ckpt-"))
+            .collect()
+    };
+    let steps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let a = tempfile::tempdir().unwrap();
+    let s = run(12, &opts(a.path(), 5, 4, None));
+    assert_eq!(s.steps_done, 12);
+    assert!(!s.interrupted);
+    assert_eq!(
+        ckpts(a.path()),
+        steps(&["ckpt-000000010", "ckpt-000000012"])
+    );
+    assert_eq!(
+        names(&a.path().join("samples")),
+        steps(&["step-0000004.png", "step-0000008.png", "step-0000012.png"])
+    );
+    assert_eq!(s.last_grid, Some(a.path().join("samples/step-0000012.png")));
+    // The summary against the metrics file's rows: first and last loss, the mean of the last tenth (2 of 12
+    // rows), images/s over the updates' own time.
+    let text = std::fs::read_to_string(a.path().join("metrics.csv")).unwrap();
+    let rows: Vec<(f64, f64)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].parse().unwrap(), f[5].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(s.first_loss, rows[0].0);
+    assert_eq!(s.last_loss, rows[11].0);
+    let tail = (rows[10].0 + rows[11].0) / 2.0;
+    assert!(
+        (s.tail_loss - tail).abs() <= 1e-12 * tail,
+        "{} vs {tail}",
+        s.tail_loss
+    );
+    // (The file's seconds are rounded to the millisecond.)
+    let ips = |secs: f64| 12.0 * 2.0 / secs;
+    let secs = rows[11].1;
+    assert!(
+        (ips(secs + 5e-4)..=ips(secs - 5e-4)).contains(&s.images_per_second),
+        "{} vs {}",
+        s.images_per_second,
+        ips(secs)
+    );
+
+    // Only at the end when both are 0.
+    let b = tempfile::tempdir().unwrap();
+    let s = run(3, &opts(b.path(), 0, 0, None));
+    assert_eq!(ckpts(b.path()), steps(&["ckpt-000000003"]));
+    assert_eq!(
+        names(&b.path().join("samples")),
+        steps(&["step-0000003.png"])
+    );
+    assert_eq!(s.tail_loss, s.last_loss);
+
+    // A stop request: after the first update, a checkpoint and the weights, no grid.
+    let c = tempfile::tempdir().unwrap();
+    let stop = Some(Arc::new(AtomicBool::new(true)));
+    let s = run(5, &opts(c.path(), 0, 0, stop.clone()));
+    assert!(s.interrupted);
+    assert_eq!(s.steps_done, 1);
+    assert_eq!(ckpts(c.path()), steps(&["ckpt-000000001"]));
+    assert!(c.path().join("weights/model.safetensors").is_file());
+    assert_eq!(
+        (s.last_grid, names(&c.path().join("samples"))),
+        (None, vec![])
+    );
+    // … during the last update: the run ends as planned, with its grid.
+    let d = tempfile::tempdir().unwrap();
+    let s = run(1, &opts(d.path(), 0, 0, stop));
+    assert!(!s.interrupted);
+    assert_eq!(
+        names(&d.path().join("samples")),
+        steps(&["step-0000001.png"])
+    );
+}
+
+/// A run with a time limit ends within it, its end's sample grid included: the training stops early enough
+/// for a costly grid (its cost measured here first, the limit three times that), neither past the limit (1.2×
+/// allowed for a busy machine) nor long before it. (Drawing the grid after the limit, as before, ends at about
+/// 1.33× the limit.)
+#[test]
+fn a_time_limit_holds_the_end_grid() {
+    let dev = Device::Cpu;
+    let spec = micro_run(Method::Vsdm);
+    let mut tr = new_trainer(
+        &spec,
+        train_config(Method::Vsdm, &budget(2, 1_000_000), 7),
+        &dev,
+    )
+    .unwrap();
+    let (grid, sampler) = (16, SamplerConfig::new(SamplerKind::EulerMaruyama, 60));
+    let t = std::time::Instant::now();
+    let mut rng = NoiseRng::new(3);
+    let net = tr.ema_model();
+    sample_images(
+        tr.process(),
+        net,
+        &sampler,
+        grid,
+        grid,
+        Labels::None,
+        &mut rng,
+        &dev,
+    )
+    .unwrap();
+    let limit = 3.0 * t.elapsed().as_secs_f64();
+    let out = tempfile::tempdir().unwrap();
+    let opts = LoopOptions {
+        out: out.path().to_path_buf(),
+        ckpt_every: 0,
+        sample_every: 0,
+        grid,
+        sampler,
+        max_seconds: Some(limit),
+        progress: false,
+        stop: None,
+    };
+    let mut src = CifarSource::new(images(20), true, false).unwrap();
+    let t = std::time::Instant::now();
+    let s = run_loop(&mut tr, &spec, &mut src, &opts, &dev).unwrap();
+    let wall = t.elapsed().as_secs_f64();
+    assert!(s.last_grid.is_some_and(|p| p.is_file()));
+    assert!(
+        s.steps_done > 1 && wall >= 0.7 * limit && wall <= 1.2 * limit,
+        "{} steps in {wall:.2} s for a limit of {limit:.2} s",
+        s.steps_done
+    );
 }
 
 /// Sampling returns images of the data shape for every method, any batch size, with the sampler's NFE.
