@@ -83,6 +83,8 @@ pub struct LoopSummary {
     pub last_grid: Option<PathBuf>,
     /// Stopped by [`LoopOptions::stop`].
     pub interrupted: bool,
+    /// Seconds after the last update: the end's checkpoint and sample grid.
+    pub end_seconds: f64,
 }
 
 /// A grid's images drawn by the EMA network with `sampler`, from a fixed noise stream of its own: grids are
@@ -128,8 +130,9 @@ fn grid_now(
     Ok(path)
 }
 
-/// Seconds the end's sample grid will take: the faster of two one-step draws of the grid's images (the first
-/// may pay for loading kernels), times the grid sampler's network evaluations.
+/// Seconds the end's sample grid will take: the median of three one-step draws of the grid's images (not the
+/// first alone, which may pay for loading kernels; not the fastest, which on a busy machine is a lucky moment),
+/// times the grid sampler's network evaluations.
 fn grid_seconds_estimate(
     tr: &Trainer<UNet>,
     spec: &RunSpec,
@@ -140,13 +143,14 @@ fn grid_seconds_estimate(
         steps: 1,
         ..opts.sampler
     };
-    let mut best = f64::INFINITY;
-    for _ in 0..2 {
+    let mut per_nfe = [0.0; 3];
+    for v in &mut per_nfe {
         let t = Instant::now();
         let (_, nfe) = draw_grid(tr, spec, opts, &one, device)?;
-        best = best.min(t.elapsed().as_secs_f64() / nfe.max(1) as f64);
+        *v = t.elapsed().as_secs_f64() / nfe.max(1) as f64;
     }
-    Ok(best * opts.sampler.nfe() as f64)
+    per_nfe.sort_by(f64::total_cmp);
+    Ok(per_nfe[1] * opts.sampler.nfe() as f64)
 }
 
 fn save(tr: &Trainer<UNet>, spec: &RunSpec, out: &Path) -> Result<()> {
@@ -208,6 +212,8 @@ pub fn run_loop<D: DataSource>(
         }
     }
     let mut checked_again = false;
+    // When the last update ended.
+    let mut ended = None;
     let mut losses = Vec::new();
     let mut last_grid = None;
     let mut interrupted = false;
@@ -246,6 +252,9 @@ pub fn run_loop<D: DataSource>(
                 .as_ref()
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
         let last = r.step == total || out_of_time;
+        if last || interrupted {
+            ended = Some(Instant::now());
+        }
         if last || interrupted || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
             let t = Instant::now();
             save(tr, spec, &opts.out)?;
@@ -293,5 +302,6 @@ pub fn run_loop<D: DataSource>(
         images_per_second: n as f64 * batch as f64 / train_secs(tr).max(1e-9),
         last_grid,
         interrupted,
+        end_seconds: ended.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64()),
     })
 }

@@ -11,6 +11,14 @@ use vsdm_image::sample::{sample_images, Labels};
 use vsdm_image::train::{new_trainer, resume_trainer, run_loop, LoopOptions};
 use vsdm_image::{UNet, UNetConfig};
 
+/// The time-limit test measures time: it runs alone (the write side), the others side by side (the read side).
+/// nextest runs each test in its own process instead: `.config/nextest.toml` gives that test every thread.
+static TIMING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    TIMING.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn micro() -> UNetConfig {
     UNetConfig {
         model_channels: 8,
@@ -120,6 +128,7 @@ fn fixed_batch() -> FixedBatch {
 /// initialised near 0, EDM's `init_zero`).
 #[test]
 fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
+    let _quiet = beside_others();
     let mut fb = fixed_batch();
     let first = fb.step();
     let second = fb.loss().to_scalar::<f32>().unwrap();
@@ -132,6 +141,7 @@ fn one_training_step_lowers_the_loss_on_a_fixed_batch() {
 #[test]
 #[ignore]
 fn overfits_a_fixed_batch_of_16_images() {
+    let _quiet = beside_others();
     let mut fb = fixed_batch();
     let first = fb.step();
     let mut last = first;
@@ -146,6 +156,7 @@ fn overfits_a_fixed_batch_of_16_images() {
 /// dropout and with it (the masks derive from the run's seed and the update's number).
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    let _quiet = beside_others();
     resumed_run_equals_uninterrupted_run_with(0.0);
     resumed_run_equals_uninterrupted_run_with(0.3);
 }
@@ -206,6 +217,10 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
     let mut src = CifarSource::new(set, true, false).unwrap();
     let s = run_loop(&mut tr, &spec, &mut src, &opts(c.path()), &dev).unwrap();
     assert_eq!(s.steps_done, 3);
+    // This session's rate: its 3 updates over its own seconds (the file sums the sessions').
+    let rows = metrics_rows(c.path());
+    assert_eq!(rows.len(), 4);
+    assert_rate(&s, 3.0 * 2.0, rows[3].1 - rows[0].1, 1e-3);
     assert_eq!(tr.params_ema().values(), &params_a[..]);
     assert!(params_a.iter().any(|&v| v != 0.0), "A never moved");
     let tensors_c =
@@ -218,12 +233,35 @@ fn resumed_run_equals_uninterrupted_run_with(dropout: f64) {
     }
 }
 
+/// A run folder's `metrics.csv` rows: (loss, training seconds so far).
+fn metrics_rows(dir: &Path) -> Vec<(f64, f64)> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let field = |l: &str, i: usize| l.split(',').nth(i).unwrap().parse::<f64>().unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| (field(l, 1), field(l, 5)))
+        .collect()
+}
+
+/// The summary's images/s is `images` over `secs` ± `rounding` of the updates' own time (the file's seconds are
+/// rounded to the millisecond).
+fn assert_rate(s: &vsdm_image::train::LoopSummary, images: f64, secs: f64, rounding: f64) {
+    let rate = |secs: f64| images / secs;
+    assert!(
+        (rate(secs + rounding)..=rate(secs - rounding)).contains(&s.images_per_second),
+        "{} vs {}",
+        s.images_per_second,
+        rate(secs)
+    );
+}
+
 /// The loop's cadence and its summary: checkpoints every `ckpt_every` steps and at the end (the newest two kept),
 /// grids every `sample_every` steps and at the end, the summary's losses and images/s as the metrics file records
 /// them; a stop request after an update ends the run there with a checkpoint and no grid, unless that update
 /// was the last.
 #[test]
 fn loop_cadence_summary_and_stop_request() {
+    let _quiet = beside_others();
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     let dev = Device::Cpu;
@@ -278,15 +316,7 @@ fn loop_cadence_summary_and_stop_request() {
     assert_eq!(s.last_grid, Some(a.path().join("samples/step-0000012.png")));
     // The summary against the metrics file's rows: first and last loss, the mean of the last tenth (2 of 12
     // rows), images/s over the updates' own time.
-    let text = std::fs::read_to_string(a.path().join("metrics.csv")).unwrap();
-    let rows: Vec<(f64, f64)> = text
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[1].parse().unwrap(), f[5].parse().unwrap())
-        })
-        .collect();
+    let rows = metrics_rows(a.path());
     assert_eq!(rows.len(), 12);
     assert_eq!(s.first_loss, rows[0].0);
     assert_eq!(s.last_loss, rows[11].0);
@@ -296,15 +326,7 @@ fn loop_cadence_summary_and_stop_request() {
         "{} vs {tail}",
         s.tail_loss
     );
-    // (The file's seconds are rounded to the millisecond.)
-    let ips = |secs: f64| 12.0 * 2.0 / secs;
-    let secs = rows[11].1;
-    assert!(
-        (ips(secs + 5e-4)..=ips(secs - 5e-4)).contains(&s.images_per_second),
-        "{} vs {}",
-        s.images_per_second,
-        ips(secs)
-    );
+    assert_rate(&s, 12.0 * 2.0, rows[11].1, 5e-4);
 
     // Only at the end when both are 0.
     let b = tempfile::tempdir().unwrap();
@@ -339,35 +361,42 @@ fn loop_cadence_summary_and_stop_request() {
 }
 
 /// A run with a time limit ends within it, its end's sample grid included: the training stops early enough
-/// for a costly grid (its cost measured here first, the limit three times that), neither past the limit (1.2×
-/// allowed for a busy machine) nor long before it. (Drawing the grid after the limit, as before, ends at about
-/// 1.33× the limit.)
+/// for a costly grid (its cost measured here first, the limit three times that; no other test runs meanwhile),
+/// not long before the limit and past it by less than half the end's own time. Drawn after the limit, as before,
+/// the grid puts the run a whole end's time past it (about 1.33× the limit), which no attempt can pass; a machine
+/// whose load changes under the test (another process starting) can upset an estimate, hence three attempts.
 #[test]
 fn a_time_limit_holds_the_end_grid() {
+    let _alone = TIMING.write().unwrap_or_else(|e| e.into_inner());
+    let mut seen = Vec::new();
+    for attempt in 0..3 {
+        match time_limited_run(attempt) {
+            Ok(()) => return,
+            Err(e) => seen.push(e),
+        }
+    }
+    panic!("{}", seen.join("; "));
+}
+
+/// One attempt of [`a_time_limit_holds_the_end_grid`]: what it saw when the run missed.
+fn time_limited_run(seed: u64) -> Result<(), String> {
     let dev = Device::Cpu;
     let spec = micro_run(Method::Vsdm);
-    let mut tr = new_trainer(
-        &spec,
-        train_config(Method::Vsdm, &budget(2, 1_000_000), 7),
-        &dev,
-    )
-    .unwrap();
+    let tc = train_config(Method::Vsdm, &budget(2, 1_000_000), seed);
+    let mut tr = new_trainer(&spec, tc, &dev).unwrap();
     let (grid, sampler) = (16, SamplerConfig::new(SamplerKind::EulerMaruyama, 60));
-    let t = std::time::Instant::now();
+    // The grid's cost: the faster of two draws (the first allocates).
     let mut rng = NoiseRng::new(3);
-    let net = tr.ema_model();
-    sample_images(
-        tr.process(),
-        net,
-        &sampler,
-        grid,
-        grid,
-        Labels::None,
-        &mut rng,
-        &dev,
-    )
-    .unwrap();
-    let limit = 3.0 * t.elapsed().as_secs_f64();
+    let g = (0..2)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let net = tr.ema_model();
+            let l = Labels::None;
+            sample_images(tr.process(), net, &sampler, grid, grid, l, &mut rng, &dev).unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    let limit = 3.0 * g;
     let out = tempfile::tempdir().unwrap();
     let opts = LoopOptions {
         out: out.path().to_path_buf(),
@@ -384,16 +413,21 @@ fn a_time_limit_holds_the_end_grid() {
     let s = run_loop(&mut tr, &spec, &mut src, &opts, &dev).unwrap();
     let wall = t.elapsed().as_secs_f64();
     assert!(s.last_grid.is_some_and(|p| p.is_file()));
-    assert!(
-        s.steps_done > 1 && wall >= 0.7 * limit && wall <= 1.2 * limit,
-        "{} steps in {wall:.2} s for a limit of {limit:.2} s",
-        s.steps_done
-    );
+    let end = s.end_seconds;
+    if s.steps_done > 1 && wall >= 0.7 * limit && wall <= limit + 0.5 * end {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} steps in {wall:.2} s for a limit of {limit:.2} s, {end:.2} s of them the end's",
+            s.steps_done
+        ))
+    }
 }
 
 /// Sampling returns images of the data shape for every method, any batch size, with the sampler's NFE.
 #[test]
 fn sampling_shapes_and_nfe() {
+    let _quiet = beside_others();
     let dev = Device::Cpu;
     for (method, kind, steps, nfe) in [
         (Method::Vp, SamplerKind::EulerMaruyama, 3, 3),
