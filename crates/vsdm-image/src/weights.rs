@@ -191,3 +191,161 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<Loaded> {
         dir: dir.to_path_buf(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::method::{train_config, Budget, DataRecord};
+    use crate::unet::UNetConfig;
+    use candle_core::Tensor;
+    use vsdm_core::{ForwardProcess, ScoreModel};
+
+    /// A fresh micro network's weights exported as `train` writes them, with the trainer's EMA network.
+    fn exported(method: Method, dir: &Path) -> vsdm_core::Trainer<UNet> {
+        let spec = RunSpec {
+            method,
+            unet: method.unet(UNetConfig {
+                model_channels: 8,
+                ..UNetConfig::tiny()
+            }),
+            precision: Default::default(),
+            data: DataRecord::Unrecorded,
+            output: None,
+        };
+        let tc = train_config(method, &Budget::cpu(), 3);
+        let tr = crate::train::new_trainer(&spec, tc, &Device::Cpu).unwrap();
+        tr.export(dir).unwrap();
+        spec.save(dir).unwrap();
+        tr
+    }
+
+    fn err(r: Result<Loaded>) -> String {
+        r.err().expect("an error").to_string()
+    }
+
+    /// A written folder loads (given as the folder or as one of its files) as the network it saved: the same
+    /// output on random input, for each method; `resolve` keeps a path and finds an `hf:` snapshot in the cache.
+    #[test]
+    fn a_written_folder_loads_as_the_network_it_saved() {
+        let dev = Device::Cpu;
+        for method in [Method::Vp, Method::Vsdm, Method::Vsmd] {
+            let tmp = tempfile::tempdir().unwrap();
+            let tr = exported(method, tmp.path());
+            for given in [tmp.path().to_path_buf(), tmp.path().join("config.json")] {
+                let w = load_dir(&given, &dev).unwrap();
+                assert_eq!((w.spec.method, w.dir.as_path()), (method, tmp.path()));
+                let x = Tensor::randn(0f32, 1.0, w.process.state_shape(2), &dev).unwrap();
+                let t = Tensor::new(&[0.3f32, 0.8], &dev).unwrap();
+                let want = tr.ema_model().forward(&x, &t, None).unwrap();
+                let got = w.net.forward(&x, &t, None).unwrap();
+                assert!(
+                    want.abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        > 0.0
+                );
+                let d = vsdm_core::compare::max_abs_diff(&want, &got).unwrap();
+                assert_eq!(d, 0.0, "{method}");
+            }
+        }
+
+        // resolve: a path stays a path; hf: is looked up in the hub's cache (offline here: no endpoint).
+        let tmp = tempfile::tempdir().unwrap();
+        let hub = Hub::new(tmp.path().join("hub"), None);
+        assert_eq!(
+            resolve("some/where", &hub).unwrap(),
+            Path::new("some/where")
+        );
+        let e = resolve("hf:someone/vsdm-micro", &hub)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("someone/vsdm-micro"), "{e}");
+        let repo = tmp.path().join("hub/models--someone--vsdm-micro");
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let snap = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+        exported(Method::Vsdm, &snap);
+        assert_eq!(resolve("hf:someone/vsdm-micro", &hub).unwrap(), snap);
+        let w = load("hf:someone/vsdm-micro", &hub, &dev).unwrap();
+        assert_eq!(w.dir, snap);
+    }
+
+    /// A missing file, a run folder given for its weights, a file outside the folder, a method that contradicts
+    /// config.json, a tensor the network has no place for and a non-finite tensor are each named.
+    #[test]
+    fn bad_folders_are_named() {
+        let dev = Device::Cpu;
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        let w = run.join("weights");
+        exported(Method::Vsdm, &w);
+        // A run folder: its weights are one level down.
+        let e = err(load_dir(run, &dev));
+        assert!(
+            e.contains("missing") && e.contains(&format!("its weights are in {}", w.display())),
+            "{e}"
+        );
+        let e = err(load_dir(&run.join("notes.txt"), &dev));
+        assert!(e.contains("notes.txt") && e.contains("missing"), "{e}");
+        std::fs::write(run.join("notes.txt"), "x").unwrap();
+        let e = err(load_dir(&run.join("notes.txt"), &dev));
+        assert!(
+            e.contains("notes.txt") && e.contains("not a weights folder"),
+            "{e}"
+        );
+        for f in FILES {
+            let d = tempfile::tempdir().unwrap();
+            for g in FILES.iter().filter(|&&g| g != f) {
+                std::fs::copy(w.join(g), d.path().join(g)).unwrap();
+            }
+            let e = err(load_dir(d.path(), &dev));
+            assert!(
+                e.contains(f) && e.contains("missing") && !e.contains("its weights"),
+                "{f}: {e}"
+            );
+        }
+        // run.json says VP over VSDM's config.json.
+        let d = tempfile::tempdir().unwrap();
+        for f in FILES {
+            std::fs::copy(w.join(f), d.path().join(f)).unwrap();
+        }
+        let text = std::fs::read_to_string(w.join("run.json")).unwrap();
+        let vp = text.replace("\"method\": \"vsdm\"", "\"method\": \"vp\"");
+        assert_ne!(vp, text);
+        std::fs::write(d.path().join("run.json"), vp).unwrap();
+        let e = err(load_dir(d.path(), &dev));
+        assert!(
+            e.contains("run.json") && e.contains("method vp contradicts config.json"),
+            "{e}"
+        );
+        std::fs::write(d.path().join("run.json"), text).unwrap();
+        assert!(load_dir(d.path(), &dev).is_ok());
+        // One tensor more than the network asks for; then one that holds NaN.
+        let st = d.path().join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&st, &dev).unwrap();
+        tensors.insert(
+            "enc.extra.weight".into(),
+            Tensor::ones(3, DType::F32, &dev).unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, &st).unwrap();
+        let e = err(load_dir(d.path(), &dev));
+        assert!(
+            e.contains("model.safetensors")
+                && e.contains("1 tensors")
+                && e.contains("(enc.extra.weight)"),
+            "{e}"
+        );
+        tensors.insert(
+            "enc.extra.weight".into(),
+            Tensor::new(&[f32::NAN], &dev).unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, &st).unwrap();
+        let e = err(load_dir(d.path(), &dev));
+        assert!(e.contains("tensor enc.extra.weight holds NaN"), "{e}");
+    }
+}
