@@ -105,7 +105,8 @@ impl MetricsLog {
         })
     }
 
-    /// Appends the row of one update; `seconds` is this session's training time up to its end.
+    /// Appends the row of one update; `seconds` is the training time from this log's opening to the update's
+    /// end (the file adds the time of the rows it kept).
     pub fn record(&mut self, r: &StepReport, seconds: f64) -> Result<()> {
         let (a, b) = match r.stage {
             Some((a, b)) => (a.to_string(), b.to_string()),

@@ -280,9 +280,9 @@ pub struct Trainer<M: ScoreModel> {
     marginals: AnyMarginals,
     rng: NoiseRng,
     step: usize,
-    /// The run's metrics file, when one is kept ([`Trainer::log_metrics`]), and this session's training time
-    /// ([`Trainer::training_seconds`]).
-    metrics: Option<MetricsLog>,
+    /// The run's metrics file, when one is kept ([`Trainer::log_metrics`]), with the training time when it was
+    /// opened, and this session's training time ([`Trainer::training_seconds`]).
+    metrics: Option<(MetricsLog, f64)>,
     seconds: f64,
     /// Raised to stop [`Trainer::run`] after the current update ([`Trainer::stop_when`]).
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
@@ -469,7 +469,7 @@ impl<M: ScoreModel> Trainer<M> {
     /// Keeps the run's metrics in the CSV file `path` from now on, one row per update ([`crate::metrics`]):
     /// a new file, or, for a resumed run, the file it left with the rows after this checkpoint's step dropped.
     pub fn log_metrics(&mut self, path: &Path) -> Result<()> {
-        self.metrics = Some(MetricsLog::open(path, self.step)?);
+        self.metrics = Some((MetricsLog::open(path, self.step)?, self.seconds));
         Ok(())
     }
 
@@ -600,8 +600,10 @@ impl<M: ScoreModel> Trainer<M> {
             stage,
         };
         self.seconds += t0.elapsed().as_secs_f64();
-        if let Some(m) = &mut self.metrics {
-            m.record(&report, self.seconds)?;
+        if let Some((m, from)) = &mut self.metrics {
+            // The file counts the time before it was opened (earlier sessions, or this trainer's updates
+            // before a reopening) itself.
+            m.record(&report, self.seconds - *from)?;
         }
         Ok(report)
     }

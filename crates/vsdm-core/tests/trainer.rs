@@ -1015,4 +1015,18 @@ fn the_metrics_file_gets_a_row_per_update() {
     }
     let last: f64 = rows[3][5].parse().unwrap();
     assert!((last - tr.training_seconds()).abs() < 2e-3, "{last}");
+    // The same trainer, its file opened again (a second training loop in one program): the seconds go on from
+    // where they were, not counting the first updates twice.
+    tr.set_iters(7).unwrap();
+    tr.log_metrics(&path).unwrap();
+    tr.run_quiet(&mut src, None, 0, 0).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let secs: Vec<f64> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(secs.len(), 7, "{text}");
+    assert!(secs.windows(2).all(|w| w[0] <= w[1]), "{text}");
+    assert!((secs[6] - tr.training_seconds()).abs() < 2e-3, "{text}");
 }
