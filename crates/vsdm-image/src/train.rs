@@ -88,15 +88,14 @@ pub struct LoopSummary {
 }
 
 /// A grid's images drawn by the EMA network with `sampler`, from a fixed noise stream of its own: grids are
-/// comparable across steps and the trainer's RNG (hence exact resume) is untouched. Returns the images and the
-/// network evaluations per image.
+/// comparable across steps and the trainer's RNG (hence exact resume) is untouched.
 fn draw_grid(
     tr: &Trainer<UNet>,
     spec: &RunSpec,
     opts: &LoopOptions,
     sampler: &SamplerConfig,
     device: &Device,
-) -> Result<(candle_core::Tensor, usize)> {
+) -> Result<candle_core::Tensor> {
     let mut rng = NoiseRng::new(tr.config().seed ^ 0x5eed);
     let labels = Labels::for_network(spec.unet.label_dim, None)?;
     let net = tr.ema_model();
@@ -110,6 +109,7 @@ fn draw_grid(
         &mut rng,
         device,
     )
+    .map(|(images, _)| images)
 }
 
 fn grid_now(
@@ -118,7 +118,7 @@ fn grid_now(
     opts: &LoopOptions,
     device: &Device,
 ) -> Result<PathBuf> {
-    let (images, _) = draw_grid(tr, spec, opts, &opts.sampler, device)?;
+    let images = draw_grid(tr, spec, opts, &opts.sampler, device)?;
     let path = opts
         .out
         .join("samples")
@@ -196,7 +196,8 @@ pub fn run_loop<D: DataSource>(
     let start = Instant::now();
     // What the end costs beyond the last update: (sample grid, checkpoint) seconds.
     let mut end_cost = (0.0, 0.0);
-    if let Some(limit) = opts.max_seconds {
+    // (Nothing to estimate for a run that is already done.)
+    if let Some(limit) = opts.max_seconds.filter(|_| tr.step_count() < total) {
         end_cost.0 = grid_seconds_estimate(tr, spec, opts, device)?;
         if end_cost.0 >= limit {
             pb.println(format!(
@@ -239,7 +240,7 @@ pub fn run_loop<D: DataSource>(
                 .is_some_and(|s| start.elapsed().as_secs_f64() + grid + ckpt >= s)
         };
         let mut out_of_time = over(end_cost);
-        if out_of_time && !checked_again {
+        if out_of_time && !checked_again && r.step < total {
             // The grid's cost may have been measured at a busy moment (another process, a load spike): measured
             // again, once, before the run stops on it.
             checked_again = true;
