@@ -1049,6 +1049,15 @@ mod tests {
         // kernel with padding 2 would be the gradient of a −1×−1 input.
         let e = conv2d_input_grad(&z(&[1, 2, 1, 1]), &z(&[2, 3, 3, 3]), 2).unwrap_err();
         assert!(e.to_string().contains("does not fit a 1×1 input"), "{e}");
+        // A kernel that fits one side of the input but not the other, each side alone.
+        for (h, w) in [(5, 2), (2, 5)] {
+            let e = check_conv(&z(&[1, 1, h, w]), &z(&[1, 1, 3, 3]), 0).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("does not fit a {h}×{w} input")),
+                "{e}"
+            );
+        }
     }
 
     /// The CPU's patch matrices are made a chunk of images at a time, each chunk within `PATCH_BUDGET` bytes
