@@ -1058,6 +1058,42 @@ mod tests {
                 "{e}"
             );
         }
+        // The input gradient's weight: not square alone, or not of dy's channels alone.
+        for (dy, w) in [([1, 2, 5, 5], [2, 3, 3, 2]), ([1, 3, 5, 5], [2, 3, 3, 3])] {
+            let e = conv2d_input_grad(&z(&dy), &z(&w), 1).unwrap_err();
+            assert!(
+                e.to_string().contains("does not fit output gradient"),
+                "{e}"
+            );
+        }
+    }
+
+    /// The fused convolution's type and skip checks, each alone: a weight or a bias of another type, a skip of
+    /// another shape or of another type.
+    #[test]
+    fn fused_convolution_names_each_mismatch() {
+        let dev = Device::Cpu;
+        let t = |d: &[usize], dt: DType| Tensor::zeros(d, dt, &dev).unwrap();
+        let f32s = |d: &[usize]| t(d, DType::F32);
+        let (x, w, b) = (f32s(&[1, 2, 4, 4]), f32s(&[3, 2, 3, 3]), f32s(&[3]));
+        assert!(conv2d_fused(&x, &w, &b, None, None, 1).is_ok());
+        for (w, b) in [
+            (t(&[3, 2, 3, 3], DType::F64), b.clone()),
+            (w.clone(), t(&[3], DType::F64)),
+        ] {
+            let e = conv2d_fused(&x, &w, &b, None, None, 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("of one type only"), "{e}");
+        }
+        let skip = f32s(&[1, 3, 4, 4]);
+        assert!(conv2d_fused(&x, &w, &b, Some(&skip), Some(1.0), 1).is_ok());
+        for s in [f32s(&[1, 3, 4, 5]), t(&[1, 3, 4, 4], DType::F64)] {
+            let e = conv2d_fused(&x, &w, &b, Some(&s), Some(1.0), 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("does not match the output [1, 3, 4, 4]"), "{e}");
+        }
     }
 
     /// The CPU's patch matrices are made a chunk of images at a time, each chunk within `PATCH_BUDGET` bytes
