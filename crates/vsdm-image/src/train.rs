@@ -119,11 +119,8 @@ fn grid_now(
     device: &Device,
 ) -> Result<PathBuf> {
     let images = draw_grid(tr, spec, opts, &opts.sampler, device)?;
-    let path = opts
-        .out
-        .join("samples")
-        .join(format!("step-{:07}.png", tr.step_count()));
     let dir = opts.out.join("samples");
+    let path = dir.join(format!("step-{:07}.png", tr.step_count()));
     std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     vsdm_eval::export::save_grid_png(&images, &path, grid_columns(opts.grid))
         .map_err(|e| Error::bad_file(&path, e.to_string()))?;
@@ -194,21 +191,25 @@ pub fn run_loop<D: DataSource>(
     };
     pb.start_at(tr.step_count() as u64);
     let start = Instant::now();
-    // What the end costs beyond the last update: (sample grid, checkpoint) seconds.
-    let mut end_cost = (0.0, 0.0);
+    // What the end costs beyond the last update: its sample grid's and its checkpoint's seconds.
+    let (mut grid_secs, mut ckpt_secs) = (0.0, 0.0);
+    let over = |grid: f64, ckpt: f64| {
+        opts.max_seconds
+            .is_some_and(|s| start.elapsed().as_secs_f64() + grid + ckpt >= s)
+    };
     // (Nothing to estimate for a run that is already done.)
     if let Some(limit) = opts.max_seconds.filter(|_| tr.step_count() < total) {
-        end_cost.0 = grid_seconds_estimate(tr, spec, opts, device)?;
-        if end_cost.0 >= limit {
+        grid_secs = grid_seconds_estimate(tr, spec, opts, device)?;
+        if grid_secs >= limit {
             pb.println(format!(
                 "the end's sample grid ({} images, {} network evaluations) takes about {:.1} s, more than the time \
                  limit: one step is made (a smaller --grid or --grid-steps leaves time to train)",
                 opts.grid,
                 opts.sampler.nfe(),
-                end_cost.0
+                grid_secs
             ));
         }
-        let left = limit - start.elapsed().as_secs_f64() - end_cost.0;
+        let left = limit - start.elapsed().as_secs_f64() - grid_secs;
         if let Ok(d) = std::time::Duration::try_from_secs_f64(left.max(0.0)) {
             pb.set_deadline(d);
         }
@@ -235,17 +236,13 @@ pub fn run_loop<D: DataSource>(
         if let Some((a, b)) = r.stage {
             tracing::info!(step = r.step, before = a, after = b, "variational stage");
         }
-        let over = |(grid, ckpt): (f64, f64)| {
-            opts.max_seconds
-                .is_some_and(|s| start.elapsed().as_secs_f64() + grid + ckpt >= s)
-        };
-        let mut out_of_time = over(end_cost);
+        let mut out_of_time = over(grid_secs, ckpt_secs);
         if out_of_time && !checked_again && r.step < total {
             // The grid's cost may have been measured at a busy moment (another process, a load spike): measured
             // again, once, before the run stops on it.
             checked_again = true;
-            end_cost.0 = grid_seconds_estimate(tr, spec, opts, device)?;
-            out_of_time = over(end_cost);
+            grid_secs = grid_seconds_estimate(tr, spec, opts, device)?;
+            out_of_time = over(grid_secs, ckpt_secs);
         }
         // A request during the last update is not an interruption: the run ends as planned.
         interrupted = r.step < total
@@ -254,16 +251,18 @@ pub fn run_loop<D: DataSource>(
                 .as_ref()
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst));
         let last = r.step == total || out_of_time;
-        if last || interrupted {
+        // The run ends after this update (as planned, at the time limit, or interrupted).
+        let ending = last || interrupted;
+        if ending {
             ended = Some(Instant::now());
         }
-        if last || interrupted || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
+        if ending || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
             let t = Instant::now();
             save(tr, spec, &opts.out)?;
-            end_cost.1 = t.elapsed().as_secs_f64();
+            ckpt_secs = t.elapsed().as_secs_f64();
             tracing::info!(step = r.step, loss = r.loss, "checkpoint");
         }
-        if last || interrupted {
+        if ending {
             // The run is saved: Ctrl-C during the end's sample grid quits at once.
             vsdm_eval::cli::training(false);
         }
@@ -279,7 +278,7 @@ pub fn run_loop<D: DataSource>(
         if last || (opts.sample_every > 0 && r.step % opts.sample_every == 0) {
             let t = Instant::now();
             let p = grid_now(tr, spec, opts, device)?;
-            end_cost.0 = t.elapsed().as_secs_f64();
+            grid_secs = t.elapsed().as_secs_f64();
             pb.println(format!("step {}: sample grid {}", r.step, p.display()));
             last_grid = Some(p);
         }
