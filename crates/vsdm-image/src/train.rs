@@ -168,7 +168,8 @@ fn save(tr: &Trainer<UNet>, spec: &RunSpec, out: &Path) -> Result<()> {
 /// Trains until the configured number of steps (or the time limit), writing checkpoints, weights and grids.
 ///
 /// With a time limit the run ends within it: the training stops when the time spent plus what the end still
-/// costs (its sample grid and checkpoint) reaches the limit. The grid's cost is measured before the first step
+/// costs (its sample grid and checkpoint, and a periodic grid or checkpoint due at this update, which would
+/// come before them) reaches the limit. The grid's cost is measured before the first step
 /// ([`grid_seconds_estimate`]) and again by each grid drawn on the way; the checkpoint's by each one written on
 /// the way (none before the first); before the run stops on these figures the grid's cost is measured once more,
 /// so that a figure taken at a busy moment does not end the run early. At least one step is made, however short
@@ -197,6 +198,15 @@ pub fn run_loop<D: DataSource>(
         opts.max_seconds
             .is_some_and(|s| start.elapsed().as_secs_f64() + grid + ckpt >= s)
     };
+    // The progress lines' time left under the limit: the training's, which ends the end's cost before it.
+    let show_deadline = |grid: f64, ckpt: f64| {
+        if let Some(limit) = opts.max_seconds {
+            let left = limit - start.elapsed().as_secs_f64() - grid - ckpt;
+            if let Ok(d) = std::time::Duration::try_from_secs_f64(left.max(0.0)) {
+                pb.set_deadline(d);
+            }
+        }
+    };
     // (Nothing to estimate for a run that is already done.)
     if let Some(limit) = opts.max_seconds.filter(|_| tr.step_count() < total) {
         grid_secs = grid_seconds_estimate(tr, spec, opts, device)?;
@@ -209,10 +219,7 @@ pub fn run_loop<D: DataSource>(
                 grid_secs
             ));
         }
-        let left = limit - start.elapsed().as_secs_f64() - grid_secs;
-        if let Ok(d) = std::time::Duration::try_from_secs_f64(left.max(0.0)) {
-            pb.set_deadline(d);
-        }
+        show_deadline(grid_secs, ckpt_secs);
     }
     let mut checked_again = false;
     // When the last update ended.
@@ -236,13 +243,24 @@ pub fn run_loop<D: DataSource>(
         if let Some((a, b)) = r.stage {
             tracing::info!(step = r.step, before = a, after = b, "variational stage");
         }
-        let mut out_of_time = over(grid_secs, ckpt_secs);
+        let grid_due = opts.sample_every > 0 && r.step % opts.sample_every == 0;
+        let ckpt_due = opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0;
+        // Going on past this update pays the grid and checkpoint due at it before the end's: if that leaves no
+        // time, this update's are the end's.
+        let past_limit = |grid: f64, ckpt: f64| {
+            over(
+                if grid_due { 2.0 * grid } else { grid },
+                if ckpt_due { 2.0 * ckpt } else { ckpt },
+            )
+        };
+        let mut out_of_time = past_limit(grid_secs, ckpt_secs);
         if out_of_time && !checked_again && r.step < total {
             // The grid's cost may have been measured at a busy moment (another process, a load spike): measured
             // again, once, before the run stops on it.
             checked_again = true;
             grid_secs = grid_seconds_estimate(tr, spec, opts, device)?;
-            out_of_time = over(grid_secs, ckpt_secs);
+            out_of_time = past_limit(grid_secs, ckpt_secs);
+            show_deadline(grid_secs, ckpt_secs);
         }
         // A request during the last update is not an interruption: the run ends as planned.
         interrupted = r.step < total
@@ -256,10 +274,11 @@ pub fn run_loop<D: DataSource>(
         if ending {
             ended = Some(Instant::now());
         }
-        if ending || (opts.ckpt_every > 0 && r.step % opts.ckpt_every == 0) {
+        if ending || ckpt_due {
             let t = Instant::now();
             save(tr, spec, &opts.out)?;
             ckpt_secs = t.elapsed().as_secs_f64();
+            show_deadline(grid_secs, ckpt_secs);
             tracing::info!(step = r.step, loss = r.loss, "checkpoint");
         }
         if ending {
@@ -275,10 +294,11 @@ pub fn run_loop<D: DataSource>(
             ));
             break;
         }
-        if last || (opts.sample_every > 0 && r.step % opts.sample_every == 0) {
+        if last || grid_due {
             let t = Instant::now();
             let p = grid_now(tr, spec, opts, device)?;
             grid_secs = t.elapsed().as_secs_f64();
+            show_deadline(grid_secs, ckpt_secs);
             pb.println(format!("step {}: sample grid {}", r.step, p.display()));
             last_grid = Some(p);
         }

@@ -386,10 +386,26 @@ fn loop_cadence_summary_and_stop_request() {
 /// whose load changes under the test (another process starting) can upset an estimate, hence three attempts.
 #[test]
 fn a_time_limit_holds_the_end_grid() {
+    time_limited_runs(0, 3.0, 0.5);
+}
+
+/// A grid due every step costs a step's time too: under a limit of 2.5 grids the run stops once one more step
+/// would leave no time for that step's grid and the end's (two steps, ending near 2.15 grids), not past the
+/// limit. Checked only before each update's periodic grid, as before, the run draws a third grid after the limit
+/// and ends near 3.2 grids, 1.28× the limit, past the 0.2 end's time allowed here.
+#[test]
+fn a_time_limit_holds_a_periodic_grid() {
+    time_limited_runs(1, 2.5, 0.2);
+}
+
+/// Up to three attempts of a run whose limit is `grids` times a grid's cost, with a grid every `sample_every`
+/// steps (0: only the end's): it must end after 0.7× the limit and past it by less than `slack` times the end's
+/// own time. The attempts run alone (no other test beside them).
+fn time_limited_runs(sample_every: usize, grids: f64, slack: f64) {
     let _alone = TIMING.write().unwrap_or_else(|e| e.into_inner());
     let mut seen = Vec::new();
     for attempt in 0..3 {
-        match time_limited_run(attempt) {
+        match time_limited_run(attempt, sample_every, grids, slack) {
             Ok(()) => return,
             Err(e) => seen.push(e),
         }
@@ -397,8 +413,8 @@ fn a_time_limit_holds_the_end_grid() {
     panic!("{}", seen.join("; "));
 }
 
-/// One attempt of [`a_time_limit_holds_the_end_grid`]: what it saw when the run missed.
-fn time_limited_run(seed: u64) -> Result<(), String> {
+/// One attempt of [`time_limited_runs`]: what it saw when the run missed.
+fn time_limited_run(seed: u64, sample_every: usize, grids: f64, slack: f64) -> Result<(), String> {
     let dev = Device::Cpu;
     let spec = micro_run(Method::Vsdm);
     let tc = train_config(Method::Vsdm, &budget(2, 1_000_000), seed);
@@ -415,12 +431,12 @@ fn time_limited_run(seed: u64) -> Result<(), String> {
             t.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
-    let limit = 3.0 * g;
+    let limit = grids * g;
     let out = tempfile::tempdir().unwrap();
     let opts = LoopOptions {
         out: out.path().to_path_buf(),
         ckpt_every: 0,
-        sample_every: 0,
+        sample_every,
         grid,
         sampler,
         max_seconds: Some(limit),
@@ -441,7 +457,7 @@ fn time_limited_run(seed: u64) -> Result<(), String> {
     eprintln!("attempt {}: {seen}", seed + 1);
     // The end drew the grid (measured at g before) within the run's time.
     let end_is_the_grid = end >= 0.3 * g && end < wall;
-    if s.steps_done > 1 && wall >= 0.7 * limit && wall <= limit + 0.5 * end && end_is_the_grid {
+    if s.steps_done > 1 && wall >= 0.7 * limit && wall <= limit + slack * end && end_is_the_grid {
         Ok(())
     } else {
         Err(seen)
