@@ -56,7 +56,7 @@ enum Cmd {
         #[arg(long)]
         grid: Option<PathBuf>,
         /// Grid columns.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
         ncols: usize,
         #[command(flatten)]
         subset: SubsetArgs,
@@ -100,17 +100,17 @@ struct NetArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Images per forward pass.
-    #[arg(long, default_value_t = fid::DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = fid::DEFAULT_BATCH_SIZE, allow_negative_numbers = true)]
     batch_size: usize,
 }
 
 #[derive(Args)]
 struct SubsetArgs {
     /// Use every K-th image (in path order), e.g. a class-balanced subset of a class-sorted folder.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     every: usize,
     /// Use at most N images (after --every).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     limit: Option<usize>,
 }
 

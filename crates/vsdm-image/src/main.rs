@@ -86,10 +86,10 @@ struct CheckArgs {
     #[arg(long, num_args = 1.., default_values = ["vsdm"])]
     method: Vec<Method>,
     /// Images per batch.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true)]
     batch: usize,
     /// Full training steps after the gradient comparison (a variational stage after each).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
     steps: usize,
     /// Fail (exit code 1) when an error of the forward pass, loss or gradient exceeds this.
     #[arg(long, default_value_t = 1e-5, allow_hyphen_values = true)]
@@ -105,10 +105,10 @@ struct BenchArgs {
     #[arg(long, default_value = "vsdm")]
     method: Method,
     /// Images per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
     /// Timed steps after one warm-up step.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     iters: usize,
     /// Activations' precision: f32, or bf16 with f32 master weights (CUDA only).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
@@ -146,10 +146,10 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
     /// Network updates in all (default: the architecture's budget).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     iters: Option<usize>,
     /// Training images per update (default: the architecture's budget, 256 for ddpmpp, 16 for tiny).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
     /// AdamW learning rate (default: the architecture's budget).
     #[arg(long, allow_hyphen_values = true)]
@@ -161,22 +161,22 @@ struct TrainArgs {
     #[arg(long, allow_hyphen_values = true)]
     grad_clip: Option<f64>,
     /// Base channels of the network (default: the architecture's; 128 for ddpmpp, 32 for tiny).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     channels: Option<usize>,
     /// Dropout of the residual blocks (default: the architecture's).
     #[arg(long, allow_hyphen_values = true)]
     dropout: Option<f64>,
     /// Network updates between variational stages.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     block: Option<usize>,
     /// Backward trajectories simulated per variational stage (default: 256 for ddpmpp, 16 for tiny).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     n_traj: Option<usize>,
     /// Euler–Maruyama steps of those trajectories (default: 100 for ddpmpp, 20 for tiny).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     traj_steps: Option<usize>,
     /// Stochastic-approximation iterations of A (or c) per stage (default: 100 for ddpmpp, 20 for tiny).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     a_iters: Option<usize>,
     /// Pair each variational stage's trajectories with reference trajectories from the forward marginal and
     /// subtract their gradient, which removes the Euler–Maruyama bias of the official (plain) estimator at
@@ -214,21 +214,21 @@ struct TrainArgs {
     #[arg(long, allow_hyphen_values = true)]
     minutes: Option<f64>,
     /// Checkpoint every N steps (and at the end; 0: only at the end). Default 500; a resumed run keeps its own.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     ckpt_every: Option<usize>,
     /// Sample grid every N steps (and at the end; 0: only at the end). Default 500; a resumed run keeps its own.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sample_every: Option<usize>,
     /// Images per sample grid, a count (the grids go to OUT/samples/; `sample --grid` is instead a PNG path).
     /// Default 16; a resumed run keeps its own.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     grid: Option<usize>,
     /// Steps of the grid sampler (default: the method's sampler, 200 EM steps or 100 Heun steps; for the tiny
     /// network on the CPU 100 EM or 50 Heun steps; a resumed run keeps its own).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     grid_steps: Option<usize>,
     /// Seed of the run (default 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     seed: Option<u64>,
 }
 
@@ -277,13 +277,13 @@ struct SamplerArgs {
     #[arg(long)]
     sampler: Option<SamplerKind>,
     /// Steps (default 200 for em, 100 for heun).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     steps: Option<usize>,
     /// Images per network batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     batch: usize,
     /// Seed of the sampler's noise.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// For a class-conditional network: every image of this class, a number or a CIFAR-10 name (`cat`);
     /// default: classes drawn uniformly.
@@ -298,7 +298,7 @@ struct SampleArgs {
     #[arg(long)]
     weights: String,
     /// Number of images.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     n: usize,
     #[command(flatten)]
     sampler: SamplerArgs,
@@ -319,7 +319,7 @@ struct FidArgs {
     #[arg(long)]
     weights: String,
     /// Number of samples.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
     n: usize,
     #[command(flatten)]
     sampler: SamplerArgs,
@@ -335,7 +335,7 @@ struct FidArgs {
     #[arg(long)]
     npz: Option<PathBuf>,
     /// Images per Inception forward pass (299×299 inputs: at 1000 a single pass needs tens of GiB).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     fid_batch: usize,
 }
 

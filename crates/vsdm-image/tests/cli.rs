@@ -513,6 +513,23 @@ fn bad_input_is_named() {
             "{flag} {v}: {text}"
         );
     }
+    // A negative count is named as a value of its flag (clap took it for an unknown flag before).
+    for args in [
+        &["train", "--iters", "-5", "--out", o][..],
+        &["train", "--sample-every", "-1", "--out", o][..],
+        &["sample", "--weights", wd, "--n", "-2"][..],
+        &["bench", "--arch", "tiny", "--batch", "-4"][..],
+    ] {
+        let (ok, text) = run(args);
+        let v = args
+            .iter()
+            .position(|a| a.starts_with('-') && a[1..].parse::<i64>().is_ok());
+        let (flag, v) = (args[v.unwrap() - 1], args[v.unwrap()]);
+        assert!(
+            !ok && text.contains(&format!("invalid value '{v}' for '{flag} ")),
+            "{args:?}: {text}"
+        );
+    }
     // The variational stage's estimator and ζ, as in the time-series and shapes programs: kept in the
     // weights' configuration; a resumed run refuses to be given them again.
     let v = dir.path().join("debiased");

@@ -35,14 +35,14 @@ struct Cli {
     #[arg(long, global = true)]
     data: Option<PathBuf>,
     /// Prediction length for `--data CSV` (GluonTS folders carry theirs in metadata.json).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     prediction_length: Option<usize>,
     /// Diffusion method (default vsdm; with --weights, the method the weights were trained with, and an
     /// explicit --method must match it).
     #[arg(long, global = true, value_enum)]
     method: Option<Method>,
     /// Context length (default: 3 × prediction length, the TimeGrad protocol).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     context: Option<usize>,
     /// Per-series, per-window normalisation from the context (default: the registry's for the data set, `last`
     /// on exchange_rate, a near random walk where it was measured to help; `std`, pytorch-ts' TimeGrad setting,
@@ -58,27 +58,42 @@ struct Cli {
     /// Never download; fail with the path where the file is expected instead.
     #[arg(long, global = true)]
     offline: bool,
-    #[arg(long, global = true, default_value_t = 0)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     seed: u64,
     /// Samples per forecast.
-    #[arg(long, global = true, default_value_t = 100)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 100,
+        allow_negative_numbers = true
+    )]
     samples: usize,
     /// Reverse-time solver: em (reverse SDE), euler or heun (probability-flow ODE).
     #[arg(long, global = true, default_value = "em")]
     sampler: SamplerKind,
     /// Solver steps.
-    #[arg(long, global = true, default_value_t = 50)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 50,
+        allow_negative_numbers = true
+    )]
     steps: usize,
     /// Samples per network batch while forecasting (default: up to 100, as many as keep the largest attention
     /// map under 512 MiB: 100 on the exchange rate, 30 at electricity's 370 series).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     sample_batch: Option<usize>,
     /// Forecast at most this many test windows (evenly spaced, the last included).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     max_windows: Option<usize>,
     /// Model selection without the test set: evaluate on the last N rolling windows of the training series
     /// instead of the test windows; training loses those columns, and runs go to OUT/<dataset>-val/.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, allow_negative_numbers = true)]
     validation: Option<usize>,
     /// Weights to forecast with: a folder with model.safetensors + config.json, or hf:OWNER/NAME[@REV] (read
     /// from the Hugging Face cache, $HF_HUB_CACHE or $HF_HOME/hub, downloaded there from $HF_ENDPOINT unless
@@ -86,10 +101,20 @@ struct Cli {
     #[arg(long, global = true)]
     weights: Option<String>,
     /// Fan charts to draw (one per series of the last window).
-    #[arg(long, global = true, default_value_t = 8)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 8,
+        allow_negative_numbers = true
+    )]
     charts: usize,
     /// Checkpoint every N updates (0: only at the end) under OUT/<dataset>/<method>/checkpoints.
-    #[arg(long, global = true, default_value_t = 0)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     checkpoint_every: usize,
     #[command(flatten)]
     budget: Budget,
@@ -109,7 +134,12 @@ enum Command {
     Bench {
         #[arg(long, value_delimiter = ',', default_value = "vp,vsdm,vsmd")]
         methods: Vec<Method>,
-        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0,1,2",
+            allow_negative_numbers = true
+        )]
         seeds: Vec<u64>,
     },
 }

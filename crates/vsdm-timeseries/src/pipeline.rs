@@ -60,10 +60,20 @@ impl Method {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct Budget {
     /// Network updates in total.
-    #[arg(long, global = true, default_value_t = 500)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 500,
+        allow_negative_numbers = true
+    )]
     pub iters: usize,
     /// Windows per batch.
-    #[arg(long, global = true, default_value_t = 16)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 16,
+        allow_negative_numbers = true
+    )]
     pub batch: usize,
     /// Learning rate of the network (Adam).
     #[arg(
@@ -80,10 +90,20 @@ pub struct Budget {
     #[arg(long, global = true, default_value_t = 0.2, allow_hyphen_values = true)]
     pub cooldown_frac: f64,
     /// Number of variational stages between warm-up and cool-down.
-    #[arg(long, global = true, default_value_t = 4)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 4,
+        allow_negative_numbers = true
+    )]
     pub stages: usize,
     /// SA iterations per variational stage.
-    #[arg(long, global = true, default_value_t = 40)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 40,
+        allow_negative_numbers = true
+    )]
     pub a_iters: usize,
     /// Adam rate of the variational parameters.
     #[arg(
@@ -94,22 +114,52 @@ pub struct Budget {
     )]
     pub a_lr: f64,
     /// Backward trajectories simulated per stage.
-    #[arg(long, global = true, default_value_t = 64)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 64,
+        allow_negative_numbers = true
+    )]
     pub n_traj: usize,
     /// Euler–Maruyama steps of those trajectories.
-    #[arg(long, global = true, default_value_t = 25)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 25,
+        allow_negative_numbers = true
+    )]
     pub traj_steps: usize,
     /// Residual channels of the network.
-    #[arg(long, global = true, default_value_t = 32)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 32,
+        allow_negative_numbers = true
+    )]
     pub hidden: usize,
     /// Residual blocks.
-    #[arg(long, global = true, default_value_t = 2)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 2,
+        allow_negative_numbers = true
+    )]
     pub layers: usize,
     /// Attention heads.
-    #[arg(long, global = true, default_value_t = 2)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 2,
+        allow_negative_numbers = true
+    )]
     pub heads: usize,
     /// Time steps per token (0: 6 when it divides context and horizon, else 1).
-    #[arg(long, global = true, default_value_t = 0)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub patch: usize,
     /// EMA decay of the network weights.
     #[arg(

@@ -237,6 +237,18 @@ fn bad_flags_are_named() {
         ("2", &["--zeta", "-1", "train"][..], "--zeta -1"),
         ("2", &["--lr", "-1e-3", "train"][..], "--lr -0.001"),
         ("2", &["--beta-max", "inf", "train"][..], "--beta-max inf"),
+        // … and so is a negative count, named as a value of its flag.
+        ("-5", &["train"][..], "invalid value '-5' for '--iters "),
+        (
+            "2",
+            &["--context", "-3", "train"][..],
+            "invalid value '-3' for '--context ",
+        ),
+        (
+            "2",
+            &["bench", "--seeds", "0,-1"][..],
+            "invalid value '-1' for '--seeds ",
+        ),
         (
             "2",
             &["--beta-max", "5", "--constant-beta", "2", "train"][..],

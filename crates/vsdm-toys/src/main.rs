@@ -26,19 +26,19 @@ enum Cmd {
         #[arg(long, default_value = "docs/results")]
         out: PathBuf,
         /// Number of seeds (first-seed, first-seed + 1, …).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
         seeds: u64,
         /// The first seed.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         first_seed: u64,
         /// Network updates per run.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         iters: Option<usize>,
         /// Hidden width of the score network.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         hidden: Option<usize>,
         /// Worker threads (each runs whole trainings single-threaded).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
         jobs: usize,
         /// The tiny budget of the test suite.
         #[arg(long)]
