@@ -207,6 +207,7 @@ fn run(cli: Cli) -> Result<()> {
             if npz.is_none() && grid.is_none() {
                 bail!("pack: give --npz and/or --grid");
             }
+            vsdm_eval::cli::at_least_one(&[("--ncols", ncols)])?;
             if let Some(p) = &grid {
                 vsdm_eval::cli::png_path("--grid", p)?;
             }

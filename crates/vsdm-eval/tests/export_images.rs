@@ -206,4 +206,23 @@ fn cli_pack_turns_a_png_folder_into_a_sample_archive() {
     ]);
     assert!(!out.status.success() && !empty.exists());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--limit 0"));
+    // A grid of no columns is named by its flag, before the images are read; so is a negative count.
+    for n in ["0", "-2"] {
+        let png = dir.path().join("cols.png");
+        let out = run(&[
+            "pack".as_ref(),
+            pngs.as_os_str(),
+            "--ncols".as_ref(),
+            n.as_ref(),
+            "--grid".as_ref(),
+            png.as_os_str(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && !png.exists(), "{err}");
+        let want = match n {
+            "0" => "--ncols 0: must be at least 1".to_string(),
+            _ => format!("invalid value '{n}' for '--ncols <NCOLS>'"),
+        };
+        assert!(err.contains(&want), "{err}");
+    }
 }
