@@ -550,3 +550,43 @@ fn layers_take_edms_xavier_uniform_initialisation() {
     let one = layers::conv(32, 8, 1, 1.0, vb.pp("one")).unwrap();
     assert_eq!(one.forward(&x).unwrap().dims(), [1, 8, 5, 7]);
 }
+
+/// A training network draws fresh dropout masks on each pass after a seed (`set_noise_seed`) and the same
+/// masks again after the same seed, so that a resumed run repeats its passes; an inference network has none.
+#[test]
+fn dropout_masks_are_fresh_each_pass_and_repeat_after_the_seed() {
+    let cfg = UNetConfig {
+        dropout: 0.3,
+        ..UNetConfig::tiny()
+    };
+    let vm = VarMap::new();
+    let vb = vsdm_core::init::seeded_var_builder(&vm, NoiseRng::new(4), DType::F32, &Device::Cpu);
+    let net = UNet::new_train(vb.clone(), &cfg).unwrap();
+    let eval = UNet::new(vb, &cfg).unwrap();
+    let mut rng = NoiseRng::new(2);
+    let x = randn(&mut rng, &[2, 3, 32, 32]);
+    let t = times(&[0.2, 0.7]);
+    let pass = |n: &UNet| -> Vec<f32> {
+        let y = n.forward(&x, &t, None).unwrap();
+        y.flatten_all().unwrap().to_vec1().unwrap()
+    };
+    let gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    net.set_noise_seed(7);
+    let (first, second) = (pass(&net), pass(&net));
+    net.set_noise_seed(7);
+    let again = pass(&net);
+    net.set_noise_seed(8);
+    let other = pass(&net);
+    assert_eq!(first, again, "the same seed, other masks");
+    assert!(
+        gap(&first, &second) > 1e-4 * gap(&first, &pass(&eval)),
+        "a second pass repeated the masks"
+    );
+    assert!(gap(&first, &other) > 0.0, "another seed, the same masks");
+    assert_eq!(pass(&eval), pass(&eval));
+}
