@@ -274,6 +274,21 @@ fn softmax_matches_the_fused_kernel() {
     let b = candle_nn::ops::softmax_last_dim(&x).unwrap();
     let d = vsdm_core::compare::max_abs_diff(&a, &b).unwrap();
     assert!(d < 1e-6, "{d}");
+    // An f64 input stays in f64 (to 1e-12 of exp(x)/Σexp(x) worked in f64 here, where an f32 pass is
+    // ~1e-8 off); a bf16 one comes back in f32.
+    let x64 = x.to_dtype(DType::F64).unwrap();
+    let s = layers::softmax_wide(&x64).unwrap();
+    assert_eq!(s.dtype(), DType::F64);
+    let rows: Vec<Vec<f64>> = x64.reshape((15, 7)).unwrap().to_vec2().unwrap();
+    let got: Vec<Vec<f64>> = s.reshape((15, 7)).unwrap().to_vec2().unwrap();
+    for (r, g) in rows.iter().zip(&got) {
+        let z: f64 = r.iter().map(|v| v.exp()).sum();
+        for (v, g) in r.iter().zip(g) {
+            assert!((v.exp() / z - g).abs() < 1e-12, "{} vs {g}", v.exp() / z);
+        }
+    }
+    let half = layers::softmax_wide(&x.to_dtype(DType::BF16).unwrap()).unwrap();
+    assert_eq!(half.dtype(), DType::F32);
 }
 
 /// The whole tiny U-Net: every parameter's gradient of a loss agrees between candle's own backwards (conv2d's
