@@ -347,6 +347,22 @@ mod tests {
         assert_eq!(long.sample_batch_within(512 << 20, 1000), 209);
     }
 
+    /// The default network patches by 6 steps only where 6 divides both the context and the horizon (patches
+    /// cover each of them whole); otherwise by single steps.
+    #[test]
+    fn small_patches_by_six_only_where_six_divides_both_lengths() {
+        for (context, horizon, patch) in [
+            (90, 30, 6),
+            (72, 24, 6),
+            (90, 31, 1),
+            (91, 30, 1),
+            (7, 5, 1),
+        ] {
+            let cfg = NetConfig::small(3, context, horizon, 2, 1);
+            assert_eq!(cfg.patch, patch, "context {context}, horizon {horizon}");
+        }
+    }
+
     /// A network of 8 channels over `series` series, context 6, horizon 2, 2 time features, patches of 2.
     fn tiny(series: usize, state_channels: usize) -> NetConfig {
         NetConfig {

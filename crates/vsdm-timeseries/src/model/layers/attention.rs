@@ -437,8 +437,8 @@ fn attention_grads_fused(
 }
 
 /// softmax(scale · q kᵀ) v for q `[n, sq, d]`, k `[n, sk, d]`, v `[n, sk, dv]` without a graph, and P
-/// `[n, sq, sk]` when `keep`: [`attention_rows`] for f32 CPU tensors with at least one key, else candle's
-/// products and softmax.
+/// `[n, sq, sk]` when `keep`: [`attention_rows`] for f32 CPU tensors, else candle's products and softmax. No
+/// keys (sk = 0) are an error: a softmax over nothing has no value (candle's softmax panicked on it).
 pub(super) fn attention_parts(
     q: &Tensor,
     k: &Tensor,
@@ -446,7 +446,14 @@ pub(super) fn attention_parts(
     scale: f64,
     keep: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) && k.dim(1)? > 0 {
+    if k.dim(1)? == 0 {
+        candle_core::bail!(
+            "attention: no keys to attend to (q {:?}, k {:?})",
+            q.dims(),
+            k.dims()
+        );
+    }
+    if cpu_f32(q) && cpu_f32(k) && cpu_f32(v) {
         let ((n, sq, d), (nk, sk, dk), (nv, sv, dv)) = (q.dims3()?, k.dims3()?, v.dims3()?);
         if nk != n || nv != n || dk != d || sv != sk {
             candle_core::bail!(
@@ -494,7 +501,7 @@ pub(super) fn attention_parts(
 /// The softmax's backward along the last axis, dS = P ⊙ (dP − rowsum(dP ⊙ P)), for the probabilities P and their
 /// gradient dP. On the CPU (f32, f64) one fused pass per row ([`SoftmaxBackward`]) instead of candle's four ops
 /// and three intermediate tensors of the scores' size; elsewhere candle's ops.
-fn softmax_backward(dp: &Tensor, p: &Tensor) -> Result<Tensor> {
+pub(super) fn softmax_backward(dp: &Tensor, p: &Tensor) -> Result<Tensor> {
     let fused = dp.device().is_cpu()
         && matches!(
             dp.dtype(),

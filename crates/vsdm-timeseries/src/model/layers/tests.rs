@@ -1,6 +1,6 @@
 //! The layers against candle's op chains, closed forms and f64 sums.
 
-use super::attention::{attention_in_chunks, attention_parts};
+use super::attention::{attention_in_chunks, attention_parts, softmax_backward};
 use super::norm::LayerNormBackward;
 use super::*;
 use candle_core::{DType, Device, Var};
@@ -272,6 +272,100 @@ fn fused_attention_blocks_match_the_chain() {
                 None => assert!(!keep, "{case}: P missing"),
             }
         }
+    }
+}
+
+/// The softmax's backward, dS = P ⊙ (dP − Σ_j dP P), in f32 and f64 (the fused row pass on the CPU), against the
+/// formula summed in f64 here, row by row.
+#[test]
+fn softmax_backward_matches_its_formula() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(19);
+    let p = candle_nn::ops::softmax_last_dim(&rng.randn(&[2, 3, 7], &dev).unwrap()).unwrap();
+    let dp = rng.randn(&[2, 3, 7], &dev).unwrap();
+    let pr: Vec<Vec<f64>> = p
+        .to_dtype(DType::F64)
+        .unwrap()
+        .reshape((6, 7))
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let dr: Vec<Vec<f64>> = dp
+        .to_dtype(DType::F64)
+        .unwrap()
+        .reshape((6, 7))
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-12)] {
+        let ds =
+            softmax_backward(&dp.to_dtype(dtype).unwrap(), &p.to_dtype(dtype).unwrap()).unwrap();
+        assert_eq!((ds.dtype(), ds.dims()), (dtype, &[2usize, 3, 7][..]));
+        let got: Vec<Vec<f64>> = ds
+            .to_dtype(DType::F64)
+            .unwrap()
+            .reshape((6, 7))
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for ((p, d), g) in pr.iter().zip(&dr).zip(&got) {
+            let dot: f64 = p.iter().zip(d).map(|(p, d)| p * d).sum();
+            for ((p, d), g) in p.iter().zip(d).zip(g) {
+                assert!(
+                    (p * (d - dot) - g).abs() < tol,
+                    "{dtype:?}: {} vs {g}",
+                    p * (d - dot)
+                );
+            }
+        }
+    }
+}
+
+/// q, k and v packed as `[3, S, d]` (no leading axes) attend as one item: the same output as `[3, 1, S, d]`.
+#[test]
+fn packed_attention_takes_a_single_item() {
+    let dev = Device::Cpu;
+    let qkv = NoiseRng::new(20).randn(&[3, 5, 4], &dev).unwrap();
+    let one = attention_packed(&qkv).unwrap();
+    let batched = attention_packed(&qkv.unsqueeze(1).unwrap()).unwrap();
+    assert_eq!(one.dims(), &[5, 4]);
+    assert!(rel(&one, &batched.squeeze(0).unwrap()) < 1e-6);
+}
+
+/// Layer norm centres each row before squaring (two passes): rows of mean 1000 and spread 1, where
+/// E[x²] − μ² in f32 loses the variance to rounding, match the f64 chain to 1e-4.
+#[test]
+fn layer_norm_of_offset_rows() {
+    let dev = Device::Cpu;
+    let x = (NoiseRng::new(21).randn(&[4, 64], &dev).unwrap() + 1000.0).unwrap();
+    let gain = Tensor::ones(64, DType::F32, &dev).unwrap();
+    let bias = Tensor::zeros(64, DType::F32, &dev).unwrap();
+    let y = layer_norm(&x, &gain, &bias, 1e-5).unwrap();
+    let f64s = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let y0 = layer_norm_chain(&f64s(&x), &f64s(&gain), &f64s(&bias), 1e-5).unwrap();
+    assert!(rel(&f64s(&y), &y0) < 1e-4, "{}", rel(&f64s(&y), &y0));
+}
+
+/// Attention over no keys is an error naming the shapes, in f32 (the fused kernel sizes its blocks by the key
+/// count) and f64 (candle's softmax panicked on an empty row), never a panic.
+#[test]
+fn attention_over_no_keys_is_an_error() {
+    let dev = Device::Cpu;
+    for dtype in [DType::F32, DType::F64] {
+        let q = NoiseRng::new(18)
+            .randn(&[2, 3, 4], &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let k = Tensor::zeros((2, 0, 4), dtype, &dev).unwrap();
+        let v = Tensor::zeros((2, 0, 5), dtype, &dev).unwrap();
+        let e = attention_parts(&q, &k, &v, 0.5, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no keys") && e.contains("[2, 0, 4]"),
+            "{dtype:?}: {e}"
+        );
     }
 }
 
