@@ -253,8 +253,9 @@ pub fn run_loop<D: DataSource>(
                 if ckpt_due { 2.0 * ckpt } else { ckpt },
             )
         };
-        let mut out_of_time = past_limit(grid_secs, ckpt_secs);
-        if out_of_time && !checked_again && r.step < total {
+        // (The planned last update ends the run as planned, whatever the clock says.)
+        let mut out_of_time = r.step < total && past_limit(grid_secs, ckpt_secs);
+        if out_of_time && !checked_again {
             // The grid's cost may have been measured at a busy moment (another process, a load spike): measured
             // again, once, before the run stops on it.
             checked_again = true;

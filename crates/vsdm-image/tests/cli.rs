@@ -736,6 +736,25 @@ fn resume_keeps_its_data_and_ctrl_c_leaves_a_checkpoint() {
     let c = ctrl.to_str().unwrap();
     let (ok, text) = run(&["train", "--resume", "--out", c, "--minutes", "0.001"]);
     assert!(ok && text.contains("resumed"), "{text}");
+    // A run whose planned last update also meets the limit ends as planned, not "at the time limit".
+    let done = dir.path().join("done");
+    let d = done.to_str().unwrap();
+    let one = [
+        "train",
+        "--iters",
+        "1",
+        "--minutes",
+        "0.001",
+        "--grid",
+        "1",
+        "--grid-steps",
+        "1",
+        "--out",
+        d,
+    ];
+    let (ok, text) = run(&one);
+    assert!(ok && !text.contains("time limit reached"), "{text}");
+    assert!(text.contains("1 steps this session (now at 1/1)"), "{text}");
 
     // A run stopped before its first checkpoint: --overwrite is the way out, not --resume.
     let early = dir.path().join("early");
