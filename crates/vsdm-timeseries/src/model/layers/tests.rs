@@ -283,31 +283,17 @@ fn softmax_backward_matches_its_formula() {
     let mut rng = NoiseRng::new(19);
     let p = candle_nn::ops::softmax_last_dim(&rng.randn(&[2, 3, 7], &dev).unwrap()).unwrap();
     let dp = rng.randn(&[2, 3, 7], &dev).unwrap();
-    let pr: Vec<Vec<f64>> = p
-        .to_dtype(DType::F64)
-        .unwrap()
-        .reshape((6, 7))
-        .unwrap()
-        .to_vec2()
-        .unwrap();
-    let dr: Vec<Vec<f64>> = dp
-        .to_dtype(DType::F64)
-        .unwrap()
-        .reshape((6, 7))
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    // Rows of the `[2, 3, 7]` tensors, in f64.
+    let rows = |t: &Tensor| -> Vec<Vec<f64>> {
+        let t = t.to_dtype(DType::F64).unwrap();
+        t.reshape((6, 7)).unwrap().to_vec2().unwrap()
+    };
+    let (pr, dr) = (rows(&p), rows(&dp));
     for (dtype, tol) in [(DType::F32, 1e-6), (DType::F64, 1e-12)] {
         let ds =
             softmax_backward(&dp.to_dtype(dtype).unwrap(), &p.to_dtype(dtype).unwrap()).unwrap();
         assert_eq!((ds.dtype(), ds.dims()), (dtype, &[2usize, 3, 7][..]));
-        let got: Vec<Vec<f64>> = ds
-            .to_dtype(DType::F64)
-            .unwrap()
-            .reshape((6, 7))
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let got = rows(&ds);
         for ((p, d), g) in pr.iter().zip(&dr).zip(&got) {
             let dot: f64 = p.iter().zip(d).map(|(p, d)| p * d).sum();
             for ((p, d), g) in p.iter().zip(d).zip(g) {
