@@ -183,7 +183,8 @@ impl ForecastNet {
         })
     }
 
-    /// Switches the attention layers to candle's fused kernels (faster, no backward pass): for sampling only.
+    /// Switches the attention layers' layer norms to recording no op (no backward pass; the same values, see
+    /// [`EncoderLayer::set_inference`]): for sampling only.
     pub fn set_inference(&mut self, on: bool) {
         for b in &mut self.blocks {
             b.time_attn.set_inference(on);
@@ -517,5 +518,22 @@ mod tests {
         let a = net.forward(&x, &t, Some(&c1)).unwrap();
         let diff = vsdm_core::compare::max_abs_diff(&a, &f).unwrap();
         assert!(diff < 1e-4, "{diff}");
+        // ... and record no op into the blocks' layer norms (nor below them: detached there), where the
+        // training network records every layer; switched back, it records them again.
+        let recorded = |y: &Tensor| {
+            let g = y.sum_all().unwrap().backward().unwrap();
+            let vars = vm.data().lock().unwrap();
+            let names: Vec<&String> = vars.keys().filter(|k| k.contains(".ln")).collect();
+            assert!(!names.is_empty());
+            names
+                .into_iter()
+                .filter(|k| g.get(vars[*k].as_tensor()).is_some())
+                .count()
+        };
+        let lns = recorded(&a);
+        assert!(lns > 0);
+        assert_eq!(recorded(&f), 0);
+        fused.set_inference(false);
+        assert_eq!(recorded(&fused.forward(&x, &t, Some(&c1)).unwrap()), lns);
     }
 }

@@ -258,7 +258,7 @@ vsdm_core::simd_fn! {
 }
 
 /// Each row's (μ, r) `[rows, 2]` of row-major f32 x `[rows, n]` (a backward whose forward kept none).
-fn layer_norm_stats_f32(x: &[f32], (rows, n): (usize, usize), eps: f32) -> Vec<f32> {
+pub(super) fn layer_norm_stats_f32(x: &[f32], (rows, n): (usize, usize), eps: f32) -> Vec<f32> {
     let avx = avx2();
     par_rows((x, n), (&[], 0), 2, rows, |x, _, st| {
         layer_norm_stats_run(avx, x, st, n, eps)
@@ -269,7 +269,7 @@ fn layer_norm_stats_f32(x: &[f32], (rows, n): (usize, usize), eps: f32) -> Vec<f
 /// (candle_nn's CPU kernel runs its rows on rayon's pool, whose threads then compete for the cores with
 /// candle's own spinning workers: 5% of an electricity-shaped sampling forward, `perf`.)
 /// With `keep`, each row's (μ, r) too (`[rows, 2]`, for the backward).
-fn layer_norm_f32(
+pub(super) fn layer_norm_f32(
     [x, gain, bias]: [&[f32]; 3],
     (rows, n): (usize, usize),
     eps: f32,

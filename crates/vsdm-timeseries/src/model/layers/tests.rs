@@ -1,7 +1,7 @@
 //! The layers against candle's op chains, closed forms and f64 sums.
 
 use super::attention::{attention_in_chunks, attention_parts, softmax_backward};
-use super::norm::LayerNormBackward;
+use super::norm::{layer_norm_f32, layer_norm_stats_f32, LayerNormBackward};
 use super::*;
 use candle_core::{DType, Device, Var};
 use candle_nn::VarMap;
@@ -452,6 +452,40 @@ fn add_broadcast_matches_candles_broadcast_add_and_its_gradients() {
             }
         }
     }
+    // One input tracked at a time: its gradient is candle's, the plain input's shape broadcast or not.
+    for (da, db) in [
+        (&[2usize, 3, 4][..], &[2usize, 1, 4][..]),
+        (&[1, 4], &[3, 1]),
+    ] {
+        for tracked_a in [true, false] {
+            let a = Var::from_tensor(&rng.randn(da, &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&rng.randn(db, &dev).unwrap()).unwrap();
+            let (x, y) = if tracked_a {
+                (a.as_tensor().clone(), b.as_tensor().detach())
+            } else {
+                (a.as_tensor().detach(), b.as_tensor().clone())
+            };
+            let var = if tracked_a { &a } else { &b };
+            let dims = x.broadcast_add(&y).unwrap().dims().to_vec();
+            let probe = rng.randn(&dims, &dev).unwrap();
+            let grad = |out: Tensor| {
+                let g = (out * &probe)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                g.get(var.as_tensor()).cloned()
+            };
+            let (g0, g1) = (
+                grad(x.broadcast_add(&y).unwrap()).unwrap(),
+                grad(add_broadcast(&x, &y).unwrap()),
+            );
+            let case = format!("{da:?} + {db:?}, tracked a: {tracked_a}");
+            let g1 = g1.unwrap_or_else(|| panic!("{case}: no gradient recorded"));
+            assert!(rel(&g1, &g0) < 1e-6, "{case}: {}", rel(&g1, &g0));
+        }
+    }
     let t = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
     let e = sum_to(&t, &[2, 2]).unwrap_err().to_string();
     assert!(e.contains("not a broadcast of [2, 2]"), "{e}");
@@ -708,5 +742,51 @@ fn attention_ranks_shapes_partial_tracking_and_half_precision() {
             "f16 gradient of {name}: {}",
             rel(&ga, &gb)
         );
+    }
+}
+
+/// The CPU layer norm's kept statistics (handed from the forward to the backward) are each row's (μ, r) in
+/// `[rows, 2]`: the same bits as the backward's own computation, and μ and r = 1/√(σ² + ε) as f64 sums give
+/// them; the value is the same with and without keeping them, and equals γ (x − μ) r + β in f64.
+#[test]
+fn a_layer_norms_kept_statistics_are_each_rows_mean_and_inverse_deviation() {
+    let mut rng = NoiseRng::new(21);
+    let eps = 1e-5f32;
+    for (rows, n) in [(1, 1), (1, 7), (3, 5), (37, 64), (2100, 3)] {
+        let draw = |rng: &mut NoiseRng, len: usize| {
+            let t = rng.randn(&[len], &Device::Cpu).unwrap();
+            t.to_vec1::<f32>().unwrap()
+        };
+        let x: Vec<f32> = draw(&mut rng, rows * n)
+            .iter()
+            .map(|v| 3.0 * v + 1.5)
+            .collect();
+        let (gain, bias) = (draw(&mut rng, n), draw(&mut rng, n));
+        let (y, kept) = layer_norm_f32([&x, &gain, &bias], (rows, n), eps, true);
+        let (y_plain, none) = layer_norm_f32([&x, &gain, &bias], (rows, n), eps, false);
+        let case = format!("{rows} rows of {n}");
+        assert!(none.is_none(), "{case}");
+        assert_eq!(y, y_plain, "{case}");
+        let kept = kept.unwrap_or_else(|| panic!("{case}: no statistics kept"));
+        assert_eq!(kept, layer_norm_stats_f32(&x, (rows, n), eps), "{case}");
+        for (i, row) in x.chunks_exact(n).enumerate() {
+            let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+            let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+            let r = 1.0 / (var + eps as f64).sqrt();
+            let (km, kr) = (kept[2 * i] as f64, kept[2 * i + 1] as f64);
+            assert!(
+                (km - mean).abs() <= 1e-5 * (1.0 + mean.abs()),
+                "{case} row {i}: μ {km} vs {mean}"
+            );
+            assert!((kr - r).abs() <= 1e-5 * r, "{case} row {i}: r {kr} vs {r}");
+            for j in 0..n {
+                let want = gain[j] as f64 * (row[j] as f64 - mean) * r + bias[j] as f64;
+                let got = y[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{case} ({i}, {j}): {got} vs {want}"
+                );
+            }
+        }
     }
 }
