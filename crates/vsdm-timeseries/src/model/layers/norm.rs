@@ -158,7 +158,7 @@ vsdm_core::simd_fn! {
 /// (μ, r) ([`layer_norm_stats_f32`], or as the forward kept them) in one pass per row on candle's worker
 /// pool, where the op chain makes about fifteen passes over `[rows, n]` tensors. The rows go in runs of
 /// `run_rows`, each accumulating its own partial dγ and dβ, which are added in the runs' order.
-fn layer_norm_backward_f32(
+pub(super) fn layer_norm_backward_f32(
     [x, gain, dy]: [&[f32]; 3],
     stats: &[f32],
     (rows, n): (usize, usize),

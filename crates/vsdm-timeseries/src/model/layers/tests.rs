@@ -1,7 +1,9 @@
 //! The layers against candle's op chains, closed forms and f64 sums.
 
 use super::attention::{attention_in_chunks, attention_parts, softmax_backward};
-use super::norm::{layer_norm_f32, layer_norm_stats_f32, LayerNormBackward};
+use super::norm::{
+    layer_norm_backward_f32, layer_norm_f32, layer_norm_stats_f32, LayerNormBackward,
+};
 use super::*;
 use candle_core::{DType, Device, Var};
 use candle_nn::VarMap;
@@ -233,9 +235,16 @@ fn packed_and_head_attention_match_the_chain_on_a_projection_view() {
             );
         }
     }
-    let wrong = Tensor::zeros((2, 4, 5, 3), DType::F32, &dev).unwrap();
-    let e = attention_packed(&wrong).unwrap_err().to_string();
-    assert!(e.contains("[2, 4, 5, 3]"), "{e}");
+    // Two or four tensors packed, or no sequence axis: refused by name.
+    for dims in [&[2usize, 4, 5, 3][..], &[4, 4, 5, 3], &[3, 5]] {
+        let wrong = Tensor::zeros(dims, DType::F32, &dev).unwrap();
+        let e = attention_packed(&wrong).unwrap_err().to_string();
+        assert!(
+            e.contains("expected q, k and v packed as [3, …, S, d]")
+                && e.contains(&format!("{dims:?}")),
+            "{e}"
+        );
+    }
     let wrong = Tensor::zeros((2, 4, 10), DType::F32, &dev).unwrap();
     let e = attention_heads(&wrong, 3).unwrap_err().to_string();
     assert!(e.contains("10 channels") && e.contains("3 heads"), "{e}");
@@ -787,6 +796,58 @@ fn a_layer_norms_kept_statistics_are_each_rows_mean_and_inverse_deviation() {
                     "{case} ({i}, {j}): {got} vs {want}"
                 );
             }
+        }
+    }
+}
+
+/// The CPU layer norm's backward over rows split into runs of any length (runs of 1, of 7 with a short last
+/// one, and one run: many runs per worker task, where each task walks its runs) gives candle's f64 chain's
+/// gradients dx, dγ and dβ to f32 rounding.
+#[test]
+fn a_layer_norm_backward_in_runs_of_any_length_matches_candles_chain() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(23);
+    let (rows, n, eps) = (2000, 5, 1e-5);
+    let draw = |rng: &mut NoiseRng, dims: &[usize], shift: f64| {
+        (rng.randn(dims, &dev).unwrap() + shift)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
+    let x = Var::from_tensor(&draw(&mut rng, &[rows, n], 0.5)).unwrap();
+    let gain = Var::from_tensor(&draw(&mut rng, &[n], 1.0)).unwrap();
+    let bias = Var::from_tensor(&draw(&mut rng, &[n], 0.0)).unwrap();
+    let dy = draw(&mut rng, &[rows, n], 0.0);
+    let y = layer_norm_chain(x.as_tensor(), gain.as_tensor(), bias.as_tensor(), eps).unwrap();
+    let g = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let want = [&x, &gain, &bias].map(|v| g.get(v.as_tensor()).unwrap().clone());
+    let f32s = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (xs, gs, dys) = (f32s(x.as_tensor()), f32s(gain.as_tensor()), f32s(&dy));
+    let stats = layer_norm_stats_f32(&xs, (rows, n), eps as f32);
+    for run_rows in [1, 7, rows] {
+        let (dx, dgain, dbias) =
+            layer_norm_backward_f32([&xs, &gs, &dys], &stats, (rows, n), run_rows);
+        let got = [dx, dgain, dbias].map(|v| {
+            let len = v.len();
+            Tensor::from_vec(v, len, &dev)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+        });
+        for (name, (a, b)) in ["x", "gain", "bias"].iter().zip(got.iter().zip(&want)) {
+            let b = b.flatten_all().unwrap();
+            assert!(
+                rel(a, &b) < 1e-5,
+                "runs of {run_rows}: d{name} {}",
+                rel(a, &b)
+            );
         }
     }
 }
