@@ -851,3 +851,35 @@ fn a_layer_norm_backward_in_runs_of_any_length_matches_candles_chain() {
         }
     }
 }
+
+/// The layer norm records its op when any one of x, γ and β is tracked (the others plain tensors): that
+/// input's gradient is candle's chain's.
+#[test]
+fn a_layer_norm_with_one_tracked_input_records_its_gradient() {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(24);
+    let (x, gain, bias) = (
+        rng.randn(&[4, 6], &dev).unwrap(),
+        (rng.randn(&[6], &dev).unwrap() + 1.0).unwrap(),
+        rng.randn(&[6], &dev).unwrap(),
+    );
+    let probe = rng.randn(&[4, 6], &dev).unwrap();
+    for tracked in 0..3 {
+        let var = Var::from_tensor([&x, &gain, &bias][tracked]).unwrap();
+        let mut inputs = [x.clone(), gain.clone(), bias.clone()];
+        inputs[tracked] = var.as_tensor().clone();
+        let grad = |y: Tensor| {
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(var.as_tensor()).cloned()
+        };
+        let [a, b, c] = &inputs;
+        let want = grad(layer_norm_chain(a, b, c, 1e-5).unwrap()).unwrap();
+        let got = grad(layer_norm(a, b, c, 1e-5).unwrap());
+        let got = got.unwrap_or_else(|| panic!("input {tracked}: no gradient recorded"));
+        assert!(
+            rel(&got, &want) < 1e-5,
+            "input {tracked}: {}",
+            rel(&got, &want)
+        );
+    }
+}
