@@ -600,7 +600,9 @@ mod tests {
     #[test]
     fn norm_agreement_on_the_cpu() {
         let cases = [(2, 16, 8, 4, true), (2, 8, 4, 2, false), (2, 4, 3, 4, true)];
-        for r in norm_agreement(&cases, DType::F32, &Device::Cpu).unwrap() {
+        let rows = norm_agreement(&cases, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(rows.len(), cases.len());
+        for r in rows {
             assert!(r.worst() < 1e-5, "{r:?}");
         }
         // bf16 activations (through the layer's casts on the CPU): within check-device's 2e-2, and the
@@ -625,8 +627,13 @@ mod tests {
         eprintln!("{r:?}");
         let r = precision_agreement(&cfg, 2, DType::F16, &Device::Cpu).unwrap();
         let (to, tg) = LOW_PRECISION_TOL;
+        // Above f32 rounding in both: the comparison sees the precision, and names the worst tensor.
         assert!(
-            r.forward > 1e-5 && r.forward < 1e-2 && r.gradient < 5e-2,
+            r.forward > 1e-5 && r.forward < 1e-2 && r.gradient > 1e-5 && r.gradient < 5e-2,
+            "{r:?}"
+        );
+        assert!(
+            r.gradient_worst.ends_with(".weight") || r.gradient_worst.ends_with(".bias"),
             "{r:?}"
         );
         assert!(r.forward < to && r.gradient < tg, "{r:?}");
@@ -642,7 +649,9 @@ mod tests {
         let cases = [(2, 3, 8, 8, 3), (2, 8, 4, 6, 1)];
         for mode in [ConvBackward::Gemm, ConvBackward::Cudnn, ConvBackward::Patch] {
             set_conv_backward(mode);
-            for r in conv_agreement(&cases, DType::F32, &Device::Cpu).unwrap() {
+            let rows = conv_agreement(&cases, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(rows.len(), cases.len());
+            for r in rows {
                 assert!(r.worst() < CONV_TOL[0].1, "{mode:?}: {r:?}");
             }
         }
@@ -675,6 +684,18 @@ mod tests {
         assert_eq!(
             [r.forward, r.loss, r.gradient, r.weights_after, r.ema_after],
             [0.0; 5],
+            "{r:?}"
+        );
+        // What it counted: the network's parameters, the batch, the steps and a variational stage after each.
+        let vm = candle_nn::VarMap::new();
+        let _ = UNet::new_train(
+            candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &cpu),
+            &unet,
+        );
+        let parameters: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(
+            (r.parameters, r.batch, r.steps, r.stages),
+            (parameters, 2, 2, 2),
             "{r:?}"
         );
         let vm = candle_nn::VarMap::new();
@@ -711,6 +732,32 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    /// The error measures against hand-computed values: the max-norm error relative to the first argument's
+    /// max norm (absolute where it is 0), the L2 error likewise, and the bitwise count, in which −0 differs
+    /// from 0 and one unit in the last place counts.
+    #[test]
+    fn error_measures_against_hand_computed_values() {
+        assert_eq!(rel_err_vec(&[1.0, -4.0, 2.0], &[1.5, -4.0, 1.0]), 0.25);
+        assert_eq!(rel_err_vec(&[0.0, 0.0], &[0.0, -0.5]), 0.5);
+        assert_eq!(rel_err_vec(&[], &[]), 0.0);
+        let cpu = Device::Cpu;
+        let t = |v: &[f32]| Tensor::new(v, &cpu).unwrap();
+        assert!((rel_l2(&t(&[3.0, 4.0]), &t(&[3.0, 5.0])).unwrap() - 0.2).abs() < 1e-12);
+        assert!((rel_l2(&t(&[0.0, 0.0]), &t(&[3.0, 4.0])).unwrap() - 5.0).abs() < 1e-12);
+        let up = f32::from_bits(2f32.to_bits() + 1);
+        let r = bitwise(
+            "k".into(),
+            &t(&[1.0, 0.0, 3.0, 2.0]),
+            &t(&[1.0, -0.0, 3.0, up]),
+        )
+        .unwrap();
+        assert_eq!((r.kernel.as_str(), r.values, r.differing), ("k", 4, 2));
+        assert_eq!(r.error, (up as f64 - 2.0) / 3.0);
+        let h = |v: &[f32]| t(v).to_dtype(DType::BF16).unwrap();
+        let r = bitwise("h".into(), &h(&[1.0, 2.0, 4.0]), &h(&[1.0, 2.0, -4.0])).unwrap();
+        assert_eq!((r.values, r.differing, r.error), (3, 1, 2.0));
     }
 
     #[test]
