@@ -353,6 +353,17 @@ mod tests {
         );
     }
 
+    /// Only an indented `0: ` line starts a backtrace: an indented line of a message, and `0: ` at a line's
+    /// start, are kept.
+    #[test]
+    fn indented_lines_that_are_not_frames_are_kept() {
+        let text = "bad shape\n  expected [2, 3]\n0: not a frame\n   0: candle_core::error::Error::bt\n   1: x";
+        assert_eq!(
+            without_backtrace(text),
+            "bad shape\n  expected [2, 3]\n0: not a frame"
+        );
+    }
+
     #[test]
     fn bounds_name_the_flag() {
         assert!(at_most(&[("--steps", 1000, 1000)]).is_ok());
