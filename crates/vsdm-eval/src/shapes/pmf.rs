@@ -79,6 +79,13 @@ mod tests {
         assert!((pmf_l1(&a, &b, 2).unwrap() - 1.0).abs() < 1e-15);
         let rmse = ((4.0 * 0.25f64.powi(2)) / 4.0).sqrt();
         assert!((pmf_distance(&a, &b, 2).unwrap() - rmse).abs() < 1e-15);
+        // The bins follow the box: both sets moved by (−7, 13) fall into the same cells.
+        let moved = |s: &[[f64; 2]]| {
+            s.iter()
+                .map(|p| [p[0] - 7.0, p[1] + 13.0])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pmf_histograms(&moved(&a), &moved(&b), 2).unwrap(), (p, q));
     }
 
     #[test]
