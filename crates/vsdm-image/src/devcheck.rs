@@ -688,10 +688,11 @@ mod tests {
         );
         // What it counted: the network's parameters, the batch, the steps and a variational stage after each.
         let vm = candle_nn::VarMap::new();
-        let _ = UNet::new_train(
+        UNet::new_train(
             candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &cpu),
             &unet,
-        );
+        )
+        .unwrap();
         let parameters: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
         assert_eq!(
             (r.parameters, r.batch, r.steps, r.stages),
