@@ -255,5 +255,22 @@ mod tests {
         );
         let e = straightness_with_velocities(&ok, &ok[..1], &s).unwrap_err();
         assert!(e.to_string().contains("need 2 or 3"), "{e}");
+        // The index of a bad state is record · points + point: record 2, point 1 of 3 is 7.
+        let mut wide: Vec<Vec<[f64; 2]>> = vec![vec![[0.0, 0.0]; 3]; 3];
+        wide[2][1][0] = f64::INFINITY;
+        assert_eq!(
+            straightness_and_energy(&wide, &s).unwrap_err(),
+            ShapeMetricError::NonFinite {
+                what: "paths",
+                index: 7
+            }
+        );
+        // One record is no path; two (a single step) are: from (0, 0) to (3, 4) over Δs = 2, velocity
+        // (1.5, 2), straight (0) with kinetic energy 2 · 6.25.
+        let e = straightness_and_energy(&ok[..1], &s[..1]).unwrap_err();
+        assert!(e.to_string().contains("need ≥ 2 recorded times"), "{e}");
+        let step = vec![vec![[0.0, 0.0]], vec![[3.0, 4.0]]];
+        let (st, ke) = straightness_and_energy(&step, &[1.0, 3.0]).unwrap();
+        assert!(st.abs() < 1e-15 && (ke - 12.5).abs() < 1e-12, "{st} {ke}");
     }
 }
