@@ -266,11 +266,11 @@ mod tests {
             }
         );
         // One record is no path; two (a single step) are: from (0, 0) to (3, 4) over Δs = 2, velocity
-        // (1.5, 2), straight (0) with kinetic energy 2 · 6.25.
+        // (1.5, 2), and a path that stays at (1, 1): both straight (0), kinetic energy 2 · (6.25 + 0) / 2.
         let e = straightness_and_energy(&ok[..1], &s[..1]).unwrap_err();
         assert!(e.to_string().contains("need ≥ 2 recorded times"), "{e}");
-        let step = vec![vec![[0.0, 0.0]], vec![[3.0, 4.0]]];
+        let step = vec![vec![[0.0, 0.0], [1.0, 1.0]], vec![[3.0, 4.0], [1.0, 1.0]]];
         let (st, ke) = straightness_and_energy(&step, &[1.0, 3.0]).unwrap();
-        assert!(st.abs() < 1e-15 && (ke - 12.5).abs() < 1e-12, "{st} {ke}");
+        assert!(st.abs() < 1e-15 && (ke - 6.25).abs() < 1e-12, "{st} {ke}");
     }
 }
