@@ -369,8 +369,9 @@ fn attention_backward_rows(
     );
 }
 
-/// dq, dk, dv of one chunk by [`attention_backward_rows`] when q, k, v, dy and P are f32 on the CPU with at
-/// least one key; `None` otherwise (the caller's chain of ops).
+/// dq, dk, dv of one chunk by [`attention_backward_rows`] when q, k, v, dy and P are f32 on the CPU; `None`
+/// otherwise (the caller's chain of ops). There is at least one key: [`attention_parts`] refuses none before a
+/// backward is recorded.
 fn attention_grads_fused(
     q: &Tensor,
     k: &Tensor,
@@ -379,7 +380,7 @@ fn attention_grads_fused(
     p: &Tensor,
     scale: f64,
 ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-    if ![q, k, v, dy, p].into_iter().all(cpu_f32) || k.dim(1)? == 0 {
+    if ![q, k, v, dy, p].into_iter().all(cpu_f32) {
         return Ok(None);
     }
     let ((n, sq, d), (_, sk, _), (_, _, dv)) = (q.dims3()?, k.dims3()?, v.dims3()?);
